@@ -1,0 +1,36 @@
+# Two commands from a fresh clone:  `make run` (the pipeline) and `make test` (the suite).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: install run test test-fast params clean-runs
+
+install: $(VENV)/.installed
+
+# torch first and pinned: `torch==2.13.0` takes the CPU wheel; an unpinned torch pulls CUDA.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+# Pull the raw corpora from the DVC remote (../shared/dvc-store) and run the pipeline.
+run: install
+	. $(BIN)/activate && dvc pull && dvc repro
+
+# The whole suite, slow end-to-end tests included (what CI runs).
+test: install
+	. $(BIN)/activate && dvc pull && python -m pytest
+
+# The quick loop while developing.
+test-fast: install
+	. $(BIN)/activate && python -m pytest -m "not slow"
+
+# Rewrite params.yaml as the composition of conf/ (what DVC's Hydra mode does on `dvc exp run`).
+params: install
+	$(BIN)/python -c "from dvc.utils.hydra import compose_and_dump; \
+	compose_and_dump('params.yaml', '$(CURDIR)/conf', None, 'config', '.', [])"
+
+clean-runs:
+	rm -rf outputs multirun lightning_logs

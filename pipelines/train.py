@@ -1,0 +1,20 @@
+"""DVC stage `train`: train with the composed config in params.yaml (see conf/)."""
+
+import argparse
+
+from omegaconf import OmegaConf
+
+from lyricist.train import train
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True, help="data/encoded/<corpus>/")
+    parser.add_argument("--out-dir", required=True, help="checkpoints/ and metrics.csv go here")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    train(OmegaConf.load(args.params), output_dir=args.out_dir, data_dir=args.data_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""DVC stage `vocab`: build the character vocabulary on train, encode every split to ids."""
+
+import argparse
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lyricist.vocab import Vocab, encode_to_array, save_ids
+
+SPLITS = ("train", "val", "test")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--in-dir", required=True, help="data/processed/<corpus>/")
+    parser.add_argument("--out-dir", required=True, help="data/encoded/<corpus>/")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    p = OmegaConf.load(args.params).data
+    texts = {s: (Path(args.in_dir) / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
+    # Built on train only: characters first seen in val/test are <unk>, as they would be
+    # for any unseen lyrics.
+    vocab = Vocab.build(texts["train"], min_freq=p.min_freq)
+    out = Path(args.out_dir)
+    vocab.save(out / "vocab.json")
+    for split, text in texts.items():
+        save_ids(out / f"{split}.npy", encode_to_array(vocab, text))
+    print(f"vocab: {len(vocab):,} tokens (min_freq {p.min_freq}) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Held-out perplexity and samples of a trained checkpoint (the `evaluate` stage)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lyricist.batching import check_enough_tokens, consecutive_batches
+from lyricist.checkpoint import load_checkpoint
+from lyricist.generate import generate
+from lyricist.models import RecurrentLM
+from lyricist.vocab import load_ids
+
+
+@torch.no_grad()
+def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
+    """exp(mean cross-entropy) over a whole split read as `batch_size` consecutive streams,
+    the state carried from batch to batch (so every prediction sees its full history)."""
+    check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
+    was_training = model.training
+    model.eval()
+    state, total, count = None, 0.0, 0
+    for x, y in consecutive_batches(ids, batch_size, num_steps):
+        logits, state = model(x, state)  # (B, T, V)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                       reduction="sum"))  # (B*T, V)
+        count += y.numel()
+    model.train(was_training)
+    return math.exp(total / count)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,
+                        prefixes: list[str], num_chars: int, strategy: str = "greedy",
+                        temperature: float = 1.0, top_k: int | None = None,
+                        seed: int | None = 0) -> tuple[dict, str]:
+    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples."""
+    loaded = load_checkpoint(checkpoint)
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        path = data_dir / f"{split}.npy"
+        ids = load_ids(path) if path.is_file() else torch.empty(0, dtype=torch.long)
+        if len(ids):
+            metrics[f"{split}_ppl"] = perplexity(loaded.model, ids, batch_size, num_steps)
+    metrics["epoch"] = loaded.meta.get("epoch")
+    lines = [f"# Samples ({strategy}, {num_chars} characters)", ""]
+    for prefix in prefixes:
+        text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,
+                        top_k, seed, allow_unknown=True)
+        lines += [f"## {prefix}", "", "```", text, "```", ""]
+    return metrics, "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Write lyrics from a prefix: warm the state up over the prefix, then predict.
+
+Library: `generate(model, vocab, prefix, ...)` (knows nothing of Lightning).
+CLI:     `python -m lyricist.generate --checkpoint models/checkpoints/best.ckpt --prefix 分开`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from lyricist.models import RecurrentLM
+from lyricist.vocab import Vocab
+
+STRATEGIES = ("greedy", "sample")
+
+
+def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> list[int]:
+    """Token ids of the prefix; unknown characters are an error unless allowed (-> <unk>)."""
+    if not prefix:
+        raise ValueError("the prefix is empty: give at least one character, e.g. --prefix 分开")
+    unknown = vocab.unknown_chars(prefix)
+    if unknown and not allow_unknown:
+        raise ValueError(
+            f"prefix {prefix!r} has characters not in the vocabulary: {''.join(unknown)!r}; "
+            "remove them, or allow them to be read as <unk> (--allow-unknown)"
+        )
+    return vocab.encode(prefix)
+
+
+@torch.no_grad()
+def generate(
+    model: RecurrentLM,
+    vocab: Vocab,
+    prefix: str,
+    num_chars: int,
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    allow_unknown: bool = False,
+) -> str:
+    """The prefix followed by `num_chars` predicted characters.
+
+    As the seeds' `predict_rnn`: the state starts at zero and is warmed up over the
+    prefix (its characters are fed, not predicted); then each prediction is fed back.
+    `greedy` takes the argmax (the seeds); `sample` draws from softmax(logits / T),
+    optionally restricted to the top-k characters.
+    """
+    if num_chars <= 0:
+        raise ValueError(f"num_chars must be > 0, got {num_chars}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {STRATEGIES}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (use strategy=greedy for argmax)")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be > 0 or None, got {top_k}")
+    ids = encode_prefix(vocab, prefix, allow_unknown)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    # The whole prefix in one call: the same state as feeding it one step at a time.
+    logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
+    out = []
+    for _ in range(num_chars):
+        last = logits[0, -1].float()  # (V,)
+        if strategy == "greedy":
+            next_id = int(last.argmax())
+        else:
+            last = last / temperature
+            if top_k is not None and top_k < last.numel():
+                cutoff = torch.topk(last, top_k).values[-1]
+                last = last.masked_fill(last < cutoff, float("-inf"))
+            probs = torch.softmax(last, dim=-1).cpu()
+            next_id = int(torch.multinomial(probs, 1, generator=generator))
+        out.append(next_id)
+        logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
+    model.train(was_training)
+    return prefix + vocab.decode(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lyricist.checkpoint import load_checkpoint
+
+    parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="e.g. models/checkpoints/best.ckpt")
+    parser.add_argument("--prefix", action="append", required=True,
+                        help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
+    parser.add_argument("--num-chars", type=int, default=100)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-unknown", action="store_true",
+                        help="read characters missing from the vocabulary as <unk>")
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_checkpoint(args.checkpoint)
+        for prefix in args.prefix:
+            print(generate(loaded.model, loaded.vocab, prefix, args.num_chars, args.strategy,
+                           args.temperature, args.top_k, args.seed, args.allow_unknown))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

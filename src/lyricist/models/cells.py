@@ -1,0 +1,187 @@
+"""Recurrent cells written from tensor ops.
+
+Every cell stores its parameters under torch.nn's names and layouts
+(``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``,
+``bias_hh (G*H,)``, gates stacked in torch's order) so weights can be copied
+to and from the built-in torch modules one-to-one; the tests use those
+modules as oracles.
+
+A time step is split in two halves:
+
+* ``project_input(x)`` -- the input half, ``x @ weight_ih.T + bias_ih``. It
+  does not depend on the state, so a language model runs it once on the
+  whole ``(T, B, I)`` sequence: one big matmul instead of T small ones.
+* ``step(x_proj_t, state)`` -- the recurrent half, which has to run one time
+  step after the other.
+
+``forward(x, state)`` glues the two together for a single step.
+
+The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
+``(h, c)`` for LSTM. The first entry is always the output ``h``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+State = tuple[Tensor, ...]
+
+INITS = ("normal", "uniform", "torch")
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class RecurrentCell(nn.Module):
+    """Shared parameters and plumbing; subclasses set the class attributes and ``step``."""
+
+    num_gates: int = 1  # G: how many H-sized blocks are stacked in the weights
+    num_states: int = 1  # 1 => (h,), 2 => (h, c)
+
+    def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01):
+        super().__init__()
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError(
+                f"input_size and hidden_size must be positive, got input_size={input_size}, hidden_size={hidden_size}"
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        gates_size = self.num_gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(gates_size))
+        self.bias_hh = nn.Parameter(torch.empty(gates_size))
+        self.reset_parameters(init, init_scale)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "normal", scale: float = 0.01) -> None:
+        """``normal``: N(0, scale^2) weights and zero biases (the seeds' scheme);
+        ``uniform``: U(-scale, scale) on everything;
+        ``torch``: U(-1/sqrt(H), 1/sqrt(H)) on everything, as torch.nn does (ignores ``scale``)."""
+        if init == "normal":
+            for weight in (self.weight_ih, self.weight_hh):
+                weight.normal_(0.0, scale)
+            for bias in (self.bias_ih, self.bias_hh):
+                bias.zero_()
+        elif init in ("uniform", "torch"):
+            bound = scale if init == "uniform" else 1.0 / math.sqrt(self.hidden_size)
+            for param in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+                param.uniform_(-bound, bound)
+        else:
+            raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+
+    def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """All-zero state: ``num_states`` tensors of shape (B, H)."""
+        device = self.weight_hh.device if device is None else device
+        dtype = self.weight_hh.dtype if dtype is None else dtype
+        return tuple(
+            torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype) for _ in range(self.num_states)
+        )
+
+    def project_input(self, x: Tensor) -> Tensor:
+        """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def project_state(self, h: Tensor) -> Tensor:
+        """Recurrent half of the gates: (B, H) -> (B, G*H)."""
+        return F.linear(h, self.weight_hh, self.bias_hh)
+
+    def step(self, x_proj: Tensor, state: State) -> State:
+        """One time step from the pre-projected input (B, G*H) and the state (each (B, H))."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        """One time step from the raw input (B, I); ``state=None`` means zeros."""
+        if state is None:
+            state = self.begin_state(x.shape[0], x.device, x.dtype)
+        return self.step(self.project_input(x), state)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class RNNCell(RecurrentCell):
+    """Elman cell: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
+
+    num_gates = 1
+    num_states = 1
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: str = "tanh",
+        init: str = "normal",
+        init_scale: float = 0.01,
+    ):
+        # Checked before the parameters exist so a typo fails fast and clearly.
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected one of {tuple(NONLINEARITIES)}")
+        super().__init__(input_size, hidden_size, init, init_scale)
+        self.nonlinearity = nonlinearity
+
+    def step(self, x_proj: Tensor, state: State) -> State:
+        (h,) = state
+        h = NONLINEARITIES[self.nonlinearity](x_proj + self.project_state(h))
+        return (h,)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"
+
+
+class LSTMCell(RecurrentCell):
+    """LSTM cell with torch's gate order i, f, g, o stacked along the first weight dim."""
+
+    num_gates = 4
+    num_states = 2
+
+    def step(self, x_proj: Tensor, state: State) -> State:
+        h, c = state
+        gates = x_proj + self.project_state(h)  # (B, 4H)
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)  # 4 x (B, H)
+        c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        h = torch.sigmoid(output_gate) * torch.tanh(c)
+        return (h, c)
+
+
+class GRUCell(RecurrentCell):
+    """GRU cell with torch's gate order r, z, n.
+
+    The reset gate multiplies the *projected* previous state (``W_hn h + b_hn``),
+    not ``h`` itself, as torch does -- that is why the input and recurrent
+    projections are kept apart until after the reset gate is applied.
+    """
+
+    num_gates = 3
+    num_states = 1
+
+    def step(self, x_proj: Tensor, state: State) -> State:
+        (h,) = state
+        x_reset, x_update, x_new = x_proj.chunk(3, dim=1)  # 3 x (B, H)
+        h_reset, h_update, h_new = self.project_state(h).chunk(3, dim=1)  # 3 x (B, H)
+        reset_gate = torch.sigmoid(x_reset + h_reset)
+        update_gate = torch.sigmoid(x_update + h_update)
+        candidate = torch.tanh(x_new + reset_gate * h_new)
+        # update_gate near 1 keeps the old state: that is how the GRU carries memory across steps.
+        h = (1.0 - update_gate) * candidate + update_gate * h
+        return (h,)
+
+
+CELLS = {
+    "rnn": RNNCell,  # tanh
+    "rnn_tanh": functools.partial(RNNCell, nonlinearity="tanh"),
+    "rnn_relu": functools.partial(RNNCell, nonlinearity="relu"),
+    "lstm": LSTMCell,
+    "gru": GRUCell,
+}
+CELL_KINDS = tuple(CELLS)
+
+
+def make_cell(kind: str, input_size: int, hidden_size: int, **kwargs) -> RecurrentCell:
+    """Build a cell by name (one of ``CELL_KINDS``); ``kwargs`` go to the cell's constructor."""
+    if kind not in CELLS:
+        raise ValueError(f"unknown cell kind {kind!r}; expected one of {CELL_KINDS}")
+    return CELLS[kind](input_size, hidden_size, **kwargs)

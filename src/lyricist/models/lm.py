@@ -1,0 +1,164 @@
+"""Character-level recurrent language model built from the hand-written cells.
+
+Shapes: B batch, T time steps, V vocabulary, E embedding, H hidden, L layers,
+G gates per cell. Ids come in batch-first (B, T) and logits go out (B, T, V),
+because that is what the batch iterators yield and what the loss wants;
+inside, everything is time-major (T, B, ...) because the recurrence walks
+over T.
+
+The state follows torch.nn's layout: a tuple of ``num_states`` tensors, each
+(L, B, H) -- ``(h,)`` for rnn/gru, ``(h, c)`` for lstm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lyricist.models.cells import RecurrentCell, State, make_cell
+
+
+class RecurrentLM(nn.Module):
+    """Embedding (or one-hot) -> ``num_layers`` stacked cells -> linear head.
+
+    ``embedding_size=None`` feeds one-hot characters, as the seeds do.
+    ``dropout`` is applied to the embedding output, between layers and before
+    the head (never to the one-hot input, which has no embedding output to drop;
+    nn.Dropout is a no-op in eval mode).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        embedding_size: int | None = None,
+        dropout: float = 0.0,
+        init: str = "normal",
+        init_scale: float = 0.01,
+    ):
+        super().__init__()
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be positive, got {num_layers}")
+        if embedding_size is not None and embedding_size <= 0:
+            raise ValueError(f"embedding_size must be positive or None (one-hot), got {embedding_size}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # Plain values only, so a checkpoint can rebuild the model with RecurrentLM(**config).
+        self.config = dict(
+            vocab_size=int(vocab_size),
+            cell=str(cell),
+            hidden_size=int(hidden_size),
+            num_layers=int(num_layers),
+            embedding_size=None if embedding_size is None else int(embedding_size),
+            dropout=float(dropout),
+            init=str(init),
+            init_scale=float(init_scale),
+        )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+
+        self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
+        input_size = vocab_size if embedding_size is None else embedding_size
+        self.cells = nn.ModuleList(
+            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, init=init, init_scale=init_scale)
+            for layer in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, vocab_size)
+        self._reset_head_and_embedding(init, init_scale)
+
+    @torch.no_grad()
+    def _reset_head_and_embedding(self, init: str, scale: float) -> None:
+        # The seeds draw the output layer like the recurrent weights (N(0, 0.01^2), zero bias),
+        # so the head follows `init`; "torch" keeps nn.Linear's own default.
+        if init == "normal":
+            self.head.weight.normal_(0.0, scale)
+            self.head.bias.zero_()
+        elif init == "uniform":
+            self.head.weight.uniform_(-scale, scale)
+            self.head.bias.uniform_(-scale, scale)
+            if self.embedding is not None:
+                # word_language_model's scheme; otherwise the embedding keeps nn.Embedding's N(0, 1).
+                self.embedding.weight.uniform_(-scale, scale)
+
+    @property
+    def num_states(self) -> int:
+        return self.cells[0].num_states
+
+    def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """All-zero state: ``num_states`` tensors of shape (L, B, H)."""
+        param = self.head.weight
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        return tuple(
+            torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
+            for _ in range(self.num_states)
+        )
+
+    def _project_first_layer(self, ids: Tensor) -> Tensor:
+        """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
+        first: RecurrentCell = self.cells[0]
+        if self.embedding is not None:
+            return first.project_input(self.dropout(self.embedding(ids)))
+        # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
+        # (an embedding lookup with W_ih^T as the table) gives the same numbers without
+        # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
+        return F.embedding(ids, first.weight_ih.t()) + first.bias_ih  # weight_ih.t(): (V, G*H)
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> logits (B, T, V) and the final state (each (L, B, H))."""
+        batch_size, num_steps = ids.shape
+        if state is None:
+            state = self.begin_state(batch_size, device=ids.device)
+
+        layer_input_proj = self._project_first_layer(ids.t())  # (T, B, G*H)
+        final_states = []
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                # The input half of every step of this layer in one matmul.
+                layer_input_proj = cell.project_input(self.dropout(layer_output))  # (T, B, G*H)
+            layer_state = tuple(s[layer] for s in state)  # each (B, H)
+            outputs = []
+            for t in range(num_steps):
+                layer_state = cell.step(layer_input_proj[t], layer_state)
+                outputs.append(layer_state[0])
+            layer_output = torch.stack(outputs)  # (T, B, H)
+            final_states.append(layer_state)
+
+        # Back to batch-first before the head so the logits come out contiguous (B, T, V);
+        # the head runs on all steps in one matmul.
+        hidden = self.dropout(layer_output.transpose(0, 1))  # (B, T, H)
+        logits = self.head(hidden)  # (B, T, V)
+        return logits, self._stack_layers(final_states)
+
+    def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Same result as ``forward``, computed literally as the seeds do: for every step,
+        an explicit one-hot (or embedding) through ``cell.forward`` layer after layer, then
+        the head. Slow; it exists to check ``forward`` against."""
+        batch_size, num_steps = ids.shape
+        if state is None:
+            state = self.begin_state(batch_size, device=ids.device)
+        layer_states = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]  # L x (each (B, H))
+        logits = []
+        for t in range(num_steps):
+            if self.embedding is None:
+                x = F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype)  # (B, V)
+            else:
+                x = self.dropout(self.embedding(ids[:, t]))  # (B, E)
+            for layer, cell in enumerate(self.cells):
+                if layer > 0:
+                    x = self.dropout(x)
+                layer_states[layer] = cell(x, layer_states[layer])
+                x = layer_states[layer][0]  # (B, H)
+            logits.append(self.head(self.dropout(x)))  # (B, V)
+        return torch.stack(logits, dim=1), self._stack_layers(layer_states)  # (B, T, V)
+
+    def _stack_layers(self, per_layer: list[State]) -> State:
+        """L tuples of (B, H) -> ``num_states`` tensors of (L, B, H)."""
+        return tuple(torch.stack(states) for states in zip(*per_layer))

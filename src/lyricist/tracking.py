@@ -1,0 +1,134 @@
+"""MLflow: where runs go, how they are tagged, and the samples logged every N epochs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytorch_lightning as pl
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from lyricist.generate import generate
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # src/lyricist/tracking.py -> project root
+T = TypeVar("T")
+
+
+def resolve_tracking_uri(configured: str | None = None, root: Path = PROJECT_ROOT) -> str:
+    """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store.
+
+    The old ./mlruns file store is refused by MLflow >= 3.13, so the default is a SQLite
+    file with an absolute path (works from any working directory).
+    """
+    if configured:
+        return configured
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside it in mlartifacts/ (absolute, so the UI finds them)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None  # a server decides for itself
+
+
+def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
+    """Retry `fn` while SQLite says the database is locked (parallel sweep jobs)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # MlflowException or sqlalchemy OperationalError
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create the store and experiment if needed (before training starts) and return its id.
+
+    Fails fast with a clear message when the tracking server cannot be reached.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
+        except MlflowException:  # created meanwhile by a parallel job
+            return client.get_experiment_by_name(name).experiment_id
+
+    try:
+        return with_retry(get_or_create)
+    except Exception as err:
+        raise RuntimeError(
+            f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
+            "(logger.tracking_uri or $MLFLOW_TRACKING_URI), or that the server is up"
+        ) from err
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'hidden_size': 256}} -> {'model.hidden_size': 256}, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def raw_data_md5(raw_path: str, root: Path = PROJECT_ROOT) -> str:
+    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer)."""
+    for file in (root / "dvc.lock", root / f"{raw_path}.dvc"):
+        if not file.is_file():
+            continue
+        text = yaml.safe_load(file.read_text()) or {}
+        entries = [text] + list((text.get("stages") or {}).values())
+        for entry in entries:
+            for dep in (entry.get("deps") or []) + (entry.get("outs") or []):
+                if Path(dep.get("path", "")).name == Path(raw_path).name and "md5" in dep:
+                    return dep["md5"]
+    return "unknown"
+
+
+class SamplesCallback(pl.Callback):
+    """Every N epochs (and at the last), generate lyrics for the prefixes and log them
+    to MLflow as `samples/epoch_XXX.txt`, so the UI shows how the lyrics improve."""
+
+    def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
+                 log_text: Callable[[str, str], None]):
+        self.prefixes, self.every_n_epochs, self.num_chars = list(prefixes), every_n_epochs, num_chars
+        self.log_text = log_text  # (text, artifact_file) -> None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1  # 1-based, as people count epochs
+        last = epoch == trainer.max_epochs or trainer.should_stop
+        if epoch % self.every_n_epochs and not last:
+            return
+        lines = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
+                 for p in self.prefixes]
+        self.log_text("\n\n".join(lines) + "\n", f"samples/epoch_{epoch:03d}.txt")
+
+
+def mlflow_text_logger(client: MlflowClient, run_id: str) -> Callable[[str, str], None]:
+    return lambda text, artifact_file: with_retry(lambda: client.log_text(run_id, text, artifact_file))
+

@@ -1,0 +1,144 @@
+"""Train one model: `train(cfg, output_dir)` is the work, `main` is the Hydra entry.
+
+    python -m lyricist.train model=rnn data.sampling=random
+    python -m lyricist.train -m model=rnn,lstm data.sampling=random,consecutive
+
+Only this module (and the DVC stage scripts) see a DictConfig; everything it calls
+takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+
+from lyricist import tracking
+from lyricist.batching import check_enough_tokens
+from lyricist.training import LitLanguageModel, LyricsDataModule
+from lyricist.vocab import Vocab, load_ids
+
+CONF_DIR = str(tracking.PROJECT_ROOT / "conf")
+
+
+def encoded_dir(corpus_name: str, root: Path = tracking.PROJECT_ROOT) -> Path:
+    """Where the `vocab` DVC stage writes vocab.json and the {train,val,test}.npy id arrays."""
+    return root / "data" / "encoded" / corpus_name
+
+
+def load_encoded(data_dir: Path) -> tuple[Vocab, dict]:
+    files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"encoded data missing: {', '.join(missing)}. Prepare it first: "
+            "`dvc pull && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for another corpus)"
+        )
+    splits = {name: load_ids(data_dir / f"{name}.npy") for name in ("train", "val")}
+    return Vocab.load(data_dir / "vocab.json"), splits
+
+
+def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+    """Train the configured model; write checkpoints and metrics.csv under `output_dir`.
+
+    Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
+    Hydra sweeper can use it.
+    """
+    output_dir = Path(output_dir)
+    data_cfg, train_cfg = cfg.data, cfg.train
+    pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
+
+    # Everything that can fail fast does so before the first batch.
+    vocab, splits = load_encoded(Path(data_dir) if data_dir else encoded_dir(data_cfg.name))
+    check_enough_tokens(len(splits["train"]), data_cfg.batch_size, data_cfg.num_steps,
+                        "train split", sampling=data_cfg.sampling)
+    check_enough_tokens(len(splits["val"]), train_cfg.eval_batch_size, data_cfg.num_steps,
+                        "val split", sampling="consecutive")
+    model = instantiate(cfg.model, vocab_size=len(vocab), _convert_="all")
+    lit = LitLanguageModel(model, vocab, optimizer=instantiate(cfg.optim),
+                           clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling)
+    datamodule = LyricsDataModule(splits["train"], splits["val"], data_cfg.batch_size,
+                                  data_cfg.num_steps, data_cfg.sampling,
+                                  train_cfg.eval_batch_size, train_cfg.seed)
+
+    loggers: list = [CSVLogger(output_dir, name="", version="")]  # -> output_dir/metrics.csv
+    checkpoint_cb = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
+                                    monitor="val/ppl", mode="min", save_last=True,
+                                    enable_version_counter=False)
+    callbacks: list = [checkpoint_cb]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    if train_cfg.early_stopping_patience:
+        callbacks.append(EarlyStopping("val/ppl", patience=train_cfg.early_stopping_patience))
+
+    run_id = None
+    if cfg.logger.enabled:
+        uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
+        tracking.ensure_experiment(uri, cfg.logger.experiment_name)
+        mlf = MLFlowLogger(
+            experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
+            run_name=cfg.logger.run_name,
+            tags={"git_commit": tracking.git_commit(),
+                  "data_md5": tracking.raw_data_md5(data_cfg.raw_path),
+                  "corpus": data_cfg.name, "model": cfg.model.cell},
+        )
+        run_id = tracking.with_retry(lambda: mlf.run_id)
+        mlf.log_hyperparams(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(mlf)
+        lit.extra_checkpoint["mlflow_run_id"] = run_id
+        callbacks.append(tracking.SamplesCallback(
+            data_cfg.prefixes, train_cfg.samples_every_n_epochs, cfg.generate.num_chars,
+            tracking.mlflow_text_logger(mlf.experiment, run_id)))
+
+    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks,
+                          default_root_dir=str(output_dir))
+    trainer.fit(lit, datamodule=datamodule)
+
+    best = checkpoint_cb.best_model_score
+    metrics = {k: float(v) for k, v in lit.epoch_metrics.items()}
+    metrics["val/ppl"] = float(best) if best is not None else math.inf
+    if run_id is not None:
+        client = mlf.experiment
+        tracking.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", metrics["val/ppl"]))
+        tracking.with_retry(lambda: client.log_artifact(run_id, checkpoint_cb.best_model_path, "checkpoints"))
+        tracking.with_retry(lambda: client.log_text(run_id, vocab_json(vocab), "vocab.json"))
+        mlf.finalize("success")
+    _print_summary(output_dir, checkpoint_cb.best_model_path, metrics, run_id, cfg)
+    return metrics
+
+
+def vocab_json(vocab: Vocab) -> str:
+    return json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
+
+
+def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id, cfg) -> None:
+    lines = [
+        "", "lyricist: training finished",
+        f"  best val perplexity   {metrics['val/ppl']:.2f}",
+        f"  best checkpoint       {best_path}",
+        f"  per-epoch metrics     {output_dir / 'metrics.csv'}",
+    ]
+    if run_id:
+        lines.append(f"  MLflow run            {run_id} (experiment {cfg.logger.experiment_name!r})")
+        lines.append(f"  browse                mlflow ui --backend-store-uri "
+                     f"{tracking.resolve_tracking_uri(cfg.logger.tracking_uri)}")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    return metrics["val/ppl"]  # what an optimising sweeper minimises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Lightning wrappers: the DataModule batches, the LightningModule trains.
+
+The recurrent model itself (`lyricist.models.RecurrentLM`) knows nothing of Lightning;
+this module adds what the seeds' training loop does around it:
+
+- random sampling: a fresh zero state for every batch;
+- consecutive sampling: the state is carried from batch i to batch i+1 (row r continues
+  row r) and *detached* before each batch, so backpropagation stops at the batch border
+  (truncated BPTT; Lightning 2.x has no `truncated_bptt_steps`, so we do it here);
+- gradient clipping by the global L2 norm over all parameters (manual optimization,
+  because Lightning refuses `gradient_clip_val` there and clips differently anyway);
+- perplexity = exp(mean cross-entropy per token), train per epoch and val over the
+  whole val stream with the state carried.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from lyricist.batching import consecutive_batches, random_batches
+from lyricist.models import RecurrentLM
+from lyricist.vocab import Vocab
+
+SAMPLING_MODES = ("random", "consecutive")
+
+State = tuple[torch.Tensor, ...]
+
+
+def clip_grad_global_norm(parameters: Iterable[torch.nn.Parameter], theta: float) -> float:
+    """Scale all gradients by theta / norm when their global L2 norm exceeds theta.
+
+    Exactly the seeds' `grad_clipping`: one norm over *all* parameters (not per tensor),
+    the direction is kept. Returns the norm before clipping, for logging.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if norm > theta:
+        for g in grads:
+            g.mul_(theta / norm)
+    return float(norm)
+
+
+def detach_state(state: State) -> State:
+    """Cut the autograd history of a carried state (the seeds' `s.detach_()`)."""
+    return tuple(s.detach() for s in state)
+
+
+class _BatchStream(IterableDataset):
+    """Re-iterable view over one of the batching generators (one pass = one epoch).
+
+    The DataLoader gets ready-made (X, Y) batches (`batch_size=None`) and must not
+    reshuffle them: with consecutive sampling batch i+1 continues batch i row by row.
+    """
+
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
+        self.make_iterator = make_iterator
+
+    def __iter__(self):
+        return self.make_iterator()
+
+
+class LyricsDataModule(pl.LightningDataModule):
+    """Batches already-encoded token ids; nothing else (no files, no vocabulary)."""
+
+    def __init__(
+        self,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        batch_size: int,
+        num_steps: int,
+        sampling: str = "consecutive",
+        eval_batch_size: int = 8,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
+        self.train_ids, self.val_ids = train_ids, val_ids
+        self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
+        self.eval_batch_size, self.seed = eval_batch_size, seed
+        self._epoch = 0
+
+    def _train_batches(self):
+        if self.sampling == "consecutive":
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps)
+        # A new shuffle every epoch, reproducible from (seed, epoch).
+        generator = torch.Generator().manual_seed(self.seed + self._epoch)
+        self._epoch += 1
+        return random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_BatchStream(self._train_batches), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        stream = _BatchStream(
+            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps)
+        )
+        return DataLoader(stream, batch_size=None)
+
+
+class LitLanguageModel(pl.LightningModule):
+    """Trains a `RecurrentLM` the way the seeds do, with explicit, carried state."""
+
+    def __init__(
+        self,
+        model: RecurrentLM,
+        vocab: Vocab,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+        clip_theta: float | None = 1.0,
+        sampling: str = "consecutive",
+    ):
+        super().__init__()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
+        if clip_theta is not None and clip_theta <= 0:
+            raise ValueError(f"clip_theta must be > 0 (or null for no clipping), got {clip_theta}")
+        self.automatic_optimization = False  # we clip by global norm and carry state ourselves
+        self.model, self.vocab = model, vocab
+        self.make_optimizer = optimizer
+        self.clip_theta, self.sampling = clip_theta, sampling
+        self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
+        self._train_state: State | None = None
+        self._val_state: State | None = None
+        self.epoch_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self):
+        return self.make_optimizer(self.parameters())
+
+    def _loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State | None):
+        logits, state = self.model(ids, state)  # (B, T, V)
+        # Mean cross-entropy over the B*T predictions, as the seeds' loss.
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))  # (B*T, V)
+        return loss, state
+
+    # -- training --------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._train_state = None  # consecutive: reset once per epoch; random: every batch anyway
+        self._sums = {"loss": 0.0, "tokens": 0, "grad_norm": 0.0, "batches": 0}
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        ids, targets = batch
+        if self.sampling == "random" or self._train_state is None:
+            state = self.model.begin_state(ids.size(0), device=ids.device)
+        else:
+            state = detach_state(self._train_state)  # keep the values, drop the history
+        loss, self._train_state = self._loss(ids, targets, state)
+
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        # theta = inf measures the norm without clipping (clip_theta: null).
+        theta = math.inf if self.clip_theta is None else self.clip_theta
+        grad_norm = clip_grad_global_norm(self.parameters(), theta)
+        optimizer.step()
+
+        n = targets.numel()
+        self._sums["loss"] += float(loss.detach()) * n
+        self._sums["tokens"] += n
+        self._sums["grad_norm"] += grad_norm
+        self._sums["batches"] += 1
+        self.log("train/loss_step", loss, prog_bar=True, logger=False)
+        return loss
+
+    # -- validation: the whole val stream, state carried ------------------------------
+    def on_validation_epoch_start(self):
+        self._val_state = None
+        self._val_sums = {"loss": 0.0, "tokens": 0}
+
+    def validation_step(self, batch, batch_idx):
+        ids, targets = batch
+        state = self._val_state
+        if state is None:
+            state = self.model.begin_state(ids.size(0), device=ids.device)
+        loss, self._val_state = self._loss(ids, targets, state)
+        self._val_sums["loss"] += float(loss) * targets.numel()
+        self._val_sums["tokens"] += targets.numel()
+
+    def on_validation_epoch_end(self):
+        val_loss = self._val_sums["loss"] / max(self._val_sums["tokens"], 1)
+        self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": math.exp(val_loss)})
+        # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
+        # row per epoch from on_train_epoch_end instead.
+        self.log("val/ppl", math.exp(val_loss), prog_bar=True, logger=False)
+
+    def on_train_epoch_end(self):
+        # Lightning 2.x runs the end-of-epoch validation before this hook, so the
+        # epoch's train and val numbers are logged together, one row per epoch.
+        s = self._sums
+        train_loss = s["loss"] / max(s["tokens"], 1)
+        elapsed = time.perf_counter() - self._epoch_start
+        self.epoch_metrics.update({
+            "epoch": self.current_epoch,
+            "train/loss": train_loss,
+            "train/ppl": math.exp(train_loss),
+            "tokens_per_sec": s["tokens"] / elapsed if elapsed > 0 else 0.0,
+            "grad_norm": s["grad_norm"] / max(s["batches"], 1),
+            "lr": self.optimizers().param_groups[0]["lr"],
+        })
+        self.log("train/ppl", math.exp(train_loss), prog_bar=True, logger=False)
+        for logger in self.loggers:
+            logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
+
+    # -- checkpoints carry what is needed to rebuild the model -------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lyricist"] = {
+            "model_config": dict(self.model.config),
+            "vocab": self.vocab.to_dict(),
+            **self.extra_checkpoint,
+        }

@@ -1,0 +1,68 @@
+"""conf/ is the single source of truth: params.yaml is its composition, every option composes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose_config
+from lyricist.models import RecurrentLM
+
+
+def test_params_yaml_is_the_composition_of_conf():
+    composed = OmegaConf.to_container(compose_config(), resolve=True)
+    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert on_disk == composed, "params.yaml is stale: run `make params`"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_every_model_option_instantiates(option):
+    cfg = compose_config([f"model={option}"])
+    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    assert isinstance(model, RecurrentLM)
+    assert model.config["cell"] == cfg.model.cell
+
+
+@pytest.mark.parametrize("option", _options("optim"))
+def test_every_optim_option_instantiates(option):
+    import torch
+
+    cfg = compose_config([f"optim={option}"])
+    optimizer = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_every_trainer_option_composes(option):
+    cfg = compose_config([f"trainer={option}"])
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if cfg.trainer.accelerator == "cpu":
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_every_data_option_names_an_existing_pointer(option):
+    cfg = compose_config([f"data={option}"])
+    assert cfg.data.name == option
+    assert (ROOT / f"{cfg.data.raw_path}.dvc").is_file(), "commit the .dvc pointer of the raw corpus"
+    assert cfg.data.sampling in ("random", "consecutive")
+
+
+@pytest.mark.parametrize("option", _options("logger"))
+def test_every_logger_option_composes(option):
+    cfg = compose_config([f"logger={option}"])
+    assert isinstance(cfg.logger.enabled, bool)
+
+
+def test_unknown_group_option_is_refused_by_hydra():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="model"):
+        compose_config(["model=transformer"])

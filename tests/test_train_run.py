@@ -1,0 +1,62 @@
+"""A real (tiny) training run: Lightning Trainer, MLflow SQLite store, checkpoints, generation."""
+
+import csv
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lyricist.checkpoint import load_checkpoint
+from lyricist.evaluation import evaluate_checkpoint
+from lyricist.generate import generate
+from lyricist.train import train
+
+
+def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(tiny_cfg, output_dir=out, data_dir=tiny_data)
+
+    assert math.isfinite(metrics["val/ppl"]) and metrics["val/ppl"] > 1
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train/ppl", "val/ppl", "tokens_per_sec", "grad_norm", "lr"} <= set(rows[0])
+
+    client = MlflowClient(tiny_cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name(tiny_cfg.logger.experiment_name)
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    for name in ("train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "lr"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [0, 1], name
+    assert run.data.params["model.hidden_size"] == "16"
+    assert run.data.params["data.sampling"] == "consecutive"
+    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples", "checkpoints", "vocab.json"} <= artifacts
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert samples == ["samples/epoch_001.txt", "samples/epoch_002.txt"]
+    text = client.download_artifacts(run.info.run_id, "samples/epoch_002.txt", str(tmp_path))
+    assert open(text, encoding="utf-8").read().startswith("分开")
+
+    # The checkpoint rebuilds the model + vocabulary through one function, and remembers its run.
+    loaded = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    assert loaded.meta["mlflow_run_id"] == run.info.run_id
+    assert generate(loaded.model, loaded.vocab, "不分开", 5).startswith("不分开")
+    scores, samples_md = evaluate_checkpoint(out / "checkpoints" / "best.ckpt", tiny_data, batch_size=2,
+                                             num_steps=8, prefixes=["分开"], num_chars=10)
+    assert scores["val_ppl"] == pytest.approx(metrics["val/ppl"], rel=1e-4)
+    assert "test_ppl" in scores and "## 分开" in samples_md
+
+
+def test_missing_data_fails_before_training_with_the_fix(tiny_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tmp_path / "nowhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_short_split_fails_before_training(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.data.batch_size = 10_000
+    with pytest.raises(ValueError, match="batch_size"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
