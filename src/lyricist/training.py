@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.batching import consecutive_batches, random_batches
+from lyricist.batching import consecutive_batches, num_batches, random_batches
 from lyricist.models import RecurrentLM
 from lyricist.vocab import Vocab
 
@@ -61,11 +61,15 @@ class _BatchStream(IterableDataset):
     reshuffle them: with consecutive sampling batch i+1 continues batch i row by row.
     """
 
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
-        self.make_iterator = make_iterator
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                 length: int):
+        self.make_iterator, self.length = make_iterator, length
 
     def __iter__(self):
         return self.make_iterator()
+
+    def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
+        return self.length
 
 
 class LyricsDataModule(pl.LightningDataModule):
@@ -98,11 +102,13 @@ class LyricsDataModule(pl.LightningDataModule):
         return random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_BatchStream(self._train_batches), batch_size=None)
+        length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
+        return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         stream = _BatchStream(
-            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps)
+            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps),
+            num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
         )
         return DataLoader(stream, batch_size=None)
 

@@ -1,0 +1,109 @@
+"""The DVC pipeline for real, in a temporary copy of the project, with a tiny config."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+STORE = ROOT.parent / "shared" / "dvc-store"
+
+TINY = ["data.max_chars=6000", "data.batch_size=8", "data.num_steps=10", "model.hidden_size=16",
+        "model.embedding_size=8", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+        "train.eval_batch_size=2", "train.samples_every_n_epochs=1", "generate.num_chars=20"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def compose_params(project: Path, overrides: list[str]) -> None:
+    from dvc.utils.hydra import compose_and_dump  # what DVC's Hydra mode runs on `dvc exp run`
+
+    compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", ".", overrides)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A git repository holding the project's source files (not what a run produced),
+    the DVC remote made absolute."""
+    if not STORE.is_dir():
+        pytest.skip(f"the DVC remote {STORE} is not there")
+    dest = tmp_path / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    produced = ("dvc.lock", "models/", "reports/", "data/interim", "data/processed", "data/encoded")
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(produced):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    compose_params(dest, TINY + [f"logger.tracking_uri={uri}"])
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
+    run(["dvc", "remote", "modify", "--local", "store", "url", str(STORE)], dest)
+    return dest
+
+
+def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project, tmp_path):
+    # The remote holds the raw corpora only (pipeline outputs live in the local cache).
+    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc", "data/raw/timemachine.txt.dvc"], project)
+    assert (project / "data/raw/jaychou_lyrics.txt.zip").stat().st_size == 52607
+
+    out = run(["dvc", "repro"], project)
+    for stage in ("unzip", "preprocess", "vocab", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    for path in ["data/interim/jaychou.txt", "data/processed/jaychou/train.txt",
+                 "data/processed/jaychou/val.txt", "data/processed/jaychou/test.txt",
+                 "data/encoded/jaychou/vocab.json", "data/encoded/jaychou/train.npy",
+                 "models/checkpoints/best.ckpt", "models/checkpoints/last.ckpt",
+                 "models/metrics.csv", "reports/metrics.json", "reports/samples.md", "dvc.lock"]:
+        assert (project / path).is_file(), path
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["val_ppl"] > 1 and metrics["test_ppl"] > 1
+    assert "## 战争中部队" in (project / "reports/samples.md").read_text(encoding="utf-8")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run_info] = client.search_runs(client.get_experiment_by_name("lyricist").experiment_id)
+    assert run_info.data.tags["data_md5"] == "8a12a520f603e35039e7df0c2b41c839"
+
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], project)
+
+    assert "val_ppl" in run(["dvc", "metrics", "show"], project)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    assert (tmp_path / "plots" / "index.html").is_file()
+
+    # A model parameter re-runs train and evaluate only.
+    compose_params(project, TINY + ["model.hidden_size=12",
+                                    f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    status = run(["dvc", "status"], project)
+    assert "train:" in status and "evaluate:" not in status.split("train:")[0]
+    for stage in ("unzip", "preprocess", "vocab"):
+        assert f"{stage}:" not in status
+    out = run(["dvc", "repro"], project)
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    for stage in ("unzip", "preprocess", "vocab"):
+        assert f"Running stage '{stage}'" not in out
+
+
+def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
+    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["dvc", "exp", "run", "-S", "model=rnn"]
+    for override in TINY + [f"logger.tracking_uri={uri}"]:
+        args += ["-S", override]
+    run(args, project)
+    shown = run(["dvc", "exp", "show", "--csv"], project)
+    assert "val_ppl" in shown
+    params = (project / "params.yaml").read_text(encoding="utf-8")
+    assert "cell: rnn" in params  # params.yaml was rewritten from conf/ with the override
