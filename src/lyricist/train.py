@@ -136,7 +136,8 @@ def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id, cfg)
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
+                    data_dir=cfg.data.encoded_dir)
     return metrics["val/ppl"]  # what an optimising sweeper minimises
 
 

@@ -1,0 +1,76 @@
+"""The commands a user types: the Hydra app (single run and multirun) and the generator."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+from lyricist import generate as generate_cli
+from lyricist.train import train
+
+
+def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lyricist.train", *args], cwd=cwd,
+                          capture_output=True, text=True, env=dict(os.environ))
+
+
+@pytest.mark.slow
+def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = TINY + [f"logger.tracking_uri={uri}", "trainer.max_epochs=1",
+                     f"data.encoded_dir={tiny_data}", f"hydra.run.dir={tmp_path}/single",
+                     f"hydra.sweep.dir={tmp_path}/multi"]
+    single = _hydra(["model=rnn", "data.sampling=random", *common], tmp_path)
+    assert single.returncode == 0, single.stderr
+    assert (tmp_path / "single" / "checkpoints" / "best.ckpt").is_file()
+
+    multi = _hydra(["-m", "model=rnn,gru", *common], tmp_path)
+    assert multi.returncode == 0, multi.stderr
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir() if p.is_dir()) == ["0", "1"]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    assert sorted(r.data.params["model.cell"] for r in runs) == ["gru", "rnn", "rnn"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_generate_cli_prints_lyrics_and_rejects_bad_input(tiny_cfg, tiny_data, tmp_path, capsys):
+    tiny_cfg.logger.enabled = False
+    train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    capsys.readouterr()  # drop the trainer's own output
+
+    assert generate_cli.main(["--checkpoint", ckpt, "--prefix", "分开", "--prefix", "不分开",
+                              "--num-chars", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("分开") and any(line.startswith("不分开") for line in lines)
+
+    sampled = [generate_cli.main(["--checkpoint", ckpt, "--prefix", "分开", "--strategy", "sample",
+                                  "--temperature", "0.8", "--top-k", "5", "--seed", "3"])
+               for _ in range(2)]
+    out = capsys.readouterr().out
+    half = len(out) // 2
+    assert sampled == [0, 0] and out.startswith("分开") and out[:half] == out[half:]  # same seed
+
+    for bad, message in [(["--prefix", "分开"], "does not exist"),
+                         (["--prefix", "分开", "--num-chars", "0"], "num_chars"),
+                         (["--prefix", "分开", "--temperature", "0"], "temperature"),
+                         (["--prefix", ""], "empty"),
+                         (["--prefix", "分开λ"], "'λ'")]:
+        path = str(tmp_path / "missing.ckpt") if message == "does not exist" else ckpt
+        assert generate_cli.main(["--checkpoint", path, *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert generate_cli.main(["--checkpoint", ckpt, "--prefix", "分开λ", "--allow-unknown",
+                              "--num-chars", "3"]) == 0
+    assert capsys.readouterr().out.startswith("分开λ")
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert generate_cli.main(["--checkpoint", str(bad), "--prefix", "分开"]) == 2
+    assert "corrupt" in capsys.readouterr().err
