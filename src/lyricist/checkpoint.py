@@ -27,8 +27,7 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id, epoch
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
-    path = Path(path)
+def _read(path: Path, map_location) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist: train first (`dvc repro train` or "
@@ -43,6 +42,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or "lyricist" not in checkpoint:
         raise ValueError(f"{path} is not a lyricist checkpoint (no 'lyricist' entry with "
                          "the model arguments and vocabulary)")
+    return checkpoint
+
+
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """What a checkpoint says about its run (mlflow_run_id, epoch), without building the model."""
+    checkpoint = _read(Path(path), "cpu")
+    meta = {k: v for k, v in checkpoint["lyricist"].items() if k not in ("model_config", "vocab")}
+    return {**meta, "epoch": checkpoint.get("epoch")}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
+    checkpoint = _read(Path(path), map_location)
     extra = dict(checkpoint["lyricist"])
     model = RecurrentLM(**extra.pop("model_config"))
     vocab = Vocab.from_dict(extra.pop("vocab"))

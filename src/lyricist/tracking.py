@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import time
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
+import requests
 import yaml
+from pytorch_lightning.loggers import Logger
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -55,6 +58,16 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
     Fails fast with a clear message when the tracking server cannot be reached.
     """
+    if tracking_uri.startswith(("http://", "https://")):
+        # MLflow's own HTTP client retries for minutes; ask once, quickly, before training.
+        try:
+            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise RuntimeError(
+                f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
+                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
+                "train without it (logger=none)"
+            ) from err
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def get_or_create() -> str:
@@ -132,3 +145,43 @@ class SamplesCallback(pl.Callback):
 def mlflow_text_logger(client: MlflowClient, run_id: str) -> Callable[[str, str], None]:
     return lambda text, artifact_file: with_retry(lambda: client.log_text(run_id, text, artifact_file))
 
+
+
+class EpochCSVLogger(Logger):
+    """One CSV row per epoch, appended and flushed at once, for `dvc plots`.
+
+    Unlike Lightning's CSVLogger (which buffers rows and deletes an existing file when it
+    starts), a killed run keeps every finished epoch and a resumed run continues the file:
+    `keep_epochs_below=k` keeps the rows of epochs < k and drops any later ones.
+    """
+
+    COLUMNS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl",
+               "tokens_per_sec", "grad_norm", "lr")
+
+    def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        rows = []
+        if keep_epochs_below is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < keep_epochs_below]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @property
+    def name(self) -> str:
+        return "epoch_csv"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the config goes to MLflow; this file holds the curves only
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore").writerow(dict(metrics))

@@ -20,10 +20,11 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+from pytorch_lightning.loggers import MLFlowLogger
 
 from lyricist import tracking
 from lyricist.batching import check_enough_tokens
+from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.training import LitLanguageModel, LyricsDataModule
 from lyricist.vocab import Vocab, load_ids
 
@@ -65,12 +66,19 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
                         "val split", sampling="consecutive")
     model = instantiate(cfg.model, vocab_size=len(vocab), _convert_="all")
     lit = LitLanguageModel(model, vocab, optimizer=instantiate(cfg.optim),
-                           clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling)
+                           clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling,
+                           divergence_factor=train_cfg.divergence_factor, seed=train_cfg.seed)
     datamodule = LyricsDataModule(splits["train"], splits["val"], data_cfg.batch_size,
                                   data_cfg.num_steps, data_cfg.sampling,
                                   train_cfg.eval_batch_size, train_cfg.seed)
 
-    loggers: list = [CSVLogger(output_dir, name="", version="")]  # -> output_dir/metrics.csv
+    resume_path = resolve_resume(train_cfg.resume, output_dir)
+    resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
+    # Tracking before any output: an unreachable server fails here, not after training.
+    mlf = _mlflow_logger(cfg, resume_meta.get("mlflow_run_id")) if cfg.logger.enabled else None
+
+    loggers: list = [tracking.EpochCSVLogger(
+        output_dir / "metrics.csv", keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)]
     checkpoint_cb = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
                                     monitor="val/ppl", mode="min", save_last=True,
                                     enable_version_counter=False)
@@ -79,29 +87,18 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     if train_cfg.early_stopping_patience:
         callbacks.append(EarlyStopping("val/ppl", patience=train_cfg.early_stopping_patience))
-
     run_id = None
-    if cfg.logger.enabled:
-        uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
-        tracking.ensure_experiment(uri, cfg.logger.experiment_name)
-        mlf = MLFlowLogger(
-            experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
-            run_name=cfg.logger.run_name,
-            tags={"git_commit": tracking.git_commit(),
-                  "data_md5": tracking.raw_data_md5(data_cfg.raw_path),
-                  "corpus": data_cfg.name, "model": cfg.model.cell},
-        )
-        run_id = tracking.with_retry(lambda: mlf.run_id)
-        mlf.log_hyperparams(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        loggers.append(mlf)
+    if mlf is not None:
+        run_id = mlf.run_id
         lit.extra_checkpoint["mlflow_run_id"] = run_id
+        loggers.append(mlf)
         callbacks.append(tracking.SamplesCallback(
             data_cfg.prefixes, train_cfg.samples_every_n_epochs, cfg.generate.num_chars,
             tracking.mlflow_text_logger(mlf.experiment, run_id)))
 
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks,
                           default_root_dir=str(output_dir))
-    trainer.fit(lit, datamodule=datamodule)
+    trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_path)
 
     best = checkpoint_cb.best_model_score
     metrics = {k: float(v) for k, v in lit.epoch_metrics.items()}
@@ -114,6 +111,38 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         mlf.finalize("success")
     _print_summary(output_dir, checkpoint_cb.best_model_path, metrics, run_id, cfg)
     return metrics
+
+
+def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None) -> MLFlowLogger:
+    """The run's MLflow logger, its store and experiment created first (with retries);
+    resuming continues the checkpoint's run instead of opening a new one."""
+    uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
+    tracking.ensure_experiment(uri, cfg.logger.experiment_name)
+    mlf = MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
+        run_name=cfg.logger.run_name, run_id=resume_run_id,
+        tags={"git_commit": tracking.git_commit(),
+              "data_md5": tracking.raw_data_md5(cfg.data.raw_path),
+              "corpus": cfg.data.name, "model": cfg.model.cell},
+    )
+    tracking.with_retry(lambda: mlf.run_id)  # creates the run
+    if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
+        mlf.log_hyperparams(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    return mlf
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
+    """`null`: start afresh; `auto`: continue from output_dir's last.ckpt if there is one;
+    a path: continue from that checkpoint (it must exist)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint; use 'auto' or "
+                                "the path of a last.ckpt")
+    return str(resume)
 
 
 def vocab_json(vocab: Vocab) -> str:

@@ -30,6 +30,10 @@ from lyricist.vocab import Vocab
 
 SAMPLING_MODES = ("random", "consecutive")
 
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
+
 State = tuple[torch.Tensor, ...]
 
 
@@ -91,15 +95,23 @@ class LyricsDataModule(pl.LightningDataModule):
         self.train_ids, self.val_ids = train_ids, val_ids
         self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
         self.eval_batch_size, self.seed = eval_batch_size, seed
-        self._epoch = 0
+        self.epochs_drawn = 0  # random shuffles drawn so far; saved in checkpoints
 
     def _train_batches(self):
         if self.sampling == "consecutive":
             return consecutive_batches(self.train_ids, self.batch_size, self.num_steps)
-        # A new shuffle every epoch, reproducible from (seed, epoch).
-        generator = torch.Generator().manual_seed(self.seed + self._epoch)
-        self._epoch += 1
+        # A new shuffle every epoch, reproducible from (seed, epoch). The counter travels in
+        # the checkpoint (state_dict below), so a resumed run draws the same shuffles; the
+        # trainer's current_epoch is not yet advanced when Lightning builds the iterator.
+        generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
+        self.epochs_drawn += 1
         return random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+
+    def state_dict(self) -> dict:
+        return {"epochs_drawn": self.epochs_drawn}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs_drawn = state_dict["epochs_drawn"]
 
     def train_dataloader(self) -> DataLoader:
         length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
@@ -123,6 +135,8 @@ class LitLanguageModel(pl.LightningModule):
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
         clip_theta: float | None = 1.0,
         sampling: str = "consecutive",
+        divergence_factor: float | None = 3.0,
+        seed: int = 0,
     ):
         super().__init__()
         if sampling not in SAMPLING_MODES:
@@ -133,6 +147,8 @@ class LitLanguageModel(pl.LightningModule):
         self.model, self.vocab = model, vocab
         self.make_optimizer = optimizer
         self.clip_theta, self.sampling = clip_theta, sampling
+        self.divergence_factor, self.seed = divergence_factor, seed
+        self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
         self._train_state: State | None = None
         self._val_state: State | None = None
@@ -154,12 +170,19 @@ class LitLanguageModel(pl.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            # Dropout draws from torch's global RNG. Reseeding it from (seed, epoch) at the
+            # first batch (after Lightning has built the epoch's iterator, which also draws
+            # from it) makes a run resumed from a checkpoint draw the same masks as an
+            # uninterrupted one.
+            torch.manual_seed(self.seed + 1000 * self.current_epoch)
         ids, targets = batch
         if self.sampling == "random" or self._train_state is None:
             state = self.model.begin_state(ids.size(0), device=ids.device)
         else:
             state = detach_state(self._train_state)  # keep the values, drop the history
         loss, self._train_state = self._loss(ids, targets, state)
+        self._check_divergence(float(loss.detach()), batch_idx)
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -176,6 +199,21 @@ class LitLanguageModel(pl.LightningModule):
         self._sums["batches"] += 1
         self.log("train/loss_step", loss, prog_bar=True, logger=False)
         return loss
+
+    def _check_divergence(self, loss: float, batch_idx: int) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss
+        exploded = (self.divergence_factor is not None
+                    and loss > self.divergence_factor * self.first_loss)
+        if math.isfinite(loss) and not exploded:
+            return
+        what = "is not finite" if not math.isfinite(loss) else (
+            f"exploded to more than {self.divergence_factor:g}x its first value {self.first_loss:.3f}")
+        raise TrainingDiverged(
+            f"training loss {loss:.4g} {what} at epoch {self.current_epoch}, batch {batch_idx} "
+            f"(global step {self.global_step}). Lower the learning rate (optim.lr), clip harder "
+            "(train.clip_theta), or check the data. The last good checkpoint is kept."
+        )
 
     # -- validation: the whole val stream, state carried ------------------------------
     def on_validation_epoch_start(self):
@@ -223,3 +261,7 @@ class LitLanguageModel(pl.LightningModule):
             "vocab": self.vocab.to_dict(),
             **self.extra_checkpoint,
         }
+        checkpoint["lyricist_resume"] = {"first_loss": self.first_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.first_loss = checkpoint.get("lyricist_resume", {}).get("first_loss")

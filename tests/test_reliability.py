@@ -1,0 +1,176 @@
+"""Faults survived: kill + resume, divergence, unreachable tracking, locked SQLite, determinism,
+and bad configuration refused before any training."""
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.errors import MissingConfigException
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from conftest import LYRICS, TINY, compose_config
+from lyricist import tracking
+from lyricist.corpus import split_text
+from lyricist.models import RecurrentLM
+from lyricist.train import train
+from lyricist.training import LitLanguageModel, LyricsDataModule, TrainingDiverged
+from lyricist.vocab import Vocab, encode_to_array, save_ids
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "tokens_per_sec"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture
+def bigger_data(tmp_path):
+    """Enough batches that an epoch takes a few seconds, so a kill lands mid-epoch."""
+    out = tmp_path / "encoded"
+    splits = split_text(LYRICS * 60, val_fraction=0.1, test_fraction=0.0)
+    vocab = Vocab.build(splits["train"])
+    vocab.save(out / "vocab.json")
+    for name, text in splits.items():
+        save_ids(out / f"{name}.npy", encode_to_array(vocab, text))
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = TINY + ["trainer.max_epochs=3", "train.early_stopping_patience=null",
+                   f"data.encoded_dir={bigger_data}", f"logger.tracking_uri={uri}",
+                   "train.resume=auto", "data.sampling=random"]  # random: the shuffle must resume too
+    command = lambda run_dir: [sys.executable, "-m", "lyricist.train", *args, f"hydra.run.dir={run_dir}"]
+
+    reference = subprocess.run(command(tmp_path / "reference"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    victim = subprocess.Popen(command(tmp_path / "victim"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    metrics_csv = tmp_path / "victim" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if metrics_csv.is_file() and len(_rows(metrics_csv)) >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the second epoch
+    assert victim.poll() is None, "the run finished before it could be killed: make epochs longer"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_rows = len(_rows(metrics_csv))
+    assert 1 <= killed_rows < 3
+
+    resumed = subprocess.run(command(tmp_path / "victim"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(metrics_csv) == _rows(tmp_path / "reference" / "metrics.csv")  # bitwise, CPU
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    assert len(runs) == 2, "the resumed run must continue its MLflow run, not open a third"
+    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "val/ppl"),
+                                          key=lambda m: m.step)] for r in runs]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+
+
+def _file_md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+class _PoisonWeightsAtEpoch(pl.Callback):
+    """Fault injection: the weights turn to NaN at the start of an epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                module.model.head.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_epoch_step_and_hint_and_keeps_last_good_checkpoint(tmp_path):
+    vocab = Vocab.build("abcdefgh")
+    ids = torch.randint(0, len(vocab), (600,), generator=torch.Generator().manual_seed(0))
+    lit = LitLanguageModel(RecurrentLM(len(vocab), hidden_size=8), vocab,
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/ppl", save_last=True)
+    trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[ckpt, _PoisonWeightsAtEpoch(1)],
+                         enable_progress_bar=False, enable_model_summary=False)
+    data = LyricsDataModule(ids, ids[:200], batch_size=4, num_steps=5, eval_batch_size=2)
+    with pytest.raises(TrainingDiverged, match=r"not finite at epoch 1, batch 0.*optim\.lr.*clip_theta"):
+        trainer.fit(lit, datamodule=data)
+    last = tmp_path / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # epoch 0's, untouched
+    before = _file_md5(last)
+    assert all(torch.isfinite(v).all() for v in torch.load(last, weights_only=True)["state_dict"].values())
+    assert _file_md5(last) == before
+
+
+def test_exploding_loss_stops_training(tiny_cfg, tiny_data, tmp_path):
+    cfg = tiny_cfg
+    cfg.logger.enabled = False
+    cfg.optim = compose_config(["optim=sgd", "optim.lr=1e6"]).optim
+    cfg.train.clip_theta = None
+    with pytest.raises(TrainingDiverged, match="(exploded|not finite).*optim.lr"):
+        train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+
+
+def test_unreachable_tracking_server_fails_before_training(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.logger.tracking_uri = "http://127.0.0.1:9"  # nothing listens on the discard port
+    started = time.time()
+    with pytest.raises(RuntimeError, match="cannot reach the MLflow tracking server"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    assert time.time() - started < 30
+    assert not (tmp_path / "run").exists(), "nothing may be written before tracking works"
+
+
+def test_locked_sqlite_is_retried_and_other_errors_are_not():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.with_retry(flaky, delay=0.01) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        tracking.with_retry(lambda: (_ for _ in ()).throw(ValueError("other")), delay=0.01)
+
+
+def test_same_config_and_seed_give_identical_val_perplexity(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.logger.enabled = False
+    first = train(tiny_cfg, output_dir=tmp_path / "a", data_dir=tiny_data)
+    second = train(tiny_cfg, output_dir=tmp_path / "b", data_dir=tiny_data)
+    assert first["val/ppl"] == second["val/ppl"]
+    assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden_size=0", "hidden_size"),
+    ("model.num_layers=0", "num_layers"),
+    ("model.dropout=1.5", "dropout"),
+    ("model.cell=transformer", "transformer"),
+    ("train.clip_theta=0", "clip_theta"),
+    ("data.sampling=shuffled", "sampling"),
+    ("data.batch_size=100000", "batch_size"),
+])
+def test_bad_config_is_refused_before_training(override, message, tiny_data, tmp_path):
+    cfg = compose_config(TINY + ["logger=none", override])
+    with pytest.raises(Exception, match=message):
+        train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["model=transformer", "optim=rmsprop", "data=wikipedia"])
+def test_unknown_group_options_name_the_choices(override):
+    with pytest.raises(MissingConfigException, match="Available options"):
+        compose_config([override])
