@@ -34,8 +34,11 @@ def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path):
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
-    assert sorted(r.data.params["model.cell"] for r in runs) == ["gru", "rnn", "rnn"]
+    jobs = [r for r in runs if r.data.tags.get("sweep") != "parent"]
+    assert sorted(r.data.params["model.cell"] for r in jobs) == ["gru", "rnn", "rnn"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in jobs) == 2
 
 
 def test_generate_cli_prints_lyrics_and_rejects_bad_input(tiny_cfg, tiny_data, tmp_path, capsys):

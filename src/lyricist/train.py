@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
-from lyricist import tracking
+from lyricist import sweep, tracking
 from lyricist.batching import check_enough_tokens
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.training import LitLanguageModel, LyricsDataModule
@@ -48,7 +48,8 @@ def load_encoded(data_dir: Path) -> tuple[Vocab, dict]:
     return Vocab.load(data_dir / "vocab.json"), splits
 
 
-def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None = None,
+          parent_run_id: str | None = None) -> dict:
     """Train the configured model; write checkpoints and metrics.csv under `output_dir`.
 
     Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
@@ -75,7 +76,8 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     resume_path = resolve_resume(train_cfg.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     # Tracking before any output: an unreachable server fails here, not after training.
-    mlf = _mlflow_logger(cfg, resume_meta.get("mlflow_run_id")) if cfg.logger.enabled else None
+    mlf = (_mlflow_logger(cfg, resume_meta.get("mlflow_run_id"), parent_run_id)
+           if cfg.logger.enabled else None)
 
     loggers: list = [tracking.EpochCSVLogger(
         output_dir / "metrics.csv", keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)]
@@ -113,7 +115,8 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     return metrics
 
 
-def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None) -> MLFlowLogger:
+def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None,
+                   parent_run_id: str | None) -> MLFlowLogger:
     """The run's MLflow logger, its store and experiment created first (with retries);
     resuming continues the checkpoint's run instead of opening a new one."""
     uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
@@ -123,7 +126,8 @@ def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None) -> MLFlowLogger:
         run_name=cfg.logger.run_name, run_id=resume_run_id,
         tags={"git_commit": tracking.git_commit(),
               "data_md5": tracking.raw_data_md5(cfg.data.raw_path),
-              "corpus": cfg.data.name, "model": cfg.model.cell},
+              "corpus": cfg.data.name, "model": cfg.model.cell,
+              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
     )
     tracking.with_retry(lambda: mlf.run_id)  # creates the run
     if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
@@ -166,7 +170,8 @@ def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id, cfg)
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
-                    data_dir=cfg.data.encoded_dir)
+                    data_dir=cfg.data.encoded_dir,
+                    parent_run_id=sweep.parent_run_id_for_current_job())
     return metrics["val/ppl"]  # what an optimising sweeper minimises
 
 

@@ -1,0 +1,74 @@
+"""One MLflow parent run per Hydra sweep, the jobs nested under it.
+
+`hydra.callbacks.mlflow_sweep` (conf/config.yaml) runs this in the sweep's main process:
+before the jobs start it creates the store, the experiment and the parent run, and writes
+the parent's id into the sweep directory, where each job (in whatever process the launcher
+gives it: joblib, submitit) reads it and tags its own run `mlflow.parentRunId`. After the
+last job it logs the sweep's overrides and the best child's val perplexity on the parent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from lyricist import tracking
+
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+def parent_run_id_for_current_job() -> str | None:
+    """The sweep's parent run id when this Hydra job is part of a multirun, else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.logger.enabled:
+            return
+        uri = tracking.resolve_tracking_uri(config.logger.tracking_uri)
+        # Created here, once, before parallel jobs race to create tables and experiment.
+        experiment_id = tracking.ensure_experiment(uri, config.logger.experiment_name)
+        self.client = MlflowClient(uri)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = tracking.with_retry(lambda: self.client.create_run(
+            experiment_id, run_name=f"sweep {overrides}"[:250],
+            tags={"sweep": "parent", "git_commit": tracking.git_commit()}))
+        self.parent_run_id = run.info.run_id
+        tracking.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.client is None:
+            return
+        client, parent = self.client, self.parent_run_id
+        children = tracking.with_retry(lambda: client.search_runs(
+            [client.get_run(parent).info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"))
+        scored = [(r.data.metrics["best/val_ppl"], r) for r in children
+                  if "best/val_ppl" in r.data.metrics]
+        tracking.with_retry(lambda: client.log_metric(parent, "sweep/jobs_finished", len(scored)))
+        if scored:
+            best_ppl, best = min(scored, key=lambda pair: pair[0])
+            tracking.with_retry(lambda: client.log_metric(parent, "best/val_ppl", best_ppl))
+            tracking.with_retry(lambda: client.set_tag(parent, "best_child_run_id", best.info.run_id))
+        status = "FINISHED" if len(scored) == len(children) and children else "FAILED"
+        tracking.with_retry(lambda: client.set_terminated(parent, status))

@@ -1,0 +1,41 @@
+"""Parallel Hydra sweeps (joblib) into one SQLite MLflow store: no lost run, no lock error,
+one parent run with the jobs nested under it."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def test_parallel_sweep_of_8_jobs_4_at_a_time_lands_every_run(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, "-m", "lyricist.train", "-m", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            *TINY, "trainer.max_epochs=2", f"data.encoded_dir={tiny_data}", f"logger.tracking_uri={uri}",
+            "model=rnn,gru", "data.sampling=random,consecutive", "train.seed=1,2"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 9 and len(children) == 8
+    combos = {(r.data.params["model.cell"], r.data.params["data.sampling"], r.data.params["train.seed"])
+              for r in children}
+    assert len(combos) == 8
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/ppl")] == [0, 1]
+        assert {"train/ppl", "tokens_per_sec", "grad_norm", "lr"} <= set(child.data.metrics)
+    best = min(children, key=lambda r: r.data.metrics["best/val_ppl"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best/val_ppl"] == best.data.metrics["best/val_ppl"]
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    assert "model=rnn,gru" in parent.data.params["sweep.overrides"]
