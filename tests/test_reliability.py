@@ -174,3 +174,28 @@ def test_bad_config_is_refused_before_training(override, message, tiny_data, tmp
 def test_unknown_group_options_name_the_choices(override):
     with pytest.raises(MissingConfigException, match="Available options"):
         compose_config([override])
+
+
+class _PeakRss(pl.Callback):
+    def __init__(self):
+        self.peaks_mb = []
+
+    def on_train_epoch_end(self, trainer, module):
+        import resource
+
+        self.peaks_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+
+
+@pytest.mark.slow
+def test_training_memory_does_not_grow_epoch_over_epoch():
+    vocab = Vocab.build("".join(chr(0x4E00 + i) for i in range(300)))
+    ids = torch.randint(0, len(vocab), (32 * 35 * 12 + 32,), generator=torch.Generator().manual_seed(0))
+    lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=128, embedding_size=64),
+                           vocab, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+    rss = _PeakRss()
+    trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, callbacks=[rss],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:2000], 32, 35, "consecutive", 8))
+    growth = rss.peaks_mb[-1] - rss.peaks_mb[2]
+    print(f"peak RSS per epoch (MiB): {[round(p, 1) for p in rss.peaks_mb]}")
+    assert growth < 5, f"peak RSS grew {growth:.1f} MiB from epoch 3 to epoch 10: something keeps history"
