@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import requests
 import yaml
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -125,26 +126,24 @@ def raw_data_md5(raw_path: str, root: Path = PROJECT_ROOT) -> str:
 
 class SamplesCallback(pl.Callback):
     """Every N epochs (and at the last), generate lyrics for the prefixes and log them
-    to MLflow as `samples/epoch_XXX.txt`, so the UI shows how the lyrics improve."""
+    to MLflow as `samples/epoch_XXX.txt`, so the UI shows how the lyrics improve.
+    Plain values only (no client, no lambda), so it survives DDP's process spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
-                 log_text: Callable[[str, str], None]):
+                 tracking_uri: str, run_id: str):
         self.prefixes, self.every_n_epochs, self.num_chars = list(prefixes), every_n_epochs, num_chars
-        self.log_text = log_text  # (text, artifact_file) -> None
+        self.tracking_uri, self.run_id = tracking_uri, run_id
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1  # 1-based, as people count epochs
         last = epoch == trainer.max_epochs or trainer.should_stop
-        if epoch % self.every_n_epochs and not last:
+        if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
         lines = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
                  for p in self.prefixes]
-        self.log_text("\n\n".join(lines) + "\n", f"samples/epoch_{epoch:03d}.txt")
-
-
-def mlflow_text_logger(client: MlflowClient, run_id: str) -> Callable[[str, str], None]:
-    return lambda text, artifact_file: with_retry(lambda: client.log_text(run_id, text, artifact_file))
-
+        client = MlflowClient(self.tracking_uri)
+        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(lines) + "\n",
+                                           f"samples/epoch_{epoch:03d}.txt"))
 
 
 class EpochCSVLogger(Logger):
@@ -161,6 +160,10 @@ class EpochCSVLogger(Logger):
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()
         self.path = Path(path)
+        self._start_file(keep_epochs_below)
+
+    @rank_zero_only  # under DDP the other processes run this constructor too
+    def _start_file(self, keep_epochs_below: int | None) -> None:
         rows = []
         if keep_epochs_below is not None and self.path.is_file():
             with open(self.path, newline="") as f:
@@ -182,6 +185,13 @@ class EpochCSVLogger(Logger):
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         pass  # the config goes to MLflow; this file holds the curves only
 
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore").writerow(dict(metrics))
+
+
+def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
+    """The rows EpochCSVLogger wrote, as numbers."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

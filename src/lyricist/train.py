@@ -96,15 +96,19 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         loggers.append(mlf)
         callbacks.append(tracking.SamplesCallback(
             data_cfg.prefixes, train_cfg.samples_every_n_epochs, cfg.generate.num_chars,
-            tracking.mlflow_text_logger(mlf.experiment, run_id)))
+            tracking.resolve_tracking_uri(cfg.logger.tracking_uri), run_id))
 
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks,
                           default_root_dir=str(output_dir))
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_path)
 
-    best = checkpoint_cb.best_model_score
-    metrics = {k: float(v) for k, v in lit.epoch_metrics.items()}
-    metrics["val/ppl"] = float(best) if best is not None else math.inf
+    if not trainer.is_global_zero:  # DDP: rank 0 reports
+        return {}
+    # From the per-epoch file, which holds every epoch even when this process did not train
+    # them (ddp_spawn trains in child processes; a resumed run continues earlier epochs).
+    history = tracking.read_epoch_history(output_dir / "metrics.csv")
+    metrics = dict(history[-1]) if history else {}
+    metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
     if run_id is not None:
         client = mlf.experiment
         tracking.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", metrics["val/ppl"]))

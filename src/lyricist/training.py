@@ -97,15 +97,34 @@ class LyricsDataModule(pl.LightningDataModule):
         self.eval_batch_size, self.seed = eval_batch_size, seed
         self.epochs_drawn = 0  # random shuffles drawn so far; saved in checkpoints
 
+    def rows_of_this_process(self, batch_size: int) -> slice | None:
+        """Under multi-process training (DDP), this process's share of every batch's rows.
+
+        Rank r takes rows r, r+W, r+2W, ... of the batch a single process would see, so the
+        processes together see every stream exactly once per epoch, and with consecutive
+        sampling a stream always stays with the same process (its carried state stays
+        correct). Never a shuffled DistributedSampler: it would break the row continuity.
+        """
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return None
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split over {world} processes: "
+                             f"use a multiple of {world}")
+        return slice(self.trainer.global_rank, None, world)
+
     def _train_batches(self):
+        rows = self.rows_of_this_process(self.batch_size)
         if self.sampling == "consecutive":
-            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps)
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows)
         # A new shuffle every epoch, reproducible from (seed, epoch). The counter travels in
         # the checkpoint (state_dict below), so a resumed run draws the same shuffles; the
         # trainer's current_epoch is not yet advanced when Lightning builds the iterator.
+        # Every process draws the same shuffle and keeps its own rows of each batch.
         generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
         self.epochs_drawn += 1
-        return random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+        batches = random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+        return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
 
     def state_dict(self) -> dict:
         return {"epochs_drawn": self.epochs_drawn}
@@ -118,8 +137,9 @@ class LyricsDataModule(pl.LightningDataModule):
         return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
+        rows = self.rows_of_this_process(self.eval_batch_size)
         stream = _BatchStream(
-            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps),
+            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
             num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
         )
         return DataLoader(stream, batch_size=None)
@@ -229,8 +249,15 @@ class LitLanguageModel(pl.LightningModule):
         self._val_sums["loss"] += float(loss) * targets.numel()
         self._val_sums["tokens"] += targets.numel()
 
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        """Sum per-process numbers over all DDP processes (a no-op for one process)."""
+        total = self.trainer.strategy.reduce(
+            torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum")
+        return total.tolist()
+
     def on_validation_epoch_end(self):
-        val_loss = self._val_sums["loss"] / max(self._val_sums["tokens"], 1)
+        loss_sum, tokens = self._sum_over_processes(self._val_sums["loss"], self._val_sums["tokens"])
+        val_loss = loss_sum / max(tokens, 1)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": math.exp(val_loss)})
         # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
         # row per epoch from on_train_epoch_end instead.
@@ -240,19 +267,23 @@ class LitLanguageModel(pl.LightningModule):
         # Lightning 2.x runs the end-of-epoch validation before this hook, so the
         # epoch's train and val numbers are logged together, one row per epoch.
         s = self._sums
-        train_loss = s["loss"] / max(s["tokens"], 1)
+        # Gradients are all-reduced, so every process sees the same grad norm; loss and
+        # tokens are per process and summed.
+        loss_sum, tokens = self._sum_over_processes(s["loss"], s["tokens"])
+        train_loss = loss_sum / max(tokens, 1)
         elapsed = time.perf_counter() - self._epoch_start
         self.epoch_metrics.update({
             "epoch": self.current_epoch,
             "train/loss": train_loss,
             "train/ppl": math.exp(train_loss),
-            "tokens_per_sec": s["tokens"] / elapsed if elapsed > 0 else 0.0,
+            "tokens_per_sec": tokens / elapsed if elapsed > 0 else 0.0,
             "grad_norm": s["grad_norm"] / max(s["batches"], 1),
             "lr": self.optimizers().param_groups[0]["lr"],
         })
         self.log("train/ppl", math.exp(train_loss), prog_bar=True, logger=False)
-        for logger in self.loggers:
-            logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
 
     # -- checkpoints carry what is needed to rebuild the model -------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
