@@ -66,3 +66,20 @@ def test_unknown_group_option_is_refused_by_hydra():
 
     with pytest.raises(MissingConfigException, match="model"):
         compose_config(["model=transformer"])
+
+
+def test_slurm_launcher_config_composes_with_submitit():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.array_parallelism == 16
+
+
+def test_sweep_callback_is_configured():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.sweep.MlflowSweepCallback"
