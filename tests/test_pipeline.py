@@ -1,10 +1,13 @@
 """The DVC pipeline for real, in a temporary copy of the project, with a tiny config."""
 
+import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +106,28 @@ def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
     for override in TINY + [f"logger.tracking_uri={uri}"]:
         args += ["-S", override]
     run(args, project)
-    shown = run(["dvc", "exp", "show", "--csv"], project)
-    assert "val_ppl" in shown
     params = (project / "params.yaml").read_text(encoding="utf-8")
     assert "cell: rnn" in params  # params.yaml was rewritten from conf/ with the override
+
+    # A queued grid, run by DVC's queue worker.
+    queued = ["dvc", "exp", "run", "--queue"]
+    for override in TINY + [f"logger.tracking_uri={uri}", "train.seed=1,2"]:
+        queued += ["-S", override]
+    run(queued, project)
+    run(["dvc", "queue", "start"], project)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project))))
+    experiments = [r for r in rows if r["Experiment"]]
+    assert len(experiments) == 3
+    assert all(float(r["val_ppl"]) > 1 for r in experiments)
+    assert sorted(r["train.seed"] for r in experiments) == ["1", "2", "42"]
+    names = [r["Experiment"] for r in experiments]
+    run(["dvc", "plots", "diff", *names, "-o", str(tmp_path / "diff")], project)
+    assert (tmp_path / "diff" / "index.html").is_file()
