@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -46,6 +47,7 @@ class MlflowSweepCallback(Callback):
         # Created here, once, before parallel jobs race to create tables and experiment.
         experiment_id = tracking.ensure_experiment(uri, config.logger.experiment_name)
         self.client = MlflowClient(uri)
+        mlflow.set_tracking_uri(uri)  # for register_model at the end
         overrides = " ".join(config.hydra.overrides.task)
         run = tracking.with_retry(lambda: self.client.create_run(
             experiment_id, run_name=f"sweep {overrides}"[:250],
@@ -70,5 +72,9 @@ class MlflowSweepCallback(Callback):
             best_ppl, best = min(scored, key=lambda pair: pair[0])
             tracking.with_retry(lambda: client.log_metric(parent, "best/val_ppl", best_ppl))
             tracking.with_retry(lambda: client.set_tag(parent, "best_child_run_id", best.info.run_id))
+            name = config.logger.get("registered_model_name")
+            if name and config.logger.get("log_model"):
+                version = mlflow.register_model(f"runs:/{best.info.run_id}/model", name).version
+                client.set_registered_model_alias(name, "best", version)
         status = "FINISHED" if len(scored) == len(children) and children else "FAILED"
         tracking.with_retry(lambda: client.set_terminated(parent, status))

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
-from lyricist import sweep, tracking
+from lyricist import serving, sweep, tracking
 from lyricist.batching import check_enough_tokens
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.training import LitLanguageModel, LyricsDataModule
@@ -114,6 +114,9 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         tracking.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", metrics["val/ppl"]))
         tracking.with_retry(lambda: client.log_artifact(run_id, checkpoint_cb.best_model_path, "checkpoints"))
         tracking.with_retry(lambda: client.log_text(run_id, vocab_json(vocab), "vocab.json"))
+        if cfg.logger.log_model:
+            serving.log_pyfunc_model(tracking.resolve_tracking_uri(cfg.logger.tracking_uri),
+                                     run_id, checkpoint_cb.best_model_path)
         mlf.finalize("success")
     _print_summary(output_dir, checkpoint_cb.best_model_path, metrics, run_id, cfg)
     return metrics

@@ -1,0 +1,97 @@
+"""The trained model as an MLflow pyfunc model: predict, serve, register the best of a sweep."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+from lyricist.train import train
+
+
+@pytest.fixture
+def trained_run(tiny_cfg, tiny_data, tmp_path):
+    train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    client = MlflowClient(tiny_cfg.logger.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    return tiny_cfg.logger.tracking_uri, run.info.run_id
+
+
+def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
+    uri, run_id = trained_run
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert [c.name for c in model.metadata.get_input_schema().inputs][0] == "prefix"
+    table = pd.DataFrame({"prefix": ["分开", "不分开", "分开", "分开"], "num_chars": [5, 8, 6, 6],
+                          "strategy": ["greedy", "greedy", "sample", "sample"],
+                          "temperature": [1.0, 1.0, 0.7, 0.7], "top_k": [0, 0, 5, 5], "seed": [0, 0, 3, 3]})
+    lyrics = model.predict(table)["lyrics"].tolist()
+    assert lyrics[0].startswith("分开") and lyrics[1].startswith("不分开")
+    assert lyrics[2] == lyrics[3] and lyrics[2].startswith("分开")  # same seed, same sample
+    only_prefix = model.predict(pd.DataFrame({"prefix": ["战争中部队"]}))["lyrics"][0]
+    assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_model_answers_a_request(trained_run, tmp_path):
+    uri, run_id = trained_run
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{run_id}/model",
+         "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"],
+        env=dict(os.environ, MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert server.poll() is None and time.time() < deadline, "model server did not start"
+            time.sleep(0.5)
+        reply = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                              json={"dataframe_records": [{"prefix": "分开", "num_chars": 10}]})
+        assert reply.status_code == 200, reply.text
+        [prediction] = reply.json()["predictions"]
+        assert prediction["lyrics"].startswith("分开")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.mark.slow
+def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
+         f"data.encoded_dir={tiny_data}", f"logger.tracking_uri={uri}",
+         "logger.registered_model_name=lyricist-tiny", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+         "model=rnn,gru"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("lyricist-tiny", "best")
+    [parent] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id],
+                                  filter_string="tags.sweep = 'parent'")
+    assert version.run_id == parent.data.tags["best_child_run_id"]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/lyricist-tiny@best")
+    assert model.predict(pd.DataFrame({"prefix": ["分开"]}))["lyrics"][0].startswith("分开")
