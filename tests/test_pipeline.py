@@ -65,13 +65,14 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     assert (project / "data/raw/jaychou_lyrics.txt.zip").stat().st_size == 52607
 
     out = run(["dvc", "repro"], project)
-    for stage in ("unzip", "preprocess", "vocab", "train", "evaluate"):
+    for stage in ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
     for path in ["data/interim/jaychou.txt", "data/processed/jaychou/train.txt",
                  "data/processed/jaychou/val.txt", "data/processed/jaychou/test.txt",
                  "data/encoded/jaychou/vocab.json", "data/encoded/jaychou/train.npy",
                  "models/checkpoints/best.ckpt", "models/checkpoints/last.ckpt",
-                 "models/metrics.csv", "reports/metrics.json", "reports/samples.md", "dvc.lock"]:
+                 "models/metrics.csv", "reports/metrics.json", "reports/samples.md",
+                 "reports/baseline.json", "dvc.lock"]:
         assert (project / path).is_file(), path
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["val_ppl"] > 1 and metrics["test_ppl"] > 1
@@ -91,11 +92,11 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
                                     f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     status = run(["dvc", "status"], project)
     assert "train:" in status and "evaluate:" not in status.split("train:")[0]
-    for stage in ("unzip", "preprocess", "vocab"):
+    for stage in ("unzip", "preprocess", "vocab", "baseline"):
         assert f"{stage}:" not in status
     out = run(["dvc", "repro"], project)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
-    for stage in ("unzip", "preprocess", "vocab"):
+    for stage in ("unzip", "preprocess", "vocab", "baseline"):
         assert f"Running stage '{stage}'" not in out
 
 

@@ -1,0 +1,40 @@
+"""DVC stage `baseline`: val/test perplexity of add-one unigram and Kneser-Ney n-gram models."""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lyricist.corpus import write_text
+from lyricist.ngram import evaluate_baselines
+from lyricist.vocab import Vocab, load_ids
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True, help="data/encoded/<corpus>/")
+    parser.add_argument("--metrics", required=True, help="reports/baseline.json")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    settings = OmegaConf.to_container(OmegaConf.load(args.params).baseline)
+
+    data_dir = Path(args.data_dir)
+    vocab = Vocab.load(data_dir / "vocab.json")
+    # An absent or empty test split is left out of the metrics, as the evaluate stage does.
+    splits = {split: load_ids(data_dir / f"{split}.npy") for split in ("val", "test")
+              if (data_dir / f"{split}.npy").is_file()}
+    start = time.perf_counter()
+    metrics = evaluate_baselines(load_ids(data_dir / "train.npy"), splits, len(vocab), **settings)
+    seconds = time.perf_counter() - start
+    write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
+
+    print(f"baseline ({settings}, vocab {len(vocab):,}, {seconds:.1f} s):")
+    for name, values in metrics.items():
+        print(f"  {name:8} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main()

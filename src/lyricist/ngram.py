@@ -1,0 +1,245 @@
+"""Count-based baselines over token ids: add-one unigram and interpolated Kneser-Ney n-grams.
+
+They give the held-out perplexity a neural model has to beat, on the same splits and vocabulary:
+`<unk>` is just token id 0 here, as it is for the neural model (built on train only, it never
+occurs in train, so its probability comes from smoothing alone).
+
+Kneser-Ney is the interpolated, modified form of Chen & Goodman (1998): for an n-gram model,
+
+    P_k(w | h) = (c_k(hw) - D_k(c_k(hw))) / c_k(h.) + gamma_k(h) * P_{k-1}(w | h minus its first token)
+    gamma_k(h) = (D_k1 * N1(h.) + D_k2 * N2(h.) + D_k3+ * N3+(h.)) / c_k(h.)
+    P_0(w)     = 1 / vocab_size
+
+where c_k is the raw count for the top order k = n and the continuation count N1+(. h w) (how
+many distinct tokens precede h w) for lower orders, N_r(h.) counts the tokens that follow h
+exactly r (r >= 3: at least 3) times, and a context never seen leaves P_k = P_{k-1}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+DISCOUNT_MODES = ("modified", "single", "fixed")
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
+
+
+class LanguageModel(Protocol):
+    order: int  # it looks at most order - 1 tokens back
+
+    def prob(self, context: Sequence[int], token: int) -> float: ...
+
+    def distribution(self, context: Sequence[int]) -> np.ndarray: ...
+
+
+def _as_id_list(ids: Sequence[int], vocab_size: int) -> list[int]:
+    """`ids` (list, numpy array or CPU tensor) as plain ints, every one a valid id."""
+    array = np.asarray(ids, dtype=np.int64).ravel()
+    if array.size and (array.min() < 0 or array.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got min {array.min()} max {array.max()}.")
+    return array.tolist()  # python ints: tuples of them hash fast as dict keys
+
+
+# ---------------------------------------------------------------------------------------------
+# add-one unigram
+
+
+class AddOneUnigram:
+    """P(w) = (count(w) + 1) / (N + vocab_size): the simplest model that gives every token a chance."""
+
+    order = 1
+
+    def fit(self, ids: Sequence[int], vocab_size: int) -> AddOneUnigram:
+        counts = np.bincount(_as_id_list(ids, vocab_size), minlength=vocab_size)  # (V,)
+        self.vocab_size = vocab_size
+        self.probs = (counts + 1) / (counts.sum() + vocab_size)  # (V,)
+        return self
+
+    def prob(self, context: Sequence[int], token: int) -> float:
+        return float(self.probs[token])
+
+    def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
+        return self.probs.copy()  # (V,)
+
+
+def unigram_add_one(ids: Sequence[int], vocab_size: int) -> AddOneUnigram:
+    return AddOneUnigram().fit(ids, vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kneser-Ney
+
+
+def estimate_discounts(counts: Sequence[int], mode: str = "modified",
+                       fixed_discount: float = 0.75) -> tuple[float, float, float]:
+    """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts.
+
+    "modified" is Chen & Goodman's estimate from the count-of-counts n1..n4:
+    Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r. "single" is Ney's one discount Y
+    for every count; "fixed" is `fixed_discount` for every count.
+
+    Where the counts cannot give an estimate in (0, r] (a count-of-counts is zero, as on tiny
+    corpora) the order gets FALLBACK_DISCOUNTS, like KenLM's --discount_fallback. A discount of 0
+    would leave no mass for the lower orders, and a token unseen after a context probability 0.
+    """
+    if mode == "fixed":
+        if not 0.0 < fixed_discount <= 1.0:
+            raise ValueError(f"fixed_discount must be in (0, 1], got {fixed_discount}.")
+        return (fixed_discount,) * 3
+    if mode not in DISCOUNT_MODES:
+        raise ValueError(f"unknown discount mode {mode!r}; use one of {DISCOUNT_MODES}.")
+    count_of_counts = Counter(c for c in counts if c <= 4)
+    n1, n2, n3, n4 = (count_of_counts[r] for r in (1, 2, 3, 4))
+    if mode == "single":
+        return (n1 / (n1 + 2 * n2),) * 3 if n1 and n2 else (FALLBACK_DISCOUNTS[0],) * 3
+    if not (n1 and n2 and n3 and n4):
+        return FALLBACK_DISCOUNTS
+    y = n1 / (n1 + 2 * n2)
+    discounts = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+    if not all(0.0 < d <= r for r, d in enumerate(discounts, start=1)):
+        return FALLBACK_DISCOUNTS
+    return discounts
+
+
+@dataclass
+class _Level:
+    """The counts of one order k: k-grams, and per context (the first k-1 tokens) what follows."""
+
+    counts: dict[tuple[int, ...], int]
+    discounts: tuple[float, float, float]
+    # context -> (c(h.), gamma(h)); a context with no entry was never seen at this order
+    contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
+    followers: dict[tuple[int, ...], list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def discount(self, count: int) -> float:
+        return self.discounts[min(count, 3) - 1]
+
+
+class KneserNey:
+    """Interpolated Kneser-Ney n-gram model of `order` (1 = unigram) over token ids."""
+
+    def __init__(self, order: int = 3, discount_mode: str = "modified", fixed_discount: float = 0.75) -> None:
+        if order < 1:
+            raise ValueError(f"order must be >= 1, got {order}.")
+        if discount_mode not in DISCOUNT_MODES:
+            raise ValueError(f"unknown discount mode {discount_mode!r}; use one of {DISCOUNT_MODES}.")
+        self.order = order
+        self.discount_mode = discount_mode
+        self.fixed_discount = fixed_discount
+
+    def fit(self, ids: Sequence[int], vocab_size: int) -> KneserNey:
+        ids = _as_id_list(ids, vocab_size)
+        self.vocab_size = vocab_size
+        raw = {k: Counter(zip(*(ids[i:] for i in range(k)))) for k in range(1, self.order + 1)}
+        self.levels: list[_Level] = []  # levels[k - 1] holds order k
+        for k in range(1, self.order + 1):
+            if k == self.order:
+                counts = dict(raw[k])
+            else:
+                # Continuation count of a k-gram: how many distinct tokens precede it, i.e. how
+                # many (k+1)-gram types it ends. A lower order is only consulted when the longer
+                # context says little, so it should favour tokens seen after many contexts.
+                counts = dict(Counter(gram[1:] for gram in raw[k + 1]))
+            discounts = estimate_discounts(counts.values(), self.discount_mode, self.fixed_discount)
+            level = _Level(counts, discounts)
+            totals: Counter = Counter()
+            masses: Counter = Counter()
+            for gram, count in counts.items():
+                context = gram[:-1]
+                totals[context] += count
+                masses[context] += level.discount(count)
+                level.followers[context].append(gram[-1])
+            level.contexts = {h: (total, masses[h] / total) for h, total in totals.items()}
+            self.levels.append(level)
+        return self
+
+    def _history(self, context: Sequence[int]) -> tuple[int, ...]:
+        """The last order - 1 tokens of `context` (fewer at the start of a text)."""
+        context = tuple(int(t) for t in context)
+        return context[max(0, len(context) - self.order + 1):]
+
+    def _used_levels(self, context: Sequence[int]):
+        """(level, context at that level) from the unigram up to the longest the history allows.
+
+        A history shorter than order - 1 (the start of a split) stops at the order it fills."""
+        history = self._history(context)
+        for k in range(1, len(history) + 2):
+            yield self.levels[k - 1], history[len(history) - k + 1:]
+
+    def prob(self, context: Sequence[int], token: int) -> float:
+        p = 1.0 / self.vocab_size
+        for level, h in self._used_levels(context):
+            seen = level.contexts.get(h)
+            if seen is None:
+                continue  # unseen context: this order adds nothing
+            total, gamma = seen
+            count = level.counts.get(h + (token,), 0)
+            p = gamma * p + ((count - level.discount(count)) / total if count else 0.0)
+        return p
+
+    def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
+        """P(w | context) for every token id w, shape (vocab_size,)."""
+        p = np.full(self.vocab_size, 1.0 / self.vocab_size)  # (V,)
+        for level, h in self._used_levels(context):
+            seen = level.contexts.get(h)
+            if seen is None:
+                continue
+            total, gamma = seen
+            tokens = level.followers[h]
+            counts = np.array([level.counts[h + (w,)] for w in tokens], dtype=np.float64)
+            discounts = np.array(level.discounts)[np.minimum(counts, 3).astype(int) - 1]
+            p = gamma * p
+            p[tokens] += (counts - discounts) / total
+        return p
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] = ()) -> float:
+    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it.
+
+    With no `context` the text starts afresh, like the neural model's evaluation: the first
+    token has no history and is not predicted, the next ones see a history shorter than
+    order - 1. `context` (e.g. the end of the split before) gives the first tokens a history
+    and then every token of `ids` is predicted.
+    """
+    context = np.asarray(context, dtype=np.int64).ravel().tolist()
+    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
+    stream = context + ids
+    first = len(context) if context else 1
+    if len(stream) - first < 1:
+        raise ValueError(f"nothing to predict: {len(ids)} token(s) and {len(context)} of context.")
+    history = model.order - 1
+    nll = 0.0
+    for i in range(first, len(stream)):
+        nll -= math.log(model.prob(stream[max(0, i - history):i], stream[i]))
+    return math.exp(nll / (len(stream) - first))
+
+
+def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
+                       max_order: int = 5, discount_mode: str = "modified",
+                       fixed_discount: float = 0.75) -> dict:
+    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split.
+
+    Returns {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best": {"name": ..,
+    "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without val). A split
+    with fewer than 2 tokens is left out (nothing to predict), as an empty test split may be.
+    """
+    models: dict[str, LanguageModel] = {"unigram": unigram_add_one(train_ids, vocab_size)}
+    for order in range(1, max_order + 1):
+        models[f"kn{order}"] = KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+    metrics: dict[str, dict] = {}
+    for name, model in models.items():
+        metrics[name] = {f"{split}_ppl": perplexity(model, ids)
+                         for split, ids in splits.items() if len(ids) >= 2}
+    candidates = [name for name in models if "val_ppl" in metrics[name]]
+    if candidates:
+        best = min(candidates, key=lambda name: metrics[name]["val_ppl"])
+        metrics["best"] = {"name": best, **metrics[best]}
+    return metrics

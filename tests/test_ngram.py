@@ -1,0 +1,147 @@
+import importlib.util
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lyricist.ngram import (
+    FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, estimate_discounts, evaluate_baselines, perplexity,
+    unigram_add_one,
+)
+from lyricist.vocab import Vocab, encode_to_array, save_ids
+
+# "abacab" over the vocabulary <unk> a b c: small enough to check by hand.
+A, B, C = 1, 2, 3
+TOY = [A, B, A, C, A, B]
+TOY_V = 4
+# 400 random characters of a 7-token vocabulary: its trigram and 4-gram levels get Chen &
+# Goodman's discounts, its unigram and bigram levels (too few types) the fallback ones.
+TEXT = "".join(np.random.default_rng(0).choice(list("abcde "), 400, p=[.3, .2, .15, .1, .05, .2]))
+
+
+def encoded(text: str) -> tuple[list[int], int]:
+    vocab = Vocab.build(text)
+    return vocab.encode(text), len(vocab)
+
+
+@pytest.mark.parametrize("mode", ["modified", "single", "fixed"])
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_distribution_sums_to_one_for_every_context(order, mode):
+    ids, vocab_size = encoded(TEXT)
+    model = KneserNey(order, mode).fit(ids, vocab_size)
+    # every context of order - 1 tokens (seen or not, <unk> included) and every shorter one
+    for length in range(order):
+        for context in itertools.product(range(vocab_size), repeat=length):
+            dist = model.distribution(context)
+            assert dist.shape == (vocab_size,)
+            assert dist.sum() == pytest.approx(1.0, abs=1e-12)
+            assert dist.min() > 0.0  # <unk> never occurs in train and still has a chance
+            assert model.prob(context, 0) == pytest.approx(dist[0], rel=1e-12)
+
+
+def test_hand_computed_kneser_ney_bigram_and_trigram():
+    # Bigrams of "abacab": ab 2, ba 1, ac 1, ca 1. Unigram continuation counts (distinct
+    # predecessors): a 2 (b, c), b 1, c 1, <unk> 0; total 4, mass 3 * 0.75 = 2.25, so
+    # P1(a) = (2 - .75) / 4 + 2.25 / 4 / 4 = 0.453125 and P1(b) = P1(c) = 0.203125.
+    bigram = KneserNey(2, "fixed", 0.75).fit(TOY, TOY_V)
+    assert bigram.distribution(()) == pytest.approx([0.140625, 0.453125, 0.203125, 0.203125])
+    # P(b | a) = (2 - .75) / 3 + (2 * .75 / 3) * P1(b)
+    assert bigram.prob([A], B) == pytest.approx(1.25 / 3 + 0.5 * 0.203125)
+    # P(a | b) = (1 - .75) / 1 + .75 * P1(a)
+    assert bigram.prob([B], A) == pytest.approx(0.25 + 0.75 * 0.453125)
+    # unseen context <unk>: the unigram level alone
+    assert bigram.prob([0], A) == pytest.approx(0.453125)
+
+    # Trigrams aba, bac, aca, cab (once each); bigram continuation counts ab 1 (only "cab":
+    # the first "ab" has no predecessor), ac 1; so P2(b | a) = (1 - .75) / 2 + .75 * P1(b).
+    trigram = KneserNey(3, "fixed", 0.75).fit(TOY, TOY_V)
+    p2_b_given_a = 0.125 + 0.75 * 0.203125
+    assert trigram.prob([C, A], B) == pytest.approx(0.25 + 0.75 * p2_b_given_a)  # 0.4580078125
+    assert trigram.prob([C, A], C) == pytest.approx(0.75 * p2_b_given_a)  # P2(c | a) = P2(b | a)
+    # a history shorter than order - 1 (start of a text) stops at the bigram level
+    assert trigram.prob([A], B) == pytest.approx(p2_b_given_a)
+
+
+def test_modified_discounts_follow_chen_and_goodman():
+    counts = [1] * 10 + [2] * 4 + [3] * 2 + [4] + [9, 12]  # n1..n4 = 10, 4, 2, 1
+    y = 10 / 18
+    assert estimate_discounts(counts) == pytest.approx(
+        (1 - 2 * y * 4 / 10, 2 - 3 * y * 2 / 4, 3 - 4 * y * 1 / 2))
+    assert estimate_discounts(counts, "single") == pytest.approx((y, y, y))
+    assert estimate_discounts(counts, "fixed", 0.5) == (0.5, 0.5, 0.5)
+    # no n-gram seen exactly 3 times (D3+ undefined) or none seen once (Y = 0): the fallback
+    assert estimate_discounts([1, 1, 1, 2, 5]) == FALLBACK_DISCOUNTS
+    assert estimate_discounts([2, 2, 3, 4], "single") == (FALLBACK_DISCOUNTS[0],) * 3
+
+
+def test_unigram_add_one_value_and_perplexity_of_uniform_is_vocab_size():
+    model = unigram_add_one(TOY, TOY_V)  # counts a 3, b 2, c 1, <unk> 0; N = 6
+    assert model.prob((), A) == pytest.approx(4 / 10)
+    assert model.distribution() == pytest.approx([0.1, 0.4, 0.3, 0.2])
+    uniform = AddOneUnigram().fit([], vocab_size=7)
+    assert perplexity(uniform, [3, 1, 4, 1, 5, 6, 0]) == pytest.approx(7.0)
+
+
+def test_perplexity_skips_the_first_token_unless_given_context():
+    model = unigram_add_one(TOY, TOY_V)
+    nll = -math.log(0.3) - math.log(0.2)  # b then c; the first a has no history
+    assert perplexity(model, [A, B, C]) == pytest.approx(math.exp(nll / 2))
+    nll_with_context = nll - math.log(0.4)  # with context the first a is predicted too
+    assert perplexity(model, [A, B, C], context=[B]) == pytest.approx(math.exp(nll_with_context / 3))
+    with pytest.raises(ValueError, match="nothing to predict"):
+        perplexity(model, [A])
+
+
+def test_order_one_kneser_ney_is_close_to_add_one_unigram():
+    ids, vocab_size = encoded(TEXT)
+    held_out = ids[::-1]
+    kn1 = perplexity(KneserNey(1).fit(ids, vocab_size), held_out)
+    add_one = perplexity(unigram_add_one(ids, vocab_size), held_out)
+    assert kn1 == pytest.approx(add_one, rel=0.15)
+    # both beat guessing uniformly, and neither looks at context
+    assert kn1 < vocab_size and add_one < vocab_size
+    assert KneserNey(1).fit(ids, vocab_size).prob([A, B], C) == KneserNey(1).fit(ids, vocab_size).prob([], C)
+
+
+def test_higher_orders_capture_a_repetitive_sequence():
+    ids, vocab_size = encoded("abcd" * 50)
+    held_out, _ = encoded("abcd" * 10)
+    results = evaluate_baselines(ids, {"val": held_out}, vocab_size, max_order=4)
+    assert results["unigram"]["val_ppl"] > 4.0  # four equally frequent characters (+ <unk>)
+    assert results["kn2"]["val_ppl"] < 1.2
+    assert results["kn4"]["val_ppl"] < 1.2
+    assert results["best"]["name"].startswith("kn") and results["best"]["val_ppl"] < 1.2
+
+
+def test_ids_outside_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        KneserNey(2).fit([1, 2, 4], vocab_size=4)
+
+
+def test_stage_script_writes_metrics_json(tmp_path):
+    # pipelines/ is not a package: load the stage script from its path
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "baseline.py"
+    spec = importlib.util.spec_from_file_location("baseline_stage", script)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+
+    text = "分开 不分开 我不能再想 我不 我不 我不能\n爱情来的太快就像龙卷风\n" * 10
+    data_dir = tmp_path / "encoded"
+    vocab = Vocab.build(text[:250])
+    vocab.save(data_dir / "vocab.json")
+    for split, part in (("train", text[:250]), ("val", text[250:]), ("test", "")):
+        save_ids(data_dir / f"{split}.npy", encode_to_array(vocab, part))
+    params = tmp_path / "params.yaml"
+    params.write_text("baseline:\n  max_order: 3\n  discount_mode: modified\n  fixed_discount: 0.75\n",
+                      encoding="utf-8")
+
+    metrics_path = tmp_path / "reports" / "baseline.json"
+    stage.main(["--data-dir", str(data_dir), "--metrics", str(metrics_path), "--params", str(params)])
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert set(metrics) == {"unigram", "kn1", "kn2", "kn3", "best"}
+    assert set(metrics["kn3"]) == {"val_ppl"}  # the empty test split is left out
+    assert metrics["best"]["val_ppl"] == min(m["val_ppl"] for name, m in metrics.items() if name != "best")
+    assert all(np.isfinite(m["val_ppl"]) for m in metrics.values())
