@@ -1,13 +1,17 @@
 """DVC stage `vocab`: build the character vocabulary on train, encode every split to ids."""
 
 import argparse
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lyricist.corpus import write_text
 from lyricist.vocab import Vocab, encode_to_array, save_ids
 
 SPLITS = ("train", "val", "test")
+# The settings the encoded data was made with; the trainer refuses data made otherwise.
+PREPARATION_KEYS = ("newline", "lowercase", "max_chars", "val_fraction", "test_fraction", "min_freq")
 
 
 def main(argv=None) -> None:
@@ -25,6 +29,8 @@ def main(argv=None) -> None:
     vocab.save(out / "vocab.json")
     for split, text in texts.items():
         save_ids(out / f"{split}.npy", encode_to_array(vocab, text))
+    prepared = {key: p[key] for key in PREPARATION_KEYS}
+    write_text(out / "prepared_with.json", json.dumps(prepared, indent=1) + "\n")
     print(f"vocab: {len(vocab):,} tokens (min_freq {p.min_freq}) -> {out}")
 
 

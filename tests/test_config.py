@@ -83,3 +83,19 @@ def test_sweep_callback_is_configured():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)
     assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.sweep.MlflowSweepCallback"
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_every_experiment_preset_composes_and_instantiates(option):
+    cfg = compose_config([f"experiment={option}"])
+    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    assert model.config["embedding_size"] is None  # the seeds' one-hot input
+    assert cfg.optim._target_ == "torch.optim.SGD"
+    assert cfg.logger.run_name == option
+    if option.startswith("seed_mxnet"):
+        assert (cfg.data.max_chars, cfg.data.newline, cfg.optim.lr, cfg.train.clip_theta,
+                cfg.trainer.max_epochs, cfg.train.loss_reduction) == (20000, "space", 0.2, 5.0, 200, "sum")
+        assert list(cfg.data.prefixes) == ["分开", "不分开", "战争中部队"]
+    else:
+        assert (cfg.data.name, cfg.model.hidden_size, cfg.optim.lr, cfg.train.clip_theta,
+                cfg.trainer.max_epochs) == ("timemachine", 512, 1.0, 1.0, 500)

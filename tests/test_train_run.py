@@ -60,3 +60,13 @@ def test_too_short_split_fails_before_training(tiny_cfg, tiny_data, tmp_path):
     tiny_cfg.data.batch_size = 10_000
     with pytest.raises(ValueError, match="batch_size"):
         train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+
+
+def test_data_prepared_with_other_settings_is_refused(tiny_cfg, tiny_data, tmp_path):
+    (tiny_data / "prepared_with.json").write_text(
+        '{"newline": "keep", "lowercase": false, "max_chars": null, "val_fraction": 0.05, '
+        '"test_fraction": 0.05, "min_freq": 1}')
+    tiny_cfg.data.max_chars = 20000
+    with pytest.raises(ValueError, match=r"data.max_chars: prepared None, asked 20000.*dvc exp run"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    assert not (tmp_path / "run").exists()

@@ -36,6 +36,22 @@ def encoded_dir(corpus_name: str, root: Path = tracking.PROJECT_ROOT) -> Path:
     return root / "data" / "encoded" / corpus_name
 
 
+def check_prepared_with(data_dir: Path, data_cfg: DictConfig) -> None:
+    """Refuse encoded data made with other preprocessing settings than this run's config
+    (e.g. a preset's `data.max_chars=20000` over data prepared from the full corpus)."""
+    record = data_dir / "prepared_with.json"
+    if not record.is_file():
+        return
+    prepared = json.loads(record.read_text(encoding="utf-8"))
+    differ = {k: (v, data_cfg.get(k)) for k, v in prepared.items() if data_cfg.get(k) != v}
+    if differ:
+        listed = ", ".join(f"data.{k}: prepared {a!r}, asked {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"{data_dir} was prepared with other settings ({listed}). Prepare the data for "
+            "this config through DVC: `dvc exp run -S <the same overrides>` (or `dvc repro` "
+            "after changing conf/ and `make params`)")
+
+
 def load_encoded(data_dir: Path) -> tuple[Vocab, dict]:
     files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
     missing = [str(f) for f in files if not f.is_file()]
@@ -60,7 +76,9 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
 
     # Everything that can fail fast does so before the first batch.
-    vocab, splits = load_encoded(Path(data_dir) if data_dir else encoded_dir(data_cfg.name))
+    data_dir = Path(data_dir) if data_dir else encoded_dir(data_cfg.name)
+    vocab, splits = load_encoded(data_dir)
+    check_prepared_with(data_dir, data_cfg)
     check_enough_tokens(len(splits["train"]), data_cfg.batch_size, data_cfg.num_steps,
                         "train split", sampling=data_cfg.sampling)
     check_enough_tokens(len(splits["val"]), train_cfg.eval_batch_size, data_cfg.num_steps,
@@ -68,7 +86,8 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     model = instantiate(cfg.model, vocab_size=len(vocab), _convert_="all")
     lit = LitLanguageModel(model, vocab, optimizer=instantiate(cfg.optim),
                            clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling,
-                           divergence_factor=train_cfg.divergence_factor, seed=train_cfg.seed)
+                           divergence_factor=train_cfg.divergence_factor, seed=train_cfg.seed,
+                           loss_reduction=train_cfg.loss_reduction)
     datamodule = LyricsDataModule(splits["train"], splits["val"], data_cfg.batch_size,
                                   data_cfg.num_steps, data_cfg.sampling,
                                   train_cfg.eval_batch_size, train_cfg.seed)

@@ -157,8 +157,11 @@ class LitLanguageModel(pl.LightningModule):
         sampling: str = "consecutive",
         divergence_factor: float | None = 3.0,
         seed: int = 0,
+        loss_reduction: str = "mean",
     ):
         super().__init__()
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"unknown loss_reduction {loss_reduction!r}: use 'mean' or 'sum'")
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
         if clip_theta is not None and clip_theta <= 0:
@@ -168,6 +171,10 @@ class LitLanguageModel(pl.LightningModule):
         self.make_optimizer = optimizer
         self.clip_theta, self.sampling = clip_theta, sampling
         self.divergence_factor, self.seed = divergence_factor, seed
+        # "sum": the gradient of the summed (not averaged) loss over the B*T predictions, as
+        # the MXNet seed's `loss.backward()` on a vector of losses gives; with clipping this
+        # makes its lr 0.2 take steps of length lr*theta. Reported losses stay means.
+        self.loss_reduction = loss_reduction
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
         self._train_state: State | None = None
@@ -206,7 +213,7 @@ class LitLanguageModel(pl.LightningModule):
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(loss * targets.numel() if self.loss_reduction == "sum" else loss)
         # theta = inf measures the norm without clipping (clip_theta: null).
         theta = math.inf if self.clip_theta is None else self.clip_theta
         grad_norm = clip_grad_global_norm(self.parameters(), theta)
