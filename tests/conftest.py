@@ -1,8 +1,13 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
+import contextlib
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from hydra import compose, initialize_config_dir
 
 from lyricist.corpus import split_text
@@ -30,16 +35,50 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
-@pytest.fixture
-def tiny_data(tmp_path) -> Path:
-    """vocab.json + {train,val,test}.npy of a small repeated lyric, as the vocab stage writes."""
-    out = tmp_path / "encoded"
-    splits = split_text(LYRICS * 20, val_fraction=0.2, test_fraction=0.1)
+def write_encoded(out: Path, text: str, val_fraction: float, test_fraction: float) -> Path:
+    """vocab.json + {train,val,test}.npy, as the vocab stage writes them."""
+    splits = split_text(text, val_fraction=val_fraction, test_fraction=test_fraction)
     vocab = Vocab.build(splits["train"])
     vocab.save(out / "vocab.json")
-    for name, text in splits.items():
-        save_ids(out / f"{name}.npy", encode_to_array(vocab, text))
+    for name, part in splits.items():
+        save_ids(out / f"{name}.npy", encode_to_array(vocab, part))
     return out
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A small repeated lyric, encoded."""
+    return write_encoded(tmp_path / "encoded", LYRICS * 20, val_fraction=0.2, test_fraction=0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], ready_url: str, cwd: Path, env=None, timeout: float = 180):
+    """Start a server process, wait until `ready_url` answers, and always stop it."""
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if requests.get(ready_url, timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert server.poll() is None and time.time() < deadline, f"{command[:3]} did not start"
+            time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture

@@ -2,54 +2,28 @@
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port, serving
 from lyricist.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ui(tiny_cfg, tmp_path):
     """`mlflow server` on a free loopback port over the tiny run's store; always stopped."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         tiny_cfg.logger.tracking_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+               tiny_cfg.logger.tracking_uri, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    with serving(command, f"http://127.0.0.1:{port}/health", cwd=tmp_path):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it with apt)")

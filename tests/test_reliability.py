@@ -3,6 +3,7 @@ and bad configuration refused before any training."""
 
 import csv
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -16,13 +17,12 @@ from hydra.errors import MissingConfigException
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import LYRICS, TINY, compose_config
+from conftest import LYRICS, TINY, compose_config, write_encoded
 from lyricist import tracking
-from lyricist.corpus import split_text
 from lyricist.models import RecurrentLM
 from lyricist.train import train
 from lyricist.training import LitLanguageModel, LyricsDataModule, TrainingDiverged
-from lyricist.vocab import Vocab, encode_to_array, save_ids
+from lyricist.vocab import Vocab
 
 
 def _rows(path):
@@ -33,13 +33,7 @@ def _rows(path):
 @pytest.fixture
 def bigger_data(tmp_path):
     """Enough batches that an epoch takes a few seconds, so a kill lands mid-epoch."""
-    out = tmp_path / "encoded"
-    splits = split_text(LYRICS * 60, val_fraction=0.1, test_fraction=0.0)
-    vocab = Vocab.build(splits["train"])
-    vocab.save(out / "vocab.json")
-    for name, text in splits.items():
-        save_ids(out / f"{name}.npy", encode_to_array(vocab, text))
-    return out
+    return write_encoded(tmp_path / "encoded", LYRICS * 60, val_fraction=0.1, test_fraction=0.0)
 
 
 @pytest.mark.slow
@@ -176,26 +170,34 @@ def test_unknown_group_options_name_the_choices(override):
         compose_config([override])
 
 
-class _PeakRss(pl.Callback):
-    def __init__(self):
-        self.peaks_mb = []
+MEMORY_PROBE = """
+import json, resource, torch, pytorch_lightning as pl
+from lyricist.models import RecurrentLM
+from lyricist.training import LitLanguageModel, LyricsDataModule
+from lyricist.vocab import Vocab
 
+class PeakRss(pl.Callback):
+    peaks_mb = []
     def on_train_epoch_end(self, trainer, module):
-        import resource
-
         self.peaks_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+
+vocab = Vocab.build("".join(chr(0x4E00 + i) for i in range(300)))
+ids = torch.randint(0, len(vocab), (32 * 35 * 12 + 32,), generator=torch.Generator().manual_seed(0))
+lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=128, embedding_size=64),
+                       vocab, optimizer=torch.optim.Adam)
+trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, callbacks=[PeakRss()],
+                     enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:2000], 32, 35, "consecutive", 8))
+print(json.dumps(PeakRss.peaks_mb))
+"""
 
 
 @pytest.mark.slow
 def test_training_memory_does_not_grow_epoch_over_epoch():
-    vocab = Vocab.build("".join(chr(0x4E00 + i) for i in range(300)))
-    ids = torch.randint(0, len(vocab), (32 * 35 * 12 + 32,), generator=torch.Generator().manual_seed(0))
-    lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=128, embedding_size=64),
-                           vocab, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
-    rss = _PeakRss()
-    trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, callbacks=[rss],
-                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:2000], 32, 35, "consecutive", 8))
-    growth = rss.peaks_mb[-1] - rss.peaks_mb[2]
-    print(f"peak RSS per epoch (MiB): {[round(p, 1) for p in rss.peaks_mb]}")
+    # A fresh process, so that peak RSS measures this training and nothing run before it.
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peaks = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"peak RSS per epoch (MiB): {[round(p, 1) for p in peaks]}")
+    growth = peaks[-1] - peaks[2]
     assert growth < 5, f"peak RSS grew {growth:.1f} MiB from epoch 3 to epoch 10: something keeps history"

@@ -1,10 +1,8 @@
 """The trained model as an MLflow pyfunc model: predict, serve, register the best of a sweep."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -13,7 +11,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, free_port, serving
 from lyricist.train import train
 
 
@@ -40,42 +38,19 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
     assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_served_model_answers_a_request(trained_run, tmp_path):
     uri, run_id = trained_run
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{run_id}/model",
-         "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"],
-        env=dict(os.environ, MLFLOW_TRACKING_URI=uri), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.time() < deadline, "model server did not start"
-            time.sleep(0.5)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+               f"runs:/{run_id}/model", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
+    with serving(command, f"http://127.0.0.1:{port}/ping", cwd=tmp_path,
+                 env=dict(os.environ, MLFLOW_TRACKING_URI=uri)):
         reply = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                               json={"dataframe_records": [{"prefix": "分开", "num_chars": 10}]})
-        assert reply.status_code == 200, reply.text
-        [prediction] = reply.json()["predictions"]
-        assert prediction["lyrics"].startswith("分开")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    assert reply.status_code == 200, reply.text
+    [prediction] = reply.json()["predictions"]
+    assert prediction["lyrics"].startswith("分开")
 
 
 @pytest.mark.slow
