@@ -17,13 +17,13 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lyricist import serving, sweep, tracking
 from lyricist.batching import check_enough_tokens
+from lyricist.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.training import LitLanguageModel, LyricsDataModule
 from lyricist.vocab import Vocab, load_ids
@@ -98,7 +98,7 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     mlf = (_mlflow_logger(cfg, resume_meta.get("mlflow_run_id"), parent_run_id)
            if cfg.logger.enabled else None)
 
-    loggers: list = [tracking.EpochCSVLogger(
+    loggers: list = [EpochCSVLogger(
         output_dir / "metrics.csv", keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)]
     checkpoint_cb = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
                                     monitor="val/ppl", mode="min", save_last=True,
@@ -113,7 +113,7 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         run_id = mlf.run_id
         lit.extra_checkpoint["mlflow_run_id"] = run_id
         loggers.append(mlf)
-        callbacks.append(tracking.SamplesCallback(
+        callbacks.append(SamplesCallback(
             data_cfg.prefixes, train_cfg.samples_every_n_epochs, cfg.generate.num_chars,
             tracking.resolve_tracking_uri(cfg.logger.tracking_uri), run_id))
 
@@ -125,7 +125,7 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
         return {}
     # From the per-epoch file, which holds every epoch even when this process did not train
     # them (ddp_spawn trains in child processes; a resumed run continues earlier epochs).
-    history = tracking.read_epoch_history(output_dir / "metrics.csv")
+    history = read_epoch_history(output_dir / "metrics.csv")
     metrics = dict(history[-1]) if history else {}
     metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
     if run_id is not None:

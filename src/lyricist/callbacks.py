@@ -1,0 +1,88 @@
+"""Lightning pieces that record a run: lyrics samples to MLflow, one CSV row per epoch."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from lyricist.generate import generate
+from lyricist.tracking import with_retry
+
+
+class SamplesCallback(pl.Callback):
+    """Every N epochs (and at the last), generate lyrics for the prefixes and log them
+    to MLflow as `samples/epoch_XXX.txt`, so the UI shows how the lyrics improve.
+    Plain values only (no client, no lambda), so it survives DDP's process spawning."""
+
+    def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
+                 tracking_uri: str, run_id: str):
+        self.prefixes, self.every_n_epochs, self.num_chars = list(prefixes), every_n_epochs, num_chars
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1  # 1-based, as people count epochs
+        last = epoch == trainer.max_epochs or trainer.should_stop
+        if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
+            return
+        lines = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
+                 for p in self.prefixes]
+        client = MlflowClient(self.tracking_uri)
+        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(lines) + "\n",
+                                           f"samples/epoch_{epoch:03d}.txt"))
+
+
+class EpochCSVLogger(Logger):
+    """One CSV row per epoch, appended and flushed at once, for `dvc plots`.
+
+    Unlike Lightning's CSVLogger (which buffers rows and deletes an existing file when it
+    starts), a killed run keeps every finished epoch and a resumed run continues the file:
+    `keep_epochs_below=k` keeps the rows of epochs < k and drops any later ones.
+    """
+
+    COLUMNS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl",
+               "tokens_per_sec", "grad_norm", "lr")
+
+    def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self._start_file(keep_epochs_below)
+
+    @rank_zero_only  # under DDP the other processes run this constructor too
+    def _start_file(self, keep_epochs_below: int | None) -> None:
+        rows = []
+        if keep_epochs_below is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < keep_epochs_below]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @property
+    def name(self) -> str:
+        return "epoch_csv"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the config goes to MLflow; this file holds the curves only
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore").writerow(dict(metrics))
+
+
+def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
+    """The rows EpochCSVLogger wrote, as numbers."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
