@@ -99,6 +99,26 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     for stage in ("unzip", "preprocess", "vocab", "baseline"):
         assert f"Running stage '{stage}'" not in out
 
+    # A failed stage: the raw corpus turns corrupt. The error names the problem and the fix,
+    # the later stages' outputs and the DVC cache stay as they were, and once the corpus is
+    # back, `dvc repro` re-runs only the failed stage.
+    cache = lambda: sorted(str(p.relative_to(project)) for p in (project / ".dvc/cache").rglob("*")
+                           if p.is_file())
+    cached, metrics_before = cache(), (project / "reports/metrics.json").read_bytes()
+    raw = project / "data/raw/jaychou_lyrics.txt.zip"
+    good = raw.read_bytes()
+    raw.write_bytes(b"PK\x03\x04 truncated")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    failed = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert "corrupt" in failed.stderr + failed.stdout and "dvc pull" in failed.stderr + failed.stdout
+    assert set(cached) <= set(cache()), "the failed stage lost cached data"
+    assert (project / "reports/metrics.json").read_bytes() == metrics_before
+    assert (project / "models/checkpoints/best.ckpt").is_file()
+    raw.write_bytes(good)  # the user re-pulls the corpus
+    out = run(["dvc", "repro"], project)  # unzip again gives the same text: nothing else re-runs
+    assert "Running stage 'train'" not in out and "Running stage 'preprocess'" not in out
+
 
 def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
     run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)

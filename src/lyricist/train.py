@@ -149,7 +149,10 @@ def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None,
     tracking.ensure_experiment(uri, cfg.logger.experiment_name)
     mlf = MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
-        run_name=cfg.logger.run_name, run_id=resume_run_id,
+        # A name that says what ran (MLflow's random names repeat under a fixed seed).
+        run_name=cfg.logger.run_name or (f"{cfg.model.cell} {cfg.data.sampling} "
+                                         f"h{cfg.model.hidden_size} {cfg.data.name}"),
+        run_id=resume_run_id,
         tags={"git_commit": tracking.git_commit(),
               "data_md5": tracking.raw_data_md5(cfg.data.raw_path),
               "corpus": cfg.data.name, "model": cfg.model.cell,
