@@ -29,6 +29,22 @@ def test_every_model_option_instantiates(option):
     assert model.config["cell"] == cfg.model.cell
 
 
+def test_model_options_reach_the_model_from_the_command_line():
+    cfg = compose_config(["model=gru", "model.num_layers=2", "model.hidden_size=32", "model.embedding_size=32",
+                          "model.tie_weights=true", "model.output_dropout=0.5", "model.init=uniform",
+                          "model.init_scale=0.08"])
+    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    assert len(model.cells) == 2 and model.embedding.weight is model.head.weight
+    assert model.output_dropout.p == 0.5 and model.embedding_dropout.p == cfg.model.dropout
+    assert model.cells[1].weight_hh.abs().max() <= 0.08
+
+
+def test_tying_mismatched_sizes_is_a_config_error_naming_the_fix():
+    cfg = compose_config(["model=lstm", "model.tie_weights=true"])  # embedding 128, hidden 256
+    with pytest.raises(Exception, match="set embedding_size=256 or tie_weights=false"):
+        instantiate(cfg.model, vocab_size=11, _convert_="all")
+
+
 @pytest.mark.parametrize("option", _options("optim"))
 def test_every_optim_option_instantiates(option):
     import torch

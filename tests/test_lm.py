@@ -30,8 +30,8 @@ def make_model(cell="lstm", num_layers=1, embedding_size=None, dropout=0.0, **kw
     )
 
 
-def random_state(cell: str, num_layers: int) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.randn(num_layers, BATCH_SIZE, HIDDEN_SIZE) for _ in range(NUM_STATES[cell]))
+def random_state(cell: str, num_layers: int, dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.randn(num_layers, BATCH_SIZE, HIDDEN_SIZE, dtype=dtype) for _ in range(NUM_STATES[cell]))
 
 
 def loss_of(logits, state, seed: int = 1):
@@ -41,7 +41,7 @@ def loss_of(logits, state, seed: int = 1):
     targets = torch.randint(VOCAB_SIZE, logits.shape[:2], generator=generator)
     loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1))  # (B*T, V)
     for s in state:
-        loss = loss + (s * torch.randn(s.shape, generator=generator)).sum()
+        loss = loss + (s * torch.randn(s.shape, generator=generator, dtype=s.dtype)).sum()
     return loss
 
 
@@ -88,23 +88,24 @@ def make_oracle(model: RecurrentLM, cell: str, num_layers: int) -> nn.Module:
     return oracle
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("given_state", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("embedding_size", [None, EMBEDDING_SIZE])
 @pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "lstm", "gru"])
-def test_matches_torch_recurrent_modules(cell, embedding_size, num_layers, given_state):
+def test_matches_torch_recurrent_modules(cell, embedding_size, num_layers, given_state, dtype):
     torch.manual_seed(0)
-    model = make_model(cell, num_layers, embedding_size)
-    oracle = make_oracle(model, cell, num_layers)
-    oracle_head = nn.Linear(HIDDEN_SIZE, VOCAB_SIZE)
+    model = make_model(cell, num_layers, embedding_size).to(dtype)
+    oracle = make_oracle(model, cell, num_layers).to(dtype)
+    oracle_head = nn.Linear(HIDDEN_SIZE, VOCAB_SIZE).to(dtype)
     oracle_head.load_state_dict(model.head.state_dict())
     oracle_embedding = None
     if embedding_size is not None:
-        oracle_embedding = nn.Embedding(VOCAB_SIZE, embedding_size)
+        oracle_embedding = nn.Embedding(VOCAB_SIZE, embedding_size).to(dtype)
         oracle_embedding.load_state_dict(model.embedding.state_dict())
 
     ids = random_ids()
-    init_state = random_state(cell, num_layers) if given_state else None
+    init_state = random_state(cell, num_layers, dtype) if given_state else None
 
     # Ours.
     our_state0 = None if init_state is None else tuple(s.clone().requires_grad_() for s in init_state)
@@ -114,7 +115,7 @@ def test_matches_torch_recurrent_modules(cell, embedding_size, num_layers, given
     # Oracle: time-major, one-hot or embedded input, the same head.
     ref_state0 = None if init_state is None else tuple(s.clone().requires_grad_() for s in init_state)
     if embedding_size is None:
-        inputs = F.one_hot(ids.t(), VOCAB_SIZE).float()  # (T, B, V)
+        inputs = F.one_hot(ids.t(), VOCAB_SIZE).to(dtype)  # (T, B, V)
     else:
         inputs = oracle_embedding(ids.t())  # (T, B, E)
     if ref_state0 is None:
@@ -125,6 +126,7 @@ def test_matches_torch_recurrent_modules(cell, embedding_size, num_layers, given
     ref_logits = oracle_head(outputs).transpose(0, 1)  # (T, B, V) -> (B, T, V)
     loss_of(ref_logits, ref_state).backward()
 
+    assert logits.dtype == dtype
     torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
     assert len(state) == len(ref_state)
     for a, b in zip(state, ref_state):
@@ -196,6 +198,7 @@ def test_rebuild_from_config(embedding_size):
     assert model.config == dict(
         vocab_size=VOCAB_SIZE, cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
         embedding_size=embedding_size, dropout=0.2, init="torch", init_scale=0.05,
+        embedding_dropout=0.2, output_dropout=0.2, tie_weights=False, forget_bias=None,
     )
     rebuilt = RecurrentLM(**model.config)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
@@ -232,3 +235,57 @@ def test_invalid_arguments():
         RecurrentLM(VOCAB_SIZE, dropout=1.0)
     with pytest.raises(ValueError, match="init"):
         RecurrentLM(VOCAB_SIZE, init="xavier")
+    with pytest.raises(ValueError, match="output_dropout"):
+        RecurrentLM(VOCAB_SIZE, embedding_size=4, output_dropout=-0.1)
+
+
+def test_tie_weights_shares_one_matrix_and_trains_it_from_both_ends():
+    torch.manual_seed(0)
+    model = make_model("gru", embedding_size=HIDDEN_SIZE, tie_weights=True)
+    assert model.embedding.weight is model.head.weight
+    # Counted once: the tied model has V*H fewer parameters than the untied one.
+    untied = make_model("gru", embedding_size=HIDDEN_SIZE)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(model) == VOCAB_SIZE * HIDDEN_SIZE
+    logits, state = model(random_ids())
+    loss_of(logits, state).backward()
+    # The shared gradient is the head's plus the embedding's: rows of unseen ids get only the head's.
+    assert model.head.weight.grad is model.embedding.weight.grad
+    # A checkpoint rebuilds it tied again.
+    rebuilt = RecurrentLM(**model.config)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert rebuilt.embedding.weight is rebuilt.head.weight
+    torch.testing.assert_close(rebuilt.head.weight, model.head.weight, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("embedding_size", [None, 5])
+def test_tie_weights_with_mismatched_sizes_names_the_fix(embedding_size):
+    with pytest.raises(ValueError, match=rf"tie_weights.*set embedding_size={HIDDEN_SIZE} or tie_weights=false"):
+        make_model("lstm", embedding_size=embedding_size, tie_weights=True)
+
+
+def test_forget_bias_sets_the_forget_gate_only():
+    model = make_model("lstm", num_layers=2, embedding_size=EMBEDDING_SIZE, forget_bias=1.0)
+    for cell in model.cells:
+        gate_bias = (cell.bias_ih + cell.bias_hh).detach().view(4, HIDDEN_SIZE)  # (i, f, g, o)
+        torch.testing.assert_close(gate_bias[1], torch.ones(HIDDEN_SIZE), atol=0, rtol=0)
+        assert not torch.allclose(gate_bias[0], torch.ones(HIDDEN_SIZE))
+    with pytest.raises(ValueError, match="forget_bias is for cell='lstm'"):
+        make_model("gru", forget_bias=1.0)
+
+
+def test_each_dropout_has_its_own_rate():
+    torch.manual_seed(0)
+    ids = random_ids()
+    # Only output dropout on: a quarter of the head's inputs are zero, so logits rows differ from eval.
+    model = make_model("lstm", embedding_size=EMBEDDING_SIZE, dropout=0.0, output_dropout=0.5).train()
+    assert model.embedding_dropout.p == 0.0 and model.output_dropout.p == 0.5
+    assert not torch.equal(model(ids)[0], model(ids)[0])
+    # Only embedding dropout on: the final state changes (output dropout would leave it alone).
+    model = make_model("lstm", embedding_size=EMBEDDING_SIZE, dropout=0.0, embedding_dropout=0.5).train()
+    assert not torch.equal(model(ids)[1][0], model(ids)[1][0])
+    model.eval()
+    torch.testing.assert_close(model(ids)[1][0], model(ids)[1][0], atol=0, rtol=0)
+    # Left unset, both follow `dropout`.
+    model = make_model("lstm", embedding_size=EMBEDDING_SIZE, dropout=0.25)
+    assert model.embedding_dropout.p == model.dropout.p == model.output_dropout.p == 0.25

@@ -16,6 +16,13 @@ A time step is split in two halves:
 
 ``forward(x, state)`` glues the two together for a single step.
 
+A whole chunk of T steps has two equal paths:
+
+* ``sequence(x_proj, state)`` -- the fast one: a ``torch.autograd.Function`` per kind
+  (fused.py) with the whole loop in its forward and a hand-written backward.
+* ``sequence_reference(x_proj, state)`` -- the readable one: a Python loop over
+  ``step``, differentiated by autograd. The tests hold the fast path to it.
+
 The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
 ``(h, c)`` for LSTM. The first entry is always the output ``h``.
 """
@@ -28,6 +35,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
+from lyricist.models.matmul import linear
 
 State = tuple[Tensor, ...]
 
@@ -83,7 +93,7 @@ class RecurrentCell(nn.Module):
 
     def project_input(self, x: Tensor) -> Tensor:
         """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""
-        return F.linear(x, self.weight_ih, self.bias_ih)
+        return linear(x, self.weight_ih, self.bias_ih)  # F.linear, on oneDNN where faster (matmul.py)
 
     def project_state(self, h: Tensor) -> Tensor:
         """Recurrent half of the gates: (B, H) -> (B, G*H)."""
@@ -92,6 +102,19 @@ class RecurrentCell(nn.Module):
     def step(self, x_proj: Tensor, state: State) -> State:
         """One time step from the pre-projected input (B, G*H) and the state (each (B, H))."""
         raise NotImplementedError
+
+    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+        """All T steps from the pre-projected inputs (T, B, G*H): the outputs h (T, B, H) and
+        the final state. Same numbers as ``sequence_reference``, computed by fused.py."""
+        raise NotImplementedError
+
+    def sequence_reference(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+        """``sequence`` as a plain loop over ``step``; autograd does the backward."""
+        outputs = []
+        for x_proj_t in x_proj:  # (B, G*H)
+            state = self.step(x_proj_t, state)
+            outputs.append(state[0])
+        return torch.stack(outputs), state  # (T, B, H)
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One time step from the raw input (B, I); ``state=None`` means zeros."""
@@ -128,15 +151,51 @@ class RNNCell(RecurrentCell):
         h = NONLINEARITIES[self.nonlinearity](x_proj + self.project_state(h))
         return (h,)
 
+    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+        relu = self.nonlinearity == "relu"
+        outputs, h = RNNSequence.apply(x_proj, self.weight_hh, self.bias_hh, state[0], relu)
+        return outputs, (h,)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"
 
 
 class LSTMCell(RecurrentCell):
-    """LSTM cell with torch's gate order i, f, g, o stacked along the first weight dim."""
+    """LSTM cell with torch's gate order i, f, g, o stacked along the first weight dim.
+
+    ``forget_bias``: the forget gate's starting bias (b_ih + b_hh of the f block), e.g. 1.0
+    so that the cell remembers by default early in training (Jozefowicz et al., 2015);
+    None leaves it to the ``init`` scheme.
+    """
 
     num_gates = 4
     num_states = 2
+    forget_bias: float | None = None  # class default: the base constructor calls reset_parameters first
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        init: str = "normal",
+        init_scale: float = 0.01,
+        forget_bias: float | None = None,
+    ):
+        super().__init__(input_size, hidden_size, init, init_scale)
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
+        self._init_forget_bias()
+
+    def reset_parameters(self, init: str = "normal", scale: float = 0.01) -> None:
+        super().reset_parameters(init, scale)
+        self._init_forget_bias()
+
+    @torch.no_grad()
+    def _init_forget_bias(self) -> None:
+        if self.forget_bias is None:
+            return
+        forget = slice(self.hidden_size, 2 * self.hidden_size)  # the f block of (i, f, g, o)
+        # The gate sees b_ih + b_hh: all of it goes into b_ih so the sum is exactly forget_bias.
+        self.bias_ih[forget] = self.forget_bias
+        self.bias_hh[forget] = 0.0
 
     def step(self, x_proj: Tensor, state: State) -> State:
         h, c = state
@@ -145,6 +204,14 @@ class LSTMCell(RecurrentCell):
         c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
         h = torch.sigmoid(output_gate) * torch.tanh(c)
         return (h, c)
+
+    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+        outputs, h, c = LSTMSequence.apply(x_proj, self.weight_hh, self.bias_hh, *state)
+        return outputs, (h, c)
+
+    def extra_repr(self) -> str:
+        extra = "" if self.forget_bias is None else f", forget_bias={self.forget_bias}"
+        return super().extra_repr() + extra
 
 
 class GRUCell(RecurrentCell):
@@ -168,6 +235,10 @@ class GRUCell(RecurrentCell):
         # update_gate near 1 keeps the old state: that is how the GRU carries memory across steps.
         h = (1.0 - update_gate) * candidate + update_gate * h
         return (h,)
+
+    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+        outputs, h = GRUSequence.apply(x_proj, self.weight_hh, self.bias_hh, state[0])
+        return outputs, (h,)
 
 
 CELLS = {

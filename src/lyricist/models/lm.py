@@ -8,6 +8,11 @@ over T.
 
 The state follows torch.nn's layout: a tuple of ``num_states`` tensors, each
 (L, B, H) -- ``(h,)`` for rnn/gru, ``(h, c)`` for lstm.
+
+Two equal paths: ``forward`` (fast: the input projection of all steps in one
+product, the recurrence of each layer in one fused autograd Function, the head
+over all steps in one product) and ``forward_reference`` (literal: one step at a
+time, one-hot vectors and all, as the seeds do). The tests hold one to the other.
 """
 
 from __future__ import annotations
@@ -17,15 +22,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models.cells import RecurrentCell, State, make_cell
+from lyricist.models.matmul import linear
 
 
 class RecurrentLM(nn.Module):
     """Embedding (or one-hot) -> ``num_layers`` stacked cells -> linear head.
 
     ``embedding_size=None`` feeds one-hot characters, as the seeds do.
-    ``dropout`` is applied to the embedding output, between layers and before
-    the head (never to the one-hot input, which has no embedding output to drop;
-    nn.Dropout is a no-op in eval mode).
+    Dropout (nn.Dropout, so a no-op in eval mode) sits at three places, each with
+    its own rate; ``embedding_dropout`` and ``output_dropout`` default to ``dropout``:
+
+    * ``embedding_dropout`` on the embedding output (there is none with one-hot input);
+    * ``dropout`` between stacked layers;
+    * ``output_dropout`` on the last layer's output, before the head.
+
+    ``tie_weights`` makes the head share the embedding matrix (Press & Wolf, 2017),
+    which needs ``embedding_size == hidden_size``. ``forget_bias`` (lstm only) sets
+    the forget gate's starting bias. ``init`` is ``normal`` (the seeds' N(0, scale^2)),
+    ``uniform`` (U(-scale, scale), char-rnn / Zaremba et al.) or ``torch`` (torch.nn's
+    defaults), see ``RecurrentCell.reset_parameters``.
     """
 
     def __init__(
@@ -38,6 +53,10 @@ class RecurrentLM(nn.Module):
         dropout: float = 0.0,
         init: str = "normal",
         init_scale: float = 0.01,
+        embedding_dropout: float | None = None,
+        output_dropout: float | None = None,
+        tie_weights: bool = False,
+        forget_bias: float | None = None,
     ):
         super().__init__()
         if vocab_size <= 0:
@@ -46,8 +65,21 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"num_layers must be positive, got {num_layers}")
         if embedding_size is not None and embedding_size <= 0:
             raise ValueError(f"embedding_size must be positive or None (one-hot), got {embedding_size}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        embedding_dropout = dropout if embedding_dropout is None else embedding_dropout
+        output_dropout = dropout if output_dropout is None else output_dropout
+        for name, rate in [("dropout", dropout), ("embedding_dropout", embedding_dropout),
+                           ("output_dropout", output_dropout)]:
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        if tie_weights and embedding_size != hidden_size:
+            raise ValueError(
+                "tie_weights shares the embedding matrix (vocab_size, embedding_size) with the head's "
+                f"(vocab_size, hidden_size), so they must be equal; got embedding_size={embedding_size}, "
+                f"hidden_size={hidden_size}: set embedding_size={hidden_size} or tie_weights=false"
+                + (" (embedding_size=None is one-hot input, which has no matrix to share)" if embedding_size is None else "")
+            )
+        if forget_bias is not None and cell != "lstm":
+            raise ValueError(f"forget_bias is for cell='lstm' (it has a forget gate), got cell={cell!r}")
         # Plain values only, so a checkpoint can rebuild the model with RecurrentLM(**config).
         self.config = dict(
             vocab_size=int(vocab_size),
@@ -58,6 +90,10 @@ class RecurrentLM(nn.Module):
             dropout=float(dropout),
             init=str(init),
             init_scale=float(init_scale),
+            embedding_dropout=float(embedding_dropout),
+            output_dropout=float(output_dropout),
+            tie_weights=bool(tie_weights),
+            forget_bias=None if forget_bias is None else float(forget_bias),
         )
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -65,13 +101,22 @@ class RecurrentLM(nn.Module):
 
         self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
         input_size = vocab_size if embedding_size is None else embedding_size
+        cell_kwargs = dict(init=init, init_scale=init_scale)
+        if forget_bias is not None:
+            cell_kwargs["forget_bias"] = forget_bias
         self.cells = nn.ModuleList(
-            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, init=init, init_scale=init_scale)
+            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, **cell_kwargs)
             for layer in range(num_layers)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.dropout = nn.Dropout(dropout)  # between layers
+        self.output_dropout = nn.Dropout(output_dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
         self._reset_head_and_embedding(init, init_scale)
+        if tie_weights:
+            # One Parameter under both names: it is drawn as the head is (small, like the
+            # seeds' output layer), trained by both uses, and stored under both keys.
+            self.embedding.weight = self.head.weight
 
     @torch.no_grad()
     def _reset_head_and_embedding(self, init: str, scale: float) -> None:
@@ -105,7 +150,7 @@ class RecurrentLM(nn.Module):
         """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
         first: RecurrentCell = self.cells[0]
         if self.embedding is not None:
-            return first.project_input(self.dropout(self.embedding(ids)))
+            return first.project_input(self.embedding_dropout(self.embedding(ids)))
         # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
         # (an embedding lookup with W_ih^T as the table) gives the same numbers without
         # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
@@ -124,17 +169,13 @@ class RecurrentLM(nn.Module):
                 # The input half of every step of this layer in one matmul.
                 layer_input_proj = cell.project_input(self.dropout(layer_output))  # (T, B, G*H)
             layer_state = tuple(s[layer] for s in state)  # each (B, H)
-            outputs = []
-            for t in range(num_steps):
-                layer_state = cell.step(layer_input_proj[t], layer_state)
-                outputs.append(layer_state[0])
-            layer_output = torch.stack(outputs)  # (T, B, H)
+            layer_output, layer_state = cell.sequence(layer_input_proj, layer_state)  # (T, B, H)
             final_states.append(layer_state)
 
         # Back to batch-first before the head so the logits come out contiguous (B, T, V);
         # the head runs on all steps in one matmul.
-        hidden = self.dropout(layer_output.transpose(0, 1))  # (B, T, H)
-        logits = self.head(hidden)  # (B, T, V)
+        hidden = self.output_dropout(layer_output.transpose(0, 1))  # (B, T, H)
+        logits = linear(hidden, self.head.weight, self.head.bias)  # self.head(hidden), on oneDNN where faster
         return logits, self._stack_layers(final_states)
 
     def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -150,13 +191,13 @@ class RecurrentLM(nn.Module):
             if self.embedding is None:
                 x = F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype)  # (B, V)
             else:
-                x = self.dropout(self.embedding(ids[:, t]))  # (B, E)
+                x = self.embedding_dropout(self.embedding(ids[:, t]))  # (B, E)
             for layer, cell in enumerate(self.cells):
                 if layer > 0:
                     x = self.dropout(x)
                 layer_states[layer] = cell(x, layer_states[layer])
                 x = layer_states[layer][0]  # (B, H)
-            logits.append(self.head(self.dropout(x)))  # (B, V)
+            logits.append(self.head(self.output_dropout(x)))  # (B, V)
         return torch.stack(logits, dim=1), self._stack_layers(layer_states)  # (B, T, V)
 
     def _stack_layers(self, per_layer: list[State]) -> State:

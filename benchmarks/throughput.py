@@ -1,0 +1,295 @@
+"""Training and generation speed of the same character LM, three ways, side by side.
+
+    python benchmarks/throughput.py                 # rnn, gru, lstm; ~3-4 minutes on 2 cores
+    python benchmarks/throughput.py --cells lstm --repeats 5 --no-rss
+
+For each cell kind, one process trains the same language model (batch 32, 35 steps,
+hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
+backward + global-norm clipping + SGD) with:
+
+  a   the naive seed-style loop: per step one_hot(x) @ W_xh + h @ W_hh + b, the head
+      per step, autograd for everything (one stacked W_xh for all gates -- kinder to
+      it than the seeds' one matrix per gate);
+  b1  lyricist.models.RecurrentLM with one-hot input: the same model as a;
+  b   RecurrentLM with an embedding: the same model as c;
+  b*  b with torch's default matmul (lyricist.models.matmul.onednn(False)), to show how
+      much of b comes from running the products on oneDNN rather than MKL;
+  c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
+
+Variants are alternated (their order rotated) inside every repeat, so a slow patch of a
+noisy machine hits all of them; tokens/sec is the median over repeats. Ratios compare
+equal models: b/c (embedding) and b1/a (one-hot).
+
+Memory, two honest measures (torch's CPU allocator keeps no statistics):
+  saved  bytes autograd keeps from forward to backward (activations), counted once per
+         storage with torch.autograd.graph.saved_tensors_hooks; parameters excluded;
+  rss    peak resident memory of a fresh process running 3 training steps, minus its
+         resident memory right before them (model, data and imports already loaded):
+         what a step costs the machine, allocator caching and gradients included.
+Generation: greedy decoding of 1,000 characters from batch 1, state carried, eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lyricist.models import RecurrentLM
+from lyricist.models import matmul
+from lyricist.training import clip_grad_global_norm
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB_JSON = ROOT / "data" / "encoded" / "jaychou" / "vocab.json"
+FALLBACK_VOCAB_SIZE = 2583  # the full Jay Chou vocabulary, when the encoded data is not there
+VARIANTS = {
+    "a": "naive seed loop, one-hot",
+    "b1": "lyricist, one-hot",
+    "b": "lyricist, embedding",
+    "b*": "lyricist, embedding, MKL matmul",
+    "c": "torch.nn, embedding",
+}
+NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class NaiveLM(nn.Module):
+    """The seeds' loop, stacked gates: explicit one-hot, two matmuls and the head per step."""
+
+    def __init__(self, vocab_size: int, cell: str, hidden_size: int):
+        super().__init__()
+        gates = NUM_GATES[cell] * hidden_size
+        self.cell, self.vocab_size, self.hidden_size = cell, vocab_size, hidden_size
+        self.w_xh = nn.Parameter(torch.randn(vocab_size, gates) * 0.01)
+        self.w_hh = nn.Parameter(torch.randn(hidden_size, gates) * 0.01)
+        self.b_xh = nn.Parameter(torch.zeros(gates))
+        self.b_hh = nn.Parameter(torch.zeros(gates))
+        self.w_hq = nn.Parameter(torch.randn(hidden_size, vocab_size) * 0.01)
+        self.b_q = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, ids: Tensor, state=None):
+        batch_size, num_steps = ids.shape
+        if state is None:
+            state = tuple(torch.zeros(batch_size, self.hidden_size) for _ in range(2 if self.cell == "lstm" else 1))
+        h, c = state[0], state[-1]
+        outputs = []
+        for t in range(num_steps):
+            x = F.one_hot(ids[:, t], self.vocab_size).float()  # (B, V)
+            x_gates = x @ self.w_xh + self.b_xh  # (B, G*H)
+            h_gates = h @ self.w_hh + self.b_hh  # (B, G*H)
+            if self.cell == "rnn":
+                h = torch.tanh(x_gates + h_gates)
+            elif self.cell == "lstm":
+                i, f, g, o = (x_gates + h_gates).chunk(4, dim=1)  # 4 x (B, H)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                x_r, x_z, x_n = x_gates.chunk(3, dim=1)  # 3 x (B, H)
+                h_r, h_z, h_n = h_gates.chunk(3, dim=1)
+                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                n = torch.tanh(x_n + r * h_n)
+                h = (1 - z) * n + z * h
+            outputs.append(h @ self.w_hq + self.b_q)  # (B, V)
+        return torch.stack(outputs, dim=1), (h, c) if self.cell == "lstm" else (h,)  # (B, T, V)
+
+
+class TorchLM(nn.Module):
+    """torch.nn's own recurrent module between an embedding and a linear head."""
+
+    def __init__(self, vocab_size: int, cell: str, hidden_size: int, embedding_size: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.rnn = TORCH_MODULES[cell](embedding_size, hidden_size)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, ids: Tensor, state=None):
+        outputs, state = self.rnn(self.embedding(ids.t()), state)  # (T, B, H)
+        return self.head(outputs.transpose(0, 1)), state  # (B, T, V)
+
+
+def build(variant: str, cell: str, args) -> nn.Module:
+    torch.manual_seed(0)
+    if variant == "a":
+        return NaiveLM(args.vocab_size, cell, args.hidden_size)
+    if variant == "b1":
+        return RecurrentLM(args.vocab_size, cell, args.hidden_size)
+    if variant in ("b", "b*"):
+        return RecurrentLM(args.vocab_size, cell, args.hidden_size, embedding_size=args.embedding_size)
+    return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size)
+
+
+class Trainer:
+    """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it."""
+
+    def __init__(self, variant: str, cell: str, args):
+        self.variant, self.model = variant, build(variant, cell, args)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.5)
+
+    def step(self, ids: Tensor, targets: Tensor) -> None:
+        with matmul.onednn(self.variant != "b*"):
+            logits, _ = self.model(ids)  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_grad_global_norm(self.model.parameters(), 1.0)
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def generate(self, num_chars: int) -> float:
+        """Greedy decoding from one character; returns characters per second."""
+        self.model.eval()
+        with matmul.onednn(self.variant != "b*"):
+            ids, state = torch.zeros(1, 1, dtype=torch.long), None
+            start = time.perf_counter()
+            for _ in range(num_chars):
+                logits, state = self.model(ids, state)  # (1, 1, V)
+                ids = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+            elapsed = time.perf_counter() - start
+        self.model.train()
+        return num_chars / elapsed
+
+    def saved_bytes(self, ids: Tensor) -> int:
+        """Bytes autograd saves for backward in one forward + loss, each storage once, no parameters."""
+        params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t: Tensor):
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # e.g. oneDNN's packed weights: no plain storage
+                return t
+            if storage.data_ptr() not in params:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with matmul.onednn(self.variant != "b*"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits, _ = self.model(ids)
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))  # (B*T, V)
+        return sum(seen.values())
+
+
+def make_batches(args, count: int = 4) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, args.num_steps)
+    return [(torch.randint(args.vocab_size, shape, generator=generator),
+             torch.randint(args.vocab_size, shape, generator=generator)) for _ in range(count)]
+
+
+def rss_child(args) -> None:
+    """Run in a fresh process: print the peak RSS growth (bytes) over 3 training steps."""
+    trainer = Trainer(args.rss_child[1], args.rss_child[0], args)
+    batches = make_batches(args)
+    before = _status_bytes("VmRSS")
+    for ids, targets in batches[:3]:
+        trainer.step(ids, targets)
+    # VmHWM, not getrusage's ru_maxrss: a child started by fork+exec inherits the parent's
+    # ru_maxrss, so that would report the benchmark process's own peak.
+    print(json.dumps({"rss": _status_bytes("VmHWM") - before}))
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (kB there) in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field + ":")).split()[1]) * 1024
+
+
+def measure_rss(cell: str, variant: str, args) -> int | None:
+    command = [sys.executable, __file__, "--rss-child", cell, variant,
+               "--vocab-size", str(args.vocab_size), "--hidden-size", str(args.hidden_size),
+               "--embedding-size", str(args.embedding_size), "--batch-size", str(args.batch_size),
+               "--num-steps", str(args.num_steps)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"  (rss of {cell}/{variant} failed: {result.stderr.strip()[-200:]})")
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["rss"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=list(NUM_GATES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-steps", type=int, default=35)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--embedding-size", type=int, default=256, help="for b, b* and c")
+    parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
+    parser.add_argument("--gen-chars", type=int, default=1000)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
+    parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    vocab_source = "--vocab-size"
+    if args.vocab_size is None:
+        if VOCAB_JSON.is_file():
+            args.vocab_size, vocab_source = len(json.loads(VOCAB_JSON.read_text())["itos"]), str(VOCAB_JSON.relative_to(ROOT))
+        else:
+            args.vocab_size, vocab_source = FALLBACK_VOCAB_SIZE, "synthetic (no encoded data)"
+    if args.rss_child:
+        rss_child(args)
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"oneDNN products: {matmul.uses_onednn(torch.zeros(1))}, load average {os.getloadavg()[0]:.2f}")
+    print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
+          f"hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, c); "
+          f"{args.repeats} rounds x {args.steps} training steps per variant, median")
+    batches = make_batches(args)
+    trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants}
+    for trainer in trainers.values():
+        for ids, targets in batches[: args.warmup]:
+            trainer.step(ids, targets)
+
+    tokens_per_sec: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
+    keys = list(trainers)
+    for round_ in range(args.repeats):
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:  # a different variant goes first every round
+            start = time.perf_counter()
+            for s in range(args.steps):
+                trainers[key].step(*batches[s % len(batches)])
+            tokens_per_sec[key].append(args.steps * args.batch_size * args.num_steps / (time.perf_counter() - start))
+
+    gen_speed: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
+    for round_ in range(3):
+        for key in keys[round_:] + keys[:round_]:
+            gen_speed[key].append(trainers[key].generate(args.gen_chars))
+
+    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'saved MiB':>9} {'rss MiB':>8} {'gen chars/s':>11}")
+    median = {key: statistics.median(v) for key, v in tokens_per_sec.items()}
+    for cell in args.cells:
+        for v in args.variants:
+            key = (cell, v)
+            saved = trainers[key].saved_bytes(batches[0][0]) / 2**20
+            rss = None if args.no_rss else measure_rss(cell, v, args)
+            rss_text = "-" if rss is None else f"{rss / 2**20:.0f}"
+            lo, hi = min(tokens_per_sec[key]), max(tokens_per_sec[key])
+            print(f"{cell:5} {v + '  ' + VARIANTS[v]:37} {median[key]:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} "
+                  f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}")
+    print()
+    targets = {"rnn": 0.9, "gru": 1.0, "lstm": 1.0}
+    for cell in args.cells:
+        parts = []
+        for num, den, target in [("b", "c", targets[cell]), ("b1", "a", 3.0), ("b", "a", None), ("b*", "c", None)]:
+            if (cell, num) in median and (cell, den) in median:
+                ratio = median[(cell, num)] / median[(cell, den)]
+                parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})"))
+        print(f"{cell:5} " + ", ".join(parts))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Whole-chunk recurrences as ``torch.autograd.Function``s with hand-written backward passes.
+
+Why: through autograd, each time step records ~10 small ops; going backward they are
+replayed one by one and the recurrent weight gradient is summed from T small matmuls.
+Here the forward loop runs outside autograd and writes into preallocated (T, B, ...)
+buffers; the backward loop does only what is truly sequential (the gradient flowing to
+the previous state, one matrix product per step), and everything else -- the activation
+derivatives and the weight and bias gradients -- is done once over all T*B rows.
+
+One interface for every kind (B batch, T steps, H hidden, G gates)::
+
+    outputs, *final_state = XSequence.apply(x_proj, weight_hh, bias_hh, *state)
+
+``x_proj`` (T, B, G*H) is the input half of the gates for every step, ``bias_ih``
+included; ``weight_hh`` (G*H, H) and ``bias_hh`` (G*H,) are in torch.nn's layout and gate
+order; the state tensors are (B, H); ``outputs`` (T, B, H) is h at every step.
+
+The math is the same as ``step`` in cells.py, which is the readable version; the tests
+check these against it, against torch.nn and with ``torch.autograd.gradcheck``. Products
+go through matmul.py (oneDNN when it is faster): ``linear_nograd(x, W)`` is x W^T and
+``add_linear_(out, x, W)`` is out += x W^T.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from lyricist.models.matmul import add_linear_, linear_nograd, pack
+
+
+def _first_grad(grad_outputs: Tensor, grad_h_last: Tensor) -> Tensor:
+    """dL/dh_t for every t as far as it is known before the backward loop: what came in
+    through ``outputs``, plus the final state's gradient at the last step. Contiguous and
+    owned, because the loop adds the recurrent part into it in place."""
+    grad_h = grad_outputs.clone(memory_format=torch.contiguous_format)  # (T, B, H)
+    grad_h[-1] += grad_h_last
+    return grad_h
+
+
+def _weight_grads(grad_gates: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
+    """dW_hh = sum_t dgates_t^T h_{t-1} and db_hh = sum_t dgates_t, each as one op over T*B rows."""
+    grad_gates_2d = grad_gates.reshape(-1, grad_gates.shape[-1])  # (T*B, G*H)
+    h_prev_2d = hs[:-1].reshape(-1, hs.shape[-1])  # (T*B, H)
+    grad_weight = grad_gates_2d.t().mm(h_prev_2d)  # (G*H, T*B) (T*B, H) -> (G*H, H); mm reads the transpose in place
+    return grad_weight, grad_gates_2d.sum(0)
+
+
+class RNNSequence(Function):
+    """Elman recurrence h_t = act(x_proj_t + h_{t-1} W_hh^T + b_hh), act = tanh or relu."""
+
+    @staticmethod
+    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, relu: bool = False):
+        num_steps, batch_size, hidden_size = x_proj.shape
+        hs = x_proj.new_empty(num_steps + 1, batch_size, hidden_size)  # hs[0] = h0, hs[t + 1] = h_t
+        hs[0] = h0
+        # Every step's pre-activation starts as its input half; the recurrent half is added in place.
+        torch.add(x_proj, bias_hh, out=hs[1:])
+        weight = pack(weight_hh, batch_size, uses=num_steps)
+        for t in range(num_steps):
+            pre = add_linear_(hs[t + 1], hs[t], weight)  # (B, H)
+            if relu:
+                pre.relu_()
+            else:
+                pre.tanh_()
+        ctx.relu = relu
+        ctx.save_for_backward(weight_hh, hs)
+        # The final state is cloned so that it does not alias the outputs (and the saved buffer).
+        return hs[1:], hs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
+        weight_hh, hs = ctx.saved_tensors
+        outputs = hs[1:]  # (T, B, H)
+        # The activation's derivative from its output, for all steps at once:
+        # tanh' = 1 - h^2, relu' = [h > 0].
+        slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1.0 - outputs.square()  # (T, B, H)
+        weight_t = pack(weight_hh.t().contiguous(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
+        grad = _first_grad(grad_outputs, grad_h_last)  # dL/dh_t, turned into dL/dpre_t in place
+        for t in range(grad.shape[0] - 1, 0, -1):
+            grad[t].mul_(slope[t])
+            add_linear_(grad[t - 1], grad[t], weight_t)  # pre_t = ... + h_{t-1} W^T  =>  dh_{t-1} += dpre_t W
+        grad[0].mul_(slope[0])
+        grad_h0 = linear_nograd(grad[0], weight_t)
+        grad_weight, grad_bias = _weight_grads(grad, hs)
+        return grad, grad_weight, grad_bias, grad_h0, None
+
+
+class LSTMSequence(Function):
+    """LSTM recurrence, gate order i, f, g, o as torch.nn; state (h, c)."""
+
+    @staticmethod
+    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, c0: Tensor):
+        num_steps, batch_size, gates_size = x_proj.shape
+        hidden = gates_size // 4
+        # Pre-activations of every step (input half now, recurrent half added in the loop),
+        # then overwritten in place by the activated gates, which is what backward needs.
+        gates = torch.empty_like(x_proj, memory_format=torch.contiguous_format)  # (T, B, 4H)
+        torch.add(x_proj, bias_hh, out=gates)
+        hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
+        cs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # cs[0] = c0, cs[t + 1] = c_t
+        tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
+        hs[0], cs[0] = h0, c0
+        weight = pack(weight_hh, batch_size, uses=num_steps)
+        for t in range(num_steps):
+            g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
+            g[:, : 2 * hidden].sigmoid_()  # i, f
+            g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
+            g[:, 3 * hidden :].sigmoid_()  # o
+            i, f, cand, o = g.chunk(4, dim=1)  # 4 x (B, H)
+            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cand)  # c_t = f c_{t-1} + i g
+            torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # h_t = o tanh(c_t)
+        ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
+        return hs[1:], hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor, grad_c_last: Tensor):
+        weight_hh, gates, hs, cs, tanh_cs = ctx.saved_tensors
+        num_steps, batch_size, gates_size = gates.shape
+        i, f, cand, o = gates.chunk(4, dim=2)  # 4 x (T, B, H)
+        # Everything that does not depend on the incoming gradient, for all steps at once:
+        #   dc_t += dh_t * o (1 - tanh(c_t)^2)
+        #   dpre_i = dc_t * g sig'(i),  dpre_f = dc_t * c_{t-1} sig'(f),  dpre_g = dc_t * i (1 - g^2),
+        #   dpre_o = dh_t * tanh(c_t) sig'(o)                         (sig'(x) = s (1 - s) from s)
+        c_from_h = o * (1.0 - tanh_cs.square())  # (T, B, H)
+        coef = (gates - gates.square()).view(num_steps, batch_size, 4, -1)  # sig' of every gate: (T, B, 4, H)
+        coef[:, :, 0].mul_(cand)
+        coef[:, :, 1].mul_(cs[:-1])
+        torch.mul(i, 1.0 - cand.square(), out=coef[:, :, 2])
+        coef[:, :, 3].mul_(tanh_cs)
+
+        grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
+        grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
+        grad_gates = torch.empty_like(gates)  # (T, B, 4H)
+        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 4H): dgates W = dgates (W^T)^T
+        for t in range(num_steps - 1, -1, -1):
+            grad_c.addcmul_(grad_h[t], c_from_h[t])
+            blocks = grad_gates[t].view(batch_size, 4, -1)  # (B, 4H) seen as (B, 4, H)
+            torch.mul(grad_c.unsqueeze(1), coef[t, :, :3], out=blocks[:, :3])  # i, f, g: from dc
+            torch.mul(grad_h[t], coef[t, :, 3], out=blocks[:, 3])  # o: from dh
+            grad_c.mul_(f[t])  # c_t = f_t c_{t-1} + ...  =>  dc_{t-1} = dc_t f_t
+            if t > 0:
+                add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
+        grad_h0 = linear_nograd(grad_gates[0], weight_t)
+        grad_weight, grad_bias = _weight_grads(grad_gates, hs)
+        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c
+
+
+class GRUSequence(Function):
+    """GRU recurrence, gate order r, z, n as torch.nn:
+    r, z = sig(x_rz + W_hrz h + b_hrz);  n = tanh(x_n + r (W_hn h + b_hn));  h' = n + z (h - n)."""
+
+    @staticmethod
+    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor):
+        num_steps, batch_size, gates_size = x_proj.shape
+        hidden = gates_size // 3
+        hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
+        h_projs = []  # W_hh h_{t-1} + b_hh, each (B, 3H); backward needs their n part
+        rz = x_proj.new_empty(num_steps, batch_size, 2 * hidden)  # reset and update gates
+        new = x_proj.new_empty(num_steps, batch_size, hidden)  # the candidate n
+        hs[0] = h0
+        weight = pack(weight_hh, batch_size, uses=num_steps)
+        for t in range(num_steps):
+            h_proj = linear_nograd(hs[t], weight, bias_hh)  # (B, 3H)
+            torch.add(x_proj[t, :, : 2 * hidden], h_proj[:, : 2 * hidden], out=rz[t]).sigmoid_()
+            r, z = rz[t].chunk(2, dim=1)  # 2 x (B, H)
+            torch.addcmul(x_proj[t, :, 2 * hidden :], r, h_proj[:, 2 * hidden :], out=new[t]).tanh_()
+            torch.lerp(new[t], hs[t], z, out=hs[t + 1])  # n + z (h - n): z near 1 keeps the old state
+            h_projs.append(h_proj)
+        ctx.save_for_backward(weight_hh, hs, torch.stack(h_projs), rz, new)  # stacked: (T, B, 3H)
+        return hs[1:], hs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
+        weight_hh, hs, h_proj, rz, new = ctx.saved_tensors
+        num_steps, batch_size, hidden = new.shape
+        r, z = rz.chunk(2, dim=2)  # 2 x (T, B, H)
+        # For all steps at once:
+        #   dpre_n = dh (1 - z)(1 - n^2)      dpre_r = dpre_n (W_hn h + b_hn) sig'(r)
+        #   dpre_z = dh (h_{t-1} - n) sig'(z)  d(W_hn h + b_hn) = dpre_n r        dh_{t-1} gets dh z directly
+        n_coef = (1.0 - z) * (1.0 - new.square())  # (T, B, H)
+        r_coef = h_proj[..., 2 * hidden :] * r * (1.0 - r)
+        z_coef = (hs[:-1] - new) * z * (1.0 - z)
+
+        grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
+        grad_h_proj = torch.empty_like(h_proj)  # dL/d(W_hh h + b_hh): (T, B, 3H)
+        grad_x_new = torch.empty_like(new)  # dL/dx_n; the r and z parts of dL/dx equal grad_h_proj's
+        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
+        for t in range(num_steps - 1, -1, -1):
+            torch.mul(grad_h[t], n_coef[t], out=grad_x_new[t])
+            torch.mul(grad_x_new[t], r_coef[t], out=grad_h_proj[t, :, :hidden])
+            torch.mul(grad_h[t], z_coef[t], out=grad_h_proj[t, :, hidden : 2 * hidden])
+            torch.mul(grad_x_new[t], r[t], out=grad_h_proj[t, :, 2 * hidden :])
+            if t > 0:
+                add_linear_(grad_h[t - 1].addcmul_(grad_h[t], z[t]), grad_h_proj[t], weight_t)
+        grad_h0 = add_linear_(grad_h[0] * z[0], grad_h_proj[0], weight_t)
+        grad_x_proj = torch.cat([grad_h_proj[..., : 2 * hidden], grad_x_new], dim=2)  # (T, B, 3H)
+        grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
+        return grad_x_proj, grad_weight, grad_bias, grad_h0

@@ -1,0 +1,117 @@
+"""``x @ W^T (+ b)`` on oneDNN where that is faster than torch's default.
+
+Why: on CPU, torch's float32 ``mm``/``addmm`` call MKL, and MKL runs its AVX2 kernels on
+non-Intel CPUs; oneDNN, which ships inside torch (torch.nn.LSTM's fused CPU kernel runs on
+it), runs AVX-512 ones. On the AMD EPYC this project is benchmarked on that is ~2.3x on
+the (T*B, H) x (H, G*H) products of a training step and ~1.6x on a (B, H) time step.
+
+``torch.ops.mkldnn._linear_pointwise`` is oneDNN's inner product on ordinary dense
+tensors. It is a private op, so everything here falls back to plain torch when it is
+missing, when mkldnn is switched off (``torch.backends.mkldnn.flags(enabled=False)``),
+or when the call is not float32 on CPU -- the float64 tests take the fallback. The
+results are the same up to float32 rounding (a different summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+_ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_enabled = True
+
+
+@contextlib.contextmanager
+def onednn(enabled: bool):
+    """Use oneDNN (``True``) or always torch's default matmul (``False``) inside the block;
+    the benchmark uses it to show what the matmul backend alone is worth."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+# Measured here, one thread: on a single row (generation) oneDNN's call overhead loses to
+# MKL (18 vs 7 us for (1, 256) x (256, 256)); from a batch of 32 rows on it wins. Packing a
+# weight costs about 7 products of 32 rows, so a loop packs only when it is long enough.
+MIN_ROWS = 8
+MIN_USES_TO_PACK = 8
+
+
+def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
+    return (
+        _enabled
+        and rows >= MIN_ROWS
+        and _ONEDNN is not None
+        and torch.backends.mkldnn.is_available()
+        and torch._C._get_mkldnn_enabled()
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    )
+
+
+def _rows(x: Tensor) -> int:
+    return x.numel() // max(x.shape[-1], 1)
+
+
+def pack(weight: Tensor, rows: int, uses: int) -> Tensor:
+    """``weight`` (O, I) in oneDNN's blocked layout for ``uses`` products with ``rows``-row
+    inputs, when oneDNN is used and the loop is long enough (otherwise unchanged). A time
+    loop multiplies by the same weight T times; packing it once saves reordering it at
+    every step (~15% of a (32, H) step). Only for ``linear_nograd`` and ``add_linear_``."""
+    if uses >= MIN_USES_TO_PACK and uses_onednn(weight, rows=rows):
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    return weight
+
+
+def linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., I) @ weight (O, I)^T + bias (O,) -> (..., O), outside autograd."""
+    if weight.is_mkldnn or uses_onednn(x, weight, rows=_rows(x)):
+        return _ONEDNN(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def add_linear_(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """out (N, O) += x (N, I) @ weight (O, I)^T, in place (the role of ``addmm_``)."""
+    if weight.is_mkldnn or uses_onednn(x, weight, out, rows=_rows(x)):
+        return out.add_(_ONEDNN(x, weight, None, "none", [], ""))
+    return out.addmm_(x, weight.t())
+
+
+class _Linear(Function):
+    """F.linear with every product of its forward and backward through ``linear_nograd``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear_nograd(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_y = grad_y.reshape(-1, weight.shape[0])  # (..., O) -> (N, O)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = linear_nograd(grad_y, weight.t()).view(x.shape)  # dy W: (N, O) (O, I) -> (..., I)
+        if ctx.needs_input_grad[1]:
+            # dy^T x: (O, N) (N, I). Plain mm here: it reads the transposed operand in place,
+            # where oneDNN would first copy the (N, O) gradient (measured slower, ~9 vs ~12 ms).
+            grad_weight = grad_y.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_y.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can."""
+    if uses_onednn(x, weight, rows=_rows(x)):
+        return _Linear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)

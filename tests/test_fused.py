@@ -1,0 +1,123 @@
+"""The fast whole-chunk recurrences (models/fused.py) and products (models/matmul.py):
+gradcheck of every hand-written backward, and equality with the readable step loop."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lyricist.models import matmul
+from lyricist.models.cells import make_cell
+from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
+
+NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE, INPUT_SIZE = 4, 3, 5, 6
+
+
+def random_inputs(num_gates: int, num_states: int, scale: float = 1.0):
+    generator = torch.Generator().manual_seed(0)
+    gates = num_gates * HIDDEN_SIZE
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).requires_grad_()
+
+    x_proj = rand(NUM_STEPS, BATCH_SIZE, gates)  # (T, B, G*H)
+    weight_hh, bias_hh = rand(gates, HIDDEN_SIZE), rand(gates)
+    state = [rand(BATCH_SIZE, HIDDEN_SIZE) for _ in range(num_states)]
+    return x_proj, weight_hh, bias_hh, state
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_rnn_sequence_gradcheck(relu):
+    x_proj, weight_hh, bias_hh, (h0,) = random_inputs(1, 1, scale=0.5)
+    assert torch.autograd.gradcheck(
+        lambda *a: RNNSequence.apply(*a, relu), (x_proj, weight_hh, bias_hh, h0))
+
+
+def test_lstm_sequence_gradcheck():
+    x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
+    assert torch.autograd.gradcheck(LSTMSequence.apply, (x_proj, weight_hh, bias_hh, h0, c0))
+
+
+def test_gru_sequence_gradcheck():
+    x_proj, weight_hh, bias_hh, (h0,) = random_inputs(3, 1)
+    assert torch.autograd.gradcheck(GRUSequence.apply, (x_proj, weight_hh, bias_hh, h0))
+
+
+# (3, 4): small products on torch's default matmul; (16, 12): float32 takes oneDNN with
+# packed weights (matmul.MIN_ROWS, MIN_USES_TO_PACK), as a real training batch does.
+@pytest.mark.parametrize("batch_size, num_steps", [(BATCH_SIZE, NUM_STEPS), (16, 12)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("kind", ["rnn", "rnn_relu", "lstm", "gru"])
+def test_sequence_equals_step_loop(kind, dtype, tol, batch_size, num_steps):
+    """Outputs, final state and every gradient (inputs, weights, initial state) of the fused
+    path equal those of the readable loop over `step`."""
+    torch.manual_seed(0)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
+    xs = torch.randn(num_steps, batch_size, INPUT_SIZE, dtype=dtype)
+    state0 = [torch.randn(batch_size, HIDDEN_SIZE, dtype=dtype) for _ in range(cell.num_states)]
+    upstream = torch.randn(num_steps, batch_size, HIDDEN_SIZE, dtype=dtype)
+    state_upstream = [torch.randn(batch_size, HIDDEN_SIZE, dtype=dtype) for _ in state0]
+
+    def run(sequence):
+        cell.zero_grad()
+        x = xs.clone().requires_grad_()
+        state = tuple(s.clone().requires_grad_() for s in state0)
+        outputs, final = sequence(cell.project_input(x), state)  # (T, B, H)
+        loss = (outputs * upstream).sum() + sum((f * u).sum() for f, u in zip(final, state_upstream))
+        loss.backward()
+        grads = [x.grad] + [s.grad for s in state] + [p.grad.clone() for p in cell.parameters()]
+        return [outputs, *final], grads
+
+    values, grads = run(cell.sequence)
+    ref_values, ref_grads = run(cell.sequence_reference)
+    for a, b in zip(values + grads, ref_values + ref_grads, strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+def test_final_state_does_not_alias_outputs():
+    """The carried state is detached and reused by the next batch: writing to the outputs
+    (as an in-place dropout would) must not change it."""
+    cell = make_cell("rnn", INPUT_SIZE, HIDDEN_SIZE, init="torch")
+    outputs, (h,) = cell.sequence(torch.randn(NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE), cell.begin_state(BATCH_SIZE))
+    before = h.clone()
+    outputs.detach().zero_()
+    torch.testing.assert_close(h, before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_linear_equals_f_linear_with_gradients(enabled):
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16, requires_grad=True)  # (B, T, I): any leading shape
+    weight, bias = torch.randn(9, 16, requires_grad=True), torch.randn(9, requires_grad=True)
+    upstream = torch.randn(2, 7, 9)
+    with matmul.onednn(enabled):
+        y = matmul.linear(x, weight, bias)
+        (y * upstream).sum().backward()
+    grads = [x.grad, weight.grad, bias.grad]
+    x.grad = weight.grad = bias.grad = None
+    ref = F.linear(x, weight, bias)
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, [x.grad, weight.grad, bias.grad], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_weight_products_equal_plain_ones():
+    torch.manual_seed(0)
+    x, weight, out = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12)
+    packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
+    if matmul.uses_onednn(weight):
+        assert packed.is_mkldnn
+    torch.testing.assert_close(matmul.linear_nograd(x, packed), x @ weight.T, atol=1e-5, rtol=1e-5)
+    expected = out + x @ weight.T
+    torch.testing.assert_close(matmul.add_linear_(out, x, packed), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # in place
+
+
+def test_short_loops_and_single_rows_stay_on_plain_weights():
+    """Packing pays only over a long loop of many-row products: generation (1 row, 1 step)
+    must not pay a reorder per character."""
+    weight = torch.randn(12, 16)
+    assert matmul.pack(weight, rows=1, uses=100) is weight
+    assert matmul.pack(weight, rows=32, uses=1) is weight
+    assert not matmul.uses_onednn(weight, rows=1)
