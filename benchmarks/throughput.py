@@ -10,7 +10,8 @@ backward + global-norm clipping + SGD) with:
   a   the naive seed-style loop: per step one_hot(x) @ W_xh + h @ W_hh + b, the head
       per step, autograd for everything (one stacked W_xh for all gates -- kinder to
       it than the seeds' one matrix per gate);
-  b1  lyricist.models.RecurrentLM with one-hot input: the same model as a;
+  b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
+      lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
   b*  b with torch's default matmul (lyricist.models.matmul.onednn(False)), to show how
       much of b comes from running the products on oneDNN rather than MKL;
@@ -137,12 +138,17 @@ class Trainer:
 
     def step(self, ids: Tensor, targets: Tensor) -> None:
         with matmul.onednn(self.variant != "b*"):
-            logits, _ = self.model(ids)  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V)
+            loss = self.loss(ids, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_grad_global_norm(self.model.parameters(), 1.0)
             self.optimizer.step()
+
+    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
+        if isinstance(self.model, RecurrentLM):
+            return self.model.loss(ids, targets)[0]  # as lyricist trains: head and loss fused
+        logits, _ = self.model(ids)  # (B, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V)
 
     @torch.no_grad()
     def generate(self, num_chars: int) -> float:
@@ -173,8 +179,7 @@ class Trainer:
             return t
 
         with matmul.onednn(self.variant != "b*"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits, _ = self.model(ids)
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))  # (B*T, V)
+            self.loss(ids, ids)
         return sum(seen.values())
 
 

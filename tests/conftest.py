@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
 import contextlib
+import random
 import socket
 import subprocess
 import time
@@ -49,6 +50,24 @@ def write_encoded(out: Path, text: str, val_fraction: float, test_fraction: floa
 def tiny_data(tmp_path) -> Path:
     """A small repeated lyric, encoded."""
     return write_encoded(tmp_path / "encoded", LYRICS * 20, val_fraction=0.2, test_fraction=0.1)
+
+
+@pytest.fixture
+def plateau_data(tmp_path) -> Path:
+    """Train on the lyric, validate on its characters shuffled: val ppl soon stops improving."""
+    chars = list(LYRICS * 4)
+    random.Random(0).shuffle(chars)
+    return write_encoded(tmp_path / "plateau", LYRICS * 20 + "".join(chars),
+                         val_fraction=0.15, test_fraction=0.0)
+
+
+def plateau_cfg(cfg, epochs: int):
+    """`cfg` set to halve the lr at once when val ppl stops improving, `epochs` epochs."""
+    cfg.trainer.max_epochs = epochs
+    cfg.train.early_stopping_patience = None
+    cfg.train.lr_schedule, cfg.train.lr_factor, cfg.train.lr_patience = "plateau", 0.5, 0
+    cfg.optim.lr = 0.005
+    return cfg
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lyricist.models import matmul
 from lyricist.models.cells import make_cell
 from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
+from lyricist.models.head import LinearCrossEntropy, linear_cross_entropy
 
 NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE, INPUT_SIZE = 4, 3, 5, 6
 
@@ -121,3 +122,29 @@ def test_short_loops_and_single_rows_stay_on_plain_weights():
     assert matmul.pack(weight, rows=1, uses=100) is weight
     assert matmul.pack(weight, rows=32, uses=1) is weight
     assert not matmul.uses_onednn(weight, rows=1)
+
+
+def test_linear_cross_entropy_gradcheck():
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(9, (6,), generator=generator)
+    assert torch.autograd.gradcheck(lambda h, w, b: LinearCrossEntropy.apply(h, w, b, targets), (hidden, weight, bias))
+
+
+@pytest.mark.parametrize("rows", [6, 70])  # 70: float32 takes oneDNN for the products
+def test_linear_cross_entropy_equals_f_cross_entropy(rows):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, rows // 2, 16, requires_grad=True)  # (B, T, H)
+    weight, bias = torch.randn(30, 16, requires_grad=True), torch.randn(30, requires_grad=True)
+    targets = torch.randint(30, (2, rows // 2))
+    loss = linear_cross_entropy(hidden, weight, bias, targets)
+    loss.backward()
+    grads = [hidden.grad, weight.grad, bias.grad]
+    hidden.grad = weight.grad = bias.grad = None
+    ref = F.cross_entropy(F.linear(hidden, weight, bias).reshape(-1, 30), targets.reshape(-1))  # (B*T, V)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, [hidden.grad, weight.grad, bias.grad], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

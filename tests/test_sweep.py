@@ -33,7 +33,7 @@ def test_parallel_sweep_of_8_jobs_4_at_a_time_lands_every_run(tiny_data, tmp_pat
     for child in children:
         assert child.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/ppl")] == [0, 1]
-        assert {"train/ppl", "tokens_per_sec", "grad_norm", "lr"} <= set(child.data.metrics)
+        assert {"train/ppl", "tokens_per_sec", "grad_norm", "train/lr"} <= set(child.data.metrics)
     best = min(children, key=lambda r: r.data.metrics["best/val_ppl"])
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best/val_ppl"] == best.data.metrics["best/val_ppl"]

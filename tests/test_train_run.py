@@ -6,6 +6,8 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import plateau_cfg
+from lyricist.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint
 from lyricist.evaluation import evaluate_checkpoint
 from lyricist.generate import generate
@@ -21,13 +23,13 @@ def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_da
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert {"train/ppl", "val/ppl", "tokens_per_sec", "grad_norm", "lr"} <= set(rows[0])
+    assert {"train/ppl", "val/ppl", "tokens_per_sec", "grad_norm", "train/lr"} <= set(rows[0])
 
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name(tiny_cfg.logger.experiment_name)
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    for name in ("train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "lr"):
+    for name in ("train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "train/lr"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [0, 1], name
     assert run.data.params["model.hidden_size"] == "16"
@@ -68,5 +70,37 @@ def test_data_prepared_with_other_settings_is_refused(tiny_cfg, tiny_data, tmp_p
         '"test_fraction": 0.05, "min_freq": 1}')
     tiny_cfg.data.max_chars = 20000
     with pytest.raises(ValueError, match=r"data.max_chars: prepared None, asked 20000.*dvc exp run"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    assert not (tmp_path / "run").exists()
+
+
+def test_plateau_schedule_halves_the_lr_when_val_ppl_stops_improving(tiny_cfg, plateau_data, tmp_path):
+    cfg = plateau_cfg(tiny_cfg, epochs=4)
+    train(cfg, output_dir=tmp_path / "run", data_dir=plateau_data)
+    rows = read_epoch_history(tmp_path / "run" / "metrics.csv")
+    lrs, val_ppls = [r["train/lr"] for r in rows], [r["val/ppl"] for r in rows]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and lrs[0] == 0.005
+    # ReduceLROnPlateau's rule with patience 0: an epoch whose val ppl is not below the best so
+    # far (by torch's default relative threshold 1e-4) halves the lr of the next epoch.
+    expected, best = [lrs[0]], math.inf
+    for ppl in val_ppls[:-1]:
+        improved = ppl < best * (1 - 1e-4)
+        best = min(best, ppl)
+        expected.append(expected[-1] if improved else expected[-1] * 0.5)
+    assert lrs == expected
+    assert lrs[-1] < lrs[0], f"val ppl {val_ppls} never stopped improving: the test proves nothing"
+
+    client = MlflowClient(cfg.logger.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    history = sorted(client.get_metric_history(run.info.run_id, "train/lr"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == list(enumerate(lrs))
+
+
+def test_bad_lr_schedule_config_fails_before_training(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.train.lr_schedule = "step"
+    with pytest.raises(ValueError, match=r"train\.lr_schedule 'step'.*use null.*'plateau'"):
+        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    tiny_cfg.train.lr_schedule, tiny_cfg.train.lr_factor = "plateau", 1.5
+    with pytest.raises(ValueError, match=r"train\.lr_factor must lie strictly between 0 and 1.*1\.5"):
         train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
     assert not (tmp_path / "run").exists()

@@ -21,13 +21,15 @@ def _fit_recording_states(sampling: str, epochs: int = 2):
     model = RecurrentLM(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4)
     seen = []
 
-    def record(module, args):
-        if module.training:
-            state = args[1]
+    train_loss = model.loss  # what training_step calls (head and loss fused)
+
+    def recording_loss(ids, targets, state):
+        if model.training:
             seen.append((lit.current_epoch, [s.clone() for s in state],
                          any(s.requires_grad or s.grad_fn is not None for s in state)))
+        return train_loss(ids, targets, state)
 
-    model.register_forward_pre_hook(record)
+    model.loss = recording_loss
     lit = LitLanguageModel(model, VOCAB, optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
                            clip_theta=1.0, sampling=sampling)
     data = LyricsDataModule(ids, ids, batch_size=4, num_steps=6, sampling=sampling, eval_batch_size=2)
@@ -91,3 +93,34 @@ def test_bad_settings_are_refused_before_training():
         LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, sampling="shuffled")
     with pytest.raises(ValueError, match="clip_theta"):
         LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, clip_theta=0)
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"lr_schedule": "cosine"}, r"train\.lr_schedule 'cosine'.*null.*'plateau'"),
+    ({"lr_schedule": "plateau", "lr_factor": 1.0}, r"train\.lr_factor.*between 0 and 1.*1\.0.*e\.g\. 0\.5"),
+    ({"lr_schedule": "plateau", "lr_factor": 0.0}, r"train\.lr_factor.*between 0 and 1.*0\.0"),
+    ({"lr_schedule": "plateau", "lr_factor": 2}, r"train\.lr_factor.*between 0 and 1.*2"),
+    ({"lr_schedule": "plateau", "lr_patience": -1}, r"train\.lr_patience.*>= 0.*-1"),
+])
+def test_bad_lr_schedule_settings_are_refused_naming_the_key(settings, key):
+    model = RecurrentLM(len(VOCAB), hidden_size=4)
+    with pytest.raises(ValueError, match=key):
+        LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, **settings)
+
+
+def test_plateau_schedule_state_is_in_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(0, len(VOCAB), (400,))
+    lit = LitLanguageModel(RecurrentLM(len(VOCAB), hidden_size=8), VOCAB,
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1), lr_schedule="plateau",
+                           lr_factor=0.25, lr_patience=2)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:100], batch_size=4, num_steps=5,
+                                                 eval_batch_size=2))
+    path = tmp_path / "plateau.ckpt"
+    trainer.save_checkpoint(path)
+    # weights_only: what lyricist.checkpoint loads must stay loadable with a scheduler in it
+    [scheduler] = torch.load(path, weights_only=True)["lr_schedulers"]
+    assert scheduler["factor"] == 0.25 and scheduler["patience"] == 2
+    assert scheduler["best"] == pytest.approx(lit.epoch_metrics["val/ppl"])  # stepped on val ppl

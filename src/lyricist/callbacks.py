@@ -46,7 +46,7 @@ class EpochCSVLogger(Logger):
     """
 
     COLUMNS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl",
-               "tokens_per_sec", "grad_norm", "lr")
+               "tokens_per_sec", "grad_norm", "train/lr")
 
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()

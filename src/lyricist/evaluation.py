@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lyricist.batching import check_enough_tokens, consecutive_batches
 from lyricist.checkpoint import load_checkpoint
 from lyricist.generate import generate
+from lyricist.interpolation import interpolate_with_ngram
 from lyricist.models import RecurrentLM
 from lyricist.vocab import load_ids
 
@@ -35,16 +36,30 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,
                         prefixes: list[str], num_chars: int, strategy: str = "greedy",
                         temperature: float = 1.0, top_k: int | None = None,
-                        seed: int | None = 0) -> tuple[dict, str]:
-    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples."""
+                        seed: int | None = 0, ngram_max_order: int | None = None,
+                        ngram_discount_mode: str = "modified",
+                        ngram_fixed_discount: float = 0.75) -> tuple[dict, str]:
+    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
+
+    With `ngram_max_order`, also the perplexity of the neural model interpolated with the
+    best Kneser-Ney model of orders 1..ngram_max_order fit on data_dir's train split, the
+    weight chosen on val (`lyricist.interpolation`): keys ngram_order, interpolation_weight,
+    ngram_{val,test}_ppl and interpolated_{val,test}_ppl.
+    """
     loaded = load_checkpoint(checkpoint)
     metrics: dict[str, float] = {}
+    splits = {}
     for split in ("val", "test"):
         path = data_dir / f"{split}.npy"
         ids = load_ids(path) if path.is_file() else torch.empty(0, dtype=torch.long)
         if len(ids):
+            splits[split] = ids
             metrics[f"{split}_ppl"] = perplexity(loaded.model, ids, batch_size, num_steps)
     metrics["epoch"] = loaded.meta.get("epoch")
+    if ngram_max_order is not None:
+        metrics.update(interpolate_with_ngram(
+            loaded.model, load_ids(data_dir / "train.npy"), splits, len(loaded.vocab), batch_size,
+            num_steps, ngram_max_order, ngram_discount_mode, ngram_fixed_discount))
     lines = [f"# Samples ({strategy}, {num_chars} characters)", ""]
     for prefix in prefixes:
         text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,

@@ -222,6 +222,28 @@ def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] 
     return math.exp(nll / (len(stream) - first))
 
 
+def fit_kneser_ney_orders(train_ids: Sequence[int], vocab_size: int, max_order: int = 5,
+                          discount_mode: str = "modified",
+                          fixed_discount: float = 0.75) -> dict[int, KneserNey]:
+    """Kneser-Ney models of orders 1..max_order, each fit on `train_ids`: {order: model}."""
+    return {order: KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+            for order in range(1, max_order + 1)}
+
+
+def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int,
+                    max_order: int = 5, discount_mode: str = "modified",
+                    fixed_discount: float = 0.75) -> tuple[KneserNey, float]:
+    """The Kneser-Ney order of 1..max_order with the lowest val perplexity (the order is chosen
+    on val alone), fit on train; returns (model, its val perplexity)."""
+    if len(val_ids) < 2:
+        raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
+    scored = [(perplexity(model, val_ids), model) for model in
+              fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode,
+                                    fixed_discount).values()]
+    val_ppl, model = min(scored, key=lambda pair: pair[0])  # ties: the lower order
+    return model, val_ppl
+
+
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
                        max_order: int = 5, discount_mode: str = "modified",
                        fixed_discount: float = 0.75) -> dict:
@@ -232,8 +254,9 @@ def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]
     with fewer than 2 tokens is left out (nothing to predict), as an empty test split may be.
     """
     models: dict[str, LanguageModel] = {"unigram": unigram_add_one(train_ids, vocab_size)}
-    for order in range(1, max_order + 1):
-        models[f"kn{order}"] = KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+    for order, model in fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode,
+                                              fixed_discount).items():
+        models[f"kn{order}"] = model
     metrics: dict[str, dict] = {}
     for name, model in models.items():
         metrics[name] = {f"{split}_ppl": perplexity(model, ids)

@@ -87,7 +87,9 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     lit = LitLanguageModel(model, vocab, optimizer=instantiate(cfg.optim),
                            clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling,
                            divergence_factor=train_cfg.divergence_factor, seed=train_cfg.seed,
-                           loss_reduction=train_cfg.loss_reduction)
+                           loss_reduction=train_cfg.loss_reduction,
+                           lr_schedule=train_cfg.lr_schedule, lr_factor=train_cfg.lr_factor,
+                           lr_patience=train_cfg.lr_patience)
     datamodule = LyricsDataModule(splits["train"], splits["val"], data_cfg.batch_size,
                                   data_cfg.num_steps, data_cfg.sampling,
                                   train_cfg.eval_batch_size, train_cfg.seed)

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from lyricist.batching import consecutive_batches, num_batches, random_batches
@@ -29,6 +28,7 @@ from lyricist.models import RecurrentLM
 from lyricist.vocab import Vocab
 
 SAMPLING_MODES = ("random", "consecutive")
+LR_SCHEDULES = (None, "plateau")
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +51,20 @@ def clip_grad_global_norm(parameters: Iterable[torch.nn.Parameter], theta: float
         for g in grads:
             g.mul_(theta / norm)
     return float(norm)
+
+
+def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: int) -> None:
+    """Refuse a learning-rate schedule setting that cannot work, naming the key and the fix."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown train.lr_schedule {lr_schedule!r}: use null (a constant lr) "
+                         "or 'plateau' (multiply the lr by train.lr_factor when val perplexity "
+                         "stops improving)")
+    if not (isinstance(lr_factor, (int, float)) and 0.0 < lr_factor < 1.0):
+        raise ValueError(f"train.lr_factor must lie strictly between 0 and 1 (the lr is multiplied "
+                         f"by it on a plateau), got {lr_factor!r}: use e.g. 0.5")
+    if isinstance(lr_patience, bool) or not isinstance(lr_patience, int) or lr_patience < 0:
+        raise ValueError(f"train.lr_patience must be an integer >= 0 (epochs without a better val "
+                         f"perplexity before the lr is lowered), got {lr_patience!r}: use e.g. 0")
 
 
 def detach_state(state: State) -> State:
@@ -158,8 +172,12 @@ class LitLanguageModel(pl.LightningModule):
         divergence_factor: float | None = 3.0,
         seed: int = 0,
         loss_reduction: str = "mean",
+        lr_schedule: str | None = None,
+        lr_factor: float = 0.5,
+        lr_patience: int = 0,
     ):
         super().__init__()
+        check_lr_schedule(lr_schedule, lr_factor, lr_patience)
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown loss_reduction {loss_reduction!r}: use 'mean' or 'sum'")
         if sampling not in SAMPLING_MODES:
@@ -175,6 +193,9 @@ class LitLanguageModel(pl.LightningModule):
         # the MXNet seed's `loss.backward()` on a vector of losses gives; with clipping this
         # makes its lr 0.2 take steps of length lr*theta. Reported losses stay means.
         self.loss_reduction = loss_reduction
+        # "plateau": multiply the lr by lr_factor when the epoch's val perplexity has not
+        # improved for more than lr_patience epochs (ReduceLROnPlateau, stepped by hand below).
+        self.lr_schedule, self.lr_factor, self.lr_patience = lr_schedule, lr_factor, lr_patience
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
         self._train_state: State | None = None
@@ -182,18 +203,27 @@ class LitLanguageModel(pl.LightningModule):
         self.epoch_metrics: dict[str, float] = {}
 
     def configure_optimizers(self):
-        return self.make_optimizer(self.parameters())
+        optimizer = self.make_optimizer(self.parameters())
+        if self.lr_schedule is None:
+            return optimizer
+        # Returned to Lightning so that its state is saved in (and restored from) every
+        # checkpoint; under manual optimization Lightning does not step it: see
+        # on_validation_epoch_end.
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def _loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State | None):
-        logits, state = self.model(ids, state)  # (B, T, V)
-        # Mean cross-entropy over the B*T predictions, as the seeds' loss.
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))  # (B*T, V)
-        return loss, state
+        # Mean cross-entropy over the B*T predictions, as the seeds' loss; the model fuses
+        # its head with the loss (models/head.py), equal to F.cross_entropy on its logits.
+        return self.model.loss(ids, targets, state)
 
     # -- training --------------------------------------------------------------------
     def on_train_epoch_start(self):
         self._train_state = None  # consecutive: reset once per epoch; random: every batch anyway
         self._sums = {"loss": 0.0, "tokens": 0, "grad_norm": 0.0, "batches": 0}
+        # The lr this epoch trains with (the schedule may lower it at the epoch's validation).
+        self._epoch_lr = self.optimizers().param_groups[0]["lr"]
         self._epoch_start = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
@@ -269,6 +299,9 @@ class LitLanguageModel(pl.LightningModule):
         # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
         # row per epoch from on_train_epoch_end instead.
         self.log("val/ppl", math.exp(val_loss), prog_bar=True, logger=False)
+        if self.lr_schedule is not None and not self.trainer.sanity_checking:
+            # The same summed val loss on every DDP process, so every process steps alike.
+            self.lr_schedulers().step(math.exp(val_loss))
 
     def on_train_epoch_end(self):
         # Lightning 2.x runs the end-of-epoch validation before this hook, so the
@@ -285,7 +318,7 @@ class LitLanguageModel(pl.LightningModule):
             "train/ppl": math.exp(train_loss),
             "tokens_per_sec": tokens / elapsed if elapsed > 0 else 0.0,
             "grad_norm": s["grad_norm"] / max(s["batches"], 1),
-            "lr": self.optimizers().param_groups[0]["lr"],
+            "train/lr": self._epoch_lr,
         })
         self.log("train/ppl", math.exp(train_loss), prog_bar=True, logger=False)
         if self.trainer.is_global_zero:

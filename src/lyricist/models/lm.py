@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models.cells import RecurrentCell, State, make_cell
+from lyricist.models.head import linear_cross_entropy
 from lyricist.models.matmul import linear
 
 
@@ -158,6 +159,20 @@ class RecurrentLM(nn.Module):
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the final state (each (L, B, H))."""
+        hidden, state = self.features(ids, state)  # (B, T, H)
+        # The head runs on all steps in one matmul.
+        return linear(hidden, self.head.weight, self.head.bias), state  # self.head(hidden), on oneDNN where faster
+
+    def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Mean cross-entropy of predicting targets (B, T) from ids (B, T), and the final state:
+        ``F.cross_entropy(forward(ids, state)[0], targets)`` with the head and the loss fused
+        (head.py), which is what training calls."""
+        hidden, state = self.features(ids, state)  # (B, T, H)
+        return linear_cross_entropy(hidden, self.head.weight, self.head.bias, targets), state
+
+    def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> the last layer's outputs after output dropout (B, T, H), what the head
+        reads, and the final state."""
         batch_size, num_steps = ids.shape
         if state is None:
             state = self.begin_state(batch_size, device=ids.device)
@@ -172,11 +187,9 @@ class RecurrentLM(nn.Module):
             layer_output, layer_state = cell.sequence(layer_input_proj, layer_state)  # (T, B, H)
             final_states.append(layer_state)
 
-        # Back to batch-first before the head so the logits come out contiguous (B, T, V);
-        # the head runs on all steps in one matmul.
+        # Back to batch-first so the logits come out contiguous (B, T, V).
         hidden = self.output_dropout(layer_output.transpose(0, 1))  # (B, T, H)
-        logits = linear(hidden, self.head.weight, self.head.bias)  # self.head(hidden), on oneDNN where faster
-        return logits, self._stack_layers(final_states)
+        return hidden, self._stack_layers(final_states)
 
     def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Same result as ``forward``, computed literally as the seeds do: for every step,

@@ -1,0 +1,116 @@
+"""Neural + n-gram interpolation: p(x) = w * p_neural(x | history) + (1 - w) * p_kn(x | context).
+
+Both models are scored per token, on the same positions of a split:
+
+- the neural model reads the split as `batch_size` consecutive streams with the state carried
+  (exactly as `evaluation.perplexity` does), so it predicts every token of each stream but the
+  stream's first, and the tail that does not fill a batch is left out;
+- the Kneser-Ney model predicts the token at each of those positions from the characters that
+  precede it in the split itself (the original text, across stream borders), as
+  `ngram.perplexity` does.
+
+The weight w is chosen on val alone (a grid over [0, 1]), then reported on test with that w.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lyricist.batching import check_enough_tokens, consecutive_batches
+from lyricist.models import RecurrentLM
+from lyricist.ngram import LanguageModel, best_kneser_ney
+
+WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
+
+
+@torch.no_grad()
+def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: int,
+                           num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, log p) of every token the neural model predicts when it reads `ids` as
+    `batch_size` consecutive streams, state carried; sorted by position in `ids`.
+
+    Stream b holds ids[b * L : (b + 1) * L] (L = len(ids) // batch_size); the label at column j
+    of batch i is the token at position b * L + i * num_steps + j + 1.
+    """
+    check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
+    was_training = model.training
+    model.eval()
+    stream_starts = torch.arange(batch_size) * (len(ids) // batch_size)  # (B,)
+    columns = torch.arange(num_steps) + 1  # (T,)
+    state, positions, log_probs = None, [], []
+    for i, (x, y) in enumerate(consecutive_batches(ids, batch_size, num_steps)):
+        logits, state = model(x, state)  # (B, T, V)
+        # The same per-token cross-entropy `evaluation.perplexity` averages.
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
+        log_probs.append(-nll.double().cpu())
+        positions.append((stream_starts[:, None] + i * num_steps + columns[None, :]).reshape(-1))  # (B*T,)
+    model.train(was_training)
+    positions_np = torch.cat(positions).numpy()
+    order = np.argsort(positions_np, kind="stable")
+    return positions_np[order], torch.cat(log_probs).numpy()[order]
+
+
+def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: np.ndarray) -> np.ndarray:
+    """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
+    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
+    history = model.order - 1
+    return np.array([math.log(model.prob(ids[max(0, p - history):p], ids[p]))
+                     for p in np.asarray(positions).tolist()], dtype=np.float64)
+
+
+def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> np.ndarray:
+    """log(w * p_neural + (1 - w) * p_ngram) per token, in log space: w = 1 gives `neural`
+    and w = 0 gives `ngram` exactly."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the mixture weight must lie in [0, 1], got {weight}.")
+    log_w = math.log(weight) if weight > 0 else -math.inf  # -inf: that side drops out exactly
+    log_1mw = math.log1p(-weight) if weight < 1 else -math.inf
+    return np.logaddexp(log_w + neural, log_1mw + ngram)
+
+
+def perplexity_of(log_probs: np.ndarray) -> float:
+    """exp(mean negative log-likelihood) of per-token log-probabilities."""
+    if len(log_probs) == 0:
+        raise ValueError("no tokens to score.")
+    return math.exp(-float(np.mean(log_probs)))
+
+
+def choose_weight(neural: np.ndarray, ngram: np.ndarray,
+                  weights: Sequence[float] = WEIGHT_GRID) -> tuple[float, float]:
+    """The weight of `weights` whose mixture has the lowest perplexity on these (val) tokens,
+    and that perplexity; ties go to the first."""
+    scored = [(perplexity_of(mixture_log_probs(neural, ngram, w)), w) for w in weights]
+    best_ppl, best_w = min(scored, key=lambda pair: pair[0])
+    return best_w, best_ppl
+
+
+def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
+                           vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
+                           discount_mode: str = "modified", fixed_discount: float = 0.75,
+                           weights: Sequence[float] = WEIGHT_GRID) -> dict:
+    """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
+    fit on train, as the `baseline` stage does) and choose the weight on val.
+
+    `splits` must hold "val"; other splits (e.g. "test") are scored with val's weight. Returns
+    {"ngram_order", "interpolation_weight", "ngram_<split>_ppl", "interpolated_<split>_ppl"};
+    the n-gram perplexities are over the positions the neural model predicts.
+    """
+    if "val" not in splits:
+        raise ValueError("the mixture weight is chosen on val: pass a 'val' split.")
+    ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
+                               fixed_discount)
+    scored = {}
+    for split, ids in splits.items():
+        positions, neural = neural_token_log_probs(model, ids, batch_size, num_steps)
+        scored[split] = neural, ngram_token_log_probs(ngram, ids, positions)
+    weight, _ = choose_weight(*scored["val"], weights=weights)
+    metrics: dict = {"ngram_order": ngram.order, "interpolation_weight": weight}
+    for split, (neural, ngram_lp) in scored.items():
+        metrics[f"ngram_{split}_ppl"] = perplexity_of(ngram_lp)
+        metrics[f"interpolated_{split}_ppl"] = perplexity_of(mixture_log_probs(neural, ngram_lp, weight))
+    return metrics

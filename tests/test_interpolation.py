@@ -1,0 +1,181 @@
+"""Neural + Kneser-Ney interpolation: per-token scores aligned by position, the weight chosen on val."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from conftest import LYRICS, compose_config, write_encoded
+from lyricist.batching import consecutive_batches
+from lyricist.evaluation import perplexity as neural_perplexity
+from lyricist.interpolation import (
+    WEIGHT_GRID, choose_weight, interpolate_with_ngram, mixture_log_probs, neural_token_log_probs,
+    ngram_token_log_probs,
+)
+from lyricist.models import RecurrentLM
+from lyricist.ngram import KneserNey, perplexity as ngram_perplexity
+from lyricist.train import train
+from lyricist.vocab import Vocab
+
+
+def _markov_text(n: int, seed: int) -> str:
+    """Characters drawn from the bigram statistics of the lyric: learnable, never memorised."""
+    rng = np.random.default_rng(seed)
+    followers: dict[str, list[str]] = {}
+    for a, b in zip(LYRICS, LYRICS[1:]):
+        followers.setdefault(a, []).append(b)
+    out = [LYRICS[0]]
+    while len(out) < n:
+        out.append(str(rng.choice(followers.get(out[-1], list(LYRICS)))))
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A vocabulary, train/val/test ids and an LSTM trained a little on train."""
+    vocab = Vocab.build(LYRICS)
+    train_ids, val_ids, test_ids = (torch.tensor(vocab.encode(_markov_text(n, seed)))
+                                    for n, seed in ((1500, 0), (301, 1), (241, 2)))
+    torch.manual_seed(0)
+    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=16, embedding_size=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(10):  # epochs: enough that the network and the n-gram each know something
+        state = None
+        for x, y in consecutive_batches(train_ids, 4, 10):
+            logits, state = model(x, state)
+            state = tuple(s.detach() for s in state)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return vocab, train_ids, val_ids, test_ids, model
+
+
+@torch.no_grad()
+def test_neural_log_probs_sit_at_the_positions_they_predict(toy):
+    vocab, _, val_ids, _, model = toy
+    batch_size, num_steps = 3, 7
+    positions, log_probs = neural_token_log_probs(model, val_ids, batch_size, num_steps)
+    # 301 tokens -> 3 streams of 100, 99 // 7 = 14 batches: stream b predicts b*100 + 1 .. b*100 + 98
+    expected = [b * 100 + k for b in range(3) for k in range(1, 14 * 7 + 1)]
+    assert positions.tolist() == expected
+    assert math.exp(-log_probs.mean()) == pytest.approx(
+        neural_perplexity(model, val_ids, batch_size, num_steps), rel=1e-6)
+    # Each score is what the model, reading its stream alone from the stream's start, gives
+    # the token at that position.
+    for index in (0, 5, 97, 98, 150, len(expected) - 1):
+        p = expected[index]
+        start = p // 100 * 100
+        logits, _ = model(val_ids[start:p][None, :], None)  # (1, p - start, V)
+        assert log_probs[index] == pytest.approx(
+            float(F.log_softmax(logits[0, -1], dim=-1)[val_ids[p]]), abs=1e-5)
+
+
+def test_ngram_log_probs_read_the_text_before_each_position(toy):
+    vocab, train_ids, val_ids, _, _ = toy
+    kn = KneserNey(3).fit(train_ids, len(vocab))
+    # One stream and 301 = 1 + 30 * 10 tokens: every token after the first is predicted, as in
+    # ngram.perplexity.
+    positions, _ = neural_token_log_probs(toy[4], val_ids, 1, 10)
+    assert positions.tolist() == list(range(1, 301))
+    scores = ngram_token_log_probs(kn, val_ids, positions)
+    assert math.exp(-scores.mean()) == pytest.approx(ngram_perplexity(kn, val_ids), rel=1e-12)
+    # Several streams: a stream's first predicted token still sees the text of the stream before.
+    positions, _ = neural_token_log_probs(toy[4], val_ids, 3, 7)
+    scores = ngram_token_log_probs(kn, val_ids, positions)
+    ids = val_ids.tolist()
+    at_101 = positions.tolist().index(101)
+    assert scores[at_101] == pytest.approx(math.log(kn.prob(ids[99:101], ids[101])), abs=1e-15)
+
+
+def test_weight_one_is_the_neural_and_zero_the_ngram_perplexity(toy):
+    vocab, train_ids, val_ids, test_ids, model = toy
+    splits = {"val": val_ids, "test": test_ids}
+    only_neural = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4,
+                                         weights=(1.0,))
+    only_ngram = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4,
+                                        weights=(0.0,))
+    # The order is the val-best of 1..4, computed here on its own.
+    orders = {o: ngram_perplexity(KneserNey(o).fit(train_ids, len(vocab)), val_ids) for o in range(1, 5)}
+    best_order = min(orders, key=orders.get)
+    assert only_neural["ngram_order"] == only_ngram["ngram_order"] == best_order
+    kn = KneserNey(best_order).fit(train_ids, len(vocab))
+    for split, ids in splits.items():
+        assert only_neural["interpolation_weight"] == 1.0 and only_ngram["interpolation_weight"] == 0.0
+        assert only_neural[f"interpolated_{split}_ppl"] == pytest.approx(
+            neural_perplexity(model, ids, 3, 7), rel=1e-6)
+        # the n-gram alone, scored by hand on the positions the network predicts
+        batch_len = len(ids) // 3
+        positions = [b * batch_len + k for b in range(3) for k in range(1, (batch_len - 1) // 7 * 7 + 1)]
+        tokens = ids.tolist()
+        by_hand = math.exp(-sum(math.log(kn.prob(tokens[max(0, p - best_order + 1):p], tokens[p]))
+                                for p in positions) / len(positions))
+        assert only_ngram[f"interpolated_{split}_ppl"] == pytest.approx(by_hand, rel=1e-12)
+        assert only_ngram[f"ngram_{split}_ppl"] == only_ngram[f"interpolated_{split}_ppl"]
+
+
+def test_the_weight_is_the_val_optimal_one_of_the_grid(toy):
+    vocab, train_ids, val_ids, test_ids, model = toy
+    metrics = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids}, len(vocab),
+                                     3, 7, max_order=4)
+    kn = KneserNey(metrics["ngram_order"]).fit(train_ids, len(vocab))
+
+    def mixture_ppl(ids, w):  # in probabilities, not in log space as the library does
+        positions, neural = neural_token_log_probs(model, ids, 3, 7)
+        p_kn = np.exp(ngram_token_log_probs(kn, ids, positions))
+        return math.exp(-np.mean(np.log(w * np.exp(neural) + (1 - w) * p_kn)))
+
+    val_ppls = {w: mixture_ppl(val_ids, w) for w in WEIGHT_GRID}
+    best_w = min(val_ppls, key=val_ppls.get)
+    assert 0.0 < best_w < 1.0, f"the optimum {best_w} is an end of the grid: the test proves little"
+    assert metrics["interpolation_weight"] == best_w
+    assert metrics["interpolated_val_ppl"] == pytest.approx(val_ppls[best_w], rel=1e-10)
+    assert metrics["interpolated_val_ppl"] < min(val_ppls[0.0], val_ppls[1.0])
+    assert metrics["interpolated_test_ppl"] == pytest.approx(mixture_ppl(test_ids, best_w), rel=1e-10)
+    # Chosen on val alone: another test split changes the test number, never the weight.
+    other = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids.flip(0)},
+                                   len(vocab), 3, 7, max_order=4)
+    assert other["interpolation_weight"] == best_w
+    assert other["interpolated_test_ppl"] != metrics["interpolated_test_ppl"]
+
+
+def test_mixture_weight_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mixture_log_probs(np.zeros(2), np.zeros(2), 1.5)
+    assert choose_weight(np.log([0.9, 0.8]), np.log([0.1, 0.2]), weights=(0.0, 0.5, 1.0)) == (
+        1.0, pytest.approx(math.exp(-np.mean(np.log([0.9, 0.8])))))
+
+
+def test_evaluate_stage_writes_the_interpolated_perplexities(tiny_data, tmp_path, capsys):
+    cfg = compose_config(["data.batch_size=4", "data.num_steps=8", "model.hidden_size=16",
+                          "model.embedding_size=8", "trainer.max_epochs=1", "logger=none",
+                          "trainer.enable_progress_bar=false", "train.eval_batch_size=2",
+                          "baseline.max_order=3"])
+    train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(cfg, params)
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_stage", script)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    stage.main(["--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"),
+                "--data-dir", str(tiny_data), "--metrics", str(tmp_path / "metrics.json"),
+                "--samples", str(tmp_path / "samples.md"), "--params", str(params)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"interpolated  val {metrics['interpolated_val_ppl']:9.2f}" in printed
+    assert metrics["ngram_order"] in (1, 2, 3) and metrics["interpolation_weight"] in WEIGHT_GRID
+    for split in ("val", "test"):
+        assert metrics[f"interpolated_{split}_ppl"] > 1
+        # log of a mixture >= the mixture of logs: never worse than the worse of the two
+        assert metrics[f"interpolated_{split}_ppl"] <= max(metrics[f"{split}_ppl"],
+                                                           metrics[f"ngram_{split}_ppl"]) * (1 + 1e-5)
+    # w chosen on val: on val the mixture is no worse than either end of the grid
+    assert metrics["interpolated_val_ppl"] <= min(metrics["val_ppl"], metrics["ngram_val_ppl"]) * (1 + 1e-5)
