@@ -63,12 +63,40 @@ def test_every_trainer_option_composes(option):
         assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize("option", _options("data"))
+# conf/data/custom.yaml is a template: the user supplies its raw file (and may `dvc add` it),
+# so the project commits no pointer for it.
+USER_SUPPLIED = {"custom"}
+
+
+@pytest.mark.parametrize("option", [
+    pytest.param(o, marks=pytest.mark.skip(reason="a template: the user supplies the raw file "
+                                                  "(and its .dvc pointer, if they `dvc add` it)"))
+    if o in USER_SUPPLIED else o for o in _options("data")])
 def test_every_data_option_names_an_existing_pointer(option):
     cfg = compose_config([f"data={option}"])
     assert cfg.data.name == option
     assert (ROOT / f"{cfg.data.raw_path}.dvc").is_file(), "commit the .dvc pointer of the raw corpus"
     assert cfg.data.sampling in ("random", "consecutive")
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_every_data_option_sets_every_key_the_stages_read(option):
+    keys = list(compose_config().data)  # the default corpus's keys, in its order
+    cfg = compose_config([f"data={option}"])
+    assert sorted(cfg.data) == sorted(keys)
+    assert cfg.data.name == option and cfg.data.tokenizer in ("char", "word")
+    assert cfg.data.sampling in ("random", "consecutive")
+
+
+def test_custom_template_points_at_a_user_file_with_plain_defaults():
+    data = compose_config(["data=custom"]).data
+    assert (data.name, data.raw_path) == ("custom", "data/raw/custom.txt")
+    assert (data.newline, data.lowercase, data.max_chars, data.tokenizer, data.max_vocab_size,
+            data.min_freq, data.encoded_dir) == ("keep", False, None, "char", None, 1, None)
+    assert (data.val_fraction, data.test_fraction, list(data.prefixes)) == (0.05, 0.05, ["the"])
+    assert "dvc exp run -S data=custom" in (ROOT / "conf/data/custom.yaml").read_text(encoding="utf-8")
+    # The same composition with the user's path, as on the command line.
+    assert compose_config(["data=custom", "data.raw_path=/tmp/mine.zip"]).data.raw_path == "/tmp/mine.zip"
 
 
 @pytest.mark.parametrize("option", _options("logger"))

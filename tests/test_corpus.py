@@ -28,10 +28,14 @@ def test_plain_text_file_and_bom(tmp_path):
     assert read_raw_text(path) == "The Time Machine\n"
 
 
-def test_missing_file_says_dvc_pull(tmp_path):
+def test_missing_file_says_dvc_pull_or_where_to_put_your_own(tmp_path):
+    path = tmp_path / "absent.zip"
     with pytest.raises(FileNotFoundError, match="dvc pull") as err:
-        read_raw_text(tmp_path / "absent.zip")
-    assert "absent.zip" in str(err.value)
+        read_raw_text(path)
+    message = str(err.value)
+    assert f"`dvc pull {path}.dvc`" in message  # a bundled corpus
+    assert f"put the .txt or .zip at {path}, or point data.raw_path at it" in message  # your own
+    assert "conf/data/custom.yaml" in message
 
 
 def test_corrupt_zip_says_re_pull(tmp_path):

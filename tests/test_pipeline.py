@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
+from lyricist.vocab import Vocab, load_ids
 
 pytestmark = pytest.mark.slow
 STORE = ROOT.parent / "shared" / "dvc-store"
@@ -152,3 +154,56 @@ def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
     names = [r["Experiment"] for r in experiments]
     run(["dvc", "plots", "diff", *names, "-o", str(tmp_path / "diff")], project)
     assert (tmp_path / "diff" / "index.html").is_file()
+
+
+USER_TEXT = ("the time traveller smiled at us and the time machine stood in the corner\n"
+             "we sat and looked at the little machine on the table\n") * 40
+
+
+def test_a_user_corpus_through_data_custom(project, tmp_path):
+    """conf/data/custom.yaml as its comments say: the file at data/raw/custom.txt (not `dvc add`ed),
+    `dvc exp run -S data=custom vocab`; then a zip, `dvc add`ed, word-level; then the Hydra app."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    prepare = ["dvc", "exp", "run", "-S", "data=custom", "vocab"]
+
+    # No file yet: the run stops before any stage, naming the missing file.
+    failed = subprocess.run(prepare, cwd=project, env=env, capture_output=True, text=True)
+    # (DVC checks the dependency before the stage runs: "failed to reproduce 'unzip': ... custom.txt")
+    assert failed.returncode != 0 and "data/raw/custom.txt" in failed.stdout + failed.stderr
+    assert "unzip" in failed.stdout + failed.stderr
+    assert not (project / "data/encoded/custom").exists()
+
+    (project / "data/raw/custom.txt").write_text(USER_TEXT, encoding="utf-8")
+    out = run(prepare, project)
+    for stage in ("unzip", "preprocess", "vocab"):
+        assert f"Running stage '{stage}'" in out
+    assert "Running stage 'train'" not in out
+    encoded = project / "data/encoded/custom"
+    vocab = Vocab.load(encoded / "vocab.json")
+    train_text = (project / "data/processed/custom/train.txt").read_text(encoding="utf-8")
+    assert vocab.tokenizer == "char" and train_text == USER_TEXT[:len(train_text)]
+    assert vocab.decode(load_ids(encoded / "train.npy").tolist()) == train_text
+    assert "data/raw/custom.txt" in (project / "dvc.lock").read_text()  # its md5 is recorded
+
+    # A zip, tracked with `dvc add`, read word by word.
+    with zipfile.ZipFile(project / "data/raw/custom.zip", "w") as archive:
+        archive.writestr("mine.txt", USER_TEXT)
+    run(["dvc", "add", "data/raw/custom.zip"], project)
+    out = run(prepare[:-1] + ["-S", "data.raw_path=data/raw/custom.zip", "-S", "data.tokenizer=word",
+                              "vocab"], project)
+    assert "Running stage 'unzip'" in out and "Running stage 'vocab'" in out
+    vocab = Vocab.load(encoded / "vocab.json")
+    assert vocab.tokenizer == "word" and vocab.decode(load_ids(encoded / "train.npy").tolist()) == \
+        vocab.decode(vocab.encode(train_text))
+    assert json.loads((encoded / "prepared_with.json").read_text())["tokenizer"] == "word"
+
+    # The Hydra app trains on it with the same overrides; other ones are refused.
+    train_cmd = [sys.executable, "-m", "lyricist.train", "data=custom", f"data.encoded_dir={encoded}",
+                 "data.raw_path=data/raw/custom.zip", "data.batch_size=4", "data.num_steps=8",
+                 "model.hidden_size=16", "model.embedding_size=8", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", "train.eval_batch_size=2", "logger=none",
+                 f"hydra.run.dir={tmp_path / 'run'}"]
+    refused = subprocess.run(train_cmd, cwd=project, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "data.tokenizer: prepared 'word', asked 'char'" in refused.stderr
+    run(train_cmd + ["data.tokenizer=word"], project)
+    assert (tmp_path / "run/checkpoints/best.ckpt").is_file()

@@ -92,3 +92,83 @@ def test_ids_errors(tmp_path):
         load_ids(bad)
     with pytest.raises(ValueError, match="1-D"):
         save_ids(tmp_path / "x.npy", np.zeros((2, 2), dtype=np.int64))
+
+
+# -- word-level vocabularies (data.tokenizer=word) ------------------------------------------------
+
+WORDS = "the time machine\nby h g wells\n\nthe time traveller\n"
+
+
+def test_word_tokens_are_whitespace_separated_with_newline_its_own_token():
+    vocab = Vocab.build(WORDS, tokenizer="word")
+    assert vocab.tokenizer == "word"
+    assert vocab.tokenize("the  time\tmachine \n by\n\n") == ["the", "time", "machine", "\n", "by", "\n", "\n"]
+    ids = vocab.encode(WORDS)
+    assert len(ids) == 14 and vocab.unk_index not in ids  # 10 words + 4 newlines
+    assert vocab.decode(ids) == WORDS  # round trip: single spaces, no space around "\n"
+    assert vocab.itos == ["<unk>", "\n", "the", "time", "by", "g", "h", "machine", "traveller", "wells"]
+    # Other spacing comes back normalised.
+    assert vocab.decode(vocab.encode(" the\ttime  \n  machine ")) == "the time\nmachine"
+
+
+def test_word_unknowns_decode_as_whole_words():
+    vocab = Vocab.build(WORDS, tokenizer="word")
+    ids = vocab.encode("the flying machine")
+    assert ids == [vocab.stoi["the"], 0, vocab.stoi["machine"]]
+    assert vocab.decode(ids) == "the <unk> machine"
+    assert vocab.decode(ids, unk="") == "the machine"  # the word is dropped, not its letters
+    assert vocab.unknown_tokens("the flying flying time machines") == ["flying", "machines"]
+    assert vocab.decode_after("the time", vocab.encode("machine\nby")) == "the time machine\nby"
+    assert vocab.decode_after("the time", vocab.encode("\nby")) == "the time\nby"
+    assert Vocab.build(TEXT).decode_after("分开", [1]) == "分开" + Vocab.build(TEXT).itos[1]
+
+
+def test_max_vocab_size_keeps_the_most_frequent_ties_by_code_point():
+    text = "b a c a b d\nd e\n"  # a 2, b 2, d 2, \n 2, c 1, e 1
+    vocab = Vocab.build(text, tokenizer="word", max_vocab_size=3)
+    assert vocab.itos == ["<unk>", "\n", "a", "b"]  # "d" (also 2) loses the tie to "b"
+    assert vocab.encode("c d a e") == [0, 0, 2, 0]
+    assert vocab.counts["d"] == 2 and vocab.counts["e"] == 1  # counts report what the cap dropped
+    # Deterministic: the same counts in another order give the same ids.
+    assert Vocab.build("d\n e d c b a b a\n", tokenizer="word", max_vocab_size=3) == vocab
+    # A cap above the number of tokens changes nothing; min_freq applies first.
+    assert Vocab.build(text, tokenizer="word", max_vocab_size=100) == Vocab.build(text, tokenizer="word")
+    assert Vocab.build(text, tokenizer="word", min_freq=2, max_vocab_size=10).itos[1:] == ["\n", "a", "b", "d"]
+    # The same for characters.
+    assert Vocab.build("bcaab\n\n\n", max_vocab_size=2).itos == ["<unk>", "\n", "a"]
+    # A literal "<unk>" word is the unknown token itself, not a second entry.
+    assert Vocab.build("a <unk> <unk> b", tokenizer="word").itos == ["<unk>", "a", "b"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"tokenizer": "bpe"}, r"data\.tokenizer must be 'char' or 'word', got 'bpe'.*set data\.tokenizer=char"),
+    ({"max_vocab_size": 0}, r"data\.max_vocab_size must be null.*got 0.*set data\.max_vocab_size=null"),
+    ({"max_vocab_size": -5}, r"data\.max_vocab_size.*got -5"),
+    ({"max_vocab_size": 2.5}, r"data\.max_vocab_size.*got 2\.5"),
+    ({"max_vocab_size": True}, r"data\.max_vocab_size.*got True"),
+])
+def test_bad_vocabulary_options_name_the_key_and_the_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Vocab.build(WORDS, **kwargs)
+
+
+def test_vocab_json_records_the_tokenizer_and_a_char_file_keeps_its_format(tmp_path):
+    words = Vocab.build(WORDS, tokenizer="word", max_vocab_size=4)
+    words.save(tmp_path / "words.json")
+    raw = json.loads((tmp_path / "words.json").read_text(encoding="utf-8"))
+    assert (raw["format"], raw["tokenizer"]) == ("lyricist-word-vocab", "word")
+    loaded = Vocab.load(tmp_path / "words.json")
+    assert loaded.tokenizer == "word" and loaded == words
+    assert loaded.decode(loaded.encode("the time\nthe")) == "the time\nthe"
+
+    # A char vocabulary's file is what it was before word vocabularies (the committed data's).
+    chars = Vocab.build(TEXT)
+    assert list(chars.to_dict()) == ["format", "version", "unk_token", "itos", "counts"]
+    assert chars.to_dict()["format"] == "lyricist-char-vocab"
+    assert Vocab.from_dict(chars.to_dict()).tokenizer == "char"
+    assert Vocab.build("ab", tokenizer="word") != Vocab.build("ab")  # same itos, other tokenizer
+
+    with pytest.raises(VocabError, match="'tokenizer' says 'char'"):
+        Vocab.from_dict({**words.to_dict(), "tokenizer": "char"})
+    with pytest.raises(VocabError, match="non-empty string without whitespace"):
+        Vocab(["<unk>", "two words"], tokenizer="word")

@@ -32,8 +32,10 @@ def read_raw_text(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"corpus file {path} does not exist. The raw data is tracked by DVC: "
-            f"run `dvc pull` (or `dvc pull {path}`) from the repository root to fetch it."
+            f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
+            f"`dvc pull {path}.dvc` (or `dvc pull`) from the repository root to fetch it. Your own "
+            f"corpus (data=custom): put the .txt or .zip at {path}, or point data.raw_path at it "
+            f"(see conf/data/custom.yaml)."
         )
     if path.is_dir():
         raise CorpusError(f"corpus path {path} is a directory; point it at the .zip or .txt file itself.")

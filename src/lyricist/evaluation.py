@@ -60,7 +60,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
         metrics.update(interpolate_with_ngram(
             loaded.model, load_ids(data_dir / "train.npy"), splits, len(loaded.vocab), batch_size,
             num_steps, ngram_max_order, ngram_discount_mode, ngram_fixed_discount))
-    lines = [f"# Samples ({strategy}, {num_chars} characters)", ""]
+    unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
+    lines = [f"# Samples ({strategy}, {num_chars} {unit})", ""]
     for prefix in prefixes:
         text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,
                         top_k, seed, allow_unknown=True)

@@ -19,13 +19,19 @@ STRATEGIES = ("greedy", "sample")
 
 
 def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> list[int]:
-    """Token ids of the prefix; unknown characters are an error unless allowed (-> <unk>)."""
-    if not prefix:
-        raise ValueError("the prefix is empty: give at least one character, e.g. --prefix 分开")
-    unknown = vocab.unknown_chars(prefix)
+    """Token ids of the prefix, cut into tokens as the vocabulary's training data was (characters,
+    or words); unknown tokens are an error that names them unless allowed (-> <unk>)."""
+    if not prefix or not vocab.tokenize(prefix):
+        raise ValueError("the prefix is empty: give at least one token, e.g. --prefix 分开 "
+                         "(a word-level model: --prefix 'the time')")
+    unknown = vocab.unknown_tokens(prefix)
     if unknown and not allow_unknown:
+        if vocab.tokenizer == "char":
+            what = f"characters not in the vocabulary: {''.join(unknown)!r}"
+        else:
+            what = f"words not in the (word-level) vocabulary: {', '.join(map(repr, unknown))}"
         raise ValueError(
-            f"prefix {prefix!r} has characters not in the vocabulary: {''.join(unknown)!r}; "
+            f"prefix {prefix!r} has {what}; "
             "remove them, or allow them to be read as <unk> (--allow-unknown)"
         )
     return vocab.encode(prefix)
@@ -43,12 +49,13 @@ def generate(
     seed: int | None = None,
     allow_unknown: bool = False,
 ) -> str:
-    """The prefix followed by `num_chars` predicted characters.
+    """The prefix followed by `num_chars` predicted tokens (characters; words for a word-level
+    vocabulary, joined by single spaces).
 
     As the seeds' `predict_rnn`: the state starts at zero and is warmed up over the
-    prefix (its characters are fed, not predicted); then each prediction is fed back.
+    prefix (its tokens are fed, not predicted); then each prediction is fed back.
     `greedy` takes the argmax (the seeds); `sample` draws from softmax(logits / T),
-    optionally restricted to the top-k characters.
+    optionally restricted to the top-k tokens.
     """
     if num_chars <= 0:
         raise ValueError(f"num_chars must be > 0, got {num_chars}")
@@ -81,7 +88,7 @@ def generate(
         out.append(next_id)
         logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
     model.train(was_training)
-    return prefix + vocab.decode(out)
+    return vocab.decode_after(prefix, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,13 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="e.g. models/checkpoints/best.ckpt")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
-    parser.add_argument("--num-chars", type=int, default=100)
+    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int, default=100,
+                        help="tokens to predict: characters, or words for a word-level model")
     parser.add_argument("--strategy", choices=STRATEGIES, default="greedy")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-unknown", action="store_true",
-                        help="read characters missing from the vocabulary as <unk>")
+                        help="read characters (words) missing from the vocabulary as <unk>")
     args = parser.parse_args(argv)
     try:
         loaded = load_checkpoint(args.checkpoint)

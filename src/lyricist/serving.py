@@ -4,7 +4,8 @@
     mlflow models serve   -m runs:/<run id>/model -p 5001 --env-manager local
 
 turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, seed)
-into generated lyrics. The model directory carries the checkpoint (weights + model
+into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
+(characters, or words for data.tokenizer=word), and num_chars counts those tokens. The model directory carries the checkpoint (weights + model
 arguments + vocabulary) and lyricist's own code, so it loads without this checkout.
 """
 

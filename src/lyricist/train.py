@@ -26,7 +26,7 @@ from lyricist.batching import check_enough_tokens
 from lyricist.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.training import LitLanguageModel, LyricsDataModule
-from lyricist.vocab import Vocab, load_ids
+from lyricist.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
 
 CONF_DIR = str(tracking.PROJECT_ROOT / "conf")
 
@@ -42,8 +42,13 @@ def check_prepared_with(data_dir: Path, data_cfg: DictConfig) -> None:
     record = data_dir / "prepared_with.json"
     if not record.is_file():
         return
-    prepared = json.loads(record.read_text(encoding="utf-8"))
-    differ = {k: (v, data_cfg.get(k)) for k, v in prepared.items() if data_cfg.get(k) != v}
+    # A vocabulary option missing from the record was its default (the vocab stage writes
+    # only options that differ from it; older records predate the options).
+    prepared = {**OPTION_DEFAULTS, **json.loads(record.read_text(encoding="utf-8"))}
+    def asked(key: str):
+        return data_cfg.get(key, OPTION_DEFAULTS.get(key))
+
+    differ = {k: (v, asked(k)) for k, v in prepared.items() if asked(k) != v}
     if differ:
         listed = ", ".join(f"data.{k}: prepared {a!r}, asked {b!r}" for k, (a, b) in differ.items())
         raise ValueError(
@@ -77,8 +82,15 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
 
     # Everything that can fail fast does so before the first batch.
     data_dir = Path(data_dir) if data_dir else encoded_dir(data_cfg.name)
+    tokenizer = data_cfg.get("tokenizer", OPTION_DEFAULTS["tokenizer"])
+    check_options(tokenizer, data_cfg.get("max_vocab_size"), data_cfg.min_freq)
     vocab, splits = load_encoded(data_dir)
     check_prepared_with(data_dir, data_cfg)
+    if vocab.tokenizer != tokenizer:
+        raise ValueError(
+            f"{data_dir / 'vocab.json'} is a {vocab.tokenizer}-level vocabulary but data.tokenizer="
+            f"{tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
+            f"data.tokenizer={tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
     check_enough_tokens(len(splits["train"]), data_cfg.batch_size, data_cfg.num_steps,
                         "train split", sampling=data_cfg.sampling)
     check_enough_tokens(len(splits["val"]), train_cfg.eval_batch_size, data_cfg.num_steps,

@@ -1,13 +1,21 @@
-"""Character vocabulary: one token per Unicode code point, index 0 reserved for "<unk>".
+"""Vocabulary: text <-> integer ids, index 0 reserved for "<unk>".
 
-A Chinese character is one token (never its UTF-8 bytes), as in the seeds. This module knows
-nothing of models; it only maps text <-> integer ids and stores both on disk.
+Two tokenizers (`data.tokenizer`):
+- "char" (the default, the seeds'): one token per Unicode code point, so a Chinese character is
+  one token (never its UTF-8 bytes);
+- "word": whitespace-separated words; "\n" (present when `data.newline: keep`) stays a token of
+  its own. Decoding joins words with single spaces and puts no space around "\n".
+
+The vocabulary records its tokenizer (in vocab.json and in checkpoints), so generation encodes a
+prefix and decodes output the way the training data was encoded. This module knows nothing of
+models; it only maps text <-> integer ids and stores both on disk.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,8 +26,48 @@ import torch
 from lyricist.corpus import atomic_write_bytes
 
 UNK_TOKEN = "<unk>"
-VOCAB_FORMAT = "lyricist-char-vocab"
+NEWLINE_TOKEN = "\n"
+VOCAB_FORMAT = "lyricist-char-vocab"   # a char vocabulary's file is unchanged from before words
+WORD_VOCAB_FORMAT = "lyricist-word-vocab"
 VOCAB_VERSION = 1
+TOKENIZERS = ("char", "word")
+FORMATS = {"char": VOCAB_FORMAT, "word": WORD_VOCAB_FORMAT}
+# The vocabulary options and their defaults. The defaults are left out of prepared_with.json,
+# so data prepared before these options existed (or with the defaults) reads as made with them.
+OPTION_DEFAULTS = {"tokenizer": "char", "max_vocab_size": None}
+
+_WORD = re.compile(r"\n|[^\s]+")  # a line break alone, or a run of non-whitespace
+
+
+def check_options(tokenizer: str, max_vocab_size: int | None, min_freq: int = 1) -> None:
+    """Refuse bad vocabulary settings with the config key and the fix (before any work)."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(
+            f"data.tokenizer must be 'char' or 'word', got {tokenizer!r}: set data.tokenizer=char "
+            "(one token per character) or data.tokenizer=word (whitespace-separated words)."
+        )
+    if max_vocab_size is not None and (isinstance(max_vocab_size, bool)
+                                       or not isinstance(max_vocab_size, int) or max_vocab_size < 1):
+        raise ValueError(
+            f"data.max_vocab_size must be null (no cap) or an integer >= 1, got {max_vocab_size!r}: "
+            "set data.max_vocab_size=null to keep every token, or e.g. data.max_vocab_size=10000 to "
+            "keep the 10000 most frequent tokens of train (the rest read as <unk>)."
+        )
+    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
+        raise ValueError(f"min_freq must be >= 1, got {min_freq}.")
+
+
+def tokenize(text: str, tokenizer: str = "char") -> list[str]:
+    """The tokens of `text`: its characters ("char"), or its words and "\\n"s ("word")."""
+    if tokenizer == "word":
+        return _WORD.findall(text)
+    check_options(tokenizer, None)
+    return list(text)
+
+
+def _is_word_token(token: object) -> bool:
+    return isinstance(token, str) and (token == NEWLINE_TOKEN or
+                                       (bool(token) and not any(c.isspace() for c in token)))
 
 
 class VocabError(ValueError):
@@ -27,42 +75,54 @@ class VocabError(ValueError):
 
 
 class Vocab:
-    """Maps characters to ids and back.
+    """Maps tokens (characters, or words) to ids and back.
 
-    `itos[i]` is the token with id i; `itos[0]` is always "<unk>", the id of every character
-    the vocabulary does not know (unseen, or rarer than `min_freq` when it was built).
+    `itos[i]` is the token with id i; `itos[0]` is always "<unk>", the id of every token the
+    vocabulary does not know (unseen, rarer than `min_freq`, or beyond `max_vocab_size` when it
+    was built). `tokenizer` says how text is cut into tokens ("char" or "word").
     """
 
-    def __init__(self, itos: list[str], counts: dict[str, int] | None = None) -> None:
+    def __init__(self, itos: list[str], counts: dict[str, int] | None = None,
+                 tokenizer: str = "char") -> None:
+        if tokenizer not in TOKENIZERS:
+            raise VocabError(f"unknown tokenizer {tokenizer!r}; use one of {TOKENIZERS}.")
         if not itos or itos[0] != UNK_TOKEN:
             raise VocabError(f"itos must start with {UNK_TOKEN!r} at index 0, got {itos[:3]!r}...")
         if len(set(itos)) != len(itos):
             duplicates = sorted({token for token in itos if itos.count(token) > 1})
             raise VocabError(f"itos lists tokens more than once: {duplicates!r}; every token needs one id.")
         for token in itos[1:]:
-            if not isinstance(token, str) or len(token) != 1:
+            if tokenizer == "char" and (not isinstance(token, str) or len(token) != 1):
                 raise VocabError(f"every token after {UNK_TOKEN!r} must be one character, got {token!r}.")
+            if tokenizer == "word" and not _is_word_token(token):
+                raise VocabError(f"every word token after {UNK_TOKEN!r} must be '\\n' or a non-empty "
+                                 f"string without whitespace, got {token!r}.")
+        self.tokenizer: str = tokenizer
         self.itos: list[str] = list(itos)
         self.stoi: dict[str, int] = {token: index for index, token in enumerate(self.itos)}
         self.counts: dict[str, int] = dict(counts or {})
         self.unk_index: int = 0
 
     @classmethod
-    def build(cls, text: str, min_freq: int = 1) -> Vocab:
-        """Vocabulary of the characters of `text` seen at least `min_freq` times.
+    def build(cls, text: str, min_freq: int = 1, tokenizer: str = "char",
+              max_vocab_size: int | None = None) -> Vocab:
+        """Vocabulary of the tokens of `text` seen at least `min_freq` times, at most the
+        `max_vocab_size` most frequent of them (None: no cap), plus "<unk>" at id 0.
 
-        Order: most frequent first, ties by code point, so the same text always gives the same
-        ids (the MXNet seed's `list(set(...))` changes order between runs).
+        Order: most frequent first, ties by code point (of the character, or of the word read
+        left to right), so the same text always gives the same ids (the MXNet seed's
+        `list(set(...))` changes order between runs) and the cap cuts ties the same way.
         """
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}.")
-        counts = Counter(text)
-        kept = [char for char, count in counts.items() if count >= min_freq]
-        kept.sort(key=lambda char: (-counts[char], ord(char)))
-        # `counts` keeps every character, including those left out, so a report can say what
-        # min_freq dropped.
-        ordered_counts = {char: counts[char] for char in sorted(counts, key=lambda c: (-counts[c], ord(c)))}
-        return cls([UNK_TOKEN, *kept], ordered_counts)
+        check_options(tokenizer, max_vocab_size, min_freq)
+        counts = Counter(tokenize(text, tokenizer))
+        order = sorted(counts, key=lambda token: (-counts[token], token))
+        # A literal "<unk>" word in the text is the unknown token itself (id 0).
+        kept = [token for token in order if counts[token] >= min_freq and token != UNK_TOKEN]
+        if max_vocab_size is not None:
+            kept = kept[:max_vocab_size]
+        # `counts` keeps every token, including those left out, so a report can say what
+        # min_freq and max_vocab_size dropped.
+        return cls([UNK_TOKEN, *kept], {token: counts[token] for token in order}, tokenizer)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -75,27 +135,33 @@ class Vocab:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocab):
             return NotImplemented
-        return self.itos == other.itos
+        return self.itos == other.itos and self.tokenizer == other.tokenizer
 
     __hash__ = None  # mutable lists inside; equal vocabularies need not share a hash
 
     def __repr__(self) -> str:
-        preview = "".join(self.itos[1:21])
-        return f"Vocab(size={len(self)}, first tokens={preview!r})"
+        if self.tokenizer == "char":
+            return f"Vocab(size={len(self)}, first tokens={''.join(self.itos[1:21])!r})"
+        return f"Vocab(size={len(self)}, tokenizer='word', first tokens={self.itos[1:11]!r})"
+
+    def tokenize(self, text: str) -> list[str]:
+        """`text` cut into this vocabulary's kind of tokens (characters, or words and "\\n")."""
+        return tokenize(text, self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of the characters of `text`; characters not in the vocabulary become `unk_index`."""
-        return [self.stoi.get(char, self.unk_index) for char in text]
+        """Ids of the tokens of `text`; tokens not in the vocabulary become `unk_index`."""
+        return [self.stoi.get(token, self.unk_index) for token in tokenize(text, self.tokenizer)]
 
     def decode(self, ids: Iterable[int], unk: str = UNK_TOKEN) -> str:
         """Text of `ids` (a list, numpy array or tensor of ints).
 
         `unk_index` decodes to `unk`: "<unk>" by default, so a generated sample shows plainly
         where the model chose the unknown token; pass unk="" to drop it or unk="\\ufffd" to
-        keep one character per id.
+        keep one character per id. A word vocabulary joins its words with single spaces and
+        puts no space around "\\n".
         """
         size = len(self.itos)
-        chars = []
+        tokens = []
         for raw_id in ids:
             index = int(raw_id)
             if not 0 <= index < size:
@@ -103,39 +169,66 @@ class Vocab:
                     f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made with a "
                     f"different vocabulary or model output size."
                 )
-            chars.append(unk if index == self.unk_index else self.itos[index])
-        return "".join(chars)
+            tokens.append(unk if index == self.unk_index else self.itos[index])
+        if self.tokenizer == "char":
+            return "".join(tokens)
+        pieces: list[str] = []
+        line_start = True
+        for token in tokens:
+            if token == NEWLINE_TOKEN:
+                pieces.append(token)
+                line_start = True
+            elif token:  # unk="" drops the word, not just its letters
+                pieces.append(token if line_start else " " + token)
+                line_start = False
+        return "".join(pieces)
 
-    def unknown_chars(self, text: str) -> list[str]:
-        """Distinct characters of `text` that would encode to `<unk>`, in order of appearance."""
-        return list(dict.fromkeys(char for char in text if char not in self.stoi))
+    def decode_after(self, prefix: str, ids: Iterable[int], unk: str = UNK_TOKEN) -> str:
+        """`prefix` followed by the text of `ids`, as `decode` would join them: for words, one
+        space in between unless either side is a line break (or the prefix ends in whitespace)."""
+        text = self.decode(ids, unk=unk)
+        if (self.tokenizer == "char" or not text or not prefix or prefix[-1].isspace()
+                or text.startswith(NEWLINE_TOKEN)):
+            return prefix + text
+        return f"{prefix} {text}"
+
+    def unknown_tokens(self, text: str) -> list[str]:
+        """Distinct tokens of `text` that would encode to `<unk>`, in order of appearance."""
+        return list(dict.fromkeys(t for t in tokenize(text, self.tokenizer) if t not in self.stoi))
+
+    unknown_chars = unknown_tokens  # the name from before word vocabularies
 
     # -- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": VOCAB_FORMAT,
-            "version": VOCAB_VERSION,
-            "unk_token": UNK_TOKEN,
-            "itos": self.itos,
-            "counts": self.counts,
-        }
+        """The JSON form. Its format names the tokenizer; a char vocabulary's is the same as
+        before word vocabularies existed (so the default pipeline's outputs do not change)."""
+        data: dict[str, Any] = {"format": FORMATS[self.tokenizer], "version": VOCAB_VERSION}
+        if self.tokenizer != "char":
+            data["tokenizer"] = self.tokenizer
+        data.update({"unk_token": UNK_TOKEN, "itos": self.itos, "counts": self.counts})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
         if not isinstance(data, dict):
             raise VocabError(f"a vocabulary must be a JSON object, got {type(data).__name__}.")
-        if data.get("format") != VOCAB_FORMAT or data.get("version") != VOCAB_VERSION:
+        tokenizers = {fmt: name for name, fmt in FORMATS.items()}
+        if data.get("format") not in tokenizers or data.get("version") != VOCAB_VERSION:
             raise VocabError(
-                f"expected format={VOCAB_FORMAT!r} version={VOCAB_VERSION}, "
+                f"expected format={VOCAB_FORMAT!r} or {WORD_VOCAB_FORMAT!r} version={VOCAB_VERSION}, "
                 f"got format={data.get('format')!r} version={data.get('version')!r}."
             )
+        tokenizer = tokenizers[data["format"]]
+        if data.get("tokenizer", tokenizer) != tokenizer:
+            raise VocabError(f"format {data['format']!r} is a {tokenizer} vocabulary, but "
+                             f"'tokenizer' says {data['tokenizer']!r}.")
         itos, counts = data.get("itos"), data.get("counts", {})
         if not isinstance(itos, list) or not all(isinstance(token, str) for token in itos):
             raise VocabError("'itos' must be a list of strings.")
         if not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
-            raise VocabError("'counts' must map characters to integers.")
-        return cls(itos, counts)
+            raise VocabError("'counts' must map tokens to integers.")
+        return cls(itos, counts, tokenizer)
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as human-readable UTF-8 JSON (Chinese stays Chinese), atomically."""
