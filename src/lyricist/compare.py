@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -120,8 +120,9 @@ def plot_curves(summaries: list[RunSummary], path: str | Path, metric: str = "va
             epochs, values = zip(*s.train_curve)
             ax.plot(epochs, values, color=color, linestyle="--", linewidth=1, alpha=0.8)
     ax.set_yscale("log")
-    # Plain numbers on the log axis (317, not 3.17x10^2) and whole epochs on x.
-    ax.yaxis.set_major_formatter(ScalarFormatter())
+    # Plain numbers on the log axis (317, not 3.17x10^2) and whole epochs on x. "%g", not
+    # ScalarFormatter, whose shared offset turns every label into 0.000 when a run spans 1e7.
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # thins itself on wide ranges
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (MLflow step)")
