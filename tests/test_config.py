@@ -135,6 +135,8 @@ def test_every_experiment_preset_composes_and_instantiates(option):
     model = instantiate(cfg.model, vocab_size=11, _convert_="all")
     assert model.config["embedding_size"] is None  # the seeds' one-hot input
     assert cfg.optim._target_ == "torch.optim.SGD"
+    # The seeds train with a constant lr, no weight decay and no dropout, whatever the defaults say.
+    assert (cfg.train.lr_schedule, cfg.optim.weight_decay, cfg.model.dropout) == (None, 0.0, 0.0)
     assert cfg.logger.run_name == option
     if option.startswith("seed_mxnet"):
         assert (cfg.data.max_chars, cfg.data.newline, cfg.optim.lr, cfg.train.clip_theta,
