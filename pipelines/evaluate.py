@@ -26,7 +26,8 @@ def main(argv=None) -> None:
         **OmegaConf.to_container(p.generate),
         # the n-gram interpolated with the network: the same settings as the baseline stage's
         ngram_max_order=p.baseline.max_order, ngram_discount_mode=p.baseline.discount_mode,
-        ngram_fixed_discount=p.baseline.fixed_discount)
+        ngram_fixed_discount=p.baseline.fixed_discount,
+        dynamic_lrs=list(p.evaluate.dynamic_lrs), dynamic_num_steps=p.evaluate.dynamic_num_steps)
     seconds = time.perf_counter() - start
     for path, text in ((args.metrics, json.dumps(metrics, indent=2) + "\n"), (args.samples, samples_md)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,10 @@ def main(argv=None) -> None:
 
 def summary(metrics: dict, seconds: float) -> str:
     """Perplexities per model and split, one line each."""
-    rows = [("neural", ""), (f"kn{metrics.get('ngram_order')}", "ngram_"), ("interpolated", "interpolated_")]
+    kn = f"kn{metrics.get('ngram_order')}"
+    rows = [("neural", ""), (kn, "ngram_"), ("interpolated", "interpolated_"),
+            ("dynamic", "dynamic_"), (f"{kn} adaptive", "ngram_adaptive_"),
+            ("dynamic+kn", "dynamic_interpolated_")]
     lines = [f"evaluate (checkpoint of epoch {metrics.get('epoch')}, {seconds:.1f} s): perplexity"]
     for name, prefix in rows:
         cells = [f"{split} {metrics[f'{prefix}{split}_ppl']:9.2f}" for split in ("val", "test")
@@ -47,6 +51,10 @@ def summary(metrics: dict, seconds: float) -> str:
         lines.append(f"  (interpolated: {metrics['interpolation_weight']:g} x neural + "
                      f"{1 - metrics['interpolation_weight']:g} x kn{metrics['ngram_order']}, "
                      "weight chosen on val; kn over the positions the network predicts)")
+    if "dynamic_lr" in metrics:
+        lines.append(f"  (dynamic: one SGD step at lr {metrics['dynamic_lr']:g} after each segment, the "
+                     f"n-gram counting each token once read; mixed {metrics['dynamic_interpolation_weight']:g}"
+                     " x dynamic, both chosen on val)")
     return "\n".join(lines)
 
 

@@ -179,3 +179,8 @@ def test_evaluate_stage_writes_the_interpolated_perplexities(tiny_data, tmp_path
                                                            metrics[f"ngram_{split}_ppl"]) * (1 + 1e-5)
     # w chosen on val: on val the mixture is no worse than either end of the grid
     assert metrics["interpolated_val_ppl"] <= min(metrics["val_ppl"], metrics["ngram_val_ppl"]) * (1 + 1e-5)
+    # Dynamic evaluation is on by default: a rate of the grid, its rows printed.
+    assert metrics["dynamic_lr"] in cfg.evaluate.dynamic_lrs
+    assert f"dynamic+kn    val {metrics['dynamic_interpolated_val_ppl']:9.2f}" in printed
+    assert metrics["dynamic_interpolated_val_ppl"] <= min(metrics["dynamic_val_ppl"],
+                                                          metrics["ngram_adaptive_val_ppl"]) * (1 + 1e-9)

@@ -198,7 +198,7 @@ def test_rebuild_from_config(embedding_size):
     assert model.config == dict(
         vocab_size=VOCAB_SIZE, cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
         embedding_size=embedding_size, dropout=0.2, init="torch", init_scale=0.05,
-        embedding_dropout=0.2, output_dropout=0.2, tie_weights=False, forget_bias=None,
+        embedding_dropout=0.2, output_dropout=0.2, tie_weights=False, forget_bias=None, locked_dropout=False,
     )
     rebuilt = RecurrentLM(**model.config)
     rebuilt.load_state_dict(model.state_dict(), strict=True)

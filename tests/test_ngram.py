@@ -65,6 +65,32 @@ def test_hand_computed_kneser_ney_bigram_and_trigram():
     assert trigram.prob([A], B) == pytest.approx(p2_b_given_a)
 
 
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_observing_a_text_equals_fitting_on_it(order):
+    """fit(A) then observe(B after A) is fit(A + B): same probabilities for every context,
+    with fixed discounts (modified ones are estimated from A's counts and then kept)."""
+    ids, vocab_size = encoded(TEXT)
+    first, second = ids[:250], ids[250:]
+    observed = KneserNey(order, "fixed", 0.75).fit(first, vocab_size).observe(second, context=first)
+    refit = KneserNey(order, "fixed", 0.75).fit(ids, vocab_size)
+    for length in range(order):
+        for context in itertools.product(range(vocab_size), repeat=length):
+            np.testing.assert_allclose(observed.distribution(context), refit.distribution(context),
+                                       rtol=1e-12, atol=0)
+    # Without the context, only the n-grams inside B are added: still a distribution.
+    alone = KneserNey(order, "modified").fit(first, vocab_size).observe(second)
+    for context in itertools.product(range(vocab_size), repeat=order - 1):
+        assert alone.distribution(context).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_observing_makes_a_repeated_line_likely():
+    # "aab" never occurs in the training text; once observed, the model expects it again.
+    model = KneserNey(3, "modified").fit(TOY * 5, TOY_V)
+    before = model.prob([A, A], B)
+    model.observe([C, C, A, A, B])
+    assert model.prob([A, A], B) > 1.5 * before
+
+
 def test_modified_discounts_follow_chen_and_goodman():
     counts = [1] * 10 + [2] * 4 + [3] * 2 + [4] + [9, 12]  # n1..n4 = 10, 4, 2, 1
     y = 10 / 18

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lyricist.batching import check_enough_tokens, consecutive_batches
 from lyricist.models import RecurrentLM
-from lyricist.ngram import LanguageModel, best_kneser_ney
+from lyricist.ngram import KneserNey, LanguageModel, best_kneser_ney
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
 
@@ -74,10 +74,12 @@ def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> n
 
 
 def perplexity_of(log_probs: np.ndarray) -> float:
-    """exp(mean negative log-likelihood) of per-token log-probabilities."""
+    """exp(mean negative log-likelihood) of per-token log-probabilities (inf past float range,
+    e.g. for a diverged model)."""
     if len(log_probs) == 0:
         raise ValueError("no tokens to score.")
-    return math.exp(-float(np.mean(log_probs)))
+    mean_nll = -float(np.mean(log_probs))
+    return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp(709.8) is float64's limit
 
 
 def choose_weight(neural: np.ndarray, ngram: np.ndarray,
@@ -92,18 +94,20 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
 def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
                            vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
                            discount_mode: str = "modified", fixed_discount: float = 0.75,
-                           weights: Sequence[float] = WEIGHT_GRID) -> dict:
+                           weights: Sequence[float] = WEIGHT_GRID, ngram: KneserNey | None = None) -> dict:
     """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
     fit on train, as the `baseline` stage does) and choose the weight on val.
 
     `splits` must hold "val"; other splits (e.g. "test") are scored with val's weight. Returns
     {"ngram_order", "interpolation_weight", "ngram_<split>_ppl", "interpolated_<split>_ppl"};
-    the n-gram perplexities are over the positions the neural model predicts.
+    the n-gram perplexities are over the positions the neural model predicts. A caller that
+    already has that Kneser-Ney model passes it as `ngram` (then the fitting arguments are unused).
     """
     if "val" not in splits:
         raise ValueError("the mixture weight is chosen on val: pass a 'val' split.")
-    ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
-                               fixed_discount)
+    if ngram is None:
+        ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
+                                   fixed_discount)
     scored = {}
     for split, ids in splits.items():
         positions, neural = neural_token_log_probs(model, ids, batch_size, num_steps)

@@ -111,12 +111,23 @@ class _Level:
 
     counts: dict[tuple[int, ...], int]
     discounts: tuple[float, float, float]
-    # context -> (c(h.), gamma(h)); a context with no entry was never seen at this order
+    # context -> (c(h.), sum of the discounts of its followers); gamma(h) is their ratio.
+    # A context with no entry was never seen at this order.
     contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
     followers: dict[tuple[int, ...], list[int]] = field(default_factory=lambda: defaultdict(list))
 
     def discount(self, count: int) -> float:
         return self.discounts[min(count, 3) - 1]
+
+    def add(self, gram: tuple[int, ...]) -> None:
+        """One more occurrence of `gram`, the context's total and discount mass kept in step."""
+        old = self.counts.get(gram, 0)
+        self.counts[gram] = old + 1
+        context = gram[:-1]
+        total, mass = self.contexts.get(context, (0, 0.0))
+        if old == 0:
+            self.followers[context].append(gram[-1])
+        self.contexts[context] = (total + 1, mass + self.discount(old + 1) - (self.discount(old) if old else 0.0))
 
 
 class KneserNey:
@@ -153,8 +164,33 @@ class KneserNey:
                 totals[context] += count
                 masses[context] += level.discount(count)
                 level.followers[context].append(gram[-1])
-            level.contexts = {h: (total, masses[h] / total) for h, total in totals.items()}
+            level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
             self.levels.append(level)
+        # The k-gram types seen (k >= 2): `observe` needs them to tell when a continuation count grows.
+        self._seen = {k: set(raw[k]) for k in range(2, self.order + 1)}
+        return self
+
+    def observe(self, ids: Sequence[int], context: Sequence[int] = ()) -> KneserNey:
+        """Add the n-grams of `ids`, read after `context`, to the counts, as if they had been
+        in the training text (the discounts stay as estimated there). Fitting on A and then
+        observing B after A gives the model fit on A + B (for fixed discounts, exactly).
+
+        This is what lets the n-gram model adapt to a text as it reads it ("adaptive" or
+        cache-like: every token is predicted first, then counted), the counterpart of
+        dynamic evaluation for the neural model (lyricist.dynamic).
+        """
+        context = _as_id_list(context, self.vocab_size)[-(self.order - 1):] if self.order > 1 else []
+        stream = context + _as_id_list(ids, self.vocab_size)
+        for i in range(len(context), len(stream)):
+            for k in range(1, min(self.order, i + 1) + 1):
+                gram = tuple(stream[i - k + 1 : i + 1])
+                if k == self.order:
+                    self.levels[k - 1].add(gram)  # the top order counts occurrences
+                if k >= 2 and gram not in self._seen[k]:
+                    # A new k-gram type (v, g): one more distinct token precedes g = gram[1:],
+                    # so g's continuation count (order k - 1) grows.
+                    self._seen[k].add(gram)
+                    self.levels[k - 2].add(gram[1:])
         return self
 
     def _history(self, context: Sequence[int]) -> tuple[int, ...]:
@@ -176,9 +212,9 @@ class KneserNey:
             seen = level.contexts.get(h)
             if seen is None:
                 continue  # unseen context: this order adds nothing
-            total, gamma = seen
+            total, mass = seen
             count = level.counts.get(h + (token,), 0)
-            p = gamma * p + ((count - level.discount(count)) / total if count else 0.0)
+            p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
         return p
 
     def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
@@ -188,11 +224,11 @@ class KneserNey:
             seen = level.contexts.get(h)
             if seen is None:
                 continue
-            total, gamma = seen
+            total, mass = seen
             tokens = level.followers[h]
             counts = np.array([level.counts[h + (w,)] for w in tokens], dtype=np.float64)
             discounts = np.array(level.discounts)[np.minimum(counts, 3).astype(int) - 1]
-            p = gamma * p
+            p = mass / total * p
             p[tokens] += (counts - discounts) / total
         return p
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models.cells import RecurrentCell, State, make_cell
+from lyricist.models.dropout import LockedDropout
 from lyricist.models.head import linear_cross_entropy
 from lyricist.models.matmul import linear
 
@@ -36,6 +37,9 @@ class RecurrentLM(nn.Module):
     * ``embedding_dropout`` on the embedding output (there is none with one-hot input);
     * ``dropout`` between stacked layers;
     * ``output_dropout`` on the last layer's output, before the head.
+
+    ``locked_dropout`` draws each of them once per sequence (the same units dropped at every
+    time step, models/dropout.py) instead of ``nn.Dropout``'s fresh mask per step.
 
     ``tie_weights`` makes the head share the embedding matrix (Press & Wolf, 2017),
     which needs ``embedding_size == hidden_size``. ``forget_bias`` (lstm only) sets
@@ -58,6 +62,7 @@ class RecurrentLM(nn.Module):
         output_dropout: float | None = None,
         tie_weights: bool = False,
         forget_bias: float | None = None,
+        locked_dropout: bool = False,
     ):
         super().__init__()
         if vocab_size <= 0:
@@ -95,6 +100,7 @@ class RecurrentLM(nn.Module):
             output_dropout=float(output_dropout),
             tie_weights=bool(tie_weights),
             forget_bias=None if forget_bias is None else float(forget_bias),
+            locked_dropout=bool(locked_dropout),
         )
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -109,9 +115,14 @@ class RecurrentLM(nn.Module):
             make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, **cell_kwargs)
             for layer in range(num_layers)
         )
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.dropout = nn.Dropout(dropout)  # between layers
-        self.output_dropout = nn.Dropout(output_dropout)
+        # Time is dim 0 of the embedding and of a layer's outputs (T, B, .), dim 1 of the
+        # head's input (B, T, H); nn.Dropout ignores it.
+        def make_dropout(rate: float, time_dim: int) -> nn.Module:
+            return LockedDropout(rate, time_dim) if locked_dropout else nn.Dropout(rate)
+
+        self.embedding_dropout = make_dropout(embedding_dropout, time_dim=0)
+        self.dropout = make_dropout(dropout, time_dim=0)  # between layers
+        self.output_dropout = make_dropout(output_dropout, time_dim=1)
         self.head = nn.Linear(hidden_size, vocab_size)
         self._reset_head_and_embedding(init, init_scale)
         if tie_weights:
@@ -195,6 +206,10 @@ class RecurrentLM(nn.Module):
         """Same result as ``forward``, computed literally as the seeds do: for every step,
         an explicit one-hot (or embedding) through ``cell.forward`` layer after layer, then
         the head. Slow; it exists to check ``forward`` against."""
+        if self.training and self.config["locked_dropout"]:
+            # Step by step there is no sequence to share a mask over.
+            raise ValueError("forward_reference cannot apply locked dropout step by step: "
+                             "call model.eval() first or build the model with locked_dropout=False")
         batch_size, num_steps = ids.shape
         if state is None:
             state = self.begin_state(batch_size, device=ids.device)

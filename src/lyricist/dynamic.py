@@ -1,0 +1,105 @@
+"""Dynamic evaluation: models that keep learning from the text they are scoring.
+
+Someone hearing a song has heard its chorus once by the time it comes back; a model scored
+with frozen weights has not. Dynamic evaluation (Krause et al., 2018, simplest form) reads a
+split once, in order, as one stream: it scores a segment of ``num_steps`` tokens, then takes
+one SGD step on that segment's loss, so later segments are predicted by a model that has
+learned from the earlier ones. A token is always scored before the model learns from it, so
+this is still an honest held-out perplexity -- of a reader who never looks ahead.
+
+The n-gram counterpart, for a fair comparison: the Kneser-Ney model counts each token right
+after predicting it (``KneserNey.observe``), an "adaptive" n-gram. Both are scored on the same
+positions and then interpolated like the static models (lyricist.interpolation); the learning
+rate and the mixture weight are chosen on val alone.
+
+    stream:   t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
+    segment i: score log p(t_{35i+1} .. t_{35i+35}), then one SGD step on their mean loss;
+               the state goes on to segment i + 1 (detached, as in training)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lyricist.batching import check_enough_tokens, consecutive_batches
+from lyricist.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
+from lyricist.models import RecurrentLM
+from lyricist.ngram import KneserNey
+
+
+def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int,
+                            lr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, log p) of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids`,
+    each scored before an SGD step (rate `lr`) on its segment; `lr = 0` is static evaluation
+    of one stream. `model` itself is left untouched (a copy learns), and dropout is off."""
+    check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
+    reader = copy.deepcopy(model).eval()  # eval: no dropout; the copy's weights move, not the caller's
+    optimizer = torch.optim.SGD(reader.parameters(), lr=lr) if lr > 0 else None
+    state, log_probs = None, []
+    for x, y in consecutive_batches(ids, 1, num_steps):  # (1, T) each
+        if state is not None:
+            state = tuple(s.detach() for s in state)  # truncated backprop, as in training
+        logits, state = reader(x, state)  # (1, T, V)
+        token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
+        log_probs.append(token_log_probs.detach().double())
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            (-token_log_probs.mean()).backward()
+            optimizer.step()
+    log_probs_np = torch.cat(log_probs).cpu().numpy()
+    return np.arange(1, len(log_probs_np) + 1), log_probs_np  # segment i, column j predicts i*T + j + 1
+
+
+def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray) -> np.ndarray:
+    """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that
+    counts every token of `ids` once it has been read: predict, then observe."""
+    reader = copy.deepcopy(ngram)
+    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
+    history = ngram.order - 1
+    wanted = set(np.asarray(positions).tolist())
+    log_probs = []
+    for p, token in enumerate(ids[: int(max(wanted)) + 1] if wanted else []):
+        context = ids[max(0, p - history):p]
+        if p in wanted:
+            log_probs.append(math.log(reader.prob(context, token)))
+        reader.observe([token], context=context)
+    return np.array(log_probs, dtype=np.float64)
+
+
+def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
+                     num_steps: int, learning_rates: Sequence[float],
+                     weights: Sequence[float] = WEIGHT_GRID) -> dict:
+    """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, per split.
+
+    The learning rate (of `learning_rates`) and the mixture weight are chosen on "val"; other
+    splits (e.g. "test") start again from the trained weights and counts. Returns
+    {"dynamic_lr", "dynamic_<split>_ppl", "ngram_adaptive_<split>_ppl",
+    "dynamic_interpolation_weight", "dynamic_interpolated_<split>_ppl"}.
+    """
+    if "val" not in splits:
+        raise ValueError("the learning rate and mixture weight are chosen on val: pass a 'val' split.")
+    if not learning_rates or min(learning_rates) < 0:
+        raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
+
+    def val_perplexity(lr: float) -> float:
+        ppl = perplexity_of(dynamic_token_log_probs(model, splits["val"], num_steps, lr)[1])
+        return ppl if math.isfinite(ppl) else math.inf  # a rate that diverges loses
+
+    lr = min(learning_rates, key=val_perplexity)  # ties: the first
+    scored = {}
+    for split, ids in splits.items():
+        positions, neural = dynamic_token_log_probs(model, ids, num_steps, lr)
+        scored[split] = neural, adaptive_ngram_token_log_probs(ngram, ids, positions)
+    weight, _ = choose_weight(*scored["val"], weights=weights)
+    metrics: dict = {"dynamic_lr": lr, "dynamic_interpolation_weight": weight}
+    for split, (neural, ngram_lp) in scored.items():
+        metrics[f"dynamic_{split}_ppl"] = perplexity_of(neural)
+        metrics[f"ngram_adaptive_{split}_ppl"] = perplexity_of(ngram_lp)
+        metrics[f"dynamic_interpolated_{split}_ppl"] = perplexity_of(mixture_log_probs(neural, ngram_lp, weight))
+    return metrics

@@ -1,0 +1,114 @@
+"""Dynamic evaluation and the adaptive n-gram: score first, learn after, never look ahead."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LYRICS
+from lyricist.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic
+from lyricist.evaluation import perplexity as static_perplexity
+from lyricist.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
+from lyricist.models import RecurrentLM
+from lyricist.ngram import KneserNey
+from lyricist.vocab import Vocab
+
+NUM_STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Vocabulary, train ids, and val/test texts that repeat a "chorus" unseen in train."""
+    vocab = Vocab.build(LYRICS)
+    rng = np.random.default_rng(0)
+    chorus = rng.integers(1, len(vocab), 12).tolist()
+
+    def song(seed: int) -> torch.Tensor:
+        verse = np.random.default_rng(seed).integers(1, len(vocab), 8).tolist()
+        return torch.tensor((verse + chorus) * 4)  # the chorus comes back: something to learn as it reads
+
+    torch.manual_seed(0)
+    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=16, embedding_size=8, init="torch").eval()
+    return vocab, torch.tensor(vocab.encode(LYRICS * 3)), song(1), song(2), model
+
+
+def test_rate_zero_is_static_evaluation_of_one_stream(toy):
+    vocab, _, val, _, model = toy
+    positions, log_probs = dynamic_token_log_probs(model, val, NUM_STEPS, lr=0.0)
+    usable = (len(val) - 1) // NUM_STEPS * NUM_STEPS
+    assert positions.tolist() == list(range(1, usable + 1))
+    assert perplexity_of(log_probs) == pytest.approx(static_perplexity(model, val, 1, NUM_STEPS), rel=1e-6)
+
+
+def test_learning_from_the_read_text_helps_and_leaves_the_model_alone(toy):
+    _, _, val, _, model = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, static = dynamic_token_log_probs(model, val, NUM_STEPS, lr=0.0)
+    _, dynamic = dynamic_token_log_probs(model, val, NUM_STEPS, lr=1.0)
+    # The first segment is scored before any update: identical.
+    np.testing.assert_allclose(dynamic[:NUM_STEPS], static[:NUM_STEPS], rtol=1e-6)
+    # The chorus comes back three times: the reader that learns predicts it better.
+    assert perplexity_of(dynamic) < 0.8 * perplexity_of(static)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], atol=0, rtol=0)
+    assert not model.training
+
+
+def test_no_token_is_scored_by_a_model_that_has_seen_it(toy):
+    _, _, val, _, model = toy
+    cut = 3 * NUM_STEPS + 1  # tokens 1..cut-1 are segments 0-2; the labels of segment 3 start at cut
+    changed = val.clone()
+    changed[cut:] = changed[cut:].flip(0)
+    _, original = dynamic_token_log_probs(model, val, NUM_STEPS, lr=1.0)
+    _, altered = dynamic_token_log_probs(model, changed, NUM_STEPS, lr=1.0)
+    np.testing.assert_allclose(altered[: cut - 1], original[: cut - 1], rtol=1e-6)  # the past is the past
+    assert not np.allclose(altered[cut - 1:], original[cut - 1:])
+
+
+def test_adaptive_ngram_counts_each_token_after_predicting_it(toy):
+    vocab, train_ids, val, _, _ = toy
+    ngram = KneserNey(3).fit(train_ids, len(vocab))
+    positions = np.arange(1, 31)
+    scores = adaptive_ngram_token_log_probs(ngram, val, positions)
+    tokens = val.tolist()
+    for i, p in enumerate(positions.tolist()):
+        # By hand: fit on train, observe everything before p, then predict p.
+        by_hand = KneserNey(3).fit(train_ids, len(vocab)).observe(tokens[:p])
+        assert scores[i] == pytest.approx(math.log(by_hand.prob(tokens[max(0, p - 2):p], tokens[p])), rel=1e-12)
+    # The model passed in keeps its training counts.
+    fresh = KneserNey(3).fit(train_ids, len(vocab))
+    assert ngram.prob(tokens[:2], tokens[2]) == fresh.prob(tokens[:2], tokens[2])
+    # And it learns the chorus: the adaptive scores beat the static ones.
+    static = np.array([math.log(ngram.prob(tokens[max(0, p - 2):p], tokens[p])) for p in positions])
+    assert scores.mean() > static.mean()
+
+
+def test_rate_and_weight_are_chosen_on_val_and_test_starts_afresh(toy):
+    vocab, train_ids, val, test, model = toy
+    ngram = KneserNey(3).fit(train_ids, len(vocab))
+    rates = [0.0, 0.3, 1.0, 1e6]  # 1e6 diverges: it must not win
+    metrics = evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, rates)
+    by_rate = {lr: perplexity_of(dynamic_token_log_probs(model, val, NUM_STEPS, lr)[1]) for lr in rates[:3]}
+    assert metrics["dynamic_lr"] == min(by_rate, key=by_rate.get) != 0.0
+    assert metrics["dynamic_val_ppl"] == pytest.approx(by_rate[metrics["dynamic_lr"]], rel=1e-9)
+    # test is read by a fresh copy of the trained model with val's rate, not one that read val
+    positions, neural = dynamic_token_log_probs(model, test, NUM_STEPS, metrics["dynamic_lr"])
+    assert metrics["dynamic_test_ppl"] == pytest.approx(perplexity_of(neural), rel=1e-9)
+    adaptive = adaptive_ngram_token_log_probs(ngram, test, positions)
+    assert metrics["ngram_adaptive_test_ppl"] == pytest.approx(perplexity_of(adaptive), rel=1e-12)
+    weight = metrics["dynamic_interpolation_weight"]
+    assert weight in WEIGHT_GRID
+    assert metrics["dynamic_interpolated_test_ppl"] == pytest.approx(
+        perplexity_of(mixture_log_probs(neural, adaptive, weight)), rel=1e-9)
+    assert metrics["dynamic_interpolated_val_ppl"] <= min(metrics["dynamic_val_ppl"],
+                                                          metrics["ngram_adaptive_val_ppl"]) * (1 + 1e-9)
+
+
+def test_bad_arguments_name_the_fix(toy):
+    vocab, train_ids, val, _, model = toy
+    ngram = KneserNey(2).fit(train_ids, len(vocab))
+    with pytest.raises(ValueError, match="chosen on val"):
+        evaluate_dynamic(model, ngram, {"test": val}, NUM_STEPS, [1.0])
+    with pytest.raises(ValueError, match="learning_rates"):
+        evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [])
