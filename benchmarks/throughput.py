@@ -15,6 +15,8 @@ backward + global-norm clipping + SGD) with:
   b   RecurrentLM with an embedding: the same model as c;
   b*  b with torch's default matmul (lyricist.models.matmul.onednn(False)), to show how
       much of b comes from running the products on oneDNN rather than MKL;
+  b-  (lstm only) b with the gate math in torch ops instead of the compiled step
+      (lyricist.models.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
 
 Variants are alternated (their order rotated) inside every repeat, so a slow patch of a
@@ -33,6 +35,7 @@ Generation: greedy decoding of 1,000 characters from batch 1, state carried, eva
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
-from lyricist.models import matmul
+from lyricist.models import kernels, matmul
 from lyricist.training import clip_grad_global_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +61,7 @@ VARIANTS = {
     "b1": "lyricist, one-hot",
     "b": "lyricist, embedding",
     "b*": "lyricist, embedding, MKL matmul",
+    "b-": "lyricist, embedding, no C++ step",
     "c": "torch.nn, embedding",
 }
 NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -124,20 +128,27 @@ def build(variant: str, cell: str, args) -> nn.Module:
         return NaiveLM(args.vocab_size, cell, args.hidden_size)
     if variant == "b1":
         return RecurrentLM(args.vocab_size, cell, args.hidden_size)
-    if variant in ("b", "b*"):
+    if variant in ("b", "b*", "b-"):
         return RecurrentLM(args.vocab_size, cell, args.hidden_size, embedding_size=args.embedding_size)
     return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size)
 
 
 class Trainer:
-    """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it."""
+    """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it,
+    ``b-`` the compiled LSTM step."""
 
     def __init__(self, variant: str, cell: str, args):
         self.variant, self.model = variant, build(variant, cell, args)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.5)
 
+    def backends(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(matmul.onednn(self.variant != "b*"))
+        stack.enter_context(kernels.cpp_kernels(self.variant != "b-"))
+        return stack
+
     def step(self, ids: Tensor, targets: Tensor) -> None:
-        with matmul.onednn(self.variant != "b*"):
+        with self.backends():
             loss = self.loss(ids, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,7 +165,7 @@ class Trainer:
     def generate(self, num_chars: int) -> float:
         """Greedy decoding from one character; returns characters per second."""
         self.model.eval()
-        with matmul.onednn(self.variant != "b*"):
+        with self.backends():
             ids, state = torch.zeros(1, 1, dtype=torch.long), None
             start = time.perf_counter()
             for _ in range(num_chars):
@@ -178,7 +189,7 @@ class Trainer:
                 seen[storage.data_ptr()] = storage.nbytes()
             return t
 
-        with matmul.onednn(self.variant != "b*"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with self.backends(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self.loss(ids, ids)
         return sum(seen.values())
 
@@ -230,7 +241,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-steps", type=int, default=35)
     parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--embedding-size", type=int, default=256, help="for b, b* and c")
+    parser.add_argument("--embedding-size", type=int, default=256, help="for b, b*, b- and c")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
     parser.add_argument("--gen-chars", type=int, default=1000)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
@@ -250,10 +261,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"oneDNN products: {matmul.uses_onednn(torch.zeros(1))}, load average {os.getloadavg()[0]:.2f}")
     print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
-          f"hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, c); "
+          f"hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
           f"{args.repeats} rounds x {args.steps} training steps per variant, median")
     batches = make_batches(args)
-    trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants}
+    trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
+                if v != "b-" or cell == "lstm"}  # only the LSTM has a compiled step
     for trainer in trainers.values():
         for ids, targets in batches[: args.warmup]:
             trainer.step(ids, targets)
@@ -278,6 +290,8 @@ def main() -> None:
     for cell in args.cells:
         for v in args.variants:
             key = (cell, v)
+            if key not in trainers:
+                continue
             saved = trainers[key].saved_bytes(batches[0][0]) / 2**20
             rss = None if args.no_rss else measure_rss(cell, v, args)
             rss_text = "-" if rss is None else f"{rss / 2**20:.0f}"
@@ -288,7 +302,8 @@ def main() -> None:
     targets = {"rnn": 0.9, "gru": 1.0, "lstm": 1.0}
     for cell in args.cells:
         parts = []
-        for num, den, target in [("b", "c", targets[cell]), ("b1", "a", 3.0), ("b", "a", None), ("b*", "c", None)]:
+        for num, den, target in [("b", "c", targets[cell]), ("b1", "a", 3.0), ("b", "a", None), ("b*", "c", None),
+                                   ("b-", "c", None)]:
             if (cell, num) in median and (cell, den) in median:
                 ratio = median[(cell, num)] / median[(cell, den)]
                 parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lyricist.models import matmul
+from lyricist.models import kernels, matmul
 from lyricist.models.cells import make_cell
 from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
 from lyricist.models.head import LinearCrossEntropy, linear_cross_entropy
@@ -33,9 +33,62 @@ def test_rnn_sequence_gradcheck(relu):
         lambda *a: RNNSequence.apply(*a, relu), (x_proj, weight_hh, bias_hh, h0))
 
 
-def test_lstm_sequence_gradcheck():
+def require_compiled_step() -> None:
+    """The compiled LSTM step must build on this project's machines (CI included); only an
+    explicit LYRICIST_CPP_KERNELS=0 skips its tests."""
+    if not kernels._enabled:
+        pytest.skip("LYRICIST_CPP_KERNELS=0")
+    assert kernels.lstm_kernels() is not None, "csrc/lstm_step.cpp did not build: see the warning"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lstm_sequence_gradcheck(compiled):
+    if compiled:
+        require_compiled_step()
     x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
-    assert torch.autograd.gradcheck(LSTMSequence.apply, (x_proj, weight_hh, bias_hh, h0, c0))
+    with kernels.cpp_kernels(compiled):
+        assert torch.autograd.gradcheck(LSTMSequence.apply, (x_proj, weight_hh, bias_hh, h0, c0))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_compiled_lstm_step_equals_torch_ops(dtype, tol):
+    """Outputs, final state and every gradient: the C++ gate math and the torch-ops one agree
+    (16 x 12: float32 takes the oneDNN products too)."""
+    require_compiled_step()
+    torch.manual_seed(0)
+    cell = make_cell("lstm", INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
+    x = torch.randn(12, 16, INPUT_SIZE, dtype=dtype)
+    state = tuple(torch.randn(16, HIDDEN_SIZE, dtype=dtype) for _ in range(2))
+    upstream = torch.randn(12, 16, HIDDEN_SIZE, dtype=dtype)
+
+    def run(compiled: bool):
+        cell.zero_grad()
+        xg, sg = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
+        with kernels.cpp_kernels(compiled):
+            outputs, (h, c) = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
+            ((outputs * upstream).sum() + (h * 2).sum() + (c * 3).sum()).backward()
+        return [outputs, h, c, xg.grad, *(s.grad for s in sg), *(p.grad.clone() for p in cell.parameters())]
+
+    for a, b in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_enabled", True)
+    with pytest.warns(RuntimeWarning, match="could not be built, using torch ops instead.*Ninja is required"):
+        assert kernels.lstm_kernels() is None
+    x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
+    outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)  # the torch-ops path
+    assert outputs.shape == (NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE)
+    torch.testing.assert_close(h, outputs[-1])
 
 
 def test_gru_sequence_gradcheck():

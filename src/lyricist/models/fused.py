@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from lyricist.models.kernels import lstm_kernels
 from lyricist.models.matmul import add_linear_, linear_nograd, pack
 
 
@@ -105,7 +106,12 @@ class LSTMSequence(Function):
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
+        kernels = lstm_kernels() if x_proj.device.type == "cpu" else None
         for t in range(num_steps):
+            if kernels is not None:  # the same math as below, the sum included, in one compiled pass
+                recurrent = linear_nograd(hs[t], weight)  # (B, 4H)
+                kernels.lstm_step_forward(gates[t], recurrent, cs[t], cs[t + 1], tanh_cs[t], hs[t + 1])
+                continue
             g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
             g[:, : 2 * hidden].sigmoid_()  # i, f
             g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
@@ -120,34 +126,50 @@ class LSTMSequence(Function):
     @once_differentiable
     def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor, grad_c_last: Tensor):
         weight_hh, gates, hs, cs, tanh_cs = ctx.saved_tensors
-        num_steps, batch_size, gates_size = gates.shape
-        i, f, cand, o = gates.chunk(4, dim=2)  # 4 x (T, B, H)
-        # Everything that does not depend on the incoming gradient, for all steps at once:
-        #   dc_t += dh_t * o (1 - tanh(c_t)^2)
-        #   dpre_i = dc_t * g sig'(i),  dpre_f = dc_t * c_{t-1} sig'(f),  dpre_g = dc_t * i (1 - g^2),
-        #   dpre_o = dh_t * tanh(c_t) sig'(o)                         (sig'(x) = s (1 - s) from s)
-        c_from_h = o * (1.0 - tanh_cs.square())  # (T, B, H)
-        coef = (gates - gates.square()).view(num_steps, batch_size, 4, -1)  # sig' of every gate: (T, B, 4, H)
-        coef[:, :, 0].mul_(cand)
-        coef[:, :, 1].mul_(cs[:-1])
-        torch.mul(i, 1.0 - cand.square(), out=coef[:, :, 2])
-        coef[:, :, 3].mul_(tanh_cs)
-
+        batch_size = gates.shape[1]
         grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
         grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
-        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 4H): dgates W = dgates (W^T)^T
-        for t in range(num_steps - 1, -1, -1):
-            grad_c.addcmul_(grad_h[t], c_from_h[t])
-            blocks = grad_gates[t].view(batch_size, 4, -1)  # (B, 4H) seen as (B, 4, H)
-            torch.mul(grad_c.unsqueeze(1), coef[t, :, :3], out=blocks[:, :3])  # i, f, g: from dc
-            torch.mul(grad_h[t], coef[t, :, 3], out=blocks[:, 3])  # o: from dh
-            grad_c.mul_(f[t])  # c_t = f_t c_{t-1} + ...  =>  dc_{t-1} = dc_t f_t
-            if t > 0:
-                add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
+        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
+        kernels = lstm_kernels() if gates.device.type == "cpu" else None
+        if kernels is not None:  # _lstm_backward_loop with each step's gate math in one compiled pass
+            grad_h_recurrent = torch.zeros_like(grad_c)  # dL/dh_t through step t + 1's W_hh: none at the last step
+            for t in range(gates.shape[0] - 1, -1, -1):
+                kernels.lstm_step_backward(grad_h[t], grad_h_recurrent, grad_c, gates[t], cs[t], tanh_cs[t],
+                                           grad_gates[t])
+                if t > 0:
+                    grad_h_recurrent = linear_nograd(grad_gates[t], weight_t)  # (B, H)
+        else:
+            _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
         grad_h0 = linear_nograd(grad_gates[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_gates, hs)
         return grad_gates, grad_weight, grad_bias, grad_h0, grad_c
+
+
+def _lstm_backward_loop(gates: Tensor, cs: Tensor, tanh_cs: Tensor, grad_h: Tensor, grad_c: Tensor,
+                        grad_gates: Tensor, weight_t: Tensor) -> None:
+    """LSTMSequence's backward loop in torch ops: fills grad_gates (T, B, 4H), adds the recurrent
+    part into grad_h (T, B, H) and carries grad_c (B, H) back to dL/dc_0, all in place."""
+    num_steps, batch_size, _ = gates.shape
+    i, f, cand, o = gates.chunk(4, dim=2)  # 4 x (T, B, H)
+    # Everything that does not depend on the incoming gradient, for all steps at once:
+    #   dc_t += dh_t * o (1 - tanh(c_t)^2)
+    #   dpre_i = dc_t * g sig'(i),  dpre_f = dc_t * c_{t-1} sig'(f),  dpre_g = dc_t * i (1 - g^2),
+    #   dpre_o = dh_t * tanh(c_t) sig'(o)                         (sig'(x) = s (1 - s) from s)
+    c_from_h = o * (1.0 - tanh_cs.square())  # (T, B, H)
+    coef = (gates - gates.square()).view(num_steps, batch_size, 4, -1)  # sig' of every gate: (T, B, 4, H)
+    coef[:, :, 0].mul_(cand)
+    coef[:, :, 1].mul_(cs[:-1])
+    torch.mul(i, 1.0 - cand.square(), out=coef[:, :, 2])
+    coef[:, :, 3].mul_(tanh_cs)
+    for t in range(num_steps - 1, -1, -1):
+        grad_c.addcmul_(grad_h[t], c_from_h[t])
+        blocks = grad_gates[t].view(batch_size, 4, -1)  # (B, 4H) seen as (B, 4, H)
+        torch.mul(grad_c.unsqueeze(1), coef[t, :, :3], out=blocks[:, :3])  # i, f, g: from dc
+        torch.mul(grad_h[t], coef[t, :, 3], out=blocks[:, 3])  # o: from dh
+        grad_c.mul_(f[t])  # c_t = f_t c_{t-1} + ...  =>  dc_{t-1} = dc_t f_t
+        if t > 0:
+            add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
 
 
 class GRUSequence(Function):
