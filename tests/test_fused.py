@@ -36,7 +36,7 @@ def test_rnn_sequence_gradcheck(relu):
 def require_compiled_step() -> None:
     """The compiled LSTM step must build on this project's machines (CI included); only an
     explicit LYRICIST_CPP_KERNELS=0 skips its tests."""
-    if not kernels._enabled:
+    if not kernels.switch.on:
         pytest.skip("LYRICIST_CPP_KERNELS=0")
     assert kernels.lstm_kernels() is not None, "csrc/lstm_step.cpp did not build: see the warning"
 
@@ -82,7 +82,7 @@ def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "_tried", False)
-    monkeypatch.setattr(kernels, "_enabled", True)
+    monkeypatch.setattr(kernels.switch, "on", True)
     with pytest.warns(RuntimeWarning, match="could not be built, using torch ops instead.*Ninja is required"):
         assert kernels.lstm_kernels() is None
     x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)

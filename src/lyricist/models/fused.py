@@ -107,18 +107,10 @@ class LSTMSequence(Function):
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
         kernels = lstm_kernels() if x_proj.device.type == "cpu" else None
-        for t in range(num_steps):
-            if kernels is not None:  # the same math as below, the sum included, in one compiled pass
-                recurrent = linear_nograd(hs[t], weight)  # (B, 4H)
-                kernels.lstm_step_forward(gates[t], recurrent, cs[t], cs[t + 1], tanh_cs[t], hs[t + 1])
-                continue
-            g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
-            g[:, : 2 * hidden].sigmoid_()  # i, f
-            g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
-            g[:, 3 * hidden :].sigmoid_()  # o
-            i, f, cand, o = g.chunk(4, dim=1)  # 4 x (B, H)
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cand)  # c_t = f c_{t-1} + i g
-            torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # h_t = o tanh(c_t)
+        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/lstm_step.cpp)
+            kernels.lstm_forward(gates, weight, hs, cs, tanh_cs)
+        else:
+            _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
         ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
         return hs[1:], hs[-1].clone(), cs[-1].clone()
 
@@ -132,18 +124,28 @@ class LSTMSequence(Function):
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
         weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
         kernels = lstm_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_backward_loop with each step's gate math in one compiled pass
-            grad_h_recurrent = torch.zeros_like(grad_c)  # dL/dh_t through step t + 1's W_hh: none at the last step
-            for t in range(gates.shape[0] - 1, -1, -1):
-                kernels.lstm_step_backward(grad_h[t], grad_h_recurrent, grad_c, gates[t], cs[t], tanh_cs[t],
-                                           grad_gates[t])
-                if t > 0:
-                    grad_h_recurrent = linear_nograd(grad_gates[t], weight_t)  # (B, H)
+        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/lstm_step.cpp)
+            kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, weight_t)
         else:
             _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
         grad_h0 = linear_nograd(grad_gates[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_gates, hs)
         return grad_gates, grad_weight, grad_bias, grad_h0, grad_c
+
+
+def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
+    """LSTMSequence's forward loop in torch ops, all in place: gates (T, B, 4H) from the input
+    half of the pre-activations to the activated gates; hs, cs (T + 1, B, H) from their first
+    row (the initial state) on; tanh_cs (T, B, H)."""
+    hidden = hs.shape[-1]
+    for t in range(gates.shape[0]):
+        g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
+        g[:, : 2 * hidden].sigmoid_()  # i, f
+        g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
+        g[:, 3 * hidden :].sigmoid_()  # o
+        i, f, cand, o = g.chunk(4, dim=1)  # 4 x (B, H)
+        torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cand)  # c_t = f c_{t-1} + i g
+        torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # h_t = o tanh(c_t)
 
 
 def _lstm_backward_loop(gates: Tensor, cs: Tensor, tanh_cs: Tensor, grad_h: Tensor, grad_c: Tensor,

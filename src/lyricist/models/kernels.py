@@ -1,10 +1,12 @@
-"""The LSTM step's gate math compiled from ``csrc/lstm_step.cpp``, where a C++ compiler is.
+"""The LSTM's time loop compiled from ``csrc/lstm_step.cpp``, where a C++ compiler is.
 
-Why: see the .cpp file -- one pass over (B, H) instead of ~8 torch calls per step, whose
-dispatch costs more than their arithmetic at this project's sizes. The matrix products are
-unchanged. Built on first use by ``torch.utils.cpp_extension`` (ninja and the system's C++
-compiler; ~25 s once, then loaded from the cache, ``$TORCH_EXTENSIONS_DIR`` or
-``~/.cache/torch_extensions``). ``-march=native``: the build is for the machine it runs on.
+Why: see the .cpp file -- one pass over (B, H) per step instead of ~8 torch calls, whose
+dispatch costs more than their arithmetic at this project's sizes, and no Python between
+steps. The matrix products are the same oneDNN ones as in matmul.py.
+
+Built on first use by ``torch.utils.cpp_extension`` (ninja and the system's C++ compiler;
+~25 s once, then loaded from the cache, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``).
+``-march=native``: the build is for the machine it runs on.
 
 When the build fails (a warning says why) or ``LYRICIST_CPP_KERNELS=0`` is set, ``lstm_kernels()``
 is None and fused.py runs the same math as torch ops; the tests hold the two paths equal.
@@ -18,19 +20,21 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from lyricist.models.switch import Switch
+
 SOURCE = Path(__file__).with_name("csrc") / "lstm_step.cpp"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]  # fast-math: glibc's vector exp/tanh
 
 _module: ModuleType | None = None
 _tried = False
-_enabled = os.environ.get("LYRICIST_CPP_KERNELS", "1") != "0"
+switch = Switch(os.environ.get("LYRICIST_CPP_KERNELS", "1") != "0")
 
 
 def lstm_kernels() -> ModuleType | None:
-    """The compiled module (functions ``lstm_step_forward``, ``lstm_step_backward``), built on
+    """The compiled module (functions ``lstm_forward``, ``lstm_backward``), built on
     the first call; None when switched off or when it cannot be built."""
     global _module, _tried
-    if not _enabled:
+    if not switch.on:
         return None
     if not _tried:
         _tried = True
@@ -44,14 +48,7 @@ def lstm_kernels() -> ModuleType | None:
     return _module
 
 
-@contextlib.contextmanager
-def cpp_kernels(enabled: bool):
+def cpp_kernels(enabled: bool) -> contextlib.AbstractContextManager:
     """Use the compiled step (``True``, if it builds) or the torch-ops path (``False``) inside
     the block; for the tests and the benchmark."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    try:
-        yield
-    finally:
-        _enabled = previous
-
+    return switch.set(enabled)

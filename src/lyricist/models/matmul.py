@@ -24,20 +24,16 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from lyricist.models.switch import Switch
+
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-_enabled = True
+_switch = Switch(True)
 
 
-@contextlib.contextmanager
-def onednn(enabled: bool):
+def onednn(enabled: bool) -> contextlib.AbstractContextManager:
     """Use oneDNN (``True``) or always torch's default matmul (``False``) inside the block;
     the benchmark uses it to show what the matmul backend alone is worth."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    try:
-        yield
-    finally:
-        _enabled = previous
+    return _switch.set(enabled)
 
 
 # Measured here, one thread: on a single row (generation) oneDNN's call overhead loses to
@@ -49,7 +45,7 @@ MIN_USES_TO_PACK = 8
 
 def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
     return (
-        _enabled
+        _switch.on
         and rows >= MIN_ROWS
         and _ONEDNN is not None
         and torch.backends.mkldnn.is_available()

@@ -1,17 +1,20 @@
-// The elementwise part of one LSTM time step, forward and backward, each as one pass.
+// One LSTM layer's time loop, forward and backward, with each step's gate math in one pass.
 //
 // Why C++: in Python a step's gate math is ~8 small torch calls on (B, H) tensors, and at
 // B = 32, H = 256 their dispatch costs more than the arithmetic: ~70 us a step, against ~95 us
 // for the step's matrix product. Here it is one loop over B x H that the compiler vectorises
-// (-O3 -ffast-math lets it use glibc's vector exp/tanh): ~21 us forward, ~6 us backward. The matrix products
-// stay in Python (models/matmul.py); fused.py calls these between them and falls back to
-// the same math in torch ops when this file cannot be compiled.
+// (-O3 -ffast-math lets it use glibc's vector exp/tanh): ~21 us forward, ~6 us backward; and
+// the time loop itself runs here too, so no Python runs between steps. The products are the
+// ones matmul.py makes (oneDNN on a packed weight). fused.py calls lstm_forward/lstm_backward
+// and falls back to the same math in torch ops when this file cannot be compiled.
 //
-// Layout: every tensor is contiguous (B, .); gates are (B, 4H) in torch.nn's order i, f, g, o.
+// Layout: every (B, .) slice is contiguous; gates are (B, 4H) in torch.nn's order i, f, g, o.
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
 #include <cmath>
+#include <string>
 
 namespace {
 
@@ -64,6 +67,24 @@ void backward_row(const T* dh_out, const T* dh_rec, T* dc_io, const T* g, const 
   }
 }
 
+// x (N, I) @ weight (O, I)^T. A weight that matmul.pack put in oneDNN's blocked layout goes
+// through the same oneDNN op as matmul.linear_nograd (a private op, so it is looked up by name
+// and called boxed: no C++ signature to keep in step with torch); any other through at::mm.
+at::Tensor product(const at::Tensor& x, const at::Tensor& weight) {
+  if (!weight.is_mkldnn()) return at::mm(x, weight.t());
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack;
+  stack.reserve(6);
+  stack.emplace_back(x);
+  stack.emplace_back(weight);
+  stack.emplace_back(c10::IValue());  // no bias
+  stack.emplace_back(std::string("none"));  // no fused activation
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back(std::string(""));
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 }  // namespace
 
 // The forward step for the whole batch: gates (B, 4H) += recurrent (B, 4H), then activated
@@ -104,7 +125,28 @@ void lstm_step_backward(torch::Tensor grad_h, torch::Tensor grad_h_recurrent, to
   });
 }
 
+// The whole forward time loop (LSTMSequence.forward's loop, the products included), so that no
+// Python runs between steps. gates (T, B, 4H): the input half in, the activations out; hs and
+// cs (T + 1, B, H) with hs[0], cs[0] set; tanh_cs (T, B, H); weight_hh (4H, H), maybe packed.
+void lstm_forward(torch::Tensor gates, torch::Tensor weight_hh, torch::Tensor hs, torch::Tensor cs,
+                  torch::Tensor tanh_cs) {
+  for (int64_t t = 0; t < gates.size(0); ++t) {
+    lstm_step_forward(gates[t], product(hs[t], weight_hh), cs[t], cs[t + 1], tanh_cs[t], hs[t + 1]);
+  }
+}
+
+// The whole backward time loop: grad_h (T, B, H) is dL/dh_t through the outputs, grad_c (B, H)
+// dL/dc_T in and dL/dc_0 out; grad_gates (T, B, 4H) is written; weight_t = W_hh^T (H, 4H), maybe packed.
+void lstm_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gates, torch::Tensor cs,
+                   torch::Tensor tanh_cs, torch::Tensor grad_gates, torch::Tensor weight_t) {
+  torch::Tensor grad_h_recurrent = torch::zeros_like(grad_c);  // through step t + 1's W_hh: none at the last step
+  for (int64_t t = gates.size(0) - 1; t >= 0; --t) {
+    lstm_step_backward(grad_h[t], grad_h_recurrent, grad_c, gates[t], cs[t], tanh_cs[t], grad_gates[t]);
+    if (t > 0) grad_h_recurrent = product(grad_gates[t], weight_t);
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lstm_step_forward", &lstm_step_forward, "LSTM step: gate activations and new state, in place");
-  m.def("lstm_step_backward", &lstm_step_backward, "LSTM step backward: gate gradients, dL/dc carried back");
+  m.def("lstm_forward", &lstm_forward, "LSTM forward over all steps, in place");
+  m.def("lstm_backward", &lstm_backward, "LSTM backward over all steps: gate gradients, dL/dc_0 in grad_c");
 }
