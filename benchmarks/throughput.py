@@ -30,6 +30,12 @@ Memory, two honest measures (torch's CPU allocator keeps no statistics):
          resident memory right before them (model, data and imports already loaded):
          what a step costs the machine, allocator caching and gradients included.
 Generation: greedy decoding of 1,000 characters from batch 1, state carried, eval mode.
+
+Arithmetic: each variant's matrix products per training step are counted (2 FLOPs per
+multiply-add, forward and backward; the one-hot product in a is real work for it, a row
+gather in b1) and printed as GFLOP/s, beside the head's forward product timed alone, the
+best-shaped product of a step. A ratio bounded by arithmetic shows up there: b1/a = 3 needs b1's
+products to run 3 x (b1's FLOPs / a's FLOPs) times as fast as a's.
 """
 
 from __future__ import annotations
@@ -131,6 +137,30 @@ def build(variant: str, cell: str, args) -> nn.Module:
     if variant in ("b", "b*", "b-"):
         return RecurrentLM(args.vocab_size, cell, args.hidden_size, embedding_size=args.embedding_size)
     return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size)
+
+
+def product_flops(variant: str, cell: str, args) -> int:
+    """FLOPs of one training step's matrix products (2 per multiply-add), forward and backward."""
+    batch, hidden, vocab, embedding = args.batch_size, args.hidden_size, args.vocab_size, args.embedding_size
+    gates = NUM_GATES[cell] * hidden
+    per_step = 3 * batch * hidden * gates  # h W_hh^T: the product, its weight and its input gradients
+    per_step += 3 * batch * hidden * vocab  # the head, the same three
+    if variant == "a":
+        per_step += 2 * batch * vocab * gates  # one_hot(x) W_xh and W_xh's gradient (x needs none)
+    elif variant != "b1":  # b1 gathers rows of W_ih instead of multiplying
+        per_step += 3 * batch * embedding * gates  # the embedding's input projection
+    return 2 * per_step * args.num_steps
+
+
+def head_product_gflops(args, repeats: int = 20) -> float:
+    """GFLOP/s of the head's forward product (B*T, H) x (H, V) alone, as lyricist runs it."""
+    hidden, weight = torch.randn(args.batch_size * args.num_steps, args.hidden_size), torch.randn(args.vocab_size, args.hidden_size)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        matmul.linear_nograd(hidden, weight)
+        times.append(time.perf_counter() - start)
+    return 2 * hidden.shape[0] * args.hidden_size * args.vocab_size / statistics.median(times[2:]) / 1e9
 
 
 class Trainer:
@@ -285,7 +315,8 @@ def main() -> None:
         for key in keys[round_:] + keys[:round_]:
             gen_speed[key].append(trainers[key].generate(args.gen_chars))
 
-    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'saved MiB':>9} {'rss MiB':>8} {'gen chars/s':>11}")
+    head_gflops = head_product_gflops(args)
+    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'GFLOP/s':>8} {'saved MiB':>9} {'rss MiB':>8} {'gen chars/s':>11}")
     median = {key: statistics.median(v) for key, v in tokens_per_sec.items()}
     for cell in args.cells:
         for v in args.variants:
@@ -296,7 +327,8 @@ def main() -> None:
             rss = None if args.no_rss else measure_rss(cell, v, args)
             rss_text = "-" if rss is None else f"{rss / 2**20:.0f}"
             lo, hi = min(tokens_per_sec[key]), max(tokens_per_sec[key])
-            print(f"{cell:5} {v + '  ' + VARIANTS[v]:37} {median[key]:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} "
+            gflops = median[key] * product_flops(v, cell, args) / (args.batch_size * args.num_steps) / 1e9
+            print(f"{cell:5} {v + '  ' + VARIANTS[v]:37} {median[key]:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} {gflops:8.1f} "
                   f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}")
     print()
     targets = {"rnn": 0.9, "gru": 1.0, "lstm": 1.0}
@@ -308,6 +340,13 @@ def main() -> None:
                 ratio = median[(cell, num)] / median[(cell, den)]
                 parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})"))
         print(f"{cell:5} " + ", ".join(parts))
+    print(f"\nthe head's forward product alone: {head_gflops:.1f} GFLOP/s")
+    for cell in args.cells:
+        if (cell, "a") in median and (cell, "b1") in median:
+            flops_a, flops_b1 = product_flops("a", cell, args), product_flops("b1", cell, args)
+            gflops_a = median[(cell, "a")] * flops_a / (args.batch_size * args.num_steps) / 1e9
+            print(f"{cell:5} a's products are {flops_a / flops_b1:.2f} x b1's; at a's {gflops_a:.1f} GFLOP/s, "
+                  f"b1/a = 3 needs b1's at {3 * gflops_a * flops_b1 / flops_a:.1f} GFLOP/s")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -201,3 +201,21 @@ def test_linear_cross_entropy_equals_f_cross_entropy(rows):
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads, [hidden.grad, weight.grad, bias.grad], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_cross_entropy_backward_twice_and_nan_and_bad_targets():
+    """The saved softmax comes through a first backward unchanged (retain_graph gives the same
+    gradients twice); a diverged model's NaN reaches the loss, which the training loop's guard
+    reads; a target outside the vocabulary is refused."""
+    torch.manual_seed(0)
+    hidden = torch.randn(70, 16, requires_grad=True)  # 70 rows: float32 takes oneDNN
+    weight, bias = torch.randn(30, 16, requires_grad=True), torch.randn(30, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, bias, torch.randint(30, (70,)))
+    first = torch.autograd.grad(loss, (hidden, weight, bias), retain_graph=True)
+    for a, b in zip(first, torch.autograd.grad(loss, (hidden, weight, bias)), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    poisoned = hidden.detach().clone()
+    poisoned[3, 1] = float("nan")
+    assert torch.isnan(linear_cross_entropy(poisoned, weight, bias, torch.zeros(70, dtype=torch.long)))
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        linear_cross_entropy(hidden, weight, bias, torch.full((70,), 30))
