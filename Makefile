@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# Build the compiled LSTM step now (~25 s, cached; src/lyricist/models/kernels.py), so that
+	# Build the compiled LSTM step now (~25 s, cached; src/lyricist/models/fast/kernels.py), so that
 	# parallel jobs find it built; without a compiler it warns and torch ops are used instead.
-	$(BIN)/python -c "from lyricist.models.kernels import lstm_kernels; lstm_kernels()"
+	$(BIN)/python -c "from lyricist.models.fast.kernels import lstm_kernels; lstm_kernels()"
 	touch $@
 
 # Pull the raw corpora from the DVC remote (../shared/dvc-store) and run the pipeline.

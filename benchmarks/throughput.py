@@ -13,10 +13,10 @@ backward + global-norm clipping + SGD) with:
   b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
       lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
-  b*  b with torch's default matmul (lyricist.models.matmul.onednn(False)), to show how
+  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False)), to show how
       much of b comes from running the products on oneDNN rather than MKL;
   b-  (lstm only) b with the gate math in torch ops instead of the compiled step
-      (lyricist.models.kernels.cpp_kernels(False)), to show what the C++ step is worth;
+      (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
 
 Variants are alternated (their order rotated) inside every repeat, so a slow patch of a
@@ -56,8 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
-from lyricist.models import kernels, matmul
-from lyricist.training import clip_grad_global_norm
+from lyricist.models.fast import kernels, matmul
+from lyricist.training.module import clip_grad_global_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_JSON = ROOT / "data" / "encoded" / "jaychou" / "vocab.json"

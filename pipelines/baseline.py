@@ -7,9 +7,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lyricist.corpus import write_text
-from lyricist.ngram import evaluate_baselines
-from lyricist.vocab import Vocab, load_ids
+from lyricist.data.corpus import write_text
+from lyricist.evaluation.ngram import evaluate_baselines
+from lyricist.data.vocab import Vocab, load_ids
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lyricist.evaluation import evaluate_checkpoint
+from lyricist.evaluation.perplexity import evaluate_checkpoint
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lyricist.corpus import clean_text, split_text, write_text
+from lyricist.data.corpus import clean_text, split_text, write_text
 
 
 def main(argv=None) -> None:

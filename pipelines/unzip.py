@@ -2,7 +2,7 @@
 
 import argparse
 
-from lyricist.corpus import read_raw_text, write_text
+from lyricist.data.corpus import read_raw_text, write_text
 
 
 def main(argv=None) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lyricist.corpus import write_text
-from lyricist.vocab import OPTION_DEFAULTS, Vocab, check_options, encode_to_array, save_ids
+from lyricist.data.corpus import write_text
+from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, encode_to_array, save_ids
 
 SPLITS = ("train", "val", "test")
 # The settings the encoded data was made with; the trainer refuses data made otherwise.

@@ -11,8 +11,8 @@ import pytest
 import requests
 from hydra import compose, initialize_config_dir
 
-from lyricist.corpus import split_text
-from lyricist.vocab import Vocab, encode_to_array, save_ids
+from lyricist.data.corpus import split_text
+from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")

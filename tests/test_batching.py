@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lyricist.batching import (
+from lyricist.data.batching import (
     check_enough_tokens,
     consecutive_batches,
     min_tokens,

@@ -1,4 +1,4 @@
-"""`python -m lyricist.compare` over a real (temporary) SQLite MLflow store."""
+"""`python -m lyricist.tracking.compare` over a real (temporary) SQLite MLflow store."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lyricist.compare import main
+from lyricist.tracking.compare import main
 
 T0 = 1_700_000_000_000  # ms; fixed start times make the durations exact
 
@@ -36,7 +36,7 @@ def log_run(client, experiment_id, name, params, val, train, seconds, tags=None)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Two plain runs, and a sweep: a parent (no per-epoch metrics, as lyricist.sweep
+    """Two plain runs, and a sweep: a parent (no per-epoch metrics, as lyricist.tracking.sweep
     logs it) with one child."""
     tmp = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{tmp}/mlflow.db"

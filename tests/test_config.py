@@ -126,7 +126,7 @@ def test_sweep_callback_is_configured():
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)
-    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.sweep.MlflowSweepCallback"
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.tracking.sweep.MlflowSweepCallback"
 
 
 @pytest.mark.parametrize("option", _options("experiment"))

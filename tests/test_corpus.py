@@ -2,7 +2,7 @@ import zipfile
 
 import pytest
 
-from lyricist.corpus import CorpusError, clean_text, read_raw_text, read_text, split_text, write_text
+from lyricist.data.corpus import CorpusError, clean_text, read_raw_text, read_text, split_text, write_text
 
 LYRICS = "想要有直升机\n想要和你飞到宇宙去\n"
 

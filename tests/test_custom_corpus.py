@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_config
 from lyricist import generate as generate_cli
-from lyricist.evaluation import evaluate_checkpoint
+from lyricist.evaluation.perplexity import evaluate_checkpoint
 from lyricist.train import train
-from lyricist.vocab import Vocab, load_ids
+from lyricist.data.vocab import Vocab, load_ids
 
 ENGLISH = ("the time traveller smiled at us and the time machine stood in the corner\r\n"
            "we sat and looked at the little machine on the table\r\n")

@@ -10,8 +10,8 @@ import torch
 from conftest import TINY, compose_config
 from lyricist.models import RecurrentLM
 from lyricist.train import train
-from lyricist.training import LitLanguageModel, LyricsDataModule
-from lyricist.vocab import Vocab
+from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.data.vocab import Vocab
 
 pytestmark = pytest.mark.slow
 

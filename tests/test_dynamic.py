@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import LYRICS
-from lyricist.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic
-from lyricist.evaluation import perplexity as static_perplexity
-from lyricist.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
+from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic
+from lyricist.evaluation.perplexity import perplexity as static_perplexity
+from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
-from lyricist.ngram import KneserNey
-from lyricist.vocab import Vocab
+from lyricist.evaluation.ngram import KneserNey
+from lyricist.data.vocab import Vocab
 
 NUM_STEPS = 5
 

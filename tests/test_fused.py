@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lyricist.models import kernels, matmul
+from lyricist.models.fast import kernels, matmul
 from lyricist.models.cells import make_cell
-from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
-from lyricist.models.head import LinearCrossEntropy, linear_cross_entropy
+from lyricist.models.fast.fused import GRUSequence, LSTMSequence, RNNSequence
+from lyricist.models.fast.head import LinearCrossEntropy, linear_cross_entropy
 
 NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE, INPUT_SIZE = 4, 3, 5, 6
 

@@ -12,16 +12,16 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import LYRICS, compose_config, write_encoded
-from lyricist.batching import consecutive_batches
-from lyricist.evaluation import perplexity as neural_perplexity
-from lyricist.interpolation import (
+from lyricist.data.batching import consecutive_batches
+from lyricist.evaluation.perplexity import perplexity as neural_perplexity
+from lyricist.evaluation.interpolation import (
     WEIGHT_GRID, choose_weight, interpolate_with_ngram, mixture_log_probs, neural_token_log_probs,
     ngram_token_log_probs,
 )
 from lyricist.models import RecurrentLM
-from lyricist.ngram import KneserNey, perplexity as ngram_perplexity
+from lyricist.evaluation.ngram import KneserNey, perplexity as ngram_perplexity
 from lyricist.train import train
-from lyricist.vocab import Vocab
+from lyricist.data.vocab import Vocab
 
 
 def _markov_text(n: int, seed: int) -> str:

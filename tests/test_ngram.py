@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lyricist.ngram import (
+from lyricist.evaluation.ngram import (
     FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, estimate_discounts, evaluate_baselines, perplexity,
     unigram_add_one,
 )
-from lyricist.vocab import Vocab, encode_to_array, save_ids
+from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 
 # "abacab" over the vocabulary <unk> a b c: small enough to check by hand.
 A, B, C = 1, 2, 3

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
-from lyricist.vocab import Vocab, load_ids
+from lyricist.data.vocab import Vocab, load_ids
 
 pytestmark = pytest.mark.slow
 STORE = ROOT.parent / "shared" / "dvc-store"

@@ -18,11 +18,11 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import LYRICS, TINY, compose_config, plateau_cfg, write_encoded
-from lyricist import tracking
+from lyricist.tracking import store
 from lyricist.models import RecurrentLM
 from lyricist.train import train
-from lyricist.training import LitLanguageModel, LyricsDataModule, TrainingDiverged
-from lyricist.vocab import Vocab
+from lyricist.training.module import LitLanguageModel, LyricsDataModule, TrainingDiverged
+from lyricist.data.vocab import Vocab
 
 
 def _rows(path):
@@ -154,9 +154,9 @@ def test_locked_sqlite_is_retried_and_other_errors_are_not():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking.with_retry(flaky, delay=0.01) == "ok" and len(calls) == 3
+    assert store.with_retry(flaky, delay=0.01) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        tracking.with_retry(lambda: (_ for _ in ()).throw(ValueError("other")), delay=0.01)
+        store.with_retry(lambda: (_ for _ in ()).throw(ValueError("other")), delay=0.01)
 
 
 def test_same_config_and_seed_give_identical_val_perplexity(tiny_cfg, tiny_data, tmp_path):
@@ -192,8 +192,8 @@ def test_unknown_group_options_name_the_choices(override):
 MEMORY_PROBE = """
 import json, resource, torch, pytorch_lightning as pl
 from lyricist.models import RecurrentLM
-from lyricist.training import LitLanguageModel, LyricsDataModule
-from lyricist.vocab import Vocab
+from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.data.vocab import Vocab
 
 class PeakRss(pl.Callback):
     peaks_mb = []

@@ -7,9 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import plateau_cfg
-from lyricist.callbacks import read_epoch_history
+from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint
-from lyricist.evaluation import evaluate_checkpoint
+from lyricist.evaluation.perplexity import evaluate_checkpoint
 from lyricist.generate import generate
 from lyricist.train import train
 

@@ -6,10 +6,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lyricist.batching import consecutive_batches
+from lyricist.data.batching import consecutive_batches
 from lyricist.models import RecurrentLM
-from lyricist.training import LitLanguageModel, LyricsDataModule, clip_grad_global_norm, detach_state
-from lyricist.vocab import Vocab
+from lyricist.training.module import LitLanguageModel, LyricsDataModule, clip_grad_global_norm, detach_state
+from lyricist.data.vocab import Vocab
 
 VOCAB = Vocab.build("abcdefghij")
 

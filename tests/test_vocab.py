@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lyricist.vocab import Vocab, VocabError, encode_to_array, load_ids, save_ids
+from lyricist.data.vocab import Vocab, VocabError, encode_to_array, load_ids, save_ids
 
 TEXT = "分开\n不分开 战争中部队"
 

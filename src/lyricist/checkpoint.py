@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lyricist.models import RecurrentLM
-from lyricist.vocab import Vocab
+from lyricist.data.vocab import Vocab
 
 MODEL_PREFIX = "model."  # LitLanguageModel holds the RecurrentLM as `self.model`
 

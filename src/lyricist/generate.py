@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from lyricist.models import RecurrentLM
-from lyricist.vocab import Vocab
+from lyricist.data.vocab import Vocab
 
 STRATEGIES = ("greedy", "sample")
 

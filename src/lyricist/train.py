@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
-from lyricist import serving, sweep, tracking
-from lyricist.batching import check_enough_tokens
-from lyricist.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
+from lyricist.tracking import serving, store as tracking, sweep
+from lyricist.data.batching import check_enough_tokens
+from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.checkpoint import read_checkpoint_meta
-from lyricist.training import LitLanguageModel, LyricsDataModule
-from lyricist.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
+from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
 
 CONF_DIR = str(tracking.PROJECT_ROOT / "conf")
 

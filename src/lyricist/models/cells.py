@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lyricist.models.fused import GRUSequence, LSTMSequence, RNNSequence
-from lyricist.models.matmul import linear
+from lyricist.models.fast.fused import GRUSequence, LSTMSequence, RNNSequence
+from lyricist.models.fast.matmul import linear
 
 State = tuple[Tensor, ...]
 

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from lyricist.models.cells import RecurrentCell, State, make_cell
 from lyricist.models.dropout import LockedDropout
-from lyricist.models.head import linear_cross_entropy
-from lyricist.models.matmul import linear
+from lyricist.models.fast.head import linear_cross_entropy
+from lyricist.models.fast.matmul import linear
 
 
 class RecurrentLM(nn.Module):

@@ -28,8 +28,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from lyricist.models.kernels import lstm_kernels
-from lyricist.models.matmul import add_linear_, linear_nograd, pack
+from lyricist.models.fast.kernels import lstm_kernels
+from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack
 
 
 def _first_grad(grad_outputs: Tensor, grad_h_last: Tensor) -> Tensor:

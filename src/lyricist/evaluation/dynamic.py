@@ -9,7 +9,7 @@ this is still an honest held-out perplexity -- of a reader who never looks ahead
 
 The n-gram counterpart, for a fair comparison: the Kneser-Ney model counts each token right
 after predicting it (``KneserNey.observe``), an "adaptive" n-gram. Both are scored on the same
-positions and then interpolated like the static models (lyricist.interpolation); the learning
+positions and then interpolated like the static models (lyricist.evaluation.interpolation); the learning
 rate and the mixture weight are chosen on val alone.
 
     stream:   t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.batching import check_enough_tokens, consecutive_batches
-from lyricist.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
+from lyricist.data.batching import check_enough_tokens, consecutive_batches
+from lyricist.evaluation.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
-from lyricist.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey
 
 
 def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int,

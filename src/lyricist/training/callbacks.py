@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lyricist.generate import generate
-from lyricist.tracking import with_retry
+from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):

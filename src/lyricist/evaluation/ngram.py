@@ -177,7 +177,7 @@ class KneserNey:
 
         This is what lets the n-gram model adapt to a text as it reads it ("adaptive" or
         cache-like: every token is predicted first, then counted), the counterpart of
-        dynamic evaluation for the neural model (lyricist.dynamic).
+        dynamic evaluation for the neural model (lyricist.evaluation.dynamic).
         """
         context = _as_id_list(context, self.vocab_size)[-(self.order - 1):] if self.order > 1 else []
         stream = context + _as_id_list(ids, self.vocab_size)

@@ -1,7 +1,7 @@
 """MLflow: where runs go, how the store is set up and retried, and what a run is tagged with.
 
 No torch or Lightning here, so commands that only read the store (compare) start fast;
-the Lightning pieces that write to it live in `lyricist.callbacks`.
+the Lightning pieces that write to it live in `lyricist.training.callbacks`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # src/lyricist/tracking.py -> project root
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/lyricist/tracking/store.py -> project root
 T = TypeVar("T")
 
 

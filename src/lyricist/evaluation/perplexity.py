@@ -9,14 +9,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from lyricist.batching import check_enough_tokens, consecutive_batches
+from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.checkpoint import load_checkpoint
-from lyricist.dynamic import evaluate_dynamic
+from lyricist.evaluation.dynamic import evaluate_dynamic
 from lyricist.generate import generate
-from lyricist.interpolation import interpolate_with_ngram
+from lyricist.evaluation.interpolation import interpolate_with_ngram
 from lyricist.models import RecurrentLM
-from lyricist.ngram import best_kneser_ney
-from lyricist.vocab import load_ids
+from lyricist.evaluation.ngram import best_kneser_ney
+from lyricist.data.vocab import load_ids
 
 
 @torch.no_grad()
@@ -47,9 +47,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
 
     With `ngram_max_order`, also the perplexity of the neural model interpolated with the
     best Kneser-Ney model of orders 1..ngram_max_order fit on data_dir's train split, the
-    weight chosen on val (`lyricist.interpolation`): keys ngram_order, interpolation_weight,
+    weight chosen on val (`lyricist.evaluation.interpolation`): keys ngram_order, interpolation_weight,
     ngram_{val,test}_ppl and interpolated_{val,test}_ppl. With `dynamic_lrs` as well, dynamic
-    evaluation (`lyricist.dynamic`: the network learns from each segment of `dynamic_num_steps`
+    evaluation (`lyricist.evaluation.dynamic`: the network learns from each segment of `dynamic_num_steps`
     tokens after scoring it, the rate chosen on val) against the adaptive Kneser-Ney model, alone
     and interpolated: keys dynamic_lr, dynamic_{split}_ppl, ngram_adaptive_{split}_ppl,
     dynamic_interpolation_weight, dynamic_interpolated_{split}_ppl.

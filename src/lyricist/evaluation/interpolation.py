@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.batching import check_enough_tokens, consecutive_batches
+from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.models import RecurrentLM
-from lyricist.ngram import KneserNey, LanguageModel, best_kneser_ney
+from lyricist.evaluation.ngram import KneserNey, LanguageModel, best_kneser_ney
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from lyricist.corpus import atomic_write_bytes
+from lyricist.data.corpus import atomic_write_bytes
 
 UNK_TOKEN = "<unk>"
 NEWLINE_TOKEN = "\n"

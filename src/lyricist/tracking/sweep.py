@@ -19,7 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lyricist import tracking
+from lyricist.tracking import store
 
 PARENT_FILE = "mlflow_parent_run_id"
 
@@ -43,17 +43,17 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.logger.enabled:
             return
-        uri = tracking.resolve_tracking_uri(config.logger.tracking_uri)
+        uri = store.resolve_tracking_uri(config.logger.tracking_uri)
         # Created here, once, before parallel jobs race to create tables and experiment.
-        experiment_id = tracking.ensure_experiment(uri, config.logger.experiment_name)
+        experiment_id = store.ensure_experiment(uri, config.logger.experiment_name)
         self.client = MlflowClient(uri)
         mlflow.set_tracking_uri(uri)  # for register_model at the end
         overrides = " ".join(config.hydra.overrides.task)
-        run = tracking.with_retry(lambda: self.client.create_run(
+        run = store.with_retry(lambda: self.client.create_run(
             experiment_id, run_name=f"sweep {overrides}"[:250],
-            tags={"sweep": "parent", "git_commit": tracking.git_commit()}))
+            tags={"sweep": "parent", "git_commit": store.git_commit()}))
         self.parent_run_id = run.info.run_id
-        tracking.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
+        store.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)
@@ -62,19 +62,19 @@ class MlflowSweepCallback(Callback):
         if self.client is None:
             return
         client, parent = self.client, self.parent_run_id
-        children = tracking.with_retry(lambda: client.search_runs(
+        children = store.with_retry(lambda: client.search_runs(
             [client.get_run(parent).info.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"))
         scored = [(r.data.metrics["best/val_ppl"], r) for r in children
                   if "best/val_ppl" in r.data.metrics]
-        tracking.with_retry(lambda: client.log_metric(parent, "sweep/jobs_finished", len(scored)))
+        store.with_retry(lambda: client.log_metric(parent, "sweep/jobs_finished", len(scored)))
         if scored:
             best_ppl, best = min(scored, key=lambda pair: pair[0])
-            tracking.with_retry(lambda: client.log_metric(parent, "best/val_ppl", best_ppl))
-            tracking.with_retry(lambda: client.set_tag(parent, "best_child_run_id", best.info.run_id))
+            store.with_retry(lambda: client.log_metric(parent, "best/val_ppl", best_ppl))
+            store.with_retry(lambda: client.set_tag(parent, "best_child_run_id", best.info.run_id))
             name = config.logger.get("registered_model_name")
             if name and config.logger.get("log_model"):
                 version = mlflow.register_model(f"runs:/{best.info.run_id}/model", name).version
                 client.set_registered_model_alias(name, "best", version)
         status = "FINISHED" if len(scored) == len(children) and children else "FAILED"
-        tracking.with_retry(lambda: client.set_terminated(parent, status))
+        store.with_retry(lambda: client.set_terminated(parent, status))

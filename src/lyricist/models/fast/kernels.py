@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-from lyricist.models.switch import Switch
+from lyricist.models.fast.switch import Switch
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_step.cpp"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]  # fast-math: glibc's vector exp/tanh

@@ -23,9 +23,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.batching import consecutive_batches, num_batches, random_batches
+from lyricist.data.batching import consecutive_batches, num_batches, random_batches
 from lyricist.models import RecurrentLM
-from lyricist.vocab import Vocab
+from lyricist.data.vocab import Vocab
 
 SAMPLING_MODES = ("random", "consecutive")
 LR_SCHEDULES = (None, "plateau")

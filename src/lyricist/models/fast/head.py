@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from lyricist.models.matmul import linear_nograd
+from lyricist.models.fast.matmul import linear_nograd
 
 
 class LinearCrossEntropy(Function):

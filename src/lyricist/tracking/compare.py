@@ -1,8 +1,8 @@
 """Compare MLflow runs: a PNG of the per-epoch curves and a markdown table, best first.
 
-    python -m lyricist.compare                                  # the 20 best runs of "lyricist"
-    python -m lyricist.compare --filter "params.model.cell = 'lstm'" --train
-    python -m lyricist.compare --parent-run-id <sweep parent id>  # one sweep's jobs
+    python -m lyricist.store.compare                                  # the 20 best runs of "lyricist"
+    python -m lyricist.store.compare --filter "params.model.cell = 'lstm'" --train
+    python -m lyricist.store.compare --parent-run-id <sweep parent id>  # one sweep's jobs
 
 Runs are ranked by the lowest value of `--metric` (default val/ppl) over their epochs,
 computed from the metric's history, so unfinished runs (no `best/val_ppl` yet) rank too.
@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from lyricist import tracking
+from lyricist.tracking import store
 
 TABLE_PARAMS = ("model.cell", "data.sampling", "model.hidden_size")
 
@@ -191,7 +191,7 @@ def find_experiment(client: MlflowClient, name: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lyricist.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lyricist.store.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the project's mlflow.db")
     p.add_argument("--experiment", default="lyricist", help="experiment name (default: %(default)s)")
@@ -236,11 +236,11 @@ def gather(args: argparse.Namespace, uri: str) -> list[RunSummary]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = store.resolve_tracking_uri(args.tracking_uri)
     try:
         summaries = gather(args, uri)
     except CompareError as err:
-        print(f"lyricist.compare: error: {err}", file=sys.stderr)
+        print(f"lyricist.store.compare: error: {err}", file=sys.stderr)
         return 2
     png = plot_curves(summaries, args.out_png, args.metric, args.train,
                       title=f"{args.experiment}: {args.metric} per epoch")

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from lyricist.models.switch import Switch
+from lyricist.models.fast.switch import Switch
 
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _switch = Switch(True)
