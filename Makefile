@@ -7,11 +7,10 @@ BIN     = $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# torch first and pinned: `torch==2.13.0` takes the CPU wheel; an unpinned torch pulls CUDA.
+# torch is pinned in pyproject.toml (the CPU wheel on the build machines; unpinned, it pulls CUDA).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# Build the compiled LSTM step now (~25 s, cached; src/lyricist/models/fast/kernels.py), so that
 	# parallel jobs find it built; without a compiler it warns and torch ops are used instead.

@@ -57,7 +57,6 @@ from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
 from lyricist.models.fast import kernels, matmul
-from lyricist.training.module import clip_grad_global_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_JSON = ROOT / "data" / "encoded" / "jaychou" / "vocab.json"
@@ -182,7 +181,7 @@ class Trainer:
             loss = self.loss(ids, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            clip_grad_global_norm(self.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as LitLanguageModel
             self.optimizer.step()
 
     def loss(self, ids: Tensor, targets: Tensor) -> Tensor:

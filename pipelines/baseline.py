@@ -1,4 +1,5 @@
-"""DVC stage `baseline`: val/test perplexity of add-one unigram and Kneser-Ney n-gram models."""
+"""DVC stage `baseline`: val/test perplexity of add-one unigram and Kneser-Ney n-gram models,
+and the Kneser-Ney model best on val saved for the evaluate stage."""
 
 import argparse
 import json
@@ -8,14 +9,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lyricist.data.corpus import write_text
-from lyricist.evaluation.ngram import evaluate_baselines
 from lyricist.data.vocab import Vocab, load_ids
+from lyricist.evaluation.ngram import evaluate_baselines, save_kneser_ney
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True, help="data/encoded/<corpus>/")
     parser.add_argument("--metrics", required=True, help="reports/baseline.json")
+    parser.add_argument("--model", help="models/ngram/kneser_ney.npz: where to save the val-best "
+                        "Kneser-Ney model, which the evaluate stage mixes with the network")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     settings = OmegaConf.to_container(OmegaConf.load(args.params).baseline)
@@ -26,14 +29,21 @@ def main(argv=None) -> None:
     splits = {split: load_ids(data_dir / f"{split}.npy") for split in ("val", "test")
               if (data_dir / f"{split}.npy").is_file()}
     start = time.perf_counter()
-    metrics = evaluate_baselines(load_ids(data_dir / "train.npy"), splits, len(vocab), **settings)
+    metrics, best_kneser_ney = evaluate_baselines(load_ids(data_dir / "train.npy"), splits, len(vocab),
+                                                  **settings)
     seconds = time.perf_counter() - start
+    if args.model:
+        if best_kneser_ney is None:
+            parser.error(f"--model: the best order is chosen on val, and {data_dir} has no val split")
+        save_kneser_ney(best_kneser_ney, args.model, max_order=settings["max_order"])
     write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
 
     print(f"baseline ({settings}, vocab {len(vocab):,}, {seconds:.1f} s):")
     for name, values in metrics.items():
         print(f"  {name:8} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in values.items()))
+    if args.model:
+        print(f"  saved kn{best_kneser_ney.order} to {args.model}")
 
 
 if __name__ == "__main__":

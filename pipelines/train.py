@@ -9,11 +9,10 @@ from lyricist.train import train
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", required=True, help="data/encoded/<corpus>/")
-    parser.add_argument("--out-dir", required=True, help="checkpoints/ and metrics.csv go here")
+    parser.add_argument("--out-dir", required=True, help="checkpoints/ and metrics.csv go here (paths.models)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    train(OmegaConf.load(args.params), output_dir=args.out_dir, data_dir=args.data_dir)
+    train(OmegaConf.load(args.params), output_dir=args.out_dir)  # reads the data from paths.encoded
 
 
 if __name__ == "__main__":

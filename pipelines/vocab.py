@@ -1,17 +1,14 @@
 """DVC stage `vocab`: build the vocabulary (characters or words) on train, encode every split to ids."""
 
 import argparse
-import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lyricist.data.corpus import write_text
+from lyricist.data.prepared import write_record
 from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, encode_to_array, save_ids
 
 SPLITS = ("train", "val", "test")
-# The settings the encoded data was made with; the trainer refuses data made otherwise.
-PREPARATION_KEYS = ("newline", "lowercase", "max_chars", "val_fraction", "test_fraction", "min_freq")
 
 
 def main(argv=None) -> None:
@@ -20,25 +17,20 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="data/encoded/<corpus>/")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = OmegaConf.load(args.params).data
+    p = OmegaConf.to_container(OmegaConf.load(args.params).data)
     options = {key: p.get(key, default) for key, default in OPTION_DEFAULTS.items()}
-    check_options(options["tokenizer"], options["max_vocab_size"], p.min_freq)  # before any work
+    check_options(options["tokenizer"], options["max_vocab_size"], p["min_freq"])  # before any work
     texts = {s: (Path(args.in_dir) / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
     # Built on train only: tokens first seen in val/test are <unk>, as they would be
     # for any unseen lyrics.
-    vocab = Vocab.build(texts["train"], min_freq=p.min_freq, **options)
+    vocab = Vocab.build(texts["train"], min_freq=p["min_freq"], **options)
     out = Path(args.out_dir)
     vocab.save(out / "vocab.json")
     for split, text in texts.items():
         save_ids(out / f"{split}.npy", encode_to_array(vocab, text))
-    prepared = {key: p[key] for key in PREPARATION_KEYS}
-    # The vocabulary options only when not the defaults: the default's record (and so the
-    # stage's output) stays as it was before they existed; check_prepared_with reads a missing
-    # key as its default.
-    prepared.update({k: v for k, v in options.items() if v != OPTION_DEFAULTS[k]})
-    write_text(out / "prepared_with.json", json.dumps(prepared, indent=1) + "\n")
+    write_record(out, p)  # training refuses data made with other settings
     cap = f", max_vocab_size {options['max_vocab_size']}" if options["max_vocab_size"] else ""
-    print(f"vocab: {len(vocab):,} {options['tokenizer']} tokens (min_freq {p.min_freq}{cap}) -> {out}")
+    print(f"vocab: {len(vocab):,} {options['tokenizer']} tokens (min_freq {p['min_freq']}{cap}) -> {out}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def with_data(cfg, encoded_dir):
+    """`cfg` reading its encoded data from `encoded_dir` (paths.encoded)."""
+    cfg.paths.encoded = str(encoded_dir)
+    return cfg
+
+
 def write_encoded(out: Path, text: str, val_fraction: float, test_fraction: float) -> Path:
     """vocab.json + {train,val,test}.npy, as the vocab stage writes them."""
     splits = split_text(text, val_fraction=val_fraction, test_fraction=test_fraction)

@@ -8,21 +8,24 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import LYRICS, ROOT, TINY, with_data
 from lyricist import generate as generate_cli
+from lyricist.data.vocab import Vocab
+from lyricist.models import RecurrentLM
 from lyricist.train import train
 
 
 def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # Run outside the project: $LYRICIST_ROOT says where it is (conf/, the default MLflow store).
     return subprocess.run([sys.executable, "-m", "lyricist.train", *args], cwd=cwd,
-                          capture_output=True, text=True, env=dict(os.environ))
+                          capture_output=True, text=True, env=dict(os.environ, LYRICIST_ROOT=str(ROOT)))
 
 
 @pytest.mark.slow
 def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = TINY + [f"logger.tracking_uri={uri}", "trainer.max_epochs=1",
-                     f"data.encoded_dir={tiny_data}", f"hydra.run.dir={tmp_path}/single",
+                     f"paths.encoded={tiny_data}", f"hydra.run.dir={tmp_path}/single",
                      f"hydra.sweep.dir={tmp_path}/multi"]
     single = _hydra(["model=rnn", "data.sampling=random", *common], tmp_path)
     assert single.returncode == 0, single.stderr
@@ -43,7 +46,7 @@ def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path):
 
 def test_generate_cli_prints_lyrics_and_rejects_bad_input(tiny_cfg, tiny_data, tmp_path, capsys):
     tiny_cfg.logger.enabled = False
-    train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     ckpt = str(tmp_path / "run" / "checkpoints" / "best.ckpt")
     capsys.readouterr()  # drop the trainer's own output
 
@@ -77,3 +80,20 @@ def test_corrupt_checkpoint_is_named(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert generate_cli.main(["--checkpoint", str(bad), "--prefix", "分开"]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_generate_leaves_a_training_model_training_when_it_fails(monkeypatch):
+    vocab = Vocab.build(LYRICS)
+    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=4, dropout=0.5).train()
+    modes = []
+
+    def forward_that_fails_on_the_third_token(ids, state=None):
+        modes.append(model.training)
+        if len(modes) == 3:
+            raise KeyboardInterrupt  # e.g. Ctrl-C half-way through a sample
+        return RecurrentLM.forward(model, ids, state)
+
+    monkeypatch.setattr(model, "forward", forward_that_fails_on_the_third_token)
+    with pytest.raises(KeyboardInterrupt):
+        generate_cli.generate(model, vocab, "分开", 5)
+    assert modes == [False] * 3 and model.training  # no dropout while writing, training again after

@@ -1,5 +1,6 @@
 """`python -m lyricist.tracking.compare` over a real (temporary) SQLite MLflow store."""
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -86,6 +87,27 @@ def test_plot_and_table_best_first(store, tmp_path):
     assert [r["data.sampling"] for r in rows] == ["random", "random", "consecutive"]
     assert [r["model.hidden_size"] for r in rows] == ["256", "128", "64"]
     assert rows[0]["run id"] == store["child"][:8]
+
+
+@pytest.mark.parametrize("killed_at", ["compare.png", "compare.md"])
+def test_a_run_killed_while_writing_leaves_the_previous_file(store, tmp_path, monkeypatch, killed_at):
+    rc, png, md = run_compare(store, tmp_path)
+    assert rc == 0
+    before = {p.name: p.read_bytes() for p in png.parent.iterdir()}
+    assert set(before) == {"compare.png", "compare.md"}
+    real_replace = os.replace
+
+    def killed_before_the_rename(src, dst):
+        if Path(dst).name == killed_at:
+            raise KeyboardInterrupt  # the new file is complete but not in place yet
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(store, tmp_path, "--max-runs", "1", "--train")  # another table and image
+    after = {p.name: p.read_bytes() for p in png.parent.iterdir()}
+    assert set(after) == set(before)  # no temporary file left
+    assert after[killed_at] == before[killed_at]
 
 
 def test_parent_run_id_selects_the_sweep_children(store, tmp_path):

@@ -89,10 +89,12 @@ def test_every_data_option_sets_every_key_the_stages_read(option):
 
 
 def test_custom_template_points_at_a_user_file_with_plain_defaults():
-    data = compose_config(["data=custom"]).data
-    assert (data.name, data.raw_path) == ("custom", "data/raw/custom.txt")
+    cfg = compose_config(["data=custom"])
+    data = cfg.data
+    assert (data.name, data.raw_path, cfg.paths.encoded) == ("custom", "data/raw/custom.txt",
+                                                             "data/encoded/custom")
     assert (data.newline, data.lowercase, data.max_chars, data.tokenizer, data.max_vocab_size,
-            data.min_freq, data.encoded_dir) == ("keep", False, None, "char", None, 1, None)
+            data.min_freq) == ("keep", False, None, "char", None, 1)
     assert (data.val_fraction, data.test_fraction, list(data.prefixes)) == (0.05, 0.05, ["the"])
     assert "dvc exp run -S data=custom" in (ROOT / "conf/data/custom.yaml").read_text(encoding="utf-8")
     # The same composition with the user's path, as on the command line.
@@ -129,19 +131,85 @@ def test_sweep_callback_is_configured():
     assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.tracking.sweep.MlflowSweepCallback"
 
 
-@pytest.mark.parametrize("option", _options("experiment"))
-def test_every_experiment_preset_composes_and_instantiates(option):
-    cfg = compose_config([f"experiment={option}"])
+# The presets: two recipes (the seed chapters, hidden size as each chapter) whose cell is chosen
+# with model= (the chapter's rnn when none is given), and the six old names as aliases.
+RECIPES = {"seed_mxnet": 256, "seed_d2l": 512}
+CELLS = ("rnn", "gru", "lstm")
+ALIASES = [f"{recipe}_{cell}" for recipe in RECIPES for cell in CELLS]
+
+
+def test_experiment_group_holds_the_recipes_and_their_aliases():
+    assert _options("experiment") == sorted([*RECIPES, *ALIASES])
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_experiment_preset_composes_and_instantiates(recipe, cell):
+    cfg = compose_config([f"experiment={recipe}", f"model={cell}"])
     model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    assert (model.config["cell"], model.config["hidden_size"]) == (cell, RECIPES[recipe])
     assert model.config["embedding_size"] is None  # the seeds' one-hot input
     assert cfg.optim._target_ == "torch.optim.SGD"
     # The seeds train with a constant lr, no weight decay and no dropout, whatever the defaults say.
     assert (cfg.train.lr_schedule, cfg.optim.weight_decay, cfg.model.dropout) == (None, 0.0, 0.0)
-    assert cfg.logger.run_name == option
-    if option.startswith("seed_mxnet"):
+    assert cfg.logger.run_name == f"{recipe}_{cell}"
+    if recipe == "seed_mxnet":
         assert (cfg.data.max_chars, cfg.data.newline, cfg.optim.lr, cfg.train.clip_theta,
                 cfg.trainer.max_epochs, cfg.train.loss_reduction) == (20000, "space", 0.2, 5.0, 200, "sum")
         assert list(cfg.data.prefixes) == ["分开", "不分开", "战争中部队"]
     else:
         assert (cfg.data.name, cfg.model.hidden_size, cfg.optim.lr, cfg.train.clip_theta,
                 cfg.trainer.max_epochs) == ("timemachine", 512, 1.0, 1.0, 500)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_every_alias_is_its_recipe_with_its_cell(alias):
+    recipe, cell = alias.rsplit("_", 1)
+    assert OmegaConf.to_container(compose_config([f"experiment={alias}"]), resolve=True) \
+        == OmegaConf.to_container(compose_config([f"experiment={recipe}", f"model={cell}"]), resolve=True)
+    # The command line still picks the cell over the alias's choice.
+    other = "gru" if cell != "gru" else "lstm"
+    assert compose_config([f"experiment={alias}", f"model={other}"]).logger.run_name == f"{recipe}_{other}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_without_model_is_the_chapters_rnn(recipe):
+    cfg = compose_config([f"experiment={recipe}"])
+    assert (cfg.model.cell, cfg.logger.run_name) == ("rnn", f"{recipe}_rnn")
+
+
+def test_gru_and_lstm_state_only_what_differs_from_rnn():
+    def model(cell):
+        return OmegaConf.to_container(compose_config([f"model={cell}"]).model)
+
+    rnn = model("rnn")
+    assert "forget_bias" not in rnn  # RecurrentLM takes forget_bias only for the lstm
+    assert model("gru") == {**rnn, "cell": "gru", "embedding_size": 128, "dropout": 0.3}
+    assert model("lstm") == {**rnn, "cell": "lstm", "embedding_size": 128, "dropout": 0.6, "forget_bias": None}
+
+
+def test_logger_none_is_mlflow_disabled():
+    mlflow = OmegaConf.to_container(compose_config(["logger=mlflow"]).logger)
+    assert OmegaConf.to_container(compose_config(["logger=none"]).logger) == {**mlflow, "enabled": False}
+
+
+def test_generation_defaults_of_conf_cli_and_served_model_agree():
+    """conf's `generate:` is what the CLI and the served model default to (lyricist.generate)."""
+    from lyricist.generate import DEFAULTS
+
+    assert OmegaConf.to_container(compose_config().generate) == DEFAULTS
+
+
+def test_torch_is_pinned_once_and_the_served_model_carries_the_pins():
+    """pyproject.toml pins the stack; the Makefile and the MLflow model take it from there."""
+    import re
+
+    from lyricist.tracking.serving import pinned_requirements
+
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    [torch_pin] = re.findall(r'"(torch==[\d.]+)"', pyproject)
+    assert "torch==" not in (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert not [p for p in (ROOT / "src").rglob("*.py") if "torch==" in p.read_text(encoding="utf-8")]
+    requirements = pinned_requirements()
+    assert requirements[0] == torch_pin and all("==" in r for r in requirements)
+    assert {r.split("==")[0] for r in requirements} == {"torch", "numpy", "pandas", "pytorch-lightning"}

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_config
+from conftest import ROOT, TINY, compose_config, with_data
 from lyricist import generate as generate_cli
 from lyricist.evaluation.perplexity import evaluate_checkpoint
 from lyricist.train import train
@@ -143,10 +143,10 @@ def test_word_level_run_end_to_end(tmp_path, capsys):
         bad = copy.deepcopy(cfg)
         bad.data[key] = value
         with pytest.raises(ValueError, match=message):
-            train(bad, output_dir=tmp_path / "refused", data_dir=encoded)
+            train(with_data(bad, encoded), output_dir=tmp_path / "refused")
         assert not (tmp_path / "refused").exists()
 
-    metrics = train(cfg, output_dir=tmp_path / "run", data_dir=encoded)
+    metrics = train(with_data(cfg, encoded), output_dir=tmp_path / "run")
     assert metrics["epoch"] == 0 and 1 < metrics["val/ppl"] < len(vocab) * 2
     ckpt = str(tmp_path / "run" / "checkpoints" / "best.ckpt")
     capsys.readouterr()

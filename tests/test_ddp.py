@@ -7,10 +7,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, with_data
 from lyricist.models import RecurrentLM
 from lyricist.train import train
-from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel
 from lyricist.data.vocab import Vocab
 
 pytestmark = pytest.mark.slow
@@ -74,8 +75,8 @@ def test_two_processes_see_every_stream_exactly_once_per_epoch(sampling, tmp_pat
 def test_ddp_spawn_training_matches_one_process(tiny_data, tmp_path):
     overrides = TINY + ["model.dropout=0", "train.early_stopping_patience=null",
                         f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    one = train(compose_config(overrides), tmp_path / "one", tiny_data)
-    two = train(compose_config(overrides + ["trainer=ddp_spawn"]), tmp_path / "two", tiny_data)
+    one = train(with_data(compose_config(overrides), tiny_data), tmp_path / "one")
+    two = train(with_data(compose_config(overrides + ["trainer=ddp_spawn"]), tiny_data), tmp_path / "two")
 
     def rows(name):
         with open(tmp_path / name / "metrics.csv", newline="") as f:

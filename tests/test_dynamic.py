@@ -90,19 +90,20 @@ def test_rate_and_weight_are_chosen_on_val_and_test_starts_afresh(toy):
     rates = [0.0, 0.3, 1.0, 1e6]  # 1e6 diverges: it must not win
     metrics = evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, rates)
     by_rate = {lr: perplexity_of(dynamic_token_log_probs(model, val, NUM_STEPS, lr)[1]) for lr in rates[:3]}
-    assert metrics["dynamic_lr"] == min(by_rate, key=by_rate.get) != 0.0
-    assert metrics["dynamic_val_ppl"] == pytest.approx(by_rate[metrics["dynamic_lr"]], rel=1e-9)
+    assert metrics.lr == min(by_rate, key=by_rate.get) != 0.0
+    assert metrics.dynamic.val == pytest.approx(by_rate[metrics.lr], rel=1e-9)
     # test is read by a fresh copy of the trained model with val's rate, not one that read val
-    positions, neural = dynamic_token_log_probs(model, test, NUM_STEPS, metrics["dynamic_lr"])
-    assert metrics["dynamic_test_ppl"] == pytest.approx(perplexity_of(neural), rel=1e-9)
+    positions, neural = dynamic_token_log_probs(model, test, NUM_STEPS, metrics.lr)
+    assert metrics.dynamic.test == pytest.approx(perplexity_of(neural), rel=1e-9)
     adaptive = adaptive_ngram_token_log_probs(ngram, test, positions)
-    assert metrics["ngram_adaptive_test_ppl"] == pytest.approx(perplexity_of(adaptive), rel=1e-12)
-    weight = metrics["dynamic_interpolation_weight"]
-    assert weight in WEIGHT_GRID
-    assert metrics["dynamic_interpolated_test_ppl"] == pytest.approx(
-        perplexity_of(mixture_log_probs(neural, adaptive, weight)), rel=1e-9)
-    assert metrics["dynamic_interpolated_val_ppl"] <= min(metrics["dynamic_val_ppl"],
-                                                          metrics["ngram_adaptive_val_ppl"]) * (1 + 1e-9)
+    assert metrics.ngram_adaptive.test == pytest.approx(perplexity_of(adaptive), rel=1e-12)
+    assert metrics.weight in WEIGHT_GRID
+    assert metrics.interpolated.test == pytest.approx(
+        perplexity_of(mixture_log_probs(neural, adaptive, metrics.weight)), rel=1e-9)
+    assert metrics.interpolated.val <= min(metrics.dynamic.val, metrics.ngram_adaptive.val) * (1 + 1e-9)
+    # Without a test split, only val is measured.
+    val_only = evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, rates[:2])
+    assert val_only.dynamic.test is val_only.ngram_adaptive.test is val_only.interpolated.test is None
 
 
 def test_bad_arguments_name_the_fix(toy):

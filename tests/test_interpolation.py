@@ -11,15 +11,18 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import LYRICS, compose_config, write_encoded
+from conftest import LYRICS, compose_config, write_encoded, with_data
 from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.perplexity import perplexity as neural_perplexity
 from lyricist.evaluation.interpolation import (
     WEIGHT_GRID, choose_weight, interpolate_with_ngram, mixture_log_probs, neural_token_log_probs,
     ngram_token_log_probs,
 )
-from lyricist.models import RecurrentLM
-from lyricist.evaluation.ngram import KneserNey, perplexity as ngram_perplexity
+from lyricist.evaluation.dynamic import evaluate_dynamic
+from lyricist.evaluation.ngram import (
+    KneserNey, best_kneser_ney, load_kneser_ney, perplexity as ngram_perplexity, save_kneser_ney,
+)
+from lyricist.models import RecurrentLM, eval_mode
 from lyricist.train import train
 from lyricist.data.vocab import Vocab
 
@@ -34,6 +37,15 @@ def _markov_text(n: int, seed: int) -> str:
     while len(out) < n:
         out.append(str(rng.choice(followers.get(out[-1], list(LYRICS)))))
     return "".join(out)
+
+
+def _load_stage(name: str):
+    """pipelines/<name>.py as a module (pipelines/ is not a package)."""
+    script = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", script)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +117,11 @@ def test_weight_one_is_the_neural_and_zero_the_ngram_perplexity(toy):
     # The order is the val-best of 1..4, computed here on its own.
     orders = {o: ngram_perplexity(KneserNey(o).fit(train_ids, len(vocab)), val_ids) for o in range(1, 5)}
     best_order = min(orders, key=orders.get)
-    assert only_neural["ngram_order"] == only_ngram["ngram_order"] == best_order
+    assert only_neural.order == only_ngram.order == best_order
+    assert only_neural.weight == 1.0 and only_ngram.weight == 0.0
     kn = KneserNey(best_order).fit(train_ids, len(vocab))
     for split, ids in splits.items():
-        assert only_neural["interpolation_weight"] == 1.0 and only_ngram["interpolation_weight"] == 0.0
-        assert only_neural[f"interpolated_{split}_ppl"] == pytest.approx(
+        assert getattr(only_neural.interpolated, split) == pytest.approx(
             neural_perplexity(model, ids, 3, 7), rel=1e-6)
         # the n-gram alone, scored by hand on the positions the network predicts
         batch_len = len(ids) // 3
@@ -117,15 +129,15 @@ def test_weight_one_is_the_neural_and_zero_the_ngram_perplexity(toy):
         tokens = ids.tolist()
         by_hand = math.exp(-sum(math.log(kn.prob(tokens[max(0, p - best_order + 1):p], tokens[p]))
                                 for p in positions) / len(positions))
-        assert only_ngram[f"interpolated_{split}_ppl"] == pytest.approx(by_hand, rel=1e-12)
-        assert only_ngram[f"ngram_{split}_ppl"] == only_ngram[f"interpolated_{split}_ppl"]
+        assert getattr(only_ngram.interpolated, split) == pytest.approx(by_hand, rel=1e-12)
+    assert only_ngram.ngram == only_ngram.interpolated
 
 
 def test_the_weight_is_the_val_optimal_one_of_the_grid(toy):
     vocab, train_ids, val_ids, test_ids, model = toy
     metrics = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids}, len(vocab),
                                      3, 7, max_order=4)
-    kn = KneserNey(metrics["ngram_order"]).fit(train_ids, len(vocab))
+    kn = KneserNey(metrics.order).fit(train_ids, len(vocab))
 
     def mixture_ppl(ids, w):  # in probabilities, not in log space as the library does
         positions, neural = neural_token_log_probs(model, ids, 3, 7)
@@ -135,15 +147,65 @@ def test_the_weight_is_the_val_optimal_one_of_the_grid(toy):
     val_ppls = {w: mixture_ppl(val_ids, w) for w in WEIGHT_GRID}
     best_w = min(val_ppls, key=val_ppls.get)
     assert 0.0 < best_w < 1.0, f"the optimum {best_w} is an end of the grid: the test proves little"
-    assert metrics["interpolation_weight"] == best_w
-    assert metrics["interpolated_val_ppl"] == pytest.approx(val_ppls[best_w], rel=1e-10)
-    assert metrics["interpolated_val_ppl"] < min(val_ppls[0.0], val_ppls[1.0])
-    assert metrics["interpolated_test_ppl"] == pytest.approx(mixture_ppl(test_ids, best_w), rel=1e-10)
+    assert metrics.weight == best_w
+    assert metrics.interpolated.val == pytest.approx(val_ppls[best_w], rel=1e-10)
+    assert metrics.interpolated.val < min(val_ppls[0.0], val_ppls[1.0])
+    assert metrics.interpolated.test == pytest.approx(mixture_ppl(test_ids, best_w), rel=1e-10)
     # Chosen on val alone: another test split changes the test number, never the weight.
     other = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids.flip(0)},
                                    len(vocab), 3, 7, max_order=4)
-    assert other["interpolation_weight"] == best_w
-    assert other["interpolated_test_ppl"] != metrics["interpolated_test_ppl"]
+    assert other.weight == best_w
+    assert other.interpolated.test != metrics.interpolated.test
+    with pytest.raises(ValueError, match="'val' and optionally 'test'"):
+        interpolate_with_ngram(model, train_ids, {"val": val_ids, "dev": test_ids}, len(vocab), 3, 7)
+
+
+def test_a_loaded_ngram_gives_the_same_numbers_bit_for_bit(toy, tmp_path):
+    vocab, train_ids, val_ids, test_ids, model = toy
+    splits = {"val": val_ids, "test": test_ids}
+    fitted, _ = best_kneser_ney(train_ids, val_ids, len(vocab), max_order=4)
+    save_kneser_ney(fitted, tmp_path / "kn.npz", max_order=4)
+    loaded = load_kneser_ney(tmp_path / "kn.npz", len(vocab), 4, "modified", 0.75)
+    # fitted again inside, as the evaluate stage did before it could load the baseline's model
+    refit = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4)
+    assert interpolate_with_ngram(model, None, splits, len(vocab), 3, 7, ngram=loaded) == refit
+    # the adaptive n-gram goes on counting from the loaded counts exactly as from the fitted ones
+    assert (evaluate_dynamic(model, loaded, splits, 10, [0.0, 1.0])
+            == evaluate_dynamic(model, fitted, splits, 10, [0.0, 1.0]))
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def test_eval_mode_restores_the_mode_even_after_an_exception():
+    model = RecurrentLM(5, cell="gru", hidden_size=4, dropout=0.5)
+    for was_training in (True, False):
+        model.train(was_training)
+        with pytest.raises(_Boom):
+            with eval_mode(model):
+                assert not model.training and not any(m.training for m in model.modules())
+                raise _Boom
+        assert model.training is was_training
+        assert all(m.training is was_training for m in model.modules())
+
+
+def test_evaluation_leaves_a_training_model_training_when_it_fails(toy, monkeypatch):
+    model = RecurrentLM(len(toy[0]), cell="gru", hidden_size=4).train()
+    calls = []
+
+    def forward_that_fails_on_the_second_batch(ids, state=None):
+        calls.append(model.training)
+        if len(calls) == 2:
+            raise _Boom
+        return RecurrentLM.forward(model, ids, state)
+
+    monkeypatch.setattr(model, "forward", forward_that_fails_on_the_second_batch)
+    for evaluate in (neural_perplexity, neural_token_log_probs):
+        calls.clear()
+        with pytest.raises(_Boom):
+            evaluate(model, toy[2], 3, 7)
+        assert calls == [False, False] and model.training  # eval inside, training again after
 
 
 def test_mixture_weight_outside_zero_one_is_refused():
@@ -158,18 +220,27 @@ def test_evaluate_stage_writes_the_interpolated_perplexities(tiny_data, tmp_path
                           "model.embedding_size=8", "trainer.max_epochs=1", "logger=none",
                           "trainer.enable_progress_bar=false", "train.eval_batch_size=2",
                           "baseline.max_order=3"])
-    train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    train(with_data(cfg, tiny_data), output_dir=tmp_path / "run")
     params = tmp_path / "params.yaml"
     OmegaConf.save(cfg, params)
-    script = Path(__file__).resolve().parents[1] / "pipelines" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("evaluate_stage", script)
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    stage.main(["--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"),
-                "--data-dir", str(tiny_data), "--metrics", str(tmp_path / "metrics.json"),
-                "--samples", str(tmp_path / "samples.md"), "--params", str(params)])
+    baseline, stage = (_load_stage(name) for name in ("baseline", "evaluate"))
+    ngram = tmp_path / "models" / "ngram" / "kneser_ney.npz"
+    baseline.main(["--data-dir", str(tiny_data), "--metrics", str(tmp_path / "baseline.json"),
+                   "--model", str(ngram), "--params", str(params)])
+    capsys.readouterr()
+    evaluate = ["--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"), "--data-dir",
+                str(tiny_data), "--samples", str(tmp_path / "samples.md"), "--params", str(params)]
+    stage.main([*evaluate, "--metrics", str(tmp_path / "metrics.json"), "--ngram", str(ngram)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     printed = capsys.readouterr().out
+    # The baseline stage's model gives exactly what fitting it again here gives.
+    stage.main([*evaluate, "--metrics", str(tmp_path / "refit.json")])
+    assert (tmp_path / "refit.json").read_text() == (tmp_path / "metrics.json").read_text()
+    # A model fit with other settings is refused, naming the fix.
+    OmegaConf.save(OmegaConf.merge(cfg, {"baseline": {"max_order": 2}}), tmp_path / "other.yaml")
+    with pytest.raises(ValueError, match=r"max_order: fit with 3, asked 2.*dvc repro baseline"):
+        stage.main([*evaluate[:-1], str(tmp_path / "other.yaml"), "--metrics", str(tmp_path / "m.json"),
+                    "--ngram", str(ngram)])
     assert f"interpolated  val {metrics['interpolated_val_ppl']:9.2f}" in printed
     assert metrics["ngram_order"] in (1, 2, 3) and metrics["interpolation_weight"] in WEIGHT_GRID
     for split in ("val", "test"):

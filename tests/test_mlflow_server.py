@@ -27,7 +27,7 @@ def mlflow_server(tmp_path):
 def test_sweep_logs_into_a_shared_mlflow_server(mlflow_server, tiny_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
-         f"data.encoded_dir={tiny_data}", f"logger.tracking_uri={mlflow_server}",
+         f"paths.encoded={tiny_data}", f"logger.tracking_uri={mlflow_server}",
          f"hydra.sweep.dir={tmp_path / 'multirun'}", "model=rnn,lstm"],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

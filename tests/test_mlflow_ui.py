@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, serving
+from conftest import free_port, serving, with_data
 from lyricist.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -32,7 +32,7 @@ def test_run_page_shows_name_metric_and_samples(tiny_cfg, tiny_data, tmp_path, u
 
     tiny_cfg.logger.run_name = "tiny-lstm-ui-check"
     # The store must exist before the server starts: train first, then browse.
-    train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist")
     [run] = client.search_runs([experiment.experiment_id])

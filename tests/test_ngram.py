@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lyricist.evaluation.ngram import (
-    FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, estimate_discounts, evaluate_baselines, perplexity,
-    unigram_add_one,
+    FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, best_kneser_ney, estimate_discounts, evaluate_baselines,
+    load_kneser_ney, perplexity, save_kneser_ney, unigram_add_one,
 )
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 
@@ -135,11 +135,67 @@ def test_order_one_kneser_ney_is_close_to_add_one_unigram():
 def test_higher_orders_capture_a_repetitive_sequence():
     ids, vocab_size = encoded("abcd" * 50)
     held_out, _ = encoded("abcd" * 10)
-    results = evaluate_baselines(ids, {"val": held_out}, vocab_size, max_order=4)
+    results, best = evaluate_baselines(ids, {"val": held_out}, vocab_size, max_order=4)
     assert results["unigram"]["val_ppl"] > 4.0  # four equally frequent characters (+ <unk>)
     assert results["kn2"]["val_ppl"] < 1.2
     assert results["kn4"]["val_ppl"] < 1.2
     assert results["best"]["name"].startswith("kn") and results["best"]["val_ppl"] < 1.2
+    assert f"kn{best.order}" == results["best"]["name"]
+
+
+def test_the_best_kneser_ney_is_the_one_the_evaluate_stage_would_fit():
+    ids, vocab_size = encoded(TEXT)
+    held_out = ids[::-1][:150]
+    results, best = evaluate_baselines(ids, {"val": held_out}, vocab_size, max_order=5)
+    fitted, val_ppl = best_kneser_ney(ids, held_out, vocab_size, max_order=5)
+    assert best.order == fitted.order and results[f"kn{best.order}"]["val_ppl"] == val_ppl
+    assert evaluate_baselines(ids, {"test": held_out}, vocab_size, max_order=2)[1] is None  # no val
+
+
+def _contexts(ids: list[int], vocab_size: int, order: int) -> list[list[int]]:
+    """Every context of the text, shorter ones (a split's start) and unseen random ones."""
+    rng = np.random.default_rng(1)
+    seen = [ids[max(0, i - order + 1):i] for i in range(len(ids))]
+    return seen + [rng.integers(0, vocab_size, n).tolist() for n in range(order) for _ in range(20)]
+
+
+@pytest.mark.parametrize("order, mode", [(1, "modified"), (2, "fixed"), (4, "modified"), (5, "single")])
+def test_a_saved_model_loads_with_the_same_probabilities(tmp_path, order, mode):
+    ids, vocab_size = encoded(TEXT)
+    fitted = KneserNey(order, mode, 0.6).fit(ids, vocab_size)
+    path = tmp_path / "ngram" / "kn.npz"
+    save_kneser_ney(fitted, path, max_order=5)
+    assert not [p for p in path.parent.iterdir() if p != path]  # no temporary file left
+    loaded = load_kneser_ney(path, vocab_size, max_order=5, discount_mode=mode, fixed_discount=0.6)
+    assert (loaded.order, loaded.discount_mode, loaded.vocab_size) == (order, mode, vocab_size)
+    held_out = ids[::-1]
+    for context in _contexts(held_out, vocab_size, order):
+        assert [loaded.prob(context, w) for w in range(vocab_size)] == [
+            fitted.prob(context, w) for w in range(vocab_size)]  # bit for bit
+        np.testing.assert_array_equal(loaded.distribution(context), fitted.distribution(context))
+    # It goes on learning as the fitted one does (the adaptive n-gram of dynamic evaluation).
+    loaded.observe(held_out[:200], context=ids[-4:])
+    fitted.observe(held_out[:200], context=ids[-4:])
+    for context in _contexts(held_out[200:], vocab_size, order):
+        assert loaded.distribution(context).tolist() == fitted.distribution(context).tolist()
+
+
+def test_a_saved_model_that_does_not_match_is_refused_with_the_fix(tmp_path):
+    ids, vocab_size = encoded(TEXT)
+    path = tmp_path / "kn.npz"
+    save_kneser_ney(KneserNey(3).fit(ids, vocab_size), path, max_order=4)
+    settings = dict(vocab_size=vocab_size, max_order=4, discount_mode="modified", fixed_discount=0.75)
+    assert load_kneser_ney(path, **settings).order == 3
+    for changed, message in [({"vocab_size": vocab_size + 1}, f"vocab_size: fit with {vocab_size}, asked"),
+                             ({"max_order": 5}, "max_order: fit with 4, asked 5"),
+                             ({"discount_mode": "fixed"}, "discount_mode: fit with 'modified', asked 'fixed'")]:
+        with pytest.raises(ValueError, match=message + ".*dvc repro baseline"):
+            load_kneser_ney(path, **{**settings, **changed})
+    with pytest.raises(FileNotFoundError, match="dvc repro baseline"):
+        load_kneser_ney(tmp_path / "missing.npz", **settings)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a Kneser-Ney model file.*dvc repro baseline"):
+        load_kneser_ney(tmp_path / "junk.npz", **settings)
 
 
 def test_ids_outside_the_vocabulary_are_refused():
@@ -164,9 +220,15 @@ def test_stage_script_writes_metrics_json(tmp_path):
     params.write_text("baseline:\n  max_order: 3\n  discount_mode: modified\n  fixed_discount: 0.75\n",
                       encoding="utf-8")
 
-    metrics_path = tmp_path / "reports" / "baseline.json"
-    stage.main(["--data-dir", str(data_dir), "--metrics", str(metrics_path), "--params", str(params)])
+    metrics_path, model_path = tmp_path / "reports" / "baseline.json", tmp_path / "models" / "kn.npz"
+    stage.main(["--data-dir", str(data_dir), "--metrics", str(metrics_path), "--params", str(params),
+                "--model", str(model_path)])
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    # The saved model is the val-best Kneser-Ney order, with the perplexity the metrics report.
+    saved = load_kneser_ney(model_path, len(vocab), max_order=3, discount_mode="modified", fixed_discount=0.75)
+    kn_names = [name for name in metrics if name.startswith("kn")]
+    assert f"kn{saved.order}" == min(kn_names, key=lambda name: metrics[name]["val_ppl"])
+    assert perplexity(saved, np.load(data_dir / "val.npy")) == metrics[f"kn{saved.order}"]["val_ppl"]
     assert set(metrics) == {"unigram", "kn1", "kn2", "kn3", "best"}
     assert set(metrics["kn3"]) == {"val_ppl"}  # the empty test split is left out
     assert metrics["best"]["val_ppl"] == min(m["val_ppl"] for name, m in metrics.items() if name != "best")

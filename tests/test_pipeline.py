@@ -198,7 +198,7 @@ def test_a_user_corpus_through_data_custom(project, tmp_path):
     assert json.loads((encoded / "prepared_with.json").read_text())["tokenizer"] == "word"
 
     # The Hydra app trains on it with the same overrides; other ones are refused.
-    train_cmd = [sys.executable, "-m", "lyricist.train", "data=custom", f"data.encoded_dir={encoded}",
+    train_cmd = [sys.executable, "-m", "lyricist.train", "data=custom", f"paths.encoded={encoded}",
                  "data.raw_path=data/raw/custom.zip", "data.batch_size=4", "data.num_steps=8",
                  "model.hidden_size=16", "model.embedding_size=8", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "train.eval_batch_size=2", "logger=none",

@@ -17,11 +17,12 @@ from hydra.errors import MissingConfigException
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import LYRICS, TINY, compose_config, plateau_cfg, write_encoded
+from conftest import LYRICS, TINY, compose_config, plateau_cfg, write_encoded, with_data
 from lyricist.tracking import store
 from lyricist.models import RecurrentLM
 from lyricist.train import train
-from lyricist.training.module import LitLanguageModel, LyricsDataModule, TrainingDiverged
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel, TrainingDiverged
 from lyricist.data.vocab import Vocab
 
 
@@ -40,7 +41,7 @@ def bigger_data(tmp_path):
 def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger_data, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = TINY + ["trainer.max_epochs=3", "train.early_stopping_patience=null",
-                   f"data.encoded_dir={bigger_data}", f"logger.tracking_uri={uri}",
+                   f"paths.encoded={bigger_data}", f"logger.tracking_uri={uri}",
                    "train.resume=auto", "data.sampling=random"]  # random: the shuffle must resume too
     command = lambda run_dir: [sys.executable, "-m", "lyricist.train", *args, f"hydra.run.dir={run_dir}"]
 
@@ -79,7 +80,7 @@ def test_lr_schedule_resumes_to_identical_metrics(tiny_cfg, plateau_data, tmp_pa
     """The plateau scheduler's state (best val ppl so far, bad epochs) travels in the checkpoint."""
     cfg = plateau_cfg(tiny_cfg, epochs=4)
     cfg.logger.enabled = False
-    train(cfg, output_dir=tmp_path / "reference", data_dir=plateau_data)
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "reference")
     reference = _rows(tmp_path / "reference" / "metrics.csv")
     lrs = [float(r["train/lr"]) for r in reference]
     # A scheduler started afresh at epoch 2 would take epoch 2's val ppl for an improvement
@@ -87,9 +88,9 @@ def test_lr_schedule_resumes_to_identical_metrics(tiny_cfg, plateau_data, tmp_pa
     assert lrs[3] < lrs[2], f"no plateau across the resume point ({lrs}): the test proves nothing"
 
     cfg.trainer.max_epochs = 2
-    train(cfg, output_dir=tmp_path / "resumed", data_dir=plateau_data)
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "resumed")
     cfg.trainer.max_epochs, cfg.train.resume = 4, "auto"
-    train(cfg, output_dir=tmp_path / "resumed", data_dir=plateau_data)
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "resumed")
     assert _rows(tmp_path / "resumed" / "metrics.csv") == reference  # bitwise, CPU
 
 
@@ -133,14 +134,14 @@ def test_exploding_loss_stops_training(tiny_cfg, tiny_data, tmp_path):
     cfg.optim = compose_config(["optim=sgd", "optim.lr=1e6"]).optim
     cfg.train.clip_theta = None
     with pytest.raises(TrainingDiverged, match="(exploded|not finite).*optim.lr"):
-        train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(cfg, tiny_data), output_dir=tmp_path / "run")
 
 
 def test_unreachable_tracking_server_fails_before_training(tiny_cfg, tiny_data, tmp_path):
     tiny_cfg.logger.tracking_uri = "http://127.0.0.1:9"  # nothing listens on the discard port
     started = time.time()
     with pytest.raises(RuntimeError, match="cannot reach the MLflow tracking server"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert time.time() - started < 30
     assert not (tmp_path / "run").exists(), "nothing may be written before tracking works"
 
@@ -161,8 +162,8 @@ def test_locked_sqlite_is_retried_and_other_errors_are_not():
 
 def test_same_config_and_seed_give_identical_val_perplexity(tiny_cfg, tiny_data, tmp_path):
     tiny_cfg.logger.enabled = False
-    first = train(tiny_cfg, output_dir=tmp_path / "a", data_dir=tiny_data)
-    second = train(tiny_cfg, output_dir=tmp_path / "b", data_dir=tiny_data)
+    first = train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "a")
+    second = train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "b")
     assert first["val/ppl"] == second["val/ppl"]
     assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
 
@@ -179,7 +180,7 @@ def test_same_config_and_seed_give_identical_val_perplexity(tiny_cfg, tiny_data,
 def test_bad_config_is_refused_before_training(override, message, tiny_data, tmp_path):
     cfg = compose_config(TINY + ["logger=none", override])
     with pytest.raises(Exception, match=message):
-        train(cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -192,7 +193,8 @@ def test_unknown_group_options_name_the_choices(override):
 MEMORY_PROBE = """
 import json, resource, torch, pytorch_lightning as pl
 from lyricist.models import RecurrentLM
-from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel
 from lyricist.data.vocab import Vocab
 
 class PeakRss(pl.Callback):

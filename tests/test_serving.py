@@ -11,13 +11,13 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, serving
+from conftest import TINY, free_port, serving, with_data
 from lyricist.train import train
 
 
 @pytest.fixture
 def trained_run(tiny_cfg, tiny_data, tmp_path):
-    train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
     return tiny_cfg.logger.tracking_uri, run.info.run_id
@@ -58,7 +58,7 @@ def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.run(
         [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
-         f"data.encoded_dir={tiny_data}", f"logger.tracking_uri={uri}",
+         f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}",
          "logger.registered_model_name=lyricist-tiny", f"hydra.sweep.dir={tmp_path / 'multirun'}",
          "model=rnn,gru"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,7 +16,7 @@ def test_parallel_sweep_of_8_jobs_4_at_a_time_lands_every_run(tiny_data, tmp_pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [sys.executable, "-m", "lyricist.train", "-m", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-            *TINY, "trainer.max_epochs=2", f"data.encoded_dir={tiny_data}", f"logger.tracking_uri={uri}",
+            *TINY, "trainer.max_epochs=2", f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}",
             "model=rnn,gru", "data.sampling=random,consecutive", "train.seed=1,2"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

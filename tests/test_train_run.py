@@ -6,7 +6,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import plateau_cfg
+from conftest import plateau_cfg, with_data
 from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint
 from lyricist.evaluation.perplexity import evaluate_checkpoint
@@ -16,7 +16,7 @@ from lyricist.train import train
 
 def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_data, tmp_path):
     out = tmp_path / "run"
-    metrics = train(tiny_cfg, output_dir=out, data_dir=tiny_data)
+    metrics = train(with_data(tiny_cfg, tiny_data), output_dir=out)
 
     assert math.isfinite(metrics["val/ppl"]) and metrics["val/ppl"] > 1
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
@@ -48,20 +48,20 @@ def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_da
     assert generate(loaded.model, loaded.vocab, "不分开", 5).startswith("不分开")
     scores, samples_md = evaluate_checkpoint(out / "checkpoints" / "best.ckpt", tiny_data, batch_size=2,
                                              num_steps=8, prefixes=["分开"], num_chars=10)
-    assert scores["val_ppl"] == pytest.approx(metrics["val/ppl"], rel=1e-4)
-    assert "test_ppl" in scores and "## 分开" in samples_md
+    assert scores.neural.val == pytest.approx(metrics["val/ppl"], rel=1e-4)
+    assert scores.neural.test is not None and "## 分开" in samples_md
 
 
 def test_missing_data_fails_before_training_with_the_fix(tiny_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="dvc repro"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tmp_path / "nowhere")
+        train(with_data(tiny_cfg, tmp_path / "nowhere"), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_too_short_split_fails_before_training(tiny_cfg, tiny_data, tmp_path):
     tiny_cfg.data.batch_size = 10_000
     with pytest.raises(ValueError, match="batch_size"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
 
 
 def test_data_prepared_with_other_settings_is_refused(tiny_cfg, tiny_data, tmp_path):
@@ -70,13 +70,13 @@ def test_data_prepared_with_other_settings_is_refused(tiny_cfg, tiny_data, tmp_p
         '"test_fraction": 0.05, "min_freq": 1}')
     tiny_cfg.data.max_chars = 20000
     with pytest.raises(ValueError, match=r"data.max_chars: prepared None, asked 20000.*dvc exp run"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_plateau_schedule_halves_the_lr_when_val_ppl_stops_improving(tiny_cfg, plateau_data, tmp_path):
     cfg = plateau_cfg(tiny_cfg, epochs=4)
-    train(cfg, output_dir=tmp_path / "run", data_dir=plateau_data)
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "run")
     rows = read_epoch_history(tmp_path / "run" / "metrics.csv")
     lrs, val_ppls = [r["train/lr"] for r in rows], [r["val/ppl"] for r in rows]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and lrs[0] == 0.005
@@ -99,8 +99,26 @@ def test_plateau_schedule_halves_the_lr_when_val_ppl_stops_improving(tiny_cfg, p
 def test_bad_lr_schedule_config_fails_before_training(tiny_cfg, tiny_data, tmp_path):
     tiny_cfg.train.lr_schedule = "step"
     with pytest.raises(ValueError, match=r"train\.lr_schedule 'step'.*use null.*'plateau'"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     tiny_cfg.train.lr_schedule, tiny_cfg.train.lr_factor = "plateau", 1.5
     with pytest.raises(ValueError, match=r"train\.lr_factor must lie strictly between 0 and 1.*1\.5"):
-        train(tiny_cfg, output_dir=tmp_path / "run", data_dir=tiny_data)
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("patience", [0, None])
+def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
+        tiny_cfg, plateau_data, tmp_path, patience):
+    """0 is a patience (stop after one epoch without a better val/ppl), not "off"; null is off."""
+    cfg = plateau_cfg(tiny_cfg, epochs=6)
+    cfg.train.lr_schedule = None  # a constant lr: val ppl on shuffled text soon stops improving
+    cfg.train.early_stopping_patience = patience
+    cfg.logger.enabled = False
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "run")
+    val_ppls = [r["val/ppl"] for r in read_epoch_history(tmp_path / "run" / "metrics.csv")]
+    if patience is None:
+        assert len(val_ppls) == 6
+        return
+    # Lightning's rule: stop at the first epoch not better than the best so far.
+    first_worse = next(i for i in range(1, len(val_ppls)) if val_ppls[i] >= min(val_ppls[:i]))
+    assert len(val_ppls) == first_worse + 1 < 6, val_ppls

@@ -8,7 +8,8 @@ import torch
 
 from lyricist.data.batching import consecutive_batches
 from lyricist.models import RecurrentLM
-from lyricist.training.module import LitLanguageModel, LyricsDataModule, clip_grad_global_norm, detach_state
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel, detach_state
 from lyricist.data.vocab import Vocab
 
 VOCAB = Vocab.build("abcdefghij")
@@ -67,24 +68,40 @@ def test_carried_state_changes_the_loss():
     assert not torch.isclose(loss(detach_state(carried)), loss(None))
 
 
-def test_clipping_bounds_the_global_norm_and_keeps_the_direction():
+def seeds_grad_clipping(params, theta: float) -> float:
+    """The seeds' grad_clipping, written out: one L2 norm over all gradients; when it exceeds
+    theta every gradient is multiplied by theta / norm. The oracle for torch's clip_grad_norm_."""
+    norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+    if norm > theta:
+        for p in params:
+            p.grad.mul_(theta / norm)
+    return norm
+
+
+def _random_grads(scale: float):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))]
     for p in params:
-        p.grad = torch.randn_like(p) * 10
-    before = torch.cat([p.grad.flatten() for p in params])
-    norm = clip_grad_global_norm(params, theta=2.0)
-    after = torch.cat([p.grad.flatten() for p in params])
-    assert norm == pytest.approx(float(before.norm()), rel=1e-6)
-    assert float(after.norm()) == pytest.approx(2.0, rel=1e-6)
-    assert torch.allclose(after, before * (2.0 / norm))  # same direction, global scale
+        p.grad = torch.randn_like(p) * scale
+    return params
 
 
-def test_clipping_leaves_small_gradients_alone():
-    p = torch.nn.Parameter(torch.zeros(3))
-    p.grad = torch.tensor([0.1, 0.2, 0.2])
-    assert clip_grad_global_norm([p], theta=5.0) == pytest.approx(0.3)
-    assert torch.equal(p.grad, torch.tensor([0.1, 0.2, 0.2]))
+@pytest.mark.parametrize("scale, theta", [(10.0, 2.0), (0.01, 5.0), (1.0, math.inf)])
+def test_torch_clip_grad_norm_is_the_seeds_grad_clipping(scale, theta):
+    """What the LightningModule calls (torch.nn.utils.clip_grad_norm_) equals the seeds' rule:
+    the same norm returned, the same clipped gradients (to float rounding: torch divides by
+    norm + 1e-6), small gradients left exactly as they were."""
+    ours, oracle = _random_grads(scale), _random_grads(scale)
+    before = torch.cat([p.grad.flatten() for p in ours])
+    norm = float(torch.nn.utils.clip_grad_norm_(ours, theta))
+    assert norm == pytest.approx(seeds_grad_clipping(oracle, theta), rel=1e-6)
+    after = torch.cat([p.grad.flatten() for p in ours])
+    assert torch.allclose(after, torch.cat([p.grad.flatten() for p in oracle]), rtol=1e-5, atol=0)
+    if norm > theta:
+        assert float(after.norm()) == pytest.approx(theta, rel=1e-5)
+        assert torch.allclose(after, before * (theta / norm), rtol=1e-5)  # same direction
+    else:
+        assert torch.equal(after, before)
 
 
 def test_bad_settings_are_refused_before_training():

@@ -42,7 +42,7 @@ def test_unseen_characters_map_to_unk_and_decode_visibly():
     assert ids[1:] == [0, 0] and vocab.unk_index == 0
     assert vocab.decode(ids) == "分<unk><unk>"
     assert vocab.decode(ids, unk="") == "分"
-    assert vocab.unknown_chars("分手吧手") == ["手", "吧"]
+    assert vocab.unknown_tokens("分手吧手") == ["手", "吧"]
     with pytest.raises(IndexError, match="outside the vocabulary"):
         vocab.decode([len(vocab)])
 

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 
 import torch
 
-from lyricist.models import RecurrentLM
+from lyricist.models import RecurrentLM, eval_mode
 from lyricist.data.vocab import Vocab
 
 STRATEGIES = ("greedy", "sample")
+# The CLI's and the served model's defaults; conf/config.yaml's `generate:` holds the same
+# (tests/test_config.py checks it).
+DEFAULTS = {"num_chars": 100, "strategy": "greedy", "temperature": 1.0, "top_k": None, "seed": 0}
 
 
 def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> list[int]:
@@ -68,26 +71,24 @@ def generate(
     ids = encode_prefix(vocab, prefix, allow_unknown)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    # The whole prefix in one call: the same state as feeding it one step at a time.
-    logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
     out = []
-    for _ in range(num_chars):
-        last = logits[0, -1].float()  # (V,)
-        if strategy == "greedy":
-            next_id = int(last.argmax())
-        else:
-            last = last / temperature
-            if top_k is not None and top_k < last.numel():
-                cutoff = torch.topk(last, top_k).values[-1]
-                last = last.masked_fill(last < cutoff, float("-inf"))
-            probs = torch.softmax(last, dim=-1).cpu()
-            next_id = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(next_id)
-        logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
-    model.train(was_training)
+    with eval_mode(model):
+        # The whole prefix in one call: the same state as feeding it one step at a time.
+        logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
+        for _ in range(num_chars):
+            last = logits[0, -1].float()  # (V,)
+            if strategy == "greedy":
+                next_id = int(last.argmax())
+            else:
+                last = last / temperature
+                if top_k is not None and top_k < last.numel():
+                    cutoff = torch.topk(last, top_k).values[-1]
+                    last = last.masked_fill(last < cutoff, float("-inf"))
+                probs = torch.softmax(last, dim=-1).cpu()
+                next_id = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(next_id)
+            logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
     return vocab.decode_after(prefix, out)
 
 
@@ -98,12 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="e.g. models/checkpoints/best.ckpt")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
-    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int, default=100,
+    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int,
+                        default=DEFAULTS["num_chars"],
                         help="tokens to predict: characters, or words for a word-level model")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS["strategy"])
+    parser.add_argument("--temperature", type=float, default=DEFAULTS["temperature"])
+    parser.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     args = parser.parse_args(argv)

@@ -1,139 +1,71 @@
-"""Train one model: `train(cfg, output_dir)` is the work, `main` is the Hydra entry.
+"""Train one model: `train(cfg, output_dir)` builds, fits and reports; `main` is the Hydra entry.
 
     python -m lyricist.train model=rnn data.sampling=random
     python -m lyricist.train -m model=rnn,lstm data.sampling=random,consecutive
 
-Only this module (and the DVC stage scripts) see a DictConfig; everything it calls
-takes plain arguments.
+The LightningModule (the model nested in it), the DataModule, the callbacks and the Trainer
+come from conf/ through `hydra.utils.instantiate` (conf/config.yaml: `module`, `datamodule`,
+`callbacks`, `trainer`). Only this module and the DVC stage scripts see a DictConfig;
+everything they call takes plain arguments.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
-from lyricist.tracking import serving, store as tracking, sweep
-from lyricist.data.batching import check_enough_tokens
-from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.checkpoint import read_checkpoint_meta
-from lyricist.training.module import LitLanguageModel, LyricsDataModule
+from lyricist.data.batching import check_enough_tokens
+from lyricist.data.prepared import check_record
 from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
+from lyricist.project import project_root
+from lyricist.tracking import serving, store, sweep
+from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
 
-CONF_DIR = str(tracking.PROJECT_ROOT / "conf")
-
-
-def encoded_dir(corpus_name: str, root: Path = tracking.PROJECT_ROOT) -> Path:
-    """Where the `vocab` DVC stage writes vocab.json and the {train,val,test}.npy id arrays."""
-    return root / "data" / "encoded" / corpus_name
+WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
 
 
-def check_prepared_with(data_dir: Path, data_cfg: DictConfig) -> None:
-    """Refuse encoded data made with other preprocessing settings than this run's config
-    (e.g. a preset's `data.max_chars=20000` over data prepared from the full corpus)."""
-    record = data_dir / "prepared_with.json"
-    if not record.is_file():
-        return
-    # A vocabulary option missing from the record was its default (the vocab stage writes
-    # only options that differ from it; older records predate the options).
-    prepared = {**OPTION_DEFAULTS, **json.loads(record.read_text(encoding="utf-8"))}
-    def asked(key: str):
-        return data_cfg.get(key, OPTION_DEFAULTS.get(key))
-
-    differ = {k: (v, asked(k)) for k, v in prepared.items() if asked(k) != v}
-    if differ:
-        listed = ", ".join(f"data.{k}: prepared {a!r}, asked {b!r}" for k, (a, b) in differ.items())
-        raise ValueError(
-            f"{data_dir} was prepared with other settings ({listed}). Prepare the data for "
-            "this config through DVC: `dvc exp run -S <the same overrides>` (or `dvc repro` "
-            "after changing conf/ and `make params`)")
-
-
-def load_encoded(data_dir: Path) -> tuple[Vocab, dict]:
-    files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"encoded data missing: {', '.join(missing)}. Prepare it first: "
-            "`dvc pull && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for another corpus)"
-        )
-    splits = {name: load_ids(data_dir / f"{name}.npy") for name in ("train", "val")}
-    return Vocab.load(data_dir / "vocab.json"), splits
-
-
-def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None = None,
-          parent_run_id: str | None = None) -> dict:
-    """Train the configured model; write checkpoints and metrics.csv under `output_dir`.
+def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:
+    """Train the configured model; write checkpoints/ and metrics.csv under `output_dir`.
 
     Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
     Hydra sweeper can use it.
     """
     output_dir = Path(output_dir)
-    data_cfg, train_cfg = cfg.data, cfg.train
-    pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
+    root = project_root(cfg.paths.root)
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
-    # Everything that can fail fast does so before the first batch.
-    data_dir = Path(data_dir) if data_dir else encoded_dir(data_cfg.name)
-    tokenizer = data_cfg.get("tokenizer", OPTION_DEFAULTS["tokenizer"])
-    check_options(tokenizer, data_cfg.get("max_vocab_size"), data_cfg.min_freq)
-    vocab, splits = load_encoded(data_dir)
-    check_prepared_with(data_dir, data_cfg)
-    if vocab.tokenizer != tokenizer:
-        raise ValueError(
-            f"{data_dir / 'vocab.json'} is a {vocab.tokenizer}-level vocabulary but data.tokenizer="
-            f"{tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
-            f"data.tokenizer={tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
-    check_enough_tokens(len(splits["train"]), data_cfg.batch_size, data_cfg.num_steps,
-                        "train split", sampling=data_cfg.sampling)
-    check_enough_tokens(len(splits["val"]), train_cfg.eval_batch_size, data_cfg.num_steps,
-                        "val split", sampling="consecutive")
-    model = instantiate(cfg.model, vocab_size=len(vocab), _convert_="all")
-    lit = LitLanguageModel(model, vocab, optimizer=instantiate(cfg.optim),
-                           clip_theta=train_cfg.clip_theta, sampling=data_cfg.sampling,
-                           divergence_factor=train_cfg.divergence_factor, seed=train_cfg.seed,
-                           loss_reduction=train_cfg.loss_reduction,
-                           lr_schedule=train_cfg.lr_schedule, lr_factor=train_cfg.lr_factor,
-                           lr_patience=train_cfg.lr_patience)
-    datamodule = LyricsDataModule(splits["train"], splits["val"], data_cfg.batch_size,
-                                  data_cfg.num_steps, data_cfg.sampling,
-                                  train_cfg.eval_batch_size, train_cfg.seed)
-
-    resume_path = resolve_resume(train_cfg.resume, output_dir)
+    # Everything that can fail fast does so before the first batch and before any output.
+    vocab, splits = load_encoded(root / cfg.paths.encoded, OmegaConf.to_container(cfg.data),
+                                 cfg.train.eval_batch_size)
+    module = instantiate(cfg.module, model={"vocab_size": len(vocab)}, vocab=vocab, _convert_="all")
+    datamodule = instantiate(cfg.datamodule, train_ids=splits["train"], val_ids=splits["val"])
+    resume_path = resolve_resume(cfg.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     # Tracking before any output: an unreachable server fails here, not after training.
-    mlf = (_mlflow_logger(cfg, resume_meta.get("mlflow_run_id"), parent_run_id)
-           if cfg.logger.enabled else None)
+    tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
+    mlf = (_mlflow_logger(cfg, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
+           if tracking_uri else None)
+    run_id = mlf.run_id if mlf else None
+    if run_id:
+        module.extra_checkpoint["mlflow_run_id"] = run_id
 
-    loggers: list = [EpochCSVLogger(
-        output_dir / "metrics.csv", keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)]
-    checkpoint_cb = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
-                                    monitor="val/ppl", mode="min", save_last=True,
-                                    enable_version_counter=False)
-    callbacks: list = [checkpoint_cb]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    if train_cfg.early_stopping_patience:
-        callbacks.append(EarlyStopping("val/ppl", patience=train_cfg.early_stopping_patience))
-    run_id = None
-    if mlf is not None:
-        run_id = mlf.run_id
-        lit.extra_checkpoint["mlflow_run_id"] = run_id
-        loggers.append(mlf)
-        callbacks.append(SamplesCallback(
-            data_cfg.prefixes, train_cfg.samples_every_n_epochs, cfg.generate.num_chars,
-            tracking.resolve_tracking_uri(cfg.logger.tracking_uri), run_id))
-
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks,
+    csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
+                                keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
+    trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
+                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id),
                           default_root_dir=str(output_dir))
-    trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     if not trainer.is_global_zero:  # DDP: rank 0 reports
         return {}
@@ -142,40 +74,95 @@ def train(cfg: DictConfig, output_dir: str | Path, data_dir: str | Path | None =
     history = read_epoch_history(output_dir / "metrics.csv")
     metrics = dict(history[-1]) if history else {}
     metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
-    if run_id is not None:
-        client = mlf.experiment
-        tracking.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", metrics["val/ppl"]))
-        tracking.with_retry(lambda: client.log_artifact(run_id, checkpoint_cb.best_model_path, "checkpoints"))
-        tracking.with_retry(lambda: client.log_text(run_id, vocab_json(vocab), "vocab.json"))
-        if cfg.logger.log_model:
-            serving.log_pyfunc_model(tracking.resolve_tracking_uri(cfg.logger.tracking_uri),
-                                     run_id, checkpoint_cb.best_model_path)
-        mlf.finalize("success")
-    _print_summary(output_dir, checkpoint_cb.best_model_path, metrics, run_id, cfg)
+    best_path = trainer.checkpoint_callback.best_model_path
+    if mlf:
+        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model)
+    _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
     return metrics
 
 
-def _mlflow_logger(cfg: DictConfig, resume_run_id: str | None,
+def instantiate(node, **kwargs):
+    """`hydra.utils.instantiate`, raising the target's own error (which names the config key and
+    the fix) rather than Hydra's InstantiationException around it."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if err.__cause__ is None:
+            raise
+        raise err.__cause__ from None
+
+
+def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Vocab, dict]:
+    """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
+    missing, prepared with other `data.*` settings, or too short for one batch."""
+    tokenizer = data.get("tokenizer", OPTION_DEFAULTS["tokenizer"])
+    check_options(tokenizer, data.get("max_vocab_size"), data["min_freq"])
+    files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"encoded data missing: {', '.join(missing)}. Prepare it first: "
+            "`dvc pull && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for another corpus)")
+    vocab = Vocab.load(data_dir / "vocab.json")
+    check_record(data_dir, data)
+    if vocab.tokenizer != tokenizer:
+        raise ValueError(
+            f"{data_dir / 'vocab.json'} is a {vocab.tokenizer}-level vocabulary but data.tokenizer="
+            f"{tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
+            f"data.tokenizer={tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
+    splits = {name: load_ids(data_dir / f"{name}.npy") for name in ("train", "val")}
+    check_enough_tokens(len(splits["train"]), data["batch_size"], data["num_steps"],
+                        "train split", sampling=data["sampling"])
+    check_enough_tokens(len(splits["val"]), eval_batch_size, data["num_steps"],
+                        "val split", sampling="consecutive")
+    return vocab, splits
+
+
+def _callbacks(cfg: DictConfig, output_dir: Path, tracking_uri: str | None,
+               run_id: str | None) -> list[pl.Callback]:
+    """conf's `callbacks:` with what exists only at run time; early stopping is off when its
+    patience is null (0 is a patience: stop at the first epoch without a better val/ppl)."""
+    at_run_time = {"checkpoint": {"dirpath": str(output_dir / "checkpoints")},
+                   "samples": {"tracking_uri": tracking_uri, "run_id": run_id}}
+    left_out = {"early_stopping": cfg.train.early_stopping_patience is None,
+                "progress_bar": not cfg.trainer.get("enable_progress_bar", True),
+                "samples": run_id is None}
+    return [instantiate(node, **at_run_time.get(name, {}))
+            for name, node in cfg.callbacks.items() if node is not None and not left_out.get(name)]
+
+
+def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id: str | None,
                    parent_run_id: str | None) -> MLFlowLogger:
     """The run's MLflow logger, its store and experiment created first (with retries);
     resuming continues the checkpoint's run instead of opening a new one."""
-    uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
-    tracking.ensure_experiment(uri, cfg.logger.experiment_name)
+    store.ensure_experiment(tracking_uri, cfg.logger.experiment_name)
     mlf = MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
+        experiment_name=cfg.logger.experiment_name, tracking_uri=tracking_uri,
         # A name that says what ran (MLflow's random names repeat under a fixed seed).
         run_name=cfg.logger.run_name or (f"{cfg.model.cell} {cfg.data.sampling} "
                                          f"h{cfg.model.hidden_size} {cfg.data.name}"),
         run_id=resume_run_id,
-        tags={"git_commit": tracking.git_commit(),
-              "data_md5": tracking.raw_data_md5(cfg.data.raw_path),
+        tags={"git_commit": store.git_commit(root),
+              "data_md5": store.raw_data_md5(cfg.data.raw_path, root),
               "corpus": cfg.data.name, "model": cfg.model.cell,
               **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
     )
-    tracking.with_retry(lambda: mlf.run_id)  # creates the run
+    store.with_retry(lambda: mlf.run_id)  # creates the run
     if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
-        mlf.log_hyperparams(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in WIRING}
+        mlf.log_hyperparams(store.flatten(settings))
     return mlf
+
+
+def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
+                       best_val_ppl: float, log_model: bool) -> None:
+    client, run_id = mlf.experiment, mlf.run_id
+    store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
+    store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
+    store.with_retry(lambda: client.log_text(run_id, vocab_json(vocab), "vocab.json"))
+    if log_model:
+        serving.log_pyfunc_model(tracking_uri, run_id, best_path)
+    mlf.finalize("success")
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
@@ -196,7 +183,8 @@ def vocab_json(vocab: Vocab) -> str:
     return json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
 
 
-def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id, cfg) -> None:
+def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str | None,
+                   experiment_name: str, tracking_uri: str | None) -> None:
     lines = [
         "", "lyricist: training finished",
         f"  best val perplexity   {metrics['val/ppl']:.2f}",
@@ -204,18 +192,25 @@ def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id, cfg)
         f"  per-epoch metrics     {output_dir / 'metrics.csv'}",
     ]
     if run_id:
-        lines.append(f"  MLflow run            {run_id} (experiment {cfg.logger.experiment_name!r})")
-        lines.append(f"  browse                mlflow ui --backend-store-uri "
-                     f"{tracking.resolve_tracking_uri(cfg.logger.tracking_uri)}")
+        lines.append(f"  MLflow run            {run_id} (experiment {experiment_name!r})")
+        lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}")
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_job(cfg: DictConfig) -> float:
     metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
-                    data_dir=cfg.data.encoded_dir,
                     parent_run_id=sweep.parent_run_id_for_current_job())
     return metrics["val/ppl"]  # what an optimising sweeper minimises
+
+
+def main() -> None:
+    """`python -m lyricist.train [overrides]`: Hydra composes conf/ of the project found from
+    the working directory (lyricist.project), never of the folder this package lies in."""
+    try:
+        conf_dir = project_root() / "conf"
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
 
 
 if __name__ == "__main__":

@@ -179,14 +179,3 @@ def write_text(path: str | Path, text: str) -> None:
     """Atomically write `text` as UTF-8 (no BOM, "\\n" line ends kept as they are)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
-
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file written by an earlier stage (e.g. a split) back."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist; produce it with `dvc repro` (or fetch it with `dvc pull`)."
-        )
-    # newline="" keeps "\n" exactly as written instead of translating line ends.
-    with open(path, encoding="utf-8", newline="") as file:
-        return file.read()

@@ -196,8 +196,6 @@ class Vocab:
         """Distinct tokens of `text` that would encode to `<unk>`, in order of appearance."""
         return list(dict.fromkeys(t for t in tokenize(text, self.tokenizer) if t not in self.stoi))
 
-    unknown_chars = unknown_tokens  # the name from before word vocabularies
-
     # -- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,15 +249,12 @@ class Vocab:
                 f"vocabulary file {path} is malformed ({err}). Delete it and rebuild it with `dvc repro`."
             ) from err
 
-
 # ---------------------------------------------------------------------------------------------
 # token-id arrays on disk
-
 
 def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
     """Ids of `text` as a 1-D int32 array (int32 halves the file size; vocabularies are tiny)."""
     return np.asarray(vocab.encode(text), dtype=np.int32)  # (N,)
-
 
 def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int]) -> None:
     """Save a 1-D array of non-negative token ids as an int32 `.npy` file, atomically."""
@@ -273,7 +268,6 @@ def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int]) -> No
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.int32), allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
-
 
 def load_ids(path: str | Path) -> torch.Tensor:
     """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""

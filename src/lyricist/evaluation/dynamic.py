@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from lyricist.data.batching import check_enough_tokens, consecutive_batches
-from lyricist.evaluation.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
-from lyricist.models import RecurrentLM
+from lyricist.evaluation.interpolation import (
+    WEIGHT_GRID, check_splits, choose_weight, mixture_log_probs, perplexity_of,
+)
+from lyricist.evaluation.metrics import DynamicResult, Perplexities
 from lyricist.evaluation.ngram import KneserNey
+from lyricist.models import RecurrentLM
 
 
 def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int,
@@ -74,16 +77,14 @@ def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positio
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
                      num_steps: int, learning_rates: Sequence[float],
-                     weights: Sequence[float] = WEIGHT_GRID) -> dict:
-    """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, per split.
+                     weights: Sequence[float] = WEIGHT_GRID) -> DynamicResult:
+    """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
+    (optionally) "test".
 
-    The learning rate (of `learning_rates`) and the mixture weight are chosen on "val"; other
-    splits (e.g. "test") start again from the trained weights and counts. Returns
-    {"dynamic_lr", "dynamic_<split>_ppl", "ngram_adaptive_<split>_ppl",
-    "dynamic_interpolation_weight", "dynamic_interpolated_<split>_ppl"}.
+    The learning rate (of `learning_rates`) and the mixture weight are chosen on "val"; "test"
+    starts again from the trained weights and counts.
     """
-    if "val" not in splits:
-        raise ValueError("the learning rate and mixture weight are chosen on val: pass a 'val' split.")
+    check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
 
@@ -97,9 +98,9 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         positions, neural = dynamic_token_log_probs(model, ids, num_steps, lr)
         scored[split] = neural, adaptive_ngram_token_log_probs(ngram, ids, positions)
     weight, _ = choose_weight(*scored["val"], weights=weights)
-    metrics: dict = {"dynamic_lr": lr, "dynamic_interpolation_weight": weight}
-    for split, (neural, ngram_lp) in scored.items():
-        metrics[f"dynamic_{split}_ppl"] = perplexity_of(neural)
-        metrics[f"ngram_adaptive_{split}_ppl"] = perplexity_of(ngram_lp)
-        metrics[f"dynamic_interpolated_{split}_ppl"] = perplexity_of(mixture_log_probs(neural, ngram_lp, weight))
-    return metrics
+    return DynamicResult(
+        lr=lr, weight=weight,
+        dynamic=Perplexities.of_splits({split: perplexity_of(neural) for split, (neural, _) in scored.items()}),
+        ngram_adaptive=Perplexities.of_splits({split: perplexity_of(kn) for split, (_, kn) in scored.items()}),
+        interpolated=Perplexities.of_splits({split: perplexity_of(mixture_log_probs(neural, kn, weight))
+                                             for split, (neural, kn) in scored.items()}))

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from lyricist.data.batching import check_enough_tokens, consecutive_batches
-from lyricist.models import RecurrentLM
+from lyricist.evaluation.metrics import InterpolationResult, Perplexities
 from lyricist.evaluation.ngram import KneserNey, LanguageModel, best_kneser_ney
+from lyricist.models import RecurrentLM, eval_mode
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
 
@@ -38,18 +39,16 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     of batch i is the token at position b * L + i * num_steps + j + 1.
     """
     check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
-    was_training = model.training
-    model.eval()
     stream_starts = torch.arange(batch_size) * (len(ids) // batch_size)  # (B,)
     columns = torch.arange(num_steps) + 1  # (T,)
     state, positions, log_probs = None, [], []
-    for i, (x, y) in enumerate(consecutive_batches(ids, batch_size, num_steps)):
-        logits, state = model(x, state)  # (B, T, V)
-        # The same per-token cross-entropy `evaluation.perplexity` averages.
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
-        log_probs.append(-nll.double().cpu())
-        positions.append((stream_starts[:, None] + i * num_steps + columns[None, :]).reshape(-1))  # (B*T,)
-    model.train(was_training)
+    with eval_mode(model):
+        for i, (x, y) in enumerate(consecutive_batches(ids, batch_size, num_steps)):
+            logits, state = model(x, state)  # (B, T, V)
+            # The same per-token cross-entropy `evaluation.perplexity` averages.
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
+            log_probs.append(-nll.double().cpu())
+            positions.append((stream_starts[:, None] + i * num_steps + columns[None, :]).reshape(-1))  # (B*T,)
     positions_np = torch.cat(positions).numpy()
     order = np.argsort(positions_np, kind="stable")
     return positions_np[order], torch.cat(log_probs).numpy()[order]
@@ -82,6 +81,14 @@ def perplexity_of(log_probs: np.ndarray) -> float:
     return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp(709.8) is float64's limit
 
 
+def check_splits(splits: dict) -> None:
+    """The weights are chosen on "val"; "test" (optional) is scored with them."""
+    if "val" not in splits:
+        raise ValueError("the mixture weight is chosen on val: pass a 'val' split.")
+    if not set(splits) <= {"val", "test"}:
+        raise ValueError(f"the splits are 'val' and optionally 'test', got {sorted(splits)}.")
+
+
 def choose_weight(neural: np.ndarray, ngram: np.ndarray,
                   weights: Sequence[float] = WEIGHT_GRID) -> tuple[float, float]:
     """The weight of `weights` whose mixture has the lowest perplexity on these (val) tokens,
@@ -94,17 +101,16 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
 def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
                            vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
                            discount_mode: str = "modified", fixed_discount: float = 0.75,
-                           weights: Sequence[float] = WEIGHT_GRID, ngram: KneserNey | None = None) -> dict:
+                           weights: Sequence[float] = WEIGHT_GRID,
+                           ngram: KneserNey | None = None) -> InterpolationResult:
     """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
     fit on train, as the `baseline` stage does) and choose the weight on val.
 
-    `splits` must hold "val"; other splits (e.g. "test") are scored with val's weight. Returns
-    {"ngram_order", "interpolation_weight", "ngram_<split>_ppl", "interpolated_<split>_ppl"};
-    the n-gram perplexities are over the positions the neural model predicts. A caller that
-    already has that Kneser-Ney model passes it as `ngram` (then the fitting arguments are unused).
+    `splits` holds "val" and optionally "test", scored with val's weight. The n-gram
+    perplexities are over the positions the neural model predicts. A caller that already has
+    that Kneser-Ney model passes it as `ngram` (then the fitting arguments are unused).
     """
-    if "val" not in splits:
-        raise ValueError("the mixture weight is chosen on val: pass a 'val' split.")
+    check_splits(splits)
     if ngram is None:
         ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
                                    fixed_discount)
@@ -113,8 +119,8 @@ def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: 
         positions, neural = neural_token_log_probs(model, ids, batch_size, num_steps)
         scored[split] = neural, ngram_token_log_probs(ngram, ids, positions)
     weight, _ = choose_weight(*scored["val"], weights=weights)
-    metrics: dict = {"ngram_order": ngram.order, "interpolation_weight": weight}
-    for split, (neural, ngram_lp) in scored.items():
-        metrics[f"ngram_{split}_ppl"] = perplexity_of(ngram_lp)
-        metrics[f"interpolated_{split}_ppl"] = perplexity_of(mixture_log_probs(neural, ngram_lp, weight))
-    return metrics
+    return InterpolationResult(
+        order=ngram.order, weight=weight,
+        ngram=Perplexities.of_splits({split: perplexity_of(kn) for split, (_, kn) in scored.items()}),
+        interpolated=Perplexities.of_splits({split: perplexity_of(mixture_log_probs(neural, kn, weight))
+                                             for split, (neural, kn) in scored.items()}))

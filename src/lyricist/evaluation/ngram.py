@@ -17,12 +17,18 @@ exactly r (r >= 3: at least 3) times, and a context never seen leaves P_k = P_{k
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from lyricist.data.corpus import atomic_write_bytes
 
 DISCOUNT_MODES = ("modified", "single", "fixed")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
@@ -116,6 +122,21 @@ class _Level:
     contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
     followers: dict[tuple[int, ...], list[int]] = field(default_factory=lambda: defaultdict(list))
 
+    @classmethod
+    def from_counts(cls, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> _Level:
+        """The level of these counts, its contexts' totals and masses summed in the counts' order
+        (so a level rebuilt from saved counts holds bit for bit the same floats)."""
+        level = cls(counts, discounts)
+        totals: Counter = Counter()
+        masses: Counter = Counter()
+        for gram, count in counts.items():
+            context = gram[:-1]
+            totals[context] += count
+            masses[context] += level.discount(count)
+            level.followers[context].append(gram[-1])
+        level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
+        return level
+
     def discount(self, count: int) -> float:
         return self.discounts[min(count, 3) - 1]
 
@@ -156,16 +177,7 @@ class KneserNey:
                 # context says little, so it should favour tokens seen after many contexts.
                 counts = dict(Counter(gram[1:] for gram in raw[k + 1]))
             discounts = estimate_discounts(counts.values(), self.discount_mode, self.fixed_discount)
-            level = _Level(counts, discounts)
-            totals: Counter = Counter()
-            masses: Counter = Counter()
-            for gram, count in counts.items():
-                context = gram[:-1]
-                totals[context] += count
-                masses[context] += level.discount(count)
-                level.followers[context].append(gram[-1])
-            level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
-            self.levels.append(level)
+            self.levels.append(_Level.from_counts(counts, discounts))
         # The k-gram types seen (k >= 2): `observe` needs them to tell when a continuation count grows.
         self._seen = {k: set(raw[k]) for k in range(2, self.order + 1)}
         return self
@@ -234,6 +246,67 @@ class KneserNey:
 
 
 # ---------------------------------------------------------------------------------------------
+# on disk (the baseline stage fits, the evaluate stage loads)
+
+KNESER_NEY_FORMAT = 1
+
+
+def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
+    """Write a fitted Kneser-Ney model to `path` atomically, as a .npz of plain arrays (loaded
+    without pickle): its settings as JSON (with `max_order`, the orders it was chosen among),
+    and per order k its k-grams in fitting order with their counts and discounts, and the k-gram
+    types seen (what `observe` needs). The rest is recomputed from these on loading, as `fit`
+    computes it, so a freshly fit model loads bit for bit (one that has `observe`d since may
+    differ in the last bits of its back-off masses, which `observe` sums in another order)."""
+    meta = {"format": KNESER_NEY_FORMAT, "order": model.order, "discount_mode": model.discount_mode,
+            "fixed_discount": model.fixed_discount, "vocab_size": model.vocab_size, "max_order": max_order}
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for k, level in enumerate(model.levels, start=1):
+        arrays[f"grams_{k}"] = np.array(list(level.counts), dtype=np.int32).reshape(-1, k)  # (N_k, k)
+        arrays[f"counts_{k}"] = np.array(list(level.counts.values()), dtype=np.int64)  # (N_k,)
+        arrays[f"discounts_{k}"] = np.array(level.discounts, dtype=np.float64)  # (3,)
+    for k in range(2, model.order):  # the top order's types are its counts' keys: not stored twice
+        arrays[f"seen_{k}"] = np.array(sorted(model._seen[k]), dtype=np.int32).reshape(-1, k)  # (M_k, k)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_mode: str,
+                    fixed_discount: float) -> KneserNey:
+    """The model `save_kneser_ney` wrote, refused with the fix unless it was chosen among orders
+    1..max_order with these discount settings over a vocabulary of `vocab_size` tokens."""
+    path = Path(path)
+    fix = f"run `dvc repro baseline` to fit it again and rewrite {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Kneser-Ney model at {path}; {fix}.")
+    try:
+        with np.load(path, allow_pickle=False) as file:
+            arrays = dict(file)
+        meta = json.loads(str(arrays["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a Kneser-Ney model file ({err}); {fix}.") from err
+    if meta.get("format") != KNESER_NEY_FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}, this code reads {KNESER_NEY_FORMAT}; {fix}.")
+    asked = {"vocab_size": vocab_size, "max_order": max_order, "discount_mode": discount_mode,
+             "fixed_discount": fixed_discount}
+    differ = [f"{key}: fit with {meta[key]!r}, asked {value!r}" for key, value in asked.items() if meta[key] != value]
+    if differ:
+        raise ValueError(f"the Kneser-Ney model {path} does not match ({'; '.join(differ)}); {fix}.")
+    model = KneserNey(meta["order"], meta["discount_mode"], meta["fixed_discount"])
+    model.vocab_size = meta["vocab_size"]
+    model.levels = []
+    for k in range(1, model.order + 1):
+        grams = map(tuple, arrays[f"grams_{k}"].tolist())  # python ints, as fit's keys
+        counts = dict(zip(grams, arrays[f"counts_{k}"].tolist()))
+        model.levels.append(_Level.from_counts(counts, tuple(arrays[f"discounts_{k}"].tolist())))
+    model._seen = {k: set(map(tuple, arrays[f"seen_{k}"].tolist())) for k in range(2, model.order)}
+    if model.order >= 2:
+        model._seen[model.order] = set(model.levels[-1].counts)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
 # evaluation
 
 
@@ -282,23 +355,27 @@ def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size
 
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
                        max_order: int = 5, discount_mode: str = "modified",
-                       fixed_discount: float = 0.75) -> dict:
-    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split.
+                       fixed_discount: float = 0.75) -> tuple[dict, KneserNey | None]:
+    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split,
+    and the Kneser-Ney model best on val (the one `best_kneser_ney` picks; None without val).
 
-    Returns {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best": {"name": ..,
-    "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without val). A split
-    with fewer than 2 tokens is left out (nothing to predict), as an empty test split may be.
+    The metrics are {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best":
+    {"name": .., "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without
+    val). A split with fewer than 2 tokens is left out (nothing to predict), as an empty test
+    split may be.
     """
+    kneser_ney = fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode, fixed_discount)
     models: dict[str, LanguageModel] = {"unigram": unigram_add_one(train_ids, vocab_size)}
-    for order, model in fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode,
-                                              fixed_discount).items():
-        models[f"kn{order}"] = model
+    models.update({f"kn{order}": model for order, model in kneser_ney.items()})
     metrics: dict[str, dict] = {}
     for name, model in models.items():
         metrics[name] = {f"{split}_ppl": perplexity(model, ids)
                          for split, ids in splits.items() if len(ids) >= 2}
     candidates = [name for name in models if "val_ppl" in metrics[name]]
-    if candidates:
-        best = min(candidates, key=lambda name: metrics[name]["val_ppl"])
-        metrics["best"] = {"name": best, **metrics[best]}
-    return metrics
+    if not candidates:
+        return metrics, None
+    best = min(candidates, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
+    metrics["best"] = {"name": best, **metrics[best]}
+    # As best_kneser_ney: the lowest val perplexity of the Kneser-Ney orders, ties to the lower.
+    best_order = min(kneser_ney, key=lambda order: metrics[f"kn{order}"]["val_ppl"])
+    return metrics, kneser_ney[best_order]

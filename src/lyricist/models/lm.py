@@ -17,6 +17,9 @@ time, one-hot vectors and all, as the seeds do). The tests hold one to the other
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +28,18 @@ from lyricist.models.cells import RecurrentCell, State, make_cell
 from lyricist.models.dropout import LockedDropout
 from lyricist.models.fast.head import linear_cross_entropy
 from lyricist.models.fast.matmul import linear
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (dropout off) inside the block, and back in the mode it was in after,
+    even when the block raises: a caller training the model must not find dropout switched off."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class RecurrentLM(nn.Module):

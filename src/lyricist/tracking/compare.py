@@ -1,8 +1,8 @@
 """Compare MLflow runs: a PNG of the per-epoch curves and a markdown table, best first.
 
-    python -m lyricist.store.compare                                  # the 20 best runs of "lyricist"
-    python -m lyricist.store.compare --filter "params.model.cell = 'lstm'" --train
-    python -m lyricist.store.compare --parent-run-id <sweep parent id>  # one sweep's jobs
+    python -m lyricist.tracking.compare                                  # the 20 best runs of "lyricist"
+    python -m lyricist.tracking.compare --filter "params.model.cell = 'lstm'" --train
+    python -m lyricist.tracking.compare --parent-run-id <sweep parent id>  # one sweep's jobs
 
 Runs are ranked by the lowest value of `--metric` (default val/ppl) over their epochs,
 computed from the metric's history, so unfinished runs (no `best/val_ppl` yet) rank too.
@@ -11,6 +11,7 @@ computed from the metric's history, so unfinished runs (no `best/val_ppl` yet) r
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
+from lyricist.data.corpus import atomic_write_bytes, write_text
 from lyricist.tracking import store
 
 TABLE_PARAMS = ("model.cell", "data.sampling", "model.hidden_size")
@@ -132,8 +134,10 @@ def plot_curves(summaries: list[RunSummary], path: str | Path, metric: str = "va
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="run (best)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # Drawn in memory, then written atomically: a killed run leaves the old image, not half of one.
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip(".") or "png", dpi=120)
+    atomic_write_bytes(path, image.getvalue())
     return path
 
 
@@ -191,7 +195,7 @@ def find_experiment(client: MlflowClient, name: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lyricist.store.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lyricist.tracking.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the project's mlflow.db")
     p.add_argument("--experiment", default="lyricist", help="experiment name (default: %(default)s)")
@@ -240,16 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summaries = gather(args, uri)
     except CompareError as err:
-        print(f"lyricist.store.compare: error: {err}", file=sys.stderr)
+        print(f"lyricist.tracking.compare: error: {err}", file=sys.stderr)
         return 2
     png = plot_curves(summaries, args.out_png, args.metric, args.train,
                       title=f"{args.experiment}: {args.metric} per epoch")
     table = markdown_table(summaries, args.metric)
     md = Path(args.out_md)
-    md.parent.mkdir(parents=True, exist_ok=True)
     image = Path(os.path.relpath(png, md.parent)).as_posix()  # relative: the report moves with it
-    md.write_text(f"# Runs of experiment `{args.experiment}`, by best {args.metric}\n\n"
-                  f"![curves]({image})\n\n{table}", encoding="utf-8")
+    write_text(md, f"# Runs of experiment `{args.experiment}`, by best {args.metric}\n\n"
+                   f"![curves]({image})\n\n{table}")
     print(table, end="")
     print(f"\nwrote {md} and {png} ({len(summaries)} runs)")
     return 0

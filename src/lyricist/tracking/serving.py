@@ -11,6 +11,8 @@ arguments + vocabulary) and lyricist's own code, so it loads without this checko
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from pathlib import Path
 
 import mlflow
@@ -20,7 +22,8 @@ from mlflow.types import ColSpec, Schema
 
 import lyricist
 
-DEFAULTS = {"num_chars": 100, "strategy": "greedy", "temperature": 1.0, "top_k": 0, "seed": 0}
+# What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
+SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
@@ -45,7 +48,7 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_checkpoint(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from lyricist.generate import generate
+        from lyricist.generate import DEFAULTS, generate
 
         rows = pd.DataFrame(model_input).to_dict("records")
         lyrics = []
@@ -55,8 +58,19 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
             lyrics.append(generate(
                 self.loaded.model, self.loaded.vocab, str(row["prefix"]), int(options["num_chars"]),
                 strategy=str(options["strategy"]), temperature=float(options["temperature"]),
-                top_k=int(options["top_k"]) or None, seed=int(options["seed"]), allow_unknown=True))
+                top_k=int(options["top_k"] or 0) or None,  # 0: no top-k cut, as the signature says
+                seed=int(options["seed"]), allow_unknown=True))
         return pd.DataFrame({"lyrics": lyrics})
+
+
+def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
+    """`packages` as lyricist's installed metadata requires them, each with its pin (name==version)."""
+    pins = {}
+    for requirement in importlib.metadata.requires("lyricist") or []:
+        if "extra ==" not in requirement:
+            name = re.split(r"[\s=<>!~;\[]", requirement, maxsplit=1)[0]
+            pins[name.lower().replace("_", "-")] = requirement
+    return [pins[name] for name in packages]
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path,
@@ -72,6 +86,6 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             signature=SIGNATURE,
             input_example=INPUT_EXAMPLE,
             # Listed, not inferred: inference loads the model in a subprocess (slow).
-            pip_requirements=["torch==2.13.0", "pandas", "numpy", "pytorch-lightning==2.6.6"],
+            pip_requirements=pinned_requirements(),
             registered_model_name=registered_model_name,
         )

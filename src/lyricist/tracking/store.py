@@ -19,11 +19,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/lyricist/tracking/store.py -> project root
+from lyricist.project import project_root
+
 T = TypeVar("T")
+STORE_FILE = "mlflow.db"  # the project's default store, in its root
 
 
-def resolve_tracking_uri(configured: str | None = None, root: Path = PROJECT_ROOT) -> str:
+def resolve_tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
     """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store.
 
     The old ./mlruns file store is refused by MLflow >= 3.13, so the default is a SQLite
@@ -31,7 +33,9 @@ def resolve_tracking_uri(configured: str | None = None, root: Path = PROJECT_ROO
     """
     if configured:
         return configured
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}"
 
 
 def artifact_location_for(tracking_uri: str) -> str | None:
@@ -100,7 +104,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def git_commit(root: Path = PROJECT_ROOT) -> str:
+def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True)
@@ -109,7 +113,7 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
         return "unknown"
 
 
-def raw_data_md5(raw_path: str, root: Path = PROJECT_ROOT) -> str:
+def raw_data_md5(raw_path: str, root: Path) -> str:
     """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer)."""
     for file in (root / "dvc.lock", root / f"{raw_path}.dvc"):
         if not file.is_file():

@@ -19,6 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from lyricist.project import project_root
 from lyricist.tracking import store
 
 PARENT_FILE = "mlflow_parent_run_id"
@@ -43,7 +44,8 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.logger.enabled:
             return
-        uri = store.resolve_tracking_uri(config.logger.tracking_uri)
+        root = project_root(config.paths.root)
+        uri = store.resolve_tracking_uri(config.logger.tracking_uri, root)
         # Created here, once, before parallel jobs race to create tables and experiment.
         experiment_id = store.ensure_experiment(uri, config.logger.experiment_name)
         self.client = MlflowClient(uri)
@@ -51,7 +53,7 @@ class MlflowSweepCallback(Callback):
         overrides = " ".join(config.hydra.overrides.task)
         run = store.with_retry(lambda: self.client.create_run(
             experiment_id, run_name=f"sweep {overrides}"[:250],
-            tags={"sweep": "parent", "git_commit": store.git_commit()}))
+            tags={"sweep": "parent", "git_commit": store.git_commit(root)}))
         self.parent_run_id = run.info.run_id
         store.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
         sweep_dir = Path(config.hydra.sweep.dir)

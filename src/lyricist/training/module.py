@@ -1,4 +1,4 @@
-"""Lightning wrappers: the DataModule batches, the LightningModule trains.
+"""The LightningModule: trains a plain `RecurrentLM` the way the seeds do.
 
 The recurrent model itself (`lyricist.models.RecurrentLM`) knows nothing of Lightning;
 this module adds what the seeds' training loop does around it:
@@ -17,41 +17,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.data.batching import consecutive_batches, num_batches, random_batches
-from lyricist.models import RecurrentLM
+from lyricist.data.batching import SAMPLING_MODES
 from lyricist.data.vocab import Vocab
+from lyricist.models import RecurrentLM
+from lyricist.models.cells import State
 
-SAMPLING_MODES = ("random", "consecutive")
 LR_SCHEDULES = (None, "plateau")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
-
-State = tuple[torch.Tensor, ...]
-
-
-def clip_grad_global_norm(parameters: Iterable[torch.nn.Parameter], theta: float) -> float:
-    """Scale all gradients by theta / norm when their global L2 norm exceeds theta.
-
-    Exactly the seeds' `grad_clipping`: one norm over *all* parameters (not per tensor),
-    the direction is kept. Returns the norm before clipping, for logging.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if norm > theta:
-        for g in grads:
-            g.mul_(theta / norm)
-    return float(norm)
-
 
 def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: int) -> None:
     """Refuse a learning-rate schedule setting that cannot work, naming the key and the fix."""
@@ -70,93 +50,6 @@ def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: in
 def detach_state(state: State) -> State:
     """Cut the autograd history of a carried state (the seeds' `s.detach_()`)."""
     return tuple(s.detach() for s in state)
-
-
-class _BatchStream(IterableDataset):
-    """Re-iterable view over one of the batching generators (one pass = one epoch).
-
-    The DataLoader gets ready-made (X, Y) batches (`batch_size=None`) and must not
-    reshuffle them: with consecutive sampling batch i+1 continues batch i row by row.
-    """
-
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-                 length: int):
-        self.make_iterator, self.length = make_iterator, length
-
-    def __iter__(self):
-        return self.make_iterator()
-
-    def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
-        return self.length
-
-
-class LyricsDataModule(pl.LightningDataModule):
-    """Batches already-encoded token ids; nothing else (no files, no vocabulary)."""
-
-    def __init__(
-        self,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
-        batch_size: int,
-        num_steps: int,
-        sampling: str = "consecutive",
-        eval_batch_size: int = 8,
-        seed: int = 0,
-    ):
-        super().__init__()
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
-        self.train_ids, self.val_ids = train_ids, val_ids
-        self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
-        self.eval_batch_size, self.seed = eval_batch_size, seed
-        self.epochs_drawn = 0  # random shuffles drawn so far; saved in checkpoints
-
-    def rows_of_this_process(self, batch_size: int) -> slice | None:
-        """Under multi-process training (DDP), this process's share of every batch's rows.
-
-        Rank r takes rows r, r+W, r+2W, ... of the batch a single process would see, so the
-        processes together see every stream exactly once per epoch, and with consecutive
-        sampling a stream always stays with the same process (its carried state stays
-        correct). Never a shuffled DistributedSampler: it would break the row continuity.
-        """
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if world == 1:
-            return None
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} does not split over {world} processes: "
-                             f"use a multiple of {world}")
-        return slice(self.trainer.global_rank, None, world)
-
-    def _train_batches(self):
-        rows = self.rows_of_this_process(self.batch_size)
-        if self.sampling == "consecutive":
-            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows)
-        # A new shuffle every epoch, reproducible from (seed, epoch). The counter travels in
-        # the checkpoint (state_dict below), so a resumed run draws the same shuffles; the
-        # trainer's current_epoch is not yet advanced when Lightning builds the iterator.
-        # Every process draws the same shuffle and keeps its own rows of each batch.
-        generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
-        self.epochs_drawn += 1
-        batches = random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
-        return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
-
-    def state_dict(self) -> dict:
-        return {"epochs_drawn": self.epochs_drawn}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.epochs_drawn = state_dict["epochs_drawn"]
-
-    def train_dataloader(self) -> DataLoader:
-        length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
-        return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        rows = self.rows_of_this_process(self.eval_batch_size)
-        stream = _BatchStream(
-            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
-            num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
-        )
-        return DataLoader(stream, batch_size=None)
 
 
 class LitLanguageModel(pl.LightningModule):
@@ -244,9 +137,11 @@ class LitLanguageModel(pl.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss * targets.numel() if self.loss_reduction == "sum" else loss)
-        # theta = inf measures the norm without clipping (clip_theta: null).
+        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm
+        # when it exceeds theta (torch's clip_grad_norm_ is that, tests/test_training.py shows
+        # it); theta = inf measures the norm without clipping (clip_theta: null).
         theta = math.inf if self.clip_theta is None else self.clip_theta
-        grad_norm = clip_grad_global_norm(self.parameters(), theta)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), theta))
         optimizer.step()
 
         n = targets.numel()

@@ -1,0 +1,51 @@
+"""The record of how encoded data was prepared: `<encoded dir>/prepared_with.json`.
+
+The `vocab` stage writes it; training reads it and refuses data made with other settings than
+its config asks for (e.g. a preset's `data.max_chars=20000` over data prepared from the whole
+corpus). Both sides live here; the `vocab` stage in dvc.yaml lists the same keys as params
+(tests/test_dvc_stages.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lyricist.data.corpus import write_text
+from lyricist.data.vocab import OPTION_DEFAULTS
+
+RECORD = "prepared_with.json"
+PREPARATION_KEYS = ("newline", "lowercase", "max_chars", "val_fraction", "test_fraction", "min_freq")
+
+
+def record_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What the record holds for these `data.*` settings. The vocabulary options only when not
+    their defaults: a default run's record (and so the stage's output) stays as it was before
+    the options existed, and a missing key reads as its default."""
+    record = {key: data[key] for key in PREPARATION_KEYS}
+    record.update({key: data.get(key, default) for key, default in OPTION_DEFAULTS.items()
+                   if data.get(key, default) != default})
+    return record
+
+
+def write_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
+    write_text(Path(encoded_dir) / RECORD, json.dumps(record_of(data), indent=1) + "\n")
+
+
+def check_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
+    """Refuse encoded data made with other `data.*` settings than `data`, naming each and the fix.
+    Data without a record (made by hand, e.g. in tests) is taken as it is."""
+    path = Path(encoded_dir) / RECORD
+    if not path.is_file():
+        return
+    prepared = {**OPTION_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
+    asked = {key: data.get(key, OPTION_DEFAULTS.get(key)) for key in prepared}
+    differ = [f"data.{key}: prepared {prepared[key]!r}, asked {asked[key]!r}"
+              for key in prepared if asked[key] != prepared[key]]
+    if differ:
+        raise ValueError(
+            f"{encoded_dir} was prepared with other settings ({', '.join(differ)}). Prepare the "
+            "data for this config through DVC: `dvc exp run -S <the same overrides>` (or "
+            "`dvc repro` after changing conf/ and `make params`)")

@@ -1,0 +1,84 @@
+"""The evaluate stage's numbers as small records.
+
+Their flat names ("ngram_val_ppl", ...) exist in one place only, `as_flat_dict`: they are the
+keys of reports/metrics.json, hence the columns of `dvc metrics show` and `dvc exp show`, so they
+and their order stay as they are. Everything else reads the fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Perplexities:
+    """One model's perplexity on val and, when that split is not empty, on test."""
+
+    val: float
+    test: float | None = None
+
+    @classmethod
+    def of_splits(cls, by_split: dict[str, float]) -> Perplexities:
+        """From {"val": .., "test": ..}, "test" optional."""
+        return cls(val=by_split["val"], test=by_split.get("test"))
+
+
+def _by_split(models: dict[str, Perplexities]) -> dict[str, float]:
+    """{"<prefix><split>_ppl": ..}, split by split (val first) and within one split in the order
+    of `models` ({key prefix: perplexities}), as reports/metrics.json lists them."""
+    flat = {}
+    for split in ("val", "test"):
+        for prefix, ppl in models.items():
+            if getattr(ppl, split) is not None:
+                flat[f"{prefix}{split}_ppl"] = getattr(ppl, split)
+    return flat
+
+
+@dataclass(frozen=True)
+class InterpolationResult:
+    """The network mixed with the val-best Kneser-Ney model: weight x neural + (1 - weight) x kn."""
+
+    order: int  # of the Kneser-Ney model
+    weight: float  # of the network, chosen on val
+    ngram: Perplexities  # over the positions the network predicts
+    interpolated: Perplexities
+
+    def as_flat_dict(self) -> dict:
+        return {"ngram_order": self.order, "interpolation_weight": self.weight,
+                **_by_split({"ngram_": self.ngram, "interpolated_": self.interpolated})}
+
+
+@dataclass(frozen=True)
+class DynamicResult:
+    """Dynamic evaluation against the adaptive Kneser-Ney model, alone and mixed."""
+
+    lr: float  # of the SGD step after each segment, chosen on val
+    weight: float  # of the dynamic network in the mixture, chosen on val
+    dynamic: Perplexities
+    ngram_adaptive: Perplexities
+    interpolated: Perplexities
+
+    def as_flat_dict(self) -> dict:
+        return {"dynamic_lr": self.lr, "dynamic_interpolation_weight": self.weight,
+                **_by_split({"dynamic_": self.dynamic, "ngram_adaptive_": self.ngram_adaptive,
+                             "dynamic_interpolated_": self.interpolated})}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything the evaluate stage measures of one checkpoint."""
+
+    neural: Perplexities
+    epoch: int | None  # of the checkpoint
+    interpolation: InterpolationResult | None = None
+    dynamic: DynamicResult | None = None
+
+    def as_flat_dict(self) -> dict:
+        """The keys and values of reports/metrics.json, in its order."""
+        return {**_by_split({"": self.neural}), "epoch": self.epoch,
+                **(self.interpolation.as_flat_dict() if self.interpolation else {}),
+                **(self.dynamic.as_flat_dict() if self.dynamic else {})}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_flat_dict(), indent=2) + "\n"

@@ -1,0 +1,32 @@
+"""Where the project is: the folder holding conf/config.yaml, found from the working directory.
+
+Never from this package's own location: a package installed elsewhere (or editable from
+another clone) must read the config, the data and the MLflow store of the project the user
+is in. Every path below the root comes from the `paths:` block of conf/config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT_VARIABLE = "LYRICIST_ROOT"
+MARKER = Path("conf") / "config.yaml"
+
+
+def project_root(configured: str | Path | None = None) -> Path:
+    """`configured` (the config's paths.root) if set, else $LYRICIST_ROOT, else the nearest
+    folder at or above the working directory that holds conf/config.yaml."""
+    chosen = configured or os.environ.get(ROOT_VARIABLE)
+    if chosen:
+        root = Path(chosen).expanduser().resolve()
+        if not (root / MARKER).is_file():
+            raise FileNotFoundError(f"{root} is not a lyricist project (no {MARKER}): fix "
+                                    f"paths.root or ${ROOT_VARIABLE}")
+        return root
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / MARKER).is_file():
+            return folder
+    raise FileNotFoundError(f"no lyricist project here: neither {cwd} nor a folder above it holds "
+                            f"{MARKER}. Run from the project's folder, or set ${ROOT_VARIABLE} to it")

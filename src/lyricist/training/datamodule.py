@@ -1,0 +1,102 @@
+"""The DataModule: batches already-encoded token ids; nothing else (no files, no vocabulary).
+
+How the batches are cut (random vs consecutive, the data-layout diagram) is in
+`lyricist.data.batching`; here they become a DataLoader per epoch, split over DDP processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from lyricist.data.batching import SAMPLING_MODES, consecutive_batches, num_batches, random_batches
+
+
+class _BatchStream(IterableDataset):
+    """Re-iterable view over one of the batching generators (one pass = one epoch).
+
+    The DataLoader gets ready-made (X, Y) batches (`batch_size=None`) and must not
+    reshuffle them: with consecutive sampling batch i+1 continues batch i row by row.
+    """
+
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                 length: int):
+        self.make_iterator, self.length = make_iterator, length
+
+    def __iter__(self):
+        return self.make_iterator()
+
+    def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
+        return self.length
+
+
+class LyricsDataModule(pl.LightningDataModule):
+    """Batches already-encoded token ids; nothing else (no files, no vocabulary)."""
+
+    def __init__(
+        self,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        batch_size: int,
+        num_steps: int,
+        sampling: str = "consecutive",
+        eval_batch_size: int = 8,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
+        self.train_ids, self.val_ids = train_ids, val_ids
+        self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
+        self.eval_batch_size, self.seed = eval_batch_size, seed
+        self.epochs_drawn = 0  # random shuffles drawn so far; saved in checkpoints
+
+    def rows_of_this_process(self, batch_size: int) -> slice | None:
+        """Under multi-process training (DDP), this process's share of every batch's rows.
+
+        Rank r takes rows r, r+W, r+2W, ... of the batch a single process would see, so the
+        processes together see every stream exactly once per epoch, and with consecutive
+        sampling a stream always stays with the same process (its carried state stays
+        correct). Never a shuffled DistributedSampler: it would break the row continuity.
+        """
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return None
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split over {world} processes: "
+                             f"use a multiple of {world}")
+        return slice(self.trainer.global_rank, None, world)
+
+    def _train_batches(self):
+        rows = self.rows_of_this_process(self.batch_size)
+        if self.sampling == "consecutive":
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows)
+        # A new shuffle every epoch, reproducible from (seed, epoch). The counter travels in
+        # the checkpoint (state_dict below), so a resumed run draws the same shuffles; the
+        # trainer's current_epoch is not yet advanced when Lightning builds the iterator.
+        # Every process draws the same shuffle and keeps its own rows of each batch.
+        generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
+        self.epochs_drawn += 1
+        batches = random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+        return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
+
+    def state_dict(self) -> dict:
+        return {"epochs_drawn": self.epochs_drawn}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs_drawn = state_dict["epochs_drawn"]
+
+    def train_dataloader(self) -> DataLoader:
+        length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
+        return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        rows = self.rows_of_this_process(self.eval_batch_size)
+        stream = _BatchStream(
+            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
+            num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
+        )
+        return DataLoader(stream, batch_size=None)

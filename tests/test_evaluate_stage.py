@@ -1,0 +1,97 @@
+"""The evaluate stage's outputs: reports/metrics.json keeps its keys (the `dvc metrics` and
+`dvc exp show` columns), its summary reads the result's fields, and its files are written atomically."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lyricist.evaluation.metrics import DynamicResult, EvaluationResult, InterpolationResult, Perplexities
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _result(m: dict) -> EvaluationResult:
+    """The record of reports/metrics.json's values, field by field."""
+    return EvaluationResult(
+        neural=Perplexities(m["val_ppl"], m["test_ppl"]), epoch=m["epoch"],
+        interpolation=InterpolationResult(
+            m["ngram_order"], m["interpolation_weight"], ngram=Perplexities(m["ngram_val_ppl"], m["ngram_test_ppl"]),
+            interpolated=Perplexities(m["interpolated_val_ppl"], m["interpolated_test_ppl"])),
+        dynamic=DynamicResult(
+            m["dynamic_lr"], m["dynamic_interpolation_weight"],
+            dynamic=Perplexities(m["dynamic_val_ppl"], m["dynamic_test_ppl"]),
+            ngram_adaptive=Perplexities(m["ngram_adaptive_val_ppl"], m["ngram_adaptive_test_ppl"]),
+            interpolated=Perplexities(m["dynamic_interpolated_val_ppl"], m["dynamic_interpolated_test_ppl"])))
+
+
+COMMITTED = json.loads((ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_metrics_json_is_the_committed_file_byte_for_byte():
+    text = (ROOT / "reports" / "metrics.json").read_text(encoding="utf-8")
+    assert _result(COMMITTED).to_json() == text  # same keys, same order, same values, same layout
+
+
+def test_without_a_test_split_there_are_no_test_keys():
+    val_only = EvaluationResult(
+        Perplexities(1.5), 3, InterpolationResult(2, 0.5, Perplexities(2.5), Perplexities(1.25)))
+    assert list(val_only.as_flat_dict()) == ["val_ppl", "epoch", "ngram_order", "interpolation_weight",
+                                             "ngram_val_ppl", "interpolated_val_ppl"]
+
+
+def _stage(monkeypatch, result: EvaluationResult):
+    """pipelines/evaluate.py, its evaluate_checkpoint answering `result` at once."""
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "pipelines" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    monkeypatch.setattr(stage, "evaluate_checkpoint", lambda *args, **kwargs: (result, f"# {result.epoch}\n"))
+    return stage
+
+
+def _args(tmp_path: Path) -> list[str]:
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(OmegaConf.create({
+        "train": {"eval_batch_size": 2}, "data": {"num_steps": 8, "prefixes": ["a"]}, "generate": {},
+        "baseline": {"max_order": 3, "discount_mode": "modified", "fixed_discount": 0.75},
+        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10}}), params)
+    return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),
+            "--metrics", str(tmp_path / "reports" / "metrics.json"),
+            "--samples", str(tmp_path / "reports" / "samples.md")]
+
+
+def test_the_summary_is_read_from_the_fields(tmp_path, monkeypatch, capsys):
+    _stage(monkeypatch, _result(COMMITTED)).main(_args(tmp_path))
+    printed = capsys.readouterr().out
+    for line in ["evaluate (checkpoint of epoch 13, ", "  neural        val    234.13  test    258.07",
+                 "  kn5           val    175.85  test    197.86",
+                 "  interpolated  val    153.39  test    177.20",
+                 "  dynamic       val     78.96  test    129.99",
+                 "  kn5 adaptive  val     27.93  test     38.68",
+                 "  dynamic+kn    val     26.20  test     36.94",
+                 "  (interpolated: 0.4 x neural + 0.6 x kn5, ", "one SGD step at lr 1 after each segment",
+                 "mixed 0.2 x dynamic"]:
+        assert line in printed
+    assert (tmp_path / "reports" / "metrics.json").read_text() == _result(COMMITTED).to_json()
+
+    _stage(monkeypatch, EvaluationResult(Perplexities(5.0), 1)).main(_args(tmp_path))
+    printed = capsys.readouterr().out
+    assert "  neural        val      5.00\n" in printed and "kn" not in printed
+
+
+def test_a_run_killed_while_writing_leaves_the_previous_reports(tmp_path, monkeypatch):
+    _stage(monkeypatch, _result(COMMITTED)).main(_args(tmp_path))
+    reports = tmp_path / "reports"
+    before = {p.name: p.read_text() for p in reports.iterdir()}
+    assert set(before) == {"metrics.json", "samples.md"}
+
+    def killed_before_the_rename(src, dst):
+        raise KeyboardInterrupt  # the new file is complete but not in place yet
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _stage(monkeypatch, EvaluationResult(Perplexities(5.0), 1)).main(_args(tmp_path))
+    assert {p.name: p.read_text() for p in reports.iterdir()} == before  # and no temporary file left
