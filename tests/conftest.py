@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
 import contextlib
+import os
 import random
 import socket
 import subprocess
@@ -29,6 +30,12 @@ TINY = [
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "train.eval_batch_size=2",
     "train.samples_every_n_epochs=1", "generate.num_chars=10",
 ]
+
+
+def project_env() -> dict:
+    """The environment for a `python -m lyricist.train` run outside the project's folder (in a
+    tmp_path): $LYRICIST_ROOT says where the project is (its conf/ and default MLflow store)."""
+    return dict(os.environ, LYRICIST_ROOT=str(ROOT))
 
 
 def compose_config(overrides=()):

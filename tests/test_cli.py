@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import LYRICS, ROOT, TINY, with_data
+from conftest import LYRICS, ROOT, TINY, with_data, project_env
 from lyricist import generate as generate_cli
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
@@ -18,7 +18,7 @@ from lyricist.train import train
 def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # Run outside the project: $LYRICIST_ROOT says where it is (conf/, the default MLflow store).
     return subprocess.run([sys.executable, "-m", "lyricist.train", *args], cwd=cwd,
-                          capture_output=True, text=True, env=dict(os.environ, LYRICIST_ROOT=str(ROOT)))
+                          capture_output=True, text=True, env=project_env())
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, serving
+from conftest import TINY, free_port, serving, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_sweep_logs_into_a_shared_mlflow_server(mlflow_server, tiny_data, tmp_pa
         [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
          f"paths.encoded={tiny_data}", f"logger.tracking_uri={mlflow_server}",
          f"hydra.sweep.dir={tmp_path / 'multirun'}", "model=rnn,lstm"],
-        capture_output=True, text=True, cwd=tmp_path)
+        capture_output=True, text=True, cwd=tmp_path, env=project_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])

@@ -11,7 +11,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, serving, with_data
+from conftest import TINY, free_port, serving, with_data, project_env
 from lyricist.train import train
 
 
@@ -45,7 +45,8 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                f"runs:/{run_id}/model", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
     with serving(command, f"http://127.0.0.1:{port}/ping", cwd=tmp_path,
-                 env=dict(os.environ, MLFLOW_TRACKING_URI=uri)):
+                 env=dict(os.environ, MLFLOW_TRACKING_URI=uri,  # mlflow starts the venv's uvicorn
+                           PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")):
         reply = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                               json={"dataframe_records": [{"prefix": "分开", "num_chars": 10}]})
     assert reply.status_code == 200, reply.text
@@ -60,7 +61,7 @@ def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path):
         [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
          f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}",
          "logger.registered_model_name=lyricist-tiny", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-         "model=rnn,gru"], capture_output=True, text=True, cwd=tmp_path)
+         "model=rnn,gru"], capture_output=True, text=True, cwd=tmp_path, env=project_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("lyricist-tiny", "best")

@@ -7,7 +7,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_parallel_sweep_of_8_jobs_4_at_a_time_lands_every_run(tiny_data, tmp_pat
             "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={tmp_path / 'multirun'}",
             *TINY, "trainer.max_epochs=2", f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}",
             "model=rnn,gru", "data.sampling=random,consecutive", "train.seed=1,2"]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=project_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "locked" not in proc.stderr
 

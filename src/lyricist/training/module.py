@@ -33,6 +33,7 @@ LR_SCHEDULES = (None, "plateau")
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
 
+
 def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: int) -> None:
     """Refuse a learning-rate schedule setting that cannot work, naming the key and the fix."""
     if lr_schedule not in LR_SCHEDULES:
@@ -106,11 +107,6 @@ class LitLanguageModel(pl.LightningModule):
             optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def _loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State | None):
-        # Mean cross-entropy over the B*T predictions, as the seeds' loss; the model fuses
-        # its head with the loss (models/head.py), equal to F.cross_entropy on its logits.
-        return self.model.loss(ids, targets, state)
-
     # -- training --------------------------------------------------------------------
     def on_train_epoch_start(self):
         self._train_state = None  # consecutive: reset once per epoch; random: every batch anyway
@@ -131,7 +127,8 @@ class LitLanguageModel(pl.LightningModule):
             state = self.model.begin_state(ids.size(0), device=ids.device)
         else:
             state = detach_state(self._train_state)  # keep the values, drop the history
-        loss, self._train_state = self._loss(ids, targets, state)
+        # Mean cross-entropy over the B*T predictions, as the seeds' loss (head and loss fused).
+        loss, self._train_state = self.model.loss(ids, targets, state)
         self._check_divergence(float(loss.detach()), batch_idx)
 
         optimizer = self.optimizers()
@@ -177,7 +174,7 @@ class LitLanguageModel(pl.LightningModule):
         state = self._val_state
         if state is None:
             state = self.model.begin_state(ids.size(0), device=ids.device)
-        loss, self._val_state = self._loss(ids, targets, state)
+        loss, self._val_state = self.model.loss(ids, targets, state)
         self._val_sums["loss"] += float(loss) * targets.numel()
         self._val_sums["tokens"] += targets.numel()
 
