@@ -29,10 +29,8 @@ class LoadedModel:
 
 def _read(path: Path, map_location) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist: train first (`dvc repro train` or "
-            "`python -m lyricist.train`), or point to an existing .ckpt"
-        )
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (`dvc repro train` or "
+                                "`python -m lyricist.train`), or point to an existing .ckpt")
     try:
         # Our own files: tensors, plain dicts and numbers, so weights_only loading works.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -57,9 +55,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     extra = dict(checkpoint["lyricist"])
     model = RecurrentLM(**extra.pop("model_config"))
     vocab = Vocab.from_dict(extra.pop("vocab"))
-    state_dict = {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
-                  if k.startswith(MODEL_PREFIX)}
-    model.load_state_dict(state_dict)
+    model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
+                           if k.startswith(MODEL_PREFIX)})
     model.eval()
     extra["epoch"] = checkpoint.get("epoch")
     return LoadedModel(model=model.to(map_location), vocab=vocab, meta=extra)

@@ -29,29 +29,17 @@ def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> lis
                          "(a word-level model: --prefix 'the time')")
     unknown = vocab.unknown_tokens(prefix)
     if unknown and not allow_unknown:
-        if vocab.tokenizer == "char":
-            what = f"characters not in the vocabulary: {''.join(unknown)!r}"
-        else:
-            what = f"words not in the (word-level) vocabulary: {', '.join(map(repr, unknown))}"
-        raise ValueError(
-            f"prefix {prefix!r} has {what}; "
-            "remove them, or allow them to be read as <unk> (--allow-unknown)"
-        )
+        what = (f"characters not in the vocabulary: {''.join(unknown)!r}" if vocab.tokenizer == "char"
+                else f"words not in the (word-level) vocabulary: {', '.join(map(repr, unknown))}")
+        raise ValueError(f"prefix {prefix!r} has {what}; "
+                         "remove them, or allow them to be read as <unk> (--allow-unknown)")
     return vocab.encode(prefix)
 
 
 @torch.no_grad()
-def generate(
-    model: RecurrentLM,
-    vocab: Vocab,
-    prefix: str,
-    num_chars: int,
-    strategy: str = "greedy",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int | None = None,
-    allow_unknown: bool = False,
-) -> str:
+def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, strategy: str = "greedy",
+             temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
+             allow_unknown: bool = False) -> str:
     """The prefix followed by `num_chars` predicted tokens (characters; words for a word-level
     vocabulary, joined by single spaces).
 
@@ -99,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="e.g. models/checkpoints/best.ckpt")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
-    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int,
-                        default=DEFAULTS["num_chars"],
+    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int, default=DEFAULTS["num_chars"],
                         help="tokens to predict: characters, or words for a word-level model")
     parser.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS["strategy"])
     parser.add_argument("--temperature", type=float, default=DEFAULTS["temperature"])

@@ -49,12 +49,8 @@ def _as_ids(ids: Tensor) -> Tensor:
     return ids.long()  # (N,) int64, what embeddings, one-hot and cross-entropy expect
 
 
-def random_batches(
-    ids: Tensor,
-    batch_size: int,
-    num_steps: int,
-    generator: torch.Generator | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
+def random_batches(ids: Tensor, batch_size: int, num_steps: int,
+                   generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """The seed's `data_iter_random`: shuffled non-overlapping windows, `batch_size` per batch.
 
     Yields `epoch_size = ((N - 1) // num_steps) // batch_size` pairs (X, Y), each (B, T) int64.
@@ -73,12 +69,8 @@ def random_batches(
         yield ids[positions], ids[positions + 1]  # (B, T), (B, T)
 
 
-def consecutive_batches(
-    ids: Tensor,
-    batch_size: int,
-    num_steps: int,
-    rows: slice | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
+def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int,
+                        rows: slice | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """The seed's `data_iter_consecutive`: `batch_size` streams read in step, T tokens at a time.
 
     Yields `epoch_size = (N // batch_size - 1) // num_steps` pairs (X, Y), each (B, T) int64.
@@ -92,8 +84,7 @@ def consecutive_batches(
     if rows is not None:
         streams = streams[rows]  # (B', batch_len)
     epoch_size = max(0, (batch_len - 1) // num_steps)  # -1: the last label needs one more column
-    for i in range(epoch_size):
-        start = i * num_steps
+    for start in range(0, epoch_size * num_steps, num_steps):
         inputs = streams[:, start : start + num_steps].contiguous()  # (B, T)
         labels = streams[:, start + 1 : start + num_steps + 1].contiguous()  # (B, T)
         yield inputs, labels
@@ -121,19 +112,12 @@ def min_tokens(batch_size: int, num_steps: int, sampling: str | None = None) -> 
     return needed[sampling]
 
 
-def check_enough_tokens(
-    n_tokens: int,
-    batch_size: int,
-    num_steps: int,
-    what: str = "train split",
-    sampling: str | None = None,
-) -> None:
+def check_enough_tokens(n_tokens: int, batch_size: int, num_steps: int, what: str = "train split",
+                        sampling: str | None = None) -> None:
     """Raise ValueError if `n_tokens` cannot fill even one batch (an epoch would silently be empty)."""
     needed = min_tokens(batch_size, num_steps, sampling)
     if n_tokens < needed:
         mode = f"{sampling} sampling" if sampling else "either sampling mode"
-        raise ValueError(
-            f"the {what} has {n_tokens} tokens but one batch of batch_size={batch_size} x "
-            f"num_steps={num_steps} with {mode} needs at least {needed}. Use a smaller batch_size "
-            f"or num_steps, or give the {what} more data (e.g. a larger fraction or max_chars)."
-        )
+        raise ValueError(f"the {what} has {n_tokens} tokens but one batch of batch_size={batch_size} x "
+                         f"num_steps={num_steps} with {mode} needs at least {needed}. Use a smaller batch_size "
+                         f"or num_steps, or give the {what} more data (e.g. a larger fraction or max_chars).")

@@ -19,10 +19,6 @@ class CorpusError(ValueError):
     """The corpus file exists but cannot be turned into text (corrupt, ambiguous, not UTF-8, empty)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
 def read_raw_text(path: str | Path) -> str:
     """Return the text of `path`: a .zip holding exactly one text file, or a plain text file.
 
@@ -31,43 +27,29 @@ def read_raw_text(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
-            f"`dvc pull {path}.dvc` (or `dvc pull`) from the repository root to fetch it. Your own "
-            f"corpus (data=custom): put the .txt or .zip at {path}, or point data.raw_path at it "
-            f"(see conf/data/custom.yaml)."
-        )
+        raise FileNotFoundError(f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
+                                f"`dvc pull {path}.dvc` (or `dvc pull`) from the repository root to fetch it. "
+                                f"Your own corpus (data=custom): put the .txt or .zip at {path}, or point "
+                                "data.raw_path at it (see conf/data/custom.yaml).")
     if path.is_dir():
         raise CorpusError(f"corpus path {path} is a directory; point it at the .zip or .txt file itself.")
 
-    if path.suffix.lower() == ".zip":
-        data, source = _read_single_zip_member(path)
-    else:
-        data, source = path.read_bytes(), str(path)
+    zipped = path.suffix.lower() == ".zip"
+    data, source = _read_single_zip_member(path) if zipped else (path.read_bytes(), str(path))
 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise CorpusError(
-            f"{source} is not valid UTF-8: byte {err.start} (0x{data[err.start]:02x}) cannot be decoded "
-            f"({err.reason}). Re-encode the file as UTF-8 (e.g. `iconv -f GB18030 -t UTF-8`) "
-            f"or re-fetch it with `dvc pull --force`."
-        ) from err
+        raise CorpusError(f"{source} is not valid UTF-8: byte {err.start} (0x{data[err.start]:02x}) cannot be "
+                          f"decoded ({err.reason}). Re-encode the file as UTF-8 (e.g. `iconv -f GB18030 -t "
+                          "UTF-8`) or re-fetch it with `dvc pull --force`.") from err
 
-    if text.startswith(UTF8_BOM):
-        text = text[len(UTF8_BOM):]
+    text = text.removeprefix(UTF8_BOM)
     if not text.strip():
-        raise CorpusError(
-            f"{source} is empty ({len(text)} characters, none of them visible): there is nothing to "
-            f"train on. Re-fetch it with `dvc pull --force` or point the config at another corpus."
-        )
+        raise CorpusError(f"{source} is empty ({len(text)} characters, none of them visible): there is "
+                          "nothing to train on. Re-fetch it with `dvc pull --force` or point the config at "
+                          "another corpus.")
     return text
-
-
-def _is_junk_member(info: zipfile.ZipInfo) -> bool:
-    # macOS's Archive Utility adds __MACOSX/ resource forks and .DS_Store files; neither is text.
-    name = info.filename
-    return info.is_dir() or name.startswith("__MACOSX/") or Path(name).name == ".DS_Store"
 
 
 def _read_single_zip_member(path: Path) -> tuple[bytes, str]:
@@ -75,32 +57,23 @@ def _read_single_zip_member(path: Path) -> tuple[bytes, str]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-            members = [info for info in infos if not _is_junk_member(info)]
+            # macOS's Archive Utility adds __MACOSX/ resource forks and .DS_Store files; neither is text.
+            members = [info for info in infos if not (info.is_dir() or info.filename.startswith("__MACOSX/")
+                                                      or Path(info.filename).name == ".DS_Store")]
             if len(members) != 1:
                 listing = ", ".join(info.filename for info in infos) or "(the archive is empty)"
                 what = "no text file" if not members else f"{len(members)} files"
-                raise CorpusError(
-                    f"{path} holds {what}, expected exactly one text file. Entries: {listing}. "
-                    f"Repack it with a single .txt inside, or unzip it and point the config at the text file."
-                )
+                raise CorpusError(f"{path} holds {what}, expected exactly one text file. Entries: {listing}. "
+                                  "Repack it with a single .txt inside, or unzip it and point the config at "
+                                  "the text file.")
             return archive.read(members[0]), f"{path}:{members[0].filename}"
     except zipfile.BadZipFile as err:
-        raise CorpusError(
-            f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
-            f"Re-fetch it with `dvc pull --force {path}`."
-        ) from err
+        raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
+                          f"Re-fetch it with `dvc pull --force {path}`.") from err
 
 
-# ---------------------------------------------------------------------------------------------
-# cleaning and splitting
-
-
-def clean_text(
-    text: str,
-    newline: str = "keep",
-    lowercase: bool = False,
-    max_chars: int | None = None,
-) -> str:
+def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
+               max_chars: int | None = None) -> str:
     """Normalise line ends, optionally flatten lines and lowercase, then keep the first `max_chars`.
 
     newline="keep" keeps "\\n" as a token (so the model can learn line breaks);
@@ -135,21 +108,14 @@ def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {fraction}.")
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1 to leave text for training, "
-            f"got {val_fraction} + {test_fraction} = {val_fraction + test_fraction}."
-        )
+        raise ValueError(f"val_fraction + test_fraction must be < 1 to leave text for training, "
+                         f"got {val_fraction} + {test_fraction} = {val_fraction + test_fraction}.")
 
-    n_chars = len(text)
-    n_val = round(n_chars * val_fraction)
-    n_test = round(n_chars * test_fraction)
-    train_end = n_chars - n_val - n_test
+    n_val = round(len(text) * val_fraction)
+    n_test = round(len(text) * test_fraction)
+    train_end = len(text) - n_val - n_test
     val_end = train_end + n_val
     return {"train": text[:train_end], "val": text[train_end:val_end], "test": text[val_end:]}
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

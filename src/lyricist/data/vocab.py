@@ -42,27 +42,20 @@ _WORD = re.compile(r"\n|[^\s]+")  # a line break alone, or a run of non-whitespa
 def check_options(tokenizer: str, max_vocab_size: int | None, min_freq: int = 1) -> None:
     """Refuse bad vocabulary settings with the config key and the fix (before any work)."""
     if tokenizer not in TOKENIZERS:
-        raise ValueError(
-            f"data.tokenizer must be 'char' or 'word', got {tokenizer!r}: set data.tokenizer=char "
-            "(one token per character) or data.tokenizer=word (whitespace-separated words)."
-        )
+        raise ValueError(f"data.tokenizer must be 'char' or 'word', got {tokenizer!r}: set data.tokenizer=char "
+                         "(one token per character) or data.tokenizer=word (whitespace-separated words).")
     if max_vocab_size is not None and (isinstance(max_vocab_size, bool)
                                        or not isinstance(max_vocab_size, int) or max_vocab_size < 1):
-        raise ValueError(
-            f"data.max_vocab_size must be null (no cap) or an integer >= 1, got {max_vocab_size!r}: "
-            "set data.max_vocab_size=null to keep every token, or e.g. data.max_vocab_size=10000 to "
-            "keep the 10000 most frequent tokens of train (the rest read as <unk>)."
-        )
+        raise ValueError(f"data.max_vocab_size must be null (no cap) or an integer >= 1, got {max_vocab_size!r}: "
+                         "set data.max_vocab_size=null to keep every token, or e.g. data.max_vocab_size=10000 "
+                         "to keep the 10000 most frequent tokens of train (the rest read as <unk>).")
     if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
         raise ValueError(f"min_freq must be >= 1, got {min_freq}.")
 
 
 def tokenize(text: str, tokenizer: str = "char") -> list[str]:
     """The tokens of `text`: its characters ("char"), or its words and "\\n"s ("word")."""
-    if tokenizer == "word":
-        return _WORD.findall(text)
-    check_options(tokenizer, None)
-    return list(text)
+    return _WORD.findall(text) if tokenizer == "word" else list(text)
 
 
 def _is_word_token(token: object) -> bool:
@@ -79,7 +72,7 @@ class Vocab:
 
     `itos[i]` is the token with id i; `itos[0]` is always "<unk>", the id of every token the
     vocabulary does not know (unseen, rarer than `min_freq`, or beyond `max_vocab_size` when it
-    was built). `tokenizer` says how text is cut into tokens ("char" or "word").
+    was built).
     """
 
     def __init__(self, itos: list[str], counts: dict[str, int] | None = None,
@@ -118,13 +111,9 @@ class Vocab:
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).
         kept = [token for token in order if counts[token] >= min_freq and token != UNK_TOKEN]
-        if max_vocab_size is not None:
-            kept = kept[:max_vocab_size]
         # `counts` keeps every token, including those left out, so a report can say what
-        # min_freq and max_vocab_size dropped.
-        return cls([UNK_TOKEN, *kept], {token: counts[token] for token in order}, tokenizer)
-
-    # -- lookups -------------------------------------------------------------------------------
+        # min_freq and max_vocab_size dropped. (kept[:None] is all of them: no cap.)
+        return cls([UNK_TOKEN, *kept[:max_vocab_size]], {token: counts[token] for token in order}, tokenizer)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -157,31 +146,21 @@ class Vocab:
 
         `unk_index` decodes to `unk`: "<unk>" by default, so a generated sample shows plainly
         where the model chose the unknown token; pass unk="" to drop it or unk="\\ufffd" to
-        keep one character per id. A word vocabulary joins its words with single spaces and
-        puts no space around "\\n".
+        keep one character per id.
         """
         size = len(self.itos)
         tokens = []
         for raw_id in ids:
             index = int(raw_id)
             if not 0 <= index < size:
-                raise IndexError(
-                    f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made with a "
-                    f"different vocabulary or model output size."
-                )
+                raise IndexError(f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made "
+                                 "with a different vocabulary or model output size.")
             tokens.append(unk if index == self.unk_index else self.itos[index])
         if self.tokenizer == "char":
             return "".join(tokens)
-        pieces: list[str] = []
-        line_start = True
-        for token in tokens:
-            if token == NEWLINE_TOKEN:
-                pieces.append(token)
-                line_start = True
-            elif token:  # unk="" drops the word, not just its letters
-                pieces.append(token if line_start else " " + token)
-                line_start = False
-        return "".join(pieces)
+        words = [token for token in tokens if token]  # unk="" drops the word, not just its letters
+        return "".join(word if i == 0 or NEWLINE_TOKEN in (word, words[i - 1]) else " " + word
+                       for i, word in enumerate(words))
 
     def decode_after(self, prefix: str, ids: Iterable[int], unk: str = UNK_TOKEN) -> str:
         """`prefix` followed by the text of `ids`, as `decode` would join them: for words, one
@@ -196,16 +175,12 @@ class Vocab:
         """Distinct tokens of `text` that would encode to `<unk>`, in order of appearance."""
         return list(dict.fromkeys(t for t in tokenize(text, self.tokenizer) if t not in self.stoi))
 
-    # -- persistence ---------------------------------------------------------------------------
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON form. Its format names the tokenizer; a char vocabulary's is the same as
         before word vocabularies existed (so the default pipeline's outputs do not change)."""
-        data: dict[str, Any] = {"format": FORMATS[self.tokenizer], "version": VOCAB_VERSION}
-        if self.tokenizer != "char":
-            data["tokenizer"] = self.tokenizer
-        data.update({"unk_token": UNK_TOKEN, "itos": self.itos, "counts": self.counts})
-        return data
+        tokenizer = {} if self.tokenizer == "char" else {"tokenizer": self.tokenizer}
+        return {"format": FORMATS[self.tokenizer], "version": VOCAB_VERSION, **tokenizer,
+                "unk_token": UNK_TOKEN, "itos": self.itos, "counts": self.counts}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
@@ -213,10 +188,8 @@ class Vocab:
             raise VocabError(f"a vocabulary must be a JSON object, got {type(data).__name__}.")
         tokenizers = {fmt: name for name, fmt in FORMATS.items()}
         if data.get("format") not in tokenizers or data.get("version") != VOCAB_VERSION:
-            raise VocabError(
-                f"expected format={VOCAB_FORMAT!r} or {WORD_VOCAB_FORMAT!r} version={VOCAB_VERSION}, "
-                f"got format={data.get('format')!r} version={data.get('version')!r}."
-            )
+            raise VocabError(f"expected format={VOCAB_FORMAT!r} or {WORD_VOCAB_FORMAT!r} version={VOCAB_VERSION}, "
+                             f"got format={data.get('format')!r} version={data.get('version')!r}.")
         tokenizer = tokenizers[data["format"]]
         if data.get("tokenizer", tokenizer) != tokenizer:
             raise VocabError(f"format {data['format']!r} is a {tokenizer} vocabulary, but "
@@ -237,20 +210,14 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(
-                f"vocabulary file {path} does not exist; build it with `dvc repro` (the vocab stage) "
-                f"or fetch it with `dvc pull`."
-            )
+            raise FileNotFoundError(f"vocabulary file {path} does not exist; build it with `dvc repro` "
+                                    "(the vocab stage) or fetch it with `dvc pull`.")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls.from_dict(data)
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError, VocabError) as err:
-            raise VocabError(
-                f"vocabulary file {path} is malformed ({err}). Delete it and rebuild it with `dvc repro`."
-            ) from err
+            raise VocabError(f"vocabulary file {path} is malformed ({err}). Delete it and rebuild it "
+                             "with `dvc repro`.") from err
 
-# ---------------------------------------------------------------------------------------------
-# token-id arrays on disk
 
 def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
     """Ids of `text` as a 1-D int32 array (int32 halves the file size; vocabularies are tiny)."""
@@ -273,17 +240,14 @@ def load_ids(path: str | Path) -> torch.Tensor:
     """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"token-id file {path} does not exist; build it with `dvc repro` (the vocab stage) "
-            f"or fetch it with `dvc pull`."
-        )
+        raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro` "
+                                "(the vocab stage) or fetch it with `dvc pull`.")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro`.") from err
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise VocabError(
-            f"token-id file {path} should hold a 1-D integer array, got shape {getattr(array, 'shape', '?')} "
-            f"dtype {getattr(array, 'dtype', '?')}. Rebuild it with `dvc repro`."
-        )
+        raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
+                         f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
+                         "with `dvc repro`.")
     return torch.from_numpy(array.astype(np.int64))  # (N,)

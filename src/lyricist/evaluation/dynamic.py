@@ -28,10 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from lyricist.data.batching import check_enough_tokens, consecutive_batches
-from lyricist.evaluation.interpolation import (
-    WEIGHT_GRID, check_splits, choose_weight, mixture_log_probs, perplexity_of,
-)
-from lyricist.evaluation.metrics import DynamicResult, Perplexities
+from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, perplexity_of, score_and_mix
+from lyricist.evaluation.metrics import DynamicResult
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM
 
@@ -79,28 +77,17 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
                      num_steps: int, learning_rates: Sequence[float],
                      weights: Sequence[float] = WEIGHT_GRID) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
-    (optionally) "test".
-
-    The learning rate (of `learning_rates`) and the mixture weight are chosen on "val"; "test"
-    starts again from the trained weights and counts.
-    """
+    (optionally) "test": the learning rate (of `learning_rates`) and the mixture weight are
+    chosen on val, and test starts again from the trained weights and counts."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
 
-    def val_perplexity(lr: float) -> float:
-        ppl = perplexity_of(dynamic_token_log_probs(model, splits["val"], num_steps, lr)[1])
-        return ppl if math.isfinite(ppl) else math.inf  # a rate that diverges loses
+    def val_perplexity(lr: float) -> float:  # a rate that diverges scores inf (perplexity_of): it loses
+        return perplexity_of(dynamic_token_log_probs(model, splits["val"], num_steps, lr)[1])
 
     lr = min(learning_rates, key=val_perplexity)  # ties: the first
-    scored = {}
-    for split, ids in splits.items():
-        positions, neural = dynamic_token_log_probs(model, ids, num_steps, lr)
-        scored[split] = neural, adaptive_ngram_token_log_probs(ngram, ids, positions)
-    weight, _ = choose_weight(*scored["val"], weights=weights)
-    return DynamicResult(
-        lr=lr, weight=weight,
-        dynamic=Perplexities.of_splits({split: perplexity_of(neural) for split, (neural, _) in scored.items()}),
-        ngram_adaptive=Perplexities.of_splits({split: perplexity_of(kn) for split, (_, kn) in scored.items()}),
-        interpolated=Perplexities.of_splits({split: perplexity_of(mixture_log_probs(neural, kn, weight))
-                                             for split, (neural, kn) in scored.items()}))
+    weight, dynamic, kn, mixed = score_and_mix(
+        splits, lambda ids: dynamic_token_log_probs(model, ids, num_steps, lr),
+        lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)
+    return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

@@ -15,7 +15,7 @@ The weight w is chosen on val alone (a grid over [0, 1]), then reported on test 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.evaluation.metrics import InterpolationResult, Perplexities
-from lyricist.evaluation.ngram import KneserNey, LanguageModel, best_kneser_ney
+from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, ngram_token_log_probs
 from lyricist.models import RecurrentLM, eval_mode
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
@@ -52,14 +52,6 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     positions_np = torch.cat(positions).numpy()
     order = np.argsort(positions_np, kind="stable")
     return positions_np[order], torch.cat(log_probs).numpy()[order]
-
-
-def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: np.ndarray) -> np.ndarray:
-    """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
-    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    history = model.order - 1
-    return np.array([math.log(model.prob(ids[max(0, p - history):p], ids[p]))
-                     for p in np.asarray(positions).tolist()], dtype=np.float64)
 
 
 def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> np.ndarray:
@@ -98,29 +90,34 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
     return best_w, best_ppl
 
 
+def score_and_mix(splits: dict[str, torch.Tensor], neural_log_probs: Callable, ngram_log_probs: Callable,
+                  weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
+    """Score each split with `neural_log_probs(ids) -> (positions, log p)` and the n-gram's
+    `ngram_log_probs(ids, positions) -> log p`, choose the mixture weight on val, and return it
+    with the neural, the n-gram and the mixture's perplexities."""
+    scored = {}
+    for split, ids in splits.items():
+        positions, neural = neural_log_probs(ids)
+        scored[split] = neural, ngram_log_probs(ids, positions)
+    weight, _ = choose_weight(*scored["val"], weights=weights)
+    ppl = {split: [perplexity_of(lp) for lp in (neural, kn, mixture_log_probs(neural, kn, weight))]
+           for split, (neural, kn) in scored.items()}  # split -> [neural, n-gram, mixture]
+    return weight, *(Perplexities.of_splits({split: p[i] for split, p in ppl.items()}) for i in range(3))
+
+
 def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
                            vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
                            discount_mode: str = "modified", fixed_discount: float = 0.75,
                            weights: Sequence[float] = WEIGHT_GRID,
                            ngram: KneserNey | None = None) -> InterpolationResult:
     """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
-    fit on train, as the `baseline` stage does) and choose the weight on val.
-
-    `splits` holds "val" and optionally "test", scored with val's weight. The n-gram
-    perplexities are over the positions the neural model predicts. A caller that already has
-    that Kneser-Ney model passes it as `ngram` (then the fitting arguments are unused).
-    """
+    fit on train, as the `baseline` stage does; or `ngram`, then the fitting arguments are
+    unused) and choose the weight on "val"; "test" (optional) is scored with that weight."""
     check_splits(splits)
     if ngram is None:
         ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
                                    fixed_discount)
-    scored = {}
-    for split, ids in splits.items():
-        positions, neural = neural_token_log_probs(model, ids, batch_size, num_steps)
-        scored[split] = neural, ngram_token_log_probs(ngram, ids, positions)
-    weight, _ = choose_weight(*scored["val"], weights=weights)
-    return InterpolationResult(
-        order=ngram.order, weight=weight,
-        ngram=Perplexities.of_splits({split: perplexity_of(kn) for split, (_, kn) in scored.items()}),
-        interpolated=Perplexities.of_splits({split: perplexity_of(mixture_log_probs(neural, kn, weight))
-                                             for split, (neural, kn) in scored.items()}))
+    weight, _, kn, mixed = score_and_mix(
+        splits, lambda ids: neural_token_log_probs(model, ids, batch_size, num_steps),
+        lambda ids, positions: ngram_token_log_probs(ngram, ids, positions), weights)
+    return InterpolationResult(order=ngram.order, weight=weight, ngram=kn, interpolated=mixed)

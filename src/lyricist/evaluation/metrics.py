@@ -20,19 +20,14 @@ class Perplexities:
 
     @classmethod
     def of_splits(cls, by_split: dict[str, float]) -> Perplexities:
-        """From {"val": .., "test": ..}, "test" optional."""
         return cls(val=by_split["val"], test=by_split.get("test"))
 
 
 def _by_split(models: dict[str, Perplexities]) -> dict[str, float]:
     """{"<prefix><split>_ppl": ..}, split by split (val first) and within one split in the order
     of `models` ({key prefix: perplexities}), as reports/metrics.json lists them."""
-    flat = {}
-    for split in ("val", "test"):
-        for prefix, ppl in models.items():
-            if getattr(ppl, split) is not None:
-                flat[f"{prefix}{split}_ppl"] = getattr(ppl, split)
-    return flat
+    return {f"{prefix}{split}_ppl": getattr(ppl, split) for split in ("val", "test")
+            for prefix, ppl in models.items() if getattr(ppl, split) is not None}
 
 
 @dataclass(frozen=True)

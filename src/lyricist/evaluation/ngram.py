@@ -32,13 +32,13 @@ from lyricist.data.corpus import atomic_write_bytes
 
 DISCOUNT_MODES = ("modified", "single", "fixed")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
+KNESER_NEY_FORMAT = 1  # of the file the baseline stage saves and the evaluate stage loads
 
 
 class LanguageModel(Protocol):
     order: int  # it looks at most order - 1 tokens back
 
     def prob(self, context: Sequence[int], token: int) -> float: ...
-
     def distribution(self, context: Sequence[int]) -> np.ndarray: ...
 
 
@@ -48,10 +48,6 @@ def _as_id_list(ids: Sequence[int], vocab_size: int) -> list[int]:
     if array.size and (array.min() < 0 or array.max() >= vocab_size):
         raise ValueError(f"token ids must lie in [0, {vocab_size}), got min {array.min()} max {array.max()}.")
     return array.tolist()  # python ints: tuples of them hash fast as dict keys
-
-
-# ---------------------------------------------------------------------------------------------
-# add-one unigram
 
 
 class AddOneUnigram:
@@ -74,10 +70,6 @@ class AddOneUnigram:
 
 def unigram_add_one(ids: Sequence[int], vocab_size: int) -> AddOneUnigram:
     return AddOneUnigram().fit(ids, vocab_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Kneser-Ney
 
 
 def estimate_discounts(counts: Sequence[int], mode: str = "modified",
@@ -184,13 +176,9 @@ class KneserNey:
 
     def observe(self, ids: Sequence[int], context: Sequence[int] = ()) -> KneserNey:
         """Add the n-grams of `ids`, read after `context`, to the counts, as if they had been
-        in the training text (the discounts stay as estimated there). Fitting on A and then
-        observing B after A gives the model fit on A + B (for fixed discounts, exactly).
-
-        This is what lets the n-gram model adapt to a text as it reads it ("adaptive" or
-        cache-like: every token is predicted first, then counted), the counterpart of
-        dynamic evaluation for the neural model (lyricist.evaluation.dynamic).
-        """
+        in the training text (the discounts stay as estimated there): the adaptive n-gram of
+        `lyricist.evaluation.dynamic`. Fitting on A and then observing B after A gives the model
+        fit on A + B (for fixed discounts, exactly)."""
         context = _as_id_list(context, self.vocab_size)[-(self.order - 1):] if self.order > 1 else []
         stream = context + _as_id_list(ids, self.vocab_size)
         for i in range(len(context), len(stream)):
@@ -205,26 +193,20 @@ class KneserNey:
                     self.levels[k - 2].add(gram[1:])
         return self
 
-    def _history(self, context: Sequence[int]) -> tuple[int, ...]:
-        """The last order - 1 tokens of `context` (fewer at the start of a text)."""
+    def _seen_contexts(self, context: Sequence[int]):
+        """(level, context at that level, its total, its discount mass) from the unigram up to the
+        longest the last order - 1 tokens of `context` allow; a shorter history (the start of a
+        split) stops at the order it fills, and an unseen context is skipped (it adds nothing)."""
         context = tuple(int(t) for t in context)
-        return context[max(0, len(context) - self.order + 1):]
-
-    def _used_levels(self, context: Sequence[int]):
-        """(level, context at that level) from the unigram up to the longest the history allows.
-
-        A history shorter than order - 1 (the start of a split) stops at the order it fills."""
-        history = self._history(context)
+        history = context[max(0, len(context) - self.order + 1):]
         for k in range(1, len(history) + 2):
-            yield self.levels[k - 1], history[len(history) - k + 1:]
+            level, h = self.levels[k - 1], history[len(history) - k + 1:]
+            if h in level.contexts:
+                yield level, h, *level.contexts[h]
 
     def prob(self, context: Sequence[int], token: int) -> float:
         p = 1.0 / self.vocab_size
-        for level, h in self._used_levels(context):
-            seen = level.contexts.get(h)
-            if seen is None:
-                continue  # unseen context: this order adds nothing
-            total, mass = seen
+        for level, h, total, mass in self._seen_contexts(context):
             count = level.counts.get(h + (token,), 0)
             p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
         return p
@@ -232,23 +214,13 @@ class KneserNey:
     def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
         """P(w | context) for every token id w, shape (vocab_size,)."""
         p = np.full(self.vocab_size, 1.0 / self.vocab_size)  # (V,)
-        for level, h in self._used_levels(context):
-            seen = level.contexts.get(h)
-            if seen is None:
-                continue
-            total, mass = seen
+        for level, h, total, mass in self._seen_contexts(context):
             tokens = level.followers[h]
             counts = np.array([level.counts[h + (w,)] for w in tokens], dtype=np.float64)
             discounts = np.array(level.discounts)[np.minimum(counts, 3).astype(int) - 1]
             p = mass / total * p
             p[tokens] += (counts - discounts) / total
         return p
-
-
-# ---------------------------------------------------------------------------------------------
-# on disk (the baseline stage fits, the evaluate stage loads)
-
-KNESER_NEY_FORMAT = 1
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
@@ -306,10 +278,6 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# evaluation
-
-
 def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] = ()) -> float:
     """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it.
 
@@ -324,19 +292,16 @@ def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] 
     first = len(context) if context else 1
     if len(stream) - first < 1:
         raise ValueError(f"nothing to predict: {len(ids)} token(s) and {len(context)} of context.")
-    history = model.order - 1
-    nll = 0.0
-    for i in range(first, len(stream)):
-        nll -= math.log(model.prob(stream[max(0, i - history):i], stream[i]))
+    nll = -sum(ngram_token_log_probs(model, stream, range(first, len(stream))).tolist())
     return math.exp(nll / (len(stream) - first))
 
 
-def fit_kneser_ney_orders(train_ids: Sequence[int], vocab_size: int, max_order: int = 5,
-                          discount_mode: str = "modified",
-                          fixed_discount: float = 0.75) -> dict[int, KneserNey]:
-    """Kneser-Ney models of orders 1..max_order, each fit on `train_ids`: {order: model}."""
-    return {order: KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
-            for order in range(1, max_order + 1)}
+def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+    """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
+    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
+    history = model.order - 1
+    return np.array([math.log(model.prob(ids[max(0, p - history):p], ids[p]))
+                     for p in np.asarray(positions).tolist()], dtype=np.float64)
 
 
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int,
@@ -346,11 +311,9 @@ def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size
     on val alone), fit on train; returns (model, its val perplexity)."""
     if len(val_ids) < 2:
         raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
-    scored = [(perplexity(model, val_ids), model) for model in
-              fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode,
-                                    fixed_discount).values()]
-    val_ppl, model = min(scored, key=lambda pair: pair[0])  # ties: the lower order
-    return model, val_ppl
+    metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, discount_mode,
+                                        fixed_discount)
+    return model, metrics[f"kn{model.order}"]["val_ppl"]
 
 
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
@@ -364,18 +327,16 @@ def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]
     val). A split with fewer than 2 tokens is left out (nothing to predict), as an empty test
     split may be.
     """
-    kneser_ney = fit_kneser_ney_orders(train_ids, vocab_size, max_order, discount_mode, fixed_discount)
+    kneser_ney = {order: KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+                  for order in range(1, max_order + 1)}
     models: dict[str, LanguageModel] = {"unigram": unigram_add_one(train_ids, vocab_size)}
     models.update({f"kn{order}": model for order, model in kneser_ney.items()})
-    metrics: dict[str, dict] = {}
-    for name, model in models.items():
-        metrics[name] = {f"{split}_ppl": perplexity(model, ids)
-                         for split, ids in splits.items() if len(ids) >= 2}
+    metrics = {name: {f"{split}_ppl": perplexity(model, ids) for split, ids in splits.items() if len(ids) >= 2}
+               for name, model in models.items()}
     candidates = [name for name in models if "val_ppl" in metrics[name]]
     if not candidates:
         return metrics, None
     best = min(candidates, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
     metrics["best"] = {"name": best, **metrics[best]}
-    # As best_kneser_ney: the lowest val perplexity of the Kneser-Ney orders, ties to the lower.
-    best_order = min(kneser_ney, key=lambda order: metrics[f"kn{order}"]["val_ppl"])
+    best_order = min(kneser_ney, key=lambda order: metrics[f"kn{order}"]["val_ppl"])  # ties: the lower
     return metrics, kneser_ney[best_order]

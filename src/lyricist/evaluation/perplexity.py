@@ -37,21 +37,17 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,
                         prefixes: list[str], num_chars: int, strategy: str = "greedy",
-                        temperature: float = 1.0, top_k: int | None = None,
-                        seed: int | None = 0, ngram_max_order: int | None = None,
-                        ngram_discount_mode: str = "modified",
+                        temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
+                        ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
                         ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
                         dynamic_num_steps: int | None = None,
                         ngram_path: str | Path | None = None) -> tuple[EvaluationResult, str]:
     """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
 
-    With `ngram_max_order`, also the neural model interpolated with the best Kneser-Ney model
-    of orders 1..ngram_max_order on data_dir's train split, the weight chosen on val
-    (`lyricist.evaluation.interpolation`). That model is loaded from `ngram_path` (what the
-    baseline stage saved; refused unless fit with these settings and vocabulary) or, without
-    it, fit here. With `dynamic_lrs` as well, dynamic evaluation (`lyricist.evaluation.dynamic`:
-    the network learns from each segment of `dynamic_num_steps` tokens after scoring it, the
-    rate chosen on val) against the adaptive Kneser-Ney model, alone and interpolated.
+    With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
+    1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
+    fit with these settings and vocabulary), else fit here on train. With `dynamic_lrs` too,
+    dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`).
     """
     if ngram_max_order is None and (dynamic_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "

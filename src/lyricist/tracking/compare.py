@@ -48,18 +48,11 @@ class RunSummary:
         """(epoch, value) of the lowest point of the curve."""
         return min(self.curve, key=lambda point: point[1])
 
-    @property
-    def epochs(self) -> int:
-        return len(self.curve)
-
 
 def metric_curve(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """One value per step; a resumed run may log a step twice, the later value wins."""
-    by_step: dict[int, tuple[int, float]] = {}
-    for m in client.get_metric_history(run_id, key):
-        if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
-            by_step[m.step] = (m.timestamp, m.value)
-    return [(step, value) for step, (_, value) in sorted(by_step.items())]
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)  # stable: ties keep order
+    return sorted({m.step: m.value for m in history}.items())
 
 
 def train_counterpart(metric: str) -> str | None:
@@ -74,8 +67,7 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
         page = client.search_runs([experiment_id], filter_string=filter_string,
                                   max_results=1000, page_token=token)
         runs.extend(page)
-        token = page.token
-        if not token:
+        if not (token := page.token):
             return runs
 
 
@@ -119,8 +111,7 @@ def plot_curves(summaries: list[RunSummary], path: str | Path, metric: str = "va
         ax.plot(epochs, values, color=color, marker="o" if len(epochs) < 30 else None,
                 markersize=3, label=f"{s.run_name} ({s.run_id[:8]}) {s.best[1]:.2f}")
         if with_train and s.train_curve:
-            epochs, values = zip(*s.train_curve)
-            ax.plot(epochs, values, color=color, linestyle="--", linewidth=1, alpha=0.8)
+            ax.plot(*zip(*s.train_curve), color=color, linestyle="--", linewidth=1, alpha=0.8)
     ax.set_yscale("log")
     # Plain numbers on the log axis (317, not 3.17x10^2) and whole epochs on x. "%g", not
     # ScalarFormatter, whose shared offset turns every label into 0.000 when a run spans 1e7.
@@ -157,7 +148,7 @@ def markdown_table(summaries: list[RunSummary], metric: str = "val/ppl") -> str:
         epoch, best = s.best
         final_train = "" if s.final_train_ppl is None else f"{s.final_train_ppl:.2f}"
         rows.append([s.run_name, s.run_id[:8], *(s.params.get(p, "") for p in TABLE_PARAMS),
-                     f"{best:.2f}", str(epoch), final_train, str(s.epochs),
+                     f"{best:.2f}", str(epoch), final_train, str(len(s.curve)),
                      _duration(s.duration_s, s.status)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]

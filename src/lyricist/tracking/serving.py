@@ -50,9 +50,8 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from lyricist.generate import DEFAULTS, generate
 
-        rows = pd.DataFrame(model_input).to_dict("records")
         lyrics = []
-        for row in rows:
+        for row in pd.DataFrame(model_input).to_dict("records"):
             options = {key: row.get(key) for key in DEFAULTS}
             options = {k: DEFAULTS[k] if v is None or pd.isna(v) else v for k, v in options.items()}
             lyrics.append(generate(
@@ -79,13 +78,8 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=LyricsModel(),
-            artifacts={"checkpoint": str(checkpoint_path)},
-            code_paths=[str(Path(lyricist.__file__).parent)],
-            signature=SIGNATURE,
-            input_example=INPUT_EXAMPLE,
+            name="model", python_model=LyricsModel(), artifacts={"checkpoint": str(checkpoint_path)},
+            code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
             # Listed, not inferred: inference loads the model in a subprocess (slow).
-            pip_requirements=pinned_requirements(),
-            registered_model_name=registered_model_name,
-        )
+            pip_requirements=pinned_requirements())

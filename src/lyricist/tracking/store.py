@@ -18,7 +18,6 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-
 from lyricist.project import project_root
 
 T = TypeVar("T")
@@ -26,16 +25,10 @@ STORE_FILE = "mlflow.db"  # the project's default store, in its root
 
 
 def resolve_tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
-    """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store.
-
-    The old ./mlruns file store is refused by MLflow >= 3.13, so the default is a SQLite
-    file with an absolute path (works from any working directory).
-    """
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}"
+    """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store: an
+    absolute path, so it works from any working directory (MLflow >= 3.13 refuses ./mlruns)."""
+    return (configured or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}")
 
 
 def artifact_location_for(tracking_uri: str) -> str | None:
@@ -47,31 +40,26 @@ def artifact_location_for(tracking_uri: str) -> str | None:
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     """Retry `fn` while SQLite says the database is locked (parallel sweep jobs)."""
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return fn()
         except Exception as err:  # MlflowException or sqlalchemy OperationalError
-            if "locked" not in str(err).lower() or attempt == attempts - 1:
+            if "locked" not in str(err).lower():
                 raise
             time.sleep(delay * (2 ** attempt))
-    raise AssertionError("unreachable")
+    return fn()  # the last attempt: its error, locked or not, goes to the caller
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create the store and experiment if needed (before training starts) and return its id.
-
-    Fails fast with a clear message when the tracking server cannot be reached.
-    """
+    """Create the store and experiment if needed (before training starts) and return its id."""
     if tracking_uri.startswith(("http://", "https://")):
         # MLflow's own HTTP client retries for minutes; ask once, quickly, before training.
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
-            raise RuntimeError(
-                f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
-                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
-                "train without it (logger=none)"
-            ) from err
+            raise RuntimeError(f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
+                               "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
+                               "train without it (logger=none)") from err
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def get_or_create() -> str:
@@ -86,10 +74,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     try:
         return with_retry(get_or_create)
     except Exception as err:
-        raise RuntimeError(
-            f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
-            "(logger.tracking_uri or $MLFLOW_TRACKING_URI), or that the server is up"
-        ) from err
+        raise RuntimeError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
+                           "(logger.tracking_uri or $MLFLOW_TRACKING_URI), or that the server is up") from err
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,9 +92,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True)
-        return out.stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -119,8 +104,7 @@ def raw_data_md5(raw_path: str, root: Path) -> str:
         if not file.is_file():
             continue
         text = yaml.safe_load(file.read_text()) or {}
-        entries = [text] + list((text.get("stages") or {}).values())
-        for entry in entries:
+        for entry in [text, *(text.get("stages") or {}).values()]:
             for dep in (entry.get("deps") or []) + (entry.get("outs") or []):
                 if Path(dep.get("path", "")).name == Path(raw_path).name and "md5" in dep:
                     return dep["md5"]

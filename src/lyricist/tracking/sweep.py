@@ -27,12 +27,9 @@ PARENT_FILE = "mlflow_parent_run_id"
 
 def parent_run_id_for_current_job() -> str | None:
     """The sweep's parent run id when this Hydra job is part of a multirun, else None."""
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
+    path = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
     return path.read_text().strip() if path.is_file() else None
 
 
