@@ -1,6 +1,5 @@
 """The commands a user types: the Hydra app (single run and multirun) and the generator."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import LYRICS, ROOT, TINY, with_data, project_env
+from conftest import LYRICS, TINY, project_env, with_data
 from lyricist import generate as generate_cli
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM

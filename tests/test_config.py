@@ -1,7 +1,5 @@
 """conf/ is the single source of truth: params.yaml is its composition, every option composes."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 from hydra.utils import instantiate

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import LYRICS, compose_config, write_encoded, with_data
+from conftest import LYRICS, compose_config, with_data
 from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.perplexity import perplexity as neural_perplexity
 from lyricist.evaluation.interpolation import (

@@ -4,7 +4,6 @@ and bad configuration refused before any training."""
 import csv
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -159,7 +159,8 @@ def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, voc
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
-    store.with_retry(lambda: client.log_text(run_id, vocab_json(vocab), "vocab.json"))
+    vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
+    store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if log_model:
         serving.log_pyfunc_model(tracking_uri, run_id, best_path)
     mlf.finalize("success")
@@ -177,10 +178,6 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
         raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint; use 'auto' or "
                                 "the path of a last.ckpt")
     return str(resume)
-
-
-def vocab_json(vocab: Vocab) -> str:
-    return json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
 
 
 def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str | None,

@@ -223,6 +223,7 @@ def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
     """Ids of `text` as a 1-D int32 array (int32 halves the file size; vocabularies are tiny)."""
     return np.asarray(vocab.encode(text), dtype=np.int32)  # (N,)
 
+
 def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int]) -> None:
     """Save a 1-D array of non-negative token ids as an int32 `.npy` file, atomically."""
     if isinstance(ids, torch.Tensor):
@@ -235,6 +236,7 @@ def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int]) -> No
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.int32), allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
+
 
 def load_ids(path: str | Path) -> torch.Tensor:
     """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""

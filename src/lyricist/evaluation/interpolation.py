@@ -45,7 +45,7 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     with eval_mode(model):
         for i, (x, y) in enumerate(consecutive_batches(ids, batch_size, num_steps)):
             logits, state = model(x, state)  # (B, T, V)
-            # The same per-token cross-entropy `evaluation.perplexity` averages.
+            # Per token: perplexity() is exp of their mean.
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
             log_probs.append(-nll.double().cpu())
             positions.append((stream_starts[:, None] + i * num_steps + columns[None, :]).reshape(-1))  # (B*T,)

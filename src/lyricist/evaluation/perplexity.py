@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lyricist.checkpoint import load_checkpoint
-from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.dynamic import evaluate_dynamic
-from lyricist.evaluation.interpolation import interpolate_with_ngram
+from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
 from lyricist.generate import generate
-from lyricist.models import RecurrentLM, eval_mode
+from lyricist.models import RecurrentLM
 
 
-@torch.no_grad()
 def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
     """exp(mean cross-entropy) over a whole split read as `batch_size` consecutive streams,
     the state carried from batch to batch (so every prediction sees its full history)."""
-    check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
-    state, total, count = None, 0.0, 0
-    with eval_mode(model):
-        for x, y in consecutive_batches(ids, batch_size, num_steps):
-            logits, state = model(x, state)  # (B, T, V)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                           reduction="sum"))  # (B*T, V)
-            count += y.numel()
-    return math.exp(total / count)
+    return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,

@@ -103,20 +103,12 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"forget_bias is for cell='lstm' (it has a forget gate), got cell={cell!r}")
         # Plain values only, so a checkpoint can rebuild the model with RecurrentLM(**config).
         self.config = dict(
-            vocab_size=int(vocab_size),
-            cell=str(cell),
-            hidden_size=int(hidden_size),
-            num_layers=int(num_layers),
-            embedding_size=None if embedding_size is None else int(embedding_size),
-            dropout=float(dropout),
-            init=str(init),
-            init_scale=float(init_scale),
-            embedding_dropout=float(embedding_dropout),
-            output_dropout=float(output_dropout),
-            tie_weights=bool(tie_weights),
-            forget_bias=None if forget_bias is None else float(forget_bias),
-            locked_dropout=bool(locked_dropout),
-        )
+            vocab_size=int(vocab_size), cell=str(cell), hidden_size=int(hidden_size),
+            num_layers=int(num_layers), embedding_size=None if embedding_size is None else int(embedding_size),
+            dropout=float(dropout), init=str(init), init_scale=float(init_scale),
+            embedding_dropout=float(embedding_dropout), output_dropout=float(output_dropout),
+            tie_weights=bool(tie_weights), forget_bias=None if forget_bias is None else float(forget_bias),
+            locked_dropout=bool(locked_dropout))
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
