@@ -12,8 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# Build the compiled LSTM step now (~25 s, cached; src/lyricist/models/fast/kernels.py), so that
-	# parallel jobs find it built; without a compiler it warns and torch ops are used instead.
+	# Build the compiled LSTM step now, once per machine (~30-45 s; src/lyricist/models/fast/kernels.py):
+	# every later process and copy of the code imports it. Without a compiler it warns and torch ops run.
 	$(BIN)/python -c "from lyricist.models.fast.kernels import lstm_kernels; lstm_kernels()"
 	touch $@
 

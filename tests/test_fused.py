@@ -73,12 +73,28 @@ def test_compiled_lstm_step_equals_torch_ops(dtype, tol):
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
 
 
-def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch):
+@pytest.mark.parametrize("where", ["x_proj", "h0", "c0"])
+def test_a_nan_runs_through_the_compiled_step(where):
+    """-ffast-math without finite-math-only: a NaN in the input-side gates or in either state
+    reaches the outputs and the final state (what the divergence guard relies on)."""
+    require_compiled_step()
+    x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
+    x_proj, weight_hh, bias_hh, h0, c0 = (t.detach().float() for t in (x_proj, weight_hh, bias_hh, h0, c0))
+    poisoned = {"x_proj": x_proj[0], "h0": h0, "c0": c0}[where]
+    poisoned.view(-1)[0] = float("nan")
+    with kernels.cpp_kernels(True):
+        outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)
+    assert torch.isnan(outputs[-1, 0]).any() and torch.isnan(h[0]).any() and torch.isnan(c[0]).any()
+    assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
+
+
+def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, tmp_path):
     import torch.utils.cpp_extension
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions")
 
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there yet
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "_tried", False)

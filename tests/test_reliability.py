@@ -98,15 +98,35 @@ def _file_md5(path):
 
 
 class _PoisonWeightsAtEpoch(pl.Callback):
-    """Fault injection: the weights turn to NaN at the start of an epoch."""
+    """Fault injection: a weight (the head's unless named) turns to NaN at the start of an epoch."""
 
-    def __init__(self, epoch):
-        self.epoch = epoch
+    def __init__(self, epoch, parameter="head.weight"):
+        self.epoch, self.parameter = epoch, parameter
 
     def on_train_epoch_start(self, trainer, module):
         if trainer.current_epoch == self.epoch:
             with torch.no_grad():
-                module.model.head.weight.fill_(float("nan"))
+                module.model.get_parameter(self.parameter).view(-1)[0] = float("nan")
+
+
+def test_nan_in_the_lstm_gates_stops_training_through_the_compiled_step(tmp_path):
+    """A NaN in one input-side gate bias runs through the C++ step (no fast-math assumption
+    swallows it) to the loss, and the divergence guard stops the run."""
+    from lyricist.models.fast import kernels
+
+    if not kernels.switch.on:
+        pytest.skip("LYRICIST_CPP_KERNELS=0")
+    assert kernels.lstm_kernels() is not None
+    vocab = Vocab.build("abcdefgh")
+    ids = torch.randint(0, len(vocab), (600,), generator=torch.Generator().manual_seed(0))
+    lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=8, embedding_size=4), vocab,
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                         callbacks=[_PoisonWeightsAtEpoch(1, "cells.0.bias_ih")],
+                         enable_progress_bar=False, enable_model_summary=False)
+    data = LyricsDataModule(ids, ids[:200], batch_size=4, num_steps=5, eval_batch_size=2)
+    with kernels.cpp_kernels(True), pytest.raises(TrainingDiverged, match=r"not finite at epoch 1, batch 0"):
+        trainer.fit(lit, datamodule=data)
 
 
 def test_nan_loss_stops_with_epoch_step_and_hint_and_keeps_last_good_checkpoint(tmp_path):
