@@ -12,6 +12,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, free_port, serving, with_data, project_env
+from lyricist.models.fast import kernels
 from lyricist.train import train
 
 
@@ -38,9 +39,16 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
     assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
 
 
+def _builds() -> int:
+    log = kernels.cache_dir() / kernels.BUILD_LOG
+    return len(log.read_text().splitlines()) if log.is_file() else 0
+
+
 @pytest.mark.slow
 def test_served_model_answers_a_request(trained_run, tmp_path):
     uri, run_id = trained_run
+    assert kernels.lstm_kernels() is not None or not kernels.switch.on
+    builds_before = _builds()
     port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                f"runs:/{run_id}/model", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
@@ -52,6 +60,8 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
     assert reply.status_code == 200, reply.text
     [prediction] = reply.json()["predictions"]
     assert prediction["lyrics"].startswith("分开")
+    # The model's code/ copy of lyricist found the compiled LSTM step built at install.
+    assert _builds() == builds_before, "serving the model rebuilt the compiled LSTM step"
 
 
 @pytest.mark.slow
