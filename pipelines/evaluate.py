@@ -33,7 +33,8 @@ def main(argv=None) -> None:
         # model is checked against them)
         ngram_max_order=p.baseline.max_order, ngram_discount_mode=p.baseline.discount_mode,
         ngram_fixed_discount=p.baseline.fixed_discount, ngram_path=args.ngram,
-        dynamic_lrs=list(p.evaluate.dynamic_lrs), dynamic_num_steps=p.evaluate.dynamic_num_steps)
+        dynamic_lrs=list(p.evaluate.dynamic_lrs), dynamic_num_steps=p.evaluate.dynamic_num_steps,
+        dynamic_tune_tokens=p.evaluate.dynamic_tune_tokens, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
     write_text(args.metrics, result.to_json())

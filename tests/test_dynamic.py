@@ -113,3 +113,38 @@ def test_bad_arguments_name_the_fix(toy):
         evaluate_dynamic(model, ngram, {"test": val}, NUM_STEPS, [1.0])
     with pytest.raises(ValueError, match="learning_rates"):
         evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [])
+
+
+def test_no_update_is_always_tried_so_adapting_never_reports_worse_than_static(toy):
+    """Rates that only hurt (here: they diverge) lose to 0, which the grid always holds: the
+    reported dynamic perplexity is then the static one of the same single stream."""
+    vocab, train_ids, val, test, model = toy
+    ngram = KneserNey(2).fit(train_ids, len(vocab))
+    result = evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [1e6, 1e7])
+    assert result.lr == 0.0
+    static_val = perplexity_of(dynamic_token_log_probs(model, val, NUM_STEPS, lr=0.0)[1])
+    assert result.dynamic.val == pytest.approx(static_val, rel=1e-12)
+    # Whatever the rates, the one chosen is never worse on the tuning tokens than not adapting.
+    helpful = evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [0.3, 1.0])
+    assert helpful.dynamic.val <= static_val * (1 + 1e-12)
+
+
+def test_the_rate_is_chosen_on_a_bounded_part_of_val(toy, monkeypatch):
+    vocab, train_ids, val, test, model = toy
+    ngram = KneserNey(2).fit(train_ids, len(vocab))
+    import lyricist.evaluation.dynamic as dynamic
+
+    read = []
+    real = dynamic.dynamic_token_log_probs
+
+    def recording(model, ids, num_steps, lr):
+        read.append((len(ids), lr))
+        return real(model, ids, num_steps, lr)
+
+    monkeypatch.setattr(dynamic, "dynamic_token_log_probs", recording)
+    result = dynamic.evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [0.3, 1.0],
+                                      tune_tokens=30)
+    assert read[:3] == [(31, 0.0), (31, 0.3), (31, 1.0)]  # each rate reads the first 30 predictions once
+    assert read[3:] == [(len(val), result.lr), (len(test), result.lr)]  # then all of val and test
+    with pytest.raises(ValueError, match=r"evaluate\.dynamic_tune_tokens.*null"):
+        dynamic.evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [1.0], tune_tokens=NUM_STEPS)

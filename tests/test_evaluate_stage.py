@@ -65,7 +65,7 @@ def _args(tmp_path: Path) -> list[str]:
     OmegaConf.save(OmegaConf.create({
         "train": {"eval_batch_size": 2}, "data": {"num_steps": 8, "prefixes": ["a"]}, "generate": {},
         "baseline": {"max_order": 3, "discount_mode": "modified", "fixed_discount": 0.75},
-        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10}}), params)
+        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10, "dynamic_tune_tokens": None}}), params)
     return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),
             "--metrics", str(tmp_path / "reports" / "metrics.json"),
             "--samples", str(tmp_path / "reports" / "samples.md")]

@@ -182,12 +182,10 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
 
 def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str | None,
                    experiment_name: str, tracking_uri: str | None) -> None:
-    lines = [
-        "", "lyricist: training finished",
-        f"  best val perplexity   {metrics['val/ppl']:.2f}",
-        f"  best checkpoint       {best_path}",
-        f"  per-epoch metrics     {output_dir / 'metrics.csv'}",
-    ]
+    lines = ["", "lyricist: training finished",
+             f"  best val perplexity   {metrics['val/ppl']:.2f}",
+             f"  best checkpoint       {best_path}",
+             f"  per-epoch metrics     {output_dir / 'metrics.csv'}"]
     if run_id:
         lines.append(f"  MLflow run            {run_id} (experiment {experiment_name!r})")
         lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}")

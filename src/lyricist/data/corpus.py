@@ -92,9 +92,7 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
         text = text.replace("\n", " ")
     if lowercase:
         text = text.lower()
-    if max_chars is not None:
-        text = text[:max_chars]
-    return text
+    return text[:max_chars]  # text[:None] is all of it
 
 
 def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str, str]:

@@ -75,18 +75,27 @@ def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positio
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
                      num_steps: int, learning_rates: Sequence[float],
-                     weights: Sequence[float] = WEIGHT_GRID) -> DynamicResult:
+                     weights: Sequence[float] = WEIGHT_GRID, tune_tokens: int | None = None) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
-    (optionally) "test": the learning rate (of `learning_rates`) and the mixture weight are
-    chosen on val, and test starts again from the trained weights and counts."""
+    (optionally) "test": the learning rate and the mixture weight are chosen on val, and test
+    starts again from the trained weights and counts.
+
+    The rate is the best of 0 ("no update": a rate that does not help is never chosen) and
+    `learning_rates`, judged on the first `tune_tokens` tokens of val (None: all of it), so the
+    cost of choosing stays bounded however long val is: each rate reads that part once."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
+    if tune_tokens is not None and tune_tokens <= num_steps:
+        raise ValueError(f"evaluate.dynamic_tune_tokens must exceed dynamic_num_steps ({num_steps}) or be "
+                         f"null (all of val), got {tune_tokens}: use e.g. 20000.")
+    tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
-    def val_perplexity(lr: float) -> float:  # a rate that diverges scores inf (perplexity_of): it loses
-        return perplexity_of(dynamic_token_log_probs(model, splits["val"], num_steps, lr)[1])
+    def tuning_perplexity(lr: float) -> float:  # a rate that diverges scores inf (perplexity_of): it loses
+        return perplexity_of(dynamic_token_log_probs(model, tuning, num_steps, lr)[1])
 
-    lr = min(learning_rates, key=val_perplexity)  # ties: the first
+    rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
+    lr = min(rates, key=tuning_perplexity)  # ties: the first, so no update unless one helps
     weight, dynamic, kn, mixed = score_and_mix(
         splits, lambda ids: dynamic_token_log_probs(model, ids, num_steps, lr),
         lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)

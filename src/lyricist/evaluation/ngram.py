@@ -151,9 +151,7 @@ class KneserNey:
             raise ValueError(f"order must be >= 1, got {order}.")
         if discount_mode not in DISCOUNT_MODES:
             raise ValueError(f"unknown discount mode {discount_mode!r}; use one of {DISCOUNT_MODES}.")
-        self.order = order
-        self.discount_mode = discount_mode
-        self.fixed_discount = fixed_discount
+        self.order, self.discount_mode, self.fixed_discount = order, discount_mode, fixed_discount
 
     def fit(self, ids: Sequence[int], vocab_size: int) -> KneserNey:
         ids = _as_id_list(ids, vocab_size)

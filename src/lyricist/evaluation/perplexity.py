@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Sequence
 
@@ -28,14 +30,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
                         temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
                         ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
                         ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
-                        dynamic_num_steps: int | None = None,
-                        ngram_path: str | Path | None = None) -> tuple[EvaluationResult, str]:
+                        dynamic_num_steps: int | None = None, dynamic_tune_tokens: int | None = None,
+                        ngram_path: str | Path | None = None,
+                        report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
     """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
 
     With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
     1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
     fit with these settings and vocabulary), else fit here on train. With `dynamic_lrs` too,
-    dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`).
+    dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`), its rate chosen
+    on the first `dynamic_tune_tokens` of val. `report` gets one line per part, with its time.
     """
     if ngram_max_order is None and (dynamic_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
@@ -45,8 +49,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
     test_path = data_dir / "test.npy"
     if test_path.is_file() and len(test_ids := load_ids(test_path)):
         splits["test"] = test_ids
+    clock = time.perf_counter()
+
+    def done(part: str) -> None:
+        nonlocal clock
+        report(f"  {part}: {time.perf_counter() - clock:.1f} s")
+        clock = time.perf_counter()
+
     neural = Perplexities.of_splits({split: perplexity(loaded.model, ids, batch_size, num_steps)
                                      for split, ids in splits.items()})
+    done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in splits.items())})")
     interpolation = dynamic = None
     if ngram_max_order is not None:
         vocab_size = len(loaded.vocab)
@@ -58,13 +70,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
                                        ngram_max_order, ngram_discount_mode, ngram_fixed_discount)
         interpolation = interpolate_with_ngram(loaded.model, None, splits, vocab_size, batch_size,
                                                num_steps, ngram=ngram)
+        done(f"kn{ngram.order} and the interpolation")
         if dynamic_lrs:
             dynamic = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps,
-                                       dynamic_lrs)
+                                       dynamic_lrs, tune_tokens=dynamic_tune_tokens)
+            done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
     lines = [f"# Samples ({strategy}, {num_chars} {unit})", ""]
     for prefix in prefixes:
         text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,
                         top_k, seed, allow_unknown=True)
         lines += [f"## {prefix}", "", "```", text, "```", ""]
+    done(f"samples ({len(prefixes)} x {num_chars} {unit})")
     return EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic), "\n".join(lines)

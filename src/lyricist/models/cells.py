@@ -54,9 +54,8 @@ class RecurrentCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01):
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(
-                f"input_size and hidden_size must be positive, got input_size={input_size}, hidden_size={hidden_size}"
-            )
+            raise ValueError(f"input_size and hidden_size must be positive, got input_size={input_size}, "
+                             f"hidden_size={hidden_size}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         gates_size = self.num_gates * hidden_size
@@ -129,17 +128,8 @@ class RecurrentCell(nn.Module):
 class RNNCell(RecurrentCell):
     """Elman cell: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
 
-    num_gates = 1
-    num_states = 1
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        nonlinearity: str = "tanh",
-        init: str = "normal",
-        init_scale: float = 0.01,
-    ):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", init: str = "normal",
+                 init_scale: float = 0.01):
         # Checked before the parameters exist so a typo fails fast and clearly.
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected one of {tuple(NONLINEARITIES)}")
@@ -172,14 +162,8 @@ class LSTMCell(RecurrentCell):
     num_states = 2
     forget_bias: float | None = None  # class default: the base constructor calls reset_parameters first
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        init: str = "normal",
-        init_scale: float = 0.01,
-        forget_bias: float | None = None,
-    ):
+    def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01,
+                 forget_bias: float | None = None):
         super().__init__(input_size, hidden_size, init, init_scale)
         self.forget_bias = None if forget_bias is None else float(forget_bias)
         self._init_forget_bias()
@@ -210,8 +194,7 @@ class LSTMCell(RecurrentCell):
         return outputs, (h, c)
 
     def extra_repr(self) -> str:
-        extra = "" if self.forget_bias is None else f", forget_bias={self.forget_bias}"
-        return super().extra_repr() + extra
+        return super().extra_repr() + ("" if self.forget_bias is None else f", forget_bias={self.forget_bias}")
 
 
 class GRUCell(RecurrentCell):
@@ -223,7 +206,6 @@ class GRUCell(RecurrentCell):
     """
 
     num_gates = 3
-    num_states = 1
 
     def step(self, x_proj: Tensor, state: State) -> State:
         (h,) = state

@@ -63,22 +63,11 @@ class RecurrentLM(nn.Module):
     defaults), see ``RecurrentCell.reset_parameters``.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        cell: str = "lstm",
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        embedding_size: int | None = None,
-        dropout: float = 0.0,
-        init: str = "normal",
-        init_scale: float = 0.01,
-        embedding_dropout: float | None = None,
-        output_dropout: float | None = None,
-        tie_weights: bool = False,
-        forget_bias: float | None = None,
-        locked_dropout: bool = False,
-    ):
+    def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1,
+                 embedding_size: int | None = None, dropout: float = 0.0, init: str = "normal",
+                 init_scale: float = 0.01, embedding_dropout: float | None = None,
+                 output_dropout: float | None = None, tie_weights: bool = False,
+                 forget_bias: float | None = None, locked_dropout: bool = False):
         super().__init__()
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
@@ -109,9 +98,7 @@ class RecurrentLM(nn.Module):
             embedding_dropout=float(embedding_dropout), output_dropout=float(output_dropout),
             tie_weights=bool(tie_weights), forget_bias=None if forget_bias is None else float(forget_bias),
             locked_dropout=bool(locked_dropout))
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
+        self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
 
         self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
         input_size = vocab_size if embedding_size is None else embedding_size
@@ -131,25 +118,22 @@ class RecurrentLM(nn.Module):
         self.dropout = make_dropout(dropout, time_dim=0)  # between layers
         self.output_dropout = make_dropout(output_dropout, time_dim=1)
         self.head = nn.Linear(hidden_size, vocab_size)
-        self._reset_head_and_embedding(init, init_scale)
+        # The seeds draw the output layer like the recurrent weights (N(0, 0.01^2), zero bias),
+        # so the head follows `init`; "torch" keeps nn.Linear's own default.
+        with torch.no_grad():
+            if init == "normal":
+                self.head.weight.normal_(0.0, init_scale)
+                self.head.bias.zero_()
+            elif init == "uniform":
+                self.head.weight.uniform_(-init_scale, init_scale)
+                self.head.bias.uniform_(-init_scale, init_scale)
+                if self.embedding is not None:
+                    # word_language_model's scheme; otherwise the embedding keeps nn.Embedding's N(0, 1).
+                    self.embedding.weight.uniform_(-init_scale, init_scale)
         if tie_weights:
             # One Parameter under both names: it is drawn as the head is (small, like the
             # seeds' output layer), trained by both uses, and stored under both keys.
             self.embedding.weight = self.head.weight
-
-    @torch.no_grad()
-    def _reset_head_and_embedding(self, init: str, scale: float) -> None:
-        # The seeds draw the output layer like the recurrent weights (N(0, 0.01^2), zero bias),
-        # so the head follows `init`; "torch" keeps nn.Linear's own default.
-        if init == "normal":
-            self.head.weight.normal_(0.0, scale)
-            self.head.bias.zero_()
-        elif init == "uniform":
-            self.head.weight.uniform_(-scale, scale)
-            self.head.bias.uniform_(-scale, scale)
-            if self.embedding is not None:
-                # word_language_model's scheme; otherwise the embedding keeps nn.Embedding's N(0, 1).
-                self.embedding.weight.uniform_(-scale, scale)
 
     @property
     def num_states(self) -> int:
@@ -160,10 +144,8 @@ class RecurrentLM(nn.Module):
         param = self.head.weight
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
-        return tuple(
-            torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
-            for _ in range(self.num_states)
-        )
+        return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
+                     for _ in range(self.num_states))
 
     def _project_first_layer(self, ids: Tensor) -> Tensor:
         """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
@@ -178,7 +160,6 @@ class RecurrentLM(nn.Module):
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the final state (each (L, B, H))."""
         hidden, state = self.features(ids, state)  # (B, T, H)
-        # The head runs on all steps in one matmul.
         return linear(hidden, self.head.weight, self.head.bias), state  # self.head(hidden), on oneDNN where faster
 
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:

@@ -34,18 +34,8 @@ class _BatchStream(IterableDataset):
 
 
 class LyricsDataModule(pl.LightningDataModule):
-    """Batches already-encoded token ids; nothing else (no files, no vocabulary)."""
-
-    def __init__(
-        self,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
-        batch_size: int,
-        num_steps: int,
-        sampling: str = "consecutive",
-        eval_batch_size: int = 8,
-        seed: int = 0,
-    ):
+    def __init__(self, train_ids: torch.Tensor, val_ids: torch.Tensor, batch_size: int, num_steps: int,
+                 sampling: str = "consecutive", eval_batch_size: int = 8, seed: int = 0):
         super().__init__()
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")

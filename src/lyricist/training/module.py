@@ -54,22 +54,11 @@ def detach_state(state: State) -> State:
 
 
 class LitLanguageModel(pl.LightningModule):
-    """Trains a `RecurrentLM` the way the seeds do, with explicit, carried state."""
-
-    def __init__(
-        self,
-        model: RecurrentLM,
-        vocab: Vocab,
-        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-        clip_theta: float | None = 1.0,
-        sampling: str = "consecutive",
-        divergence_factor: float | None = 3.0,
-        seed: int = 0,
-        loss_reduction: str = "mean",
-        lr_schedule: str | None = None,
-        lr_factor: float = 0.5,
-        lr_patience: int = 0,
-    ):
+    def __init__(self, model: RecurrentLM, vocab: Vocab,
+                 optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+                 clip_theta: float | None = 1.0, sampling: str = "consecutive",
+                 divergence_factor: float | None = 3.0, seed: int = 0, loss_reduction: str = "mean",
+                 lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 0):
         super().__init__()
         check_lr_schedule(lr_schedule, lr_factor, lr_patience)
         if loss_reduction not in ("mean", "sum"):
@@ -100,9 +89,8 @@ class LitLanguageModel(pl.LightningModule):
         optimizer = self.make_optimizer(self.parameters())
         if self.lr_schedule is None:
             return optimizer
-        # Returned to Lightning so that its state is saved in (and restored from) every
-        # checkpoint; under manual optimization Lightning does not step it: see
-        # on_validation_epoch_end.
+        # Returned to Lightning so that its state is saved in (and restored from) every checkpoint;
+        # under manual optimization Lightning does not step it: see on_validation_epoch_end.
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -171,9 +159,7 @@ class LitLanguageModel(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         ids, targets = batch
-        state = self._val_state
-        if state is None:
-            state = self.model.begin_state(ids.size(0), device=ids.device)
+        state = self._val_state or self.model.begin_state(ids.size(0), device=ids.device)
         loss, self._val_state = self.model.loss(ids, targets, state)
         self._val_sums["loss"] += float(loss) * targets.numel()
         self._val_sums["tokens"] += targets.numel()
@@ -205,13 +191,9 @@ class LitLanguageModel(pl.LightningModule):
         train_loss = loss_sum / max(tokens, 1)
         elapsed = time.perf_counter() - self._epoch_start
         self.epoch_metrics.update({
-            "epoch": self.current_epoch,
-            "train/loss": train_loss,
-            "train/ppl": math.exp(train_loss),
+            "epoch": self.current_epoch, "train/loss": train_loss, "train/ppl": math.exp(train_loss),
             "tokens_per_sec": tokens / elapsed if elapsed > 0 else 0.0,
-            "grad_norm": s["grad_norm"] / max(s["batches"], 1),
-            "train/lr": self._epoch_lr,
-        })
+            "grad_norm": s["grad_norm"] / max(s["batches"], 1), "train/lr": self._epoch_lr})
         self.log("train/ppl", math.exp(train_loss), prog_bar=True, logger=False)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
@@ -219,11 +201,8 @@ class LitLanguageModel(pl.LightningModule):
 
     # -- checkpoints carry what is needed to rebuild the model -------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lyricist"] = {
-            "model_config": dict(self.model.config),
-            "vocab": self.vocab.to_dict(),
-            **self.extra_checkpoint,
-        }
+        checkpoint["lyricist"] = {"model_config": dict(self.model.config), "vocab": self.vocab.to_dict(),
+                                  **self.extra_checkpoint}
         checkpoint["lyricist_resume"] = {"first_loss": self.first_loss}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

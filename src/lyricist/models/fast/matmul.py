@@ -44,14 +44,9 @@ MIN_USES_TO_PACK = 8
 
 
 def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
-    return (
-        _switch.on
-        and rows >= MIN_ROWS
-        and _ONEDNN is not None
-        and torch.backends.mkldnn.is_available()
-        and torch._C._get_mkldnn_enabled()
-        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-    )
+    return (_switch.on and rows >= MIN_ROWS and _ONEDNN is not None and torch.backends.mkldnn.is_available()
+            and torch._C._get_mkldnn_enabled()
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
 
 
 def _rows(x: Tensor) -> int:
