@@ -2,9 +2,11 @@
 
 import csv
 import math
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from conftest import plateau_cfg, with_data
 from lyricist.training.callbacks import read_epoch_history
@@ -122,3 +124,17 @@ def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
     # Lightning's rule: stop at the first epoch not better than the best so far.
     first_worse = next(i for i in range(1, len(val_ppls)) if val_ppls[i] >= min(val_ppls[:i]))
     assert len(val_ppls) == first_worse + 1 < 6, val_ppls
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.hidden_size", "abc"), ("model.hidden_size", 1.5), ("data.batch_size", "abc"),
+    ("data.num_steps", 0), ("train.eval_batch_size", 0), ("train.samples_every_n_epochs", 0),
+    ("generate.num_chars", 0), ("trainer.max_epochs", 0), ("optim.lr", -1.0), ("optim.lr", float("nan")),
+    ("model.init_scale", -1.0), ("train.divergence_factor", -1.0), ("model.num_layers", True),
+])
+def test_a_bad_value_is_refused_by_its_key_before_anything_is_written(tiny_cfg, tiny_data, tmp_path, key, value):
+    """Values that used to fail after the first epoch, name another key, or train wrong."""
+    OmegaConf.update(tiny_cfg, key, value)
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.* is not allowed: use .*, e\.g\. {re.escape(key)}="):
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()

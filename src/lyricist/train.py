@@ -35,12 +35,41 @@ from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
 WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _rate(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+# Values that would otherwise fail late (after an epoch, or with another key's name in the
+# message) or train silently wrong: (key, accepted, what is allowed, an example).
+SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
+    ("data.batch_size", 32), ("data.num_steps", 35), ("model.hidden_size", 256), ("model.num_layers", 1),
+    ("train.eval_batch_size", 8), ("train.samples_every_n_epochs", 5), ("generate.num_chars", 100)]] + [
+    ("trainer.max_epochs", lambda v: _count(v) or v == -1, "an integer >= 1, or -1 (no limit)", 20),
+    ("optim.lr", _rate, "a finite number > 0", 0.015),
+    ("model.init_scale", _rate, "a finite number > 0", 0.01),
+    ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
+]
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse a bad value by its key, before any data is read or any output written."""
+    for key, accepted, allowed, example in SETTINGS:
+        value = OmegaConf.select(cfg, key)
+        if not accepted(value):
+            raise ValueError(f"{key}={value!r} is not allowed: use {allowed}, e.g. {key}={example}")
+
+
 def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:
     """Train the configured model; write checkpoints/ and metrics.csv under `output_dir`.
 
     Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
     Hydra sweeper can use it.
     """
+    check_settings(cfg)
     output_dir = Path(output_dir)
     root = project_root(cfg.paths.root)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
