@@ -91,12 +91,13 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
                          f"null (all of val), got {tune_tokens}: use e.g. 20000.")
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
-    def tuning_perplexity(lr: float) -> float:  # a rate that diverges scores inf (perplexity_of): it loses
-        return perplexity_of(dynamic_token_log_probs(model, tuning, num_steps, lr)[1])
-
     rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
-    lr = min(rates, key=tuning_perplexity)  # ties: the first, so no update unless one helps
+    tried = {lr: dynamic_token_log_probs(model, tuning, num_steps, lr) for lr in rates}
+    # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no update
+    # unless one helps.
+    lr = min(rates, key=lambda rate: perplexity_of(tried[rate][1]))
+    neural = {split: tried[lr] if split == "val" and len(tuning) == len(ids)  # val read already
+              else dynamic_token_log_probs(model, ids, num_steps, lr) for split, ids in splits.items()}
     weight, dynamic, kn, mixed = score_and_mix(
-        splits, lambda ids: dynamic_token_log_probs(model, ids, num_steps, lr),
-        lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)
+        splits, neural, lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

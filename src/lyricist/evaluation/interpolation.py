@@ -90,15 +90,12 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
     return best_w, best_ppl
 
 
-def score_and_mix(splits: dict[str, torch.Tensor], neural_log_probs: Callable, ngram_log_probs: Callable,
-                  weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
-    """Score each split with `neural_log_probs(ids) -> (positions, log p)` and the n-gram's
+def score_and_mix(splits: dict[str, torch.Tensor], neural: dict[str, tuple[np.ndarray, np.ndarray]],
+                  ngram_log_probs: Callable, weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
+    """With the network's (positions, log p) per split, score the same positions with the n-gram's
     `ngram_log_probs(ids, positions) -> log p`, choose the mixture weight on val, and return it
     with the neural, the n-gram and the mixture's perplexities."""
-    scored = {}
-    for split, ids in splits.items():
-        positions, neural = neural_log_probs(ids)
-        scored[split] = neural, ngram_log_probs(ids, positions)
+    scored = {split: (neural[split][1], ngram_log_probs(ids, neural[split][0])) for split, ids in splits.items()}
     weight, _ = choose_weight(*scored["val"], weights=weights)
     ppl = {split: [perplexity_of(lp) for lp in (neural, kn, mixture_log_probs(neural, kn, weight))]
            for split, (neural, kn) in scored.items()}  # split -> [neural, n-gram, mixture]
@@ -108,16 +105,18 @@ def score_and_mix(splits: dict[str, torch.Tensor], neural_log_probs: Callable, n
 def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
                            vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
                            discount_mode: str = "modified", fixed_discount: float = 0.75,
-                           weights: Sequence[float] = WEIGHT_GRID,
-                           ngram: KneserNey | None = None) -> InterpolationResult:
+                           weights: Sequence[float] = WEIGHT_GRID, ngram: KneserNey | None = None,
+                           neural: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> InterpolationResult:
     """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
     fit on train, as the `baseline` stage does; or `ngram`, then the fitting arguments are
-    unused) and choose the weight on "val"; "test" (optional) is scored with that weight."""
+    unused) and choose the weight on "val"; "test" (optional) is scored with that weight.
+    `neural`: the network's `neural_token_log_probs` per split, when the caller has them already."""
     check_splits(splits)
     if ngram is None:
         ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
                                    fixed_discount)
+    if neural is None:
+        neural = {split: neural_token_log_probs(model, ids, batch_size, num_steps) for split, ids in splits.items()}
     weight, _, kn, mixed = score_and_mix(
-        splits, lambda ids: neural_token_log_probs(model, ids, batch_size, num_steps),
-        lambda ids, positions: ngram_token_log_probs(ngram, ids, positions), weights)
+        splits, neural, lambda ids, positions: ngram_token_log_probs(ngram, ids, positions), weights)
     return InterpolationResult(order=ngram.order, weight=weight, ngram=kn, interpolated=mixed)

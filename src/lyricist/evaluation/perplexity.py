@@ -56,8 +56,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
         report(f"  {part}: {time.perf_counter() - clock:.1f} s")
         clock = time.perf_counter()
 
-    neural = Perplexities.of_splits({split: perplexity(loaded.model, ids, batch_size, num_steps)
-                                     for split, ids in splits.items()})
+    # Scored once: the static perplexity and the interpolation read the same per-token numbers.
+    scores = {split: neural_token_log_probs(loaded.model, ids, batch_size, num_steps) for split, ids in splits.items()}
+    neural = Perplexities.of_splits({split: perplexity_of(log_p) for split, (_, log_p) in scores.items()})
     done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in splits.items())})")
     interpolation = dynamic = None
     if ngram_max_order is not None:
@@ -69,7 +70,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
             ngram, _ = best_kneser_ney(load_ids(data_dir / "train.npy"), splits["val"], vocab_size,
                                        ngram_max_order, ngram_discount_mode, ngram_fixed_discount)
         interpolation = interpolate_with_ngram(loaded.model, None, splits, vocab_size, batch_size,
-                                               num_steps, ngram=ngram)
+                                               num_steps, ngram=ngram, neural=scores)
         done(f"kn{ngram.order} and the interpolation")
         if dynamic_lrs:
             dynamic = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps,
