@@ -34,7 +34,9 @@ def main(argv=None) -> None:
         ngram_max_order=p.baseline.max_order, ngram_discount_mode=p.baseline.discount_mode,
         ngram_fixed_discount=p.baseline.fixed_discount, ngram_path=args.ngram,
         dynamic_lrs=list(p.evaluate.dynamic_lrs), dynamic_num_steps=p.evaluate.dynamic_num_steps,
-        dynamic_tune_tokens=p.evaluate.dynamic_tune_tokens, report=lambda line: print(line, flush=True))
+        dynamic_tune_tokens=p.evaluate.dynamic_tune_tokens, krause_lrs=list(p.evaluate.krause_lrs),
+        krause_decay=p.evaluate.krause_decay, krause_eps=p.evaluate.krause_eps,
+        krause_stat_tokens=p.evaluate.krause_stat_tokens, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
     write_text(args.metrics, result.to_json())
@@ -45,13 +47,15 @@ def main(argv=None) -> None:
 def summary(result: EvaluationResult, seconds: float) -> str:
     """Perplexities per model and split, one line each."""
     rows: list[tuple[str, Perplexities]] = [("neural", result.neural)]
-    interpolation, dynamic = result.interpolation, result.dynamic
+    interpolation, dynamic, krause = result.interpolation, result.dynamic, result.krause
     if interpolation:
         kn = f"kn{interpolation.order}"
         rows += [(kn, interpolation.ngram), ("interpolated", interpolation.interpolated)]
         if dynamic:
             rows += [("dynamic", dynamic.dynamic), (f"{kn} adaptive", dynamic.ngram_adaptive),
                      ("dynamic+kn", dynamic.interpolated)]
+        if krause:
+            rows += [("krause", krause.dynamic), ("krause+kn", krause.interpolated)]
     lines = [f"evaluate (checkpoint of epoch {result.epoch}, {seconds:.1f} s): perplexity"]
     for name, ppl in rows:
         cells = [f"val {ppl.val:9.2f}"] + ([f"test {ppl.test:9.2f}"] if ppl.test is not None else [])
@@ -63,6 +67,9 @@ def summary(result: EvaluationResult, seconds: float) -> str:
     if dynamic:
         lines.append(f"  (dynamic: one SGD step at lr {dynamic.lr:g} after each segment, the n-gram "
                      f"counting each token once read; mixed {dynamic.weight:g} x dynamic, both chosen on val)")
+    if krause:
+        lines.append(f"  (krause: Krause et al.'s rms-normalised step at lr {krause.lr:g} with decay to the trained "
+                     f"weights; mixed {krause.weight:g} x krause)")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Dynamic evaluation and the adaptive n-gram: score first, learn after, never look ahead."""
 
+import copy
 import math
 
 import numpy as np
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from conftest import LYRICS
-from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic
+from lyricist.evaluation.dynamic import (RMSDecayUpdate, adaptive_ngram_token_log_probs, dynamic_token_log_probs,
+                                        evaluate_dynamic, gradient_rms)
+from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.perplexity import perplexity as static_perplexity
 from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
@@ -137,9 +140,9 @@ def test_the_rate_is_chosen_on_a_bounded_part_of_val(toy, monkeypatch):
     read = []
     real = dynamic.dynamic_token_log_probs
 
-    def recording(model, ids, num_steps, lr):
+    def recording(model, ids, num_steps, lr, *rule):
         read.append((len(ids), lr))
-        return real(model, ids, num_steps, lr)
+        return real(model, ids, num_steps, lr, *rule)
 
     monkeypatch.setattr(dynamic, "dynamic_token_log_probs", recording)
     result = dynamic.evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [0.3, 1.0],
@@ -148,3 +151,55 @@ def test_the_rate_is_chosen_on_a_bounded_part_of_val(toy, monkeypatch):
     assert read[3:] == [(len(val), result.lr), (len(test), result.lr)]  # then all of val and test
     with pytest.raises(ValueError, match=r"evaluate\.dynamic_tune_tokens.*null"):
         dynamic.evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [1.0], tune_tokens=NUM_STEPS)
+
+
+def test_krause_update_follows_the_formula_and_never_overshoots_the_trained_weights():
+    trained = torch.tensor([1.0, -2.0, 0.5])
+    weight = torch.nn.Parameter(trained + torch.tensor([0.4, -0.4, 1.0]))  # moved off by reading
+    other = torch.nn.Parameter(torch.zeros(2))
+    rms = [torch.tensor([0.1, 0.2, 40.0]), torch.tensor([0.3, 0.3])]
+    update = RMSDecayUpdate([weight, other], rms, lr=0.01, decay=0.5, eps=0.001)
+    update.trained[0] = trained.clone()  # as if built before the move
+    weight.grad, other.grad = torch.tensor([1.0, 2.0, -3.0]), None
+    before = weight.detach().clone()
+    update.step()
+    norm = float(rms[0].mean() + rms[1].mean())
+    factor = (0.5 * rms[0] / norm).clamp(max=1.0)
+    assert factor[2] == 1.0 and factor[0] < 1.0  # a large rms: the decay capped at "back to trained"
+    expected = before + factor * (trained - before) - 0.01 * weight.grad / (rms[0] + 0.001)
+    torch.testing.assert_close(weight.detach(), expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(other.detach(), torch.zeros(2))  # no gradient, no move (it sits at its trained value)
+
+
+def test_gradient_rms_is_the_root_mean_square_of_the_batch_gradients(toy):
+    _, train_ids, _, _, model = toy
+    rms = gradient_rms(model, train_ids, NUM_STEPS, batch_size=2, max_tokens=40)
+    reader, squares, state, count = copy.deepcopy(model), None, None, 0
+    for x, y in consecutive_batches(train_ids[:41], 2, NUM_STEPS):
+        state = None if state is None else tuple(s.detach() for s in state)
+        logits, state = reader(x, state)
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()),
+                                    list(reader.parameters()), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, reader.parameters())]
+        squares = [g ** 2 for g in grads] if squares is None else [s + g ** 2 for s, g in zip(squares, grads)]
+        count += 1
+    assert count == 3  # 41 ids: 2 streams of 20, each 3 segments of 5 inputs (+1 target)
+    for got, square in zip(rms, squares):
+        torch.testing.assert_close(got, torch.sqrt(square / count))
+
+
+def test_krause_rule_learns_the_chorus_and_leaves_the_model_alone(toy):
+    vocab, train_ids, val, test, model = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rms = gradient_rms(model, train_ids, NUM_STEPS, batch_size=2)
+    _, static = dynamic_token_log_probs(model, val, NUM_STEPS, lr=0.0, rms=rms)
+    _, krause = dynamic_token_log_probs(model, val, NUM_STEPS, lr=0.01, rms=rms, decay=0.02, eps=1e-3)
+    np.testing.assert_allclose(krause[:NUM_STEPS], static[:NUM_STEPS], rtol=1e-6)  # scored before learning
+    assert perplexity_of(krause) < 0.8 * perplexity_of(static)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], atol=0, rtol=0)
+    # Chosen on val with 0 in the grid, like the SGD rule, and never worse than static there.
+    ngram = KneserNey(2).fit(train_ids, len(vocab))
+    result = evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [0.01, 1e3], rms=rms,
+                              decay=0.02)
+    assert result.lr == 0.01 and result.dynamic.val == pytest.approx(perplexity_of(krause), rel=1e-9)

@@ -25,7 +25,13 @@ def _result(m: dict) -> EvaluationResult:
             m["dynamic_lr"], m["dynamic_interpolation_weight"],
             dynamic=Perplexities(m["dynamic_val_ppl"], m["dynamic_test_ppl"]),
             ngram_adaptive=Perplexities(m["ngram_adaptive_val_ppl"], m["ngram_adaptive_test_ppl"]),
-            interpolated=Perplexities(m["dynamic_interpolated_val_ppl"], m["dynamic_interpolated_test_ppl"])))
+            interpolated=Perplexities(m["dynamic_interpolated_val_ppl"], m["dynamic_interpolated_test_ppl"])),
+        krause=DynamicResult(
+            m["krause_lr"], m["krause_interpolation_weight"],
+            dynamic=Perplexities(m["krause_val_ppl"], m["krause_test_ppl"]),
+            ngram_adaptive=Perplexities(m["ngram_adaptive_val_ppl"], m["ngram_adaptive_test_ppl"]),
+            interpolated=Perplexities(m["krause_interpolated_val_ppl"], m["krause_interpolated_test_ppl"]))
+        if "krause_lr" in m else None)
 
 
 COMMITTED = json.loads((ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
@@ -65,7 +71,9 @@ def _args(tmp_path: Path) -> list[str]:
     OmegaConf.save(OmegaConf.create({
         "train": {"eval_batch_size": 2}, "data": {"num_steps": 8, "prefixes": ["a"]}, "generate": {},
         "baseline": {"max_order": 3, "discount_mode": "modified", "fixed_discount": 0.75},
-        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10, "dynamic_tune_tokens": None}}), params)
+        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10, "dynamic_tune_tokens": None,
+                     "krause_lrs": [0.002], "krause_decay": 0.02, "krause_eps": 0.001, "krause_stat_tokens": None}}),
+        params)
     return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),
             "--metrics", str(tmp_path / "reports" / "metrics.json"),
             "--samples", str(tmp_path / "reports" / "samples.md")]

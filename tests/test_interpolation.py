@@ -255,3 +255,7 @@ def test_evaluate_stage_writes_the_interpolated_perplexities(tiny_data, tmp_path
     assert f"dynamic+kn    val {metrics['dynamic_interpolated_val_ppl']:9.2f}" in printed
     assert metrics["dynamic_interpolated_val_ppl"] <= min(metrics["dynamic_val_ppl"],
                                                           metrics["ngram_adaptive_val_ppl"]) * (1 + 1e-9)
+    # So is Krause et al.'s rule: its rate of 0 and the grid, never worse than static on val.
+    assert metrics["krause_lr"] in [0.0, *cfg.evaluate.krause_lrs]
+    assert metrics["krause_val_ppl"] <= metrics["val_ppl"] * (1 + 1e-6)
+    assert f"krause        val {metrics['krause_val_ppl']:9.2f}" in printed

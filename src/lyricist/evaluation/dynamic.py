@@ -15,6 +15,11 @@ rate and the mixture weight are chosen on val alone.
     stream:   t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
     segment i: score log p(t_{35i+1} .. t_{35i+35}), then one SGD step on their mean loss;
                the state goes on to segment i + 1 (detached, as in training)
+
+Two update rules: plain SGD, and Krause et al.'s own (``RMSDecayUpdate``): the step divided by
+the root-mean-square of each weight's gradient on the training text (weights the training moved
+little move little), and a decay pulling every weight back towards its trained value (so what a
+song taught is forgotten in the next one instead of piling up).
 """
 
 from __future__ import annotations
@@ -34,14 +39,74 @@ from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM
 
 
-def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int,
-                            lr: float) -> tuple[np.ndarray, np.ndarray]:
+class RMSDecayUpdate:
+    """Krause et al. (2018)'s dynamic-evaluation step, for every weight θ with trained value θ0:
+
+        θ <- θ - lr * grad / (rms + eps) + decay * (rms / norm) * (θ0 - θ)
+
+    `rms`: the root-mean-square of θ's gradient over training text (``gradient_rms``); `norm`:
+    the sum over the parameter tensors of their mean rms, as in the authors' released code
+    (dynamiceval). The decay factor decay * rms / norm is capped at 1 so that the pull back
+    never overshoots θ0."""
+
+    def __init__(self, params, rms: list[torch.Tensor], lr: float, decay: float, eps: float):
+        self.params = list(params)
+        if len(self.params) != len(rms):
+            raise ValueError(f"one rms tensor per parameter: {len(self.params)} parameters, {len(rms)} tensors")
+        self.trained = [p.detach().clone() for p in self.params]
+        norm = sum(float(r.mean()) for r in rms)
+        self.rms, self.lr, self.eps = rms, lr, eps
+        self.decay = [(decay * r / norm).clamp(max=1.0) if norm > 0 else torch.zeros_like(r) for r in rms]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, p0, rms, decay in zip(self.params, self.trained, self.rms, self.decay):
+            if p.grad is not None:
+                p.add_(decay * (p0 - p) - self.lr * p.grad / (rms + self.eps))
+
+
+def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, batch_size: int,
+                 max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Root-mean-square over batches of the mean-loss gradient of each parameter of `model`,
+    on the first `max_tokens` (None: all) of `train_ids` read as `batch_size` streams of
+    `num_steps`-token segments, dropout off; the statistics Krause et al. normalise by."""
+    ids = train_ids if max_tokens is None else train_ids[: max_tokens + 1]
+    check_enough_tokens(len(ids), batch_size, num_steps, "training text for the gradient statistics",
+                        sampling="consecutive")
+    reader = copy.deepcopy(model).eval()
+    squares = [torch.zeros_like(p) for p in reader.parameters()]
+    state, batches = None, 0
+    for x, y in consecutive_batches(ids, batch_size, num_steps):  # (B, T) each
+        if state is not None:
+            state = tuple(s.detach() for s in state)
+        logits, state = reader(x, state)  # (B, T, V)
+        reader.zero_grad(set_to_none=True)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()  # (B*T, V)
+        for square, p in zip(squares, reader.parameters()):
+            if p.grad is not None:
+                square += p.grad.detach() ** 2
+        batches += 1
+    return [torch.sqrt(square / batches) for square in squares]
+
+
+def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int, lr: float,
+                            rms: list[torch.Tensor] | None = None, decay: float = 0.0,
+                            eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """(positions, log p) of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids`,
-    each scored before an SGD step (rate `lr`) on its segment; `lr = 0` is static evaluation
-    of one stream. `model` itself is left untouched (a copy learns), and dropout is off."""
+    each scored before an update (rate `lr`) on its segment; `lr = 0` is static evaluation
+    of one stream. The update is plain SGD, or with `rms` (``gradient_rms`` of `model`)
+    ``RMSDecayUpdate`` with `decay` and `eps`. `model` itself is left untouched (a copy
+    learns), and dropout is off."""
     check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     reader = copy.deepcopy(model).eval()  # eval: no dropout; the copy's weights move, not the caller's
-    optimizer = torch.optim.SGD(reader.parameters(), lr=lr) if lr > 0 else None
+    optimizer = None
+    if lr > 0:
+        optimizer = (torch.optim.SGD(reader.parameters(), lr=lr) if rms is None
+                     else RMSDecayUpdate(reader.parameters(), rms, lr, decay, eps))
     state, log_probs = None, []
     for x, y in consecutive_batches(ids, 1, num_steps):  # (1, T) each
         if state is not None:
@@ -75,10 +140,13 @@ def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positio
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
                      num_steps: int, learning_rates: Sequence[float],
-                     weights: Sequence[float] = WEIGHT_GRID, tune_tokens: int | None = None) -> DynamicResult:
+                     weights: Sequence[float] = WEIGHT_GRID, tune_tokens: int | None = None,
+                     rms: list[torch.Tensor] | None = None, decay: float = 0.0,
+                     eps: float = 1e-3) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
     (optionally) "test": the learning rate and the mixture weight are chosen on val, and test
-    starts again from the trained weights and counts.
+    starts again from the trained weights and counts. Plain SGD updates, or Krause et al.'s
+    with `rms`, `decay` and `eps` (``dynamic_token_log_probs``).
 
     The rate is the best of 0 ("no update": a rate that does not help is never chosen) and
     `learning_rates`, judged on the first `tune_tokens` tokens of val (None: all of it), so the
@@ -92,12 +160,15 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
     rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
-    tried = {lr: dynamic_token_log_probs(model, tuning, num_steps, lr) for lr in rates}
+    def read(ids: torch.Tensor, lr: float) -> tuple[np.ndarray, np.ndarray]:
+        return dynamic_token_log_probs(model, ids, num_steps, lr, rms, decay, eps)
+
+    tried = {lr: read(tuning, lr) for lr in rates}
     # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no update
     # unless one helps.
     lr = min(rates, key=lambda rate: perplexity_of(tried[rate][1]))
     neural = {split: tried[lr] if split == "val" and len(tuning) == len(ids)  # val read already
-              else dynamic_token_log_probs(model, ids, num_steps, lr) for split, ids in splits.items()}
+              else read(ids, lr) for split, ids in splits.items()}
     weight, dynamic, kn, mixed = score_and_mix(
         splits, neural, lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

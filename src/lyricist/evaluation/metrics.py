@@ -54,10 +54,12 @@ class DynamicResult:
     ngram_adaptive: Perplexities
     interpolated: Perplexities
 
-    def as_flat_dict(self) -> dict:
-        return {"dynamic_lr": self.lr, "dynamic_interpolation_weight": self.weight,
-                **_by_split({"dynamic_": self.dynamic, "ngram_adaptive_": self.ngram_adaptive,
-                             "dynamic_interpolated_": self.interpolated})}
+    def as_flat_dict(self, prefix: str = "dynamic_", with_ngram: bool = True) -> dict:
+        """Keys starting with `prefix`; `with_ngram`: also the adaptive n-gram's perplexities
+        (the same for every update rule of the network, so stated once)."""
+        return {f"{prefix}lr": self.lr, f"{prefix}interpolation_weight": self.weight,
+                **_by_split({prefix: self.dynamic, **({"ngram_adaptive_": self.ngram_adaptive} if with_ngram else {}),
+                             f"{prefix}interpolated_": self.interpolated})}
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,15 @@ class EvaluationResult:
     neural: Perplexities
     epoch: int | None  # of the checkpoint
     interpolation: InterpolationResult | None = None
-    dynamic: DynamicResult | None = None
+    dynamic: DynamicResult | None = None  # plain SGD updates
+    krause: DynamicResult | None = None  # Krause et al.'s RMS-normalised updates with decay
 
     def as_flat_dict(self) -> dict:
         """The keys and values of reports/metrics.json, in its order."""
         return {**_by_split({"": self.neural}), "epoch": self.epoch,
                 **(self.interpolation.as_flat_dict() if self.interpolation else {}),
-                **(self.dynamic.as_flat_dict() if self.dynamic else {})}
+                **(self.dynamic.as_flat_dict() if self.dynamic else {}),
+                **(self.krause.as_flat_dict("krause_", with_ngram=not self.dynamic) if self.krause else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.as_flat_dict(), indent=2) + "\n"

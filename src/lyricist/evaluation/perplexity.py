@@ -11,7 +11,7 @@ import torch
 
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import load_ids
-from lyricist.evaluation.dynamic import evaluate_dynamic
+from lyricist.evaluation.dynamic import evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
@@ -31,7 +31,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
                         ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
                         ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
                         dynamic_num_steps: int | None = None, dynamic_tune_tokens: int | None = None,
-                        ngram_path: str | Path | None = None,
+                        krause_lrs: Sequence[float] = (), krause_decay: float = 0.02, krause_eps: float = 1e-3,
+                        krause_stat_tokens: int | None = None, ngram_path: str | Path | None = None,
                         report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
     """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
 
@@ -39,9 +40,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
     1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
     fit with these settings and vocabulary), else fit here on train. With `dynamic_lrs` too,
     dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`), its rate chosen
-    on the first `dynamic_tune_tokens` of val. `report` gets one line per part, with its time.
+    on the first `dynamic_tune_tokens` of val; with `krause_lrs`, the same with Krause et al.'s
+    update (`krause`), normalised by gradients on the first `krause_stat_tokens` of train. `report` gets one line per part, with its time.
     """
-    if ngram_max_order is None and (dynamic_lrs or ngram_path is not None):
+    if ngram_max_order is None and (dynamic_lrs or krause_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
                          "pass ngram_max_order too (the baseline's max_order).")
     loaded = load_checkpoint(checkpoint)
@@ -60,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
     scores = {split: neural_token_log_probs(loaded.model, ids, batch_size, num_steps) for split, ids in splits.items()}
     neural = Perplexities.of_splits({split: perplexity_of(log_p) for split, (_, log_p) in scores.items()})
     done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in splits.items())})")
-    interpolation = dynamic = None
+    interpolation = dynamic = krause = None
     if ngram_max_order is not None:
         vocab_size = len(loaded.vocab)
         if ngram_path is not None:
@@ -76,6 +78,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
             dynamic = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps,
                                        dynamic_lrs, tune_tokens=dynamic_tune_tokens)
             done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
+        if krause_lrs:
+            rms = gradient_rms(loaded.model, load_ids(data_dir / "train.npy"), dynamic_num_steps or num_steps,
+                               batch_size, krause_stat_tokens)
+            krause = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps, krause_lrs,
+                                      tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps)
+            done(f"Krause dynamic evaluation (rate {krause.lr:g} of 0 and {list(krause_lrs)})")
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
     lines = [f"# Samples ({strategy}, {num_chars} {unit})", ""]
     for prefix in prefixes:
@@ -83,4 +91,4 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
                         top_k, seed, allow_unknown=True)
         lines += [f"## {prefix}", "", "```", text, "```", ""]
     done(f"samples ({len(prefixes)} x {num_chars} {unit})")
-    return EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic), "\n".join(lines)
+    return EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, krause), "\n".join(lines)
