@@ -15,7 +15,8 @@ from lyricist.evaluation.perplexity import evaluate_checkpoint
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="models/checkpoints/best.ckpt")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="models/checkpoints/best.ckpt; several: their ensemble (mean probabilities)")
     parser.add_argument("--data-dir", required=True, help="data/encoded/<corpus>/")
     parser.add_argument("--metrics", required=True, help="reports/metrics.json")
     parser.add_argument("--samples", required=True, help="reports/samples.md")

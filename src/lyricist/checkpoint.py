@@ -1,4 +1,5 @@
-"""One way to load a trained model: `load_checkpoint(path) -> LoadedModel`.
+"""One way to load a trained model: `load_checkpoint(path) -> LoadedModel`; several paths load
+the ensemble of those models (models/ensemble.py).
 
 A checkpoint is Lightning's file (state_dict, optimizer, loops) plus, under the key
 "lyricist", what is needed to rebuild the model without the training code: the
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lyricist.models import RecurrentLM
+from lyricist.models.ensemble import Ensemble
 from lyricist.data.vocab import Vocab
 
 MODEL_PREFIX = "model."  # LitLanguageModel holds the RecurrentLM as `self.model`
@@ -22,7 +25,7 @@ MODEL_PREFIX = "model."  # LitLanguageModel holds the RecurrentLM as `self.model
 
 @dataclass
 class LoadedModel:
-    model: RecurrentLM
+    model: RecurrentLM | Ensemble
     vocab: Vocab
     meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id, epoch
 
@@ -50,7 +53,21 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     return {**meta, "epoch": checkpoint.get("epoch")}
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
+def load_checkpoint(path: str | Path | Sequence[str | Path],
+                    map_location: str | torch.device = "cpu") -> LoadedModel:
+    """The model (in eval mode), its vocabulary and its run's facts; for a list of two or more
+    paths, their Ensemble, refused unless all share one vocabulary (meta: "members", each's)."""
+    if not isinstance(path, (str, Path)):
+        paths = list(path)
+        if len(paths) == 1:
+            return load_checkpoint(paths[0], map_location)
+        loaded = [load_checkpoint(p, map_location) for p in paths]
+        for p, other in zip(paths[1:], loaded[1:]):
+            if other.vocab.to_dict() != loaded[0].vocab.to_dict():
+                raise ValueError(f"{p} was trained with another vocabulary than {paths[0]}: an ensemble "
+                                 "averages predictions over one vocabulary; train its models on the same data")
+        return LoadedModel(model=Ensemble([m.model for m in loaded]).eval(), vocab=loaded[0].vocab,
+                           meta={"epoch": None, "members": [m.meta for m in loaded]})
     checkpoint = _read(Path(path), map_location)
     extra = dict(checkpoint["lyricist"])
     model = RecurrentLM(**extra.pop("model_config"))

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lyricist.checkpoint import load_checkpoint
 
     parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="e.g. models/checkpoints/best.ckpt")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="e.g. models/checkpoints/best.ckpt; several: their ensemble")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
     parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int, default=DEFAULTS["num_chars"],

@@ -25,7 +25,7 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
     return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,
+def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir: Path, batch_size: int, num_steps: int,
                         prefixes: list[str], num_chars: int, strategy: str = "greedy",
                         temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
                         ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
@@ -34,7 +34,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
                         krause_lrs: Sequence[float] = (), krause_decay: float = 0.02, krause_eps: float = 1e-3,
                         krause_stat_tokens: int | None = None, ngram_path: str | Path | None = None,
                         report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
-    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
+    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples, of
+    a checkpoint or of the ensemble of several (lyricist.checkpoint.load_checkpoint).
 
     With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
     1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless

@@ -1,0 +1,57 @@
+"""An ensemble of trained language models: the average of their next-token probabilities.
+
+    p(x_t | x_<t) = 1/K * sum_k p_k(x_t | x_<t)
+
+Averaging probabilities (not logits) is the mixture that perplexity rewards: the log of a mean
+is at least the mean of the logs, so the ensemble is never worse than its members' average.
+It answers like one RecurrentLM -- ``forward(ids, state) -> (logits, state)``, the "logits"
+being the mixture's log-probabilities (softmax of them gives the mixture back) -- so
+perplexity, dynamic evaluation and generation take it unchanged. Its state is the members'
+states one after the other in one flat tuple, so code that detaches a state tensor by tensor
+works on it too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lyricist.models.cells import State
+from lyricist.models.lm import RecurrentLM
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: Sequence[RecurrentLM]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 models, got {len(members)}")
+        sizes = {m.vocab_size for m in members}
+        if len(sizes) != 1:
+            raise ValueError(f"the ensemble's models predict vocabularies of different sizes {sorted(sizes)}: "
+                             "train them on the same prepared data")
+        self.members = nn.ModuleList(members)
+        self.vocab_size = members[0].vocab_size
+
+    def _split(self, state: State | None) -> list[State | None]:
+        """The flat state -> one state per member."""
+        if state is None:
+            return [None] * len(self.members)
+        parts, start = [], 0
+        for member in self.members:
+            parts.append(tuple(state[start:start + member.num_states]))
+            start += member.num_states
+        return parts
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> the mixture's log-probabilities (B, T, V) and the members' final states."""
+        log_probs, final = [], []
+        for member, member_state in zip(self.members, self._split(state)):
+            logits, member_state = member(ids, member_state)  # (B, T, V)
+            log_probs.append(F.log_softmax(logits, dim=-1))
+            final.extend(member_state)
+        mixed = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(self.members))  # (K, B, T, V) -> (B, T, V)
+        return mixed, tuple(final)

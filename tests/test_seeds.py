@@ -1,0 +1,48 @@
+"""`python -m lyricist.seeds`: N seeds trained and scored, mean ± std, the ensemble, MLflow."""
+
+import json
+import math
+import statistics
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, TINY
+from lyricist import seeds
+
+
+def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [*TINY, f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}", "logger.log_model=false",
+                 "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]",
+                 "evaluate.dynamic_tune_tokens=null", "evaluate.krause_stat_tokens=null", "train.seed=7"]
+    out = tmp_path / "seeds"
+    assert seeds.main(["--seeds", "2", "--ensemble", "--out", str(out), *overrides]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["seed"] for r in runs] == [7, 8]
+    assert runs[0]["val_ppl"] != runs[1]["val_ppl"]  # another seed, another model
+    for r in runs:
+        assert (out / f"seed{r['seed']}" / "checkpoints" / "best.ckpt").is_file()
+        assert r["krause_val_ppl"] <= r["val_ppl"] * (1 + 1e-6) and r["ngram_order"] in (1, 2, 3)
+    mean, std = statistics.fmean(r["val_ppl"] for r in runs), statistics.stdev(r["val_ppl"] for r in runs)
+    table = (out / "summary.md").read_text()
+    assert f"| network | {mean:.1f} ± {std:.1f} |" in table
+    # Mixing probabilities: never worse than the members' geometric mean.
+    assert summary["ensemble"]["val_ppl"] <= math.sqrt(runs[0]["val_ppl"] * runs[1]["val_ppl"]) * (1 + 1e-9)
+    assert f" {summary['ensemble']['val_ppl']:.1f} |" in next(line for line in table.splitlines() if line.startswith("| network |"))
+    # One parent run holding the mean and std, the seeds' runs nested under it.
+    client = MlflowClient(uri)
+    parent, = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id],
+                                 filter_string="tags.seeds = 'parent'")
+    assert parent.data.metrics["seeds/val_ppl_mean"] == pytest.approx(mean)
+    assert parent.data.metrics["seeds/val_ppl_std"] == pytest.approx(std)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    # A second run into the same folder is refused before training.
+    with pytest.raises(SystemExit):
+        seeds.main(["--seeds", "1", "--out", str(out), *overrides])
+    assert json.loads((out / "summary.json").read_text()) == summary
