@@ -1,14 +1,26 @@
-"""Locked (variational) dropout: one mask per sequence, the same units dropped at every step.
+"""Dropout variants that share one mask over more than one use.
 
-Why: ``nn.Dropout`` draws a fresh mask at every time step, so over a sequence every unit
-gets through most of the time and the noise averages out; with one mask per sequence
-(Gal & Ghahramani, 2016; "locked dropout" in AWD-LSTM, Merity et al., 2018) a dropped
-unit stays dropped for the whole chunk, a stronger regulariser for small corpora.
+* ``LockedDropout`` (locked / variational dropout): one mask per sequence, the same units dropped
+  at every step. Why: ``nn.Dropout`` draws a fresh mask at every time step, so over a sequence
+  every unit gets through most of the time and the noise averages out; with one mask per sequence
+  (Gal & Ghahramani, 2016; "locked dropout" in AWD-LSTM, Merity et al., 2018) a dropped unit stays
+  dropped for the whole chunk, a stronger regulariser for small corpora.
+* ``dropout_mask``: the scaled 0 / (1 / (1 - p)) mask itself, for what RecurrentLM draws once per
+  batch: DropConnect on the recurrent weights (AWD-LSTM's WeightDrop) and embedding row dropout
+  (AWD-LSTM's embedded_dropout: whole characters dropped).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
+
+
+def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
+    """A mask of ``shape`` with ``like``'s dtype and device: 0 with probability ``p``, else
+    1 / (1 - p) (inverted scaling, as ``nn.Dropout``, so the expected value is unchanged)."""
+    return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
 class LockedDropout(nn.Module):
@@ -26,8 +38,7 @@ class LockedDropout(nn.Module):
             return x
         shape = list(x.shape)
         shape[self.time_dim] = 1  # e.g. (T, B, D) -> (1, B, D): one mask per sequence, broadcast over T
-        mask = x.new_empty(shape).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
-        return x * mask
+        return x * dropout_mask(shape, self.p, x)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, time_dim={self.time_dim}"
