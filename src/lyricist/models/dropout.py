@@ -19,8 +19,11 @@ from torch import Tensor, nn
 
 def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
     """A mask of ``shape`` with ``like``'s dtype and device: 0 with probability ``p``, else
-    1 / (1 - p) (inverted scaling, as ``nn.Dropout``, so the expected value is unchanged)."""
-    return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    1 / (1 - p) (inverted scaling, as ``nn.Dropout``, so the expected value is unchanged).
+
+    Drawn as uniform >= p rather than ``bernoulli_``, which is ~2x slower on CPU: a (4H, H)
+    DropConnect mask is 262,144 draws per layer and batch at H = 256."""
+    return like.new_empty(shape).uniform_().ge_(p).div_(1.0 - p)
 
 
 class LockedDropout(nn.Module):
@@ -38,7 +41,9 @@ class LockedDropout(nn.Module):
             return x
         shape = list(x.shape)
         shape[self.time_dim] = 1  # e.g. (T, B, D) -> (1, B, D): one mask per sequence, broadcast over T
-        return x * dropout_mask(shape, self.p, x)
+        # bernoulli_, not dropout_mask's faster draw: locked runs keep the numbers they had.
+        mask = x.new_empty(shape).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}, time_dim={self.time_dim}"
