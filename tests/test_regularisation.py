@@ -4,6 +4,7 @@ carry the batch's mask, to the readable path, and to today's model when off."""
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
 from lyricist.models.fast.kernels import cpp_kernels
-from lyricist.train import check_settings
-from conftest import compose_config
+from lyricist.train import check_settings, train
+from conftest import TINY, compose_config, with_data
 
 VOCAB_SIZE, HIDDEN_SIZE, EMBEDDING_SIZE = 11, 8, 6
 BATCH_SIZE, NUM_STEPS = 3, 5
@@ -237,3 +238,13 @@ def test_a_checkpoint_from_before_these_options_still_loads(tmp_path):
     assert loaded.config == model.config  # the missing keys read as off
     ids = random_ids()
     torch.testing.assert_close(loaded(ids)[0], model(ids)[0], atol=0, rtol=0)
+
+
+def test_a_tiny_training_run_keeps_them_in_its_checkpoint(tiny_data, tmp_path):
+    cfg = with_data(compose_config(TINY + ["logger=none", "trainer.max_epochs=1", "model.weight_drop=0.3",
+                                           "model.embedding_row_dropout=0.1"]), tiny_data)
+    metrics = train(cfg, output_dir=tmp_path / "run")
+    assert math.isfinite(metrics["val/ppl"])
+    loaded = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert loaded.model.config["weight_drop"] == 0.3 and loaded.model.config["embedding_row_dropout"] == 0.1
+    assert not loaded.model.training  # loaded for use: no masks drawn
