@@ -235,3 +235,30 @@ def test_linear_cross_entropy_backward_twice_and_nan_and_bad_targets():
     assert torch.isnan(linear_cross_entropy(poisoned, weight, bias, torch.zeros(70, dtype=torch.long)))
     with pytest.raises(RuntimeError, match="out of bounds"):
         linear_cross_entropy(hidden, weight, bias, torch.full((70,), 30))
+
+
+@pytest.mark.parametrize("kind, compiled", [("rnn", False), ("rnn_relu", False), ("gru", False), ("lstm", False),
+                                            ("lstm", True)])
+def test_a_given_weight_hh_is_used_at_every_step_and_gets_the_gradient(kind, compiled):
+    """`weight_hh=` (the language model's DropConnect copy): both paths run as a cell whose
+    parameter is that matrix, and the gradient goes to the given tensor, not the parameter."""
+    if compiled:
+        require_compiled_step()
+    torch.manual_seed(0)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").double()
+    other = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").double()
+    other.load_state_dict(cell.state_dict())
+    with torch.no_grad():
+        other.weight_hh.mul_(torch.rand_like(other.weight_hh) > 0.5)  # a masked W_hh
+    x_proj = cell.project_input(torch.randn(NUM_STEPS, BATCH_SIZE, INPUT_SIZE, dtype=torch.float64)).detach()
+    state = cell.begin_state(BATCH_SIZE)
+    with kernels.cpp_kernels(compiled):
+        expected, expected_final = other.sequence(x_proj, state)
+        (expected.sum() + expected_final[0].sum()).backward()
+        for sequence in (cell.sequence, cell.sequence_reference):
+            given = other.weight_hh.detach().clone().requires_grad_()
+            outputs, final = sequence(x_proj, state, weight_hh=given)
+            (outputs.sum() + final[0].sum()).backward()
+            torch.testing.assert_close(outputs, expected, atol=1e-12, rtol=0)
+            torch.testing.assert_close(given.grad, other.weight_hh.grad, atol=1e-12, rtol=0)
+            assert cell.weight_hh.grad is None

@@ -194,11 +194,13 @@ def test_forward_equals_reference(cell, embedding_size, num_layers, given_state)
 
 @pytest.mark.parametrize("embedding_size", [None, EMBEDDING_SIZE])
 def test_rebuild_from_config(embedding_size):
-    model = make_model("gru", num_layers=2, embedding_size=embedding_size, dropout=0.2, init_scale=0.05)
+    model = make_model("gru", num_layers=2, embedding_size=embedding_size, dropout=0.2, init_scale=0.05,
+                       weight_drop=0.25, embedding_row_dropout=0.1)
     assert model.config == dict(
         vocab_size=VOCAB_SIZE, cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
         embedding_size=embedding_size, dropout=0.2, init="torch", init_scale=0.05,
         embedding_dropout=0.2, output_dropout=0.2, tie_weights=False, forget_bias=None, locked_dropout=False,
+        weight_drop=0.25, embedding_row_dropout=0.1,
     )
     rebuilt = RecurrentLM(**model.config)
     rebuilt.load_state_dict(model.state_dict(), strict=True)

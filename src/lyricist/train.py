@@ -43,6 +43,10 @@ def _rate(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
+def _fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
 # Values that would otherwise fail late (after an epoch, or with another key's name in the
 # message) or train silently wrong: (key, accepted, what is allowed, an example).
 SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
@@ -52,6 +56,8 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("optim.lr", _rate, "a finite number > 0", 0.015),
     ("model.init_scale", _rate, "a finite number > 0", 0.01),
     ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
+    ("model.weight_drop", _fraction, "a number in [0, 1) (0: off)", 0.5),
+    ("model.embedding_row_dropout", _fraction, "a number in [0, 1) (0: off)", 0.1),
 ]
 
 

@@ -25,6 +25,11 @@ A whole chunk of T steps has two equal paths:
 
 The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
 ``(h, c)`` for LSTM. The first entry is always the output ``h``.
+
+``step``, ``forward``, ``sequence`` and ``sequence_reference`` take an optional ``weight_hh``
+(G*H, H) used instead of the parameter: the language model passes the batch's DropConnect copy
+(``RecurrentLM(weight_drop=p)``), the same at every step of the chunk; autograd carries its
+gradient back to the parameter.
 """
 
 from __future__ import annotations
@@ -94,32 +99,37 @@ class RecurrentCell(nn.Module):
         """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""
         return linear(x, self.weight_ih, self.bias_ih)  # F.linear, on oneDNN where faster (matmul.py)
 
-    def project_state(self, h: Tensor) -> Tensor:
-        """Recurrent half of the gates: (B, H) -> (B, G*H)."""
-        return F.linear(h, self.weight_hh, self.bias_hh)
+    def recurrent_weight(self, weight_hh: Tensor | None) -> Tensor:
+        """The W_hh (G*H, H) a step multiplies by: the given one (a DropConnect copy) or the parameter."""
+        return self.weight_hh if weight_hh is None else weight_hh
 
-    def step(self, x_proj: Tensor, state: State) -> State:
+    def project_state(self, h: Tensor, weight_hh: Tensor | None = None) -> Tensor:
+        """Recurrent half of the gates: (B, H) -> (B, G*H)."""
+        return F.linear(h, self.recurrent_weight(weight_hh), self.bias_hh)
+
+    def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         """One time step from the pre-projected input (B, G*H) and the state (each (B, H))."""
         raise NotImplementedError
 
-    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
         """All T steps from the pre-projected inputs (T, B, G*H): the outputs h (T, B, H) and
         the final state. Same numbers as ``sequence_reference``, computed by fused.py."""
         raise NotImplementedError
 
-    def sequence_reference(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+    def sequence_reference(self, x_proj: Tensor, state: State,
+                           weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
         """``sequence`` as a plain loop over ``step``; autograd does the backward."""
         outputs = []
         for x_proj_t in x_proj:  # (B, G*H)
-            state = self.step(x_proj_t, state)
+            state = self.step(x_proj_t, state, weight_hh)
             outputs.append(state[0])
         return torch.stack(outputs), state  # (T, B, H)
 
-    def forward(self, x: Tensor, state: State | None = None) -> State:
+    def forward(self, x: Tensor, state: State | None = None, weight_hh: Tensor | None = None) -> State:
         """One time step from the raw input (B, I); ``state=None`` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0], x.device, x.dtype)
-        return self.step(self.project_input(x), state)
+        return self.step(self.project_input(x), state, weight_hh)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
@@ -136,14 +146,14 @@ class RNNCell(RecurrentCell):
         super().__init__(input_size, hidden_size, init, init_scale)
         self.nonlinearity = nonlinearity
 
-    def step(self, x_proj: Tensor, state: State) -> State:
+    def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
-        h = NONLINEARITIES[self.nonlinearity](x_proj + self.project_state(h))
+        h = NONLINEARITIES[self.nonlinearity](x_proj + self.project_state(h, weight_hh))
         return (h,)
 
-    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
         relu = self.nonlinearity == "relu"
-        outputs, h = RNNSequence.apply(x_proj, self.weight_hh, self.bias_hh, state[0], relu)
+        outputs, h = RNNSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0], relu)
         return outputs, (h,)
 
     def extra_repr(self) -> str:
@@ -181,16 +191,16 @@ class LSTMCell(RecurrentCell):
         self.bias_ih[forget] = self.forget_bias
         self.bias_hh[forget] = 0.0
 
-    def step(self, x_proj: Tensor, state: State) -> State:
+    def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         h, c = state
-        gates = x_proj + self.project_state(h)  # (B, 4H)
+        gates = x_proj + self.project_state(h, weight_hh)  # (B, 4H)
         input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)  # 4 x (B, H)
         c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
         h = torch.sigmoid(output_gate) * torch.tanh(c)
         return (h, c)
 
-    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs, h, c = LSTMSequence.apply(x_proj, self.weight_hh, self.bias_hh, *state)
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
+        outputs, h, c = LSTMSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, *state)
         return outputs, (h, c)
 
     def extra_repr(self) -> str:
@@ -207,10 +217,10 @@ class GRUCell(RecurrentCell):
 
     num_gates = 3
 
-    def step(self, x_proj: Tensor, state: State) -> State:
+    def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
         x_reset, x_update, x_new = x_proj.chunk(3, dim=1)  # 3 x (B, H)
-        h_reset, h_update, h_new = self.project_state(h).chunk(3, dim=1)  # 3 x (B, H)
+        h_reset, h_update, h_new = self.project_state(h, weight_hh).chunk(3, dim=1)  # 3 x (B, H)
         reset_gate = torch.sigmoid(x_reset + h_reset)
         update_gate = torch.sigmoid(x_update + h_update)
         candidate = torch.tanh(x_new + reset_gate * h_new)
@@ -218,8 +228,8 @@ class GRUCell(RecurrentCell):
         h = (1.0 - update_gate) * candidate + update_gate * h
         return (h,)
 
-    def sequence(self, x_proj: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs, h = GRUSequence.apply(x_proj, self.weight_hh, self.bias_hh, state[0])
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
+        outputs, h = GRUSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0])
         return outputs, (h,)
 
 

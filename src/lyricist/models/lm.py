@@ -13,19 +13,26 @@ Two equal paths: ``forward`` (fast: the input projection of all steps in one
 product, the recurrence of each layer in one fused autograd Function, the head
 over all steps in one product) and ``forward_reference`` (literal: one step at a
 time, one-hot vectors and all, as the seeds do). The tests hold one to the other.
+
+Two AWD-LSTM regularisers (Merity et al., 2018) draw their masks once per forward call (one
+(B, T) chunk), the same for all its steps and sequences, with ``draw_masks``: ``weight_drop``
+(DropConnect on every layer's W_hh: one masked copy per layer and batch, handed to the cells) and
+``embedding_row_dropout`` (whole characters dropped). Both paths draw them first, so under one
+seed both see the same masks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models.cells import RecurrentCell, State, make_cell
-from lyricist.models.dropout import LockedDropout
+from lyricist.models.dropout import LockedDropout, dropout_mask
 from lyricist.models.fast.head import linear_cross_entropy
 from lyricist.models.fast.matmul import linear
 
@@ -42,6 +49,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@dataclass
+class BatchMasks:
+    """The masks a forward call draws once for its whole (B, T) chunk, scaled by 1 / (1 - p);
+    None where that dropout is off (eval mode or rate 0)."""
+
+    rows: Tensor | None  # (V,): the scale of every occurrence of each character in the batch
+    weight_hh: list[Tensor | None]  # per layer, (G*H, H): DropConnect on W_hh
+
+
 class RecurrentLM(nn.Module):
     """Embedding (or one-hot) -> ``num_layers`` stacked cells -> linear head.
 
@@ -56,6 +72,16 @@ class RecurrentLM(nn.Module):
     ``locked_dropout`` draws each of them once per sequence (the same units dropped at every
     time step, models/dropout.py) instead of ``nn.Dropout``'s fresh mask per step.
 
+    Two more, each off at 0 and drawn once per batch (``draw_masks``), as AWD-LSTM does:
+
+    * ``weight_drop``: DropConnect on every layer's hidden-to-hidden weights ``weight_hh``;
+    * ``embedding_row_dropout``: whole rows of the input table, i.e. every occurrence of a
+      dropped character in the batch reads zeros. With an embedding the table is the embedding
+      matrix (before ``embedding_dropout``; with ``tie_weights`` the head still sees all of it);
+      with one-hot input it is the first layer's W_ih^T, whose row ``id`` is what the one-hot
+      vector picks, so a dropped character contributes only ``bias_ih`` -- the same as zeroing
+      its one-hot vector.
+
     ``tie_weights`` makes the head share the embedding matrix (Press & Wolf, 2017),
     which needs ``embedding_size == hidden_size``. ``forget_bias`` (lstm only) sets
     the forget gate's starting bias. ``init`` is ``normal`` (the seeds' N(0, scale^2)),
@@ -67,7 +93,8 @@ class RecurrentLM(nn.Module):
                  embedding_size: int | None = None, dropout: float = 0.0, init: str = "normal",
                  init_scale: float = 0.01, embedding_dropout: float | None = None,
                  output_dropout: float | None = None, tie_weights: bool = False,
-                 forget_bias: float | None = None, locked_dropout: bool = False):
+                 forget_bias: float | None = None, locked_dropout: bool = False, weight_drop: float = 0.0,
+                 embedding_row_dropout: float = 0.0):
         super().__init__()
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
@@ -78,9 +105,10 @@ class RecurrentLM(nn.Module):
         embedding_dropout = dropout if embedding_dropout is None else embedding_dropout
         output_dropout = dropout if output_dropout is None else output_dropout
         for name, rate in [("dropout", dropout), ("embedding_dropout", embedding_dropout),
-                           ("output_dropout", output_dropout)]:
+                           ("output_dropout", output_dropout), ("weight_drop", weight_drop),
+                           ("embedding_row_dropout", embedding_row_dropout)]:
             if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+                raise ValueError(f"{name} must be in [0, 1) (0: off), e.g. {name}=0.3; got {rate}")
         if tie_weights and embedding_size != hidden_size:
             raise ValueError(
                 "tie_weights shares the embedding matrix (vocab_size, embedding_size) with the head's "
@@ -97,7 +125,8 @@ class RecurrentLM(nn.Module):
             dropout=float(dropout), init=str(init), init_scale=float(init_scale),
             embedding_dropout=float(embedding_dropout), output_dropout=float(output_dropout),
             tie_weights=bool(tie_weights), forget_bias=None if forget_bias is None else float(forget_bias),
-            locked_dropout=bool(locked_dropout))
+            locked_dropout=bool(locked_dropout), weight_drop=float(weight_drop),
+            embedding_row_dropout=float(embedding_row_dropout))
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
 
         self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
@@ -147,15 +176,41 @@ class RecurrentLM(nn.Module):
         return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
                      for _ in range(self.num_states))
 
-    def _project_first_layer(self, ids: Tensor) -> Tensor:
-        """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
+    def draw_masks(self) -> BatchMasks:
+        """This batch's embedding-row and DropConnect masks. Nothing is drawn in eval mode or at
+        rate 0, so the random stream (and with it every other dropout mask) is what it was
+        without these options. ``features`` and ``forward_reference`` call it before drawing
+        anything else: under one seed a test can draw the same masks itself."""
+        row_rate, weight_rate = self.config["embedding_row_dropout"], self.config["weight_drop"]
+        rows = None
+        if self.training and row_rate > 0:
+            rows = dropout_mask((self.vocab_size,), row_rate, self.head.weight)  # (V,)
+        weight_hh = [dropout_mask(cell.weight_hh.shape, weight_rate, cell.weight_hh)
+                     if self.training and weight_rate > 0 else None for cell in self.cells]
+        return BatchMasks(rows, weight_hh)
+
+    def _dropped_weights_hh(self, masks: BatchMasks) -> list[Tensor | None]:
+        """Each layer's W_hh for this batch: one masked copy per layer (not per step: every step
+        of the chunk multiplies by it), or None for the parameter itself. Autograd takes the
+        gradient back through the mask to the parameter."""
+        return [None if mask is None else cell.weight_hh * mask for cell, mask in zip(self.cells, masks.weight_hh)]
+
+    @staticmethod
+    def _drop_rows(x: Tensor, ids: Tensor, rows: Tensor | None) -> Tensor:
+        """x (..., D) read from row ids (...) of a table, with the batch's dropped rows zeroed."""
+        return x if rows is None else x * rows[ids].unsqueeze(-1)  # (..., D) * (..., 1)
+
+    def _project_first_layer(self, ids: Tensor, rows: Tensor | None = None) -> Tensor:
+        """First layer's input projection for any shape of ids: (...) -> (..., G*H); ``rows`` (V,)
+        is the batch's embedding row mask (None: off)."""
         first: RecurrentCell = self.cells[0]
         if self.embedding is not None:
-            return first.project_input(self.embedding_dropout(self.embedding(ids)))
+            return first.project_input(self.embedding_dropout(self._drop_rows(self.embedding(ids), ids, rows)))
         # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
         # (an embedding lookup with W_ih^T as the table) gives the same numbers without
         # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
-        return F.embedding(ids, first.weight_ih.t()) + first.bias_ih  # weight_ih.t(): (V, G*H)
+        picked = F.embedding(ids, first.weight_ih.t())  # weight_ih.t(): (V, G*H) -> (..., G*H)
+        return self._drop_rows(picked, ids, rows) + first.bias_ih
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the final state (each (L, B, H))."""
@@ -176,14 +231,16 @@ class RecurrentLM(nn.Module):
         if state is None:
             state = self.begin_state(batch_size, device=ids.device)
 
-        layer_input_proj = self._project_first_layer(ids.t())  # (T, B, G*H)
+        masks = self.draw_masks()
+        weights_hh = self._dropped_weights_hh(masks)
+        layer_input_proj = self._project_first_layer(ids.t(), masks.rows)  # (T, B, G*H)
         final_states = []
         for layer, cell in enumerate(self.cells):
             if layer > 0:
                 # The input half of every step of this layer in one matmul.
                 layer_input_proj = cell.project_input(self.dropout(layer_output))  # (T, B, G*H)
             layer_state = tuple(s[layer] for s in state)  # each (B, H)
-            layer_output, layer_state = cell.sequence(layer_input_proj, layer_state)  # (T, B, H)
+            layer_output, layer_state = cell.sequence(layer_input_proj, layer_state, weights_hh[layer])  # (T, B, H)
             final_states.append(layer_state)
 
         # Back to batch-first so the logits come out contiguous (B, T, V).
@@ -201,17 +258,20 @@ class RecurrentLM(nn.Module):
         batch_size, num_steps = ids.shape
         if state is None:
             state = self.begin_state(batch_size, device=ids.device)
+        masks = self.draw_masks()  # once for the chunk, as in `features`
+        weights_hh = self._dropped_weights_hh(masks)
         layer_states = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]  # L x (each (B, H))
         logits = []
         for t in range(num_steps):
             if self.embedding is None:
-                x = F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype)  # (B, V)
+                x = self._drop_rows(F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype),
+                                    ids[:, t], masks.rows)  # (B, V)
             else:
-                x = self.embedding_dropout(self.embedding(ids[:, t]))  # (B, E)
+                x = self.embedding_dropout(self._drop_rows(self.embedding(ids[:, t]), ids[:, t], masks.rows))  # (B, E)
             for layer, cell in enumerate(self.cells):
                 if layer > 0:
                     x = self.dropout(x)
-                layer_states[layer] = cell(x, layer_states[layer])
+                layer_states[layer] = cell(x, layer_states[layer], weights_hh[layer])
                 x = layer_states[layer][0]  # (B, H)
             logits.append(self.head(self.output_dropout(x)))  # (B, V)
         return torch.stack(logits, dim=1), self._stack_layers(layer_states)  # (B, T, V)
