@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -15,7 +15,8 @@ from lyricist.evaluation.dynamic import evaluate_dynamic
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
-from lyricist.generate import generate
+from lyricist.evaluation.samples import sample_lyrics
+from lyricist.generate import check_decoding
 from lyricist.models import RecurrentLM
 
 
@@ -26,14 +27,16 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int, num_steps: int,
-                        prefixes: list[str], num_chars: int, strategy: str = "greedy",
-                        temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
-                        ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
+                        prefixes: list[str], num_chars: int, ngram_max_order: int | None = None,
+                        ngram_discount_mode: str = "modified",
                         ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
                         dynamic_num_steps: int | None = None, dynamic_tune_tokens: int | None = None,
                         ngram_path: str | Path | None = None,
-                        report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
-    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples.
+                        report: Callable[[str], None] = lambda line: None,
+                        **decoding: Any) -> tuple[EvaluationResult, str]:
+    """Val (and test, when the split is not empty) perplexity, and a markdown page of samples:
+    greedy beside `decoding` (lyricist.generate.generate's options: strategy, temperature, ...),
+    measured as lyrics (`lyrics`, lyricist.evaluation.samples).
 
     With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
     1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
@@ -44,6 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
     if ngram_max_order is None and (dynamic_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
                          "pass ngram_max_order too (the baseline's max_order).")
+    check_decoding(num_chars=num_chars, **decoding)  # a bad option fails now, not after the scoring
     loaded = load_checkpoint(checkpoint)
     splits = {"val": load_ids(data_dir / "val.npy")}  # training needs val: it is there
     test_path = data_dir / "test.npy"
@@ -76,11 +80,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, batch_size: int,
             dynamic = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps,
                                        dynamic_lrs, tune_tokens=dynamic_tune_tokens)
             done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
+    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars,
+                                       load_ids(data_dir / "train.npy"), splits.get("test"), **decoding)
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
-    lines = [f"# Samples ({strategy}, {num_chars} {unit})", ""]
-    for prefix in prefixes:
-        text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,
-                        top_k, seed, allow_unknown=True)
-        lines += [f"## {prefix}", "", "```", text, "```", ""]
-    done(f"samples ({len(prefixes)} x {num_chars} {unit})")
-    return EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic), "\n".join(lines)
+    done(f"samples and their lyric metrics ({len(prefixes)} x 2 x {num_chars} {unit})")
+    return (EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, lyrics),
+            samples_md)
