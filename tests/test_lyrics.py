@@ -22,6 +22,7 @@ def test_copy_rate_counts_the_ngrams_found_in_the_reference():
     assert lyrics.copy_rate(["abcx"], reference, n=3) == 0.5  # abc yes, bcx no
     assert lyrics.copy_rate(["abcx", "hij", "zz"], reference, n=3) == 2 / 3  # pooled; "zz" has none
     assert lyrics.copy_rate(["ab"], reference, n=3) == 0.0
+    assert lyrics.copy_rate(["abc    "], lyrics.ngram_set("abc    x", n=3), n=3) == 1.0  # 3 of 3: "   " x2 left out
     assert lyrics.copy_rate(["一二三四五六七八九"], lyrics.ngram_set("零一二三四五六七八")) == 1 / 2  # n = 8
 
 
@@ -130,8 +131,9 @@ def test_the_samples_page_puts_greedy_beside_the_default_and_measures_both():
     decoding = dict(strategy="sample", temperature=0.8, top_p=0.9, repetition_penalty=1.2, seed=0)
     result, page = sample_lyrics(model, vocab, ["分开", "战争中部队"], 30, train_ids, test_ids, **decoding)
     name = "default decoding"
-    assert "(`generate.*`: sample, temperature 0.8, top-p 0.9, repetition penalty 1.2 over 20 tokens, seed 0)" in page
-    defaults = [generate(model, vocab, p, 30, **decoding) for p in ["分开", "战争中部队"]]
+    assert ("(`generate.*`: sample, temperature 0.8, top-p 0.9, repetition penalty 1.2 over 20 tokens, "
+            "seed 0 (+1 per prefix))") in page
+    defaults = [generate(model, vocab, p, 30, **{**decoding, "seed": i}) for i, p in enumerate(["分开", "战争中部队"])]
     reference = lyrics.ngram_set(LYRICS * 3)
     assert result.samples == lyrics.lyric_metrics(defaults, reference)
     length = round(sum(map(len, defaults)) / 2)

@@ -46,8 +46,9 @@ def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_da
     text = client.download_artifacts(run.info.run_id, "samples/epoch_002.txt", str(tmp_path))
     # The samples follow generate.* and are measured against the train text, at each epoch's step.
     last = load_checkpoint(out / "checkpoints" / "last.ckpt")
-    decoding = {k: v for k, v in OmegaConf.to_container(tiny_cfg.generate).items() if k != "num_chars"}
-    texts = [generate(last.model, last.vocab, p, 10, allow_unknown=True, **decoding) for p in tiny_cfg.data.prefixes]
+    decoding = {k: v for k, v in OmegaConf.to_container(tiny_cfg.generate).items() if k not in ("num_chars", "seed")}
+    texts = [generate(last.model, last.vocab, p, 10, allow_unknown=True, seed=tiny_cfg.generate.seed + i, **decoding)
+             for i, p in enumerate(tiny_cfg.data.prefixes)]  # each prefix its own seed
     assert open(text, encoding="utf-8").read() == "\n\n".join(texts) + "\n" and texts[0].startswith("分开")
     reference = ngram_set(last.vocab.decode(load_ids(tiny_data / "train.npy"), unk="\ufffd"))
     for name, value in lyric_metrics(texts, reference).as_flat_dict("samples/").items():

@@ -65,6 +65,13 @@ def check_decoding(**options) -> None:
             raise ValueError(f"{name}={options[name]!r} is not allowed: use {allowed}, e.g. {name}={example}")
 
 
+def seed_of(seed: int | None, index: int) -> int | None:
+    """The seed of the index-th of several prefixes: seed + index. One seed for all would give
+    them the same random draws, and once the state has forgotten the prefix (a few lines in)
+    their samples run in step, the same lines in each."""
+    return None if seed is None else seed + index
+
+
 def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> list[int]:
     """Token ids of the prefix, cut into tokens as the vocabulary's training data was (characters,
     or words); unknown tokens are an error that names them unless allowed (-> <unk>)."""
@@ -187,7 +194,8 @@ def decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-window", type=int, default=DEFAULTS["repetition_window"])
     parser.add_argument("--no-repeat-ngram", type=int, default=DEFAULTS["no_repeat_ngram"],
                         help="forbid repeating any n-gram of this many tokens")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                        help="sample: the first prefix's seed; the next ones get seed + 1, + 2, ...")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,12 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     args = parser.parse_args(argv)
-    options = {key: getattr(args, key) for key in DEFAULTS}
+    options = {key: getattr(args, key) for key in DEFAULTS if key != "seed"}
     try:
         check_decoding(**options)  # before the checkpoint is read
         loaded = load_checkpoint(args.checkpoint)
-        for prefix in args.prefix:
-            print(generate(loaded.model, loaded.vocab, prefix, allow_unknown=args.allow_unknown, **options))
+        for i, prefix in enumerate(args.prefix):
+            print(generate(loaded.model, loaded.vocab, prefix, seed=seed_of(args.seed, i),
+                           allow_unknown=args.allow_unknown, **options))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Generated lyrics measured as lyrics: plain functions on strings.
 
-- copy rate: the share of a text's character n-grams (n = 8) found verbatim in a reference
-  text (the train split): how much the model recites rather than writes;
+- copy rate: the share of a text's character n-grams (n = 8; whitespace-only ones left out)
+  found verbatim in a reference text (the train split): how much the model recites rather
+  than writes;
 - repeated lines: the share of lines equal to an earlier line of the same text;
 - distinct-1/2 (Li et al. 2016): distinct characters (character bigrams) over all of them;
 - line length: mean and spread (population std) of the lines' lengths in characters.
@@ -34,8 +35,9 @@ def ngram_set(text: str, n: int = COPY_N) -> frozenset[str]:
 
 def copy_rate(texts: Iterable[str], reference: frozenset[str], n: int = COPY_N) -> float:
     """The share of the texts' n-grams (pooled) that occur in `reference` (an ngram_set); 0
-    when the texts are all shorter than n."""
-    grams = [g for text in texts for g in char_ngrams(text, n)]
+    when the texts are all shorter than n. N-grams of whitespace only are left out: a run of
+    spaces is in the train text too, but copies no lyric."""
+    grams = [g for text in texts for g in char_ngrams(text, n) if not g.isspace()]
     return sum(g in reference for g in grams) / len(grams) if grams else 0.0
 
 

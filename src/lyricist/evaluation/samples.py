@@ -12,7 +12,7 @@ import torch
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.lyrics import COPY_N, human_pieces, lyric_metrics, ngram_set
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
-from lyricist.generate import generate
+from lyricist.generate import generate, seed_of
 from lyricist.models import RecurrentLM
 
 ROWS = [("copy rate", "copy_rate", f"share of character {COPY_N}-grams found verbatim in the train text"),
@@ -37,7 +37,7 @@ def describe(decoding: dict[str, Any]) -> str:
     if decoding.get("no_repeat_ngram"):
         parts.append(f"no repeated {decoding['no_repeat_ngram']}-gram")
     if decoding.get("strategy") == "sample" and decoding.get("seed") is not None:
-        parts.append(f"seed {decoding['seed']}")
+        parts.append(f"seed {decoding['seed']} (+1 per prefix)")
     return ", ".join(parts)
 
 
@@ -67,7 +67,9 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], num_cha
     metrics. `decoding` holds lyricist.generate.generate's options (strategy, temperature, ...)."""
     reference = ngram_set(vocab.decode(train_ids, unk="\ufffd"))  # one character per <unk>
     greedy = [generate(model, vocab, p, num_chars, allow_unknown=True) for p in prefixes]
-    default = [generate(model, vocab, p, num_chars, allow_unknown=True, **decoding) for p in prefixes]
+    seed, options = decoding.get("seed"), {k: v for k, v in decoding.items() if k != "seed"}
+    default = [generate(model, vocab, p, num_chars, allow_unknown=True, seed=seed_of(seed, i), **options)
+               for i, p in enumerate(prefixes)]
     samples = lyric_metrics(default, reference)
     human = None
     if test_ids is not None and len(test_ids):

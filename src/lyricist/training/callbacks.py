@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
-from lyricist.generate import check_decoding, generate
+from lyricist.generate import check_decoding, generate, seed_of
 from lyricist.tracking.store import with_retry
 
 
@@ -35,7 +35,8 @@ class SamplesCallback(pl.Callback):
         self.tracking_uri, self.run_id, self.train_text = tracking_uri, run_id, train_text
         self.decoding = {"strategy": strategy, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                          "repetition_penalty": repetition_penalty, "repetition_window": repetition_window,
-                         "no_repeat_ngram": no_repeat_ngram, "seed": seed}
+                         "no_repeat_ngram": no_repeat_ngram}
+        self.seed = seed
         check_decoding(num_chars=num_chars, **self.decoding)
         self._reference: frozenset[str] | None = None
 
@@ -44,8 +45,8 @@ class SamplesCallback(pl.Callback):
         last = epoch == trainer.max_epochs or trainer.should_stop
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
-        texts = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True,
-                          **self.decoding) for p in self.prefixes]
+        texts = [generate(pl_module.model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
+                          seed=seed_of(self.seed, i), **self.decoding) for i, prefix in enumerate(self.prefixes)]
         if self._reference is None:
             self._reference = ngram_set(self.train_text)
         metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
