@@ -8,7 +8,7 @@ Decoding, applied to each step's logits in this order:
      would repeat an n-gram already in the text (prefix included); `repetition_penalty=r` is
      CTRL's (Keskar et al. 2019): the logit of each token among the last `repetition_window`
      ones is divided by r when positive, multiplied by r when negative. Whitespace (line breaks,
-     spaces) is never penalised: it is the lyrics' layout, and penalising it stretches the lines.
+     spaces) is never penalised: it is the lyrics' layout, not their words.
   2. `greedy` takes the argmax (the seeds); `sample` draws from softmax(logits / temperature),
      cut to the `top_k` most likely tokens and then to the nucleus (`top_p`, Holtzman et al.
      2020: the fewest most likely tokens whose probabilities sum to >= top_p).

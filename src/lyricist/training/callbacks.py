@@ -22,8 +22,10 @@ class SamplesCallback(pl.Callback):
     """Every N epochs (and at the last), generate lyrics for the prefixes with the decoding
     options of `generate.*` and log them to MLflow as `samples/epoch_XXX.txt`, with their
     lyric metrics (lyricist.evaluation.lyrics) as `samples/copy_rate`, `samples/repeated_lines`,
-    ... at the step of the epoch's other metrics (0-based), so the UI shows how the lyrics improve. `train_text` is the train split
-    as text, what the copy rate looks up (its n-grams are built once, at the first sample).
+    ... at the step of the epoch's other metrics (0-based), so the UI shows how the lyrics
+    improve. Each prefix samples with its own seed (seed + its position). `train_text` is the
+    train split as text, what the copy rate looks up (its n-grams are built once, at the first
+    sample).
     Plain values only (no client, no lambda), so it survives DDP's process spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
@@ -46,7 +48,8 @@ class SamplesCallback(pl.Callback):
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
         texts = [generate(pl_module.model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
-                          seed=seed_of(self.seed, i), **self.decoding) for i, prefix in enumerate(self.prefixes)]
+                          seed=seed_of(self.seed, i), **self.decoding)
+                 for i, prefix in enumerate(self.prefixes)]
         if self._reference is None:
             self._reference = ngram_set(self.train_text)
         metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
