@@ -1,5 +1,6 @@
 """DVC stage `evaluate`: val/test perplexity of the best checkpoint, alone and mixed with the
-baseline stage's Kneser-Ney model (static and dynamic), and greedy samples."""
+baseline stage's Kneser-Ney model (static and dynamic), and samples (greedy beside the default
+decoding, `generate.*`) measured as lyrics against the human test text."""
 
 import argparse
 import json
@@ -42,7 +43,8 @@ def main(argv=None) -> None:
     # Atomic: a killed run leaves the previous reports, never half of a new one.
     write_text(args.metrics, result.to_json())
     write_text(args.samples, samples_md)
-    print(f"{summary(result, seconds)}\n\nevaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
+    print(f"{summary(result, seconds)}{lyrics_summary(result)}\n\n"
+          f"evaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
 
 
 def summary(result: EvaluationResult, seconds: float) -> str:
@@ -71,6 +73,19 @@ def summary(result: EvaluationResult, seconds: float) -> str:
     if krause:
         lines.append(f"  (krause: Krause et al.'s rms-normalised step at lr {krause.lr:g} with decay to the trained "
                      f"weights; mixed {krause.weight:g} x krause)")
+    return "\n".join(lines)
+
+
+def lyrics_summary(result: EvaluationResult) -> str:
+    """The default decoding's lyric metrics beside the human test text's, one line each."""
+    if not result.lyrics:
+        return ""
+    lyrics = result.lyrics
+    rows = [("samples", lyrics.samples)] + ([("human test", lyrics.human)] if lyrics.human else [])
+    lines = ["", "  lyrics        copy rate  repeated lines  distinct-1  distinct-2  line length"]
+    for name, m in rows:
+        lines.append(f"  {name:13} {m.copy_rate:9.3f}  {m.repeated_lines:14.3f}  {m.distinct_1:10.3f}  "
+                     f"{m.distinct_2:10.3f}  {m.line_length_mean:5.1f} ± {m.line_length_std:.1f}")
     return "\n".join(lines)
 
 

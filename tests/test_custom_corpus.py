@@ -156,7 +156,8 @@ def test_word_level_run_end_to_end(tmp_path, capsys):
         return (text.startswith("the time ") and len(words) == 2 + n_words
                 and all(w in known for w in words))  # vocabulary words, single spaces
 
-    assert generate_cli.main(["--checkpoint", ckpt, "--prefix", "the time", "--num-tokens", "6"]) == 0
+    assert generate_cli.main(["--checkpoint", ckpt, "--prefix", "the time", "--num-tokens", "6",
+                              "--strategy", "greedy"]) == 0
     [line] = capsys.readouterr().out.splitlines()
     assert is_generated(line, 6), line
     assert generate_cli.main(["--checkpoint", ckpt, "--prefix", "the time", "--num-chars", "6",
@@ -171,14 +172,15 @@ def test_word_level_run_end_to_end(tmp_path, capsys):
 
     # The evaluate stage's samples.
     _, samples = evaluate_checkpoint(ckpt, encoded, batch_size=2, num_steps=8,
-                                     prefixes=["the time"], num_chars=5)
-    assert "# Samples (greedy, 5 words)" in samples and "## the time" in samples
-    sample = samples.split("```\n")[1].rstrip("\n")
+                                     prefixes=["the time"], num_chars=5, strategy="greedy")
+    assert "# Samples (5 words after the prefix)" in samples and "## the time" in samples
+    sample = samples.split("<pre>\n")[1].split("\n</pre>")[0]
     assert is_generated(sample, 5) and sample == line.rsplit(" ", 1)[0]  # greedy: same words
 
     # The MLflow pyfunc model the run logged.
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    [served] = model.predict(pd.DataFrame({"prefix": ["the time"], "num_chars": [6]}))["lyrics"]
+    [served] = model.predict(pd.DataFrame({"prefix": ["the time"], "num_chars": [6],
+                                           "strategy": ["greedy"]}))["lyrics"]
     assert served == line

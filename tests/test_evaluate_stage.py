@@ -9,9 +9,19 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lyricist.evaluation.metrics import DynamicResult, EvaluationResult, InterpolationResult, Perplexities
+from lyricist.evaluation.metrics import (DynamicResult, EvaluationResult, InterpolationResult, LyricMetrics,
+                                        LyricsResult, Perplexities)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lyrics(m: dict) -> LyricsResult | None:
+    """The lyric metrics of reports/metrics.json (absent from files written before them)."""
+    if "samples_copy_rate" not in m:
+        return None
+    fields = LyricMetrics.__dataclass_fields__
+    return LyricsResult(LyricMetrics(*(m[f"samples_{f}"] for f in fields)),
+                        LyricMetrics(*(m[f"human_test_{f}"] for f in fields)))
 
 
 def _result(m: dict) -> EvaluationResult:
@@ -31,7 +41,8 @@ def _result(m: dict) -> EvaluationResult:
             dynamic=Perplexities(m["krause_val_ppl"], m["krause_test_ppl"]),
             ngram_adaptive=Perplexities(m["ngram_adaptive_val_ppl"], m["ngram_adaptive_test_ppl"]),
             interpolated=Perplexities(m["krause_interpolated_val_ppl"], m["krause_interpolated_test_ppl"]))
-        if "krause_lr" in m else None)
+        if "krause_lr" in m else None,
+        lyrics=_lyrics(m))
 
 
 COMMITTED = json.loads((ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
@@ -55,6 +66,22 @@ def test_without_a_test_split_there_are_no_test_keys():
         Perplexities(1.5), 3, InterpolationResult(2, 0.5, Perplexities(2.5), Perplexities(1.25)))
     assert list(val_only.as_flat_dict()) == ["val_ppl", "epoch", "ngram_order", "interpolation_weight",
                                              "ngram_val_ppl", "interpolated_val_ppl"]
+
+
+LYRICS = {"samples_copy_rate": 0.0, "samples_repeated_lines": 0.0, "samples_distinct_1": 0.6,
+          "samples_distinct_2": 0.947, "samples_line_length_mean": 7.05, "samples_line_length_std": 3.19,
+          "human_test_copy_rate": 0.0, "human_test_repeated_lines": 0.033, "human_test_distinct_1": 0.552,
+          "human_test_distinct_2": 0.873, "human_test_line_length_mean": 13.23, "human_test_line_length_std": 4.44}
+
+
+def test_the_lyric_metrics_come_after_the_existing_keys(tmp_path, monkeypatch, capsys):
+    with_lyrics = {**EXAMPLE, **LYRICS}
+    assert list(_result(with_lyrics).as_flat_dict()) == list(with_lyrics)  # the old keys first, unchanged
+    _stage(monkeypatch, _result(with_lyrics)).main(_args(tmp_path))
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == with_lyrics
+    printed = capsys.readouterr().out
+    assert "  samples           0.000           0.000       0.600       0.947    7.0 ± 3.2\n" in printed
+    assert "  human test        0.000           0.033       0.552       0.873   13.2 ± 4.4\n" in printed
 
 
 def _stage(monkeypatch, result: EvaluationResult):

@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 from conftest import plateau_cfg, with_data
 from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint
+from lyricist.data.vocab import load_ids
+from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
 from lyricist.evaluation.perplexity import evaluate_checkpoint
 from lyricist.generate import generate
 from lyricist.train import train
@@ -42,7 +44,16 @@ def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_da
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert samples == ["samples/epoch_001.txt", "samples/epoch_002.txt"]
     text = client.download_artifacts(run.info.run_id, "samples/epoch_002.txt", str(tmp_path))
-    assert open(text, encoding="utf-8").read().startswith("分开")
+    # The samples follow generate.* and are measured against the train text, at each epoch's step.
+    last = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    decoding = {k: v for k, v in OmegaConf.to_container(tiny_cfg.generate).items() if k not in ("num_chars", "seed")}
+    texts = [generate(last.model, last.vocab, p, 10, allow_unknown=True, seed=tiny_cfg.generate.seed + i, **decoding)
+             for i, p in enumerate(tiny_cfg.data.prefixes)]  # each prefix its own seed
+    assert open(text, encoding="utf-8").read() == "\n\n".join(texts) + "\n" and texts[0].startswith("分开")
+    reference = ngram_set(last.vocab.decode(load_ids(tiny_data / "train.npy"), unk="\ufffd"))
+    for name, value in lyric_metrics(texts, reference).as_flat_dict("samples/").items():
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [0, 1] and history[-1].value == pytest.approx(value), name
 
     # The checkpoint rebuilds the model + vocabulary through one function, and remembers its run.
     loaded = load_checkpoint(out / "checkpoints" / "best.ckpt")

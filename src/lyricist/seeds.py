@@ -45,7 +45,7 @@ def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path,
     e = cfg.evaluate
     result, _ = evaluate_checkpoint(
         checkpoint, data_dir, batch_size=cfg.train.eval_batch_size, num_steps=cfg.data.num_steps,
-        prefixes=[], **OmegaConf.to_container(cfg.generate), ngram_max_order=cfg.baseline.max_order,
+        prefixes=list(cfg.data.prefixes), **OmegaConf.to_container(cfg.generate), ngram_max_order=cfg.baseline.max_order,
         ngram_discount_mode=cfg.baseline.discount_mode, ngram_fixed_discount=cfg.baseline.fixed_discount,
         dynamic_lrs=[] if static else list(e.dynamic_lrs), dynamic_num_steps=e.dynamic_num_steps,
         dynamic_tune_tokens=e.dynamic_tune_tokens, krause_lrs=[] if static else list(e.krause_lrs),

@@ -28,6 +28,7 @@ from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.data.batching import check_enough_tokens
 from lyricist.data.prepared import check_record
 from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
+from lyricist.generate import DECODING_RULES
 from lyricist.project import project_root
 from lyricist.tracking import serving, store, sweep
 from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
@@ -51,14 +52,14 @@ def _fraction(value) -> bool:
 # message) or train silently wrong: (key, accepted, what is allowed, an example).
 SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("data.batch_size", 32), ("data.num_steps", 35), ("model.hidden_size", 256), ("model.num_layers", 1),
-    ("train.eval_batch_size", 8), ("train.samples_every_n_epochs", 5), ("generate.num_chars", 100)]] + [
+    ("train.eval_batch_size", 8), ("train.samples_every_n_epochs", 5)]] + [
     ("trainer.max_epochs", lambda v: _count(v) or v == -1, "an integer >= 1, or -1 (no limit)", 20),
     ("optim.lr", _rate, "a finite number > 0", 0.015),
     ("model.init_scale", _rate, "a finite number > 0", 0.01),
     ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
     ("model.weight_drop", _fraction, "a number in [0, 1) (0: off)", 0.5),
     ("model.embedding_row_dropout", _fraction, "a number in [0, 1) (0: off)", 0.1),
-]
+] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -98,7 +99,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
-                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id),
+                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id,
+                                               train_text=vocab.decode(splits["train"], unk="\ufffd")),
                           default_root_dir=str(output_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
@@ -154,11 +156,12 @@ def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Voca
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path, tracking_uri: str | None,
-               run_id: str | None) -> list[pl.Callback]:
-    """conf's `callbacks:` with what exists only at run time; early stopping is off when its
-    patience is null (0 is a patience: stop at the first epoch without a better val/ppl)."""
+               run_id: str | None, train_text: str = "") -> list[pl.Callback]:
+    """conf's `callbacks:` with what exists only at run time (the samples' copy rate looks
+    up `train_text`, one character per <unk>); early stopping is off when its patience is null
+    (0 is a patience: stop at the first epoch without a better val/ppl)."""
     at_run_time = {"checkpoint": {"dirpath": str(output_dir / "checkpoints")},
-                   "samples": {"tracking_uri": tracking_uri, "run_id": run_id}}
+                   "samples": {"tracking_uri": tracking_uri, "run_id": run_id, "train_text": train_text}}
     left_out = {"early_stopping": cfg.train.early_stopping_patience is None,
                 "progress_bar": not cfg.trainer.get("enable_progress_bar", True),
                 "samples": run_id is None}

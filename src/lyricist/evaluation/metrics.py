@@ -63,6 +63,34 @@ class DynamicResult:
 
 
 @dataclass(frozen=True)
+class LyricMetrics:
+    """Texts measured as lyrics (lyricist.evaluation.lyrics): shares in [0, 1], lengths in characters."""
+
+    copy_rate: float  # share of character 8-grams found verbatim in the train text
+    repeated_lines: float  # share of lines equal to an earlier line of the same text
+    distinct_1: float
+    distinct_2: float
+    line_length_mean: float
+    line_length_std: float
+
+    def as_flat_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}{name}": getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class LyricsResult:
+    """The default decoding's samples (all prefixes together) measured as lyrics, beside the
+    human test text cut into pieces of the samples' length (None without a test split)."""
+
+    samples: LyricMetrics
+    human: LyricMetrics | None = None
+
+    def as_flat_dict(self) -> dict:
+        return {**self.samples.as_flat_dict("samples_"),
+                **(self.human.as_flat_dict("human_test_") if self.human else {})}
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     """Everything the evaluate stage measures of one checkpoint."""
 
@@ -71,13 +99,15 @@ class EvaluationResult:
     interpolation: InterpolationResult | None = None
     dynamic: DynamicResult | None = None  # plain SGD updates
     krause: DynamicResult | None = None  # Krause et al.'s RMS-normalised updates with decay
+    lyrics: LyricsResult | None = None
 
     def as_flat_dict(self) -> dict:
         """The keys and values of reports/metrics.json, in its order."""
         return {**_by_split({"": self.neural}), "epoch": self.epoch,
                 **(self.interpolation.as_flat_dict() if self.interpolation else {}),
                 **(self.dynamic.as_flat_dict() if self.dynamic else {}),
-                **(self.krause.as_flat_dict("krause_", with_ngram=not self.dynamic) if self.krause else {})}
+                **(self.krause.as_flat_dict("krause_", with_ngram=not self.dynamic) if self.krause else {}),
+                **(self.lyrics.as_flat_dict() if self.lyrics else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.as_flat_dict(), indent=2) + "\n"

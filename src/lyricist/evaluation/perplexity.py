@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -15,7 +15,8 @@ from lyricist.evaluation.dynamic import evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
-from lyricist.generate import generate
+from lyricist.evaluation.samples import sample_lyrics
+from lyricist.generate import check_decoding
 from lyricist.models import RecurrentLM
 
 
@@ -25,17 +26,19 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
     return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
-def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir: Path, batch_size: int, num_steps: int,
-                        prefixes: list[str], num_chars: int, strategy: str = "greedy",
-                        temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
-                        ngram_max_order: int | None = None, ngram_discount_mode: str = "modified",
+def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir: Path, batch_size: int,
+                        num_steps: int, prefixes: list[str], num_chars: int, ngram_max_order: int | None = None,
+                        ngram_discount_mode: str = "modified",
                         ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
                         dynamic_num_steps: int | None = None, dynamic_tune_tokens: int | None = None,
                         krause_lrs: Sequence[float] = (), krause_decay: float = 0.02, krause_eps: float = 1e-3,
                         krause_stat_tokens: int | None = None, ngram_path: str | Path | None = None,
-                        report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
+                        report: Callable[[str], None] = lambda line: None,
+                        **decoding: Any) -> tuple[EvaluationResult, str]:
     """Val (and test, when the split is not empty) perplexity, and a markdown page of samples, of
-    a checkpoint or of the ensemble of several (lyricist.checkpoint.load_checkpoint).
+    a checkpoint or of the ensemble of several (lyricist.checkpoint.load_checkpoint): greedy
+    beside `decoding` (lyricist.generate.generate's options: strategy, temperature, ...),
+    measured as lyrics (`lyrics`, lyricist.evaluation.samples).
 
     With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
     1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
@@ -47,6 +50,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     if ngram_max_order is None and (dynamic_lrs or krause_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
                          "pass ngram_max_order too (the baseline's max_order).")
+    check_decoding(num_chars=num_chars, **decoding)  # a bad option fails now, not after the scoring
     loaded = load_checkpoint(checkpoint)
     splits = {"val": load_ids(data_dir / "val.npy")}  # training needs val: it is there
     test_path = data_dir / "test.npy"
@@ -85,11 +89,9 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
             krause = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps, krause_lrs,
                                       tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps)
             done(f"Krause dynamic evaluation (rate {krause.lr:g} of 0 and {list(krause_lrs)})")
+    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars,
+                                       load_ids(data_dir / "train.npy"), splits.get("test"), **decoding)
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
-    lines = [f"# Samples ({strategy}, {num_chars} {unit})", ""]
-    for prefix in prefixes:
-        text = generate(loaded.model, loaded.vocab, prefix, num_chars, strategy, temperature,
-                        top_k, seed, allow_unknown=True)
-        lines += [f"## {prefix}", "", "```", text, "```", ""]
-    done(f"samples ({len(prefixes)} x {num_chars} {unit})")
-    return EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, krause), "\n".join(lines)
+    done(f"samples and their lyric metrics ({len(prefixes)} x 2 x {num_chars} {unit})")
+    return (EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, krause, lyrics),
+            samples_md)

@@ -3,38 +3,62 @@
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from lyricist.generate import generate
+from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
+from lyricist.generate import check_decoding, generate, seed_of
 from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), generate lyrics for the prefixes and log them
-    to MLflow as `samples/epoch_XXX.txt`, so the UI shows how the lyrics improve.
+    """Every N epochs (and at the last), generate lyrics for the prefixes with the decoding
+    options of `generate.*` and log them to MLflow as `samples/epoch_XXX.txt`, with their
+    lyric metrics (lyricist.evaluation.lyrics) as `samples/copy_rate`, `samples/repeated_lines`,
+    ... at the step of the epoch's other metrics (0-based), so the UI shows how the lyrics
+    improve. Each prefix samples with its own seed (seed + its position). `train_text` is the
+    train split as text, what the copy rate looks up (its n-grams are built once, at the first
+    sample).
     Plain values only (no client, no lambda), so it survives DDP's process spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
-                 tracking_uri: str, run_id: str):
+                 tracking_uri: str, run_id: str, train_text: str = "", strategy: str = "greedy",
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float = 1.0, repetition_window: int = 20,
+                 no_repeat_ngram: int | None = None, seed: int | None = 0):
         self.prefixes, self.every_n_epochs, self.num_chars = list(prefixes), every_n_epochs, num_chars
-        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.tracking_uri, self.run_id, self.train_text = tracking_uri, run_id, train_text
+        self.decoding = {"strategy": strategy, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                         "repetition_penalty": repetition_penalty, "repetition_window": repetition_window,
+                         "no_repeat_ngram": no_repeat_ngram}
+        self.seed = seed
+        check_decoding(num_chars=num_chars, **self.decoding)
+        self._reference: frozenset[str] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1  # 1-based, as people count epochs
         last = epoch == trainer.max_epochs or trainer.should_stop
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
-        lines = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
-                 for p in self.prefixes]
+        texts = [generate(pl_module.model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
+                          seed=seed_of(self.seed, i), **self.decoding)
+                 for i, prefix in enumerate(self.prefixes)]
+        if self._reference is None:
+            self._reference = ngram_set(self.train_text)
+        metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
         client = MlflowClient(self.tracking_uri)
-        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(lines) + "\n",
+        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(texts) + "\n",
                                            f"samples/epoch_{epoch:03d}.txt"))
+        with_retry(lambda: client.log_batch(self.run_id, [Metric(name, value, int(time.time() * 1000),
+                                                                 trainer.current_epoch)
+                                                          for name, value in metrics.items()]))
 
 
 class EpochCSVLogger(Logger):
