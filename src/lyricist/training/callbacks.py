@@ -30,7 +30,8 @@ class SamplesCallback(pl.Callback):
         last = epoch == trainer.max_epochs or trainer.should_stop
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
-        lines = [generate(pl_module.model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
+        # eval_model: the averaged weights once weight averaging has started, as the checkpoints hold
+        lines = [generate(pl_module.eval_model, pl_module.vocab, p, self.num_chars, allow_unknown=True)
                  for p in self.prefixes]
         client = MlflowClient(self.tracking_uri)
         with_retry(lambda: client.log_text(self.run_id, "\n\n".join(lines) + "\n",
