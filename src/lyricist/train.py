@@ -74,8 +74,8 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
 def _averaging_starts(cfg: DictConfig) -> bool:
     """Weight averaging waits for averaging_patience epochs without a better val/ppl; early
     stopping after as many (or fewer) would end the run before the average is ever used."""
-    patience = cfg.train.early_stopping_patience
-    return cfg.train.weight_averaging is None or patience is None or cfg.train.averaging_patience < patience
+    patience, waits = cfg.train.early_stopping_patience, cfg.train.averaging_patience
+    return cfg.train.weight_averaging is None or patience is None or waits == 0 or waits < patience
 
 
 # Values that are each fine but not together: (keys, accepted(cfg), what to do).
