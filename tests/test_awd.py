@@ -243,8 +243,12 @@ class _RecordingSGD(torch.optim.SGD):
 def test_variable_length_training_reads_each_epoch_whole_with_the_lr_scaled_by_length():
     ids = _ids(4 * 80)
     optimizers, shapes = [], []
-    lit = LitLanguageModel(_lstm(), VOCAB, optimizer=lambda p: optimizers.append(_RecordingSGD(p, 0.3))
-                           or optimizers[-1], variable_length=True, num_steps=6)
+
+    def make_optimizer(params):
+        optimizers.append(_RecordingSGD(params, lr=0.3))
+        return optimizers[-1]
+
+    lit = LitLanguageModel(_lstm(), VOCAB, optimizer=make_optimizer, variable_length=True, num_steps=6)
 
     class _Shapes(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):

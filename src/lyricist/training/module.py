@@ -36,6 +36,7 @@ from lyricist.models.fast.head import linear_cross_entropy
 
 LR_SCHEDULES = (None, "plateau")
 WEIGHT_AVERAGING = (None, "nt")
+AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 
 
 class TrainingDiverged(RuntimeError):
@@ -329,16 +330,17 @@ class LitLanguageModel(pl.LightningModule):
         self.first_loss = resume.get("first_loss")
         self._trigger = dict(resume.get("trigger", self._trigger))
         if "iterate" in resume:
-            # Runs before Lightning loads the state_dict: build the average's module, and put
-            # each set of weights back under its own name.
+            # Runs before Lightning loads the state_dict: put each set of weights back under its
+            # own name, and build the average's module to receive its own.
+            weights = checkpoint["state_dict"]
+            average = _pop_prefix(weights, "model.")
+            weights.update({"model." + k: v for k, v in resume["iterate"].items()})
+            if self.weight_averaging is None:  # resumed with averaging switched off: drop it
+                weights.pop("averaged.n_averaged", None)
+                return
             if self.averaged is None:
                 self._start_averaging()
-            weights = checkpoint["state_dict"]
-            weights.update({AVERAGED_PREFIX + k: v for k, v in _pop_prefix(weights, "model.").items()})
-            weights.update({"model." + k: v for k, v in resume["iterate"].items()})
-
-
-AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
+            weights.update({AVERAGED_PREFIX + k: v for k, v in average.items()})
 
 
 def _pop_prefix(weights: dict, prefix: str) -> dict:
