@@ -147,6 +147,20 @@ def test_averaging_from_the_first_step_is_the_mean_of_all_iterates(tmp_path):
         assert torch.allclose(averaged, mean, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(averaged, trained)  # not simply the last weights
 
+    # What Lightning does on resume (the hook, then a strict load): the trained weights come
+    # back as model.*, the average as averaged.module.*; with averaging switched off, no average.
+    for averaging in ("nt", None):
+        checkpoint = torch.load(tmp_path / "end.ckpt", weights_only=True)
+        resumed = _lit(_lstm(dropout=0.2), weight_averaging=averaging, averaging_patience=0)
+        resumed.on_load_checkpoint(checkpoint)
+        resumed.load_state_dict(checkpoint["state_dict"], strict=True)
+        assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), lit.model.parameters()))
+        assert (resumed.averaged is None) == (averaging is None)
+        if averaging:
+            assert all(torch.equal(a, b) for a, b in zip(resumed.eval_model.parameters(),
+                                                         lit.averaged.module.parameters()))
+            assert int(resumed.averaged.n_averaged) == count
+
 
 def _stalling_val() -> torch.Tensor:
     """Val text unlike the training text (shuffled other ids): its perplexity soon stops improving."""
