@@ -7,6 +7,7 @@ from lyricist.data.batching import (
     min_tokens,
     num_batches,
     random_batches,
+    variable_lengths,
 )
 
 SEQ = torch.arange(30)  # the seeds' 0..29 example
@@ -100,3 +101,38 @@ def test_bad_arguments_are_rejected():
         next(random_batches(torch.zeros(2, 15), B, T))
     with pytest.raises(ValueError, match="batch_size"):
         next(consecutive_batches(SEQ, 0, T))
+
+
+def test_variable_lengths_vary_around_num_steps_and_cover_every_input_column():
+    n, batch_size, num_steps = 4 * 2000, 4, 35
+    lengths = variable_lengths(n, batch_size, num_steps, torch.Generator().manual_seed(0))
+    assert sum(lengths) == n // batch_size - 1  # every input column, the last label's excepted
+    assert len(set(lengths)) > 10 and min(lengths[:-1]) >= 5
+    assert abs(sum(lengths[:-1]) / len(lengths[:-1]) - 0.975 * num_steps) < 2  # 0.95 x 35 + 0.05 x 17.5
+    assert any(length < num_steps / 2 + 6 for length in lengths)  # the p = 0.05 half-length draws
+    assert variable_lengths(n, batch_size, num_steps, torch.Generator().manual_seed(0)) == lengths
+    assert variable_lengths(n, batch_size, num_steps, torch.Generator().manual_seed(1)) != lengths
+    assert min(variable_lengths(400, 2, 2, torch.Generator().manual_seed(0))) >= 1  # num_steps < 5
+    assert variable_lengths(3, 2, 3) == []  # one column: nothing to predict
+
+
+def test_variable_length_batches_read_every_token_once_in_order():
+    ids = torch.arange(2 * 150)
+    lengths = variable_lengths(len(ids), 2, 6, torch.Generator().manual_seed(3))
+    batches = list(consecutive_batches(ids, 2, 6, lengths=lengths))
+    assert [x.size(1) for x, _ in batches] == lengths
+    inputs = torch.cat([x for x, _ in batches], dim=1)  # (B, batch_len - 1)
+    labels = torch.cat([y for _, y in batches], dim=1)
+    assert torch.equal(inputs, ids.view(2, 150)[:, :-1]) and torch.equal(labels, inputs + 1)
+    # Row r of batch i+1 still starts right where row r of batch i ended (the state is carried).
+    for (previous, _), (following, _) in zip(batches, batches[1:]):
+        assert torch.equal(following[:, 0], previous[:, -1] + 1)
+    some = list(consecutive_batches(ids, 2, 6, rows=slice(1, None, 2), lengths=lengths))
+    assert all(torch.equal(x_some, x[1:]) for (x_some, _), (x, _) in zip(some, batches))
+
+
+def test_lengths_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match=r"sum to at most 14"):
+        next(consecutive_batches(SEQ, B, T, lengths=[10, 5]))
+    with pytest.raises(ValueError, match=r">= 1"):
+        next(consecutive_batches(SEQ, B, T, lengths=[3, 0]))

@@ -48,6 +48,10 @@ def _fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
 
+def _penalty(value) -> bool:
+    return _rate(value) or (value == 0 and not isinstance(value, bool))
+
+
 # Values that would otherwise fail late (after an epoch, or with another key's name in the
 # message) or train silently wrong: (key, accepted, what is allowed, an example).
 SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
@@ -59,7 +63,31 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
     ("model.weight_drop", _fraction, "a number in [0, 1) (0: off)", 0.5),
     ("model.embedding_row_dropout", _fraction, "a number in [0, 1) (0: off)", 0.1),
+    ("train.ar_alpha", _penalty, "a finite number >= 0 (0: off)", 2.0),
+    ("train.tar_beta", _penalty, "a finite number >= 0 (0: off)", 1.0),
+    ("train.weight_averaging", lambda v: v in (None, "nt"), "null (off) or nt", "nt"),
+    ("train.averaging_patience", lambda v: v == 0 and type(v) is int or _count(v),
+     "an integer >= 0 (0: from the first step)", 2),
+    ("data.variable_length", lambda v: isinstance(v, bool), "true or false", "true"),
 ] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
+
+
+def _averaging_starts(cfg: DictConfig) -> bool:
+    """Weight averaging waits for averaging_patience epochs without a better val/ppl; early
+    stopping after as many (or fewer) would end the run before the average is ever used."""
+    patience, waits = cfg.train.early_stopping_patience, cfg.train.averaging_patience
+    return cfg.train.weight_averaging is None or patience is None or waits == 0 or waits < patience
+
+
+# Values that are each fine but not together: (keys, accepted(cfg), what to do).
+COMBINATIONS = [
+    (("data.variable_length", "data.sampling"),
+     lambda cfg: not cfg.data.variable_length or cfg.data.sampling == "consecutive",
+     "variable-length batches are consecutive ones: set data.sampling=consecutive or data.variable_length=false"),
+    (("train.averaging_patience", "train.early_stopping_patience"), _averaging_starts,
+     "weight averaging would start only when early stopping ends the run: use a smaller "
+     "train.averaging_patience (e.g. 2) than train.early_stopping_patience, or early_stopping_patience=null"),
+]
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -68,6 +96,10 @@ def check_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not accepted(value):
             raise ValueError(f"{key}={value!r} is not allowed: use {allowed}, e.g. {key}={example}")
+    for keys, accepted, fix in COMBINATIONS:
+        if not accepted(cfg):
+            values = ", ".join(f"{key}={OmegaConf.select(cfg, key)!r}" for key in keys)
+            raise ValueError(f"{values} do not go together: {fix}")
 
 
 def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:

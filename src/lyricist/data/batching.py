@@ -26,16 +26,33 @@ consecutive_batches -- B equal streams (one per row), read left to right T colum
     so column 12 (tokens 12, 27) is only ever a label and columns 13-14 are dropped.
     Row r of batch i+1 continues row r of batch i, so the hidden state is carried over
     (detached) from batch to batch and only reset at the start of an epoch.
+
+consecutive_batches with `lengths` -- AWD-LSTM's variable BPTT (Merity et al., 2018): the same
+streams, cut into chunks of varying length, so that no token always sits at the same place
+in its chunk (with a fixed T, token 3 of a stream is always the first of batch 1 and never
+backpropagates into token 2). `variable_lengths` draws them, e.g. for T = 3:
+
+                  batch 0     batch 1      batch 2      batch 3
+               +----------+-------------+-------+----------------+
+        row 0  |  0  1  2 |  3  4  5  6 |  7  8 |  9 10 11 12 13 | 14
+        row 1  | 15 16 17 | 18 19 20 21 | 22 23 | 24 25 26 27 28 | 29
+               +----------+-------------+-------+----------------+
+    lengths 3, 4, 2, 5: drawn until they cover every input column (batch_len - 1 = 14), the
+    last one cut to what is left; every token is read once per epoch, in order, and only the
+    final column (14, 29) is a label alone. The number of batches varies from epoch to epoch.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 SAMPLING_MODES = ("random", "consecutive")
+# Variable BPTT as AWD-LSTM draws it: the full length with p = 0.95, else half of it, then
+# N(that, 5^2) rounded down, and never fewer than a few steps (or num_steps, if smaller).
+FULL_LENGTH_P, LENGTH_STD, MIN_LENGTH = 0.95, 5.0, 5
 
 
 def _check_sizes(batch_size: int, num_steps: int) -> None:
@@ -69,13 +86,14 @@ def random_batches(ids: Tensor, batch_size: int, num_steps: int,
         yield ids[positions], ids[positions + 1]  # (B, T), (B, T)
 
 
-def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int,
-                        rows: slice | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slice | None = None,
+                        lengths: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """The seed's `data_iter_consecutive`: `batch_size` streams read in step, T tokens at a time.
 
     Yields `epoch_size = (N // batch_size - 1) // num_steps` pairs (X, Y), each (B, T) int64.
     `rows` keeps only some streams (e.g. `slice(rank, None, world_size)` for one of several
-    processes); every stream still continues from one batch to the next.
+    processes); every stream still continues from one batch to the next. `lengths` (from
+    `variable_lengths`) replaces the fixed T: batch i is (B, lengths[i]).
     """
     _check_sizes(batch_size, num_steps)
     ids = _as_ids(ids)
@@ -83,11 +101,39 @@ def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int,
     streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, batch_len)
     if rows is not None:
         streams = streams[rows]  # (B', batch_len)
-    epoch_size = max(0, (batch_len - 1) // num_steps)  # -1: the last label needs one more column
-    for start in range(0, epoch_size * num_steps, num_steps):
-        inputs = streams[:, start : start + num_steps].contiguous()  # (B, T)
-        labels = streams[:, start + 1 : start + num_steps + 1].contiguous()  # (B, T)
+    if lengths is None:
+        epoch_size = max(0, (batch_len - 1) // num_steps)  # -1: the last label needs one more column
+        lengths = [num_steps] * epoch_size
+    elif sum(lengths) > batch_len - 1 or min(lengths, default=1) < 1:
+        raise ValueError(f"lengths {list(lengths)} must be >= 1 and sum to at most {batch_len - 1}, "
+                         f"the input columns of {batch_size} streams of {batch_len} tokens")
+    start = 0
+    for length in lengths:
+        inputs = streams[:, start : start + length].contiguous()  # (B, T_i)
+        labels = streams[:, start + 1 : start + length + 1].contiguous()  # (B, T_i)
+        start += length
         yield inputs, labels
+
+
+def variable_lengths(n_tokens: int, batch_size: int, num_steps: int,
+                     generator: torch.Generator | None = None) -> list[int]:
+    """AWD-LSTM's variable BPTT lengths for one epoch of `consecutive_batches(..., lengths=)`.
+
+    Each is `num_steps` with p = 0.95 (else half of it), plus N(0, 5^2) noise, rounded down,
+    at least min(5, num_steps); they are drawn until they cover all `N // batch_size - 1`
+    input columns, the last cut to what is left. Pass a seeded `generator` to draw the same
+    lengths again (a resumed run must); None uses torch's global generator.
+    """
+    _check_sizes(batch_size, num_steps)
+    columns = max(0, n_tokens // batch_size - 1)  # -1: the last label needs one more column
+    shortest = min(MIN_LENGTH, num_steps)
+    lengths: list[int] = []
+    while sum(lengths) < columns:
+        full = float(torch.rand((), generator=generator)) < FULL_LENGTH_P
+        mean = num_steps if full else num_steps / 2
+        drawn = int(float(torch.normal(float(mean), LENGTH_STD, (), generator=generator)))
+        lengths.append(min(max(shortest, drawn), columns - sum(lengths)))
+    return lengths
 
 
 def num_batches(n_tokens: int, batch_size: int, num_steps: int, sampling: str) -> int:

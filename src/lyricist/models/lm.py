@@ -227,6 +227,12 @@ class RecurrentLM(nn.Module):
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the last layer's outputs after output dropout (B, T, H), what the head
         reads, and the final state."""
+        raw, state = self.raw_features(ids, state)  # (B, T, H)
+        return self.output_dropout(raw), state
+
+    def raw_features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """`features` before the output dropout: the last layer's outputs themselves (B, T, H),
+        which temporal activation regularisation (training/module.py) penalises."""
         batch_size, num_steps = ids.shape
         if state is None:
             state = self.begin_state(batch_size, device=ids.device)
@@ -244,8 +250,7 @@ class RecurrentLM(nn.Module):
             final_states.append(layer_state)
 
         # Back to batch-first so the logits come out contiguous (B, T, V).
-        hidden = self.output_dropout(layer_output.transpose(0, 1))  # (B, T, H)
-        return hidden, self._stack_layers(final_states)
+        return layer_output.transpose(0, 1), self._stack_layers(final_states)  # (B, T, H)
 
     def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Same result as ``forward``, computed literally as the seeds do: for every step,

@@ -47,7 +47,8 @@ class SamplesCallback(pl.Callback):
         last = epoch == trainer.max_epochs or trainer.should_stop
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
-        texts = [generate(pl_module.model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
+        # eval_model: the averaged weights once weight averaging has started, as the checkpoints hold
+        texts = [generate(pl_module.eval_model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
                           seed=seed_of(self.seed, i), **self.decoding)
                  for i, prefix in enumerate(self.prefixes)]
         if self._reference is None:

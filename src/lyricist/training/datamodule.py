@@ -12,7 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.data.batching import SAMPLING_MODES, consecutive_batches, num_batches, random_batches
+from lyricist.data.batching import (SAMPLING_MODES, consecutive_batches, num_batches, random_batches,
+                                    variable_lengths)
 
 
 class _BatchStream(IterableDataset):
@@ -33,16 +34,35 @@ class _BatchStream(IterableDataset):
         return self.length
 
 
+class _UnsizedBatchStream(IterableDataset):
+    """A `_BatchStream` whose epochs differ in length (variable BPTT). Lightning reads a
+    dataset's length once, at setup, and would end every epoch at that count; without one it
+    reads each epoch to its end and validates after the last batch."""
+
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
+        self.make_iterator = make_iterator
+
+    def __iter__(self):
+        return self.make_iterator()
+
+
 class LyricsDataModule(pl.LightningDataModule):
     def __init__(self, train_ids: torch.Tensor, val_ids: torch.Tensor, batch_size: int, num_steps: int,
-                 sampling: str = "consecutive", eval_batch_size: int = 8, seed: int = 0):
+                 sampling: str = "consecutive", eval_batch_size: int = 8, seed: int = 0,
+                 variable_length: bool = False):
         super().__init__()
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
+        if variable_length and sampling != "consecutive":
+            # Random windows are cut before the shuffle, all of one length; varying it buys
+            # nothing there (every window starts from a zero state anyway).
+            raise ValueError(f"data.variable_length=true varies the length of consecutive batches, but "
+                             f"data.sampling={sampling!r}: use data.sampling=consecutive, or "
+                             "data.variable_length=false")
         self.train_ids, self.val_ids = train_ids, val_ids
         self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
-        self.eval_batch_size, self.seed = eval_batch_size, seed
-        self.epochs_drawn = 0  # random shuffles drawn so far; saved in checkpoints
+        self.eval_batch_size, self.seed, self.variable_length = eval_batch_size, seed, variable_length
+        self.epochs_drawn = 0  # random shuffles (or variable lengths) drawn so far; saved in checkpoints
 
     def rows_of_this_process(self, batch_size: int) -> slice | None:
         """Under multi-process training (DDP), this process's share of every batch's rows.
@@ -60,17 +80,24 @@ class LyricsDataModule(pl.LightningDataModule):
                              f"use a multiple of {world}")
         return slice(self.trainer.global_rank, None, world)
 
+    def _epoch_generator(self) -> torch.Generator:
+        """A new generator every epoch, reproducible from (seed, epoch). The counter travels in
+        the checkpoint (state_dict below), so a resumed run draws the same shuffles and lengths;
+        the trainer's current_epoch is not yet advanced when Lightning builds the iterator.
+        Every process draws the same numbers."""
+        generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
+        self.epochs_drawn += 1
+        return generator
+
     def _train_batches(self):
         rows = self.rows_of_this_process(self.batch_size)
         if self.sampling == "consecutive":
-            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows)
-        # A new shuffle every epoch, reproducible from (seed, epoch). The counter travels in
-        # the checkpoint (state_dict below), so a resumed run draws the same shuffles; the
-        # trainer's current_epoch is not yet advanced when Lightning builds the iterator.
-        # Every process draws the same shuffle and keeps its own rows of each batch.
-        generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
-        self.epochs_drawn += 1
-        batches = random_batches(self.train_ids, self.batch_size, self.num_steps, generator)
+            lengths = (variable_lengths(len(self.train_ids), self.batch_size, self.num_steps,
+                                        self._epoch_generator()) if self.variable_length else None)
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows,
+                                       lengths=lengths)
+        # Each process keeps its own rows of each batch of the shared shuffle.
+        batches = random_batches(self.train_ids, self.batch_size, self.num_steps, self._epoch_generator())
         return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
 
     def state_dict(self) -> dict:
@@ -80,6 +107,8 @@ class LyricsDataModule(pl.LightningDataModule):
         self.epochs_drawn = state_dict["epochs_drawn"]
 
     def train_dataloader(self) -> DataLoader:
+        if self.variable_length:
+            return DataLoader(_UnsizedBatchStream(self._train_batches), batch_size=None)
         length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
         return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
 

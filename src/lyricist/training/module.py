@@ -10,7 +10,11 @@ this module adds what the seeds' training loop does around it:
 - gradient clipping by the global L2 norm over all parameters (manual optimization,
   because Lightning refuses `gradient_clip_val` there and clips differently anyway);
 - perplexity = exp(mean cross-entropy per token), train per epoch and val over the
-  whole val stream with the state carried.
+  whole val stream with the state carried;
+- AWD-LSTM's training-side regularisation (Merity et al., 2018), each off by default:
+  activation regularisation (AR, TAR) added to the loss that is differentiated, weight
+  averaging started by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer),
+  and the lr scaled by the length of a variable-length batch.
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ from collections.abc import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from lyricist.data.batching import SAMPLING_MODES
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
+from lyricist.models.fast.head import linear_cross_entropy
 
 LR_SCHEDULES = (None, "plateau")
+WEIGHT_AVERAGING = (None, "nt")
+AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,6 +57,40 @@ def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: in
                          f"perplexity before the lr is lowered), got {lr_patience!r}: use e.g. 0")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_regularisation(ar_alpha: float, tar_beta: float, weight_averaging: str | None,
+                         averaging_patience: int) -> None:
+    """Refuse an AR/TAR or weight-averaging setting that cannot work, naming the key and the fix."""
+    for key, value, example in [("train.ar_alpha", ar_alpha, 2.0), ("train.tar_beta", tar_beta, 1.0)]:
+        if not (_number(value) and value >= 0):
+            raise ValueError(f"{key}={value!r} is not allowed: use a finite number >= 0 (0: off), "
+                             f"e.g. {key}={example}")
+    if weight_averaging not in WEIGHT_AVERAGING:
+        raise ValueError(f"train.weight_averaging={weight_averaging!r} is not allowed: use null (off) or "
+                         "'nt' (average the weights once val/ppl stops improving), e.g. "
+                         "train.weight_averaging=nt")
+    if isinstance(averaging_patience, bool) or not isinstance(averaging_patience, int) or averaging_patience < 0:
+        raise ValueError(f"train.averaging_patience={averaging_patience!r} is not allowed: use an integer "
+                         ">= 0 (epochs without a better val/ppl before averaging starts; 0: from the "
+                         "first step), e.g. train.averaging_patience=2")
+
+
+def activation_penalty(raw: Tensor, dropped: Tensor, ar_alpha: float, tar_beta: float) -> Tensor:
+    """AWD-LSTM's AR + TAR on the last layer's outputs, raw and after output dropout (B, T, H).
+
+    AR, alpha * mean(dropped^2), keeps the activations small; TAR, beta * mean((h_t - h_{t-1})^2)
+    on the raw outputs (dropout's noise is no change of the state), keeps them slowly changing.
+    A batch of one step has no step-to-step change: its TAR is 0.
+    """
+    penalty = ar_alpha * dropped.pow(2).mean()
+    if tar_beta and raw.size(1) > 1:
+        penalty = penalty + tar_beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()  # (B, T-1, H) -> ()
+    return penalty
+
+
 def detach_state(state: State) -> State:
     """Cut the autograd history of a carried state (the seeds' `s.detach_()`)."""
     return tuple(s.detach() for s in state)
@@ -58,9 +101,15 @@ class LitLanguageModel(pl.LightningModule):
                  optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
                  clip_theta: float | None = 1.0, sampling: str = "consecutive",
                  divergence_factor: float | None = 3.0, seed: int = 0, loss_reduction: str = "mean",
-                 lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 0):
+                 lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 0,
+                 ar_alpha: float = 0.0, tar_beta: float = 0.0, weight_averaging: str | None = None,
+                 averaging_patience: int = 2, variable_length: bool = False, num_steps: int | None = None):
         super().__init__()
         check_lr_schedule(lr_schedule, lr_factor, lr_patience)
+        check_regularisation(ar_alpha, tar_beta, weight_averaging, averaging_patience)
+        if variable_length and not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ValueError(f"variable_length scales the lr by length / num_steps: give num_steps "
+                             f"(data.num_steps) >= 1, got {num_steps!r}")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown loss_reduction {loss_reduction!r}: use 'mean' or 'sum'")
         if sampling not in SAMPLING_MODES:
@@ -79,14 +128,35 @@ class LitLanguageModel(pl.LightningModule):
         # "plateau": multiply the lr by lr_factor when the epoch's val perplexity has not
         # improved for more than lr_patience epochs (ReduceLROnPlateau, stepped by hand below).
         self.lr_schedule, self.lr_factor, self.lr_patience = lr_schedule, lr_factor, lr_patience
+        self.ar_alpha, self.tar_beta = ar_alpha, tar_beta
+        # "nt": NT-ASGD's trigger (AWD-LSTM) for any optimizer: once val/ppl has not improved for
+        # averaging_patience epochs, average the weights after every step (swa_utils'
+        # AveragedModel); validation and the checkpoints' weights are the average from then on.
+        self.weight_averaging, self.averaging_patience = weight_averaging, averaging_patience
+        self.averaged: AveragedModel | None = None  # created when averaging starts
+        self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
+        # Variable BPTT (data.variable_length): a batch of T_i steps trains with lr * T_i / num_steps,
+        # so that short batches do not weigh as much as long ones (AWD-LSTM).
+        self.variable_length, self.num_steps = variable_length, num_steps
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
         self._train_state: State | None = None
         self._val_state: State | None = None
         self.epoch_metrics: dict[str, float] = {}
 
+    @property
+    def eval_model(self) -> RecurrentLM:
+        """The weights validation, the samples and the checkpoints use: the average once
+        weight averaging has started, else the trained weights themselves."""
+        return self.model if self.averaged is None else self.averaged.module
+
+    def _start_averaging(self) -> None:
+        self.averaged = AveragedModel(self.model, device=self.device)  # a copy of the weights now
+        self.averaged.requires_grad_(False)  # never trained, only averaged into
+
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.parameters())
+        # self.model's, not self.parameters(): those include the averaged copy once it exists.
+        optimizer = self.make_optimizer(self.model.parameters())
         if self.lr_schedule is None:
             return optimizer
         # Returned to Lightning so that its state is saved in (and restored from) every checkpoint;
@@ -96,6 +166,10 @@ class LitLanguageModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- training --------------------------------------------------------------------
+    def on_train_start(self):
+        if self.weight_averaging == "nt" and self.averaging_patience == 0 and self.averaged is None:
+            self._start_averaging()  # from the first step (a resumed run has its average already)
+
     def on_train_epoch_start(self):
         self._train_state = None  # consecutive: reset once per epoch; random: every batch anyway
         self._sums = {"loss": 0.0, "tokens": 0, "grad_norm": 0.0, "batches": 0}
@@ -115,19 +189,18 @@ class LitLanguageModel(pl.LightningModule):
             state = self.model.begin_state(ids.size(0), device=ids.device)
         else:
             state = detach_state(self._train_state)  # keep the values, drop the history
-        # Mean cross-entropy over the B*T predictions, as the seeds' loss (head and loss fused).
-        loss, self._train_state = self.model.loss(ids, targets, state)
+        loss, objective, self._train_state = self._training_loss(ids, targets, state)
         self._check_divergence(float(loss.detach()), batch_idx)
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(loss * targets.numel() if self.loss_reduction == "sum" else loss)
+        self.manual_backward(objective * targets.numel() if self.loss_reduction == "sum" else objective)
         # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm
         # when it exceeds theta (torch's clip_grad_norm_ is that, tests/test_training.py shows
         # it); theta = inf measures the norm without clipping (clip_theta: null).
         theta = math.inf if self.clip_theta is None else self.clip_theta
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), theta))
-        optimizer.step()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
+        self._step(optimizer, ids.size(1))
 
         n = targets.numel()
         self._sums["loss"] += float(loss.detach()) * n
@@ -136,6 +209,31 @@ class LitLanguageModel(pl.LightningModule):
         self._sums["batches"] += 1
         self.log("train/loss_step", loss, prog_bar=True, logger=False)
         return loss
+
+    def _training_loss(self, ids: Tensor, targets: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """(mean cross-entropy, what is differentiated, final state). The two differ by AR/TAR,
+        which regularise the training only: the logged loss and perplexity stay cross-entropy."""
+        if not (self.ar_alpha or self.tar_beta):
+            # Mean cross-entropy over the B*T predictions, as the seeds' loss (head and loss fused).
+            loss, state = self.model.loss(ids, targets, state)
+            return loss, loss, state
+        raw, state = self.model.raw_features(ids, state)  # (B, T, H)
+        hidden = self.model.output_dropout(raw)  # (B, T, H): what model.loss feeds the head
+        loss = linear_cross_entropy(hidden, self.model.head.weight, self.model.head.bias, targets)
+        return loss, loss + activation_penalty(raw, hidden, self.ar_alpha, self.tar_beta), state
+
+    def _step(self, optimizer, num_steps: int) -> None:
+        """optimizer.step(), with the lr scaled by num_steps / data.num_steps for a variable-length
+        batch (and put back after), then the weights averaged in once averaging has started."""
+        scale = num_steps / self.num_steps if self.variable_length else 1.0
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr * scale
+        optimizer.step()
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr  # what the schedule and the checkpoint see is the unscaled lr
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)  # running mean of the iterates since the start
 
     def _check_divergence(self, loss: float, batch_idx: int) -> None:
         if self.first_loss is None:
@@ -159,8 +257,9 @@ class LitLanguageModel(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         ids, targets = batch
-        state = self._val_state or self.model.begin_state(ids.size(0), device=ids.device)
-        loss, self._val_state = self.model.loss(ids, targets, state)
+        model = self.eval_model
+        state = self._val_state or model.begin_state(ids.size(0), device=ids.device)
+        loss, self._val_state = model.loss(ids, targets, state)
         self._val_sums["loss"] += float(loss) * targets.numel()
         self._val_sums["tokens"] += targets.numel()
 
@@ -180,6 +279,18 @@ class LitLanguageModel(pl.LightningModule):
         if self.lr_schedule is not None and not self.trainer.sanity_checking:
             # The same summed val loss on every DDP process, so every process steps alike.
             self.lr_schedulers().step(math.exp(val_loss))
+        if self.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
+            self._maybe_start_averaging(math.exp(val_loss))
+
+    def _maybe_start_averaging(self, val_ppl: float) -> None:
+        """NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a
+        row without a better val/ppl (the same on every DDP process, so all start together)."""
+        if val_ppl < self._trigger["best"]:
+            self._trigger.update(best=val_ppl, bad_epochs=0)
+        else:
+            self._trigger["bad_epochs"] += 1
+        if self._trigger["bad_epochs"] >= self.averaging_patience:
+            self._start_averaging()
 
     def on_train_epoch_end(self):
         # Lightning 2.x runs the end-of-epoch validation before this hook, so the
@@ -204,6 +315,34 @@ class LitLanguageModel(pl.LightningModule):
         checkpoint["lyricist"] = {"model_config": dict(self.model.config), "vocab": self.vocab.to_dict(),
                                   **self.extra_checkpoint}
         checkpoint["lyricist_resume"] = {"first_loss": self.first_loss}
+        if self.weight_averaging is not None:
+            checkpoint["lyricist_resume"]["trigger"] = dict(self._trigger)
+        if self.averaged is not None:
+            # The file's model.* weights are the ones to use (evaluate, generate and the MLflow
+            # model load those): the average. The trained weights, which a resumed run continues
+            # from, go beside them; averaged.n_averaged stays in the state_dict.
+            weights = checkpoint["state_dict"]
+            checkpoint["lyricist_resume"]["iterate"] = _pop_prefix(weights, "model.")
+            weights.update({"model." + k: v for k, v in _pop_prefix(weights, AVERAGED_PREFIX).items()})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.first_loss = checkpoint.get("lyricist_resume", {}).get("first_loss")
+        resume = checkpoint.get("lyricist_resume", {})
+        self.first_loss = resume.get("first_loss")
+        self._trigger = dict(resume.get("trigger", self._trigger))
+        if "iterate" in resume:
+            # Runs before Lightning loads the state_dict: put each set of weights back under its
+            # own name, and build the average's module to receive its own.
+            weights = checkpoint["state_dict"]
+            average = _pop_prefix(weights, "model.")
+            weights.update({"model." + k: v for k, v in resume["iterate"].items()})
+            if self.weight_averaging is None:  # resumed with averaging switched off: drop it
+                weights.pop("averaged.n_averaged", None)
+                return
+            if self.averaged is None:
+                self._start_averaging()
+            weights.update({AVERAGED_PREFIX + k: v for k, v in average.items()})
+
+
+def _pop_prefix(weights: dict, prefix: str) -> dict:
+    """Remove the entries whose key starts with `prefix` from `weights`; return them, unprefixed."""
+    return {k[len(prefix):]: weights.pop(k) for k in [k for k in weights if k.startswith(prefix)]}
