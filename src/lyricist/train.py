@@ -14,23 +14,29 @@ from __future__ import annotations
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.data.batching import check_enough_tokens
 from lyricist.data.prepared import check_record
 from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
+from lyricist import errors, rundir
 from lyricist.project import project_root
 from lyricist.tracking import serving, store, sweep
 from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
+from lyricist.training.module import TrainingDiverged
 
 WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
 
@@ -52,7 +58,11 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("optim.lr", _rate, "a finite number > 0", 0.015),
     ("model.init_scale", _rate, "a finite number > 0", 0.01),
     ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
+    ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
 ]
+# What the entry point prints as one line (errors.run_cli): bad input, and a run stopped by
+# the divergence guard or an unusable tracking store, whose messages say the fix.
+USER_ERRORS = (*errors.USER_ERRORS, TrainingDiverged, store.TrackingError)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -71,6 +81,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     """
     check_settings(cfg)
     output_dir = Path(output_dir)
+    overwrite = bool(OmegaConf.select(cfg, "train.overwrite", default=False))
+    rundir.check_run_dir(output_dir, bool(cfg.train.resume), overwrite)  # reads only
     root = project_root(cfg.paths.root)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
@@ -88,7 +100,25 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     run_id = mlf.run_id if mlf else None
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
+    # The first write into output_dir: the lock (a second process is refused here), then, with
+    # train.overwrite, the earlier run's files removed.
+    locked = rundir.claim_run_dir(output_dir, bool(cfg.train.resume), overwrite)
+    try:
+        return _fit_and_report(cfg, output_dir, module, datamodule, resume_path, resume_meta, mlf,
+                               tracking_uri, vocab)
+    except BaseException as err:
+        if mlf:  # not left RUNNING: FAILED, with the reason as a tag
+            store.mark_failed(tracking_uri, mlf.run_id, err)
+        raise
+    finally:
+        if locked:
+            rundir.release_run_dir(output_dir)
 
+
+def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resume_path: str | None,
+                    resume_meta: dict, mlf: MLFlowLogger | None, tracking_uri: str | None,
+                    vocab: Vocab) -> dict:
+    run_id = mlf.run_id if mlf else None
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
@@ -131,7 +161,8 @@ def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Voca
     if missing:
         raise FileNotFoundError(
             f"encoded data missing: {', '.join(missing)}. Prepare it first: "
-            "`dvc pull && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for another corpus)")
+            "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "
+            "another corpus)")
     vocab = Vocab.load(data_dir / "vocab.json")
     check_record(data_dir, data)
     if vocab.tokenizer != tokenizer:
@@ -221,9 +252,63 @@ def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str 
     print("\n".join(lines))
 
 
+class RunDirGuard(Callback):
+    """`hydra.callbacks.run_dir_guard` (conf/config.yaml): refuses bad settings and a run
+    directory that holds another run or is in use, before Hydra writes `.hydra/` into it.
+
+    Hydra swallows an exception raised in a callback (a warning, then the run goes on), so a
+    refusal here exits the process (SystemExit), with one line as errors.report prints it.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if rundir.is_ddp_child():
+            return
+        run_dir = _pin(config, "run")
+        _refuse_or_continue(lambda: (check_settings(config), _check_dir(config, Path(run_dir)),
+                                     rundir.lock_run_dir(run_dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Each job checks its settings and locks its own directory; here only the sweep's
+        # directory, whose job folders would be reused (hydra.sweep.dir given twice).
+        sweep_dir = Path(_pin(config, "sweep"))
+        jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
+        _refuse_or_continue(lambda: [_check_dir(config, job) for job in jobs])
+
+
+def _pin(config: DictConfig, mode: str) -> str:
+    """hydra.<mode>.dir resolved once and written back, so `${now:...}` cannot name another
+    second's folder when Hydra resolves it again to create it."""
+    resolved = str(config.hydra[mode].dir)
+    with read_write(config.hydra[mode]):
+        config.hydra[mode].dir = resolved
+    return resolved
+
+
+def _check_dir(config: DictConfig, run_dir: Path) -> None:
+    rundir.check_run_dir(run_dir, bool(OmegaConf.select(config, "train.resume")),
+                         OmegaConf.select(config, "train.overwrite", default=False) is True)
+
+
+def _refuse_or_continue(check) -> None:
+    try:
+        check()
+    except USER_ERRORS as err:
+        raise SystemExit(errors.report(err)) from None
+    except Exception:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
 def _hydra_job(cfg: DictConfig) -> float:
-    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
-                    parent_run_id=sweep.parent_run_id_for_current_job())
+    try:
+        metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
+                        parent_run_id=sweep.parent_run_id_for_current_job())
+    except USER_ERRORS as err:
+        # A single run: one line and status 2 (SystemExit passes Hydra's traceback printer).
+        # A sweep's job fails as a job, so the others run and the sweep callback records it.
+        if HydraConfig.get().mode == RunMode.MULTIRUN or errors.full_error():
+            raise
+        raise SystemExit(errors.report(err)) from None
     return metrics["val/ppl"]  # what an optimising sweeper minimises
 
 
