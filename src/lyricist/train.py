@@ -59,6 +59,7 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("model.init_scale", _rate, "a finite number > 0", 0.01),
     ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
     ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
+    ("logger.serve_max_num_chars", _count, "an integer >= 1", 1000),
 ]
 # What the entry point prints as one line (errors.run_cli): bad input, and a run stopped by
 # the divergence guard or an unusable tracking store, whose messages say the fix.
@@ -135,7 +136,8 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
     metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
-        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model)
+        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
+                           cfg.logger.serve_max_num_chars)
     _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
     return metrics
 
@@ -215,14 +217,14 @@ def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id
 
 
 def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
-                       best_val_ppl: float, log_model: bool) -> None:
+                       best_val_ppl: float, log_model: bool, serve_max_num_chars: int) -> None:
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path)
+        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars)
     mlf.finalize("success")
 
 
