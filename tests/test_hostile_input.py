@@ -193,3 +193,24 @@ def test_baseline_refuses_an_empty_val_split_and_keeps_the_old_report(tmp_path):
                                 "--model", str(tmp_path / "kn.npz"), "--params", str(params_file(tmp_path))])
     assert json.loads(report.read_text()) == {"kn5": {"val_ppl": 175.4}}
     assert not (tmp_path / "kn.npz").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_generate_cli_refuses_a_temperature_that_is_not_finite(value, tmp_path, capsys):
+    from lyricist import generate as generate_cli
+
+    argv = ["--checkpoint", str(tmp_path / "none.ckpt"), "--prefix", "分开", "--temperature", value]
+    assert generate_cli.main(argv) == 2  # before the checkpoint is even looked for
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --temperature {value} is not allowed: use a finite number > 0") and "Traceback" not in err
+
+
+def test_hints_name_dvc_pull_with_a_target():
+    """A bare `dvc pull` also asks for pipeline outputs that are in no remote and fails on them
+    (README): every hint names what to pull."""
+    import re
+
+    sources = [*(ROOT / "src").rglob("*.py"), *(ROOT / "pipelines").glob("*.py")]
+    bare = [f"{path.name}: {m.group(0)}" for path in sources
+            for m in re.finditer(r"dvc pull(?: --force)?(?=`| &&|\))", path.read_text(encoding="utf-8"))]
+    assert not bare

@@ -116,3 +116,19 @@ def test_train_overwrite_must_be_a_boolean(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"^train.overwrite='yes' is not allowed: use true or false"):
         train(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.hidden_size": 12}, r"holds another model than the config builds \(.*checkpoint \(64, 16\), config \(48, 12\)"),
+    ({"optim": "sgd"}, r"was trained with another optimizer .*optim=SGD has .*momentum"),
+])
+def test_resuming_a_checkpoint_of_another_model_or_optimizer_is_refused_by_name(change, message, tiny_data, tmp_path):
+    cfg = with_data(compose_config(TINY + ["logger=none", "trainer.max_epochs=1"]), tiny_data)
+    train(cfg, output_dir=tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    overrides = [f"{k}={v}" for k, v in change.items()]
+    other = with_data(compose_config(TINY + ["logger=none", "trainer.max_epochs=2", "train.resume=auto", *overrides]),
+                      tiny_data)
+    with pytest.raises(ValueError, match=message):
+        train(other, output_dir=tmp_path / "run")
+    assert _snapshot(tmp_path / "run") == before

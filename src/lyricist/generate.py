@@ -7,11 +7,13 @@ CLI:     `python -m lyricist.generate --checkpoint models/checkpoints/best.ckpt 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from lyricist import errors
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.data.vocab import Vocab
 
@@ -96,14 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     args = parser.parse_args(argv)
+    if not math.isfinite(args.temperature):  # nan samples uniform garbage, inf ignores --top-k
+        return errors.report(errors.UserError(f"--temperature {args.temperature} is not allowed: use a "
+                                              "finite number > 0, e.g. --temperature 0.8"))
     try:
         loaded = load_checkpoint(args.checkpoint)
         for prefix in args.prefix:
             print(generate(loaded.model, loaded.vocab, prefix, args.num_chars, args.strategy,
                            args.temperature, args.top_k, args.seed, args.allow_unknown))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as err:
+        return errors.report(err)  # one line; the traceback with $LYRICIST_FULL_ERROR=1
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
@@ -94,6 +95,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     datamodule = instantiate(cfg.datamodule, train_ids=splits["train"], val_ids=splits["val"])
     resume_path = resolve_resume(cfg.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
+    if resume_path:
+        check_resumable(resume_path, module, cfg.optim)
     # Tracking before any output: an unreachable server fails here, not after training.
     tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
     mlf = (_mlflow_logger(cfg, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
@@ -226,6 +229,29 @@ def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, voc
     if log_model:
         serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars)
     mlf.finalize("success")
+
+
+def check_resumable(path: str, module: pl.LightningModule, optim: DictConfig) -> None:
+    """Refuse a checkpoint of another model size or optimizer before training, naming what
+    differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    differ = [f"{k}: checkpoint {found.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
+              for k in sorted(found.keys() | wanted.keys()) if found.get(k) != wanted.get(k)]
+    if differ:
+        raise ValueError(f"train.resume={path!r} holds another model than the config builds ("
+                         f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}). Resume with the "
+                         "run's own model settings (its .hydra/overrides.yaml), or start afresh in another "
+                         "directory")
+    saved = [set(group) - {"params"} for state in checkpoint.get("optimizer_states", [])
+             for group in state.get("param_groups", [])[:1]]
+    probe = hydra_instantiate(optim)([torch.zeros(1, requires_grad=True)])  # (1,): only its settings
+    made = set(probe.param_groups[0]) - {"params"}
+    if saved and (saved[0] ^ made) - {"initial_lr"}:  # initial_lr: added by an lr scheduler
+        raise ValueError(f"train.resume={path!r} was trained with another optimizer (its settings "
+                         f"{sorted(saved[0])}; optim={type(probe).__name__} has {sorted(made)}). Resume "
+                         "with the run's own optim= setting, or start afresh in another directory")
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:

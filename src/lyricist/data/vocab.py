@@ -217,13 +217,13 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"vocabulary file {path} does not exist; build it with `dvc repro` "
-                                    "(the vocab stage) or fetch it with `dvc pull`.")
+            raise FileNotFoundError(f"vocabulary file {path} does not exist; build it with `dvc repro vocab` "
+                                    "(after `dvc pull data/raw/*.dvc` for the raw corpora).")
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError, VocabError) as err:
             raise VocabError(f"vocabulary file {path} is malformed ({err}). Delete it and rebuild it "
-                             "with `dvc repro`.") from err
+                             "with `dvc repro vocab`.") from err
 
 
 def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None) -> None:
@@ -268,14 +268,14 @@ def load_ids(path: str | Path) -> torch.Tensor:
     """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro` "
-                                "(the vocab stage) or fetch it with `dvc pull`.")
+        raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro vocab` "
+                                "(after `dvc pull data/raw/*.dvc` for the raw corpora).")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro`.") from err
+        raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro vocab`.") from err
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
                          f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
-                         "with `dvc repro`.")
+                         "with `dvc repro vocab`.")
     return torch.from_numpy(array.astype(np.int64))  # (N,)
