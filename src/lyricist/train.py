@@ -337,7 +337,7 @@ def _hydra_job(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN or errors.full_error():
             raise
         raise SystemExit(errors.report(err)) from None
-    return metrics["val/ppl"]  # what an optimising sweeper minimises
+    return metrics.get("val/ppl", math.inf)  # what an optimising sweeper minimises ({} on DDP rank > 0)
 
 
 def main() -> None:
