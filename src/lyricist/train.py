@@ -306,6 +306,7 @@ class RunDirGuard(Callback):
 def _pin(config: DictConfig, mode: str) -> str:
     """hydra.<mode>.dir resolved once and written back, so `${now:...}` cannot name another
     second's folder when Hydra resolves it again to create it."""
+    HydraConfig.instance().set_config(config)  # as run_job does first: `${hydra:...}` resolves
     resolved = str(config.hydra[mode].dir)
     with read_write(config.hydra[mode]):
         config.hydra[mode].dir = resolved
