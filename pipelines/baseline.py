@@ -3,13 +3,15 @@ and the Kneser-Ney model best on val saved for the evaluate stage."""
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from lyricist.data.corpus import write_text
-from lyricist.data.vocab import Vocab, load_ids
+from lyricist.data.vocab import Vocab, VocabError, load_ids
+from lyricist.errors import run_cli
 from lyricist.evaluation.ngram import evaluate_baselines, save_kneser_ney
 
 
@@ -28,9 +30,15 @@ def main(argv=None) -> None:
     # An absent or empty test split is left out of the metrics, as the evaluate stage does.
     splits = {split: load_ids(data_dir / f"{split}.npy") for split in ("val", "test")
               if (data_dir / f"{split}.npy").is_file()}
+    train_ids = load_ids(data_dir / "train.npy")
+    # Refused, not written: an empty split would leave reports/baseline.json as `{}`.
+    for split, ids in {"train": train_ids, "val": splits.get("val", [])}.items():
+        if len(ids) < 2:  # one token leaves nothing to predict
+            raise VocabError(f"the {split} split in {data_dir} holds {len(ids)} token(s), too few (>= 2): the "
+                             "baseline fits on train and chooses its order on val. Prepare the data again with a longer corpus or a "
+                             "bigger data.val_fraction (`dvc repro vocab`)")
     start = time.perf_counter()
-    metrics, best_kneser_ney = evaluate_baselines(load_ids(data_dir / "train.npy"), splits, len(vocab),
-                                                  **settings)
+    metrics, best_kneser_ney = evaluate_baselines(train_ids, splits, len(vocab), **settings)
     seconds = time.perf_counter() - start
     if args.model:
         if best_kneser_ney is None:
@@ -47,4 +55,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,7 +13,7 @@ SRC = ROOT / "src" / "lyricist"
 # Lowest first. A module may import its own package and the layers below its own; two
 # packages of one layer stay apart (evaluation and tracking know nothing of each other).
 LAYERS = [
-    ["lyricist.project", "lyricist.data", "lyricist.models.fast"],
+    ["lyricist.project", "lyricist.data", "lyricist.models.fast", "lyricist.errors", "lyricist.rundir"],
     ["lyricist.models"],
     ["lyricist.checkpoint"],
     ["lyricist.generate"],      # its CLI loads a checkpoint

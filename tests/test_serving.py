@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY, free_port, serving, with_data, project_env
 from lyricist.models.fast import kernels
+from lyricist.tracking.serving import RequestError, request_options
 from lyricist.train import train
 
 
@@ -39,6 +40,41 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
     assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
 
 
+@pytest.mark.parametrize("records, message", [
+    ([{"prefix": None}], 'row 0: prefix: null is not allowed: use a non-empty string, e.g. "prefix": "分开"'),
+    ([{"prefix": ""}], "row 0: prefix: '' is not allowed: use a non-empty string"),
+    ([{"prefix": "分开"}, {"prefix": 3}], "row 1: prefix: 3 is not allowed"),
+    ([{"prefix": "分开", "num_chars": 10**7}], "row 0: num_chars: 10000000 is not allowed: use an integer in [1, 500]"),
+    ([{"prefix": "分开", "num_chars": 0}], "num_chars: 0 is not allowed"),
+    ([{"prefix": "分开", "temperature": float("nan")}], "row 0: temperature: null is not allowed: use a finite number > 0"),
+    ([{"prefix": "分开", "temperature": float("inf")}], "temperature: inf is not allowed"),
+    ([{"prefix": "分开", "strategy": "beam"}], "strategy: 'beam' is not allowed: use one of ('greedy', 'sample')"),
+    ([{"prefix": "分开", "top_k": -1}], "top_k: -1 is not allowed: use an integer >= 0"),
+])
+def test_a_bad_request_field_is_refused_by_name(records, message):
+    with pytest.raises(RequestError) as err:
+        request_options(pd.DataFrame(records), max_num_chars=500)
+    assert message in err.value.message
+    assert err.value.get_http_status_code() == 400
+
+
+def test_a_value_some_rows_leave_out_takes_the_default():
+    rows = request_options(pd.DataFrame([{"prefix": "分开", "temperature": 0.5}, {"prefix": "不分开"}]), 500)
+    assert [r["temperature"] for r in rows] == [0.5, 1.0] and rows[1]["num_chars"] == 100
+
+
+def test_the_served_model_caps_num_chars_as_configured(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.logger.serve_max_num_chars = 20
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    client = MlflowClient(tiny_cfg.logger.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    mlflow.set_tracking_uri(tiny_cfg.logger.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert len(model.predict(pd.DataFrame({"prefix": ["分开"], "num_chars": [20]}))["lyrics"][0]) == 22
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"num_chars: 21 is not allowed: use an integer in \[1, 20\]"):
+        model.predict(pd.DataFrame({"prefix": ["分开"], "num_chars": [21]}))
+
+
 def _builds() -> int:
     log = kernels.cache_dir() / kernels.BUILD_LOG
     return len(log.read_text().splitlines()) if log.is_file() else 0
@@ -57,6 +93,12 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
                            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")):
         reply = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                               json={"dataframe_records": [{"prefix": "分开", "num_chars": 10}]})
+        refused = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                                json={"dataframe_records": [{"prefix": None, "num_chars": 10}]})
+        too_long = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                                 json={"dataframe_records": [{"prefix": "分开", "num_chars": 10**7}]})
+    assert refused.status_code == 400 and "prefix: null is not allowed" in refused.json()["message"]
+    assert too_long.status_code == 400 and "num_chars: 10000000 is not allowed" in too_long.json()["message"]
     assert reply.status_code == 200, reply.text
     [prediction] = reply.json()["predictions"]
     assert prediction["lyrics"].startswith("分开")

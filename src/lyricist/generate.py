@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lyricist import errors
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.data.vocab import Vocab
 
@@ -217,9 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, prefix in enumerate(args.prefix):
             print(generate(loaded.model, loaded.vocab, prefix, seed=seed_of(args.seed, i),
                            allow_unknown=args.allow_unknown, **options))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as err:
+        return errors.report(err)  # one line; the traceback with $LYRICIST_FULL_ERROR=1
     return 0
 
 

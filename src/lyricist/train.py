@@ -14,14 +14,19 @@ from __future__ import annotations
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lyricist.checkpoint import read_checkpoint_meta
@@ -29,9 +34,11 @@ from lyricist.data.batching import check_enough_tokens
 from lyricist.data.prepared import check_record
 from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
 from lyricist.generate import DECODING_RULES
+from lyricist import errors, rundir
 from lyricist.project import project_root
 from lyricist.tracking import serving, store, sweep
 from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
+from lyricist.training.module import TrainingDiverged
 
 WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
 
@@ -69,6 +76,8 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("train.averaging_patience", lambda v: v == 0 and type(v) is int or _count(v),
      "an integer >= 0 (0: from the first step)", 2),
     ("data.variable_length", lambda v: isinstance(v, bool), "true or false", "true"),
+    ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
+    ("logger.serve_max_num_chars", _count, "an integer >= 1", 1000),
 ] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
 
 
@@ -88,6 +97,9 @@ COMBINATIONS = [
      "weight averaging would start only when early stopping ends the run: use a smaller "
      "train.averaging_patience (e.g. 2) than train.early_stopping_patience, or early_stopping_patience=null"),
 ]
+# What the entry point prints as one line (errors.run_cli): bad input, and a run stopped by
+# the divergence guard or an unusable tracking store, whose messages say the fix.
+USER_ERRORS = (*errors.USER_ERRORS, TrainingDiverged, store.TrackingError)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -110,6 +122,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     """
     check_settings(cfg)
     output_dir = Path(output_dir)
+    overwrite = bool(OmegaConf.select(cfg, "train.overwrite", default=False))
+    rundir.check_run_dir(output_dir, bool(cfg.train.resume), overwrite)  # reads only
     root = project_root(cfg.paths.root)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
@@ -120,6 +134,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     datamodule = instantiate(cfg.datamodule, train_ids=splits["train"], val_ids=splits["val"])
     resume_path = resolve_resume(cfg.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
+    if resume_path:
+        check_resumable(resume_path, module, cfg.optim)
     # Tracking before any output: an unreachable server fails here, not after training.
     tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
     mlf = (_mlflow_logger(cfg, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
@@ -127,7 +143,25 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     run_id = mlf.run_id if mlf else None
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
+    # The first write into output_dir: the lock (a second process is refused here), then, with
+    # train.overwrite, the earlier run's files removed.
+    locked = rundir.claim_run_dir(output_dir, bool(cfg.train.resume), overwrite)
+    try:
+        return _fit_and_report(cfg, output_dir, module, datamodule, resume_path, resume_meta, mlf,
+                               tracking_uri, vocab)
+    except BaseException as err:
+        if mlf:  # not left RUNNING: FAILED, with the reason as a tag
+            store.mark_failed(tracking_uri, mlf.run_id, err)
+        raise
+    finally:
+        if locked:
+            rundir.release_run_dir(output_dir)
 
+
+def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resume_path: str | None,
+                    resume_meta: dict, mlf: MLFlowLogger | None, tracking_uri: str | None,
+                    vocab: Vocab) -> dict:
+    run_id = mlf.run_id if mlf else None
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
@@ -145,7 +179,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
-        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model)
+        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
+                           cfg.logger.serve_max_num_chars)
     _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
     return metrics
 
@@ -171,7 +206,8 @@ def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Voca
     if missing:
         raise FileNotFoundError(
             f"encoded data missing: {', '.join(missing)}. Prepare it first: "
-            "`dvc pull && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for another corpus)")
+            "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "
+            "another corpus)")
     vocab = Vocab.load(data_dir / "vocab.json")
     check_record(data_dir, data)
     if vocab.tokenizer != tokenizer:
@@ -225,15 +261,38 @@ def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id
 
 
 def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
-                       best_val_ppl: float, log_model: bool) -> None:
+                       best_val_ppl: float, log_model: bool, serve_max_num_chars: int) -> None:
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path)
+        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars)
     mlf.finalize("success")
+
+
+def check_resumable(path: str, module: pl.LightningModule, optim: DictConfig) -> None:
+    """Refuse a checkpoint of another model size or optimizer before training, naming what
+    differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    differ = [f"{k}: checkpoint {found.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
+              for k in sorted(found.keys() | wanted.keys()) if found.get(k) != wanted.get(k)]
+    if differ:
+        raise ValueError(f"train.resume={path!r} holds another model than the config builds ("
+                         f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}). Resume with the "
+                         "run's own model settings (its .hydra/overrides.yaml), or start afresh in another "
+                         "directory")
+    saved = [set(group) - {"params"} for state in checkpoint.get("optimizer_states", [])
+             for group in state.get("param_groups", [])[:1]]
+    probe = hydra_instantiate(optim)([torch.zeros(1, requires_grad=True)])  # (1,): only its settings
+    made = set(probe.param_groups[0]) - {"params"}
+    if saved and (saved[0] ^ made) - {"initial_lr"}:  # initial_lr: added by an lr scheduler
+        raise ValueError(f"train.resume={path!r} was trained with another optimizer (its settings "
+                         f"{sorted(saved[0])}; optim={type(probe).__name__} has {sorted(made)}). Resume "
+                         "with the run's own optim= setting, or start afresh in another directory")
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
@@ -262,10 +321,65 @@ def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str 
     print("\n".join(lines))
 
 
+class RunDirGuard(Callback):
+    """`hydra.callbacks.run_dir_guard` (conf/config.yaml): refuses bad settings and a run
+    directory that holds another run or is in use, before Hydra writes `.hydra/` into it.
+
+    Hydra swallows an exception raised in a callback (a warning, then the run goes on), so a
+    refusal here exits the process (SystemExit), with one line as errors.report prints it.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if rundir.is_ddp_child():
+            return
+        run_dir = _pin(config, "run")
+        _refuse_or_continue(lambda: (check_settings(config), _check_dir(config, Path(run_dir)),
+                                     rundir.lock_run_dir(run_dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Each job checks its settings and locks its own directory; here only the sweep's
+        # directory, whose job folders would be reused (hydra.sweep.dir given twice).
+        sweep_dir = Path(_pin(config, "sweep"))
+        jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
+        _refuse_or_continue(lambda: [_check_dir(config, job) for job in jobs])
+
+
+def _pin(config: DictConfig, mode: str) -> str:
+    """hydra.<mode>.dir resolved once and written back, so `${now:...}` cannot name another
+    second's folder when Hydra resolves it again to create it."""
+    HydraConfig.instance().set_config(config)  # as run_job does first: `${hydra:...}` resolves
+    resolved = str(config.hydra[mode].dir)
+    with read_write(config.hydra[mode]):
+        config.hydra[mode].dir = resolved
+    return resolved
+
+
+def _check_dir(config: DictConfig, run_dir: Path) -> None:
+    rundir.check_run_dir(run_dir, bool(OmegaConf.select(config, "train.resume")),
+                         OmegaConf.select(config, "train.overwrite", default=False) is True)
+
+
+def _refuse_or_continue(check) -> None:
+    try:
+        check()
+    except USER_ERRORS as err:
+        raise SystemExit(errors.report(err)) from None
+    except Exception:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
 def _hydra_job(cfg: DictConfig) -> float:
-    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
-                    parent_run_id=sweep.parent_run_id_for_current_job())
-    return metrics["val/ppl"]  # what an optimising sweeper minimises
+    try:
+        metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir,
+                        parent_run_id=sweep.parent_run_id_for_current_job())
+    except USER_ERRORS as err:
+        # A single run: one line and status 2 (SystemExit passes Hydra's traceback printer).
+        # A sweep's job fails as a job, so the others run and the sweep callback records it.
+        if HydraConfig.get().mode == RunMode.MULTIRUN or errors.full_error():
+            raise
+        raise SystemExit(errors.report(err)) from None
+    return metrics.get("val/ppl", math.inf)  # what an optimising sweeper minimises ({} on DDP rank > 0)
 
 
 def main() -> None:

@@ -7,52 +7,148 @@ This module deals in plain Python strings only: it knows nothing of tokens or to
 from __future__ import annotations
 
 import os
+import re
+import stat
 import uuid
 import zipfile
 from pathlib import Path
 
 UTF8_BOM = "\ufeff"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 NEWLINE_MODES = ("keep", "space")
+# Bounds on what is read (data.max_raw_bytes, data.max_compression_ratio in conf/config.yaml):
+# a corpus is text of a few MB; more is a mistake (a symlink to a disk image, a zip bomb) that
+# would otherwise fill memory before anything fails. Text deflates 3-5x; 100x is a bomb's mark.
+MAX_RAW_BYTES = 200_000_000
+MAX_COMPRESSION_RATIO = 100.0
+# Python's zipfile reads these; Deflate64 (9, Windows Explorer's choice for big files) it cannot.
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "Deflate",
+               zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+# Control characters (Unicode's Cc: C0, DEL, C1) but \t, \n and \r: stripped by clean_text, as
+# they carry no meaning in lyrics and would each become a token (NUL is refused on reading).
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class CorpusError(ValueError):
     """The corpus file exists but cannot be turned into text (corrupt, ambiguous, not UTF-8, empty)."""
 
 
-def read_raw_text(path: str | Path) -> str:
+def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
+                  max_ratio: float = MAX_COMPRESSION_RATIO) -> str:
     """Return the text of `path`: a .zip holding exactly one text file, or a plain text file.
 
-    The bytes are decoded as UTF-8; a leading byte-order mark is dropped (some editors add one,
-    and it would otherwise become a token of its own).
+    Only a regular file is read (a FIFO or device would hang or never end), at most `max_bytes`
+    of text, from a zip member compressed at most `max_ratio` times. The bytes are decoded as
+    UTF-8; a leading byte-order mark is dropped (some editors add one, and it would otherwise
+    become a token of its own). A NUL character is refused: text has none, binary files and
+    UTF-16 text do.
     """
+    check_limits(max_bytes, max_ratio)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
-                                f"`dvc pull {path}.dvc` (or `dvc pull`) from the repository root to fetch it. "
+                                f"`dvc pull {path}.dvc` from the repository root to fetch it. "
                                 f"Your own corpus (data=custom): put the .txt or .zip at {path}, or point "
                                 "data.raw_path at it (see conf/data/custom.yaml).")
     if path.is_dir():
         raise CorpusError(f"corpus path {path} is a directory; point it at the .zip or .txt file itself.")
+    check_regular_file(path)
 
     zipped = path.suffix.lower() == ".zip"
-    data, source = _read_single_zip_member(path) if zipped else (path.read_bytes(), str(path))
+    data, source = (_read_single_zip_member(path, max_bytes, max_ratio) if zipped
+                    else (_read_bounded(path, max_bytes), str(path)))
+    if data.startswith(UTF16_BOMS):
+        raise CorpusError(f"{source} is UTF-16 text (it starts with a UTF-16 byte-order mark). Re-encode it "
+                          "as UTF-8: `iconv -f UTF-16 -t UTF-8 <file> > <file>.utf8.txt`.")
 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CorpusError(f"{source} is not valid UTF-8: byte {err.start} (0x{data[err.start]:02x}) cannot be "
                           f"decoded ({err.reason}). Re-encode the file as UTF-8 (e.g. `iconv -f GB18030 -t "
-                          "UTF-8`) or re-fetch it with `dvc pull --force`.") from err
+                          f"UTF-8`) or re-fetch it with `dvc pull --force {path}.dvc`.") from err
 
     text = text.removeprefix(UTF8_BOM)
+    if "\0" in text:
+        raise CorpusError(f"{source} holds {text.count(chr(0)):,} NUL characters (the first at character "
+                          f"{text.index(chr(0)):,}): it is binary, or UTF-16 text without a byte-order mark "
+                          "(then `iconv -f UTF-16LE -t UTF-8 <file> > <file>.utf8.txt`), not UTF-8 text.")
     if not text.strip():
         raise CorpusError(f"{source} is empty ({len(text)} characters, none of them visible): there is "
-                          "nothing to train on. Re-fetch it with `dvc pull --force` or point the config at "
-                          "another corpus.")
+                          f"nothing to train on. Re-fetch it with `dvc pull --force {path}.dvc` or point the "
+                          "config at another corpus.")
     return text
 
 
-def _read_single_zip_member(path: Path) -> tuple[bytes, str]:
+def check_limits(max_bytes: int, max_ratio: float) -> None:
+    """Refuse bad read limits by their config keys, before anything is read."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"data.max_raw_bytes={max_bytes!r} is not allowed: use an integer >= 1, "
+                         f"e.g. data.max_raw_bytes={MAX_RAW_BYTES}")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 1 <= max_ratio < float("inf"):
+        raise ValueError(f"data.max_compression_ratio={max_ratio!r} is not allowed: use a finite number >= 1, "
+                         f"e.g. data.max_compression_ratio={MAX_COMPRESSION_RATIO:g}")
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse at once anything but a regular file (after symlinks), naming what it is."""
+    mode = path.stat().st_mode  # stat, not open: opening a FIFO blocks until a writer comes
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+    via = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+    raise CorpusError(f"corpus path {path}{via} is {kind}, not a regular file: it could be read forever "
+                      "or block. Point data.raw_path at a .txt or .zip file.")
+
+
+def _too_big(source: str, size: str, max_bytes: int) -> CorpusError:
+    return CorpusError(f"{source} is {size} bytes of text, above the limit of {max_bytes:,} "
+                       f"(data.max_raw_bytes). Raise it if the corpus is really that big, e.g. "
+                       f"data.max_raw_bytes={max_bytes * 10}, or train on a part of it.")
+
+
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise _too_big(str(path), f"{size:,}", max_bytes)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)  # bounded even if the file grows while it is read
+    if len(data) > max_bytes:
+        raise _too_big(str(path), f"more than {max_bytes:,}", max_bytes)
+    return data
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, max_bytes: int,
+                 max_ratio: float) -> bytes:
+    """The member's bytes, refused before decompression when encrypted, in a method zipfile
+    cannot read, or bigger or more compressed than the limits; bounded while read (the sizes
+    in a zip's header can lie)."""
+    if info.flag_bits & 0x1:
+        raise CorpusError(f"{source} is encrypted (password-protected); lyricist reads no passwords. "
+                          "Unzip it yourself and point data.raw_path at the text file.")
+    if info.compress_type not in ZIP_METHODS:
+        method = "Deflate64" if info.compress_type == 9 else f"method {info.compress_type}"
+        raise CorpusError(f"{source} is compressed with {method}, which Python's zipfile cannot read. "
+                          "Repack it with Deflate (`zip -9 corpus.zip corpus.txt`), or unzip it yourself "
+                          "and point data.raw_path at the text file.")
+    if info.file_size > max_bytes:
+        raise _too_big(source, f"{info.file_size:,}", max_bytes)
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > max_ratio:
+        raise CorpusError(f"{source} expands {ratio:,.0f} times ({info.compress_size:,} -> {info.file_size:,} "
+                          f"bytes), above the limit of {max_ratio:g} (data.max_compression_ratio): text "
+                          "deflates 3-5 times, a zip bomb thousands. Raise it if you trust the file, e.g. "
+                          f"data.max_compression_ratio={max_ratio * 10:g}.")
+    with archive.open(info) as member:
+        data = member.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _too_big(source, f"more than {max_bytes:,}", max_bytes)
+    return data
+
+
+def _read_single_zip_member(path: Path, max_bytes: int, max_ratio: float) -> tuple[bytes, str]:
     """Bytes of the only real member of the zip at `path`, and a `zip:member` name for messages."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -66,15 +162,22 @@ def _read_single_zip_member(path: Path) -> tuple[bytes, str]:
                 raise CorpusError(f"{path} holds {what}, expected exactly one text file. Entries: {listing}. "
                                   "Repack it with a single .txt inside, or unzip it and point the config at "
                                   "the text file.")
-            return archive.read(members[0]), f"{path}:{members[0].filename}"
-    except zipfile.BadZipFile as err:
+            source = f"{path}:{members[0].filename}"
+            return _read_member(archive, members[0], source, max_bytes, max_ratio), source
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
         raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
-                          f"Re-fetch it with `dvc pull --force {path}`.") from err
+                          f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+
+
+def count_control_chars(text: str) -> int:
+    """How many characters clean_text strips as control characters."""
+    return sum(1 for _ in CONTROL_CHARS.finditer(text))
 
 
 def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
                max_chars: int | None = None) -> str:
-    """Normalise line ends, optionally flatten lines and lowercase, then keep the first `max_chars`.
+    """Strip control characters (CONTROL_CHARS), normalise line ends, optionally flatten lines
+    and lowercase, then keep the first `max_chars`.
 
     newline="keep" keeps "\\n" as a token (so the model can learn line breaks);
     newline="space" turns every "\\n" into " " as the seeds do. Truncation comes last so that
@@ -87,7 +190,7 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
 
     # Windows line ends become one "\n" first, so "\r\n" does not turn into two tokens;
     # a lone "\r" (old Mac line end or stray byte) carries no meaning for lyrics and is dropped.
-    text = text.replace("\r\n", "\n").replace("\r", "")
+    text = CONTROL_CHARS.sub("", text).replace("\r\n", "\n").replace("\r", "")
     if newline == "space":
         text = text.replace("\n", " ")
     if lowercase:
@@ -114,6 +217,21 @@ def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str
     train_end = len(text) - n_val - n_test
     val_end = train_end + n_val
     return {"train": text[:train_end], "val": text[train_end:val_end], "test": text[val_end:]}
+
+
+def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
+    """Refuse an empty split instead of writing it: train always, val and test when their
+    fraction (`fractions`, by split name) asks for some text."""
+    total = sum(len(part) for part in splits.values())
+    if total == 0:
+        raise CorpusError("the cleaned corpus is empty (0 characters): nothing to split. Check data.max_chars "
+                          "(0 keeps nothing; null keeps all, e.g. data.max_chars=null) and the raw corpus.")
+    for name, part in splits.items():
+        if part or (name != "train" and fractions.get(name, 0) == 0):
+            continue
+        key = "1 - data.val_fraction - data.test_fraction" if name == "train" else f"data.{name}_fraction"
+        raise CorpusError(f"the {name} split is empty: {key} of {total:,} characters rounds to 0. Use a longer "
+                          "corpus (or data.max_chars=null), or a bigger fraction, e.g. data.val_fraction=0.1.")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -53,6 +53,13 @@ def check_options(tokenizer: str, max_vocab_size: int | None, min_freq: int = 1)
         raise ValueError(f"min_freq must be >= 1, got {min_freq}.")
 
 
+def check_max_unk_rate(max_unk_rate: float | None) -> None:
+    if max_unk_rate is not None and (isinstance(max_unk_rate, bool) or not isinstance(max_unk_rate, (int, float))
+                                     or not 0 <= max_unk_rate <= 1):
+        raise ValueError(f"data.max_unk_rate={max_unk_rate!r} is not allowed: use null (never warn) or a "
+                         "number in [0, 1], e.g. data.max_unk_rate=0.05")
+
+
 def tokenize(text: str, tokenizer: str = "char") -> list[str]:
     """The tokens of `text`: its characters ("char"), or its words and "\\n"s ("word")."""
     return _WORD.findall(text) if tokenizer == "word" else list(text)
@@ -210,13 +217,32 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"vocabulary file {path} does not exist; build it with `dvc repro` "
-                                    "(the vocab stage) or fetch it with `dvc pull`.")
+            raise FileNotFoundError(f"vocabulary file {path} does not exist; build it with `dvc repro vocab` "
+                                    "(after `dvc pull data/raw/*.dvc` for the raw corpora).")
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError, VocabError) as err:
             raise VocabError(f"vocabulary file {path} is malformed ({err}). Delete it and rebuild it "
-                             "with `dvc repro`.") from err
+                             "with `dvc repro vocab`.") from err
+
+
+def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None) -> None:
+    """Refuse a vocabulary of `<unk>` alone: every id would be 0, and a model trained on it
+    reaches a perplexity of 1.00 that means nothing."""
+    if len(vocab) > 1:
+        return
+    if not vocab.counts:
+        raise VocabError("the train split holds no token: there is nothing to build a vocabulary from. "
+                         "Check the corpus and data.max_chars (e.g. data.max_chars=null).")
+    top, count = max(vocab.counts.items(), key=lambda item: (item[1], item[0]))
+    raise VocabError(f"the vocabulary would be <unk> alone: no token of train occurs data.min_freq={min_freq} "
+                     f"times (the most frequent, {top!r}, occurs {count:,}) or data.max_vocab_size="
+                     f"{max_vocab_size} keeps none. Lower them, e.g. data.min_freq=1 data.max_vocab_size=null.")
+
+
+def unk_rate(ids: np.ndarray) -> float:
+    """The share of `ids` that are <unk> (0.0 for no ids)."""
+    return float((ids == 0).mean()) if ids.size else 0.0  # id 0 is <unk>
 
 
 def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
@@ -242,14 +268,14 @@ def load_ids(path: str | Path) -> torch.Tensor:
     """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro` "
-                                "(the vocab stage) or fetch it with `dvc pull`.")
+        raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro vocab` "
+                                "(after `dvc pull data/raw/*.dvc` for the raw corpora).")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro`.") from err
+        raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro vocab`.") from err
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
                          f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
-                         "with `dvc repro`.")
+                         "with `dvc repro vocab`.")
     return torch.from_numpy(array.astype(np.int64))  # (N,)

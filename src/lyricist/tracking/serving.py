@@ -12,12 +12,17 @@ arguments + vocabulary) and lyricist's own code, so it loads without this checko
 from __future__ import annotations
 
 import importlib.metadata
+import math
+import numbers
 import re
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 import lyricist
@@ -36,6 +41,69 @@ SIGNATURE = ModelSignature(
     ]),
     outputs=Schema([ColSpec("string", "lyrics")]),
 )
+# The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
+# it existed): generation runs to the end even when the client has gone, so a request is bounded.
+MAX_NUM_CHARS = 1000
+STRATEGIES = ("greedy", "sample")  # lyricist.generate's, repeated: the model's code loads lazily
+
+
+class RequestError(MlflowException):
+    """A bad field in a request: the scoring server answers 400 with this message."""
+
+    def __init__(self, row: int, field: str, value: Any, allowed: str, example: str) -> None:
+        shown = "null" if _missing(value) else repr(value)
+        super().__init__(f"row {row}: {field}: {shown} is not allowed: use {allowed}, e.g. "
+                         f'"{field}": {example}', error_code=INVALID_PARAMETER_VALUE)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _integer(value: Any) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())  # a long column with a gap reads as floats
+
+
+def request_options(table: pd.DataFrame, max_num_chars: int) -> list[dict[str, Any]]:
+    """Each row's generation options, checked: a missing optional value takes lyricist.generate's
+    default; a bad one is refused naming the row and the field.
+
+    In a table, a value that some rows leave out reads as NaN in those rows, so NaN there means
+    "not given"; a column that is NaN in every row was sent as NaN (or null) and is refused.
+    """
+    from lyricist.generate import DEFAULTS
+
+    sent_missing = {c for c in table.columns if c != "prefix" and table[c].map(_missing).all()}
+    rows = []
+    for number, row in enumerate(table.to_dict("records")):
+        prefix = row.get("prefix")
+        if not isinstance(prefix, str) or not prefix:
+            raise RequestError(number, "prefix", prefix, "a non-empty string", '"分开"')
+        options = {"prefix": prefix}
+        for key, default in DEFAULTS.items():
+            value = row.get(key)
+            if key in sent_missing and key != "top_k":  # top_k null is a value: no cut
+                raise RequestError(number, key, value, _RULES[key][1].format(max=max_num_chars), _RULES[key][2])
+            value = default if _missing(value) else value
+            accepted, allowed, example = _RULES[key]
+            if not accepted(value, max_num_chars):
+                raise RequestError(number, key, value, allowed.format(max=max_num_chars), example)
+            options[key] = value
+        rows.append(options)
+    return rows
+
+
+_RULES = {  # field: (accepted(value, max_num_chars), what is allowed, an example)
+    "num_chars": (lambda v, cap: _integer(v) and 1 <= v <= cap, "an integer in [1, {max}]", "50"),
+    "strategy": (lambda v, cap: v in STRATEGIES, f"one of {STRATEGIES}", '"sample"'),
+    "temperature": (lambda v, cap: isinstance(v, numbers.Real) and not isinstance(v, bool)
+                    and 0 < v < math.inf, "a finite number > 0", "0.8"),
+    "top_k": (lambda v, cap: v is None or (_integer(v) and v >= 0), "an integer >= 0 (0: no cut)", "10"),
+    "seed": (lambda v, cap: _integer(v), "an integer", "1"),
+}
+
+
 INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_chars": [20, 20],
                               "strategy": ["greedy", "sample"], "temperature": [1.0, 0.8],
                               "top_k": [0, 10], "seed": [0, 1]})
@@ -46,19 +114,19 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         from lyricist.checkpoint import load_checkpoint
 
         self.loaded = load_checkpoint(context.artifacts["checkpoint"])
+        config = getattr(context, "model_config", None) or {}
+        self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from lyricist.generate import DEFAULTS, generate
+        from lyricist.generate import generate
 
-        lyrics = []
-        for row in pd.DataFrame(model_input).to_dict("records"):
-            options = {key: row.get(key) for key in DEFAULTS}
-            options = {k: DEFAULTS[k] if v is None or pd.isna(v) else v for k, v in options.items()}
-            lyrics.append(generate(
-                self.loaded.model, self.loaded.vocab, str(row["prefix"]), int(options["num_chars"]),
-                strategy=str(options["strategy"]), temperature=float(options["temperature"]),
-                top_k=int(options["top_k"] or 0) or None,  # 0: no top-k cut, as the signature says
-                seed=int(options["seed"]), allow_unknown=True))
+        # Every row checked before the first is generated: a bad row costs no work.
+        rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS))
+        lyrics = [generate(
+            self.loaded.model, self.loaded.vocab, row["prefix"], int(row["num_chars"]),
+            strategy=str(row["strategy"]), temperature=float(row["temperature"]),
+            top_k=int(row["top_k"] or 0) or None,  # 0: no top-k cut, as the signature says
+            seed=int(row["seed"]), allow_unknown=True) for row in rows]
         return pd.DataFrame({"lyrics": lyrics})
 
 
@@ -73,13 +141,15 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path,
-                     registered_model_name: str | None = None):
-    """Log the checkpoint as the run's `model` (pyfunc); optionally register it."""
+                     registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS):
+    """Log the checkpoint as the run's `model` (pyfunc), refusing requests for more than
+    `max_num_chars` tokens a row; optionally register it."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
             name="model", python_model=LyricsModel(), artifacts={"checkpoint": str(checkpoint_path)},
             code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
             input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
+            model_config={"max_num_chars": max_num_chars},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())

@@ -22,6 +22,12 @@ from lyricist.project import project_root
 
 T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
+ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or server cannot be used; the message names the URI and the fix."""
 
 
 def resolve_tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
@@ -57,7 +63,7 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
-            raise RuntimeError(f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
+            raise TrackingError(f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
                                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
                                "train without it (logger=none)") from err
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -74,8 +80,24 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     try:
         return with_retry(get_or_create)
     except Exception as err:
-        raise RuntimeError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
+        raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
                            "(logger.tracking_uri or $MLFLOW_TRACKING_URI), or that the server is up") from err
+
+
+def failure_reason(err: BaseException) -> str:
+    """What a FAILED run's `error` tag says: the exception's type and message, cut to fit."""
+    return f"{type(err).__name__}: {err}"[:MAX_TAG_CHARS]
+
+
+def mark_failed(tracking_uri: str, run_id: str, err: BaseException) -> None:
+    """Terminate `run_id` as FAILED with the reason as a tag, so a crashed run is not left
+    RUNNING. Best effort: the original error matters more than a second one from the store."""
+    client = MlflowClient(tracking_uri)
+    try:
+        with_retry(lambda: client.set_tag(run_id, ERROR_TAG, failure_reason(err)))
+        with_retry(lambda: client.set_terminated(run_id, "FAILED"))
+    except Exception:  # the store itself is the problem: leave the run as the store has it
+        pass
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

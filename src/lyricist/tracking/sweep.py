@@ -5,6 +5,10 @@ before the jobs start it creates the store, the experiment and the parent run, a
 the parent's id into the sweep directory, where each job (in whatever process the launcher
 gives it: joblib, submitit) reads it and tags its own run `mlflow.parentRunId`. After the
 last job it logs the sweep's overrides and the best child's val perplexity on the parent.
+
+A job that fails marks the parent FAILED at once, in the job's own process (Hydra's basic
+sweeper raises the job's error after the batch and never calls on_multirun_end), with the
+reason as the tags `error` and `failed_job.<num>`; the job's own run is marked by train().
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 import mlflow
@@ -57,6 +62,20 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED or not config.logger.enabled:
+            return
+        path = Path(config.hydra.sweep.dir) / PARENT_FILE
+        if config.hydra.mode != RunMode.MULTIRUN or not path.is_file():
+            return
+        uri = store.resolve_tracking_uri(config.logger.tracking_uri, project_root(config.paths.root))
+        client, parent = MlflowClient(uri), path.read_text().strip()
+        reason = store.failure_reason(job_return._return_value)  # .return_value would raise it
+        job = f"{config.hydra.job.num} ({' '.join(config.hydra.overrides.task)})"
+        store.with_retry(lambda: client.set_tag(parent, f"failed_job.{config.hydra.job.num}", reason))
+        store.with_retry(lambda: client.set_tag(parent, store.ERROR_TAG, f"job {job} failed: {reason}"[:5000]))
+        store.with_retry(lambda: client.set_terminated(parent, "FAILED"))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.client is None:
             return
@@ -75,5 +94,6 @@ class MlflowSweepCallback(Callback):
             if name and config.logger.get("log_model"):
                 version = mlflow.register_model(f"runs:/{best.info.run_id}/model", name).version
                 client.set_registered_model_alias(name, "best", version)
-        status = "FINISHED" if len(scored) == len(children) and children else "FAILED"
+        failed = store.ERROR_TAG in store.with_retry(lambda: client.get_run(parent)).data.tags
+        status = "FINISHED" if len(scored) == len(children) and children and not failed else "FAILED"
         store.with_retry(lambda: client.set_terminated(parent, status))

@@ -1,0 +1,50 @@
+"""User errors: bad input or settings that the message itself tells how to fix.
+
+The entry points (the training app, the DVC stage scripts, the generate CLI) print such an
+error as one line, `error: <message>`, and exit with status 2; the full traceback is shown
+when $LYRICIST_FULL_ERROR=1 or $HYDRA_FULL_ERROR=1 (Hydra's own switch) is set. Any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
+EXIT_STATUS = 2  # argparse's status for a usage error
+
+
+class UserError(ValueError):
+    """Bad input or settings; the message names what is wrong and how to fix it."""
+
+
+# ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
+# settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
+                                                IsADirectoryError)
+
+
+def full_error() -> bool:
+    return any(os.environ.get(name, "") not in ("", "0") for name in FULL_ERROR_VARIABLES)
+
+
+def report(err: BaseException) -> int:
+    """Print `err` as one line (or with its traceback under $LYRICIST_FULL_ERROR); the exit status."""
+    if full_error():
+        traceback.print_exception(err)
+    else:
+        print(f"error: {err}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+    return EXIT_STATUS
+
+
+def run_cli(main: Callable[[], Any], user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run an entry point's `main()`: 0 when it returns, 2 with one line on a user error."""
+    try:
+        result = main()
+    except user_errors as err:
+        return report(err)
+    return result if isinstance(result, int) else 0
