@@ -3,6 +3,7 @@ baseline stage's Kneser-Ney model (static and dynamic), and samples (greedy besi
 decoding, `generate.*`) measured as lyrics against the human test text."""
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lyricist.data.corpus import write_text
+from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.perplexity import evaluate_checkpoint
 
@@ -90,4 +92,4 @@ def lyrics_summary(result: EvaluationResult) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

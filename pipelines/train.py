@@ -1,10 +1,12 @@
 """DVC stage `train`: train with the composed config in params.yaml (see conf/)."""
 
 import argparse
+import sys
 
 from omegaconf import OmegaConf
 
-from lyricist.train import train
+from lyricist.errors import run_cli
+from lyricist.train import USER_ERRORS, train
 
 
 def main(argv=None) -> None:
@@ -16,4 +18,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, USER_ERRORS))

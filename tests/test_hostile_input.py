@@ -202,7 +202,7 @@ def test_generate_cli_refuses_a_temperature_that_is_not_finite(value, tmp_path, 
     argv = ["--checkpoint", str(tmp_path / "none.ckpt"), "--prefix", "分开", "--temperature", value]
     assert generate_cli.main(argv) == 2  # before the checkpoint is even looked for
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --temperature {value} is not allowed: use a finite number > 0") and "Traceback" not in err
+    assert err.startswith(f"error: temperature={value} is not allowed: use a finite number > 0") and "Traceback" not in err
 
 
 def test_hints_name_dvc_pull_with_a_target():

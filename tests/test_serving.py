@@ -8,6 +8,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+
+from lyricist.generate import DEFAULTS
 import requests
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +52,8 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
     ([{"prefix": "分开", "temperature": float("inf")}], "temperature: inf is not allowed"),
     ([{"prefix": "分开", "strategy": "beam"}], "strategy: 'beam' is not allowed: use one of ('greedy', 'sample')"),
     ([{"prefix": "分开", "top_k": -1}], "top_k: -1 is not allowed: use an integer >= 0"),
+    ([{"prefix": "分开", "top_p": 1.5}], "top_p: 1.5 is not allowed: use a number in (0, 1]"),
+    ([{"prefix": "分开", "repetition_penalty": 0.5}], "repetition_penalty: 0.5 is not allowed: use a finite number >= 1"),
 ])
 def test_a_bad_request_field_is_refused_by_name(records, message):
     with pytest.raises(RequestError) as err:
@@ -60,7 +64,8 @@ def test_a_bad_request_field_is_refused_by_name(records, message):
 
 def test_a_value_some_rows_leave_out_takes_the_default():
     rows = request_options(pd.DataFrame([{"prefix": "分开", "temperature": 0.5}, {"prefix": "不分开"}]), 500)
-    assert [r["temperature"] for r in rows] == [0.5, 1.0] and rows[1]["num_chars"] == 100
+    assert [r["temperature"] for r in rows] == [0.5, DEFAULTS["temperature"]]
+    assert rows[1]["num_chars"] == DEFAULTS["num_chars"] and rows[1]["top_p"] == DEFAULTS["top_p"]
 
 
 def test_the_served_model_caps_num_chars_as_configured(tiny_cfg, tiny_data, tmp_path):

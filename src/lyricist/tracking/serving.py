@@ -3,7 +3,8 @@
     mlflow models predict -m runs:/<run id>/model -i prefixes.json -t json --env-manager local
     mlflow models serve   -m runs:/<run id>/model -p 5001 --env-manager local
 
-turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, seed)
+turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, top_p,
+repetition_penalty, repetition_window, no_repeat_ngram, seed)
 into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
 (characters, or words for data.tokenizer=word), and num_chars counts those tokens. The model directory carries the checkpoint (weights + model
 arguments + vocabulary) and lyricist's own code, so it loads without this checkout.
@@ -37,6 +38,10 @@ SIGNATURE = ModelSignature(
         ColSpec("string", "strategy", required=False),   # greedy | sample
         ColSpec("double", "temperature", required=False),
         ColSpec("long", "top_k", required=False),        # 0: no top-k cut
+        ColSpec("double", "top_p", required=False),      # 1: no nucleus cut
+        ColSpec("double", "repetition_penalty", required=False),  # 1: off
+        ColSpec("long", "repetition_window", required=False),
+        ColSpec("long", "no_repeat_ngram", required=False),       # 0: off
         ColSpec("long", "seed", required=False),
     ]),
     outputs=Schema([ColSpec("string", "lyrics")]),
@@ -58,6 +63,10 @@ class RequestError(MlflowException):
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _integer(value: Any) -> bool:
@@ -83,7 +92,7 @@ def request_options(table: pd.DataFrame, max_num_chars: int) -> list[dict[str, A
         options = {"prefix": prefix}
         for key, default in DEFAULTS.items():
             value = row.get(key)
-            if key in sent_missing and key != "top_k":  # top_k null is a value: no cut
+            if key in sent_missing and key not in _NULLABLE:  # null is a value there: no cut
                 raise RequestError(number, key, value, _RULES[key][1].format(max=max_num_chars), _RULES[key][2])
             value = default if _missing(value) else value
             accepted, allowed, example = _RULES[key]
@@ -94,12 +103,17 @@ def request_options(table: pd.DataFrame, max_num_chars: int) -> list[dict[str, A
     return rows
 
 
+_NULLABLE = ("top_k", "top_p", "no_repeat_ngram")
 _RULES = {  # field: (accepted(value, max_num_chars), what is allowed, an example)
     "num_chars": (lambda v, cap: _integer(v) and 1 <= v <= cap, "an integer in [1, {max}]", "50"),
     "strategy": (lambda v, cap: v in STRATEGIES, f"one of {STRATEGIES}", '"sample"'),
     "temperature": (lambda v, cap: isinstance(v, numbers.Real) and not isinstance(v, bool)
                     and 0 < v < math.inf, "a finite number > 0", "0.8"),
     "top_k": (lambda v, cap: v is None or (_integer(v) and v >= 0), "an integer >= 0 (0: no cut)", "10"),
+    "top_p": (lambda v, cap: v is None or (_real(v) and 0 < v <= 1), "a number in (0, 1] (1: no cut)", "0.95"),
+    "repetition_penalty": (lambda v, cap: _real(v) and 1 <= v < math.inf, "a finite number >= 1 (1: off)", "1.2"),
+    "repetition_window": (lambda v, cap: _integer(v) and v >= 1, "an integer >= 1", "20"),
+    "no_repeat_ngram": (lambda v, cap: v is None or (_integer(v) and v >= 0), "an integer >= 0 (0: off)", "4"),
     "seed": (lambda v, cap: _integer(v), "an integer", "1"),
 }
 
@@ -126,6 +140,9 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
             self.loaded.model, self.loaded.vocab, row["prefix"], int(row["num_chars"]),
             strategy=str(row["strategy"]), temperature=float(row["temperature"]),
             top_k=int(row["top_k"] or 0) or None,  # 0: no top-k cut, as the signature says
+            top_p=None if row["top_p"] is None or row["top_p"] >= 1 else float(row["top_p"]),
+            repetition_penalty=float(row["repetition_penalty"]), repetition_window=int(row["repetition_window"]),
+            no_repeat_ngram=int(row["no_repeat_ngram"] or 0) or None,
             seed=int(row["seed"]), allow_unknown=True) for row in rows]
         return pd.DataFrame({"lyrics": lyrics})
 
