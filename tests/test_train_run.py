@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import plateau_cfg, with_data
 from lyricist.training.callbacks import read_epoch_history
-from lyricist.checkpoint import load_checkpoint
+from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
 from lyricist.evaluation.perplexity import evaluate_checkpoint
@@ -129,6 +129,11 @@ def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
     cfg.logger.enabled = False
     train(with_data(cfg, plateau_data), output_dir=tmp_path / "run")
     val_ppls = [r["val/ppl"] for r in read_epoch_history(tmp_path / "run" / "metrics.csv")]
+    # last.ckpt is the last epoch's (what a resume continues from), though val got worse there;
+    # best.ckpt the best one's.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert read_checkpoint_meta(checkpoints / "last.ckpt")["epoch"] == len(val_ppls) - 1
+    assert read_checkpoint_meta(checkpoints / "best.ckpt")["epoch"] == val_ppls.index(min(val_ppls))
     if patience is None:
         assert len(val_ppls) == 6
         return

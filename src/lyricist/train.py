@@ -227,7 +227,8 @@ def _callbacks(cfg: DictConfig, output_dir: Path, tracking_uri: str | None,
     """conf's `callbacks:` with what exists only at run time (the samples' copy rate looks
     up `train_text`, one character per <unk>); early stopping is off when its patience is null
     (0 is a patience: stop at the first epoch without a better val/ppl)."""
-    at_run_time = {"checkpoint": {"dirpath": str(output_dir / "checkpoints")},
+    checkpoints = {"dirpath": str(output_dir / "checkpoints")}
+    at_run_time = {"checkpoint": checkpoints, "last_checkpoint": checkpoints,
                    "samples": {"tracking_uri": tracking_uri, "run_id": run_id, "train_text": train_text}}
     left_out = {"early_stopping": cfg.train.early_stopping_patience is None,
                 "progress_bar": not cfg.trainer.get("enable_progress_bar", True),
