@@ -147,6 +147,9 @@ def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
     ("data.num_steps", 0), ("train.eval_batch_size", 0), ("train.samples_every_n_epochs", 0),
     ("generate.num_chars", 0), ("trainer.max_epochs", 0), ("optim.lr", -1.0), ("optim.lr", float("nan")),
     ("model.init_scale", -1.0), ("train.divergence_factor", -1.0), ("model.num_layers", True),
+    ("model.dropout", 1.0), ("model.embedding_dropout", -0.1), ("model.embedding_size", 0),
+    ("train.clip_theta", 0), ("optim.weight_decay", -1e-4), ("train.lr_factor", 1.0),
+    ("train.lr_patience", -1), ("train.early_stopping_patience", 1.5),
 ])
 def test_a_bad_value_is_refused_by_its_key_before_anything_is_written(tiny_cfg, tiny_data, tmp_path, key, value):
     """Values that used to fail after the first epoch, name another key, or train wrong."""

@@ -55,6 +55,15 @@ def _fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
 
+def _non_negative(value) -> bool:
+    return value == 0 and type(value) is int or _count(value)
+
+
+def _maybe(accepted):
+    """`accepted`, or null."""
+    return lambda value: value is None or accepted(value)
+
+
 def _penalty(value) -> bool:
     return _rate(value) or (value == 0 and not isinstance(value, bool))
 
@@ -76,6 +85,15 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("train.averaging_patience", lambda v: v == 0 and type(v) is int or _count(v),
      "an integer >= 0 (0: from the first step)", 2),
     ("data.variable_length", lambda v: isinstance(v, bool), "true or false", "true"),
+    ("model.dropout", _fraction, "a number in [0, 1)", 0.6),
+    ("model.embedding_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.1),
+    ("model.output_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.4),
+    ("model.embedding_size", _maybe(_count), "null (one-hot input) or an integer >= 1", 128),
+    ("train.clip_theta", _rate, "a finite number > 0", 1.0),
+    ("optim.weight_decay", _penalty, "a finite number >= 0", 0.0002),
+    ("train.lr_factor", lambda v: _fraction(v) and v > 0, "a number in (0, 1)", 0.5),
+    ("train.lr_patience", _non_negative, "an integer >= 0", 0),
+    ("train.early_stopping_patience", _maybe(_non_negative), "null (never) or an integer >= 0", 3),
     ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
     ("logger.serve_max_num_chars", _count, "an integer >= 1", 1000),
 ] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
