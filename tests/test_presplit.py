@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import compose_config
 from lyricist.data.vocab import UNK_TOKEN, Vocab, load_ids
 from lyricist.tracking.store import raw_data_md5
 from test_custom_corpus import stage
+from test_pipeline import TINY as PIPELINE_TINY, compose_params, project, run  # noqa: F401 (a fixture)
 
 PTB_NAMES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
 
@@ -179,3 +181,37 @@ def test_the_template_names_ptbs_files_with_fractions_zero():
     assert (data.val_fraction, data.test_fraction, data.tokenizer) == (0, 0, "word")
     for option in ("jaychou", "timemachine", "custom"):  # the single-file corpora are unchanged
         assert compose_config([f"data={option}"]).data.split_files is None
+
+
+@pytest.mark.slow
+def test_a_presplit_word_corpus_runs_end_to_end_through_dvc_repro(project, tmp_path):
+    """conf/data/presplit.yaml as its comments say: the three files in data/raw/ptb/, `dvc add`ed,
+    the whole pipeline with the one config; the files reach data/processed as given and the
+    MLflow tag data_md5 is DVC's hash of the folder."""
+    texts = {"train": ptb_like(0, 200, WORDS), "val": ptb_like(1, 30, WORDS), "test": ptb_like(2, 30, WORDS)}
+    write_folder(project / "data/raw/ptb", texts)
+    run(["dvc", "add", "data/raw/ptb"], project)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # PIPELINE_TINY's max_chars would cut train short: here the files are used whole.
+    compose_params(project, ["data=presplit", *PIPELINE_TINY, "data.max_chars=null",
+                             f"logger.tracking_uri={uri}"])
+
+    out = run(["dvc", "repro"], project)
+    for name in ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate"):
+        assert f"Running stage '{name}'" in out
+    assert (project / "data/interim/presplit.txt").is_dir()  # the unzip stage's folder of three files
+    assert read_splits(project / "data/processed/presplit") == texts  # as given, not re-split
+    vocab = Vocab.load(project / "data/encoded/presplit/vocab.json")
+    assert vocab == Vocab.build(texts["train"], tokenizer="word") and UNK_TOKEN not in vocab.itos[1:]
+    assert (project / "reports/metrics.json").is_file() and (project / "models/checkpoints/best.ckpt").is_file()
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    [raw_dep] = [d for d in lock["stages"]["unzip"]["deps"] if d["path"] == "data/raw/ptb"]
+    assert raw_dep["md5"].endswith(".dir") and raw_dep.get("nfiles") == 4  # the README too
+    client = MlflowClient(uri)
+    [run_info] = client.search_runs(client.get_experiment_by_name("lyricist").experiment_id)
+    assert run_info.data.tags["data_md5"] == raw_dep["md5"]
+
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], project)
+    (project / "data/raw/ptb/ptb.test.txt").write_text(texts["test"] + " the cat \n", encoding="utf-8")
+    assert "unzip:" in run(["dvc", "status"], project)  # a change in any split file re-runs the data stages
