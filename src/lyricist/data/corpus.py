@@ -197,7 +197,8 @@ def check_split_files(split_files: dict[str, str] | None, val_fraction: float, t
         if (not isinstance(name, str) or not name.strip() or Path(name).is_absolute()
                 or ".." in Path(name).parts):
             raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
-                             f"folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), e.g. {example}")
+                             "folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), "
+                             f"e.g. {example}")
     if len(set(split_files.values())) != len(SPLITS):
         raise ValueError(f"data.split_files={dict(split_files)!r} names one file for two splits: train, val and "
                          f"test must be three files, e.g. {example}")
