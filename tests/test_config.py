@@ -61,9 +61,9 @@ def test_every_trainer_option_composes(option):
         assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
-# conf/data/custom.yaml is a template: the user supplies its raw file (and may `dvc add` it),
+# conf/data/custom.yaml and presplit.yaml are templates: the user supplies its raw file (and may `dvc add` it),
 # so the project commits no pointer for it.
-USER_SUPPLIED = {"custom"}
+USER_SUPPLIED = {"custom", "presplit"}
 
 
 @pytest.mark.parametrize("option", [

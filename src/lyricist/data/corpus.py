@@ -1,4 +1,5 @@
-"""Read, clean and split a raw corpus (a .zip with one text file inside, or a plain text file).
+"""Read, clean and split a raw corpus (a .zip with one text file inside, or a plain text file),
+or read a pre-split one (train, valid and test files in a folder or a .zip, `data.split_files`).
 
 This module deals in plain Python strings only: it knows nothing of tokens or torch, so the
 "unzip" and "preprocess" pipeline stages can be tested without either.
@@ -51,12 +52,20 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
                                 f"Your own corpus (data=custom): put the .txt or .zip at {path}, or point "
                                 "data.raw_path at it (see conf/data/custom.yaml).")
     if path.is_dir():
-        raise CorpusError(f"corpus path {path} is a directory; point it at the .zip or .txt file itself.")
+        raise CorpusError(f"corpus path {path} is a directory; point it at the .zip or .txt file itself, or, "
+                          "for a corpus that comes as train, valid and test files in this folder, name them "
+                          "in data.split_files (see conf/data/presplit.yaml).")
     check_regular_file(path)
 
     zipped = path.suffix.lower() == ".zip"
     data, source = (_read_single_zip_member(path, max_bytes, max_ratio) if zipped
                     else (_read_bounded(path, max_bytes), str(path)))
+    return _decode(data, source, path)
+
+
+def _decode(data: bytes, source: str, path: Path) -> str:
+    """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
+    holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
     if data.startswith(UTF16_BOMS):
         raise CorpusError(f"{source} is UTF-16 text (it starts with a UTF-16 byte-order mark). Re-encode it "
                           "as UTF-8: `iconv -f UTF-16 -t UTF-8 <file> > <file>.utf8.txt`.")
@@ -90,8 +99,8 @@ def check_limits(max_bytes: int, max_ratio: float) -> None:
                          f"e.g. data.max_compression_ratio={MAX_COMPRESSION_RATIO:g}")
 
 
-def check_regular_file(path: Path) -> None:
-    """Refuse at once anything but a regular file (after symlinks), naming what it is."""
+def check_regular_file(path: Path, fix: str = "Point data.raw_path at a .txt or .zip file.") -> None:
+    """Refuse at once anything but a regular file (after symlinks), naming what it is and `fix`."""
     mode = path.stat().st_mode  # stat, not open: opening a FIFO blocks until a writer comes
     if stat.S_ISREG(mode):
         return
@@ -100,7 +109,7 @@ def check_regular_file(path: Path) -> None:
             else "not a regular file")
     via = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
     raise CorpusError(f"corpus path {path}{via} is {kind}, not a regular file: it could be read forever "
-                      "or block. Point data.raw_path at a .txt or .zip file.")
+                      f"or block. {fix}")
 
 
 def _too_big(source: str, size: str, max_bytes: int) -> CorpusError:
@@ -167,6 +176,101 @@ def _read_single_zip_member(path: Path, max_bytes: int, max_ratio: float) -> tup
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
         raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
                           f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+
+
+SPLITS = ("train", "val", "test")
+
+
+def check_split_files(split_files: dict[str, str] | None, val_fraction: float, test_fraction: float) -> None:
+    """Refuse a bad `data.split_files` by its key, before anything is read: null, or a mapping of
+    train, val and test to distinct relative paths inside data.raw_path; with it the corpus comes
+    split, so the fractions that would split it must be 0 (not silently ignored)."""
+    example = "data.split_files='{train: ptb.train.txt, val: ptb.valid.txt, test: ptb.test.txt}'"
+    if split_files is None:
+        return
+    if not isinstance(split_files, dict) or set(split_files) != set(SPLITS):
+        keys = sorted(split_files) if isinstance(split_files, dict) else split_files
+        raise ValueError(f"data.split_files={keys!r} is not allowed: use null (one file, split by position) "
+                         f"or a mapping of exactly train, val and test to files inside data.raw_path, e.g. {example}")
+    for split in SPLITS:
+        name = split_files[split]
+        if (not isinstance(name, str) or not name.strip() or Path(name).is_absolute()
+                or ".." in Path(name).parts):
+            raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
+                             "folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), "
+                             f"e.g. {example}")
+    if len(set(split_files.values())) != len(SPLITS):
+        raise ValueError(f"data.split_files={dict(split_files)!r} names one file for two splits: train, val and "
+                         f"test must be three files, e.g. {example}")
+    for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if fraction != 0:
+            raise ValueError(f"data.{key}={fraction!r} is not allowed with data.split_files: the corpus comes "
+                             "split and is never re-split. Use 0: data.val_fraction=0 data.test_fraction=0")
+
+
+def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
+                     max_ratio: float = MAX_COMPRESSION_RATIO) -> dict[str, str]:
+    """{"train", "val", "test"} -> the text of the file `split_files` names for it inside the
+    folder or .zip at `raw_path`, each read and checked as read_raw_text reads a single file.
+
+    In a zip a name matches its member exactly or, when no member has it, the one member whose
+    path ends in "/<name>" (archives often hold a top folder, e.g. ptb/ptb.train.txt)."""
+    check_limits(max_bytes, max_ratio)
+    path = Path(raw_path)
+    if not path.exists():
+        raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "
+                                f"{', '.join(split_files.values())} there, or point data.raw_path at it "
+                                "(see conf/data/presplit.yaml).")
+    if path.is_dir():
+        return {split: _read_split_file(path, split, name, max_bytes) for split, name in split_files.items()}
+    check_regular_file(path, "Point data.raw_path at the folder or .zip holding the split files.")
+    if path.suffix.lower() != ".zip":
+        raise CorpusError(f"data.raw_path={str(path)!r} is a single file, but data.split_files names three: point "
+                          "data.raw_path at the folder or .zip holding them, or set data.split_files=null to "
+                          "split this file by position.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {split: _read_split_member(archive, path, split, name, max_bytes, max_ratio)
+                    for split, name in split_files.items()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
+        raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
+                          f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+
+
+def _read_split_file(folder: Path, split: str, name: str, max_bytes: int) -> str:
+    file = folder / name
+    if not file.exists():
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
+        raise CorpusError(f"the {split} file {file} does not exist (data.split_files.{split}={name!r}); "
+                          f"{folder} holds {present}. Name the file as it is in the folder.")
+    fix = f"Point data.split_files.{split} at a text file inside {folder}."
+    if file.is_dir():
+        raise CorpusError(f"the {split} file {file} is a directory, not a text file. {fix}")
+    check_regular_file(file, fix)
+    return _decode(_read_bounded(file, max_bytes), f"the {split} file {file}", folder)
+
+
+def _read_split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str, max_bytes: int,
+                       max_ratio: float) -> str:
+    infos = [info for info in archive.infolist() if not info.is_dir()]
+    matches = ([info for info in infos if info.filename == name]
+               or [info for info in infos if info.filename.endswith("/" + name)])
+    if len(matches) != 1:
+        listing = ", ".join(info.filename for info in infos[:10]) or "(the archive is empty)"
+        what = "no member" if not matches else f"{len(matches)} members"
+        raise CorpusError(f"{path} holds {what} named {name!r} (data.split_files.{split}); its files: {listing}. "
+                          "Name the member as it is in the archive, e.g. its full path inside it.")
+    source = f"the {split} file {path}:{matches[0].filename}"
+    return _decode(_read_member(archive, matches[0], source, max_bytes, max_ratio), source, path)
+
+
+def check_split_texts(splits: dict[str, str]) -> None:
+    """Refuse a pre-split corpus whose cleaned split is empty (e.g. data.max_chars=0)."""
+    for split, part in splits.items():
+        if not part.strip():
+            raise CorpusError(f"the cleaned {split} split is empty ({len(part)} characters, none visible): "
+                              "check data.max_chars (null keeps all, e.g. data.max_chars=null) and the "
+                              f"corpus' {split} file.")
 
 
 def count_control_chars(text: str) -> int:

@@ -121,7 +121,10 @@ def git_commit(root: Path) -> str:
 
 
 def raw_data_md5(raw_path: str, root: Path) -> str:
-    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer)."""
+    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer). For a
+    pre-split corpus raw_path is the folder (DVC's "<md5>.dir", over every file in it) or the
+    zip holding its three files, so the tag covers them as it covers a single file."""
+    raw_path = str(raw_path).rstrip("/")  # data/raw/ptb/ is data/raw/ptb, its pointer data/raw/ptb.dvc
     for file in (root / "dvc.lock", root / f"{raw_path}.dvc"):
         if not file.is_file():
             continue
