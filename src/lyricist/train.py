@@ -294,8 +294,9 @@ def check_resumable(path: str, module: pl.LightningModule, optim: DictConfig) ->
     """Refuse a checkpoint of another model size or optimizer before training, naming what
     differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
-    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    # The weight average (train.weight_averaging) exists only once averaging has started.
+    found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("averaged.")}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items() if not k.startswith("averaged.")}
     differ = [f"{k}: checkpoint {found.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
               for k in sorted(found.keys() | wanted.keys()) if found.get(k) != wanted.get(k)]
     if differ:
