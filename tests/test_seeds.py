@@ -4,11 +4,16 @@ import json
 import math
 import statistics
 
+import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, TINY
 from lyricist import seeds
+from lyricist.checkpoint import load_checkpoint
+from lyricist.generate import generate
+from lyricist.models.ensemble import Ensemble
 
 
 def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatch):
@@ -19,7 +24,7 @@ def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatc
                  "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]",
                  "evaluate.dynamic_tune_tokens=null", "evaluate.krause_stat_tokens=null", "train.seed=7"]
     out = tmp_path / "seeds"
-    assert seeds.main(["--seeds", "2", "--ensemble", "--out", str(out), *overrides]) == 0
+    assert seeds.main(["--seeds", "2", "--ensemble", "--log-ensemble", "--out", str(out), *overrides]) == 0
     summary = json.loads((out / "summary.json").read_text())
     runs = summary["runs"]
     assert [r["seed"] for r in runs] == [7, 8]
@@ -42,6 +47,13 @@ def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatc
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2 and parent.info.status == "FINISHED"
+    # The parent's model is the ensemble: it writes what the two checkpoints averaged write.
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/model")
+    request = pd.DataFrame({"prefix": ["分开"], "num_chars": [12], "strategy": ["greedy"], "repetition_penalty": [1.0]})
+    ensemble = load_checkpoint([r["checkpoint"] for r in runs])
+    assert isinstance(ensemble.model, Ensemble)
+    assert served.predict(request)["lyrics"][0] == generate(ensemble.model, ensemble.vocab, "分开", 12)
     # A second run into the same folder is refused before training.
     with pytest.raises(SystemExit):
         seeds.main(["--seeds", "1", "--out", str(out), *overrides])

@@ -4,6 +4,7 @@ mean ± standard deviation: a single run's perplexity is uncertain by its seed n
     python -m lyricist.seeds --seeds 3                          # the default config, seeds 42, 43, 44
     python -m lyricist.seeds --seeds 3 --ensemble model=gru     # Hydra overrides after the options
     python -m lyricist.seeds --seeds 3 --static                 # skip dynamic evaluation (faster)
+    python -m lyricist.seeds --seeds 3 --log-ensemble           # the ensemble as a servable MLflow model
 
 Seed k trains with `train(cfg)` into <out>/seed<k>/ (with MLflow, its run nested under one
 parent run), then is scored with the `evaluate` settings of the config and a Kneser-Ney model
@@ -30,7 +31,7 @@ from lyricist.checkpoint import load_checkpoint
 from lyricist.data.corpus import write_text
 from lyricist.evaluation.perplexity import evaluate_checkpoint
 from lyricist.project import project_root
-from lyricist.tracking import store
+from lyricist.tracking import serving, store
 from lyricist.train import train
 
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
@@ -87,7 +88,7 @@ def summarize(runs: list[dict], ensemble: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parent_run(cfg: DictConfig, root: Path, overrides: list[str], seeds: list[int]) -> tuple[MlflowClient, str] | None:
+def _parent_run(cfg: DictConfig, root: Path, overrides: list[str], seeds: list[int]) -> tuple[MlflowClient, str, str] | None:
     if not cfg.logger.enabled:
         return None
     uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root)
@@ -96,7 +97,7 @@ def _parent_run(cfg: DictConfig, root: Path, overrides: list[str], seeds: list[i
     run = store.with_retry(lambda: client.create_run(
         experiment_id, run_name=f"seeds {seeds[0]}..{seeds[-1]} {' '.join(overrides)}"[:250],
         tags={"seeds": "parent", "git_commit": store.git_commit(root)}))
-    return client, run.info.run_id
+    return client, run.info.run_id, uri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default outputs/seeds/<date-time>)")
     parser.add_argument("--ensemble", action="store_true", help="also score the seeds' ensemble")
     parser.add_argument("--static", action="store_true", help="skip dynamic evaluation")
+    parser.add_argument("--log-ensemble", action="store_true",
+                        help="log the seeds' ensemble as the MLflow parent run's `model` (pyfunc, servable)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gru train.seed=1")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -140,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(out / "summary.md", f"`python -m lyricist.seeds --seeds {args.seeds} "
                f"{' '.join(args.overrides)}`\n\n{table}")
     if parent:
-        client, parent_id = parent
+        client, parent_id, uri = parent
         for key in ("val_ppl", "test_ppl"):
             values = [r[key] for r in runs if key in r]
             if values:
@@ -148,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store.with_retry(lambda: client.log_metric(parent_id, f"seeds/{key}_mean", mean))
                 store.with_retry(lambda: client.log_metric(parent_id, f"seeds/{key}_std", std))
         store.with_retry(lambda: client.log_text(parent_id, table, "seeds.md"))
+        if args.log_ensemble:
+            serving.log_pyfunc_model(uri, parent_id, [r["checkpoint"] for r in runs],
+                                     max_num_chars=cfg.logger.serve_max_num_chars)
         store.with_retry(lambda: client.set_terminated(parent_id, "FINISHED"))
     print(f"\n{table}\nseeds: {out / 'summary.md'}, {out / 'summary.json'}")
     return 0

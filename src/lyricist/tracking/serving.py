@@ -127,7 +127,8 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from lyricist.checkpoint import load_checkpoint
 
-        self.loaded = load_checkpoint(context.artifacts["checkpoint"])
+        members = sorted((k for k in context.artifacts if k.startswith("checkpoint_")), key=lambda k: int(k[11:]))
+        self.loaded = load_checkpoint([context.artifacts[k] for k in members] or context.artifacts["checkpoint"])
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
 
@@ -157,14 +158,18 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
     return [pins[name] for name in packages]
 
 
-def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path,
+def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
                      registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS):
     """Log the checkpoint as the run's `model` (pyfunc), refusing requests for more than
-    `max_num_chars` tokens a row; optionally register it."""
+    `max_num_chars` tokens a row; optionally register it. Several checkpoints: the model is their
+    ensemble (the mean of their probabilities, lyricist.models.ensemble)."""
+    paths = [checkpoint_path] if isinstance(checkpoint_path, (str, Path)) else list(checkpoint_path)
+    artifacts = ({"checkpoint": str(paths[0])} if len(paths) == 1
+                 else {f"checkpoint_{i}": str(path) for i, path in enumerate(paths)})
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
-            name="model", python_model=LyricsModel(), artifacts={"checkpoint": str(checkpoint_path)},
+            name="model", python_model=LyricsModel(), artifacts=artifacts,
             code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
             input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
             model_config={"max_num_chars": max_num_chars},
