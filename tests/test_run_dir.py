@@ -102,6 +102,12 @@ def test_train_refuses_then_overwrites_when_told(earlier_run, tiny_data):
         train(cfg, output_dir=earlier_run)
     assert _snapshot(earlier_run) == before
     cfg.train.overwrite = True
+    # Trainer settings that cannot run here are refused before the earlier run is removed.
+    cfg.trainer.accelerator = "gpu"
+    with pytest.raises(ValueError, match="trainer settings refused .*trainer.accelerator=cpu"):
+        train(cfg, output_dir=earlier_run)
+    assert _snapshot(earlier_run) == before
+    cfg.trainer.accelerator = "cpu"
     train(cfg, output_dir=earlier_run)
     assert (earlier_run / "checkpoints" / "best.ckpt").read_bytes() != b"the earlier run's weights"
     assert [line.split(",")[0] for line in (earlier_run / "metrics.csv").read_text().splitlines()[1:]] == ["0"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -161,6 +162,14 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     run_id = mlf.run_id if mlf else None
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
+    # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
+    # now, before train.overwrite removes anything: a probe that writes nothing.
+    try:
+        instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    except MisconfigurationException as err:
+        raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={cfg.trainer.accelerator}, "
+                         f"devices={cfg.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
+                         "(the default, trainer=default)") from err
     # The first write into output_dir: the lock (a second process is refused here), then, with
     # train.overwrite, the earlier run's files removed.
     locked = rundir.claim_run_dir(output_dir, bool(cfg.train.resume), overwrite)
