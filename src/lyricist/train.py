@@ -90,7 +90,7 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("model.embedding_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.1),
     ("model.output_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.4),
     ("model.embedding_size", _maybe(_count), "null (one-hot input) or an integer >= 1", 128),
-    ("train.clip_theta", _rate, "a finite number > 0", 1.0),
+    ("train.clip_theta", _maybe(_rate), "null (no clipping) or a finite number > 0", 1.0),
     ("optim.weight_decay", _penalty, "a finite number >= 0", 0.0002),
     ("train.lr_factor", lambda v: _fraction(v) and v > 0, "a number in (0, 1)", 0.5),
     ("train.lr_patience", _non_negative, "an integer >= 0", 0),
