@@ -26,7 +26,7 @@ LYRICS = (
 
 # Small enough to train in seconds on 2 CPU cores, same code paths as the default.
 TINY = [
-    "data.batch_size=4", "data.num_steps=8", "model.hidden_size=16", "model.embedding_size=8",
+    "data.batch_size=4", "data.num_steps=8", "model.hidden_size=16", "model.embedding_size=16",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "train.eval_batch_size=2",
     "train.samples_every_n_epochs=1", "generate.num_chars=10",
 ]

@@ -38,7 +38,7 @@ def test_model_options_reach_the_model_from_the_command_line():
 
 
 def test_tying_mismatched_sizes_is_a_config_error_naming_the_fix():
-    cfg = compose_config(["model=lstm", "model.tie_weights=true"])  # embedding 128, hidden 256
+    cfg = compose_config(["model=lstm", "model.embedding_size=128"])  # tied, hidden 256
     with pytest.raises(Exception, match="set embedding_size=256 or tie_weights=false"):
         instantiate(cfg.model, vocab_size=11, _convert_="all")
 
@@ -183,7 +183,9 @@ def test_gru_and_lstm_state_only_what_differs_from_rnn():
     rnn = model("rnn")
     assert "forget_bias" not in rnn  # RecurrentLM takes forget_bias only for the lstm
     assert model("gru") == {**rnn, "cell": "gru", "embedding_size": 128, "dropout": 0.3}
-    assert model("lstm") == {**rnn, "cell": "lstm", "embedding_size": 128, "dropout": 0.6, "forget_bias": None}
+    assert model("lstm") == {**rnn, "cell": "lstm", "embedding_size": 256, "tie_weights": True, "init": "uniform",
+                             "init_scale": 0.1, "dropout": 0.4, "locked_dropout": True, "weight_drop": 0.5,
+                             "embedding_row_dropout": 0.1, "forget_bias": None}
 
 
 def test_logger_none_is_mlflow_disabled():

@@ -217,7 +217,7 @@ def test_mixture_weight_outside_zero_one_is_refused():
 
 def test_evaluate_stage_writes_the_interpolated_perplexities(tiny_data, tmp_path, capsys):
     cfg = compose_config(["data.batch_size=4", "data.num_steps=8", "model.hidden_size=16",
-                          "model.embedding_size=8", "trainer.max_epochs=1", "logger=none",
+                          "model.embedding_size=16", "trainer.max_epochs=1", "logger=none",
                           "trainer.enable_progress_bar=false", "train.eval_batch_size=2",
                           "baseline.max_order=3"])
     train(with_data(cfg, tiny_data), output_dir=tmp_path / "run")

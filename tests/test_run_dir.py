@@ -125,7 +125,7 @@ def test_train_overwrite_must_be_a_boolean(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model.hidden_size": 12}, r"holds another model than the config builds \(.*checkpoint \(64, 16\), config \(48, 12\)"),
+    ({"model.hidden_size": 12, "model.embedding_size": 12}, r"holds another model than the config builds \(.*checkpoint \(64, 16\), config \(48, 12\)"),
     ({"optim": "sgd"}, r"was trained with another optimizer .*optim=SGD has .*momentum"),
 ])
 def test_resuming_a_checkpoint_of_another_model_or_optimizer_is_refused_by_name(change, message, tiny_data, tmp_path):

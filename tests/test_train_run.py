@@ -114,7 +114,7 @@ def test_bad_lr_schedule_config_fails_before_training(tiny_cfg, tiny_data, tmp_p
     with pytest.raises(ValueError, match=r"train\.lr_schedule 'step'.*use null.*'plateau'"):
         train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     tiny_cfg.train.lr_schedule, tiny_cfg.train.lr_factor = "plateau", 1.5
-    with pytest.raises(ValueError, match=r"train\.lr_factor must lie strictly between 0 and 1.*1\.5"):
+    with pytest.raises(ValueError, match=r"train\.lr_factor=1\.5 is not allowed: use a number in \(0, 1\)"):
         train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -126,6 +126,7 @@ def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
     cfg = plateau_cfg(tiny_cfg, epochs=6)
     cfg.train.lr_schedule = None  # a constant lr: val ppl on shuffled text soon stops improving
     cfg.train.early_stopping_patience = patience
+    cfg.train.weight_averaging = None  # it would wait 2 epochs without progress: patience 0 stops first
     cfg.logger.enabled = False
     train(with_data(cfg, plateau_data), output_dir=tmp_path / "run")
     val_ppls = [r["val/ppl"] for r in read_epoch_history(tmp_path / "run" / "metrics.csv")]
