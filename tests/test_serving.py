@@ -129,3 +129,27 @@ def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path):
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/lyricist-tiny@best")
     assert model.predict(pd.DataFrame({"prefix": ["分开"]}))["lyrics"][0].startswith("分开")
+
+
+def test_a_request_running_past_its_time_limit_is_stopped_with_429():
+    """The worker stops generating at the limit instead of running on for a client that has gone."""
+    import time
+
+    from lyricist.checkpoint import LoadedModel
+    from lyricist.data.vocab import Vocab
+    from lyricist.generate import generate
+    from lyricist.models import RecurrentLM
+    from lyricist.tracking.serving import LyricsModel
+
+    vocab = Vocab.build("分开不分开我不能再想")
+    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=8, embedding_size=4).eval()
+    with pytest.raises(TimeoutError, match="after 0 of 5 tokens"):
+        generate(model, vocab, "分开", 5, deadline=time.monotonic() - 1)
+    served = LyricsModel()
+    served.loaded, served.max_num_chars = LoadedModel(model, vocab), 100
+    served.max_seconds = 30.0
+    assert served.predict(None, pd.DataFrame({"prefix": ["分开"], "num_chars": [5]}))["lyrics"][0].startswith("分开")
+    served.max_seconds = 1e-9
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"time limit of 1e-09 s .*logger.serve_max_seconds") as err:
+        served.predict(None, pd.DataFrame({"prefix": ["分开"], "num_chars": [100]}))
+    assert err.value.get_http_status_code() == 429

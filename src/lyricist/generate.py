@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 
 import torch
@@ -144,7 +145,8 @@ def next_token(logits: torch.Tensor, strategy: str, temperature: float, top_k: i
 def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, strategy: str = "greedy",
              temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
              allow_unknown: bool = False, top_p: float | None = None, repetition_penalty: float = 1.0,
-             repetition_window: int = 20, no_repeat_ngram: int | None = None) -> str:
+             repetition_window: int = 20, no_repeat_ngram: int | None = None,
+             deadline: float | None = None) -> str:
     """The prefix followed by `num_chars` predicted tokens (characters; words for a word-level
     vocabulary, joined by single spaces).
 
@@ -152,6 +154,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
     prefix (its tokens are fed, not predicted); then each prediction is fed back.
     The decoding options are the module's docstring's; with their defaults (no penalty, no
     n-gram ban, no cut) `greedy` is the seeds' argmax and `sample` plain softmax sampling.
+    `deadline` (a time.monotonic() value): past it, stop with TimeoutError (the served model's bound).
     """
     check_decoding(num_chars=num_chars, strategy=strategy, temperature=temperature, top_k=top_k,
                    top_p=top_p, repetition_penalty=repetition_penalty,
@@ -166,6 +169,8 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
         # The whole prefix in one call: the same state as feeding it one step at a time.
         logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
         for _ in range(num_chars):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"generation ran past its time limit after {len(out)} of {num_chars} tokens")
             last = logits[0, -1].float()  # (V,)
             if repetition_penalty != 1:
                 last = penalize_recent(last, history[-repetition_window:], repetition_penalty, exempt)

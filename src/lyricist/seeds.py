@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.with_retry(lambda: client.log_text(parent_id, table, "seeds.md"))
         if args.log_ensemble:
             serving.log_pyfunc_model(uri, parent_id, [r["checkpoint"] for r in runs],
-                                     max_num_chars=cfg.logger.serve_max_num_chars)
+                                     max_num_chars=cfg.logger.serve_max_num_chars,
+                                     max_seconds=cfg.logger.serve_max_seconds)
         store.with_retry(lambda: client.set_terminated(parent_id, "FINISHED"))
     print(f"\n{table}\nseeds: {out / 'summary.md'}, {out / 'summary.json'}")
     return 0

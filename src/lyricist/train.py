@@ -97,6 +97,7 @@ SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
     ("train.early_stopping_patience", _maybe(_non_negative), "null (never) or an integer >= 0", 3),
     ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
     ("logger.serve_max_num_chars", _count, "an integer >= 1", 1000),
+    ("logger.serve_max_seconds", _rate, "a finite number of seconds > 0", 30),
 ] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
 
 
@@ -206,7 +207,7 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
         _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
-                           cfg.logger.serve_max_num_chars)
+                           cfg.logger.serve_max_num_chars, cfg.logger.serve_max_seconds)
     _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
     return metrics
 
@@ -288,14 +289,16 @@ def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id
 
 
 def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
-                       best_val_ppl: float, log_model: bool, serve_max_num_chars: int) -> None:
+                       best_val_ppl: float, log_model: bool, serve_max_num_chars: int,
+                       serve_max_seconds: float) -> None:
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars)
+        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars,
+                                 max_seconds=serve_max_seconds)
     mlf.finalize("success")
 
 

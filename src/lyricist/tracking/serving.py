@@ -16,6 +16,7 @@ import importlib.metadata
 import math
 import numbers
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
 from mlflow.types import ColSpec, Schema
 
 import lyricist
@@ -49,6 +50,7 @@ SIGNATURE = ModelSignature(
 # The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
 # it existed): generation runs to the end even when the client has gone, so a request is bounded.
 MAX_NUM_CHARS = 1000
+MAX_SECONDS = 30.0  # a request's time limit (logger.serve_max_seconds; this for models logged before it)
 STRATEGIES = ("greedy", "sample")  # lyricist.generate's, repeated: the model's code loads lazily
 
 
@@ -131,12 +133,26 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_checkpoint([context.artifacts[k] for k in members] or context.artifacts["checkpoint"])
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
+        self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from lyricist.generate import generate
 
         # Every row checked before the first is generated: a bad row costs no work.
         rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS))
+        # The worker generates to the end even when the client has gone: the request is bounded.
+        limit = getattr(self, "max_seconds", MAX_SECONDS)
+        deadline = time.monotonic() + limit
+        try:
+            return self._generate(rows, deadline)
+        except TimeoutError as err:
+            raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
+                                  "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
+                                  error_code=REQUEST_LIMIT_EXCEEDED) from err
+
+    def _generate(self, rows: list[dict[str, Any]], deadline: float) -> pd.DataFrame:
+        from lyricist.generate import generate
+
         lyrics = [generate(
             self.loaded.model, self.loaded.vocab, row["prefix"], int(row["num_chars"]),
             strategy=str(row["strategy"]), temperature=float(row["temperature"]),
@@ -144,7 +160,7 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
             top_p=None if row["top_p"] is None or row["top_p"] >= 1 else float(row["top_p"]),
             repetition_penalty=float(row["repetition_penalty"]), repetition_window=int(row["repetition_window"]),
             no_repeat_ngram=int(row["no_repeat_ngram"] or 0) or None,
-            seed=int(row["seed"]), allow_unknown=True) for row in rows]
+            seed=int(row["seed"]), allow_unknown=True, deadline=deadline) for row in rows]
         return pd.DataFrame({"lyrics": lyrics})
 
 
@@ -159,7 +175,8 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
-                     registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS):
+                     registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS,
+                     max_seconds: float = MAX_SECONDS):
     """Log the checkpoint as the run's `model` (pyfunc), refusing requests for more than
     `max_num_chars` tokens a row; optionally register it. Several checkpoints: the model is their
     ensemble (the mean of their probabilities, lyricist.models.ensemble)."""
@@ -172,6 +189,6 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             name="model", python_model=LyricsModel(), artifacts=artifacts,
             code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
             input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
-            model_config={"max_num_chars": max_num_chars},
+            model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
