@@ -73,7 +73,8 @@ def test_two_processes_see_every_stream_exactly_once_per_epoch(sampling, tmp_pat
 
 
 def test_ddp_spawn_training_matches_one_process(tiny_data, tmp_path):
-    overrides = TINY + ["model.dropout=0", "train.early_stopping_patience=null",
+    overrides = TINY + ["model.dropout=0", "model.weight_drop=0", "model.embedding_row_dropout=0",
+                        "train.early_stopping_patience=null",
                         f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     one = train(with_data(compose_config(overrides), tiny_data), tmp_path / "one")
     two = train(with_data(compose_config(overrides + ["trainer=ddp_spawn"]), tiny_data), tmp_path / "two")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 STORE = ROOT.parent / "shared" / "dvc-store"
 
 TINY = ["data.max_chars=6000", "data.batch_size=8", "data.num_steps=10", "model.hidden_size=16",
-        "model.embedding_size=8", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+        "model.embedding_size=16", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
         "train.eval_batch_size=2", "train.samples_every_n_epochs=1", "generate.num_chars=20"]
 
 
@@ -90,7 +90,7 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     assert (tmp_path / "plots" / "index.html").is_file()
 
     # A model parameter re-runs train and evaluate only.
-    compose_params(project, TINY + ["model.hidden_size=12",
+    compose_params(project, TINY + ["model.hidden_size=12", "model.embedding_size=12",
                                     f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     status = run(["dvc", "status"], project)
     assert "train:" in status and "evaluate:" not in status.split("train:")[0]
@@ -200,7 +200,7 @@ def test_a_user_corpus_through_data_custom(project, tmp_path):
     # The Hydra app trains on it with the same overrides; other ones are refused.
     train_cmd = [sys.executable, "-m", "lyricist.train", "data=custom", f"paths.encoded={encoded}",
                  "data.raw_path=data/raw/custom.zip", "data.batch_size=4", "data.num_steps=8",
-                 "model.hidden_size=16", "model.embedding_size=8", "trainer.max_epochs=1",
+                 "model.hidden_size=16", "model.embedding_size=16", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "train.eval_batch_size=2", "logger=none",
                  f"hydra.run.dir={tmp_path / 'run'}"]
     refused = subprocess.run(train_cmd, cwd=project, env=env, capture_output=True, text=True)
