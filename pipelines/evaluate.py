@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
-from lyricist.evaluation.perplexity import evaluate_checkpoint
+from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
 
 
 def main(argv=None) -> None:
@@ -30,17 +30,8 @@ def main(argv=None) -> None:
     p = OmegaConf.load(args.params)
     start = time.perf_counter()
     result, samples_md = evaluate_checkpoint(
-        args.checkpoint, Path(args.data_dir), batch_size=p.train.eval_batch_size,
-        num_steps=p.data.num_steps, prefixes=list(p.data.prefixes),
-        **OmegaConf.to_container(p.generate),
-        # the n-gram interpolated with the network: the baseline stage's settings (the saved
-        # model is checked against them)
-        ngram_max_order=p.baseline.max_order, ngram_discount_mode=p.baseline.discount_mode,
-        ngram_fixed_discount=p.baseline.fixed_discount, ngram_path=args.ngram,
-        dynamic_lrs=list(p.evaluate.dynamic_lrs), dynamic_num_steps=p.evaluate.dynamic_num_steps,
-        dynamic_tune_tokens=p.evaluate.dynamic_tune_tokens, krause_lrs=list(p.evaluate.krause_lrs),
-        krause_decay=p.evaluate.krause_decay, krause_eps=p.evaluate.krause_eps,
-        krause_stat_tokens=p.evaluate.krause_stat_tokens, report=lambda line: print(line, flush=True))
+        args.checkpoint, Path(args.data_dir), **evaluation_settings(OmegaConf.to_container(p, resolve=True)),
+        ngram_path=args.ngram, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
     write_text(args.metrics, result.to_json())

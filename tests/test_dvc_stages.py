@@ -66,3 +66,28 @@ def test_the_evaluate_stage_reuses_the_baseline_stages_model():
     assert STAGES["baseline"]["outs"] == ["${paths.ngram}"]
     assert "${paths.ngram}" in STAGES["evaluate"]["deps"]
     assert "--ngram ${paths.ngram}" in STAGES["evaluate"]["cmd"]
+
+
+def test_the_evaluate_stage_lists_exactly_the_params_it_reads():
+    """evaluation_settings reads the stage's params and nothing else: given only the listed keys
+    of params.yaml it works, and without any one of them it fails."""
+    from omegaconf import OmegaConf
+
+    from lyricist.evaluation.perplexity import evaluation_settings
+
+    params = OmegaConf.load(ROOT / "params.yaml")
+    listed = [key for key in STAGES["evaluate"]["params"] if isinstance(key, str)]
+
+    def only(keys):
+        subset = OmegaConf.create()
+        for key in keys:
+            OmegaConf.update(subset, key, OmegaConf.select(params, key), force_add=True)
+        return OmegaConf.to_container(subset, resolve=True)
+
+    evaluation_settings(only(listed))
+    for left_out in listed:
+        try:
+            evaluation_settings(only([k for k in listed if k != left_out]))
+        except KeyError:
+            continue
+        raise AssertionError(f"the evaluate stage lists {left_out} but does not read it")

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.corpus import write_text
-from lyricist.evaluation.perplexity import evaluate_checkpoint
+from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
 from lyricist.project import project_root
 from lyricist.tracking import serving, store
 from lyricist.train import train
@@ -42,15 +42,12 @@ ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interp
 
 
 def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path, static: bool) -> dict:
-    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage."""
-    e = cfg.evaluate
-    result, _ = evaluate_checkpoint(
-        checkpoint, data_dir, batch_size=cfg.train.eval_batch_size, num_steps=cfg.data.num_steps,
-        prefixes=list(cfg.data.prefixes), **OmegaConf.to_container(cfg.generate), ngram_max_order=cfg.baseline.max_order,
-        ngram_discount_mode=cfg.baseline.discount_mode, ngram_fixed_discount=cfg.baseline.fixed_discount,
-        dynamic_lrs=[] if static else list(e.dynamic_lrs), dynamic_num_steps=e.dynamic_num_steps,
-        dynamic_tune_tokens=e.dynamic_tune_tokens, krause_lrs=[] if static else list(e.krause_lrs),
-        krause_decay=e.krause_decay, krause_eps=e.krause_eps, krause_stat_tokens=e.krause_stat_tokens)
+    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage
+    (with a Kneser-Ney model fit here on the same train split); `static`: no dynamic evaluation."""
+    settings = evaluation_settings(OmegaConf.to_container(cfg, resolve=True))
+    if static:
+        settings.update(dynamic_lrs=[], krause_lrs=[])
+    result, _ = evaluate_checkpoint(checkpoint, data_dir, **settings)
     return result.as_flat_dict()
 
 

@@ -26,6 +26,20 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
     return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
+def evaluation_settings(params: dict) -> dict:
+    """`evaluate_checkpoint`'s keyword arguments from the config's plain sections (`train`, `data`,
+    `generate`, `baseline`, `evaluate`), as the evaluate stage reads them from params.yaml; the
+    n-gram is the baseline stage's (a saved model is checked against these settings)."""
+    e, b = params["evaluate"], params["baseline"]
+    return dict(batch_size=params["train"]["eval_batch_size"], num_steps=params["data"]["num_steps"],
+                prefixes=list(params["data"]["prefixes"]), **params["generate"],
+                ngram_max_order=b["max_order"], ngram_discount_mode=b["discount_mode"],
+                ngram_fixed_discount=b["fixed_discount"], dynamic_lrs=list(e["dynamic_lrs"]),
+                dynamic_num_steps=e["dynamic_num_steps"], dynamic_tune_tokens=e["dynamic_tune_tokens"],
+                krause_lrs=list(e["krause_lrs"]), krause_decay=e["krause_decay"], krause_eps=e["krause_eps"],
+                krause_stat_tokens=e["krause_stat_tokens"])
+
+
 def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir: Path, batch_size: int,
                         num_steps: int, prefixes: list[str], num_chars: int, ngram_max_order: int | None = None,
                         ngram_discount_mode: str = "modified",
@@ -68,29 +82,30 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     neural = Perplexities.of_splits({split: perplexity_of(log_p) for split, (_, log_p) in scores.items()})
     done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in splits.items())})")
     interpolation = dynamic = krause = None
+    train_ids = load_ids(data_dir / "train.npy")  # the n-gram's fit, the Krause statistics, the copy rate
+    segment = dynamic_num_steps or num_steps
     if ngram_max_order is not None:
         vocab_size = len(loaded.vocab)
         if ngram_path is not None:
             ngram = load_kneser_ney(ngram_path, vocab_size, ngram_max_order, ngram_discount_mode,
                                     ngram_fixed_discount)
         else:  # as the baseline stage picks it: the order of 1..max_order best on val, fit on train
-            ngram, _ = best_kneser_ney(load_ids(data_dir / "train.npy"), splits["val"], vocab_size,
+            ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size,
                                        ngram_max_order, ngram_discount_mode, ngram_fixed_discount)
         interpolation = interpolate_with_ngram(loaded.model, None, splits, vocab_size, batch_size,
                                                num_steps, ngram=ngram, neural=scores)
         done(f"kn{ngram.order} and the interpolation")
         if dynamic_lrs:
-            dynamic = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps,
-                                       dynamic_lrs, tune_tokens=dynamic_tune_tokens)
+            dynamic = evaluate_dynamic(loaded.model, ngram, splits, segment, dynamic_lrs,
+                                       tune_tokens=dynamic_tune_tokens)
             done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
         if krause_lrs:
-            rms = gradient_rms(loaded.model, load_ids(data_dir / "train.npy"), dynamic_num_steps or num_steps,
-                               batch_size, krause_stat_tokens)
-            krause = evaluate_dynamic(loaded.model, ngram, splits, dynamic_num_steps or num_steps, krause_lrs,
+            rms = gradient_rms(loaded.model, train_ids, segment, batch_size, krause_stat_tokens)
+            krause = evaluate_dynamic(loaded.model, ngram, splits, segment, krause_lrs,
                                       tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps)
             done(f"Krause dynamic evaluation (rate {krause.lr:g} of 0 and {list(krause_lrs)})")
-    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars,
-                                       load_ids(data_dir / "train.npy"), splits.get("test"), **decoding)
+    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars, train_ids,
+                                       splits.get("test"), **decoding)
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
     done(f"samples and their lyric metrics ({len(prefixes)} x 2 x {num_chars} {unit})")
     return (EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, krause, lyrics),
