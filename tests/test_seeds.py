@@ -58,3 +58,12 @@ def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         seeds.main(["--seeds", "1", "--out", str(out), *overrides])
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_a_bad_value_is_refused_before_any_run_or_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ValueError, match=r"^model.hidden_size='abc' is not allowed"):
+        seeds.main(["--out", str(tmp_path / "seeds"), f"logger.tracking_uri={uri}", "model.hidden_size=abc"])
+    assert not (tmp_path / "seeds").exists() and not (tmp_path / "mlflow.db").exists()

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +33,8 @@ from lyricist.data.corpus import write_text
 from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
 from lyricist.project import project_root
 from lyricist.tracking import serving, store
-from lyricist.train import train
+from lyricist.errors import run_cli
+from lyricist.train import USER_ERRORS, check_settings, train
 
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
 ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interpolated_"),
@@ -118,7 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: give another --out (runs there are never overwritten)")
     seeds = [cfg.train.seed + k for k in range(args.seeds)]
+    check_settings(cfg)  # a bad value is refused before the parent run or any folder exists
     parent = _parent_run(cfg, root, args.overrides, seeds)
+    try:
+        return _run_seeds(args, cfg, root, out, seeds, parent)
+    except BaseException as err:
+        if parent:  # not left RUNNING: FAILED, with the reason as a tag
+            store.mark_failed(parent[2], parent[1], err)
+        raise
+
+
+def _run_seeds(args: argparse.Namespace, cfg: DictConfig, root: Path, out: Path, seeds: list[int],
+               parent: tuple[MlflowClient, str, str] | None) -> int:
     runs = []
     for seed in seeds:
         cfg.train.seed = seed
@@ -158,4 +171,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, (*USER_ERRORS, ConfigCompositionException)))
