@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     out = Path(args.out_dir)
     vocab.save(out / "vocab.json")
     for split, array in ids.items():
-        save_ids(out / f"{split}.npy", array)
+        save_ids(out / f"{split}.npy", array, len(vocab))  # one integer type for every split
     write_record(out, p)  # training refuses data made with other settings
     for split in ("val", "test"):
         rate = unk_rate(ids[split])

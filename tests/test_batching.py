@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from lyricist.data.batching import (
     random_batches,
     variable_lengths,
 )
+from lyricist.data.vocab import load_ids, save_ids
 
 SEQ = torch.arange(30)  # the seeds' 0..29 example
 B, T = 2, 3
@@ -136,3 +138,25 @@ def test_lengths_that_do_not_fit_are_refused():
         next(consecutive_batches(SEQ, B, T, lengths=[10, 5]))
     with pytest.raises(ValueError, match=r">= 1"):
         next(consecutive_batches(SEQ, B, T, lengths=[3, 0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.int32])
+def test_batches_of_narrow_ids_equal_those_of_int64_ids(dtype, tmp_path):
+    # The id files hold 1-2 bytes a token (lyricist.data.vocab.load_ids); every batch is int64 all the same.
+    wide = torch.arange(500) * 7 % 200  # (N,) int64
+    vocab_size = {torch.uint8: 256, torch.uint16: 300, torch.int32: 70_000}[dtype]
+    save_ids(tmp_path / "ids.npy", wide.numpy(), vocab_size)
+    narrow = load_ids(tmp_path / "ids.npy")
+    assert narrow.dtype == dtype and np.load(tmp_path / "ids.npy").dtype.itemsize < 8
+    makers = {
+        "random": lambda ids: random_batches(ids, 4, 7, generator=torch.Generator().manual_seed(3)),
+        "consecutive": lambda ids: consecutive_batches(ids, 4, 7),
+        "one stream": lambda ids: consecutive_batches(ids, 1, 7),
+        "rows and lengths": lambda ids: consecutive_batches(ids, 4, 7, rows=slice(1, None, 2), lengths=[5, 9, 3]),
+    }
+    for name, make in makers.items():
+        expected, got = list(make(wide)), list(make(narrow))
+        assert len(got) == len(expected) > 0, name
+        for (x, y), (ex, ey) in zip(got, expected):
+            assert x.dtype == y.dtype == torch.int64, name
+            assert x.is_contiguous() and torch.equal(x, ex) and torch.equal(y, ey), name

@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lyricist.data.vocab import Vocab, VocabError, encode_to_array, load_ids, save_ids
+from lyricist.data.vocab import Vocab, VocabError, encode_to_array, id_dtype, load_ids, save_ids
 
 TEXT = "分开\n不分开 战争中部队"
 
@@ -75,12 +76,53 @@ def test_load_errors_are_clear(tmp_path):
 def test_ids_round_trip_through_npy(tmp_path):
     vocab = Vocab.build(TEXT)
     array = encode_to_array(vocab, TEXT)
-    assert array.dtype == np.int32 and array.shape == (len(TEXT),)
+    assert array.dtype == np.uint8 and array.shape == (len(TEXT),)  # a handful of characters: 1 byte each
     path = tmp_path / "train.npy"
-    save_ids(path, array)
-    assert np.load(path).dtype == np.int32
+    save_ids(path, array, len(vocab))
+    assert np.load(path).dtype == np.uint8
     ids = load_ids(path)
-    assert ids.dtype == torch.int64 and ids.tolist() == vocab.encode(TEXT)
+    assert ids.dtype == torch.uint8 and ids.tolist() == vocab.encode(TEXT)
+
+
+@pytest.mark.parametrize("vocab_size, dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16),
+                                               (65_536, np.uint16), (65_537, np.int32), (2**31, np.int32)])
+def test_ids_take_the_smallest_type_that_holds_the_vocabulary(vocab_size, dtype, tmp_path):
+    assert id_dtype(vocab_size) == dtype
+    ids = np.array([0, vocab_size - 1])
+    save_ids(tmp_path / "ids.npy", ids, vocab_size)
+    assert np.load(tmp_path / "ids.npy").dtype == dtype
+    assert load_ids(tmp_path / "ids.npy").tolist() == [0, vocab_size - 1]
+
+
+def test_every_split_gets_the_vocabulary_s_type(tmp_path):
+    # A split whose ids all lie below 256 still gets uint16 when the vocabulary needs it.
+    save_ids(tmp_path / "val.npy", [1, 2, 3], vocab_size=300)
+    assert np.load(tmp_path / "val.npy").dtype == np.uint16
+    save_ids(tmp_path / "guess.npy", [1, 2, 300])  # no vocab_size: the largest id decides
+    assert np.load(tmp_path / "guess.npy").dtype == np.uint16
+    with pytest.raises(ValueError, match="id 300 is outside a vocabulary of 300"):
+        save_ids(tmp_path / "bad.npy", [1, 300], vocab_size=300)
+    with pytest.raises(ValueError, match="does not fit int32.*max_vocab_size"):
+        id_dtype(2**31 + 1)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int16, np.dtype(">i4")])
+def test_an_older_id_file_still_loads(dtype, tmp_path):
+    # Earlier runs wrote int32 always; other integer types (and byte orders) load as their values.
+    np.save(tmp_path / "old.npy", np.array([5, 0, 3, 1000], dtype=dtype))
+    ids = load_ids(tmp_path / "old.npy")
+    assert ids.tolist() == [5, 0, 3, 1000]
+    assert ids.dtype in (torch.int32, torch.int64)
+
+
+def test_loaded_ids_are_memory_mapped_and_never_write_the_file(tmp_path):
+    save_ids(tmp_path / "ids.npy", np.arange(100), 100)
+    before = (tmp_path / "ids.npy").read_bytes()
+    ids = load_ids(tmp_path / "ids.npy")
+    if Path("/proc/self/maps").is_file():  # Linux: the file is mapped into this process, not read into it
+        assert str(tmp_path / "ids.npy") in Path("/proc/self/maps").read_text()
+    ids[0] = 7  # copy on write: this process's page only
+    assert (tmp_path / "ids.npy").read_bytes() == before and load_ids(tmp_path / "ids.npy")[0] == 0
 
 
 def test_ids_errors(tmp_path):

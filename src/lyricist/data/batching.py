@@ -61,9 +61,17 @@ def _check_sizes(batch_size: int, num_steps: int) -> None:
 
 
 def _as_ids(ids: Tensor) -> Tensor:
+    """The ids as they are (often uint8 or uint16, memory-mapped: `lyricist.data.vocab.load_ids`);
+    each batch is converted to int64 on its own (`_batch`), so the split never is as a whole."""
     if ids.dim() != 1:
         raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}.")
-    return ids.long()  # (N,) int64, what embeddings, one-hot and cross-entropy expect
+    return ids
+
+
+def _batch(block: Tensor) -> Tensor:
+    """A (B, T) block of ids as a new contiguous int64 tensor: what embeddings, one-hot and
+    cross-entropy expect (and never a view into the id file)."""
+    return block.to(torch.int64, memory_format=torch.contiguous_format, copy=True)  # (B, T)
 
 
 def random_batches(ids: Tensor, batch_size: int, num_steps: int,
@@ -83,7 +91,7 @@ def random_batches(ids: Tensor, batch_size: int, num_steps: int,
     for i in range(epoch_size):
         starts = window_order[i * batch_size : (i + 1) * batch_size] * num_steps  # (B,)
         positions = starts[:, None] + offsets[None, :]  # (B, T)
-        yield ids[positions], ids[positions + 1]  # (B, T), (B, T)
+        yield _batch(ids[positions]), _batch(ids[positions + 1])  # (B, T), (B, T)
 
 
 def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slice | None = None,
@@ -109,8 +117,8 @@ def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slic
                          f"the input columns of {batch_size} streams of {batch_len} tokens")
     start = 0
     for length in lengths:
-        inputs = streams[:, start : start + length].contiguous()  # (B, T_i)
-        labels = streams[:, start + 1 : start + length + 1].contiguous()  # (B, T_i)
+        inputs = _batch(streams[:, start : start + length])  # (B, T_i)
+        labels = _batch(streams[:, start + 1 : start + length + 1])  # (B, T_i)
         start += length
         yield inputs, labels
 

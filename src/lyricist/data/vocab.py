@@ -157,7 +157,9 @@ class Vocab:
         """
         size = len(self.itos)
         tokens = []
-        for raw_id in ids:
+        # An array's or tensor's ids as python ints at once: iterating a tensor makes one
+        # tensor per id, seconds for a corpus of millions.
+        for raw_id in ids.tolist() if hasattr(ids, "tolist") else ids:
             index = int(raw_id)
             if not 0 <= index < size:
                 raise IndexError(f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made "
@@ -245,37 +247,66 @@ def unk_rate(ids: np.ndarray) -> float:
     return float((ids == 0).mean()) if ids.size else 0.0  # id 0 is <unk>
 
 
+# The id file's integer type: the smallest that holds every id of the vocabulary. A character
+# corpus (~65 to a few thousand ids) then takes 1-2 bytes a token on disk and in memory, not 8.
+ID_DTYPES = (np.uint8, np.uint16, np.int32)
+# Types `load_ids` hands to torch as they are (an older int32 or int64 file included); any other
+# integer type is converted to int64 once, on loading.
+_TORCH_ID_DTYPES = (np.uint8, np.uint16, np.int32, np.int64)
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """uint8 for up to 256 ids, uint16 for up to 65,536, else int32 (ids below 2**31)."""
+    if vocab_size > np.iinfo(np.int32).max + 1:
+        raise ValueError(f"a vocabulary of {vocab_size:,} tokens does not fit int32 ids; cap it, e.g. "
+                         "data.max_vocab_size=100000.")
+    return next(np.dtype(t) for t in ID_DTYPES if vocab_size - 1 <= np.iinfo(t).max)
+
+
 def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
-    """Ids of `text` as a 1-D int32 array (int32 halves the file size; vocabularies are tiny)."""
-    return np.asarray(vocab.encode(text), dtype=np.int32)  # (N,)
+    """Ids of `text` as a 1-D array of the smallest integer type that holds the vocabulary."""
+    return np.asarray(vocab.encode(text), dtype=id_dtype(len(vocab)))  # (N,)
 
 
-def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int]) -> None:
-    """Save a 1-D array of non-negative token ids as an int32 `.npy` file, atomically."""
+def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab_size: int | None = None) -> None:
+    """Save a 1-D array of non-negative token ids as a `.npy` file, atomically, in the smallest
+    integer type that holds ids below `vocab_size` (None: below the largest id + 1). Pass the
+    vocabulary's size so that every split of a corpus gets the same type."""
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
     array = np.asarray(ids)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"ids must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}.")
-    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
-        raise ValueError(f"ids must lie in [0, 2**31), got min {array.min()} max {array.max()}.")
+    largest = int(array.max()) if array.size else -1
+    if array.size and (array.min() < 0 or largest > np.iinfo(np.int32).max):
+        raise ValueError(f"ids must lie in [0, 2**31), got min {array.min()} max {largest}.")
+    if vocab_size is not None and largest >= vocab_size:
+        raise ValueError(f"id {largest} is outside a vocabulary of {vocab_size} tokens; encode with that vocabulary.")
     buffer = io.BytesIO()
-    np.save(buffer, array.astype(np.int32), allow_pickle=False)
+    np.save(buffer, array.astype(id_dtype(largest + 1 if vocab_size is None else vocab_size), copy=False),
+            allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_ids(path: str | Path) -> torch.Tensor:
-    """Load token ids saved by `save_ids` as a 1-D int64 tensor (what embedding/one-hot expect)."""
+    """Token ids saved by `save_ids` as a 1-D tensor of the file's integer type (uint8, uint16,
+    int32; an int64 file from elsewhere as it is), memory-mapped: the pages are read when a
+    batch touches them, and processes reading the same file share them. Batching
+    (`lyricist.data.batching`) converts each batch to int64, what embeddings and one-hot expect;
+    the whole split never is."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro vocab` "
                                 "(after `dvc pull data/raw/*.dvc` for the raw corpora).")
     try:
-        array = np.load(path, allow_pickle=False)
+        # "c" (copy on write): writable, so torch takes it without a warning; nothing reaches the file.
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise VocabError(f"token-id file {path} is not a readable .npy file ({err}). Rebuild it with `dvc repro vocab`.") from err
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
                          f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
                          "with `dvc repro vocab`.")
-    return torch.from_numpy(array.astype(np.int64))  # (N,)
+    if array.dtype.type not in _TORCH_ID_DTYPES or not array.dtype.isnative:
+        return torch.from_numpy(array.astype(np.int64))  # (N,) a rare type: one copy
+    return torch.from_numpy(array)  # (N,)
