@@ -37,8 +37,11 @@ def main(argv=None) -> None:
             raise VocabError(f"the {split} split in {data_dir} holds {len(ids)} token(s), too few (>= 2): the "
                              "baseline fits on train and chooses its order on val. Prepare the data again with a longer corpus or a "
                              "bigger data.val_fraction (`dvc repro vocab`)")
+    sizes = ", ".join(f"{split} {len(ids):,}" for split, ids in {"train": train_ids, **splits}.items())
+    print(f"baseline: fitting on {sizes} tokens, one line per model:", flush=True)
     start = time.perf_counter()
-    metrics, best_kneser_ney = evaluate_baselines(train_ids, splits, len(vocab), **settings)
+    metrics, best_kneser_ney = evaluate_baselines(train_ids, splits, len(vocab), **settings,
+                                                  report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     if args.model:
         if best_kneser_ney is None:

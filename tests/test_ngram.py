@@ -2,6 +2,7 @@ import importlib.util
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def test_ids_outside_the_vocabulary_are_refused():
         KneserNey(2).fit([1, 2, 4], vocab_size=4)
 
 
-def test_stage_script_writes_metrics_json(tmp_path):
+def test_stage_script_writes_metrics_json(tmp_path, capsys):
     # pipelines/ is not a package: load the stage script from its path
     script = Path(__file__).resolve().parents[1] / "pipelines" / "baseline.py"
     spec = importlib.util.spec_from_file_location("baseline_stage", script)
@@ -224,6 +225,9 @@ def test_stage_script_writes_metrics_json(tmp_path):
     stage.main(["--data-dir", str(data_dir), "--metrics", str(metrics_path), "--params", str(params),
                 "--model", str(model_path)])
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    out = capsys.readouterr().out
+    assert "baseline: fitting on train 250, val " in out  # before the fit, then one line per model as it ends
+    assert re.search(r"^  kn3: fit \d+\.\d s, scored val \d+\.\d s$", out, re.M), out
     # The saved model is the val-best Kneser-Ney order, with the perplexity the metrics report.
     saved = load_kneser_ney(model_path, len(vocab), max_order=3, discount_mode="modified", fixed_discount=0.75)
     kn_names = [name for name in metrics if name.startswith("kn")]
@@ -233,3 +237,15 @@ def test_stage_script_writes_metrics_json(tmp_path):
     assert set(metrics["kn3"]) == {"val_ppl"}  # the empty test split is left out
     assert metrics["best"]["val_ppl"] == min(m["val_ppl"] for name, m in metrics.items() if name != "best")
     assert all(np.isfinite(m["val_ppl"]) for m in metrics.values())
+
+
+def test_the_baselines_report_one_line_per_model_with_its_times():
+    ids, vocab_size = encoded(TEXT)
+    lines = []
+    metrics, best = evaluate_baselines(ids, {"val": ids[::-1][:150], "test": ids[:3]}, vocab_size, max_order=3,
+                                       report=lines.append)
+    assert [line.split(":")[0].strip() for line in lines] == ["unigram", "kn1", "kn2", "kn3"]
+    assert all(re.fullmatch(r"  \w+: fit \d+\.\d s, scored val, test \d+\.\d s", line) for line in lines), lines
+    # Only the val-best order is kept, and it is the one with the lowest val perplexity (ties: the lower).
+    orders = [int(name[2:]) for name in metrics if name.startswith("kn")]
+    assert best.order == min(orders, key=lambda k: (metrics[f"kn{k}"]["val_ppl"], k))

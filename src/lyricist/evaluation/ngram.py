@@ -20,11 +20,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -315,26 +316,35 @@ def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size
 
 
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
-                       max_order: int = 5, discount_mode: str = "modified",
-                       fixed_discount: float = 0.75) -> tuple[dict, KneserNey | None]:
+                       max_order: int = 5, discount_mode: str = "modified", fixed_discount: float = 0.75,
+                       report: Callable[[str], None] = lambda line: None) -> tuple[dict, KneserNey | None]:
     """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split,
     and the Kneser-Ney model best on val (the one `best_kneser_ney` picks; None without val).
 
     The metrics are {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best":
     {"name": .., "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without
     val). A split with fewer than 2 tokens is left out (nothing to predict), as an empty test
-    split may be.
+    split may be. `report` gets one line per model, with its fit and scoring times (a big
+    corpus takes minutes). Only the best order so far is kept: one model in memory, not max_order.
     """
-    kneser_ney = {order: KneserNey(order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
-                  for order in range(1, max_order + 1)}
-    models: dict[str, LanguageModel] = {"unigram": unigram_add_one(train_ids, vocab_size)}
-    models.update({f"kn{order}": model for order, model in kneser_ney.items()})
-    metrics = {name: {f"{split}_ppl": perplexity(model, ids) for split, ids in splits.items() if len(ids) >= 2}
-               for name, model in models.items()}
-    candidates = [name for name in models if "val_ppl" in metrics[name]]
+    scored = {split: part for split, part in splits.items() if len(part) >= 2}
+    metrics: dict = {}
+    best_order: KneserNey | None = None
+    for order in range(max_order + 1):  # 0: the add-one unigram
+        clock = time.perf_counter()
+        model = unigram_add_one(train_ids, vocab_size) if order == 0 else KneserNey(
+            order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+        fitted = time.perf_counter()
+        name = "unigram" if order == 0 else f"kn{order}"
+        metrics[name] = {f"{split}_ppl": perplexity(model, part) for split, part in scored.items()}
+        report(f"  {name}: fit {fitted - clock:.1f} s, scored {', '.join(scored) or 'nothing'} "
+               f"{time.perf_counter() - fitted:.1f} s")
+        if order and "val_ppl" in metrics[name] and (
+                best_order is None or metrics[name]["val_ppl"] < metrics[f"kn{best_order.order}"]["val_ppl"]):
+            best_order = model  # ties: the lower order stays
+    candidates = [name for name in metrics if "val_ppl" in metrics[name]]
     if not candidates:
         return metrics, None
     best = min(candidates, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
     metrics["best"] = {"name": best, **metrics[best]}
-    best_order = min(kneser_ney, key=lambda order: metrics[f"kn{order}"]["val_ppl"])  # ties: the lower
-    return metrics, kneser_ney[best_order]
+    return metrics, best_order
