@@ -3,6 +3,7 @@ lyricist.generate: nucleus sampling, the repetition penalty, the n-gram ban, and
 
 import html
 import math
+import random
 
 import pytest
 import torch
@@ -15,6 +16,22 @@ from lyricist.evaluation.samples import sample_lyrics
 from lyricist.generate import banned_by_ngrams, generate, nucleus_cut, penalize_recent
 from lyricist.models import RecurrentLM
 from lyricist.train import check_settings
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_the_reference_holds_exactly_the_texts_ngrams_in_8_bytes_each(chunk, monkeypatch):
+    # Hashed chunk by chunk (7: windows across every chunk border), it answers as a set of the strings would.
+    monkeypatch.setattr(lyrics, "_HASH_CHUNK", chunk)
+    rng = random.Random(0)
+    text = "".join(rng.choice("ab 分开\n\ufffd") for _ in range(3000))
+    reference, exact = lyrics.ngram_set(text, n=5), set(lyrics.char_ngrams(text, 5))
+    assert len(reference) == len(exact) and reference.hashes.nbytes == 8 * len(exact)
+    probes = sorted(exact) + ["".join(rng.choice("ab 分开xy") for _ in range(5)) for _ in range(500)]
+    assert reference.contains(probes).tolist() == [g in exact for g in probes]
+    assert "abab" not in reference and all(g in reference for g in sorted(exact)[:20])
+    assert lyrics.ngram_set("abc", n=5).contains(["aaaaa"]).tolist() == [False]  # nothing to hold
+    with pytest.raises(ValueError, match="reference holds 5-grams, but copy_rate was asked for n=3"):
+        lyrics.copy_rate(["abcdef"], reference, n=3)
 
 
 def test_copy_rate_counts_the_ngrams_found_in_the_reference():

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
+from lyricist.evaluation.lyrics import NgramSet, lyric_metrics, ngram_set
 from lyricist.generate import check_decoding, generate, seed_of
 from lyricist.tracking.store import with_retry
 
@@ -40,7 +40,7 @@ class SamplesCallback(pl.Callback):
                          "no_repeat_ngram": no_repeat_ngram}
         self.seed = seed
         check_decoding(num_chars=num_chars, **self.decoding)
-        self._reference: frozenset[str] | None = None
+        self._reference: NgramSet | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1  # 1-based, as people count epochs
