@@ -214,3 +214,17 @@ def test_vocab_json_records_the_tokenizer_and_a_char_file_keeps_its_format(tmp_p
         Vocab.from_dict({**words.to_dict(), "tokenizer": "char"})
     with pytest.raises(VocabError, match="non-empty string without whitespace"):
         Vocab(["<unk>", "two words"], tokenizer="word")
+
+
+def test_a_split_of_ids_decodes_as_the_list_of_them_would(tmp_path):
+    # A whole split (an array or tensor, one character per <unk>) takes numpy's path: same text.
+    vocab = Vocab.build(TEXT)
+    ids = vocab.encode(TEXT + "未知") + [0]
+    save_ids(tmp_path / "ids.npy", ids, len(vocab))
+    for given in (load_ids(tmp_path / "ids.npy"), np.array(ids), torch.tensor(ids)):
+        assert vocab.decode(given, unk="\ufffd") == vocab.decode(ids, unk="\ufffd") == TEXT + "\ufffd" * 3
+    assert vocab.decode(np.array(ids), unk="") == TEXT  # unk="" (not one character): the plain path
+    with pytest.raises(IndexError, match=f"id {len(vocab)} is outside the vocabulary"):
+        vocab.decode(np.array([1, len(vocab)]), unk="\ufffd")
+    with pytest.raises(IndexError, match="id -1 is outside"):
+        vocab.decode(torch.tensor([-1, 2]), unk="\ufffd")

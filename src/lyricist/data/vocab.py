@@ -156,10 +156,10 @@ class Vocab:
         keep one character per id.
         """
         size = len(self.itos)
+        if self.tokenizer == "char" and len(unk) == 1 and isinstance(ids, (np.ndarray, torch.Tensor)):
+            return self._decode_chars(np.asarray(ids), unk)
         tokens = []
-        # An array's or tensor's ids as python ints at once: iterating a tensor makes one
-        # tensor per id, seconds for a corpus of millions.
-        for raw_id in ids.tolist() if hasattr(ids, "tolist") else ids:
+        for raw_id in ids:
             index = int(raw_id)
             if not 0 <= index < size:
                 raise IndexError(f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made "
@@ -170,6 +170,17 @@ class Vocab:
         words = [token for token in tokens if token]  # unk="" drops the word, not just its letters
         return "".join(word if i == 0 or NEWLINE_TOKEN in (word, words[i - 1]) else " " + word
                        for i, word in enumerate(words))
+
+    def _decode_chars(self, ids: np.ndarray, unk: str) -> str:
+        """`decode` of a whole split of character ids at numpy speed (the train split, decoded
+        for the copy rate): each id's code point looked up at once, 4 bytes a token meanwhile
+        where a list of tokens takes 16."""
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.itos)):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise IndexError(f"id {bad} is outside the vocabulary (0..{len(self.itos) - 1}); the ids were made "
+                             "with a different vocabulary or model output size.")
+        code_points = np.array([ord(unk), *map(ord, self.itos[1:])], dtype="<u4")  # (V,) id 0 is <unk>
+        return code_points[ids.ravel()].tobytes().decode("utf-32-le")
 
     def decode_after(self, prefix: str, ids: Iterable[int], unk: str = UNK_TOKEN) -> str:
         """`prefix` followed by the text of `ids`, as `decode` would join them: for words, one
