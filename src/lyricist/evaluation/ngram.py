@@ -24,6 +24,7 @@ import time
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -157,7 +158,8 @@ class KneserNey:
     def fit(self, ids: Sequence[int], vocab_size: int) -> KneserNey:
         ids = _as_id_list(ids, vocab_size)
         self.vocab_size = vocab_size
-        raw = {k: Counter(zip(*(ids[i:] for i in range(k)))) for k in range(1, self.order + 1)}
+        # islice, not ids[i:]: a slice would copy the list (8 bytes a token) k times per order.
+        raw = {k: Counter(zip(*(islice(ids, i, None) for i in range(k)))) for k in range(1, self.order + 1)}
         self.levels: list[_Level] = []  # levels[k - 1] holds order k
         for k in range(1, self.order + 1):
             if k == self.order:
