@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate")
 DEFAULT_SIZES = ("100k", "1M", "10M")
 SUFFIXES = {"": 1, "k": 1_000, "M": 1_000_000}
+# The evaluate stage's line for its static scoring of val and test (lyricist.evaluation.perplexity).
+STATIC = re.compile(r"static perplexity \(val ([\d,]+) tokens(?:, test ([\d,]+) tokens)?\): ([\d.]+) s")
 
 
 def parse_size(text: str) -> int:
@@ -78,26 +80,33 @@ def stage_command(name: str, params: dict) -> list[str]:
 # Run by a fresh, small Python between this process and the stage: a child's peak RSS counts
 # the memory of whatever it was forked from, and this process holds DVC's and Hydra's modules.
 MEASURE = """
-import os, subprocess, sys, time
+import os, signal, subprocess, sys, time
 start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[2:])
+proc = subprocess.Popen(sys.argv[3:])
+if float(sys.argv[2]) > 0:  # the stage's time limit: killed then, its peak so far still measured
+    signal.signal(signal.SIGALRM, lambda *_: proc.kill())
+    signal.setitimer(signal.ITIMER_REAL, float(sys.argv[2]))
 _, status, usage = os.wait4(proc.pid, 0)
 with open(sys.argv[1], "w") as f:  # ru_maxrss: KiB on Linux
     f.write(f"{time.perf_counter() - start} {usage.ru_maxrss / 1024} {os.waitstatus_to_exitcode(status)}")
 """
 
 
-def run_measured(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of the stage's process alone; its output goes to `log`."""
+def run_measured(command: list[str], cwd: Path, log: Path, limit: float = 0) -> dict:
+    """{"seconds", "peak_mib"} of the stage's process alone (and "stopped": true when it ran
+    past `limit` seconds, 0: none, and was killed); its output goes to `log`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     measured = log.with_suffix(".measured")
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-c", MEASURE, str(measured), *command], cwd=cwd, env=env,
+        subprocess.run([sys.executable, "-c", MEASURE, str(measured), str(limit), *command], cwd=cwd, env=env,
                        stdout=out, stderr=subprocess.STDOUT, check=True)
     seconds, peak, code = measured.read_text().split()
+    result = {"seconds": float(seconds), "peak_mib": float(peak)}
+    if limit and int(code) == -9 and float(seconds) >= limit:
+        return {**result, "stopped": True}
     if int(code):
         sys.exit(f"{' '.join(command)} failed ({code}); its output: {log}\n{log.read_text()[-3000:]}")
-    return float(seconds), float(peak)
+    return result
 
 
 def epoch_tokens_per_sec(project: Path, params: dict) -> float:
@@ -107,7 +116,8 @@ def epoch_tokens_per_sec(project: Path, params: dict) -> float:
         return float(list(csv.DictReader(f))[-1]["tokens_per_sec"])
 
 
-def run_size(chars: int, project: Path, stages: list[str], train_steps: int, results: dict) -> None:
+def run_size(chars: int, project: Path, stages: list[str], train_steps: int, results: dict,
+             limit: float = 0) -> None:
     project.mkdir(parents=True, exist_ok=True)
     if not (project / "conf").is_dir():
         shutil.copytree(ROOT / "conf", project / "conf")
@@ -123,12 +133,19 @@ def run_size(chars: int, project: Path, stages: list[str], train_steps: int, res
             (f"train {n}", [f"trainer.limit_train_batches={n}"]) for n in (train_steps, 2 * train_steps)]
         for row, extra in runs:
             params = compose(project, base + extra)
-            seconds, peak = run_measured(stage_command(name, params), project, project / f"{row.replace(' ', '_')}.log")
-            mine[row] = {"seconds": seconds, "peak_mib": peak}
-            if name == "train":
+            log = project / f"{row.replace(' ', '_')}.log"
+            mine[row] = run_measured(stage_command(name, params), project, log, limit)
+            stopped = mine[row].get("stopped")
+            if name == "train" and not stopped:
                 mine[row]["tokens_per_sec"] = epoch_tokens_per_sec(project, params)
                 mine["batch"] = [params["data"]["batch_size"], params["data"]["num_steps"], params["data"]["sampling"]]
-            print(f"  {label(chars):>5} {row:10} {seconds:7.1f} s  peak {peak:7.0f} MiB", flush=True)
+            if name == "evaluate" and (match := STATIC.search(log.read_text())):
+                mine["val_tokens"], mine["test_tokens"] = (int(m.replace(",", "")) if m else 0 for m in match.groups()[:2])
+                mine["static_seconds"] = float(match[3])
+            print(f"  {label(chars):>5} {row:10} {mine[row]['seconds']:7.1f} s  peak {mine[row]['peak_mib']:7.0f} MiB"
+                  f"{f'  (stopped at the {limit:g} s limit; its output: {log})' if stopped else ''}", flush=True)
+            if stopped:
+                return  # the later stages need this one's outputs
     if "train" in stages:
         batch_size, num_steps, sampling = mine["batch"]
         # The count lyricist.data.batching.num_batches gives, from the file's header alone: this
@@ -140,18 +157,22 @@ def run_size(chars: int, project: Path, stages: list[str], train_steps: int, res
 
 
 def train_split(mine: dict) -> dict | None:
-    """A training step's seconds and the validation pass's, from the N- and 2N-step epochs:
-    their epoch times t = tokens / tokens_per_sec are N·step + val and 2N·step + val."""
+    """A training step's seconds and one full epoch's, from the two bounded epochs of N and 2N
+    steps: their times t = tokens / tokens_per_sec are (steps)·step + val. The validation pass
+    is the evaluate stage's static scoring of val (the same forward pass, its time per token)
+    when it ran, else the intercept of the two. An epoch shorter than N steps was measured whole."""
     n = mine.get("train_steps")
-    if not n or f"train {n}" not in mine or f"train {2 * n}" not in mine:
+    if not n or any(f"train {k}" not in mine or "tokens_per_sec" not in mine[f"train {k}"] for k in (n, 2 * n)):
         return None
-    batch_tokens = mine["batch"][0] * mine["batch"][1]
-    t1 = n * batch_tokens / mine[f"train {n}"]["tokens_per_sec"]
-    t2 = 2 * n * batch_tokens / mine[f"train {2 * n}"]["tokens_per_sec"]
-    step = (t2 - t1) / n
-    val = t1 - n * step
-    return {"step": step, "val": val, "tokens_per_sec": batch_tokens / step,
-            "epoch": mine["steps_per_epoch"] * step + val}
+    batch_tokens, epoch_steps = mine["batch"][0] * mine["batch"][1], mine["steps_per_epoch"]
+    (a1, t1), (a2, t2) = ((steps, steps * batch_tokens / mine[f"train {k}"]["tokens_per_sec"])
+                          for k in (n, 2 * n) for steps in [min(k, epoch_steps)])
+    if a1 == a2:
+        return {"step": t2 / a2, "val": None, "tokens_per_sec": a2 * batch_tokens / t2, "epoch": t2}
+    step = (t2 - t1) / (a2 - a1)
+    val = (mine["static_seconds"] * mine["val_tokens"] / (mine["val_tokens"] + mine["test_tokens"])
+           if "static_seconds" in mine else t1 - a1 * step)
+    return {"step": step, "val": val, "tokens_per_sec": batch_tokens / step, "epoch": epoch_steps * step + val}
 
 
 def table(results: dict) -> str:
@@ -164,9 +185,11 @@ def table(results: dict) -> str:
              "|---" * (2 + len(sizes) + len(ratio_heads)) + "|"]
     corpus_mib = {s: results[s]["corpus_bytes"] / 2**20 for s in sizes}
     for row in rows:
-        cells = [f"{results[s][row]['seconds']:.1f} s, {results[s][row]['peak_mib']:.0f} MiB" if row in results[s]
-                 else "" for s in sizes]
-        ratios = [f"time ×{results[b][row]['seconds'] / results[a][row]['seconds']:.1f}, "
+        cells = [("" if row not in results[s] else f"> {results[s][row]['seconds']:.0f} s (stopped), "
+                  f"≥ {results[s][row]['peak_mib']:.0f} MiB" if results[s][row].get("stopped") else
+                  f"{results[s][row]['seconds']:.1f} s, {results[s][row]['peak_mib']:.0f} MiB") for s in sizes]
+        ratios = [f"time ×{'≥ ' if results[b][row].get('stopped') else ''}"
+                  f"{results[b][row]['seconds'] / results[a][row]['seconds']:.1f}, "
                   f"memory ×{results[b][row]['peak_mib'] / results[a][row]['peak_mib']:.2f}"
                   if row in results[a] and row in results[b] else "" for a, b in zip(sizes, sizes[1:])]
         have = [s for s in sizes if row in results[s]]
@@ -182,9 +205,11 @@ def table(results: dict) -> str:
                   "|---" * (1 + len(sizes)) + "|"]
         for name, fmt in [("train tokens/s (steps only)", "{tokens_per_sec:,.0f}"),
                           ("one validation pass, s", "{val:.1f}"),
+                          ("one training step, ms", "{step_ms:.1f}"),
                           ("steps per full epoch", None), ("one full epoch, s (extrapolated)", "{epoch:,.0f}")]:
             cells = [("" if not splits[s] else f"{results[s]['steps_per_epoch']:,}" if fmt is None
-                      else fmt.format(**splits[s])) for s in sizes]
+                      else "(in the epoch)" if "{val" in fmt and splits[s]["val"] is None
+                      else fmt.format(**splits[s], step_ms=1000 * splits[s]["step"])) for s in sizes]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -197,6 +222,8 @@ def main(argv=None) -> None:
                         help="the stages to run, in pipeline order; each needs the ones before it done "
                              "(in an earlier call with the same --work)")
     parser.add_argument("--train-steps", type=int, default=200, help="N: the train stage runs N and 2N steps")
+    parser.add_argument("--stage-limit", type=float, default=0,
+                        help="seconds after which a stage is stopped (and reported as such); 0: none")
     parser.add_argument("--work", help="folder for the projects and results.json (kept); default: a temporary one")
     args = parser.parse_args(argv)
     if args.train_steps < 1:
@@ -208,7 +235,7 @@ def main(argv=None) -> None:
     results = json.loads(store.read_text()) if store.is_file() else {}
     try:
         for chars in args.sizes:
-            run_size(chars, work / label(chars), stages, args.train_steps, results)
+            run_size(chars, work / label(chars), stages, args.train_steps, results, args.stage_limit)
             store.write_text(json.dumps(results, indent=1))
     finally:
         if not args.work:

@@ -40,6 +40,20 @@ def test_the_two_bounded_epochs_give_the_step_and_the_validation_time():
     assert split["tokens_per_sec"] == pytest.approx(batch_tokens / step)
     assert split["epoch"] == pytest.approx(1000 * step + val)
     assert scaling.train_split({"corpus_bytes": 10}) is None  # train not run at this size
+    # With the evaluate stage's static scoring (4 s for val and test, 3 of 4 tokens in val): val takes 3 s.
+    scored = scaling.train_split({**mine, "static_seconds": 4.0, "val_tokens": 300, "test_tokens": 100})
+    assert scored["step"] == pytest.approx(step) and scored["val"] == 3.0
+    # An epoch shorter than N steps ran whole, twice: its time is measured, not extrapolated.
+    short = scaling.train_split({**mine, "steps_per_epoch": 80,
+                                 f"train {n}": {"tokens_per_sec": 80 * batch_tokens / 10.0},
+                                 f"train {2 * n}": {"tokens_per_sec": 80 * batch_tokens / 9.0}})
+    assert short["epoch"] == pytest.approx(9.0) and short["val"] is None
+
+
+def test_the_evaluate_stage_s_static_line_is_read():
+    line = "  static perplexity (val 50,000 tokens, test 5,000 tokens): 2.0 s"
+    assert scaling.STATIC.search(line).groups() == ("50,000", "5,000", "2.0")
+    assert scaling.STATIC.search("  static perplexity (val 7 tokens): 0.1 s").groups() == ("7", None, "0.1")
 
 
 @pytest.mark.skipif(not (ROOT / "data/raw/timemachine.txt").is_file(),
@@ -57,3 +71,16 @@ def test_a_small_run_of_the_data_stages_prints_the_table(tmp_path):
     assert "| baseline | " in out and "| train" not in out and "| corpus | " in out
     assert "kn5: fit" in (tmp_path / "20k" / "baseline.log").read_text()  # the stage ran, with its progress lines
     assert (tmp_path / "20k" / "reports/baseline.json").is_file()
+
+
+@pytest.mark.skipif(not (ROOT / "data/raw/timemachine.txt").is_file(),
+                    reason="make_corpus.py fits its chain on data/raw/timemachine.txt (dvc pull)")
+def test_a_stage_past_the_limit_is_stopped_and_reported_so(tmp_path):
+    # vocab imports torch: well over 0.3 s. It is killed, measured so far, and the next stage not run.
+    command = [sys.executable, str(ROOT / "benchmarks/scaling.py"), "--sizes", "10k", "--work", str(tmp_path)]
+    subprocess.run(command + ["--stages", "unzip", "preprocess"], capture_output=True, check=True, timeout=600)
+    out = subprocess.run(command + ["--stage-limit", "0.3", "--stages", "vocab", "baseline"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    size = json.loads((tmp_path / "results.json").read_text())["10k"]
+    assert size["vocab"]["stopped"] is True and size["vocab"]["seconds"] >= 0.3 and "baseline" not in size
+    assert "stopped at the 0.3 s limit" in out and "| vocab | > 0 s (stopped), ≥ " in out
