@@ -1,8 +1,11 @@
 """How each pipeline stage's time and memory grow with the corpus: the stages run as DVC runs
 them, one fresh process each, on generated corpora of several sizes.
 
-    .venv/bin/python benchmarks/scaling.py                        # 100k, 1M and 10M characters: ~25 minutes here
-    .venv/bin/python benchmarks/scaling.py --sizes 1M --stages unzip preprocess vocab baseline
+    .venv/bin/python benchmarks/scaling.py                        # 100k, 1M and 10M: ~35 minutes here
+    .venv/bin/python benchmarks/scaling.py --sizes 100k 1M --work /tmp/scaling     # ~5 minutes
+    .venv/bin/python benchmarks/scaling.py --sizes 10M --stages unzip preprocess vocab baseline train \
+        --work /tmp/scaling                                       # ~3 minutes; then, in a second call,
+    .venv/bin/python benchmarks/scaling.py --sizes 10M --stages evaluate --stage-limit 700 --work /tmp/scaling
 
 For each size it writes an English-like text (benchmarks/make_corpus.py, not timed) into a
 small project folder (conf/ copied, params.yaml composed from it with `data=custom` pointing at
