@@ -3,9 +3,10 @@ them, one fresh process each, on generated corpora of several sizes.
 
     .venv/bin/python benchmarks/scaling.py                        # 100k, 1M and 10M: ~35 minutes here
     .venv/bin/python benchmarks/scaling.py --sizes 100k 1M --work /tmp/scaling     # ~5 minutes
-    .venv/bin/python benchmarks/scaling.py --sizes 10M --stages unzip preprocess vocab baseline train \
-        --work /tmp/scaling                                       # ~3 minutes; then, in a second call,
+    .venv/bin/python benchmarks/scaling.py --sizes 10M --stages unzip preprocess vocab baseline train --work /tmp/scaling
     .venv/bin/python benchmarks/scaling.py --sizes 10M --stages evaluate --stage-limit 700 --work /tmp/scaling
+
+(The last two: 10M in two calls of ~3 and <= 12 minutes, the table of all three sizes after the second.)
 
 For each size it writes an English-like text (benchmarks/make_corpus.py, not timed) into a
 small project folder (conf/ copied, params.yaml composed from it with `data=custom` pointing at
