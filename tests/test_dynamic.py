@@ -203,8 +203,13 @@ def test_progress_lines_come_at_most_every_interval_and_name_the_read(toy):
     progress = Progress(lines.append, every=3.0, clock=clock)
     StreamReader(model, NUM_STEPS, 0.3).read(val, progress, "rate 0.3 on val")
     segments = (len(val) - 1) // NUM_STEPS
-    assert len(lines) == segments // 3  # a line every third segment
-    assert lines[0] == f"    rate 0.3 on val: 15 / {segments * NUM_STEPS} tokens, 3 s"
+    assert len(lines) == segments // 3  # a line every third second, i.e. segment
+    total = segments * NUM_STEPS
+    # The first tick starts the read's clock (its segment is read before it): 2 s since then.
+    assert lines[0] == f"    rate 0.3 on val: 15 / {total} tokens in 2 s, ~{2 * (total - 15) / 15:.0f} s left"
+    StreamReader(model, NUM_STEPS, 0.3).read(val, progress, "rate 0.3 on test")  # a new label, a new clock
+    first_test_line = next(line for line in lines if "on test" in line)
+    assert int(first_test_line.split(" in ")[1].split(" s")[0]) <= 3
     with pytest.raises(ValueError, match="positive seconds"):
         Progress(lines.append, every=0)
 

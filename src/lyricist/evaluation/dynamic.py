@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -82,20 +80,6 @@ class RMSDecayUpdate:
                 p.add_(pull.sub_(move))
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread inside the block. Reading one stream (batch 1), each op is too small to
-    share out, and two threads meet at a barrier after every op: on a busy machine, one waiting
-    for the other to be scheduled again costs more than the op (measured beside another process:
-    42 ms per token on two threads, 2.5 on one). The numbers are the same either way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, batch_size: int,
                  max_tokens: int | None = None) -> list[torch.Tensor]:
     """Root-mean-square over batches of the mean-loss gradient of each parameter of `model`,
@@ -142,7 +126,7 @@ class StreamReader:
         log_probs = []
         total = (len(ids) - 1) // self.num_steps * self.num_steps
         # No update, no gradient: the graph would only be built to be thrown away.
-        with torch.set_grad_enabled(self.optimizer is not None), one_thread():
+        with torch.set_grad_enabled(self.optimizer is not None):
             for i, (x, y) in enumerate(consecutive_batches(ids, 1, self.num_steps)):  # (1, T) each
                 if self.state is not None:
                     self.state = tuple(s.detach() for s in self.state)  # truncated backprop, as in training
@@ -225,7 +209,7 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
     if tune_tokens is not None and tune_tokens <= num_steps:
         raise ValueError(f"evaluate.dynamic_tune_tokens must exceed dynamic_num_steps ({num_steps}) or be "
-                         f"null (all of val), got {tune_tokens}: use e.g. 20000.")
+                         f"null (all of val), got {tune_tokens}: use e.g. 10000.")
     for ids in splits.values():
         check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
@@ -237,7 +221,7 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     best = None  # (perplexity on the tuning tokens, rate, its reader, its log p there)
     for lr in rates:
         tuned = reader(lr)
-        log_p = tuned.read(tuning, progress, f"rate {lr:g} on val's first {len(tuning) - 1:,} tokens")
+        log_p = tuned.read(tuning, progress, f"rate {lr:g}, tuning on val")
         # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no
         # update unless one helps.
         if best is None or perplexity_of(log_p) < best[0]:
@@ -246,7 +230,7 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     neural = {}
     for split, ids in splits.items():
         if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
-            rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g} on the rest of val")
+            rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
             log_p = np.concatenate([tuned_log_p, rest])
         else:
             log_p = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
