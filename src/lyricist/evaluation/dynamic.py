@@ -20,6 +20,13 @@ Two update rules: plain SGD, and Krause et al.'s own (``RMSDecayUpdate``): the s
 the root-mean-square of each weight's gradient on the training text (weights the training moved
 little move little), and a decay pulling every weight back towards its trained value (so what a
 song taught is forgotten in the next one instead of piling up).
+
+Cost: one stream and a step every 10 tokens make this the evaluate stage's longest part (a
+2 x 512 LSTM on 2 threads: ~1.7 ms per token with SGD, ~2.2 with Krause's rule, where static
+scoring at batch 8 takes ~0.1). So each rate reads only the first `tune_tokens` of val, the
+chosen rate's reader goes on through the rest of val instead of starting over (``StreamReader``),
+rate 0 reads without a graph, and the adaptive n-gram is scored once for both rules
+(``adaptive_ngram_scores``); docs/experiments.md#evaluate-at-1m-characters-issue-16.
 """
 
 from __future__ import annotations
