@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import LYRICS
-from lyricist.evaluation.dynamic import (RMSDecayUpdate, adaptive_ngram_token_log_probs, dynamic_token_log_probs,
-                                        evaluate_dynamic, gradient_rms)
+from lyricist.evaluation.dynamic import (RMSDecayUpdate, StreamReader, adaptive_ngram_scores,
+                                        adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic,
+                                        gradient_rms)
+from lyricist.evaluation.progress import Progress
 from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.perplexity import perplexity as static_perplexity
 from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
@@ -138,19 +140,78 @@ def test_the_rate_is_chosen_on_a_bounded_part_of_val(toy, monkeypatch):
     import lyricist.evaluation.dynamic as dynamic
 
     read = []
-    real = dynamic.dynamic_token_log_probs
+    real = dynamic.StreamReader.read
 
-    def recording(model, ids, num_steps, lr, *rule):
-        read.append((len(ids), lr))
-        return real(model, ids, num_steps, lr, *rule)
+    def recording(self, ids, *args):
+        read.append((len(ids), self.lr))
+        return real(self, ids, *args)
 
-    monkeypatch.setattr(dynamic, "dynamic_token_log_probs", recording)
+    monkeypatch.setattr(dynamic.StreamReader, "read", recording)
     result = dynamic.evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [0.3, 1.0],
                                       tune_tokens=30)
     assert read[:3] == [(31, 0.0), (31, 0.3), (31, 1.0)]  # each rate reads the first 30 predictions once
-    assert read[3:] == [(len(val), result.lr), (len(test), result.lr)]  # then all of val and test
+    # then the chosen rate's reader goes on through the rest of val, and a fresh one reads test
+    assert read[3:] == [(len(val) - 30, result.lr), (len(test), result.lr)]
     with pytest.raises(ValueError, match=r"evaluate\.dynamic_tune_tokens.*null"):
         dynamic.evaluate_dynamic(model, ngram, {"val": val}, NUM_STEPS, [1.0], tune_tokens=NUM_STEPS)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "krause"])
+def test_reading_on_from_the_tuning_part_gives_what_reading_val_afresh_gives(toy, rule):
+    """The tuning reader goes on through the rest of val instead of a fresh reader starting over:
+    the same operations on the same segments, so the same numbers, bit for bit."""
+    vocab, train_ids, val, test, model = toy
+    rms = gradient_rms(model, train_ids, NUM_STEPS, batch_size=2) if rule == "krause" else None
+    lr = 1.0 if rule == "sgd" else 0.01
+    whole = dynamic_token_log_probs(model, val, NUM_STEPS, lr, rms, decay=0.02)[1]
+    reader = StreamReader(model, NUM_STEPS, lr, rms, decay=0.02)
+    first = reader.read(val[:31])  # 30 predictions: segments 0-5
+    rest = reader.read(val[30:])  # token 30, the last target read, is the next segment's first input
+    assert np.array_equal(np.concatenate([first, rest]), whole)
+    ngram = KneserNey(2).fit(train_ids, len(vocab))
+    result = evaluate_dynamic(model, ngram, {"val": val, "test": test}, NUM_STEPS, [lr], tune_tokens=30,
+                              rms=rms, decay=0.02)
+    assert result.lr == lr  # the chorus is learnt: the rate helps already on the first 30 tokens
+    assert result.dynamic.val == perplexity_of(whole)
+    assert result.dynamic.test == perplexity_of(dynamic_token_log_probs(model, test, NUM_STEPS, lr, rms, 0.02)[1])
+
+
+def test_the_adaptive_ngram_scored_once_serves_every_rule(toy):
+    vocab, train_ids, val, test, model = toy
+    ngram = KneserNey(3).fit(train_ids, len(vocab))
+    splits = {"val": val, "test": test}
+    adaptive = adaptive_ngram_scores(ngram, splits, NUM_STEPS)
+    for split, ids in splits.items():
+        positions = dynamic_token_log_probs(model, ids, NUM_STEPS, 0.0)[0]
+        assert np.array_equal(adaptive[split], adaptive_ngram_token_log_probs(ngram, ids, positions))
+    assert (evaluate_dynamic(model, ngram, splits, NUM_STEPS, [0.3], adaptive=adaptive)
+            == evaluate_dynamic(model, ngram, splits, NUM_STEPS, [0.3]))
+    with pytest.raises(ValueError, match="same positions"):
+        evaluate_dynamic(model, ngram, splits, NUM_STEPS, [0.3], adaptive={"val": adaptive["val"][:-1],
+                                                                             "test": adaptive["test"]})
+
+
+def test_progress_lines_come_at_most_every_interval_and_name_the_read(toy):
+    _, _, val, _, model = toy
+    now = [0.0]
+
+    def clock():
+        now[0] += 1.0  # one second per call: a segment read takes a second
+        return now[0]
+
+    lines = []
+    progress = Progress(lines.append, every=3.0, clock=clock)
+    StreamReader(model, NUM_STEPS, 0.3).read(val, progress, "rate 0.3 on val")
+    segments = (len(val) - 1) // NUM_STEPS
+    assert len(lines) == segments // 3  # a line every third second, i.e. segment
+    total = segments * NUM_STEPS
+    # The first tick starts the read's clock (its segment is read before it): 2 s since then.
+    assert lines[0] == f"    rate 0.3 on val: 15 / {total} tokens in 2 s, ~{2 * (total - 15) / 15:.0f} s left"
+    StreamReader(model, NUM_STEPS, 0.3).read(val, progress, "rate 0.3 on test")  # a new label, a new clock
+    first_test_line = next(line for line in lines if "on test" in line)
+    assert int(first_test_line.split(" in ")[1].split(" s")[0]) <= 3
+    with pytest.raises(ValueError, match="positive seconds"):
+        Progress(lines.append, every=0)
 
 
 def test_krause_update_follows_the_formula_and_never_overshoots_the_trained_weights():
@@ -169,6 +230,27 @@ def test_krause_update_follows_the_formula_and_never_overshoots_the_trained_weig
     expected = before + factor * (trained - before) - 0.01 * weight.grad / (rms[0] + 0.001)
     torch.testing.assert_close(weight.detach(), expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(other.detach(), torch.zeros(2))  # no gradient, no move (it sits at its trained value)
+
+
+def test_krause_step_into_buffers_gives_the_formulas_floats_bit_for_bit():
+    """The step writes into buffers kept between steps; its floats are the literal formula's."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (32,), (7, 3)]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    rms = [torch.rand(shape, generator=generator) for shape in shapes]
+    update = RMSDecayUpdate(params, rms, lr=0.003, decay=0.02, eps=1e-3)
+    literal = [p.detach().clone() for p in params]
+    trained = [p.clone() for p in literal]
+    norm = sum(float(r.mean()) for r in rms)
+    for _ in range(3):
+        grads = [torch.randn(shape, generator=generator) for shape in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g
+        update.step()
+        for p, p0, r, g in zip(literal, trained, rms, grads):
+            p.add_((0.02 * r / norm).clamp(max=1.0) * (p0 - p) - 0.003 * g / (r + 1e-3))
+        for p, expected in zip(params, literal):
+            assert torch.equal(p.detach(), expected)
 
 
 def test_gradient_rms_is_the_root_mean_square_of_the_batch_gradients(toy):

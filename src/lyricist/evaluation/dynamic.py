@@ -20,6 +20,13 @@ Two update rules: plain SGD, and Krause et al.'s own (``RMSDecayUpdate``): the s
 the root-mean-square of each weight's gradient on the training text (weights the training moved
 little move little), and a decay pulling every weight back towards its trained value (so what a
 song taught is forgotten in the next one instead of piling up).
+
+Cost: one stream and a step every 10 tokens make this the evaluate stage's longest part (a
+2 x 512 LSTM on 2 threads: ~1.7 ms per token with SGD, ~2.2 with Krause's rule, where static
+scoring at batch 8 takes ~0.1). So each rate reads only the first `tune_tokens` of val, the
+chosen rate's reader goes on through the rest of val instead of starting over (``StreamReader``),
+rate 0 reads without a graph, and the adaptive n-gram is scored once for both rules
+(``adaptive_ngram_scores``); docs/experiments.md#evaluate-at-1m-characters-issue-16.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import DynamicResult
 from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.progress import Tick
 from lyricist.models import RecurrentLM
 
 
@@ -55,8 +63,13 @@ class RMSDecayUpdate:
             raise ValueError(f"one rms tensor per parameter: {len(self.params)} parameters, {len(rms)} tensors")
         self.trained = [p.detach().clone() for p in self.params]
         norm = sum(float(r.mean()) for r in rms)
-        self.rms, self.lr, self.eps = rms, lr, eps
+        self.lr = lr
+        self.denominators = [r + eps for r in rms]  # rms + eps: the same every step, so added once
         self.decay = [(decay * r / norm).clamp(max=1.0) if norm > 0 else torch.zeros_like(r) for r in rms]
+        # Two buffers per parameter, reused by every step: the formula's six temporaries would be
+        # allocated anew at each step, and the allocator hands such large blocks back to the
+        # system and faults them in again (the step cost 3 x as much inside the reading loop).
+        self.buffers = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -64,9 +77,14 @@ class RMSDecayUpdate:
 
     @torch.no_grad()
     def step(self) -> None:
-        for p, p0, rms, decay in zip(self.params, self.trained, self.rms, self.decay):
+        for p, p0, denominator, decay, (pull, move) in zip(self.params, self.trained, self.denominators,
+                                                          self.decay, self.buffers):
             if p.grad is not None:
-                p.add_(decay * (p0 - p) - self.lr * p.grad / (rms + self.eps))
+                # p += decay * (p0 - p) - lr * grad / (rms + eps): the same operations in the same
+                # order, so the same floats, written into the buffers.
+                torch.sub(p0, p, out=pull).mul_(decay)
+                torch.mul(p.grad, self.lr, out=move).div_(denominator)
+                p.add_(pull.sub_(move))
 
 
 def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, batch_size: int,
@@ -93,6 +111,44 @@ def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, ba
     return [torch.sqrt(square / batches) for square in squares]
 
 
+class StreamReader:
+    """A copy of `model` reading one stream in segments of `num_steps` tokens, each scored and
+    then learnt from (rate `lr`; 0: never). `read` goes on from where the last call stopped
+    (weights, update rule and state), so reading a text in two parts gives what reading it at
+    once gives, bit for bit: the tuning part of val is not read twice."""
+
+    def __init__(self, model: RecurrentLM, num_steps: int, lr: float, rms: list[torch.Tensor] | None = None,
+                 decay: float = 0.0, eps: float = 1e-3):
+        self.model = copy.deepcopy(model).eval()  # eval: no dropout; the copy's weights move, not the caller's
+        self.num_steps, self.lr, self.state = num_steps, lr, None
+        self.optimizer = None
+        if lr > 0:
+            self.optimizer = (torch.optim.SGD(self.model.parameters(), lr=lr) if rms is None
+                              else RMSDecayUpdate(self.model.parameters(), rms, lr, decay, eps))
+
+    def read(self, ids: torch.Tensor, progress: Tick | None = None, label: str = "") -> np.ndarray:
+        """log p of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids`, the stream's
+        next tokens: ids[0] is the one the last call stopped before (its last target). `progress`
+        hears `label` and the tokens scored so far after every segment."""
+        log_probs = []
+        total = (len(ids) - 1) // self.num_steps * self.num_steps
+        # No update, no gradient: the graph would only be built to be thrown away.
+        with torch.set_grad_enabled(self.optimizer is not None):
+            for i, (x, y) in enumerate(consecutive_batches(ids, 1, self.num_steps)):  # (1, T) each
+                if self.state is not None:
+                    self.state = tuple(s.detach() for s in self.state)  # truncated backprop, as in training
+                logits, self.state = self.model(x, self.state)  # (1, T, V)
+                token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
+                log_probs.append(token_log_probs.detach().double())
+                if self.optimizer is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    (-token_log_probs.mean()).backward()
+                    self.optimizer.step()
+                if progress is not None:
+                    progress(label, (i + 1) * self.num_steps, total)
+        return torch.cat(log_probs).cpu().numpy() if log_probs else np.zeros(0)
+
+
 def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int, lr: float,
                             rms: list[torch.Tensor] | None = None, decay: float = 0.0,
                             eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
@@ -102,73 +158,92 @@ def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: in
     ``RMSDecayUpdate`` with `decay` and `eps`. `model` itself is left untouched (a copy
     learns), and dropout is off."""
     check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
-    reader = copy.deepcopy(model).eval()  # eval: no dropout; the copy's weights move, not the caller's
-    optimizer = None
-    if lr > 0:
-        optimizer = (torch.optim.SGD(reader.parameters(), lr=lr) if rms is None
-                     else RMSDecayUpdate(reader.parameters(), rms, lr, decay, eps))
-    state, log_probs = None, []
-    for x, y in consecutive_batches(ids, 1, num_steps):  # (1, T) each
-        if state is not None:
-            state = tuple(s.detach() for s in state)  # truncated backprop, as in training
-        logits, state = reader(x, state)  # (1, T, V)
-        token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
-        log_probs.append(token_log_probs.detach().double())
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            (-token_log_probs.mean()).backward()
-            optimizer.step()
-    log_probs_np = torch.cat(log_probs).cpu().numpy()
-    return np.arange(1, len(log_probs_np) + 1), log_probs_np  # segment i, column j predicts i*T + j + 1
+    log_probs = StreamReader(model, num_steps, lr, rms, decay, eps).read(ids)
+    return np.arange(1, len(log_probs) + 1), log_probs  # segment i, column j predicts i*T + j + 1
 
 
-def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray) -> np.ndarray:
+def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray,
+                                   progress: Tick | None = None, label: str = "") -> np.ndarray:
     """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that
-    counts every token of `ids` once it has been read: predict, then observe."""
+    counts every token of `ids` once it has been read: predict, then observe. `progress` hears
+    `label` and the tokens read so far, every 1,000 tokens."""
     reader = copy.deepcopy(ngram)
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     history = ngram.order - 1
     wanted = set(np.asarray(positions).tolist())
+    end = int(max(wanted)) + 1 if wanted else 0
     log_probs = []
-    for p, token in enumerate(ids[: int(max(wanted)) + 1] if wanted else []):
+    for p, token in enumerate(ids[:end]):
         context = ids[max(0, p - history):p]
         if p in wanted:
             log_probs.append(math.log(reader.prob(context, token)))
         reader.observe([token], context=context)
+        if progress is not None and p % 1000 == 999:
+            progress(label, p + 1, end)
     return np.array(log_probs, dtype=np.float64)
+
+
+def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num_steps: int,
+                          progress: Tick | None = None) -> dict[str, np.ndarray]:
+    """Per split, the adaptive n-gram's log p at the positions dynamic evaluation scores there
+    (1 .. num_steps * ((len - 1) // num_steps), whatever the update rule): computed once, they
+    serve every rule (``evaluate_dynamic``'s `adaptive`)."""
+    return {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, (len(ids) - 1) // num_steps * num_steps + 1),
+                                                  progress, f"adaptive kn{ngram.order} on {split}")
+            for split, ids in splits.items()}
 
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
                      num_steps: int, learning_rates: Sequence[float],
                      weights: Sequence[float] = WEIGHT_GRID, tune_tokens: int | None = None,
                      rms: list[torch.Tensor] | None = None, decay: float = 0.0,
-                     eps: float = 1e-3) -> DynamicResult:
+                     eps: float = 1e-3, adaptive: dict[str, np.ndarray] | None = None,
+                     progress: Tick | None = None) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
     (optionally) "test": the learning rate and the mixture weight are chosen on val, and test
     starts again from the trained weights and counts. Plain SGD updates, or Krause et al.'s
-    with `rms`, `decay` and `eps` (``dynamic_token_log_probs``).
+    with `rms`, `decay` and `eps` (``dynamic_token_log_probs``). `adaptive`: the n-gram's
+    ``adaptive_ngram_scores`` with this `num_steps`, when the caller has them (computed here if
+    None). `progress` hears each read's label and the tokens scored so far.
 
     The rate is the best of 0 ("no update": a rate that does not help is never chosen) and
     `learning_rates`, judged on the first `tune_tokens` tokens of val (None: all of it), so the
-    cost of choosing stays bounded however long val is: each rate reads that part once."""
+    cost of choosing stays bounded however long val is: each rate reads that part once, and the
+    chosen rate's reader goes on from there through the rest of val (the same numbers as
+    reading val afresh, without reading its start twice)."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
     if tune_tokens is not None and tune_tokens <= num_steps:
         raise ValueError(f"evaluate.dynamic_tune_tokens must exceed dynamic_num_steps ({num_steps}) or be "
-                         f"null (all of val), got {tune_tokens}: use e.g. 20000.")
+                         f"null (all of val), got {tune_tokens}: use e.g. 10000.")
+    for ids in splits.values():
+        check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
-    rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
-    def read(ids: torch.Tensor, lr: float) -> tuple[np.ndarray, np.ndarray]:
-        return dynamic_token_log_probs(model, ids, num_steps, lr, rms, decay, eps)
+    def reader(lr: float) -> StreamReader:
+        return StreamReader(model, num_steps, lr, rms, decay, eps)
 
-    tried = {lr: read(tuning, lr) for lr in rates}
-    # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no update
-    # unless one helps.
-    lr = min(rates, key=lambda rate: perplexity_of(tried[rate][1]))
-    neural = {split: tried[lr] if split == "val" and len(tuning) == len(ids)  # val read already
-              else read(ids, lr) for split, ids in splits.items()}
+    rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
+    best = None  # (perplexity on the tuning tokens, rate, its reader, its log p there)
+    for lr in rates:
+        tuned = reader(lr)
+        log_p = tuned.read(tuning, progress, f"rate {lr:g}, tuning on val")
+        # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no
+        # update unless one helps.
+        if best is None or perplexity_of(log_p) < best[0]:
+            best = (perplexity_of(log_p), lr, tuned, log_p)
+    _, lr, tuned, tuned_log_p = best
+    neural = {}
+    for split, ids in splits.items():
+        if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
+            rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
+            log_p = np.concatenate([tuned_log_p, rest])
+        else:
+            log_p = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
+        neural[split] = (np.arange(1, len(log_p) + 1), log_p)
+    if adaptive is None:
+        adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
     weight, dynamic, kn, mixed = score_and_mix(
-        splits, neural, lambda ids, positions: adaptive_ngram_token_log_probs(ngram, ids, positions), weights)
+        splits, neural, {split: adaptive[split] for split in splits}, weights)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

@@ -15,7 +15,7 @@ The weight w is chosen on val alone (a grid over [0, 1]), then reported on test 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -91,11 +91,15 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
 
 
 def score_and_mix(splits: dict[str, torch.Tensor], neural: dict[str, tuple[np.ndarray, np.ndarray]],
-                  ngram_log_probs: Callable, weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
-    """With the network's (positions, log p) per split, score the same positions with the n-gram's
-    `ngram_log_probs(ids, positions) -> log p`, choose the mixture weight on val, and return it
-    with the neural, the n-gram and the mixture's perplexities."""
-    scored = {split: (neural[split][1], ngram_log_probs(ids, neural[split][0])) for split, ids in splits.items()}
+                  ngram: dict[str, np.ndarray], weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
+    """With the network's (positions, log p) per split and the n-gram's log p at the same
+    positions, choose the mixture weight on val, and return it with the neural, the n-gram and
+    the mixture's perplexities."""
+    for split in splits:
+        if len(ngram[split]) != len(neural[split][1]):
+            raise ValueError(f"{split}: the n-gram scored {len(ngram[split])} positions, the network "
+                             f"{len(neural[split][1])}; score both on the same positions.")
+    scored = {split: (neural[split][1], ngram[split]) for split in splits}
     weight, _ = choose_weight(*scored["val"], weights=weights)
     ppl = {split: [perplexity_of(lp) for lp in (neural, kn, mixture_log_probs(neural, kn, weight))]
            for split, (neural, kn) in scored.items()}  # split -> [neural, n-gram, mixture]
@@ -117,6 +121,6 @@ def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: 
                                    fixed_discount)
     if neural is None:
         neural = {split: neural_token_log_probs(model, ids, batch_size, num_steps) for split, ids in splits.items()}
-    weight, _, kn, mixed = score_and_mix(
-        splits, neural, lambda ids, positions: ngram_token_log_probs(ngram, ids, positions), weights)
+    ngram_scores = {split: ngram_token_log_probs(ngram, ids, neural[split][0]) for split, ids in splits.items()}
+    weight, _, kn, mixed = score_and_mix(splits, neural, ngram_scores, weights)
     return InterpolationResult(order=ngram.order, weight=weight, ngram=kn, interpolated=mixed)

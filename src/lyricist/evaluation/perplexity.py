@@ -11,10 +11,11 @@ import torch
 
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import load_ids
-from lyricist.evaluation.dynamic import evaluate_dynamic, gradient_rms
+from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
+from lyricist.evaluation.progress import Progress
 from lyricist.evaluation.samples import sample_lyrics
 from lyricist.generate import check_decoding
 from lyricist.models import RecurrentLM
@@ -59,7 +60,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     fit with these settings and vocabulary), else fit here on train. With `dynamic_lrs` too,
     dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`), its rate chosen
     on the first `dynamic_tune_tokens` of val; with `krause_lrs`, the same with Krause et al.'s
-    update (`krause`), normalised by gradients on the first `krause_stat_tokens` of train. `report` gets one line per part, with its time.
+    update (`krause`), normalised by gradients on the first `krause_stat_tokens` of train. `report` gets one line per part, with its time, and inside a long part a line every 30 s (lyricist.evaluation.progress).
     """
     if ngram_max_order is None and (dynamic_lrs or krause_lrs or ngram_path is not None):
         raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
@@ -71,6 +72,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     if test_path.is_file() and len(test_ids := load_ids(test_path)):
         splits["test"] = test_ids
     clock = time.perf_counter()
+    progress = Progress(report)  # inside a long part: a line every 30 s
 
     def done(part: str) -> None:
         nonlocal clock
@@ -95,14 +97,18 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
         interpolation = interpolate_with_ngram(loaded.model, None, splits, vocab_size, batch_size,
                                                num_steps, ngram=ngram, neural=scores)
         done(f"kn{ngram.order} and the interpolation")
+        if dynamic_lrs or krause_lrs:  # the adaptive n-gram is the same beside either rule: scored once
+            adaptive = adaptive_ngram_scores(ngram, splits, segment, progress)
+            done(f"adaptive kn{ngram.order}")
         if dynamic_lrs:
             dynamic = evaluate_dynamic(loaded.model, ngram, splits, segment, dynamic_lrs,
-                                       tune_tokens=dynamic_tune_tokens)
+                                       tune_tokens=dynamic_tune_tokens, adaptive=adaptive, progress=progress)
             done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
         if krause_lrs:
             rms = gradient_rms(loaded.model, train_ids, segment, batch_size, krause_stat_tokens)
             krause = evaluate_dynamic(loaded.model, ngram, splits, segment, krause_lrs,
-                                      tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps)
+                                      tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps,
+                                      adaptive=adaptive, progress=progress)
             done(f"Krause dynamic evaluation (rate {krause.lr:g} of 0 and {list(krause_lrs)})")
     lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars, train_ids,
                                        splits.get("test"), **decoding)
