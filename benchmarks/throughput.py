@@ -18,7 +18,7 @@ backward + global-norm clipping + SGD) with:
   b   RecurrentLM with an embedding: the same model as c;
   b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False)), to show how
       much of b comes from running the products on oneDNN rather than MKL;
-  b-  (lstm only) b with the gate math in torch ops instead of the compiled step
+  b-  (lstm and gru) b with the gate math in torch ops instead of the compiled step
       (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
 
@@ -74,6 +74,7 @@ VARIANTS = {
 }
 NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+COMPILED = ("gru", "lstm")  # the cells with a compiled step (models/fast/csrc), which b- turns off
 
 
 class NaiveLM(nn.Module):
@@ -175,7 +176,7 @@ def head_product_gflops(args, repeats: int = 20) -> float:
 
 class Trainer:
     """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it,
-    ``b-`` the compiled LSTM step."""
+    ``b-`` the compiled step."""
 
     def __init__(self, variant: str, cell: str, args):
         self.variant, self.model = variant, build(variant, cell, args)
@@ -307,7 +308,7 @@ def main() -> None:
           f"{args.repeats} rounds x {args.steps} training steps per variant, median")
     batches = make_batches(args)
     trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
-                if v != "b-" or cell == "lstm"}  # only the LSTM has a compiled step
+                if v != "b-" or cell in COMPILED}
     for trainer in trainers.values():
         for ids, targets in batches[: args.warmup]:
             trainer.step(ids, targets)

@@ -51,23 +51,25 @@ def test_lstm_sequence_gradcheck(compiled):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_compiled_lstm_step_equals_torch_ops(dtype, tol):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compiled_step_equals_torch_ops(kind, dtype, tol):
     """Outputs, final state and every gradient: the C++ gate math and the torch-ops one agree
     (16 x 12: float32 takes the oneDNN products too)."""
     require_compiled_step()
     torch.manual_seed(0)
-    cell = make_cell("lstm", INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
     x = torch.randn(12, 16, INPUT_SIZE, dtype=dtype)
-    state = tuple(torch.randn(16, HIDDEN_SIZE, dtype=dtype) for _ in range(2))
+    state = tuple(torch.randn(16, HIDDEN_SIZE, dtype=dtype) for _ in range(cell.num_states))
     upstream = torch.randn(12, 16, HIDDEN_SIZE, dtype=dtype)
 
     def run(compiled: bool):
         cell.zero_grad()
         xg, sg = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
         with kernels.cpp_kernels(compiled):
-            outputs, (h, c) = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
-            ((outputs * upstream).sum() + (h * 2).sum() + (c * 3).sum()).backward()
-        return [outputs, h, c, xg.grad, *(s.grad for s in sg), *(p.grad.clone() for p in cell.parameters())]
+            outputs, final = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
+            loss = (outputs * upstream).sum() + sum((f * (2 + k)).sum() for k, f in enumerate(final))
+            loss.backward()
+        return [outputs, *final, xg.grad, *(s.grad for s in sg), *(p.grad.clone() for p in cell.parameters())]
 
     for a, b in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
@@ -107,9 +109,13 @@ def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, 
     torch.testing.assert_close(h, outputs[-1])
 
 
-def test_gru_sequence_gradcheck():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gru_sequence_gradcheck(compiled):
+    if compiled:
+        require_compiled_step()
     x_proj, weight_hh, bias_hh, (h0,) = random_inputs(3, 1)
-    assert torch.autograd.gradcheck(GRUSequence.apply, (x_proj, weight_hh, bias_hh, h0))
+    with kernels.cpp_kernels(compiled):
+        assert torch.autograd.gradcheck(GRUSequence.apply, (x_proj, weight_hh, bias_hh, h0))
 
 
 # (3, 4): small products on torch's default matmul; (16, 12): float32 takes oneDNN with
@@ -172,16 +178,41 @@ def test_linear_equals_f_linear_with_gradients(enabled):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_weight_products_equal_plain_ones():
+@pytest.mark.parametrize("mkl", [True, False])
+def test_packed_weight_products_equal_plain_ones(mkl):
+    """MKL's packing (Intel) and oneDNN's (elsewhere) give the plain products, bias included."""
     torch.manual_seed(0)
-    x, weight, out = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12)
-    packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
+    x, weight, out, bias = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12), torch.randn(12)
+    with matmul.mkl_packing.set(mkl):
+        packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
     if matmul.uses_onednn(weight):
-        assert packed.is_mkldnn
-    torch.testing.assert_close(matmul.linear_nograd(x, packed), x @ weight.T, atol=1e-5, rtol=1e-5)
+        assert isinstance(packed, matmul.Packed) and packed.mkl == mkl and packed.packed.is_mkldnn
+    torch.testing.assert_close(matmul.linear_nograd(x, packed, bias), x @ weight.T + bias, atol=1e-5, rtol=1e-5)
     expected = out + x @ weight.T
     torch.testing.assert_close(matmul.add_linear_(out, x, packed), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # in place
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_sequences_equal_under_either_packing(kind):
+    """The compiled steps call MKL's and oneDNN's packed products themselves: both give the
+    outputs and gradients of the plain products (float32, a batch large enough to pack)."""
+    torch.manual_seed(0)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch")
+    x, upstream = torch.randn(12, 16, INPUT_SIZE), torch.randn(12, 16, HIDDEN_SIZE)
+
+    def run(**switches):
+        cell.zero_grad()
+        xg = x.clone().requires_grad_()
+        with matmul.mkl_packing.set(switches["mkl"]), matmul.onednn(switches["packed"]):
+            outputs, _ = cell.sequence(cell.project_input(xg), cell.begin_state(16))  # (T, B, H)
+            (outputs * upstream).sum().backward()
+        return [outputs, xg.grad, *(p.grad.clone() for p in cell.parameters())]
+
+    plain = run(mkl=False, packed=False)
+    for mkl in (True, False):
+        for a, b in zip(run(mkl=mkl, packed=True), plain, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_short_loops_and_single_rows_stay_on_plain_weights():
@@ -237,8 +268,8 @@ def test_linear_cross_entropy_backward_twice_and_nan_and_bad_targets():
         linear_cross_entropy(hidden, weight, bias, torch.full((70,), 30))
 
 
-@pytest.mark.parametrize("kind, compiled", [("rnn", False), ("rnn_relu", False), ("gru", False), ("lstm", False),
-                                            ("lstm", True)])
+@pytest.mark.parametrize("kind, compiled", [("rnn", False), ("rnn_relu", False), ("gru", False), ("gru", True),
+                                            ("lstm", False), ("lstm", True)])
 def test_a_given_weight_hh_is_used_at_every_step_and_gets_the_gradient(kind, compiled):
     """`weight_hh=` (the language model's DropConnect copy): both paths run as a cell whose
     parameter is that matrix, and the gradient goes to the given tensor, not the parameter."""
