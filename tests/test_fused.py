@@ -38,7 +38,7 @@ def require_compiled_step() -> None:
     explicit LYRICIST_CPP_KERNELS=0 skips its tests."""
     if not kernels.switch.on:
         pytest.skip("LYRICIST_CPP_KERNELS=0")
-    assert kernels.lstm_kernels() is not None, "csrc/lstm_step.cpp did not build: see the warning"
+    assert kernels.step_kernels() is not None, "csrc/steps.cpp did not build: see the warning"
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -90,6 +90,18 @@ def test_a_nan_runs_through_the_compiled_step(where):
     assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
 
 
+@pytest.mark.parametrize("where", ["x_proj", "h0"])
+def test_a_nan_runs_through_the_compiled_gru_step(where):
+    require_compiled_step()
+    x_proj, weight_hh, bias_hh, (h0,) = random_inputs(3, 1)
+    x_proj, weight_hh, bias_hh, h0 = (t.detach().float() for t in (x_proj, weight_hh, bias_hh, h0))
+    {"x_proj": x_proj[0], "h0": h0}[where].view(-1)[0] = float("nan")
+    with kernels.cpp_kernels(True):
+        outputs, h = GRUSequence.apply(x_proj, weight_hh, bias_hh, h0)
+    assert torch.isnan(outputs[-1, 0]).any() and torch.isnan(h[0]).any()
+    assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
+
+
 def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, tmp_path):
     import torch.utils.cpp_extension
 
@@ -102,7 +114,7 @@ def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, 
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels.switch, "on", True)
     with pytest.warns(RuntimeWarning, match="could not be built, using torch ops instead.*Ninja is required"):
-        assert kernels.lstm_kernels() is None
+        assert kernels.step_kernels() is None
     x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
     outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)  # the torch-ops path
     assert outputs.shape == (NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from lyricist.models.fast.kernels import lstm_kernels
+from lyricist.models.fast.kernels import step_kernels
 from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack, parts
 
 
@@ -106,8 +106,8 @@ class LSTMSequence(Function):
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
-        kernels = lstm_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/lstm_step.cpp)
+        kernels = step_kernels() if x_proj.device.type == "cpu" else None
+        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp)
             kernels.lstm_forward(gates, *parts(weight), hs, cs, tanh_cs)
         else:
             _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
@@ -123,8 +123,8 @@ class LSTMSequence(Function):
         grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
         weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
-        kernels = lstm_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/lstm_step.cpp)
+        kernels = step_kernels() if gates.device.type == "cpu" else None
+        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/steps.cpp)
             kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, *parts(weight_t))
         else:
             _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
@@ -187,8 +187,8 @@ class GRUSequence(Function):
         hn = torch.empty_like(hs[1:])  # W_hn h_{t-1} + b_hn, the recurrent half that r scales: (T, B, H)
         hs[0] = h0
         weight = pack(weight_hh, batch_size, uses=num_steps)
-        kernels = lstm_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _gru_forward_loop, in C++ (csrc/lstm_step.cpp)
+        kernels = step_kernels() if x_proj.device.type == "cpu" else None
+        if kernels is not None:  # _gru_forward_loop, in C++ (csrc/steps.cpp)
             kernels.gru_forward(x_proj, *parts(weight), bias_hh.contiguous(), hs, gates, hn)
         else:
             _gru_forward_loop(x_proj, weight, bias_hh, hs, gates, hn)
@@ -205,8 +205,8 @@ class GRUSequence(Function):
         grad_h_proj = torch.empty_like(gates)  # dL/d(W_hh h + b_hh): (T, B, 3H)
         grad_h0 = torch.zeros_like(grad_h[0])  # (B, H): dh_0 z_0 here, the product below
         weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
-        kernels = lstm_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _gru_backward_loop, in C++ (csrc/lstm_step.cpp)
+        kernels = step_kernels() if gates.device.type == "cpu" else None
+        if kernels is not None:  # _gru_backward_loop, in C++ (csrc/steps.cpp)
             kernels.gru_backward(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, *parts(weight_t), grad_h0)
         else:
             _gru_backward_loop(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, weight_t, grad_h0)

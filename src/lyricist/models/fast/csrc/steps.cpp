@@ -1,14 +1,17 @@
-// One LSTM layer's time loop, forward and backward, with each step's gate math in one pass.
+// One LSTM or GRU layer's time loop, forward and backward, with each step's gate math in one pass.
 //
 // Why C++: in Python a step's gate math is ~8 small torch calls on (B, H) tensors, and at
 // B = 32, H = 256 their dispatch costs more than the arithmetic: ~70 us a step, against ~95 us
 // for the step's matrix product. Here it is one loop over B x H that the compiler vectorises
 // (-O3 -ffast-math lets it use glibc's vector exp/tanh): ~21 us forward, ~6 us backward; and
 // the time loop itself runs here too, so no Python runs between steps. The products are the
-// ones matmul.py makes (oneDNN on a packed weight). fused.py calls lstm_forward/lstm_backward
-// and falls back to the same math in torch ops when this file cannot be compiled.
+// ones matmul.py makes (MKL or oneDNN on a packed weight). fused.py calls lstm_forward/lstm_backward
+// and gru_forward/gru_backward, and falls back to the same math in torch ops when this file
+// cannot be compiled. The GRU's step was ~6 torch calls forward and ~7 backward, plus passes over
+// all T for the coefficients and a concatenation: at 2 x 512, B 64 its training step ran at 0.95 x torch.nn's.
 //
-// Layout: every (B, .) slice is contiguous; gates are (B, 4H) in torch.nn's order i, f, g, o.
+// Layout: every (B, .) slice is contiguous; gates are (B, 4H) in torch.nn's order i, f, g, o
+// (LSTM) or (B, 3H) in r, z, n (GRU).
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
