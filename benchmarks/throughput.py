@@ -16,8 +16,8 @@ backward + global-norm clipping + SGD) with:
   b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
       lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
-  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False)), to show how
-      much of b comes from running the products on oneDNN rather than MKL;
+  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False): no oneDNN and
+      no packed weights, MKL's or oneDNN's), to show what the products' backend is worth;
   b-  (lstm and gru) b with the gate math in torch ops instead of the compiled step
       (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
