@@ -75,6 +75,30 @@ def test_compiled_step_equals_torch_ops(kind, dtype, tol):
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compiled_step_split_over_two_threads_equals_torch_ops(kind):
+    """64 x 512 entries a step: the compiled gate math splits the batch's rows over the threads."""
+    require_compiled_step()
+    torch.manual_seed(0)
+    cell = make_cell(kind, 8, 512, init="torch")
+    x, upstream = torch.randn(3, 64, 8), torch.randn(3, 64, 512)  # (T, B, I), (T, B, H)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for compiled in (True, False):
+            cell.zero_grad()
+            xg = x.clone().requires_grad_()
+            with kernels.cpp_kernels(compiled):
+                outputs, _ = cell.sequence(cell.project_input(xg), cell.begin_state(64))
+                (outputs * upstream).sum().backward()
+            results.append([outputs, xg.grad, *(p.grad.clone() for p in cell.parameters())])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("where", ["x_proj", "h0", "c0"])
 def test_a_nan_runs_through_the_compiled_step(where):
     """-ffast-math without finite-math-only: a NaN in the input-side gates or in either state
