@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# Build the compiled LSTM step now, once per machine (~30-45 s; src/lyricist/models/fast/kernels.py):
 	# every later process and copy of the code imports it. Without a compiler it warns and torch ops run.
-	$(BIN)/python -c "from lyricist.models.fast.kernels import lstm_kernels; lstm_kernels()"
+	$(BIN)/python -c "from lyricist.models.fast.kernels import step_kernels; step_kernels()"
 	touch $@
 
 # Pull the raw corpora from the DVC remote (../shared/dvc-store) and run the pipeline.

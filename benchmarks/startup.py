@@ -38,7 +38,7 @@ def run(label: str, path: str, pythonpath: str | None, out: Path) -> None:
 
 
 def main() -> None:
-    kernels.lstm_kernels()  # built here if `make install` did not
+    kernels.step_kernels()  # built here if `make install` did not
     venv_bin = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy"

@@ -2,20 +2,23 @@
 
     python benchmarks/throughput.py                 # rnn, gru, lstm; ~3-4 minutes on 2 cores
     python benchmarks/throughput.py --cells lstm --repeats 5 --no-rss
+    python benchmarks/throughput.py --num-layers 2 --hidden-size 512 --embedding-size 512 \
+        --vocab-size 65 --batch-size 64 --num-steps 64          # where the recurrence dominates
 
-For each cell kind, one process trains the same language model (batch 32, 35 steps,
-hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
+For each cell kind, one process trains the same language model (by default 1 layer, batch 32,
+35 steps, hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
 backward + global-norm clipping + SGD) with:
 
-  a   the naive seed-style loop: per step one_hot(x) @ W_xh + h @ W_hh + b, the head
-      per step, autograd for everything (one stacked W_xh for all gates -- kinder to
-      it than the seeds' one matrix per gate);
+  a   the naive seed-style loop: per step one_hot(x) @ W_xh + h @ W_hh + b (a stacked
+      layer reads the one below's h instead of the one-hot), the head per step, autograd
+      for everything (one stacked W_xh for all gates -- kinder to it than the seeds' one
+      matrix per gate);
   b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
       lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
-  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False)), to show how
-      much of b comes from running the products on oneDNN rather than MKL;
-  b-  (lstm only) b with the gate math in torch ops instead of the compiled step
+  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False): no oneDNN and
+      no packed weights, MKL's or oneDNN's), to show what the products' backend is worth;
+  b-  (lstm and gru) b with the gate math in torch ops instead of the compiled step
       (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
 
@@ -71,55 +74,62 @@ VARIANTS = {
 }
 NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+COMPILED = ("gru", "lstm")  # the cells with a compiled step (models/fast/csrc), which b- turns off
 
 
 class NaiveLM(nn.Module):
-    """The seeds' loop, stacked gates: explicit one-hot, two matmuls and the head per step."""
+    """The seeds' loop, stacked gates: explicit one-hot, two matmuls per layer and the head per step.
+    The state is a list of (h, c) per layer (c unused by rnn and gru)."""
 
-    def __init__(self, vocab_size: int, cell: str, hidden_size: int):
+    def __init__(self, vocab_size: int, cell: str, hidden_size: int, num_layers: int = 1):
         super().__init__()
         gates = NUM_GATES[cell] * hidden_size
         self.cell, self.vocab_size, self.hidden_size = cell, vocab_size, hidden_size
-        self.w_xh = nn.Parameter(torch.randn(vocab_size, gates) * 0.01)
-        self.w_hh = nn.Parameter(torch.randn(hidden_size, gates) * 0.01)
-        self.b_xh = nn.Parameter(torch.zeros(gates))
-        self.b_hh = nn.Parameter(torch.zeros(gates))
+        inputs = [vocab_size] + [hidden_size] * (num_layers - 1)  # layer 0 reads the one-hot, the rest h below
+        self.w_xh = nn.ParameterList(nn.Parameter(torch.randn(n, gates) * 0.01) for n in inputs)
+        self.w_hh = nn.ParameterList(nn.Parameter(torch.randn(hidden_size, gates) * 0.01) for _ in inputs)
+        self.b_xh = nn.ParameterList(nn.Parameter(torch.zeros(gates)) for _ in inputs)
+        self.b_hh = nn.ParameterList(nn.Parameter(torch.zeros(gates)) for _ in inputs)
         self.w_hq = nn.Parameter(torch.randn(hidden_size, vocab_size) * 0.01)
         self.b_q = nn.Parameter(torch.zeros(vocab_size))
+
+    def step(self, layer: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        x_gates = x @ self.w_xh[layer] + self.b_xh[layer]  # (B, G*H)
+        h_gates = h @ self.w_hh[layer] + self.b_hh[layer]  # (B, G*H)
+        if self.cell == "rnn":
+            return torch.tanh(x_gates + h_gates), c
+        if self.cell == "lstm":
+            i, f, g, o = (x_gates + h_gates).chunk(4, dim=1)  # 4 x (B, H)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        x_r, x_z, x_n = x_gates.chunk(3, dim=1)  # 3 x (B, H)
+        h_r, h_z, h_n = h_gates.chunk(3, dim=1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return (1 - z) * n + z * h, c
 
     def forward(self, ids: Tensor, state=None):
         batch_size, num_steps = ids.shape
         if state is None:
-            state = tuple(torch.zeros(batch_size, self.hidden_size) for _ in range(2 if self.cell == "lstm" else 1))
-        h, c = state[0], state[-1]
+            zeros = torch.zeros(batch_size, self.hidden_size)
+            state = [(zeros, zeros) for _ in self.w_hh]
         outputs = []
         for t in range(num_steps):
             x = F.one_hot(ids[:, t], self.vocab_size).float()  # (B, V)
-            x_gates = x @ self.w_xh + self.b_xh  # (B, G*H)
-            h_gates = h @ self.w_hh + self.b_hh  # (B, G*H)
-            if self.cell == "rnn":
-                h = torch.tanh(x_gates + h_gates)
-            elif self.cell == "lstm":
-                i, f, g, o = (x_gates + h_gates).chunk(4, dim=1)  # 4 x (B, H)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            else:
-                x_r, x_z, x_n = x_gates.chunk(3, dim=1)  # 3 x (B, H)
-                h_r, h_z, h_n = h_gates.chunk(3, dim=1)
-                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-                n = torch.tanh(x_n + r * h_n)
-                h = (1 - z) * n + z * h
-            outputs.append(h @ self.w_hq + self.b_q)  # (B, V)
-        return torch.stack(outputs, dim=1), (h, c) if self.cell == "lstm" else (h,)  # (B, T, V)
+            for layer, (h, c) in enumerate(state):
+                state[layer] = self.step(layer, x, h, c)
+                x = state[layer][0]  # (B, H): the next layer's input
+            outputs.append(x @ self.w_hq + self.b_q)  # (B, V)
+        return torch.stack(outputs, dim=1), state  # (B, T, V)
 
 
 class TorchLM(nn.Module):
     """torch.nn's own recurrent module between an embedding and a linear head."""
 
-    def __init__(self, vocab_size: int, cell: str, hidden_size: int, embedding_size: int):
+    def __init__(self, vocab_size: int, cell: str, hidden_size: int, embedding_size: int, num_layers: int = 1):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_size)
-        self.rnn = TORCH_MODULES[cell](embedding_size, hidden_size)
+        self.rnn = TORCH_MODULES[cell](embedding_size, hidden_size, num_layers)
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, ids: Tensor, state=None):
@@ -130,19 +140,21 @@ class TorchLM(nn.Module):
 def build(variant: str, cell: str, args) -> nn.Module:
     torch.manual_seed(0)
     if variant == "a":
-        return NaiveLM(args.vocab_size, cell, args.hidden_size)
+        return NaiveLM(args.vocab_size, cell, args.hidden_size, args.num_layers)
     if variant == "b1":
-        return RecurrentLM(args.vocab_size, cell, args.hidden_size)
+        return RecurrentLM(args.vocab_size, cell, args.hidden_size, args.num_layers)
     if variant in ("b", "b*", "b-"):
-        return RecurrentLM(args.vocab_size, cell, args.hidden_size, embedding_size=args.embedding_size)
-    return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size)
+        return RecurrentLM(args.vocab_size, cell, args.hidden_size, args.num_layers, embedding_size=args.embedding_size)
+    return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size, args.num_layers)
 
 
 def product_flops(variant: str, cell: str, args) -> int:
     """FLOPs of one training step's matrix products (2 per multiply-add), forward and backward."""
     batch, hidden, vocab, embedding = args.batch_size, args.hidden_size, args.vocab_size, args.embedding_size
+    # Layer 0's input projection depends on the variant; the others read h (B, H) in every variant.
     gates = NUM_GATES[cell] * hidden
-    per_step = 3 * batch * hidden * gates  # h W_hh^T: the product, its weight and its input gradients
+    per_step = 3 * batch * hidden * gates * args.num_layers  # h W_hh^T: the product, its weight and its input gradients
+    per_step += 3 * batch * hidden * gates * (args.num_layers - 1)  # a stacked layer's input projection, the same three
     per_step += 3 * batch * hidden * vocab  # the head, the same three
     if variant == "a":
         per_step += 2 * batch * vocab * gates  # one_hot(x) W_xh and W_xh's gradient (x needs none)
@@ -164,7 +176,7 @@ def head_product_gflops(args, repeats: int = 20) -> float:
 
 class Trainer:
     """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it,
-    ``b-`` the compiled LSTM step."""
+    ``b-`` the compiled step."""
 
     def __init__(self, variant: str, cell: str, args):
         self.variant, self.model = variant, build(variant, cell, args)
@@ -251,6 +263,7 @@ def _status_bytes(field: str) -> int:
 def measure_rss(cell: str, variant: str, args) -> int | None:
     command = [sys.executable, __file__, "--rss-child", cell, variant,
                "--vocab-size", str(args.vocab_size), "--hidden-size", str(args.hidden_size),
+               "--num-layers", str(args.num_layers),
                "--embedding-size", str(args.embedding_size), "--batch-size", str(args.batch_size),
                "--num-steps", str(args.num_steps)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -269,6 +282,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-steps", type=int, default=35)
+    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers, in every variant")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--embedding-size", type=int, default=256, help="for b, b*, b- and c")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
@@ -290,11 +304,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"oneDNN products: {matmul.uses_onednn(torch.zeros(1))}, load average {os.getloadavg()[0]:.2f}")
     print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
-          f"hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
+          f"{args.num_layers} layer(s) x hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
           f"{args.repeats} rounds x {args.steps} training steps per variant, median")
     batches = make_batches(args)
     trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
-                if v != "b-" or cell == "lstm"}  # only the LSTM has a compiled step
+                if v != "b-" or cell in COMPILED}
     for trainer in trainers.values():
         for ids, targets in batches[: args.warmup]:
             trainer.step(ids, targets)

@@ -12,13 +12,45 @@ import throughput  # noqa: E402
 
 
 def test_product_flops_counts_the_products_by_hand():
-    args = SimpleNamespace(batch_size=2, num_steps=3, hidden_size=4, vocab_size=10, embedding_size=5)
+    args = SimpleNamespace(batch_size=2, num_steps=3, hidden_size=4, vocab_size=10, embedding_size=5, num_layers=1)
     # rnn, per time step: recurrent 3 * 2*4*4 = 96, head 3 * 2*4*10 = 240 multiply-adds.
     assert throughput.product_flops("b1", "rnn", args) == 2 * 3 * (96 + 240)
     # a adds one_hot (2, 10) x (10, 4) and its weight gradient: 2 * 80.
     assert throughput.product_flops("a", "rnn", args) == 2 * 3 * (96 + 240 + 160)
     # b and c add the embedding's projection (2, 5) x (5, 16) for the lstm's 4 gates, 3 times.
     assert throughput.product_flops("c", "lstm", args) == 2 * 3 * (3 * 2 * 4 * 16 + 240 + 3 * 2 * 5 * 16)
+
+
+def test_product_flops_of_a_stacked_layer():
+    one = SimpleNamespace(batch_size=2, num_steps=3, hidden_size=4, vocab_size=10, embedding_size=5, num_layers=1)
+    two = SimpleNamespace(**{**vars(one), "num_layers": 2})
+    # A second gru layer adds its recurrence and its input projection (2, 4) x (4, 12), 3 times
+    # each, whatever layer 0 reads (a's one-hot, b1's gathered rows, b's and c's embedding).
+    extra = 2 * 3 * (3 * 2 * 4 * 12 + 3 * 2 * 4 * 12)
+    for variant in ("a", "b1", "b", "c"):
+        assert throughput.product_flops(variant, "gru", two) == throughput.product_flops(variant, "gru", one) + extra
+
+
+def test_naive_stacked_loop_equals_torch_nn_lstm():
+    """a with 2 layers is the same model as torch.nn's 2-layer LSTM fed the one-hot rows."""
+    import torch
+
+    naive = throughput.NaiveLM(vocab_size=7, cell="lstm", hidden_size=5, num_layers=2)
+    oracle = torch.nn.LSTM(7, 5, num_layers=2)
+    with torch.no_grad():
+        for layer in range(2):
+            getattr(oracle, f"weight_ih_l{layer}").copy_(naive.w_xh[layer].t())
+            getattr(oracle, f"weight_hh_l{layer}").copy_(naive.w_hh[layer].t())
+            getattr(oracle, f"bias_ih_l{layer}").copy_(torch.randn(20))
+            naive.b_xh[layer].copy_(getattr(oracle, f"bias_ih_l{layer}"))
+            getattr(oracle, f"bias_hh_l{layer}").copy_(naive.b_hh[layer])
+    ids = torch.randint(7, (3, 4))  # (B, T)
+    logits, state = naive(ids)  # (B, T, V)
+    hidden, (h, c) = oracle(torch.nn.functional.one_hot(ids.t(), 7).float())  # (T, B, H)
+    expected = hidden.transpose(0, 1) @ naive.w_hq + naive.b_q  # (B, T, V)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(torch.stack([s[0] for s in state]), h)  # (L, B, H)
+    torch.testing.assert_close(torch.stack([s[1] for s in state]), c)
 
 
 def test_tiny_benchmark_run_prints_every_variant_and_ratio():
@@ -30,6 +62,18 @@ def test_tiny_benchmark_run_prints_every_variant_and_ratio():
     out = result.stdout
     for variant in throughput.VARIANTS:
         assert f"lstm  {variant}  " in out
-        assert (f"rnn   {variant}  " in out) == (variant != "b-")  # only the LSTM has a compiled step
+        assert (f"rnn   {variant}  " in out) == (variant != "b-")  # only the LSTM and the GRU have a compiled step
     assert "b/c = " in out and "b1/a = " in out and "b-/c = " in out
     assert "b1/a = 3 needs b1's at" in out and "the head's forward product alone" in out
+
+
+def test_tiny_two_layer_run_builds_two_layers_in_every_variant():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--cells", "gru", "--repeats", "1",
+         "--steps", "1", "--warmup", "0", "--vocab-size", "30", "--hidden-size", "6", "--embedding-size", "4",
+         "--num-steps", "3", "--gen-chars", "3", "--num-layers", "2"],
+        capture_output=True, text=True, check=True, timeout=300)
+    assert "2 layer(s) x hidden 6" in result.stdout
+    for variant in throughput.VARIANTS:
+        assert f"gru   {variant}  " in result.stdout
+    assert "rss of" not in result.stdout  # the per-variant subprocesses were given --num-layers too

@@ -38,7 +38,7 @@ def require_compiled_step() -> None:
     explicit LYRICIST_CPP_KERNELS=0 skips its tests."""
     if not kernels.switch.on:
         pytest.skip("LYRICIST_CPP_KERNELS=0")
-    assert kernels.lstm_kernels() is not None, "csrc/lstm_step.cpp did not build: see the warning"
+    assert kernels.step_kernels() is not None, "csrc/steps.cpp did not build: see the warning"
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -51,26 +51,52 @@ def test_lstm_sequence_gradcheck(compiled):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_compiled_lstm_step_equals_torch_ops(dtype, tol):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compiled_step_equals_torch_ops(kind, dtype, tol):
     """Outputs, final state and every gradient: the C++ gate math and the torch-ops one agree
     (16 x 12: float32 takes the oneDNN products too)."""
     require_compiled_step()
     torch.manual_seed(0)
-    cell = make_cell("lstm", INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
     x = torch.randn(12, 16, INPUT_SIZE, dtype=dtype)
-    state = tuple(torch.randn(16, HIDDEN_SIZE, dtype=dtype) for _ in range(2))
+    state = tuple(torch.randn(16, HIDDEN_SIZE, dtype=dtype) for _ in range(cell.num_states))
     upstream = torch.randn(12, 16, HIDDEN_SIZE, dtype=dtype)
 
     def run(compiled: bool):
         cell.zero_grad()
         xg, sg = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
         with kernels.cpp_kernels(compiled):
-            outputs, (h, c) = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
-            ((outputs * upstream).sum() + (h * 2).sum() + (c * 3).sum()).backward()
-        return [outputs, h, c, xg.grad, *(s.grad for s in sg), *(p.grad.clone() for p in cell.parameters())]
+            outputs, final = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
+            loss = (outputs * upstream).sum() + sum((f * (2 + k)).sum() for k, f in enumerate(final))
+            loss.backward()
+        return [outputs, *final, xg.grad, *(s.grad for s in sg), *(p.grad.clone() for p in cell.parameters())]
 
     for a, b in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compiled_step_split_over_two_threads_equals_torch_ops(kind):
+    """64 x 512 entries a step: the compiled gate math splits the batch's rows over the threads."""
+    require_compiled_step()
+    torch.manual_seed(0)
+    cell = make_cell(kind, 8, 512, init="torch")
+    x, upstream = torch.randn(3, 64, 8), torch.randn(3, 64, 512)  # (T, B, I), (T, B, H)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for compiled in (True, False):
+            cell.zero_grad()
+            xg = x.clone().requires_grad_()
+            with kernels.cpp_kernels(compiled):
+                outputs, _ = cell.sequence(cell.project_input(xg), cell.begin_state(64))
+                (outputs * upstream).sum().backward()
+            results.append([outputs, xg.grad, *(p.grad.clone() for p in cell.parameters())])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("where", ["x_proj", "h0", "c0"])
@@ -88,6 +114,18 @@ def test_a_nan_runs_through_the_compiled_step(where):
     assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
 
 
+@pytest.mark.parametrize("where", ["x_proj", "h0"])
+def test_a_nan_runs_through_the_compiled_gru_step(where):
+    require_compiled_step()
+    x_proj, weight_hh, bias_hh, (h0,) = random_inputs(3, 1)
+    x_proj, weight_hh, bias_hh, h0 = (t.detach().float() for t in (x_proj, weight_hh, bias_hh, h0))
+    {"x_proj": x_proj[0], "h0": h0}[where].view(-1)[0] = float("nan")
+    with kernels.cpp_kernels(True):
+        outputs, h = GRUSequence.apply(x_proj, weight_hh, bias_hh, h0)
+    assert torch.isnan(outputs[-1, 0]).any() and torch.isnan(h[0]).any()
+    assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
+
+
 def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, tmp_path):
     import torch.utils.cpp_extension
 
@@ -100,16 +138,20 @@ def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, 
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels.switch, "on", True)
     with pytest.warns(RuntimeWarning, match="could not be built, using torch ops instead.*Ninja is required"):
-        assert kernels.lstm_kernels() is None
+        assert kernels.step_kernels() is None
     x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
     outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)  # the torch-ops path
     assert outputs.shape == (NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE)
     torch.testing.assert_close(h, outputs[-1])
 
 
-def test_gru_sequence_gradcheck():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gru_sequence_gradcheck(compiled):
+    if compiled:
+        require_compiled_step()
     x_proj, weight_hh, bias_hh, (h0,) = random_inputs(3, 1)
-    assert torch.autograd.gradcheck(GRUSequence.apply, (x_proj, weight_hh, bias_hh, h0))
+    with kernels.cpp_kernels(compiled):
+        assert torch.autograd.gradcheck(GRUSequence.apply, (x_proj, weight_hh, bias_hh, h0))
 
 
 # (3, 4): small products on torch's default matmul; (16, 12): float32 takes oneDNN with
@@ -172,16 +214,41 @@ def test_linear_equals_f_linear_with_gradients(enabled):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_weight_products_equal_plain_ones():
+@pytest.mark.parametrize("mkl", [True, False])
+def test_packed_weight_products_equal_plain_ones(mkl):
+    """MKL's packing (Intel) and oneDNN's (elsewhere) give the plain products, bias included."""
     torch.manual_seed(0)
-    x, weight, out = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12)
-    packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
+    x, weight, out, bias = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12), torch.randn(12)
+    with matmul.mkl_packing.set(mkl):
+        packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
     if matmul.uses_onednn(weight):
-        assert packed.is_mkldnn
-    torch.testing.assert_close(matmul.linear_nograd(x, packed), x @ weight.T, atol=1e-5, rtol=1e-5)
+        assert isinstance(packed, matmul.Packed) and packed.mkl == mkl and packed.packed.is_mkldnn
+    torch.testing.assert_close(matmul.linear_nograd(x, packed, bias), x @ weight.T + bias, atol=1e-5, rtol=1e-5)
     expected = out + x @ weight.T
     torch.testing.assert_close(matmul.add_linear_(out, x, packed), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # in place
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_sequences_equal_under_either_packing(kind):
+    """The compiled steps call MKL's and oneDNN's packed products themselves: both give the
+    outputs and gradients of the plain products (float32, a batch large enough to pack)."""
+    torch.manual_seed(0)
+    cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch")
+    x, upstream = torch.randn(12, 16, INPUT_SIZE), torch.randn(12, 16, HIDDEN_SIZE)
+
+    def run(**switches):
+        cell.zero_grad()
+        xg = x.clone().requires_grad_()
+        with matmul.mkl_packing.set(switches["mkl"]), matmul.onednn(switches["packed"]):
+            outputs, _ = cell.sequence(cell.project_input(xg), cell.begin_state(16))  # (T, B, H)
+            (outputs * upstream).sum().backward()
+        return [outputs, xg.grad, *(p.grad.clone() for p in cell.parameters())]
+
+    plain = run(mkl=False, packed=False)
+    for mkl in (True, False):
+        for a, b in zip(run(mkl=mkl, packed=True), plain, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_short_loops_and_single_rows_stay_on_plain_weights():
@@ -237,8 +304,8 @@ def test_linear_cross_entropy_backward_twice_and_nan_and_bad_targets():
         linear_cross_entropy(hidden, weight, bias, torch.full((70,), 30))
 
 
-@pytest.mark.parametrize("kind, compiled", [("rnn", False), ("rnn_relu", False), ("gru", False), ("lstm", False),
-                                            ("lstm", True)])
+@pytest.mark.parametrize("kind, compiled", [("rnn", False), ("rnn_relu", False), ("gru", False), ("gru", True),
+                                            ("lstm", False), ("lstm", True)])
 def test_a_given_weight_hh_is_used_at_every_step_and_gets_the_gradient(kind, compiled):
     """`weight_hh=` (the language model's DropConnect copy): both paths run as a cell whose
     parameter is that matrix, and the gradient goes to the given tensor, not the parameter."""

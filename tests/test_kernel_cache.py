@@ -14,8 +14,8 @@ from conftest import ROOT
 from lyricist.models.fast import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.switch.on, reason="LYRICIST_CPP_KERNELS=0")
-LOAD = ("from lyricist.models.fast.kernels import lstm_kernels; "
-        "m = lstm_kernels(); print(m.__file__ if m else 'none')")
+LOAD = ("from lyricist.models.fast.kernels import step_kernels; "
+        "m = step_kernels(); print(m.__file__ if m else 'none')")
 
 
 def _python(code: str, src, env_extra=None, **kwargs) -> subprocess.Popen:
@@ -34,7 +34,7 @@ def _builds(cache) -> int:
 
 
 def test_a_copy_of_the_code_from_another_shell_imports_the_built_step(tmp_path):
-    assert kernels.lstm_kernels() is not None  # built at install (or now, once)
+    assert kernels.step_kernels() is not None  # built at install (or now, once)
     cache = kernels.cache_dir()
     builds = _builds(cache)
     copy = tmp_path / "elsewhere" / "src"

@@ -116,7 +116,7 @@ def test_nan_in_the_lstm_gates_stops_training_through_the_compiled_step(tmp_path
 
     if not kernels.switch.on:
         pytest.skip("LYRICIST_CPP_KERNELS=0")
-    assert kernels.lstm_kernels() is not None
+    assert kernels.step_kernels() is not None
     vocab = Vocab.build("abcdefgh")
     ids = torch.randint(0, len(vocab), (600,), generator=torch.Generator().manual_seed(0))
     lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=8, embedding_size=4), vocab,

@@ -89,7 +89,7 @@ def _builds() -> int:
 @pytest.mark.slow
 def test_served_model_answers_a_request(trained_run, tmp_path):
     uri, run_id = trained_run
-    assert kernels.lstm_kernels() is not None or not kernels.switch.on
+    assert kernels.step_kernels() is not None or not kernels.switch.on
     builds_before = _builds()
     port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",

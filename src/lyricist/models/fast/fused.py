@@ -28,8 +28,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from lyricist.models.fast.kernels import lstm_kernels
-from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack
+from lyricist.models.fast.kernels import step_kernels
+from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack, parts
 
 
 def _first_grad(grad_outputs: Tensor, grad_h_last: Tensor) -> Tensor:
@@ -106,9 +106,9 @@ class LSTMSequence(Function):
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
-        kernels = lstm_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/lstm_step.cpp)
-            kernels.lstm_forward(gates, weight, hs, cs, tanh_cs)
+        kernels = step_kernels() if x_proj.device.type == "cpu" else None
+        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp)
+            kernels.lstm_forward(gates, *parts(weight), hs, cs, tanh_cs)
         else:
             _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
         ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
@@ -123,9 +123,9 @@ class LSTMSequence(Function):
         grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
         weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
-        kernels = lstm_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/lstm_step.cpp)
-            kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, weight_t)
+        kernels = step_kernels() if gates.device.type == "cpu" else None
+        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/steps.cpp)
+            kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, *parts(weight_t))
         else:
             _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
         grad_h0 = linear_nograd(grad_gates[0], weight_t)
@@ -181,48 +181,73 @@ class GRUSequence(Function):
     @staticmethod
     def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor):
         num_steps, batch_size, gates_size = x_proj.shape
-        hidden = gates_size // 3
-        hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
-        h_projs = []  # W_hh h_{t-1} + b_hh, each (B, 3H); backward needs their n part
-        rz = x_proj.new_empty(num_steps, batch_size, 2 * hidden)  # reset and update gates
-        new = x_proj.new_empty(num_steps, batch_size, hidden)  # the candidate n
+        x_proj = x_proj.contiguous()  # (T, B, 3H): the compiled loop walks it by pointer
+        hs = x_proj.new_empty(num_steps + 1, batch_size, gates_size // 3)  # hs[0] = h0, hs[t + 1] = h_t
+        gates = torch.empty_like(x_proj)  # the activated r, z, n of every step: (T, B, 3H)
+        hn = torch.empty_like(hs[1:])  # W_hn h_{t-1} + b_hn, the recurrent half that r scales: (T, B, H)
         hs[0] = h0
         weight = pack(weight_hh, batch_size, uses=num_steps)
-        for t in range(num_steps):
-            h_proj = linear_nograd(hs[t], weight, bias_hh)  # (B, 3H)
-            torch.add(x_proj[t, :, : 2 * hidden], h_proj[:, : 2 * hidden], out=rz[t]).sigmoid_()
-            r, z = rz[t].chunk(2, dim=1)  # 2 x (B, H)
-            torch.addcmul(x_proj[t, :, 2 * hidden :], r, h_proj[:, 2 * hidden :], out=new[t]).tanh_()
-            torch.lerp(new[t], hs[t], z, out=hs[t + 1])  # n + z (h - n): z near 1 keeps the old state
-            h_projs.append(h_proj)
-        ctx.save_for_backward(weight_hh, hs, torch.stack(h_projs), rz, new)  # stacked: (T, B, 3H)
+        kernels = step_kernels() if x_proj.device.type == "cpu" else None
+        if kernels is not None:  # _gru_forward_loop, in C++ (csrc/steps.cpp)
+            kernels.gru_forward(x_proj, *parts(weight), bias_hh.contiguous(), hs, gates, hn)
+        else:
+            _gru_forward_loop(x_proj, weight, bias_hh, hs, gates, hn)
+        ctx.save_for_backward(weight_hh, hs, gates, hn)
         return hs[1:], hs[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
-        weight_hh, hs, h_proj, rz, new = ctx.saved_tensors
-        num_steps, batch_size, hidden = new.shape
-        r, z = rz.chunk(2, dim=2)  # 2 x (T, B, H)
-        # For all steps at once:
-        #   dpre_n = dh (1 - z)(1 - n^2)      dpre_r = dpre_n (W_hn h + b_hn) sig'(r)
-        #   dpre_z = dh (h_{t-1} - n) sig'(z)  d(W_hn h + b_hn) = dpre_n r        dh_{t-1} gets dh z directly
-        n_coef = (1.0 - z) * (1.0 - new.square())  # (T, B, H)
-        r_coef = h_proj[..., 2 * hidden :] * r * (1.0 - r)
-        z_coef = (hs[:-1] - new) * z * (1.0 - z)
-
+        weight_hh, hs, gates, hn = ctx.saved_tensors
+        num_steps, batch_size, _ = gates.shape
         grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
-        grad_h_proj = torch.empty_like(h_proj)  # dL/d(W_hh h + b_hh): (T, B, 3H)
-        grad_x_new = torch.empty_like(new)  # dL/dx_n; the r and z parts of dL/dx equal grad_h_proj's
+        grad_x_proj = torch.empty_like(gates)  # dL/dx_proj: (T, B, 3H)
+        grad_h_proj = torch.empty_like(gates)  # dL/d(W_hh h + b_hh): (T, B, 3H)
+        grad_h0 = torch.zeros_like(grad_h[0])  # (B, H): dh_0 z_0 here, the product below
         weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
-        for t in range(num_steps - 1, -1, -1):
-            torch.mul(grad_h[t], n_coef[t], out=grad_x_new[t])
-            torch.mul(grad_x_new[t], r_coef[t], out=grad_h_proj[t, :, :hidden])
-            torch.mul(grad_h[t], z_coef[t], out=grad_h_proj[t, :, hidden : 2 * hidden])
-            torch.mul(grad_x_new[t], r[t], out=grad_h_proj[t, :, 2 * hidden :])
-            if t > 0:
-                add_linear_(grad_h[t - 1].addcmul_(grad_h[t], z[t]), grad_h_proj[t], weight_t)
-        grad_h0 = add_linear_(grad_h[0] * z[0], grad_h_proj[0], weight_t)
-        grad_x_proj = torch.cat([grad_h_proj[..., : 2 * hidden], grad_x_new], dim=2)  # (T, B, 3H)
+        kernels = step_kernels() if gates.device.type == "cpu" else None
+        if kernels is not None:  # _gru_backward_loop, in C++ (csrc/steps.cpp)
+            kernels.gru_backward(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, *parts(weight_t), grad_h0)
+        else:
+            _gru_backward_loop(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, weight_t, grad_h0)
+        add_linear_(grad_h0, grad_h_proj[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
         return grad_x_proj, grad_weight, grad_bias, grad_h0
+
+
+def _gru_forward_loop(x_proj: Tensor, weight: Tensor, bias_hh: Tensor, hs: Tensor, gates: Tensor, hn: Tensor) -> None:
+    """GRUSequence's forward loop in torch ops: hs (T + 1, B, H) from its first row on, the
+    activated gates r, z, n (T, B, 3H) and hn = W_hn h_{t-1} + b_hn (T, B, H), all in place."""
+    hidden = hs.shape[-1]
+    for t in range(x_proj.shape[0]):
+        h_proj = linear_nograd(hs[t], weight, bias_hh)  # (B, 3H)
+        rz, new = gates[t, :, : 2 * hidden], gates[t, :, 2 * hidden :]  # (B, 2H), (B, H)
+        torch.add(x_proj[t, :, : 2 * hidden], h_proj[:, : 2 * hidden], out=rz).sigmoid_()
+        hn[t] = h_proj[:, 2 * hidden :]
+        torch.addcmul(x_proj[t, :, 2 * hidden :], rz[:, :hidden], hn[t], out=new).tanh_()
+        torch.lerp(new, hs[t], rz[:, hidden:], out=hs[t + 1])  # n + z (h - n): z near 1 keeps the old state
+
+
+def _gru_backward_loop(grad_h: Tensor, gates: Tensor, hn: Tensor, hs: Tensor, grad_x_proj: Tensor,
+                       grad_h_proj: Tensor, weight_t: Tensor, grad_h0: Tensor) -> None:
+    """GRUSequence's backward loop in torch ops: fills grad_x_proj and grad_h_proj (T, B, 3H), adds
+    the recurrent part into grad_h (T, B, H) and dh_0 z_0 into grad_h0 (B, H), all in place."""
+    num_steps, _, hidden = hn.shape
+    r, z, new = gates.chunk(3, dim=2)  # 3 x (T, B, H)
+    # For all steps at once:
+    #   dpre_n = dh (1 - z)(1 - n^2)      dpre_r = dpre_n (W_hn h + b_hn) sig'(r)
+    #   dpre_z = dh (h_{t-1} - n) sig'(z)  d(W_hn h + b_hn) = dpre_n r        dh_{t-1} gets dh z directly
+    n_coef = (1.0 - z) * (1.0 - new.square())  # (T, B, H)
+    r_coef = hn * r * (1.0 - r)
+    z_coef = (hs[:-1] - new) * z * (1.0 - z)
+    for t in range(num_steps - 1, -1, -1):
+        grad_r, grad_z, grad_x_new = grad_x_proj[t].chunk(3, dim=1)  # 3 x (B, H)
+        torch.mul(grad_h[t], n_coef[t], out=grad_x_new)
+        torch.mul(grad_x_new, r_coef[t], out=grad_r)
+        torch.mul(grad_h[t], z_coef[t], out=grad_z)
+        grad_h_proj[t, :, : 2 * hidden] = grad_x_proj[t, :, : 2 * hidden]
+        torch.mul(grad_x_new, r[t], out=grad_h_proj[t, :, 2 * hidden :])
+        previous = grad_h[t - 1] if t > 0 else grad_h0
+        previous.addcmul_(grad_h[t], z[t])
+        if t > 0:
+            add_linear_(previous, grad_h_proj[t], weight_t)

@@ -1,8 +1,8 @@
-"""The LSTM's time loop compiled from ``csrc/lstm_step.cpp``, where a C++ compiler is.
+"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp``, where a C++ compiler is.
 
 Why: see the .cpp file -- one pass over (B, H) per step instead of ~8 torch calls, whose
 dispatch costs more than their arithmetic at this project's sizes, and no Python between
-steps. The matrix products are the same oneDNN ones as in matmul.py.
+steps. The matrix products are the same packed ones as in matmul.py (MKL's or oneDNN's).
 
 Built once per machine (``make install`` does it; ~45 s) by ``torch.utils.cpp_extension`` and
 cached under a name made of what the binary depends on: the source, the flags, the compiler,
@@ -12,7 +12,7 @@ workspace) finds the same binary, and a cached binary is imported directly, with
 Each build runs in a folder of its own and moves its result into place atomically, so there is
 no shared lock: a process killed mid-build leaves nothing another one waits on.
 
-When the build fails (a warning says why) or ``LYRICIST_CPP_KERNELS=0`` is set, ``lstm_kernels()``
+When the build fails (a warning says why) or ``LYRICIST_CPP_KERNELS=0`` is set, ``step_kernels()``
 is None and fused.py runs the same math as torch ops; the tests hold the two paths equal.
 """
 
@@ -34,7 +34,7 @@ from types import ModuleType
 
 from lyricist.models.fast.switch import Switch
 
-SOURCE = Path(__file__).with_name("csrc") / "lstm_step.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
 # -ffast-math vectorises the gate math; -fno-finite-math-only keeps NaN and inf meaningful (the
 # divergence guard needs a NaN to reach the loss), and -D__FAST_MATH__ still lets glibc declare
 # its vector exp/tanh (libmvec: NaN in, NaN out), which it hides behind that macro; without them
@@ -70,14 +70,14 @@ def _cpu() -> str:
 
 
 def extension_name() -> str:
-    """lyricist_lstm_step_<hash of everything the binary depends on>."""
+    """lyricist_steps_<hash of everything the binary depends on>."""
     import torch
 
     digest = hashlib.sha256(SOURCE.read_bytes())
     for part in (FLAGS, torch.__version__, sys.implementation.cache_tag, platform.machine(),
                  _first_line_of([os.environ.get("CXX", "c++"), "--version"]), _cpu()):
         digest.update(f"\0{part}".encode())
-    return f"lyricist_lstm_step_{digest.hexdigest()[:16]}"
+    return f"lyricist_steps_{digest.hexdigest()[:16]}"
 
 
 def _import(name: str, path: Path) -> ModuleType:
@@ -103,8 +103,8 @@ def _build(name: str, target: Path) -> ModuleType:
     return module
 
 
-def lstm_kernels() -> ModuleType | None:
-    """The compiled module (functions ``lstm_forward``, ``lstm_backward``), imported from the
+def step_kernels() -> ModuleType | None:
+    """The compiled module (``lstm_forward``, ``lstm_backward``, ``gru_forward``, ``gru_backward``), imported from the
     cache or built on the first call; None when switched off or when it cannot be built."""
     global _module, _tried
     if not switch.on:
