@@ -60,6 +60,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.chars < 1 or args.order < 1:
         parser.error(f"--chars and --order must be >= 1, got {args.chars} and {args.order}")
+    if not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"--out {args.out}: its folder does not exist; create it first")
     source = Path(args.source)
     if not source.is_file():
         parser.error(f"--source {source} is missing: `dvc pull data/raw/timemachine.txt.dvc` brings it")

@@ -232,6 +232,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.train_steps < 1:
         parser.error(f"--train-steps must be >= 1, got {args.train_steps}")
+    if not args.stage_limit >= 0:  # not: NaN as well
+        parser.error(f"--stage-limit must be >= 0 seconds (0: none), got {args.stage_limit}")
     stages = [s for s in STAGES if s in args.stages]  # pipeline order, whatever order was given
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lyricist-scaling-"))
     work.mkdir(parents=True, exist_ok=True)

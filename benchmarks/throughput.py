@@ -290,6 +290,9 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("num_layers", "hidden_size", "embedding_size", "batch_size", "num_steps", "repeats", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
     vocab_source = "--vocab-size"
     if args.vocab_size is None:
