@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
 from lyricist.models.fast import kernels, matmul
+from lyricist.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_JSON = ROOT / "data" / "encoded" / "jaychou" / "vocab.json"
@@ -142,9 +143,10 @@ def build(variant: str, cell: str, args) -> nn.Module:
     if variant == "a":
         return NaiveLM(args.vocab_size, cell, args.hidden_size, args.num_layers)
     if variant == "b1":
-        return RecurrentLM(args.vocab_size, cell, args.hidden_size, args.num_layers)
+        return RecurrentLM(ModelSettings(cell=cell, hidden_size=args.hidden_size, num_layers=args.num_layers), args.vocab_size)
     if variant in ("b", "b*", "b-"):
-        return RecurrentLM(args.vocab_size, cell, args.hidden_size, args.num_layers, embedding_size=args.embedding_size)
+        return RecurrentLM(ModelSettings(cell=cell, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                                         embedding_size=args.embedding_size), args.vocab_size)
     return TorchLM(args.vocab_size, cell, args.hidden_size, args.embedding_size, args.num_layers)
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from lyricist.settings import read
 
 from lyricist.data.corpus import write_text
 from lyricist.data.vocab import Vocab, VocabError, load_ids
@@ -23,7 +23,7 @@ def main(argv=None) -> None:
                         "Kneser-Ney model, which the evaluate stage mixes with the network")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    settings = OmegaConf.to_container(OmegaConf.load(args.params).baseline)
+    settings = read(args.params, "baseline").model_dump()  # checked before any work
 
     data_dir = Path(args.data_dir)
     vocab = Vocab.load(data_dir / "vocab.json")

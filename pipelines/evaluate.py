@@ -8,8 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from lyricist import settings
 from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
@@ -27,11 +26,10 @@ def main(argv=None) -> None:
                         "(default: fit it here again)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = OmegaConf.load(args.params)
+    s = settings.load(args.params)  # every value checked before the checkpoint is read
     start = time.perf_counter()
-    result, samples_md = evaluate_checkpoint(
-        args.checkpoint, Path(args.data_dir), **evaluation_settings(OmegaConf.to_container(p, resolve=True)),
-        ngram_path=args.ngram, report=lambda line: print(line, flush=True))
+    result, samples_md = evaluate_checkpoint(args.checkpoint, Path(args.data_dir), **evaluation_settings(s),
+                                             ngram_path=args.ngram, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
     write_text(args.metrics, result.to_json())

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from lyricist.settings import read
 
 from lyricist.data.corpus import (SPLITS, CorpusError, check_split_files, check_split_texts, check_splits,
                                   clean_text, count_control_chars, split_text, write_text)
@@ -18,8 +18,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="data/processed/<corpus>/")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = OmegaConf.load(args.params).data
-    split_files = OmegaConf.to_container(p.split_files) if p.get("split_files") is not None else None
+    p = read(args.params, "data")  # checked before any work
+    split_files = p.split_files.model_dump() if p.split_files is not None else None
     check_split_files(split_files, p.val_fraction, p.test_fraction)
     presplit = Path(args.input).is_dir()
     if presplit != (split_files is not None):

@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="checkpoints/ and metrics.csv go here (paths.models)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    train(OmegaConf.load(args.params), output_dir=args.out_dir)  # reads the data from paths.encoded
+    train(OmegaConf.load(args.params), output_dir=args.out_dir)  # checks it all, then reads paths.encoded
 
 
 if __name__ == "__main__":

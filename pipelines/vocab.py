@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from lyricist.settings import read
 
 from lyricist.data.prepared import write_record
-from lyricist.data.vocab import (OPTION_DEFAULTS, Vocab, check_max_unk_rate, check_options, check_useful,
-                                 encode_to_array, save_ids, unk_rate)
+from lyricist.data.vocab import Vocab, check_useful, encode_to_array, save_ids, unk_rate
 from lyricist.errors import run_cli
 
 SPLITS = ("train", "val", "test")
@@ -20,11 +19,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="data/encoded/<corpus>/")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = OmegaConf.to_container(OmegaConf.load(args.params).data)
-    options = {key: p.get(key, default) for key, default in OPTION_DEFAULTS.items()}
-    check_options(options["tokenizer"], options["max_vocab_size"], p["min_freq"])  # before any work
-    max_unk_rate = p.get("max_unk_rate")
-    check_max_unk_rate(max_unk_rate)
+    p = read(args.params, "data").model_dump()  # checked before any work
+    options = {key: p[key] for key in ("tokenizer", "max_vocab_size")}
+    max_unk_rate = p["max_unk_rate"]
     texts = {s: (Path(args.in_dir) / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
     # Built on train only: tokens first seen in val/test are <unk>, as they would be
     # for any unseen lyrics.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lyricist.data.corpus import split_text
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
@@ -78,7 +79,7 @@ def plateau_cfg(cfg, epochs: int):
     """`cfg` set to halve the lr at once when val ppl stops improving, `epochs` epochs."""
     cfg.trainer.max_epochs = epochs
     cfg.train.early_stopping_patience = None
-    cfg.train.lr_schedule, cfg.train.lr_factor, cfg.train.lr_patience = "plateau", 0.5, 0
+    cfg.optim.scheduler.factor, cfg.optim.scheduler.patience = 0.5, 0  # the default schedule: plateau
     cfg.optim.lr = 0.005
     return cfg
 
@@ -117,3 +118,42 @@ def serving(command: list[str], ready_url: str, cwd: Path, env=None, timeout: fl
 def tiny_cfg(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return compose_config(TINY + [f"logger.tracking_uri={uri}"])
+
+
+def make_lm(vocab_size: int, cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1,
+            embedding_size: int | None = None, **settings):
+    """RecurrentLM(ModelSettings(...), vocab_size), with the arguments in RecurrentLM's old order."""
+    from lyricist.models import RecurrentLM
+    from lyricist.settings import ModelSettings
+    return RecurrentLM(ModelSettings(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                                     embedding_size=embedding_size, **settings), vocab_size)
+
+
+NO_SCHEDULE = {"_target_": None, "_partial_": True, "interval": "epoch", "monitor": None}
+# LitLanguageModel's plain settings: clipping at 1, the divergence guard, nothing else on.
+PLAIN_TRAIN = dict(seed=0, clip_theta=1.0, loss_reduction="mean", eval_batch_size=8, early_stopping_patience=None,
+                   samples_every_n_epochs=5, divergence_factor=3.0, resume=None, overwrite=False, ar_alpha=0.0,
+                   tar_beta=0.0, weight_averaging=None, averaging_patience=2)
+
+
+def make_lit(model, vocab, lr: float = 0.1, optimizer: str = "torch.optim.SGD", scheduler: dict | None = None,
+             **settings):
+    """LitLanguageModel(model, vocab, optim, train, data) with plain settings; `settings` are keys of
+    train (clip_theta=...) or data (sampling=..., variable_length=..., num_steps=...), checked."""
+    from lyricist.settings import DataSettings, OptimSettings, TrainSettings
+    from lyricist.training.module import LitLanguageModel
+    data_keys = {k: settings.pop(k) for k in list(settings) if k in DataSettings.model_fields}
+    base = compose_config(["logger=none"])
+    data = DataSettings.model_validate({**OmegaConf.to_container(base.data, resolve=True), "sampling": "consecutive",
+                                        "variable_length": False, **data_keys})
+    optim = OptimSettings.model_validate({"_target_": optimizer, "_partial_": True, "lr": lr, "weight_decay": 0.0,
+                                          "scheduler": scheduler or NO_SCHEDULE})
+    return LitLanguageModel(model, vocab, optim, TrainSettings.model_validate({**PLAIN_TRAIN, **settings}), data)
+
+
+def gen(model, vocab, prefix: str, num_chars: int = 200, allow_unknown: bool = False, deadline=None, **decoding):
+    """lyricist.generate.generate with the decoding given as keywords (greedy by default)."""
+    from lyricist.generate import generate
+    from lyricist.settings import Decoding
+    return generate(model, vocab, prefix, Decoding(num_chars=num_chars, **decoding),
+                    allow_unknown=allow_unknown, deadline=deadline)

@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from conftest import plateau_cfg, with_data
+from conftest import make_lit, make_lm
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.batching import consecutive_batches, variable_lengths
 from lyricist.data.vocab import Vocab
@@ -25,11 +26,11 @@ VOCAB = Vocab.build("abcdefghij")
 
 
 def _lstm(**kwargs) -> RecurrentLM:
-    return RecurrentLM(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4, init="torch", **kwargs)
+    return make_lm(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4, init="torch", **kwargs)
 
 
 def _lit(model: RecurrentLM, lr: float = 0.5, **kwargs) -> LitLanguageModel:
-    return LitLanguageModel(model, VOCAB, optimizer=lambda p: torch.optim.SGD(p, lr=lr), **kwargs)
+    return make_lit(model, VOCAB, lr=lr, **kwargs)
 
 
 def _ids(n: int, seed: int = 0) -> torch.Tensor:
@@ -212,7 +213,7 @@ def test_resume_with_averaging_and_variable_length_matches_the_uninterrupted_run
     1: the run stops just before the epoch that triggers averaging, so only the trigger's saved
     best val/ppl makes the resumed run start averaging when the uninterrupted one did."""
     cfg = plateau_cfg(tiny_cfg, epochs=5)
-    cfg.logger.enabled, cfg.train.lr_schedule = False, None
+    cfg.logger.enabled, cfg.optim.scheduler._target_ = False, None
     for key, value in [("train.weight_averaging", "nt"), ("train.averaging_patience", patience),
                        ("data.variable_length", True), ("train.ar_alpha", 2.0), ("train.tar_beta", 1.0)]:
         OmegaConf.update(cfg, key, value)
@@ -245,8 +246,8 @@ def _csv_rows(path):
 class _RecordingSGD(torch.optim.SGD):
     """SGD that notes the lr of every step (what the variable-length scaling must change)."""
 
-    def __init__(self, params, lr):
-        super().__init__(params, lr=lr)
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
         self.lrs = []
 
     def step(self, closure=None):
@@ -256,36 +257,29 @@ class _RecordingSGD(torch.optim.SGD):
 
 def test_variable_length_training_reads_each_epoch_whole_with_the_lr_scaled_by_length():
     ids = _ids(4 * 80)
-    optimizers, shapes = [], []
-
-    def make_optimizer(params):
-        optimizers.append(_RecordingSGD(params, lr=0.3))
-        return optimizers[-1]
-
-    lit = LitLanguageModel(_lstm(), VOCAB, optimizer=make_optimizer, variable_length=True, num_steps=6)
+    shapes = []
+    lit = make_lit(_lstm(), VOCAB, lr=0.3, optimizer=f"{__name__}._RecordingSGD", variable_length=True, num_steps=6)
 
     class _Shapes(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             shapes.append((trainer.current_epoch, tuple(batch[0].shape)))
 
     data = LyricsDataModule(ids, ids[:100], batch_size=4, num_steps=6, eval_batch_size=2, variable_length=True)
-    _trainer(2, [_Shapes()], enable_checkpointing=False).fit(lit, datamodule=data)
+    trainer = _trainer(2, [_Shapes()], enable_checkpointing=False)
+    trainer.fit(lit, datamodule=data)
     per_epoch = [[t for e, (_, t) in shapes if e == epoch] for epoch in (0, 1)]
     for epoch, lengths in enumerate(per_epoch):
         assert sum(lengths) == 80 - 1, f"epoch {epoch} did not read every input column: {lengths}"
         assert lengths == variable_lengths(len(ids), 4, 6, torch.Generator().manual_seed(epoch))
     assert per_epoch[0] != per_epoch[1] and len(set(per_epoch[0])) > 1
-    [optimizer] = optimizers
+    [optimizer] = trainer.optimizers
     assert optimizer.lrs == pytest.approx([0.3 * t / 6 for t in per_epoch[0] + per_epoch[1]], rel=1e-12)
     assert optimizer.param_groups[0]["lr"] == 0.3  # put back after every step
 
 
 def test_variable_length_refuses_random_sampling_naming_the_keys():
-    with pytest.raises(ValueError, match=r"data\.variable_length=true.*data\.sampling='random'.*"
-                                         r"data\.sampling=consecutive"):
-        LyricsDataModule(_ids(100), _ids(50), 4, 5, sampling="random", variable_length=True)
-    with pytest.raises(ValueError, match=r"num_steps.*data\.num_steps"):
-        _lit(_lstm(), variable_length=True)
+    with pytest.raises(ValueError, match=r"data\.variable_length=True needs data\.sampling=consecutive"):
+        _lit(_lstm(), variable_length=True, sampling="random")
 
 
 # -- settings refused before any output ------------------------------------------------------
@@ -297,16 +291,16 @@ def test_variable_length_refuses_random_sampling_naming_the_keys():
 ])
 def test_a_bad_awd_value_is_refused_by_its_key(tiny_cfg, tiny_data, tmp_path, key, value):
     OmegaConf.update(tiny_cfg, key, value)
-    with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.* is not allowed: use .*, e\.g\. {re.escape(key)}="):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.* is not allowed: use .* \(.+\)$"):
         train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"data.variable_length": True, "data.sampling": "random"},
-     r"data\.variable_length=True, data\.sampling='random' do not go together: .*data\.sampling=consecutive"),
+     r"data\.variable_length=True needs data\.sampling=consecutive"),
     ({"train.weight_averaging": "nt", "train.averaging_patience": 3, "train.early_stopping_patience": 3},
-     r"train\.averaging_patience=3, train\.early_stopping_patience=3 do not go together: .*smaller"),
+     r"train\.averaging_patience=3 and train\.early_stopping_patience=3 do not go together: .*smaller"),
 ])
 def test_settings_that_do_not_go_together_are_refused(tiny_cfg, tiny_data, tmp_path, overrides, message):
     for key, value in overrides.items():
@@ -316,9 +310,3 @@ def test_settings_that_do_not_go_together_are_refused(tiny_cfg, tiny_data, tmp_p
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("alpha", [-0.5, float("inf")])
-def test_the_module_refuses_bad_regularisation_too(alpha):
-    with pytest.raises(ValueError, match=r"train\.ar_alpha=.*finite number >= 0.*e\.g\."):
-        _lit(_lstm(), ar_alpha=alpha)
-    with pytest.raises(ValueError, match=r"train\.weight_averaging='ema'.*null.*'nt'"):
-        _lit(_lstm(), weight_averaging="ema")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import gen
 from conftest import LYRICS, TINY, project_env, with_data
+from conftest import make_lm
 from lyricist import generate as generate_cli
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
@@ -62,18 +64,18 @@ def test_generate_cli_prints_lyrics_and_rejects_bad_input(tiny_cfg, tiny_data, t
     half = len(out) // 2
     assert sampled == [0, 0] and out.startswith("分开") and out[:half] == out[half:]  # same seed
 
-    # The decoding options users expect, each a flag; the default (generate.DEFAULTS) samples.
+    # The decoding options users expect, each a flag; a flag left out keeps the run's generate.*.
     args = ["--checkpoint", ckpt, "--prefix", "分开", "--num-chars", "12", "--seed", "2"]
     nucleus = ["--top-p", "0.9", "--repetition-penalty", "1.3", "--repetition-window", "5", "--no-repeat-ngram", "3"]
     assert generate_cli.main(args + ["--strategy", "sample", "--temperature", "0.85", *nucleus]) == 0
     loaded = load_checkpoint(ckpt)
-    assert capsys.readouterr().out == generate_cli.generate(
+    assert capsys.readouterr().out == gen(
         loaded.model, loaded.vocab, "分开", 12, strategy="sample", temperature=0.85, seed=2, top_p=0.9,
         repetition_penalty=1.3, repetition_window=5, no_repeat_ngram=3) + "\n"
     assert generate_cli.main(args + ["--prefix", "不分开"]) == 0
-    defaults = {k: v for k, v in generate_cli.DEFAULTS.items() if k not in ("num_chars", "seed")}
+    defaults = {k: v for k, v in loaded.decoding.model_dump().items() if k not in ("num_chars", "seed")}
     assert defaults["strategy"] == "sample" and capsys.readouterr().out == "".join(
-        generate_cli.generate(loaded.model, loaded.vocab, prefix, 12, seed=seed, **defaults) + "\n"
+        gen(loaded.model, loaded.vocab, prefix, 12, seed=seed, **defaults) + "\n"
         for prefix, seed in [("分开", 2), ("不分开", 3)])  # the next prefix, the next seed
 
     # A bad option is named before the checkpoint is read (a missing one would say so first).
@@ -81,8 +83,8 @@ def test_generate_cli_prints_lyrics_and_rejects_bad_input(tiny_cfg, tiny_data, t
                          (["--prefix", "分开", "--num-chars", "0"], "num_chars"),
                          (["--prefix", "分开", "--temperature", "0"], "temperature"),
                          (["--prefix", "分开", "--temperature", "nan"], "temperature=nan is not allowed"),
-                         (["--prefix", "分开", "--top-p", "1.5"], "top_p=1.5 is not allowed: use null (no cut) "
-                                                               "or a number in (0, 1], e.g. top_p=0.9"),
+                         (["--prefix", "分开", "--top-p", "1.5"], "top_p=1.5 is not allowed: use a value <= 1 "
+                                                               "(sample: the nucleus"),
                          (["--prefix", "分开", "--repetition-penalty", "0.5"], "repetition_penalty=0.5"),
                          (["--prefix", "分开", "--no-repeat-ngram", "0"], "no_repeat_ngram=0"),
                          (["--prefix", ""], "empty"),
@@ -105,7 +107,7 @@ def test_corrupt_checkpoint_is_named(tmp_path, capsys):
 
 def test_generate_leaves_a_training_model_training_when_it_fails(monkeypatch):
     vocab = Vocab.build(LYRICS)
-    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=4, dropout=0.5).train()
+    model = make_lm(len(vocab), cell="lstm", hidden_size=4, dropout=0.5).train()
     modes = []
 
     def forward_that_fails_on_the_third_token(ids, state=None):
@@ -116,5 +118,5 @@ def test_generate_leaves_a_training_model_training_when_it_fails(monkeypatch):
 
     monkeypatch.setattr(model, "forward", forward_that_fails_on_the_third_token)
     with pytest.raises(KeyboardInterrupt):
-        generate_cli.generate(model, vocab, "分开", 5)
+        gen(model, vocab, "分开", 5)
     assert modes == [False] * 3 and model.training  # no dropout while writing, training again after

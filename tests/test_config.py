@@ -5,7 +5,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose_config
+from conftest import ROOT, compose_config, with_data
+from lyricist import settings
 from lyricist.models import RecurrentLM
 
 
@@ -22,16 +23,16 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("option", _options("model"))
 def test_every_model_option_instantiates(option):
     cfg = compose_config([f"model={option}"])
-    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    model = RecurrentLM(settings.load(cfg).model, 11)
     assert isinstance(model, RecurrentLM)
-    assert model.config["cell"] == cfg.model.cell
+    assert model.config.cell == cfg.model.cell
 
 
 def test_model_options_reach_the_model_from_the_command_line():
     cfg = compose_config(["model=gru", "model.num_layers=2", "model.hidden_size=32", "model.embedding_size=32",
                           "model.tie_weights=true", "model.output_dropout=0.5", "model.init=uniform",
                           "model.init_scale=0.08"])
-    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
+    model = RecurrentLM(settings.load(cfg).model, 11)
     assert len(model.cells) == 2 and model.embedding.weight is model.head.weight
     assert model.output_dropout.p == 0.5 and model.embedding_dropout.p == cfg.model.dropout
     assert model.cells[1].weight_hh.abs().max() <= 0.08
@@ -39,8 +40,8 @@ def test_model_options_reach_the_model_from_the_command_line():
 
 def test_tying_mismatched_sizes_is_a_config_error_naming_the_fix():
     cfg = compose_config(["model=lstm", "model.embedding_size=128"])  # tied, hidden 256
-    with pytest.raises(Exception, match="set embedding_size=256 or tie_weights=false"):
-        instantiate(cfg.model, vocab_size=11, _convert_="all")
+    with pytest.raises(ValueError, match="set model.embedding_size=256 or model.tie_weights=false"):
+        settings.load(cfg)
 
 
 @pytest.mark.parametrize("option", _options("optim"))
@@ -48,8 +49,20 @@ def test_every_optim_option_instantiates(option):
     import torch
 
     cfg = compose_config([f"optim={option}"])
-    optimizer = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(2))])
+    optimizer, scheduler = settings.load(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
+    assert type(scheduler).__name__ == "ReduceLROnPlateau"  # the default schedule
+
+
+@pytest.mark.parametrize("option", _options("optim/scheduler"))
+def test_every_scheduler_option_builds_a_torch_schedule(option):
+    import torch
+
+    cfg = compose_config([f"optim/scheduler={option}"])
+    _, scheduler = settings.load(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
+    assert (scheduler is None) == (option == "none")
+    if scheduler is not None:
+        assert f"{type(scheduler).__module__}.{type(scheduler).__name__}" == cfg.optim.scheduler._target_
 
 
 @pytest.mark.parametrize("option", _options("trainer"))
@@ -130,26 +143,21 @@ def test_sweep_callback_is_configured():
 
 
 # The presets: two recipes (the seed chapters, hidden size as each chapter) whose cell is chosen
-# with model= (the chapter's rnn when none is given), and the six old names as aliases.
+# with model= (the chapter's rnn when none is given).
 RECIPES = {"seed_mxnet": 256, "seed_d2l": 512}
 CELLS = ("rnn", "gru", "lstm")
-ALIASES = [f"{recipe}_{cell}" for recipe in RECIPES for cell in CELLS]
-
-
-def test_experiment_group_holds_the_recipes_and_their_aliases():
-    assert _options("experiment") == sorted([*RECIPES, *ALIASES])
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_experiment_preset_composes_and_instantiates(recipe, cell):
     cfg = compose_config([f"experiment={recipe}", f"model={cell}"])
-    model = instantiate(cfg.model, vocab_size=11, _convert_="all")
-    assert (model.config["cell"], model.config["hidden_size"]) == (cell, RECIPES[recipe])
-    assert model.config["embedding_size"] is None  # the seeds' one-hot input
+    model = RecurrentLM(settings.load(cfg).model, 11)
+    assert (model.config.cell, model.config.hidden_size) == (cell, RECIPES[recipe])
+    assert model.config.embedding_size is None  # the seeds' one-hot input
     assert cfg.optim._target_ == "torch.optim.SGD"
     # The seeds train with a constant lr, no weight decay and no dropout, whatever the defaults say.
-    assert (cfg.train.lr_schedule, cfg.optim.weight_decay, cfg.model.dropout) == (None, 0.0, 0.0)
+    assert (cfg.optim.scheduler._target_, cfg.optim.weight_decay, cfg.model.dropout) == (None, 0.0, 0.0)
     assert cfg.logger.run_name == f"{recipe}_{cell}"
     if recipe == "seed_mxnet":
         assert (cfg.data.max_chars, cfg.data.newline, cfg.optim.lr, cfg.train.clip_theta,
@@ -158,16 +166,6 @@ def test_every_experiment_preset_composes_and_instantiates(recipe, cell):
     else:
         assert (cfg.data.name, cfg.model.hidden_size, cfg.optim.lr, cfg.train.clip_theta,
                 cfg.trainer.max_epochs) == ("timemachine", 512, 1.0, 1.0, 500)
-
-
-@pytest.mark.parametrize("alias", ALIASES)
-def test_every_alias_is_its_recipe_with_its_cell(alias):
-    recipe, cell = alias.rsplit("_", 1)
-    assert OmegaConf.to_container(compose_config([f"experiment={alias}"]), resolve=True) \
-        == OmegaConf.to_container(compose_config([f"experiment={recipe}", f"model={cell}"]), resolve=True)
-    # The command line still picks the cell over the alias's choice.
-    other = "gru" if cell != "gru" else "lstm"
-    assert compose_config([f"experiment={alias}", f"model={other}"]).logger.run_name == f"{recipe}_{other}"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -181,7 +179,7 @@ def test_gru_and_lstm_state_only_what_differs_from_rnn():
         return OmegaConf.to_container(compose_config([f"model={cell}"]).model)
 
     rnn = model("rnn")
-    assert "forget_bias" not in rnn  # RecurrentLM takes forget_bias only for the lstm
+    assert "forget_bias" not in rnn  # only the lstm has a forget gate (the schema's default: null)
     assert model("gru") == {**rnn, "cell": "gru", "embedding_size": 128, "dropout": 0.3}
     assert model("lstm") == {**rnn, "cell": "lstm", "embedding_size": 256, "tie_weights": True, "init": "uniform",
                              "init_scale": 0.1, "dropout": 0.4, "locked_dropout": True, "weight_drop": 0.5,
@@ -193,11 +191,18 @@ def test_logger_none_is_mlflow_disabled():
     assert OmegaConf.to_container(compose_config(["logger=none"]).logger) == {**mlflow, "enabled": False}
 
 
-def test_generation_defaults_of_conf_cli_and_served_model_agree():
-    """conf's `generate:` is what the CLI and the served model default to (lyricist.generate)."""
-    from lyricist.generate import DEFAULTS
+def test_a_trained_model_keeps_its_decoding_for_the_cli_and_the_served_model(tiny_cfg, tiny_data, tmp_path):
+    """conf's `generate:` travels in the checkpoint: what lyricist-generate and the served model
+    default to for that model (lyricist.checkpoint.LoadedModel.decoding)."""
+    from lyricist.checkpoint import load_checkpoint
+    from lyricist.settings import Decoding
+    from lyricist.train import train
 
-    assert OmegaConf.to_container(compose_config().generate) == DEFAULTS
+    tiny_cfg.logger.enabled = False
+    tiny_cfg.generate.temperature = 0.7
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    decoding = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt").decoding
+    assert decoding == Decoding(**OmegaConf.to_container(tiny_cfg.generate)) and decoding.temperature == 0.7
 
 
 def test_torch_is_pinned_once_and_the_served_model_carries_the_pins():

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, compose_config, with_data
 from lyricist import generate as generate_cli
 from lyricist.evaluation.perplexity import evaluate_checkpoint
+from lyricist.settings import Decoding
 from lyricist.train import train
 from lyricist.data.vocab import Vocab, load_ids
 
@@ -116,9 +117,8 @@ def test_stage_errors_name_the_fix_before_any_output(tmp_path):
 
     raw = tmp_path / "mine.txt"
     raw.write_text(ENGLISH * 10, encoding="utf-8")
-    for bad, message in [("data.tokenizer=bpe", r"data\.tokenizer must be 'char' or 'word', got 'bpe'"),
-                         ("data.max_vocab_size=0", r"data\.max_vocab_size must be null .* got 0: set "
-                                                   r"data\.max_vocab_size=null")]:
+    for bad, message in [("data.tokenizer=bpe", r"data\.tokenizer='bpe' is not allowed: use 'char' or 'word'"),
+                         ("data.max_vocab_size=0", r"data\.max_vocab_size=0 is not allowed: use a value >= 1")]:
         with pytest.raises(ValueError, match=message):
             prepare(tmp_path / bad.split("=")[0], [f"data.raw_path={raw}", bad])
         assert not (tmp_path / bad.split("=")[0] / "data/encoded").exists()  # refused before work
@@ -137,8 +137,8 @@ def test_word_level_run_end_to_end(tmp_path, capsys):
 
     # Training refuses bad options, and this data for a config that asks for characters,
     # before writing anything.
-    for key, value, message in [("tokenizer", "bpe", "data.tokenizer must be"),
-                                ("max_vocab_size", 0, "data.max_vocab_size must be"),
+    for key, value, message in [("tokenizer", "bpe", "data.tokenizer='bpe' is not allowed"),
+                                ("max_vocab_size", 0, "data.max_vocab_size=0 is not allowed"),
                                 ("tokenizer", "char", "data.tokenizer: prepared 'word', asked 'char'")]:
         bad = copy.deepcopy(cfg)
         bad.data[key] = value
@@ -172,7 +172,7 @@ def test_word_level_run_end_to_end(tmp_path, capsys):
 
     # The evaluate stage's samples.
     _, samples = evaluate_checkpoint(ckpt, encoded, batch_size=2, num_steps=8,
-                                     prefixes=["the time"], num_chars=5, strategy="greedy")
+                                     prefixes=["the time"], decoding=Decoding(num_chars=5, strategy="greedy"))
     assert "# Samples (5 words after the prefix)" in samples and "## the time" in samples
     sample = samples.split("<pre>\n")[1].split("\n</pre>")[0]
     assert is_generated(sample, 5) and sample == line.rsplit(" ", 1)[0]  # greedy: same words

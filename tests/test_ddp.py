@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import TINY, compose_config, with_data
+from conftest import make_lit, make_lm
 from lyricist.models import RecurrentLM
 from lyricist.train import train
 from lyricist.training.datamodule import LyricsDataModule
@@ -46,8 +47,7 @@ def test_two_processes_see_every_stream_exactly_once_per_epoch(sampling, tmp_pat
 
     def fit(devices, directory):
         directory.mkdir()
-        lit = LitLanguageModel(RecurrentLM(len(vocab), hidden_size=8), vocab,
-                               optimizer=functools.partial(torch.optim.SGD, lr=0.1), sampling=sampling)
+        lit = make_lit(make_lm(len(vocab), hidden_size=8), vocab, lr=0.1, sampling=sampling)
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=devices,
                              strategy="ddp_spawn" if devices > 1 else "auto",
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_lm
 from lyricist.models import RecurrentLM
 from lyricist.models.dropout import LockedDropout
 
@@ -36,12 +37,12 @@ def test_identity_in_eval_mode_and_at_rate_zero():
 
 def test_language_model_uses_locked_dropout_when_asked():
     torch.manual_seed(0)
-    model = RecurrentLM(11, "lstm", hidden_size=8, num_layers=2, embedding_size=6, dropout=0.5,
+    model = make_lm(11, "lstm", hidden_size=8, num_layers=2, embedding_size=6, dropout=0.5,
                         locked_dropout=True)
     assert isinstance(model.embedding_dropout, LockedDropout) and model.embedding_dropout.time_dim == 0
     assert isinstance(model.dropout, LockedDropout) and model.dropout.time_dim == 0
     assert isinstance(model.output_dropout, LockedDropout) and model.output_dropout.time_dim == 1  # (B, T, H)
-    assert isinstance(RecurrentLM(11, dropout=0.5).dropout, nn.Dropout)  # the default stays per-step
+    assert isinstance(make_lm(11, dropout=0.5).dropout, nn.Dropout)  # the default stays per-step
     ids = torch.randint(11, (3, 5))
     # The head's input (B, T, H): a unit dropped at one step is dropped at every step of its row.
     model.train()
@@ -52,7 +53,7 @@ def test_language_model_uses_locked_dropout_when_asked():
     # Eval mode: deterministic; rebuilt from its config, it is locked again.
     model.eval()
     torch.testing.assert_close(model(ids)[0], model(ids)[0], atol=0, rtol=0)
-    assert isinstance(RecurrentLM(**model.config).dropout, LockedDropout)
+    assert isinstance(RecurrentLM(model.config, model.vocab_size).dropout, LockedDropout)
     # The literal reference path has no sequence to share a mask over in train mode.
     torch.testing.assert_close(model.forward_reference(ids)[0], model(ids)[0])
     with pytest.raises(ValueError, match="model.eval"):

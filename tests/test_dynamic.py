@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import LYRICS
+from conftest import make_lm
 from lyricist.evaluation.dynamic import (RMSDecayUpdate, StreamReader, adaptive_ngram_scores,
                                         adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic,
                                         gradient_rms)
@@ -34,7 +35,7 @@ def toy():
         return torch.tensor((verse + chorus) * 4)  # the chorus comes back: something to learn as it reads
 
     torch.manual_seed(0)
-    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=16, embedding_size=8, init="torch").eval()
+    model = make_lm(len(vocab), cell="lstm", hidden_size=16, embedding_size=8, init="torch").eval()
     return vocab, torch.tensor(vocab.encode(LYRICS * 3)), song(1), song(2), model
 
 

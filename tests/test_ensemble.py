@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import make_lm
 from lyricist.evaluation.perplexity import perplexity
 from lyricist.models import RecurrentLM
 from lyricist.models.ensemble import Ensemble
@@ -12,8 +13,8 @@ from lyricist.models.ensemble import Ensemble
 
 def members(vocab_size=11):
     torch.manual_seed(0)
-    return [RecurrentLM(vocab_size, cell="lstm", hidden_size=8, embedding_size=4, init="torch").eval(),
-            RecurrentLM(vocab_size, cell="gru", hidden_size=6, num_layers=2, init="torch").eval()]
+    return [make_lm(vocab_size, cell="lstm", hidden_size=8, embedding_size=4, init="torch").eval(),
+            make_lm(vocab_size, cell="gru", hidden_size=6, num_layers=2, init="torch").eval()]
 
 
 def test_the_mixture_is_the_mean_of_the_members_probabilities():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from lyricist.evaluation.metrics import (DynamicResult, EvaluationResult, InterpolationResult, LyricMetrics,
                                         LyricsResult, Perplexities)
 
@@ -95,12 +96,9 @@ def _stage(monkeypatch, result: EvaluationResult):
 
 def _args(tmp_path: Path) -> list[str]:
     params = tmp_path / "params.yaml"
-    OmegaConf.save(OmegaConf.create({
-        "train": {"eval_batch_size": 2}, "data": {"num_steps": 8, "prefixes": ["a"]}, "generate": {},
-        "baseline": {"max_order": 3, "discount_mode": "modified", "fixed_discount": 0.75},
-        "evaluate": {"dynamic_lrs": [1.0], "dynamic_num_steps": 10, "dynamic_tune_tokens": None,
-                     "krause_lrs": [0.002], "krause_decay": 0.02, "krause_eps": 0.001, "krause_stat_tokens": None}}),
-        params)
+    OmegaConf.save(compose_config(["train.eval_batch_size=2", "data.num_steps=8", "data.prefixes=[a]",
+                                   "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]"]),
+                   params, resolve=True)
     return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),
             "--metrics", str(tmp_path / "reports" / "metrics.json"),
             "--samples", str(tmp_path / "reports" / "samples.md")]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import LYRICS, compose_config, with_data
+from conftest import make_lm
 from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.perplexity import perplexity as neural_perplexity
 from lyricist.evaluation.interpolation import (
@@ -55,7 +56,7 @@ def toy():
     train_ids, val_ids, test_ids = (torch.tensor(vocab.encode(_markov_text(n, seed)))
                                     for n, seed in ((1500, 0), (301, 1), (241, 2)))
     torch.manual_seed(0)
-    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=16, embedding_size=8)
+    model = make_lm(len(vocab), cell="lstm", hidden_size=16, embedding_size=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(10):  # epochs: enough that the network and the n-gram each know something
         state = None
@@ -179,7 +180,7 @@ class _Boom(RuntimeError):
 
 
 def test_eval_mode_restores_the_mode_even_after_an_exception():
-    model = RecurrentLM(5, cell="gru", hidden_size=4, dropout=0.5)
+    model = make_lm(5, cell="gru", hidden_size=4, dropout=0.5)
     for was_training in (True, False):
         model.train(was_training)
         with pytest.raises(_Boom):
@@ -191,7 +192,7 @@ def test_eval_mode_restores_the_mode_even_after_an_exception():
 
 
 def test_evaluation_leaves_a_training_model_training_when_it_fails(toy, monkeypatch):
-    model = RecurrentLM(len(toy[0]), cell="gru", hidden_size=4).train()
+    model = make_lm(len(toy[0]), cell="gru", hidden_size=4).train()
     calls = []
 
     def forward_that_fails_on_the_second_batch(ids, state=None):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import make_lm
 from lyricist.models import RecurrentLM
 
 VOCAB_SIZE, HIDDEN_SIZE, EMBEDDING_SIZE = 11, 8, 6
@@ -24,7 +25,7 @@ def random_ids(seed: int = 0) -> torch.Tensor:
 def make_model(cell="lstm", num_layers=1, embedding_size=None, dropout=0.0, **kw) -> RecurrentLM:
     # init="torch" so the weights are big enough for a mismatch to show (N(0, 0.01^2) is nearly linear).
     kw.setdefault("init", "torch")
-    return RecurrentLM(
+    return make_lm(
         VOCAB_SIZE, cell=cell, hidden_size=HIDDEN_SIZE, num_layers=num_layers,
         embedding_size=embedding_size, dropout=dropout, **kw,
     )
@@ -196,13 +197,13 @@ def test_forward_equals_reference(cell, embedding_size, num_layers, given_state)
 def test_rebuild_from_config(embedding_size):
     model = make_model("gru", num_layers=2, embedding_size=embedding_size, dropout=0.2, init_scale=0.05,
                        weight_drop=0.25, embedding_row_dropout=0.1)
-    assert model.config == dict(
-        vocab_size=VOCAB_SIZE, cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
+    assert model.vocab_size == VOCAB_SIZE and model.config.model_dump() == dict(
+        cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
         embedding_size=embedding_size, dropout=0.2, init="torch", init_scale=0.05,
-        embedding_dropout=0.2, output_dropout=0.2, tie_weights=False, forget_bias=None, locked_dropout=False,
+        embedding_dropout=None, output_dropout=None, tie_weights=False, forget_bias=None, locked_dropout=False,
         weight_drop=0.25, embedding_row_dropout=0.1,
     )
-    rebuilt = RecurrentLM(**model.config)
+    rebuilt = RecurrentLM(model.config, model.vocab_size)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     model.eval(), rebuilt.eval()
     ids = random_ids()
@@ -211,7 +212,7 @@ def test_rebuild_from_config(embedding_size):
 
 def test_default_init_is_seed_normal():
     torch.manual_seed(0)
-    model = RecurrentLM(VOCAB_SIZE, cell="rnn", hidden_size=128)
+    model = make_lm(VOCAB_SIZE, cell="rnn", hidden_size=128)
     assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.1)
     assert torch.count_nonzero(model.head.bias) == 0
     assert model.cells[0].weight_hh.std().item() == pytest.approx(0.01, rel=0.1)
@@ -230,15 +231,15 @@ def test_dropout_only_in_train_mode(embedding_size):
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="lstm"):
-        RecurrentLM(VOCAB_SIZE, cell="transformer")
+        make_lm(VOCAB_SIZE, cell="transformer")
     with pytest.raises(ValueError, match="num_layers"):
-        RecurrentLM(VOCAB_SIZE, num_layers=0)
+        make_lm(VOCAB_SIZE, num_layers=0)
     with pytest.raises(ValueError, match="dropout"):
-        RecurrentLM(VOCAB_SIZE, dropout=1.0)
+        make_lm(VOCAB_SIZE, dropout=1.0)
     with pytest.raises(ValueError, match="init"):
-        RecurrentLM(VOCAB_SIZE, init="xavier")
+        make_lm(VOCAB_SIZE, init="xavier")
     with pytest.raises(ValueError, match="output_dropout"):
-        RecurrentLM(VOCAB_SIZE, embedding_size=4, output_dropout=-0.1)
+        make_lm(VOCAB_SIZE, embedding_size=4, output_dropout=-0.1)
 
 
 def test_tie_weights_shares_one_matrix_and_trains_it_from_both_ends():
@@ -254,7 +255,7 @@ def test_tie_weights_shares_one_matrix_and_trains_it_from_both_ends():
     # The shared gradient is the head's plus the embedding's: rows of unseen ids get only the head's.
     assert model.head.weight.grad is model.embedding.weight.grad
     # A checkpoint rebuilds it tied again.
-    rebuilt = RecurrentLM(**model.config)
+    rebuilt = RecurrentLM(model.config, model.vocab_size)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert rebuilt.embedding.weight is rebuilt.head.weight
     torch.testing.assert_close(rebuilt.head.weight, model.head.weight, atol=0, rtol=0)
@@ -262,7 +263,7 @@ def test_tie_weights_shares_one_matrix_and_trains_it_from_both_ends():
 
 @pytest.mark.parametrize("embedding_size", [None, 5])
 def test_tie_weights_with_mismatched_sizes_names_the_fix(embedding_size):
-    with pytest.raises(ValueError, match=rf"tie_weights.*set embedding_size={HIDDEN_SIZE} or tie_weights=false"):
+    with pytest.raises(ValueError, match=rf"tie_weights.*set model.embedding_size={HIDDEN_SIZE} or model.tie_weights=false"):
         make_model("lstm", embedding_size=embedding_size, tie_weights=True)
 
 
@@ -272,7 +273,7 @@ def test_forget_bias_sets_the_forget_gate_only():
         gate_bias = (cell.bias_ih + cell.bias_hh).detach().view(4, HIDDEN_SIZE)  # (i, f, g, o)
         torch.testing.assert_close(gate_bias[1], torch.ones(HIDDEN_SIZE), atol=0, rtol=0)
         assert not torch.allclose(gate_bias[0], torch.ones(HIDDEN_SIZE))
-    with pytest.raises(ValueError, match="forget_bias is for cell='lstm'"):
+    with pytest.raises(ValueError, match="model.forget_bias is for model.cell=lstm"):
         make_model("gru", forget_bias=1.0)
 
 

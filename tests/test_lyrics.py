@@ -8,14 +8,17 @@ import random
 import pytest
 import torch
 
+from conftest import gen
 from conftest import LYRICS, compose_config
+from conftest import make_lm
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation import lyrics
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
 from lyricist.evaluation.samples import sample_lyrics
 from lyricist.generate import banned_by_ngrams, generate, nucleus_cut, penalize_recent
 from lyricist.models import RecurrentLM
-from lyricist.train import check_settings
+from lyricist import settings
+from lyricist.settings import Decoding
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 20])
@@ -89,7 +92,7 @@ def test_ctrl_penalty_and_the_ngram_ban():
 
 def _constant_model(vocab: Vocab, logits: dict[str, float]) -> RecurrentLM:
     """A model whose every prediction has these logits (others 0): its greedy decoding repeats."""
-    model = RecurrentLM(len(vocab), cell="rnn", hidden_size=4, embedding_size=4)
+    model = make_lm(len(vocab), cell="rnn", hidden_size=4, embedding_size=4)
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
@@ -101,62 +104,58 @@ def _constant_model(vocab: Vocab, logits: dict[str, float]) -> RecurrentLM:
 def test_repetition_controls_change_what_greedy_repeats():
     vocab = Vocab.build(LYRICS)
     model = _constant_model(vocab, {"爱": 5.0, "风": 4.0, "\n": 4.5})
-    assert generate(model, vocab, "分开", 5) == "分开爱爱爱爱爱"
+    assert gen(model, vocab, "分开", 5) == "分开爱爱爱爱爱"
     # 爱 penalised to 2.5 after it was written: the line break (never penalised) wins from then on.
-    assert generate(model, vocab, "分开", 4, repetition_penalty=2.0) == "分开爱\n\n\n"
+    assert gen(model, vocab, "分开", 4, repetition_penalty=2.0) == "分开爱\n\n\n"
     # A 1-token window: after the line break 爱 is out of it, back at 5.
-    assert generate(model, vocab, "分开", 4, repetition_penalty=2.0, repetition_window=1) == "分开爱\n爱\n"
+    assert gen(model, vocab, "分开", 4, repetition_penalty=2.0, repetition_window=1) == "分开爱\n爱\n"
     # No bigram twice: after 爱 then 爱爱 is banned, so the line break; then 爱\n is taken, ...
-    assert generate(model, vocab, "分开", 4, no_repeat_ngram=2) == "分开爱爱\n爱"
+    assert gen(model, vocab, "分开", 4, no_repeat_ngram=2) == "分开爱爱\n爱"
     # No token twice (the prefix's included): the rest have logit 0, the first id of them wins.
-    assert generate(model, vocab, "分开", 6, no_repeat_ngram=1) == "分开爱\n风<unk> 不"
+    assert gen(model, vocab, "分开", 6, no_repeat_ngram=1) == "分开爱\n风<unk> 不"
 
 
 def test_sampling_with_top_p_is_reproducible_and_a_tiny_nucleus_is_greedy():
     vocab = Vocab.build(LYRICS)
     torch.manual_seed(0)
-    model = RecurrentLM(len(vocab), cell="gru", hidden_size=8, embedding_size=4)
+    model = make_lm(len(vocab), cell="gru", hidden_size=8, embedding_size=4)
     sample = dict(strategy="sample", temperature=0.8, top_p=0.9, seed=3)
-    assert generate(model, vocab, "分开", 20, **sample) == generate(model, vocab, "分开", 20, **sample)
-    assert (generate(model, vocab, "分开", 20, strategy="sample", top_p=1e-9, seed=1)
-            == generate(model, vocab, "分开", 20))
-    assert (generate(model, vocab, "分开", 20, strategy="sample", top_p=1.0, seed=1)
-            == generate(model, vocab, "分开", 20, strategy="sample", seed=1))  # 1: no cut
+    assert gen(model, vocab, "分开", 20, **sample) == gen(model, vocab, "分开", 20, **sample)
+    assert (gen(model, vocab, "分开", 20, strategy="sample", top_p=1e-9, seed=1)
+            == gen(model, vocab, "分开", 20))
+    assert (gen(model, vocab, "分开", 20, strategy="sample", top_p=1.0, seed=1)
+            == gen(model, vocab, "分开", 20, strategy="sample", seed=1))  # 1: no cut
 
 
 @pytest.mark.parametrize("option, value, allowed", [
-    ("temperature", float("nan"), "a finite number > 0"), ("temperature", math.inf, "a finite number > 0"),
-    ("temperature", 0, "a finite number > 0"), ("top_p", 0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
-    ("top_k", 0, "integer >= 1"), ("repetition_penalty", 0.5, ">= 1"), ("repetition_window", 0, "integer >= 1"),
-    ("no_repeat_ngram", 0, "integer >= 1"), ("strategy", "beam", "greedy, sample"), ("num_chars", 0, ">= 1")])
+    ("temperature", float("nan"), "a finite number"), ("temperature", math.inf, "a finite number"),
+    ("temperature", 0, "a value > 0"), ("top_p", 0, "a value > 0"), ("top_p", 1.5, "a value <= 1"),
+    ("top_k", 0, "a value >= 1"), ("repetition_penalty", 0.5, "a value >= 1"), ("repetition_window", 0, "a value >= 1"),
+    ("no_repeat_ngram", 0, "a value >= 1"), ("strategy", "beam", "'greedy' or 'sample'"), ("num_chars", 0, "a value >= 1")])
 def test_bad_decoding_options_are_refused_by_name(option, value, allowed):
-    vocab = Vocab.build(LYRICS)
-    model = RecurrentLM(len(vocab), cell="rnn", hidden_size=4)
-    options = {"num_chars": 3, "strategy": "sample", option: value}
-    with pytest.raises(ValueError, match=rf"^{option}={value!r} is not allowed: use .*{allowed}.*, e\.g\. {option}="):
-        generate(model, vocab, "分开", **options)
-    # The same rule for conf's generate.*, before training starts.
-    with pytest.raises(ValueError, match=rf"^generate\.{option}={value!r} is not allowed"):
-        check_settings(compose_config([f"generate.{option}={value}"]))
+    # conf's generate.* (the per-epoch samples, evaluate), before training starts; the served model
+    # and the CLI check their fields with the same schema (lyricist.settings.Decoding).
+    with pytest.raises(ValueError, match=rf"^generate\.{option}={value!r} is not allowed: use {allowed}.* \(.+\)$"):
+        settings.load(compose_config([f"generate.{option}={value}"]))
 
 
 def test_the_samples_page_puts_greedy_beside_the_default_and_measures_both():
     vocab = Vocab.build(LYRICS)
     torch.manual_seed(0)
-    model = RecurrentLM(len(vocab), cell="gru", hidden_size=8, embedding_size=4)
+    model = make_lm(len(vocab), cell="gru", hidden_size=8, embedding_size=4)
     train_ids, test_ids = torch.tensor(vocab.encode(LYRICS * 3)), torch.tensor(vocab.encode(LYRICS))
     decoding = dict(strategy="sample", temperature=0.8, top_p=0.9, repetition_penalty=1.2, seed=0)
-    result, page = sample_lyrics(model, vocab, ["分开", "战争中部队"], 30, train_ids, test_ids, **decoding)
+    result, page = sample_lyrics(model, vocab, ["分开", "战争中部队"], Decoding(num_chars=30, **decoding), train_ids, test_ids)
     name = "default decoding"
     assert ("(`generate.*`: sample, temperature 0.8, top-p 0.9, repetition penalty 1.2 over 20 tokens, "
             "seed 0 (+1 per prefix))") in page
-    defaults = [generate(model, vocab, p, 30, **{**decoding, "seed": i}) for i, p in enumerate(["分开", "战争中部队"])]
+    defaults = [gen(model, vocab, p, 30, **{**decoding, "seed": i}) for i, p in enumerate(["分开", "战争中部队"])]
     reference = lyrics.ngram_set(LYRICS * 3)
     assert result.samples == lyrics.lyric_metrics(defaults, reference)
     length = round(sum(map(len, defaults)) / 2)
     assert result.human == lyrics.lyric_metrics(lyrics.human_pieces(LYRICS, length), reference)
     assert f"<th>greedy</th><th>{name}</th>" in page and page.count("<table>") == 2
-    greedy = generate(model, vocab, "战争中部队", 30)
+    greedy = gen(model, vocab, "战争中部队", 30)
     assert "<unk>" in greedy and f"<pre>\n{html.escape(greedy)}\n</pre>" in page  # <unk> shown, not a tag
     assert f"<pre>\n{html.escape(defaults[0])}\n</pre>" in page
     assert f"| copy rate | {result.samples.copy_rate:.3f} | " in page  # greedy's column comes first

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import LYRICS, TINY, compose_config, plateau_cfg, write_encoded, with_data
+from conftest import make_lit, make_lm
 from lyricist.tracking import store
 from lyricist.models import RecurrentLM
 from lyricist.train import train
@@ -119,8 +121,7 @@ def test_nan_in_the_lstm_gates_stops_training_through_the_compiled_step(tmp_path
     assert kernels.step_kernels() is not None
     vocab = Vocab.build("abcdefgh")
     ids = torch.randint(0, len(vocab), (600,), generator=torch.Generator().manual_seed(0))
-    lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=8, embedding_size=4), vocab,
-                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    lit = make_lit(make_lm(len(vocab), cell="lstm", hidden_size=8, embedding_size=4), vocab, lr=0.1)
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
                          callbacks=[_PoisonWeightsAtEpoch(1, "cells.0.bias_ih")],
                          enable_progress_bar=False, enable_model_summary=False)
@@ -132,8 +133,7 @@ def test_nan_in_the_lstm_gates_stops_training_through_the_compiled_step(tmp_path
 def test_nan_loss_stops_with_epoch_step_and_hint_and_keeps_last_good_checkpoint(tmp_path):
     vocab = Vocab.build("abcdefgh")
     ids = torch.randint(0, len(vocab), (600,), generator=torch.Generator().manual_seed(0))
-    lit = LitLanguageModel(RecurrentLM(len(vocab), hidden_size=8), vocab,
-                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    lit = make_lit(make_lm(len(vocab), hidden_size=8), vocab, lr=0.1)
     ckpt = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/ppl", save_last=True)
     trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[ckpt, _PoisonWeightsAtEpoch(1)],
                          enable_progress_bar=False, enable_model_summary=False)
@@ -209,7 +209,9 @@ def test_unknown_group_options_name_the_choices(override):
         compose_config([override])
 
 
-MEMORY_PROBE = """
+MEMORY_PROBE = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_lit, make_lm
 import json, resource, torch, pytorch_lightning as pl
 from lyricist.models import RecurrentLM
 from lyricist.training.datamodule import LyricsDataModule
@@ -223,8 +225,8 @@ class PeakRss(pl.Callback):
 
 vocab = Vocab.build("".join(chr(0x4E00 + i) for i in range(300)))
 ids = torch.randint(0, len(vocab), (32 * 35 * 12 + 32,), generator=torch.Generator().manual_seed(0))
-lit = LitLanguageModel(RecurrentLM(len(vocab), cell="lstm", hidden_size=128, embedding_size=64),
-                       vocab, optimizer=torch.optim.Adam)
+lit = make_lit(make_lm(len(vocab), cell="lstm", hidden_size=128, embedding_size=64), vocab, lr=1e-3,
+               optimizer="torch.optim.Adam")
 trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, callbacks=[PeakRss()],
                      enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:2000], 32, 35, "consecutive", 8))

@@ -68,13 +68,13 @@ def test_a_bad_value_prints_one_line_and_creates_no_run_directory(tmp_path, tiny
     proc = _train_cli(f"hydra.run.dir={run}", f"paths.encoded={tiny_data}", "model.hidden_size=abc",
                       cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines()[0] == ("error: model.hidden_size='abc' is not allowed: use an integer "
-                                           ">= 1, e.g. model.hidden_size=256")
+    assert proc.stderr.splitlines()[0] == ("error: model.hidden_size='abc' is not allowed: use a valid integer "
+                                           "(hidden units per layer)")
     assert "Traceback" not in proc.stderr and not run.exists()
     # The full trace on demand, as Hydra gives it.
     full = _train_cli(f"hydra.run.dir={run}", f"paths.encoded={tiny_data}", "model.hidden_size=abc",
                       cwd=tmp_path, env=dict(project_env(), HYDRA_FULL_ERROR="1"))
-    assert full.returncode == 2 and "Traceback" in full.stderr and "check_settings" in full.stderr
+    assert full.returncode == 2 and "Traceback" in full.stderr and "lyricist/settings.py" in full.stderr
 
 
 def test_a_data_error_inside_training_is_one_line_too(tmp_path):
@@ -119,7 +119,7 @@ def test_train_refuses_then_overwrites_when_told(earlier_run, tiny_data):
 
 def test_train_overwrite_must_be_a_boolean(tiny_data, tmp_path):
     cfg = with_data(compose_config(TINY + ["logger=none", "train.overwrite=yes"]), tiny_data)
-    with pytest.raises(ValueError, match=r"^train.overwrite='yes' is not allowed: use true or false"):
+    with pytest.raises(ValueError, match=r"^train.overwrite='yes' is not allowed: use a valid boolean"):
         train(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

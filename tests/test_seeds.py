@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import gen
 from conftest import ROOT, TINY
 from lyricist import seeds
 from lyricist.checkpoint import load_checkpoint
@@ -53,7 +54,7 @@ def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatc
     request = pd.DataFrame({"prefix": ["分开"], "num_chars": [12], "strategy": ["greedy"], "repetition_penalty": [1.0]})
     ensemble = load_checkpoint([r["checkpoint"] for r in runs])
     assert isinstance(ensemble.model, Ensemble)
-    assert served.predict(request)["lyrics"][0] == generate(ensemble.model, ensemble.vocab, "分开", 12)
+    assert served.predict(request)["lyrics"][0] == gen(ensemble.model, ensemble.vocab, "分开", 12)
     # A second run into the same folder is refused before training.
     with pytest.raises(SystemExit):
         seeds.main(["--seeds", "1", "--out", str(out), *overrides])

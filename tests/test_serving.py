@@ -9,7 +9,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from lyricist.generate import DEFAULTS
+from conftest import gen
+from conftest import make_lm
+from lyricist.settings import Decoding
 import requests
 from mlflow.tracking import MlflowClient
 
@@ -43,29 +45,33 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
 
 
 @pytest.mark.parametrize("records, message", [
-    ([{"prefix": None}], 'row 0: prefix: null is not allowed: use a non-empty string, e.g. "prefix": "分开"'),
+    ([{"prefix": None}], 'row 0: prefix: None is not allowed: use a non-empty string, e.g. "分开"'),
     ([{"prefix": ""}], "row 0: prefix: '' is not allowed: use a non-empty string"),
     ([{"prefix": "分开"}, {"prefix": 3}], "row 1: prefix: 3 is not allowed"),
-    ([{"prefix": "分开", "num_chars": 10**7}], "row 0: num_chars: 10000000 is not allowed: use an integer in [1, 500]"),
-    ([{"prefix": "分开", "num_chars": 0}], "num_chars: 0 is not allowed"),
-    ([{"prefix": "分开", "temperature": float("nan")}], "row 0: temperature: null is not allowed: use a finite number > 0"),
-    ([{"prefix": "分开", "temperature": float("inf")}], "temperature: inf is not allowed"),
-    ([{"prefix": "分开", "strategy": "beam"}], "strategy: 'beam' is not allowed: use one of ('greedy', 'sample')"),
-    ([{"prefix": "分开", "top_k": -1}], "top_k: -1 is not allowed: use an integer >= 0"),
-    ([{"prefix": "分开", "top_p": 1.5}], "top_p: 1.5 is not allowed: use a number in (0, 1]"),
-    ([{"prefix": "分开", "repetition_penalty": 0.5}], "repetition_penalty: 0.5 is not allowed: use a finite number >= 1"),
+    ([{"prefix": "分开", "num_chars": 10**7}], "row 0: num_chars=10000000 is not allowed: use a value <= 1000000"),
+    ([{"prefix": "分开", "num_chars": 600}], "row 0: num_chars=600 is not allowed: use at most 500"),
+    ([{"prefix": "分开", "num_chars": 0}], "num_chars=0 is not allowed: use a value >= 1"),
+    ([{"prefix": "分开", "temperature": float("nan")}], "row 0: temperature: null is not allowed: leave the field out"),
+    ([{"prefix": "分开", "temperature": float("inf")}], "temperature=inf is not allowed: use a finite number"),
+    ([{"prefix": "分开", "strategy": "beam"}], "strategy='beam' is not allowed: use 'greedy' or 'sample'"),
+    ([{"prefix": "分开", "top_k": -1}], "top_k=-1 is not allowed: use a value >= 1"),
+    ([{"prefix": "分开", "top_p": 1.5}], "top_p=1.5 is not allowed: use a value <= 1"),
+    ([{"prefix": "分开", "repetition_penalty": 0.5}], "repetition_penalty=0.5 is not allowed: use a value >= 1"),
 ])
 def test_a_bad_request_field_is_refused_by_name(records, message):
     with pytest.raises(RequestError) as err:
-        request_options(pd.DataFrame(records), max_num_chars=500)
+        request_options(pd.DataFrame(records), max_num_chars=500, base=Decoding())
     assert message in err.value.message
     assert err.value.get_http_status_code() == 400
 
 
-def test_a_value_some_rows_leave_out_takes_the_default():
-    rows = request_options(pd.DataFrame([{"prefix": "分开", "temperature": 0.5}, {"prefix": "不分开"}]), 500)
-    assert [r["temperature"] for r in rows] == [0.5, DEFAULTS["temperature"]]
-    assert rows[1]["num_chars"] == DEFAULTS["num_chars"] and rows[1]["top_p"] == DEFAULTS["top_p"]
+def test_a_value_some_rows_leave_out_takes_the_models_own():
+    base = Decoding(strategy="sample", temperature=0.85, top_p=0.95, num_chars=50)
+    rows = request_options(pd.DataFrame([{"prefix": "分开", "temperature": 0.5, "top_k": 0, "top_p": 1.0},
+                                         {"prefix": "不分开"}]), 500, base)
+    assert [r.temperature for _, r in rows] == [0.5, 0.85]
+    assert rows[0][1].top_k is None and rows[0][1].top_p is None  # the signature's "no cut" values
+    assert rows[1][1] == base and [prefix for prefix, _ in rows] == ["分开", "不分开"]
 
 
 def test_the_served_model_caps_num_chars_as_configured(tiny_cfg, tiny_data, tmp_path):
@@ -77,7 +83,7 @@ def test_the_served_model_caps_num_chars_as_configured(tiny_cfg, tiny_data, tmp_
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     lyrics = model.predict(pd.DataFrame({"prefix": ["分开"], "num_chars": [20]}))["lyrics"][0]
     assert len(lyrics.replace("<unk>", "?")) == 22  # the prefix and 20 tokens, <unk> one of them
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"num_chars: 21 is not allowed: use an integer in \[1, 20\]"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"num_chars=21 is not allowed: use at most 20"):
         model.predict(pd.DataFrame({"prefix": ["分开"], "num_chars": [21]}))
 
 
@@ -142,9 +148,9 @@ def test_a_request_running_past_its_time_limit_is_stopped_with_429():
     from lyricist.tracking.serving import LyricsModel
 
     vocab = Vocab.build("分开不分开我不能再想")
-    model = RecurrentLM(len(vocab), cell="lstm", hidden_size=8, embedding_size=4).eval()
+    model = make_lm(len(vocab), cell="lstm", hidden_size=8, embedding_size=4).eval()
     with pytest.raises(TimeoutError, match="after 0 of 5 tokens"):
-        generate(model, vocab, "分开", 5, deadline=time.monotonic() - 1)
+        gen(model, vocab, "分开", 5, deadline=time.monotonic() - 1)
     served = LyricsModel()
     served.loaded, served.max_num_chars = LoadedModel(model, vocab), 100
     served.max_seconds = 30.0

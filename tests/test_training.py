@@ -6,6 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import compose_config, make_lit, make_lm
+from lyricist import settings
 from lyricist.data.batching import consecutive_batches
 from lyricist.models import RecurrentLM
 from lyricist.training.datamodule import LyricsDataModule
@@ -19,7 +21,7 @@ def _fit_recording_states(sampling: str, epochs: int = 2):
     """Train for real (Lightning Trainer) and record the state each training forward gets."""
     torch.manual_seed(0)
     ids = torch.randint(0, len(VOCAB), (4 * (5 * 6 + 1),))  # 5 batches either way
-    model = RecurrentLM(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4)
+    model = make_lm(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4)
     seen = []
 
     train_loss = model.loss  # what training_step calls (head and loss fused)
@@ -31,8 +33,7 @@ def _fit_recording_states(sampling: str, epochs: int = 2):
         return train_loss(ids, targets, state)
 
     model.loss = recording_loss
-    lit = LitLanguageModel(model, VOCAB, optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-                           clip_theta=1.0, sampling=sampling)
+    lit = make_lit(model, VOCAB, lr=0.5, clip_theta=1.0, sampling=sampling)
     data = LyricsDataModule(ids, ids, batch_size=4, num_steps=6, sampling=sampling, eval_batch_size=2)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
@@ -60,7 +61,7 @@ def test_random_sampling_starts_every_batch_from_zero():
 
 def test_carried_state_changes_the_loss():
     torch.manual_seed(0)
-    model = RecurrentLM(len(VOCAB), cell="rnn", hidden_size=8, init="torch")
+    model = make_lm(len(VOCAB), cell="rnn", hidden_size=8, init="torch")
     ids = torch.randint(0, len(VOCAB), (2 * 12 + 1,))
     (x1, _), (x2, y2) = list(consecutive_batches(ids, batch_size=2, num_steps=5))[:2]
     _, carried = model(x1, None)
@@ -104,33 +105,24 @@ def test_torch_clip_grad_norm_is_the_seeds_grad_clipping(scale, theta):
         assert torch.equal(after, before)
 
 
-def test_bad_settings_are_refused_before_training():
-    model = RecurrentLM(len(VOCAB), hidden_size=4)
-    with pytest.raises(ValueError, match="sampling"):
-        LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, sampling="shuffled")
-    with pytest.raises(ValueError, match="clip_theta"):
-        LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, clip_theta=0)
-
-
-@pytest.mark.parametrize("settings, key", [
-    ({"lr_schedule": "cosine"}, r"train\.lr_schedule 'cosine'.*null.*'plateau'"),
-    ({"lr_schedule": "plateau", "lr_factor": 1.0}, r"train\.lr_factor.*between 0 and 1.*1\.0.*e\.g\. 0\.5"),
-    ({"lr_schedule": "plateau", "lr_factor": 0.0}, r"train\.lr_factor.*between 0 and 1.*0\.0"),
-    ({"lr_schedule": "plateau", "lr_factor": 2}, r"train\.lr_factor.*between 0 and 1.*2"),
-    ({"lr_schedule": "plateau", "lr_patience": -1}, r"train\.lr_patience.*>= 0.*-1"),
+@pytest.mark.parametrize("override, message", [
+    ("optim/scheduler=cosine +optim.scheduler.T_maxx=3", r"optim .*cannot be built: .*unexpected keyword argument 'T_maxx'"),
+    ("optim.scheduler.factor=1.0", r"optim .*cannot be built: Factor should be < 1\.0"),
+    ("optim.scheduler._target_=torch.optim.lr_scheduler.Nope", r"optim .*cannot be built"),
+    ("optim.scheduler.monitor=null", r"ReduceLROnPlateau needs optim\.scheduler\.monitor=val/ppl"),
+    ("optim.scheduler.interval=batch", r"optim\.scheduler\.interval='batch' is not allowed: use 'epoch' or 'step'"),
 ])
-def test_bad_lr_schedule_settings_are_refused_naming_the_key(settings, key):
-    model = RecurrentLM(len(VOCAB), hidden_size=4)
-    with pytest.raises(ValueError, match=key):
-        LitLanguageModel(model, VOCAB, optimizer=torch.optim.SGD, **settings)
+def test_bad_lr_schedule_settings_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        settings.load(compose_config(override.split()))
 
 
 def test_plateau_schedule_state_is_in_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     ids = torch.randint(0, len(VOCAB), (400,))
-    lit = LitLanguageModel(RecurrentLM(len(VOCAB), hidden_size=8), VOCAB,
-                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1), lr_schedule="plateau",
-                           lr_factor=0.25, lr_patience=2)
+    lit = make_lit(make_lm(len(VOCAB), hidden_size=8), VOCAB, lr=0.1, scheduler={
+        "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "interval": "epoch",
+        "monitor": "val/ppl", "mode": "min", "factor": 0.25, "patience": 2})
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:100], batch_size=4, num_steps=5,

@@ -19,6 +19,7 @@ import torch
 from lyricist.models import RecurrentLM
 from lyricist.models.ensemble import Ensemble
 from lyricist.data.vocab import Vocab
+from lyricist.settings import Decoding, ModelSettings
 
 MODEL_PREFIX = "model."  # LitLanguageModel holds the RecurrentLM as `self.model`
 
@@ -27,7 +28,13 @@ MODEL_PREFIX = "model."  # LitLanguageModel holds the RecurrentLM as `self.model
 class LoadedModel:
     model: RecurrentLM | Ensemble
     vocab: Vocab
-    meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id, epoch
+    meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id, epoch, decoding
+
+    @property
+    def decoding(self) -> Decoding:
+        """The decoding its run used (`generate.*`, stored since the typed settings); the plain
+        one (greedy) for older checkpoints and ensembles."""
+        return Decoding(**self.meta["decoding"]) if "decoding" in self.meta else Decoding()
 
 
 def _read(path: Path, map_location) -> dict:
@@ -70,7 +77,9 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
                            meta={"epoch": None, "members": [m.meta for m in loaded]})
     checkpoint = _read(Path(path), map_location)
     extra = dict(checkpoint["lyricist"])
-    model = RecurrentLM(**extra.pop("model_config"))
+    config = dict(extra.pop("model_config"))
+    vocab_size = config.pop("vocab_size")
+    model = RecurrentLM(ModelSettings(**config), vocab_size)
     vocab = Vocab.from_dict(extra.pop("vocab"))
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
                            if k.startswith(MODEL_PREFIX)})

@@ -18,10 +18,6 @@ FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
 EXIT_STATUS = 2  # argparse's status for a usage error
 
 
-class UserError(ValueError):
-    """Bad input or settings; the message names what is wrong and how to fix it."""
-
-
 # ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
 # settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,

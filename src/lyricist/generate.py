@@ -17,55 +17,16 @@ Decoding, applied to each step's logits in this order:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
 
 import torch
 
-from lyricist import errors
+from lyricist import errors, settings
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.data.vocab import Vocab
-
-STRATEGIES = ("greedy", "sample")
-# The CLI's and the served model's defaults; conf/config.yaml's `generate:` holds the same
-# (tests/test_config.py checks it).
-# Chosen on the Jay Chou model (README, Generate lyrics): no line repeated and no 8-gram of the
-# train text copied in the three prefixes' 200-character samples, the human test text's rate.
-DEFAULTS = {"num_chars": 200, "strategy": "sample", "temperature": 0.85, "top_k": None, "top_p": 0.95,
-            "repetition_penalty": 1.2, "repetition_window": 20, "no_repeat_ngram": None, "seed": 0}
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# Each decoding option: (name, accepted, what is allowed, an example). generate() refuses a bad
-# value with it; lyricist.train checks conf's `generate.*` with the same rules before training.
-DECODING_RULES = [
-    ("num_chars", _count, "an integer >= 1", 200),
-    ("strategy", lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}", "sample"),
-    ("temperature", lambda v: _number(v) and v > 0,
-     "a finite number > 0 (strategy=greedy for the argmax)", 0.8),
-    ("top_k", lambda v: v is None or _count(v), "null (no cut) or an integer >= 1", 20),
-    ("top_p", lambda v: v is None or (_number(v) and 0 < v <= 1), "null (no cut) or a number in (0, 1]", 0.9),
-    ("repetition_penalty", lambda v: _number(v) and v >= 1, "a finite number >= 1 (1: off)", 1.3),
-    ("repetition_window", _count, "an integer >= 1 (tokens looked back by the penalty)", 20),
-    ("no_repeat_ngram", lambda v: v is None or _count(v), "null (off) or an integer >= 1", 4),
-]
-
-
-def check_decoding(**options) -> None:
-    """Refuse a bad decoding option by its name, with what is allowed and an example."""
-    for name, accepted, allowed, example in DECODING_RULES:
-        if name in options and not accepted(options[name]):
-            raise ValueError(f"{name}={options[name]!r} is not allowed: use {allowed}, e.g. {name}={example}")
-
+from lyricist.settings import Decoding
 
 def seed_of(seed: int | None, index: int) -> int | None:
     """The seed of the index-th of several prefixes: seed + index. One seed for all would give
@@ -142,23 +103,21 @@ def next_token(logits: torch.Tensor, strategy: str, temperature: float, top_k: i
 
 
 @torch.no_grad()
-def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, strategy: str = "greedy",
-             temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
-             allow_unknown: bool = False, top_p: float | None = None, repetition_penalty: float = 1.0,
-             repetition_window: int = 20, no_repeat_ngram: int | None = None,
-             deadline: float | None = None) -> str:
-    """The prefix followed by `num_chars` predicted tokens (characters; words for a word-level
-    vocabulary, joined by single spaces).
+def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding = Decoding(), index: int = 0,
+             allow_unknown: bool = False, deadline: float | None = None) -> str:
+    """The prefix followed by `decoding.num_chars` predicted tokens (characters; words for a
+    word-level vocabulary, joined by single spaces).
 
     As the seeds' `predict_rnn`: the state starts at zero and is warmed up over the
     prefix (its tokens are fed, not predicted); then each prediction is fed back.
     The decoding options are the module's docstring's; with their defaults (no penalty, no
-    n-gram ban, no cut) `greedy` is the seeds' argmax and `sample` plain softmax sampling.
-    `deadline` (a time.monotonic() value): past it, stop with TimeoutError (the served model's bound).
+    n-gram ban, no cut, greedy) it is the seeds' argmax. `index`: the prefix's position among
+    several, which offsets the seed (seed_of). `deadline` (a time.monotonic() value): past it,
+    stop with TimeoutError (the served model's bound).
     """
-    check_decoding(num_chars=num_chars, strategy=strategy, temperature=temperature, top_k=top_k,
-                   top_p=top_p, repetition_penalty=repetition_penalty,
-                   repetition_window=repetition_window, no_repeat_ngram=no_repeat_ngram)
+    d = decoding
+    num_chars, repetition_penalty, repetition_window = d.num_chars, d.repetition_penalty, d.repetition_window
+    seed = seed_of(d.seed, index)
     ids = encode_prefix(vocab, prefix, allow_unknown)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -174,12 +133,12 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
             last = logits[0, -1].float()  # (V,)
             if repetition_penalty != 1:
                 last = penalize_recent(last, history[-repetition_window:], repetition_penalty, exempt)
-            if no_repeat_ngram is not None:
-                banned = banned_by_ngrams(history, no_repeat_ngram)
+            if d.no_repeat_ngram is not None:
+                banned = banned_by_ngrams(history, d.no_repeat_ngram)
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned
                     last = last.index_fill(0, torch.tensor(sorted(banned), dtype=torch.long,
                                                            device=device), float("-inf"))
-            next_id = next_token(last, strategy, temperature, top_k, top_p, generator)
+            next_id = next_token(last, d.strategy, d.temperature, d.top_k, d.top_p, generator)
             out.append(next_id)
             history.append(next_id)
             logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
@@ -187,21 +146,23 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
 
 
 def decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The decoding options as command-line flags, defaulting to DEFAULTS."""
-    parser.add_argument("--num-chars", "--num-tokens", dest="num_chars", type=int, default=DEFAULTS["num_chars"],
-                        help="tokens to predict: characters, or words for a word-level model")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS["strategy"])
-    parser.add_argument("--temperature", type=float, default=DEFAULTS["temperature"])
-    parser.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
-    parser.add_argument("--top-p", type=float, default=DEFAULTS["top_p"],
-                        help="nucleus sampling: the fewest most likely tokens holding this much probability")
-    parser.add_argument("--repetition-penalty", type=float, default=DEFAULTS["repetition_penalty"],
-                        help="CTRL's penalty on the last --repetition-window tokens (1: off)")
-    parser.add_argument("--repetition-window", type=int, default=DEFAULTS["repetition_window"])
-    parser.add_argument("--no-repeat-ngram", type=int, default=DEFAULTS["no_repeat_ngram"],
-                        help="forbid repeating any n-gram of this many tokens")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                        help="sample: the first prefix's seed; the next ones get seed + 1, + 2, ...")
+    """The decoding options as command-line flags (lyricist.settings.Decoding's fields); a flag
+    left out keeps the value the checkpoint's run used (its `generate.*`)."""
+    for name, info in Decoding.model_fields.items():
+        kind = str if name == "strategy" else float if "float" in str(info.annotation) else int
+        names = [f"--{name.replace('_', '-')}"] + (["--num-tokens"] if name == "num_chars" else [])
+        parser.add_argument(*names, dest=name, type=_number(kind), help=info.description)
+
+
+def _number(kind: type):
+    """argparse's type for an option that may be given as null (none)."""
+    return lambda text: None if text.lower() in ("null", "none") else kind(text)
+
+
+def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:
+    """`base` with the flags given on the command line, checked (one line naming the flag)."""
+    given = {name: getattr(args, name) for name in Decoding.model_fields if getattr(args, name) is not None}
+    return settings.section(Decoding, {**base.model_dump(), **given})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,13 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     args = parser.parse_args(argv)
-    options = {key: getattr(args, key) for key in DEFAULTS if key != "seed"}
     try:
-        check_decoding(**options)  # before the checkpoint is read
+        decoding_of(args, Decoding())  # a bad flag fails before the checkpoint is read
         loaded = load_checkpoint(args.checkpoint)
+        decoding = decoding_of(args, loaded.decoding)
         for i, prefix in enumerate(args.prefix):
-            print(generate(loaded.model, loaded.vocab, prefix, seed=seed_of(args.seed, i),
-                           allow_unknown=args.allow_unknown, **options))
+            print(generate(loaded.model, loaded.vocab, prefix, decoding, index=i, allow_unknown=args.allow_unknown))
     except errors.USER_ERRORS as err:
         return errors.report(err)  # one line; the traceback with $LYRICIST_FULL_ERROR=1
     return 0

@@ -34,7 +34,8 @@ from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_setti
 from lyricist.project import project_root
 from lyricist.tracking import serving, store
 from lyricist.errors import run_cli
-from lyricist.train import USER_ERRORS, check_settings, train
+from lyricist import settings
+from lyricist.train import USER_ERRORS, train
 
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
 ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interpolated_"),
@@ -46,10 +47,10 @@ ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interp
 def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path, static: bool) -> dict:
     """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage
     (with a Kneser-Ney model fit here on the same train split); `static`: no dynamic evaluation."""
-    settings = evaluation_settings(OmegaConf.to_container(cfg, resolve=True))
+    options = evaluation_settings(settings.load(cfg))
     if static:
-        settings.update(dynamic_lrs=[], krause_lrs=[])
-    result, _ = evaluate_checkpoint(checkpoint, data_dir, **settings)
+        options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
+    result, _ = evaluate_checkpoint(checkpoint, data_dir, **options)
     return result.as_flat_dict()
 
 
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: give another --out (runs there are never overwritten)")
     seeds = [cfg.train.seed + k for k in range(args.seeds)]
-    check_settings(cfg)  # a bad value is refused before the parent run or any folder exists
+    settings.load(cfg)  # a bad value is refused before the parent run or any folder exists
     parent = _parent_run(cfg, root, args.overrides, seeds)
     try:
         return _run_seeds(args, cfg, root, out, seeds, parent)

@@ -3,10 +3,9 @@
     python -m lyricist.train model=rnn data.sampling=random
     python -m lyricist.train -m model=rnn,lstm data.sampling=random,consecutive
 
-The LightningModule (the model nested in it), the DataModule, the callbacks and the Trainer
-come from conf/ through `hydra.utils.instantiate` (conf/config.yaml: `module`, `datamodule`,
-`callbacks`, `trainer`). Only this module and the DVC stage scripts see a DictConfig;
-everything they call takes plain arguments.
+The composed config is checked once (lyricist.settings) and the library receives typed
+settings: `RecurrentLM(s.model, V)`, `LitLanguageModel(model, vocab, s.optim, s.train, s.data)`,
+the samples callback `s.generate`. The Trainer comes from conf/trainer/ by `_target_`.
 """
 
 from __future__ import annotations
@@ -28,137 +27,50 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
+from lyricist import errors, rundir, settings
 from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.data.batching import check_enough_tokens
 from lyricist.data.prepared import check_record
-from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
-from lyricist.generate import DECODING_RULES
-from lyricist import errors, rundir
+from lyricist.data.vocab import Vocab, load_ids
+from lyricist.models import RecurrentLM
 from lyricist.project import project_root
 from lyricist.tracking import serving, store, sweep
-from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
-from lyricist.training.module import TrainingDiverged
+from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel, TrainingDiverged
 
-WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _rate(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
-
-
-def _fraction(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-
-
-def _non_negative(value) -> bool:
-    return value == 0 and type(value) is int or _count(value)
-
-
-def _maybe(accepted):
-    """`accepted`, or null."""
-    return lambda value: value is None or accepted(value)
-
-
-def _penalty(value) -> bool:
-    return _rate(value) or (value == 0 and not isinstance(value, bool))
-
-
-# Values that would otherwise fail late (after an epoch, or with another key's name in the
-# message) or train silently wrong: (key, accepted, what is allowed, an example).
-SETTINGS = [(key, _count, "an integer >= 1", example) for key, example in [
-    ("data.batch_size", 32), ("data.num_steps", 35), ("model.hidden_size", 256), ("model.num_layers", 1),
-    ("train.eval_batch_size", 8), ("train.samples_every_n_epochs", 5)]] + [
-    ("trainer.max_epochs", lambda v: _count(v) or v == -1, "an integer >= 1, or -1 (no limit)", 20),
-    ("optim.lr", _rate, "a finite number > 0", 0.015),
-    ("model.init_scale", _rate, "a finite number > 0", 0.01),
-    ("train.divergence_factor", lambda v: v is None or (_rate(v) and v > 1), "null (off) or a number > 1", 3.0),
-    ("model.weight_drop", _fraction, "a number in [0, 1) (0: off)", 0.5),
-    ("model.embedding_row_dropout", _fraction, "a number in [0, 1) (0: off)", 0.1),
-    ("train.ar_alpha", _penalty, "a finite number >= 0 (0: off)", 2.0),
-    ("train.tar_beta", _penalty, "a finite number >= 0 (0: off)", 1.0),
-    ("train.weight_averaging", lambda v: v in (None, "nt"), "null (off) or nt", "nt"),
-    ("train.averaging_patience", lambda v: v == 0 and type(v) is int or _count(v),
-     "an integer >= 0 (0: from the first step)", 2),
-    ("data.variable_length", lambda v: isinstance(v, bool), "true or false", "true"),
-    ("model.dropout", _fraction, "a number in [0, 1)", 0.6),
-    ("model.embedding_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.1),
-    ("model.output_dropout", _maybe(_fraction), "null (= model.dropout) or a number in [0, 1)", 0.4),
-    ("model.embedding_size", _maybe(_count), "null (one-hot input) or an integer >= 1", 128),
-    ("train.clip_theta", _maybe(_rate), "null (no clipping) or a finite number > 0", 1.0),
-    ("optim.weight_decay", _penalty, "a finite number >= 0", 0.0002),
-    ("train.lr_factor", lambda v: _fraction(v) and v > 0, "a number in (0, 1)", 0.5),
-    ("train.lr_patience", _non_negative, "an integer >= 0", 0),
-    ("train.early_stopping_patience", _maybe(_non_negative), "null (never) or an integer >= 0", 3),
-    ("train.overwrite", lambda v: isinstance(v, bool), "true or false", "true"),
-    ("logger.serve_max_num_chars", _count, "an integer >= 1", 1000),
-    ("logger.serve_max_seconds", _rate, "a finite number of seconds > 0", 30),
-] + [(f"generate.{name}", *rule) for name, *rule in DECODING_RULES]  # the samples logged per epoch
-
-
-def _averaging_starts(cfg: DictConfig) -> bool:
-    """Weight averaging waits for averaging_patience epochs without a better val/ppl; early
-    stopping after as many (or fewer) would end the run before the average is ever used."""
-    patience, waits = cfg.train.early_stopping_patience, cfg.train.averaging_patience
-    return cfg.train.weight_averaging is None or patience is None or waits == 0 or waits < patience
-
-
-# Values that are each fine but not together: (keys, accepted(cfg), what to do).
-COMBINATIONS = [
-    (("data.variable_length", "data.sampling"),
-     lambda cfg: not cfg.data.variable_length or cfg.data.sampling == "consecutive",
-     "variable-length batches are consecutive ones: set data.sampling=consecutive or data.variable_length=false"),
-    (("train.averaging_patience", "train.early_stopping_patience"), _averaging_starts,
-     "weight averaging would start only when early stopping ends the run: use a smaller "
-     "train.averaging_patience (e.g. 2) than train.early_stopping_patience, or early_stopping_patience=null"),
-]
 # What the entry point prints as one line (errors.run_cli): bad input, and a run stopped by
 # the divergence guard or an unusable tracking store, whose messages say the fix.
 USER_ERRORS = (*errors.USER_ERRORS, TrainingDiverged, store.TrackingError)
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Refuse a bad value by its key, before any data is read or any output written."""
-    for key, accepted, allowed, example in SETTINGS:
-        value = OmegaConf.select(cfg, key)
-        if not accepted(value):
-            raise ValueError(f"{key}={value!r} is not allowed: use {allowed}, e.g. {key}={example}")
-    for keys, accepted, fix in COMBINATIONS:
-        if not accepted(cfg):
-            values = ", ".join(f"{key}={OmegaConf.select(cfg, key)!r}" for key in keys)
-            raise ValueError(f"{values} do not go together: {fix}")
-
-
 def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:
     """Train the configured model; write checkpoints/ and metrics.csv under `output_dir`.
 
-    Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
-    Hydra sweeper can use it.
+    Returns the final metrics, among them `val/ppl` (the best epoch's), what a search minimises.
     """
-    check_settings(cfg)
+    s = settings.load(cfg)  # every value checked, before any data is read or any output written
     output_dir = Path(output_dir)
-    overwrite = bool(OmegaConf.select(cfg, "train.overwrite", default=False))
-    rundir.check_run_dir(output_dir, bool(cfg.train.resume), overwrite)  # reads only
-    root = project_root(cfg.paths.root)
-    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    rundir.check_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)  # reads only
+    root = project_root(s.paths.root)
+    pl.seed_everything(s.train.seed, workers=True, verbose=False)
 
     # Everything that can fail fast does so before the first batch and before any output.
-    vocab, splits = load_encoded(root / cfg.paths.encoded, OmegaConf.to_container(cfg.data),
-                                 cfg.train.eval_batch_size)
-    module = instantiate(cfg.module, model={"vocab_size": len(vocab)}, vocab=vocab, _convert_="all")
-    datamodule = instantiate(cfg.datamodule, train_ids=splits["train"], val_ids=splits["val"])
-    resume_path = resolve_resume(cfg.train.resume, output_dir)
+    vocab, splits = load_encoded(root / s.paths.encoded, s.data, s.train.eval_batch_size)
+    module = LitLanguageModel(RecurrentLM(s.model, len(vocab)), vocab, s.optim, s.train, s.data)
+    module.extra_checkpoint["decoding"] = s.generate.model_dump()  # lyricist-generate's defaults
+    datamodule = LyricsDataModule(splits["train"], splits["val"], s.data.batch_size, s.data.num_steps,
+                                  s.data.sampling, s.train.eval_batch_size, s.train.seed, s.data.variable_length)
+    resume_path = resolve_resume(s.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     if resume_path:
-        check_resumable(resume_path, module, cfg.optim)
+        check_resumable(resume_path, module)
     # Tracking before any output: an unreachable server fails here, not after training.
-    tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
-    mlf = (_mlflow_logger(cfg, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
+    tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
+    mlf = (_mlflow_logger(s, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
            if tracking_uri else None)
     run_id = mlf.run_id if mlf else None
     if run_id:
@@ -168,15 +80,17 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     try:
         instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     except MisconfigurationException as err:
-        raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={cfg.trainer.accelerator}, "
-                         f"devices={cfg.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
+        raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={s.trainer.accelerator}, "
+                         f"devices={s.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
                          "(the default, trainer=default)") from err
     # The first write into output_dir: the lock (a second process is refused here), then, with
     # train.overwrite, the earlier run's files removed.
-    locked = rundir.claim_run_dir(output_dir, bool(cfg.train.resume), overwrite)
+    locked = rundir.claim_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)
     try:
-        return _fit_and_report(cfg, output_dir, module, datamodule, resume_path, resume_meta, mlf,
-                               tracking_uri, vocab, train_text=vocab.decode(splits["train"], unk="\ufffd"))
+        callbacks = _callbacks(s, output_dir, tracking_uri, run_id,
+                               train_text=vocab.decode(splits["train"], unk="\ufffd"))
+        return _fit_and_report(cfg, s, output_dir, module, datamodule, resume_path, resume_meta, mlf,
+                               tracking_uri, vocab, callbacks)
     except BaseException as err:
         if mlf:  # not left RUNNING: FAILED, with the reason as a tag
             store.mark_failed(tracking_uri, mlf.run_id, err)
@@ -186,15 +100,14 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
             rundir.release_run_dir(output_dir)
 
 
-def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resume_path: str | None,
-                    resume_meta: dict, mlf: MLFlowLogger | None, tracking_uri: str | None,
-                    vocab: Vocab, train_text: str) -> dict:
+def _fit_and_report(cfg: DictConfig, s: settings.Settings, output_dir: Path, module, datamodule,
+                    resume_path: str | None, resume_meta: dict, mlf: MLFlowLogger | None,
+                    tracking_uri: str | None, vocab: Vocab, callbacks: list[pl.Callback]) -> dict:
     run_id = mlf.run_id if mlf else None
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
-                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id, train_text=train_text),
-                          default_root_dir=str(output_dir))
+                          callbacks=callbacks, default_root_dir=str(output_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     if not trainer.is_global_zero:  # DDP: rank 0 reports
@@ -206,9 +119,8 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
     metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
-        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
-                           cfg.logger.serve_max_num_chars, cfg.logger.serve_max_seconds)
-    _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
+        _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], s.logger)
+    _print_summary(output_dir, best_path, metrics, run_id, s.logger.experiment_name, tracking_uri)
     return metrics
 
 
@@ -223,11 +135,9 @@ def instantiate(node, **kwargs):
         raise err.__cause__ from None
 
 
-def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Vocab, dict]:
+def load_encoded(data_dir: Path, data: settings.DataSettings, eval_batch_size: int) -> tuple[Vocab, dict]:
     """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
     missing, prepared with other `data.*` settings, or too short for one batch."""
-    tokenizer = data.get("tokenizer", OPTION_DEFAULTS["tokenizer"])
-    check_options(tokenizer, data.get("max_vocab_size"), data["min_freq"])
     files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -236,73 +146,74 @@ def load_encoded(data_dir: Path, data: dict, eval_batch_size: int) -> tuple[Voca
             "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "
             "another corpus)")
     vocab = Vocab.load(data_dir / "vocab.json")
-    check_record(data_dir, data)
-    if vocab.tokenizer != tokenizer:
+    check_record(data_dir, data.model_dump())
+    if vocab.tokenizer != data.tokenizer:
         raise ValueError(
             f"{data_dir / 'vocab.json'} is a {vocab.tokenizer}-level vocabulary but data.tokenizer="
-            f"{tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
-            f"data.tokenizer={tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
+            f"{data.tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
+            f"data.tokenizer={data.tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
     splits = {name: load_ids(data_dir / f"{name}.npy") for name in ("train", "val")}
-    check_enough_tokens(len(splits["train"]), data["batch_size"], data["num_steps"],
-                        "train split", sampling=data["sampling"])
-    check_enough_tokens(len(splits["val"]), eval_batch_size, data["num_steps"],
-                        "val split", sampling="consecutive")
+    check_enough_tokens(len(splits["train"]), data.batch_size, data.num_steps, "train split", sampling=data.sampling)
+    check_enough_tokens(len(splits["val"]), eval_batch_size, data.num_steps, "val split", sampling="consecutive")
     return vocab, splits
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, tracking_uri: str | None,
+def _callbacks(s: settings.Settings, output_dir: Path, tracking_uri: str | None,
                run_id: str | None, train_text: str = "") -> list[pl.Callback]:
-    """conf's `callbacks:` with what exists only at run time (the samples' copy rate looks
-    up `train_text`, one character per <unk>); early stopping is off when its patience is null
-    (0 is a patience: stop at the first epoch without a better val/ppl)."""
-    checkpoints = {"dirpath": str(output_dir / "checkpoints")}
-    at_run_time = {"checkpoint": checkpoints, "last_checkpoint": checkpoints,
-                   "samples": {"tracking_uri": tracking_uri, "run_id": run_id, "train_text": train_text}}
-    left_out = {"early_stopping": cfg.train.early_stopping_patience is None,
-                "progress_bar": not cfg.trainer.get("enable_progress_bar", True),
-                "samples": run_id is None}
-    return [instantiate(node, **at_run_time.get(name, {}))
-            for name, node in cfg.callbacks.items() if node is not None and not left_out.get(name)]
+    """The run's callbacks: the best and the last checkpoint, early stopping (when its patience is
+    set; 0 is a patience: stop at the first epoch without a better val/ppl), the progress bar,
+    and the per-epoch samples in MLflow (their copy rate looks up `train_text`)."""
+    checkpoints = str(output_dir / "checkpoints")
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(checkpoints, "best", monitor="val/ppl", mode="min", enable_version_counter=False),
+        # last.ckpt after every epoch, what train.resume continues from (ModelCheckpoint's
+        # save_last writes it only at epochs that improve).
+        ModelCheckpoint(checkpoints, "last", monitor=None, save_top_k=1, enable_version_counter=False)]
+    if s.train.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping("val/ppl", patience=s.train.early_stopping_patience))
+    if s.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    if run_id is not None:
+        callbacks.append(SamplesCallback(s.data.prefixes, s.train.samples_every_n_epochs, s.generate,
+                                         tracking_uri, run_id, train_text))
+    return callbacks
 
 
-def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id: str | None,
-                   parent_run_id: str | None) -> MLFlowLogger:
+def _mlflow_logger(s: settings.Settings, tracking_uri: str, root: Path,
+                   resume_run_id: str | None, parent_run_id: str | None) -> MLFlowLogger:
     """The run's MLflow logger, its store and experiment created first (with retries);
     resuming continues the checkpoint's run instead of opening a new one."""
-    store.ensure_experiment(tracking_uri, cfg.logger.experiment_name)
+    store.ensure_experiment(tracking_uri, s.logger.experiment_name)
     mlf = MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name, tracking_uri=tracking_uri,
+        experiment_name=s.logger.experiment_name, tracking_uri=tracking_uri,
         # A name that says what ran (MLflow's random names repeat under a fixed seed).
-        run_name=cfg.logger.run_name or (f"{cfg.model.cell} {cfg.data.sampling} "
-                                         f"h{cfg.model.hidden_size} {cfg.data.name}"),
+        run_name=s.logger.run_name or f"{s.model.cell} {s.data.sampling} h{s.model.hidden_size} {s.data.name}",
         run_id=resume_run_id,
         tags={"git_commit": store.git_commit(root),
-              "data_md5": store.raw_data_md5(cfg.data.raw_path, root),
-              "corpus": cfg.data.name, "model": cfg.model.cell,
+              "data_md5": store.raw_data_md5(s.data.raw_path, root),
+              "corpus": s.data.name, "model": s.model.cell,
               **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
     )
     store.with_retry(lambda: mlf.run_id)  # creates the run
     if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
-        settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in WIRING}
-        mlf.log_hyperparams(store.flatten(settings))
+        mlf.log_hyperparams(store.flatten(s.model_dump(by_alias=True)))
     return mlf
 
 
 def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
-                       best_val_ppl: float, log_model: bool, serve_max_num_chars: int,
-                       serve_max_seconds: float) -> None:
+                       best_val_ppl: float, logger: settings.LoggerSettings) -> None:
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
-    if log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars,
-                                 max_seconds=serve_max_seconds)
+    if logger.log_model:
+        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=logger.serve_max_num_chars,
+                                 max_seconds=logger.serve_max_seconds)
     mlf.finalize("success")
 
 
-def check_resumable(path: str, module: pl.LightningModule, optim: DictConfig) -> None:
+def check_resumable(path: str, module: LitLanguageModel) -> None:
     """Refuse a checkpoint of another model size or optimizer before training, naming what
     differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -318,7 +229,7 @@ def check_resumable(path: str, module: pl.LightningModule, optim: DictConfig) ->
                          "directory")
     saved = [set(group) - {"params"} for state in checkpoint.get("optimizer_states", [])
              for group in state.get("param_groups", [])[:1]]
-    probe = hydra_instantiate(optim)([torch.zeros(1, requires_grad=True)])  # (1,): only its settings
+    probe, _ = module.optim.build([torch.zeros(1, requires_grad=True)])  # (1,): only its settings
     made = set(probe.param_groups[0]) - {"params"}
     if saved and (saved[0] ^ made) - {"initial_lr"}:  # initial_lr: added by an lr scheduler
         raise ValueError(f"train.resume={path!r} was trained with another optimizer (its settings "
@@ -364,7 +275,7 @@ class RunDirGuard(Callback):
         if rundir.is_ddp_child():
             return
         run_dir = _pin(config, "run")
-        _refuse_or_continue(lambda: (check_settings(config), _check_dir(config, Path(run_dir)),
+        _refuse_or_continue(lambda: (settings.load(config), _check_dir(config, Path(run_dir)),
                                      rundir.lock_run_dir(run_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -418,8 +329,9 @@ def main() -> None:
     the working directory (lyricist.project), never of the folder this package lies in."""
     try:
         conf_dir = project_root() / "conf"
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+        settings.check_override_keys(sys.argv[1:])
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(errors.report(err))
     hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
 
 

@@ -39,27 +39,6 @@ OPTION_DEFAULTS = {"tokenizer": "char", "max_vocab_size": None}
 _WORD = re.compile(r"\n|[^\s]+")  # a line break alone, or a run of non-whitespace
 
 
-def check_options(tokenizer: str, max_vocab_size: int | None, min_freq: int = 1) -> None:
-    """Refuse bad vocabulary settings with the config key and the fix (before any work)."""
-    if tokenizer not in TOKENIZERS:
-        raise ValueError(f"data.tokenizer must be 'char' or 'word', got {tokenizer!r}: set data.tokenizer=char "
-                         "(one token per character) or data.tokenizer=word (whitespace-separated words).")
-    if max_vocab_size is not None and (isinstance(max_vocab_size, bool)
-                                       or not isinstance(max_vocab_size, int) or max_vocab_size < 1):
-        raise ValueError(f"data.max_vocab_size must be null (no cap) or an integer >= 1, got {max_vocab_size!r}: "
-                         "set data.max_vocab_size=null to keep every token, or e.g. data.max_vocab_size=10000 "
-                         "to keep the 10000 most frequent tokens of train (the rest read as <unk>).")
-    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
-        raise ValueError(f"min_freq must be >= 1, got {min_freq}.")
-
-
-def check_max_unk_rate(max_unk_rate: float | None) -> None:
-    if max_unk_rate is not None and (isinstance(max_unk_rate, bool) or not isinstance(max_unk_rate, (int, float))
-                                     or not 0 <= max_unk_rate <= 1):
-        raise ValueError(f"data.max_unk_rate={max_unk_rate!r} is not allowed: use null (never warn) or a "
-                         "number in [0, 1], e.g. data.max_unk_rate=0.05")
-
-
 def tokenize(text: str, tokenizer: str = "char") -> list[str]:
     """The tokens of `text`: its characters ("char"), or its words and "\\n"s ("word")."""
     return _WORD.findall(text) if tokenizer == "word" else list(text)
@@ -113,7 +92,7 @@ class Vocab:
         left to right), so the same text always gives the same ids (the MXNet seed's
         `list(set(...))` changes order between runs) and the cap cuts ties the same way.
         """
-        check_options(tokenizer, max_vocab_size, min_freq)
+        assert tokenizer in TOKENIZERS and min_freq >= 1  # checked by lyricist.settings
         counts = Counter(tokenize(text, tokenizer))
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).

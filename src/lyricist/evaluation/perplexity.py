@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -17,8 +17,8 @@ from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
 from lyricist.evaluation.progress import Progress
 from lyricist.evaluation.samples import sample_lyrics
-from lyricist.generate import check_decoding
 from lyricist.models import RecurrentLM
+from lyricist.settings import BaselineSettings, Decoding, EvaluateSettings, Settings
 
 
 def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
@@ -27,45 +27,35 @@ def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps
     return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
-def evaluation_settings(params: dict) -> dict:
-    """`evaluate_checkpoint`'s keyword arguments from the config's plain sections (`train`, `data`,
-    `generate`, `baseline`, `evaluate`), as the evaluate stage reads them from params.yaml; the
-    n-gram is the baseline stage's (a saved model is checked against these settings)."""
-    e, b = params["evaluate"], params["baseline"]
-    return dict(batch_size=params["train"]["eval_batch_size"], num_steps=params["data"]["num_steps"],
-                prefixes=list(params["data"]["prefixes"]), **params["generate"],
-                ngram_max_order=b["max_order"], ngram_discount_mode=b["discount_mode"],
-                ngram_fixed_discount=b["fixed_discount"], dynamic_lrs=list(e["dynamic_lrs"]),
-                dynamic_num_steps=e["dynamic_num_steps"], dynamic_tune_tokens=e["dynamic_tune_tokens"],
-                krause_lrs=list(e["krause_lrs"]), krause_decay=e["krause_decay"], krause_eps=e["krause_eps"],
-                krause_stat_tokens=e["krause_stat_tokens"])
+def evaluation_settings(s: Settings) -> dict:
+    """`evaluate_checkpoint`'s settings from a composition: the evaluate stage's params (dvc.yaml)."""
+    return dict(batch_size=s.train.eval_batch_size, num_steps=s.data.num_steps, prefixes=list(s.data.prefixes),
+                decoding=s.generate, baseline=s.baseline, evaluate=s.evaluate)
 
 
 def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir: Path, batch_size: int,
-                        num_steps: int, prefixes: list[str], num_chars: int, ngram_max_order: int | None = None,
-                        ngram_discount_mode: str = "modified",
-                        ngram_fixed_discount: float = 0.75, dynamic_lrs: Sequence[float] = (),
-                        dynamic_num_steps: int | None = None, dynamic_tune_tokens: int | None = None,
-                        krause_lrs: Sequence[float] = (), krause_decay: float = 0.02, krause_eps: float = 1e-3,
-                        krause_stat_tokens: int | None = None, ngram_path: str | Path | None = None,
-                        report: Callable[[str], None] = lambda line: None,
-                        **decoding: Any) -> tuple[EvaluationResult, str]:
+                        num_steps: int, prefixes: list[str], decoding: Decoding,
+                        baseline: BaselineSettings | None = None, evaluate: EvaluateSettings | None = None,
+                        ngram_path: str | Path | None = None,
+                        report: Callable[[str], None] = lambda line: None) -> tuple[EvaluationResult, str]:
     """Val (and test, when the split is not empty) perplexity, and a markdown page of samples, of
     a checkpoint or of the ensemble of several (lyricist.checkpoint.load_checkpoint): greedy
-    beside `decoding` (lyricist.generate.generate's options: strategy, temperature, ...),
-    measured as lyrics (`lyrics`, lyricist.evaluation.samples).
+    beside `decoding`, measured as lyrics (`lyrics`, lyricist.evaluation.samples).
 
-    With `ngram_max_order`, also the network mixed with the val-best Kneser-Ney model of orders
-    1..ngram_max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
-    fit with these settings and vocabulary), else fit here on train. With `dynamic_lrs` too,
-    dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`), its rate chosen
+    With `baseline`, also the network mixed with the val-best Kneser-Ney model of orders
+    1..max_order (`interpolation`): the baseline stage's from `ngram_path` (refused unless
+    fit with these settings and vocabulary), else fit here on train. With `evaluate.dynamic_lrs`
+    too, dynamic evaluation on segments of `dynamic_num_steps` tokens (`dynamic`), its rate chosen
     on the first `dynamic_tune_tokens` of val; with `krause_lrs`, the same with Krause et al.'s
-    update (`krause`), normalised by gradients on the first `krause_stat_tokens` of train. `report` gets one line per part, with its time, and inside a long part a line every 30 s (lyricist.evaluation.progress).
+    update (`krause`), normalised by gradients on the first `krause_stat_tokens` of train. `report`
+    gets one line per part, with its time, and inside a long part a line every 30 s
+    (lyricist.evaluation.progress).
     """
-    if ngram_max_order is None and (dynamic_lrs or krause_lrs or ngram_path is not None):
-        raise ValueError("dynamic evaluation and a saved n-gram model need the n-gram settings: "
-                         "pass ngram_max_order too (the baseline's max_order).")
-    check_decoding(num_chars=num_chars, **decoding)  # a bad option fails now, not after the scoring
+    e = evaluate or EvaluateSettings(dynamic_lrs=[], dynamic_num_steps=num_steps, dynamic_tune_tokens=None,
+                                     krause_lrs=[], krause_decay=0.0, krause_eps=1e-3, krause_stat_tokens=None)
+    dynamic_lrs, krause_lrs, dynamic_tune_tokens = e.dynamic_lrs, e.krause_lrs, e.dynamic_tune_tokens
+    num_chars = decoding.num_chars
+    assert baseline is not None or not (dynamic_lrs or krause_lrs or ngram_path), "the n-gram needs its settings"
     loaded = load_checkpoint(checkpoint)
     splits = {"val": load_ids(data_dir / "val.npy")}  # training needs val: it is there
     test_path = data_dir / "test.npy"
@@ -85,8 +75,10 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in splits.items())})")
     interpolation = dynamic = krause = None
     train_ids = load_ids(data_dir / "train.npy")  # the n-gram's fit, the Krause statistics, the copy rate
-    segment = dynamic_num_steps or num_steps
-    if ngram_max_order is not None:
+    segment = e.dynamic_num_steps
+    if baseline is not None:
+        ngram_max_order, ngram_discount_mode = baseline.max_order, baseline.discount_mode
+        ngram_fixed_discount = baseline.fixed_discount
         vocab_size = len(loaded.vocab)
         if ngram_path is not None:
             ngram = load_kneser_ney(ngram_path, vocab_size, ngram_max_order, ngram_discount_mode,
@@ -105,13 +97,12 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
                                        tune_tokens=dynamic_tune_tokens, adaptive=adaptive, progress=progress)
             done(f"dynamic evaluation (rate {dynamic.lr:g} of 0 and {list(dynamic_lrs)})")
         if krause_lrs:
-            rms = gradient_rms(loaded.model, train_ids, segment, batch_size, krause_stat_tokens)
+            rms = gradient_rms(loaded.model, train_ids, segment, batch_size, e.krause_stat_tokens)
             krause = evaluate_dynamic(loaded.model, ngram, splits, segment, krause_lrs,
-                                      tune_tokens=dynamic_tune_tokens, rms=rms, decay=krause_decay, eps=krause_eps,
+                                      tune_tokens=dynamic_tune_tokens, rms=rms, decay=e.krause_decay, eps=e.krause_eps,
                                       adaptive=adaptive, progress=progress)
             done(f"Krause dynamic evaluation (rate {krause.lr:g} of 0 and {list(krause_lrs)})")
-    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, num_chars, train_ids,
-                                       splits.get("test"), **decoding)
+    lyrics, samples_md = sample_lyrics(loaded.model, loaded.vocab, prefixes, decoding, train_ids, splits.get("test"))
     unit = "characters" if loaded.vocab.tokenizer == "char" else "words"
     done(f"samples and their lyric metrics ({len(prefixes)} x 2 x {num_chars} {unit})")
     return (EvaluationResult(neural, loaded.meta.get("epoch"), interpolation, dynamic, krause, lyrics),

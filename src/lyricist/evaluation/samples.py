@@ -12,7 +12,8 @@ import torch
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.lyrics import COPY_N, human_pieces, lyric_metrics, ngram_set
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
-from lyricist.generate import generate, seed_of
+from lyricist.generate import generate
+from lyricist.settings import Decoding
 from lyricist.models import RecurrentLM
 
 ROWS = [("copy rate", "copy_rate", f"share of character {COPY_N}-grams found verbatim in the train text"),
@@ -59,17 +60,15 @@ def _side_by_side(texts: dict[str, str]) -> list[str]:
     return ["<table>", f"<tr>{heads}</tr>", f"<tr>{cells}</tr>", "</table>"]
 
 
-def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], num_chars: int,
-                  train_ids: torch.Tensor, test_ids: torch.Tensor | None,
-                  **decoding: Any) -> tuple[LyricsResult, str]:
+def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decoding: Decoding,
+                  train_ids: torch.Tensor, test_ids: torch.Tensor | None) -> tuple[LyricsResult, str]:
     """The default decoding's lyric metrics (all prefixes together) and the human test text's,
     and a markdown page: per prefix the greedy and the default sample side by side with their
-    metrics. `decoding` holds lyricist.generate.generate's options (strategy, temperature, ...)."""
+    metrics."""
     reference = ngram_set(vocab.decode(train_ids, unk="\ufffd"))  # one character per <unk>
-    greedy = [generate(model, vocab, p, num_chars, allow_unknown=True) for p in prefixes]
-    seed, options = decoding.get("seed"), {k: v for k, v in decoding.items() if k != "seed"}
-    default = [generate(model, vocab, p, num_chars, allow_unknown=True, seed=seed_of(seed, i), **options)
-               for i, p in enumerate(prefixes)]
+    num_chars = decoding.num_chars
+    greedy = [generate(model, vocab, p, Decoding(num_chars=num_chars), allow_unknown=True) for p in prefixes]
+    default = [generate(model, vocab, p, decoding, index=i, allow_unknown=True) for i, p in enumerate(prefixes)]
     samples = lyric_metrics(default, reference)
     human = None
     if test_ids is not None and len(test_ids):
@@ -82,7 +81,7 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], num_cha
         overall["human test text"] = human
     lines = [f"# Samples ({num_chars} {unit} after the prefix)", "",
              f"Each prefix's greedy decoding (the seeds' argmax) beside the default decoding (`generate.*`: "
-             f"{describe(decoding)}). All prefixes together, and the human test text cut into pieces as "
+             f"{describe(decoding.model_dump())}). All prefixes together, and the human test text cut into pieces as "
              "long as a sample:",
              "", *_table(overall, notes=True), ""]
     for prefix, g, d in zip(prefixes, greedy, default):

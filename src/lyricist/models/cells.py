@@ -235,7 +235,6 @@ class GRUCell(RecurrentCell):
 
 CELLS = {
     "rnn": RNNCell,  # tanh
-    "rnn_tanh": functools.partial(RNNCell, nonlinearity="tanh"),
     "rnn_relu": functools.partial(RNNCell, nonlinearity="relu"),
     "lstm": LSTMCell,
     "gru": GRUCell,

@@ -35,6 +35,7 @@ from lyricist.models.cells import RecurrentCell, State, make_cell
 from lyricist.models.dropout import LockedDropout, dropout_mask
 from lyricist.models.fast.head import linear_cross_entropy
 from lyricist.models.fast.matmul import linear
+from lyricist.settings import ModelSettings
 
 
 @contextmanager
@@ -89,51 +90,22 @@ class RecurrentLM(nn.Module):
     defaults), see ``RecurrentCell.reset_parameters``.
     """
 
-    def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1,
-                 embedding_size: int | None = None, dropout: float = 0.0, init: str = "normal",
-                 init_scale: float = 0.01, embedding_dropout: float | None = None,
-                 output_dropout: float | None = None, tie_weights: bool = False,
-                 forget_bias: float | None = None, locked_dropout: bool = False, weight_drop: float = 0.0,
-                 embedding_row_dropout: float = 0.0):
+    def __init__(self, config: ModelSettings, vocab_size: int):
         super().__init__()
-        if vocab_size <= 0:
-            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-        if num_layers <= 0:
-            raise ValueError(f"num_layers must be positive, got {num_layers}")
-        if embedding_size is not None and embedding_size <= 0:
-            raise ValueError(f"embedding_size must be positive or None (one-hot), got {embedding_size}")
-        embedding_dropout = dropout if embedding_dropout is None else embedding_dropout
-        output_dropout = dropout if output_dropout is None else output_dropout
-        for name, rate in [("dropout", dropout), ("embedding_dropout", embedding_dropout),
-                           ("output_dropout", output_dropout), ("weight_drop", weight_drop),
-                           ("embedding_row_dropout", embedding_row_dropout)]:
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be in [0, 1) (0: off), e.g. {name}=0.3; got {rate}")
-        if tie_weights and embedding_size != hidden_size:
-            raise ValueError(
-                "tie_weights shares the embedding matrix (vocab_size, embedding_size) with the head's "
-                f"(vocab_size, hidden_size), so they must be equal; got embedding_size={embedding_size}, "
-                f"hidden_size={hidden_size}: set embedding_size={hidden_size} or tie_weights=false"
-                + (" (embedding_size=None is one-hot input, which has no matrix to share)" if embedding_size is None else "")
-            )
-        if forget_bias is not None and cell != "lstm":
-            raise ValueError(f"forget_bias is for cell='lstm' (it has a forget gate), got cell={cell!r}")
-        # Plain values only, so a checkpoint can rebuild the model with RecurrentLM(**config).
-        self.config = dict(
-            vocab_size=int(vocab_size), cell=str(cell), hidden_size=int(hidden_size),
-            num_layers=int(num_layers), embedding_size=None if embedding_size is None else int(embedding_size),
-            dropout=float(dropout), init=str(init), init_scale=float(init_scale),
-            embedding_dropout=float(embedding_dropout), output_dropout=float(output_dropout),
-            tie_weights=bool(tie_weights), forget_bias=None if forget_bias is None else float(forget_bias),
-            locked_dropout=bool(locked_dropout), weight_drop=float(weight_drop),
-            embedding_row_dropout=float(embedding_row_dropout))
+        assert vocab_size >= 1, vocab_size  # the settings were checked by lyricist.settings
+        self.config = config  # stored in checkpoints (model_dump), what RecurrentLM(config, V) rebuilds from
+        cell, hidden_size, num_layers = config.cell, config.hidden_size, config.num_layers
+        embedding_size, init, init_scale = config.embedding_size, config.init, config.init_scale
+        dropout = config.dropout
+        embedding_dropout = dropout if config.embedding_dropout is None else config.embedding_dropout
+        output_dropout = dropout if config.output_dropout is None else config.output_dropout
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
 
         self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
         input_size = vocab_size if embedding_size is None else embedding_size
         cell_kwargs = dict(init=init, init_scale=init_scale)
-        if forget_bias is not None:
-            cell_kwargs["forget_bias"] = forget_bias
+        if config.forget_bias is not None:
+            cell_kwargs["forget_bias"] = config.forget_bias
         self.cells = nn.ModuleList(
             make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, **cell_kwargs)
             for layer in range(num_layers)
@@ -141,7 +113,7 @@ class RecurrentLM(nn.Module):
         # Time is dim 0 of the embedding and of a layer's outputs (T, B, .), dim 1 of the
         # head's input (B, T, H); nn.Dropout ignores it.
         def make_dropout(rate: float, time_dim: int) -> nn.Module:
-            return LockedDropout(rate, time_dim) if locked_dropout else nn.Dropout(rate)
+            return LockedDropout(rate, time_dim) if config.locked_dropout else nn.Dropout(rate)
 
         self.embedding_dropout = make_dropout(embedding_dropout, time_dim=0)
         self.dropout = make_dropout(dropout, time_dim=0)  # between layers
@@ -159,7 +131,7 @@ class RecurrentLM(nn.Module):
                 if self.embedding is not None:
                     # word_language_model's scheme; otherwise the embedding keeps nn.Embedding's N(0, 1).
                     self.embedding.weight.uniform_(-init_scale, init_scale)
-        if tie_weights:
+        if config.tie_weights:
             # One Parameter under both names: it is drawn as the head is (small, like the
             # seeds' output layer), trained by both uses, and stored under both keys.
             self.embedding.weight = self.head.weight
@@ -181,7 +153,7 @@ class RecurrentLM(nn.Module):
         rate 0, so the random stream (and with it every other dropout mask) is what it was
         without these options. ``features`` and ``forward_reference`` call it before drawing
         anything else: under one seed a test can draw the same masks itself."""
-        row_rate, weight_rate = self.config["embedding_row_dropout"], self.config["weight_drop"]
+        row_rate, weight_rate = self.config.embedding_row_dropout, self.config.weight_drop
         rows = None
         if self.training and row_rate > 0:
             rows = dropout_mask((self.vocab_size,), row_rate, self.head.weight)  # (V,)
@@ -256,7 +228,7 @@ class RecurrentLM(nn.Module):
         """Same result as ``forward``, computed literally as the seeds do: for every step,
         an explicit one-hot (or embedding) through ``cell.forward`` layer after layer, then
         the head. Slow; it exists to check ``forward`` against."""
-        if self.training and self.config["locked_dropout"]:
+        if self.training and self.config.locked_dropout:
             # Step by step there is no sequence to share a mask over.
             raise ValueError("forward_reference cannot apply locked dropout step by step: "
                              "call model.eval() first or build the model with locked_dropout=False")

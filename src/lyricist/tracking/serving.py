@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-import numbers
 import re
 import time
 from pathlib import Path
@@ -28,96 +27,79 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_
 from mlflow.types import ColSpec, Schema
 
 import lyricist
+from lyricist import settings
+from lyricist.settings import Decoding
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
 
+def _column(name: str, annotation: Any) -> ColSpec:
+    """A request column of the served model for a lyricist.settings.Decoding field."""
+    kind = "string" if name == "strategy" else "double" if "float" in str(annotation) else "long"
+    return ColSpec(kind, name, required=False)
+
+
+# Every decoding option is a request column (top_k 0, top_p 1 and no_repeat_ngram 0 mean "off").
 SIGNATURE = ModelSignature(
-    inputs=Schema([
-        ColSpec("string", "prefix"),
-        ColSpec("long", "num_chars", required=False),
-        ColSpec("string", "strategy", required=False),   # greedy | sample
-        ColSpec("double", "temperature", required=False),
-        ColSpec("long", "top_k", required=False),        # 0: no top-k cut
-        ColSpec("double", "top_p", required=False),      # 1: no nucleus cut
-        ColSpec("double", "repetition_penalty", required=False),  # 1: off
-        ColSpec("long", "repetition_window", required=False),
-        ColSpec("long", "no_repeat_ngram", required=False),       # 0: off
-        ColSpec("long", "seed", required=False),
-    ]),
+    inputs=Schema([ColSpec("string", "prefix"),
+                   *(_column(name, info.annotation) for name, info in Decoding.model_fields.items())]),
     outputs=Schema([ColSpec("string", "lyrics")]),
 )
 # The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
 # it existed): generation runs to the end even when the client has gone, so a request is bounded.
 MAX_NUM_CHARS = 1000
 MAX_SECONDS = 30.0  # a request's time limit (logger.serve_max_seconds; this for models logged before it)
-STRATEGIES = ("greedy", "sample")  # lyricist.generate's, repeated: the model's code loads lazily
 
 
 class RequestError(MlflowException):
     """A bad field in a request: the scoring server answers 400 with this message."""
 
-    def __init__(self, row: int, field: str, value: Any, allowed: str, example: str) -> None:
-        shown = "null" if _missing(value) else repr(value)
-        super().__init__(f"row {row}: {field}: {shown} is not allowed: use {allowed}, e.g. "
-                         f'"{field}": {example}', error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(f"row {row}: {message}", error_code=INVALID_PARAMETER_VALUE)
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _plain(key: str, value: Any) -> Any:
+    """A request field as lyricist.settings.Decoding takes it: the signature's "off" values
+    (top_k 0, no_repeat_ngram 0, top_p 1) are null there; a long column with a gap reads as floats."""
+    if key in ("top_k", "no_repeat_ngram") and value == 0 or key == "top_p" and value == 1:
+        return None
+    if isinstance(value, float) and value.is_integer() and key in _INTEGERS:
+        return int(value)
+    return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
 
 
-def _integer(value: Any) -> bool:
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
-        isinstance(value, float) and value.is_integer())  # a long column with a gap reads as floats
+_INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed")
 
 
-def request_options(table: pd.DataFrame, max_num_chars: int) -> list[dict[str, Any]]:
-    """Each row's generation options, checked: a missing optional value takes lyricist.generate's
-    default; a bad one is refused naming the row and the field.
+def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding) -> list[tuple[str, Decoding]]:
+    """Each row's prefix and decoding, checked (lyricist.settings.Decoding): a field left out takes
+    `base`'s value (the model's run's `generate.*`); a bad one is refused naming the row and field.
 
     In a table, a value that some rows leave out reads as NaN in those rows, so NaN there means
     "not given"; a column that is NaN in every row was sent as NaN (or null) and is refused.
     """
-    from lyricist.generate import DEFAULTS
-
     sent_missing = {c for c in table.columns if c != "prefix" and table[c].map(_missing).all()}
     rows = []
     for number, row in enumerate(table.to_dict("records")):
         prefix = row.get("prefix")
         if not isinstance(prefix, str) or not prefix:
-            raise RequestError(number, "prefix", prefix, "a non-empty string", '"分开"')
-        options = {"prefix": prefix}
-        for key, default in DEFAULTS.items():
-            value = row.get(key)
-            if key in sent_missing and key not in _NULLABLE:  # null is a value there: no cut
-                raise RequestError(number, key, value, _RULES[key][1].format(max=max_num_chars), _RULES[key][2])
-            value = default if _missing(value) else value
-            accepted, allowed, example = _RULES[key]
-            if not accepted(value, max_num_chars):
-                raise RequestError(number, key, value, allowed.format(max=max_num_chars), example)
-            options[key] = value
-        rows.append(options)
+            raise RequestError(number, f"prefix: {prefix!r} is not allowed: use a non-empty string, e.g. \"分开\"")
+        for key in sent_missing & set(Decoding.model_fields):
+            raise RequestError(number, f"{key}: null is not allowed: leave the field out for the model's default")
+        given = {k: _plain(k, v) for k, v in row.items() if k in Decoding.model_fields and not _missing(v)}
+        try:
+            decoding = settings.section(Decoding, {**base.model_dump(), **given})
+        except ValueError as err:
+            raise RequestError(number, str(err)) from None
+        if decoding.num_chars > max_num_chars:
+            raise RequestError(number, f"num_chars={decoding.num_chars} is not allowed: use at most {max_num_chars} "
+                                       "(logger.serve_max_num_chars)")
+        rows.append((prefix, decoding))
     return rows
-
-
-_NULLABLE = ("top_k", "top_p", "no_repeat_ngram")
-_RULES = {  # field: (accepted(value, max_num_chars), what is allowed, an example)
-    "num_chars": (lambda v, cap: _integer(v) and 1 <= v <= cap, "an integer in [1, {max}]", "50"),
-    "strategy": (lambda v, cap: v in STRATEGIES, f"one of {STRATEGIES}", '"sample"'),
-    "temperature": (lambda v, cap: isinstance(v, numbers.Real) and not isinstance(v, bool)
-                    and 0 < v < math.inf, "a finite number > 0", "0.8"),
-    "top_k": (lambda v, cap: v is None or (_integer(v) and v >= 0), "an integer >= 0 (0: no cut)", "10"),
-    "top_p": (lambda v, cap: v is None or (_real(v) and 0 < v <= 1), "a number in (0, 1] (1: no cut)", "0.95"),
-    "repetition_penalty": (lambda v, cap: _real(v) and 1 <= v < math.inf, "a finite number >= 1 (1: off)", "1.2"),
-    "repetition_window": (lambda v, cap: _integer(v) and v >= 1, "an integer >= 1", "20"),
-    "no_repeat_ngram": (lambda v, cap: v is None or (_integer(v) and v >= 0), "an integer >= 0 (0: off)", "4"),
-    "seed": (lambda v, cap: _integer(v), "an integer", "1"),
-}
 
 
 INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_chars": [20, 20],
@@ -139,7 +121,8 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         from lyricist.generate import generate
 
         # Every row checked before the first is generated: a bad row costs no work.
-        rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS))
+        rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS),
+                               self.loaded.decoding)
         # The worker generates to the end even when the client has gone: the request is bounded.
         limit = getattr(self, "max_seconds", MAX_SECONDS)
         deadline = time.monotonic() + limit
@@ -150,17 +133,11 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
 
-    def _generate(self, rows: list[dict[str, Any]], deadline: float) -> pd.DataFrame:
+    def _generate(self, rows: list[tuple[str, Decoding]], deadline: float) -> pd.DataFrame:
         from lyricist.generate import generate
 
-        lyrics = [generate(
-            self.loaded.model, self.loaded.vocab, row["prefix"], int(row["num_chars"]),
-            strategy=str(row["strategy"]), temperature=float(row["temperature"]),
-            top_k=int(row["top_k"] or 0) or None,  # 0: no top-k cut, as the signature says
-            top_p=None if row["top_p"] is None or row["top_p"] >= 1 else float(row["top_p"]),
-            repetition_penalty=float(row["repetition_penalty"]), repetition_window=int(row["repetition_window"]),
-            no_repeat_ngram=int(row["no_repeat_ngram"] or 0) or None,
-            seed=int(row["seed"]), allow_unknown=True, deadline=deadline) for row in rows]
+        lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=True, deadline=deadline)
+                  for prefix, decoding in rows]
         return pd.DataFrame({"lyrics": lyrics})
 
 

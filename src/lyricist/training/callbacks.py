@@ -14,7 +14,9 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lyricist.evaluation.lyrics import NgramSet, lyric_metrics, ngram_set
-from lyricist.generate import check_decoding, generate, seed_of
+from lyricist.generate import generate
+from lyricist.settings import Decoding
+from lyricist.training.module import EPOCH_METRICS
 from lyricist.tracking.store import with_retry
 
 
@@ -28,18 +30,10 @@ class SamplesCallback(pl.Callback):
     sample).
     Plain values only (no client, no lambda), so it survives DDP's process spawning."""
 
-    def __init__(self, prefixes: Sequence[str], every_n_epochs: int, num_chars: int,
-                 tracking_uri: str, run_id: str, train_text: str = "", strategy: str = "greedy",
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float = 1.0, repetition_window: int = 20,
-                 no_repeat_ngram: int | None = None, seed: int | None = 0):
-        self.prefixes, self.every_n_epochs, self.num_chars = list(prefixes), every_n_epochs, num_chars
+    def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
+                 tracking_uri: str, run_id: str, train_text: str = ""):
+        self.prefixes, self.every_n_epochs, self.decoding = list(prefixes), every_n_epochs, decoding
         self.tracking_uri, self.run_id, self.train_text = tracking_uri, run_id, train_text
-        self.decoding = {"strategy": strategy, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                         "repetition_penalty": repetition_penalty, "repetition_window": repetition_window,
-                         "no_repeat_ngram": no_repeat_ngram}
-        self.seed = seed
-        check_decoding(num_chars=num_chars, **self.decoding)
         self._reference: NgramSet | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -48,8 +42,7 @@ class SamplesCallback(pl.Callback):
         if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last):
             return
         # eval_model: the averaged weights once weight averaging has started, as the checkpoints hold
-        texts = [generate(pl_module.eval_model, pl_module.vocab, prefix, self.num_chars, allow_unknown=True,
-                          seed=seed_of(self.seed, i), **self.decoding)
+        texts = [generate(pl_module.eval_model, pl_module.vocab, prefix, self.decoding, index=i, allow_unknown=True)
                  for i, prefix in enumerate(self.prefixes)]
         if self._reference is None:
             self._reference = ngram_set(self.train_text)
@@ -70,8 +63,7 @@ class EpochCSVLogger(Logger):
     `keep_epochs_below=k` keeps the rows of epochs < k and drops any later ones.
     """
 
-    COLUMNS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl",
-               "tokens_per_sec", "grad_norm", "train/lr")
+    COLUMNS = EPOCH_METRICS  # declared beside the code that computes them
 
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()

@@ -51,14 +51,9 @@ class LyricsDataModule(pl.LightningDataModule):
                  sampling: str = "consecutive", eval_batch_size: int = 8, seed: int = 0,
                  variable_length: bool = False):
         super().__init__()
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
-        if variable_length and sampling != "consecutive":
-            # Random windows are cut before the shuffle, all of one length; varying it buys
-            # nothing there (every window starts from a zero state anyway).
-            raise ValueError(f"data.variable_length=true varies the length of consecutive batches, but "
-                             f"data.sampling={sampling!r}: use data.sampling=consecutive, or "
-                             "data.variable_length=false")
+        # Checked by lyricist.settings: random windows are cut before the shuffle, all of one
+        # length; varying it would buy nothing there (every window starts from a zero state).
+        assert sampling in SAMPLING_MODES and not (variable_length and sampling != "consecutive")
         self.train_ids, self.val_ids = train_ids, val_ids
         self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
         self.eval_batch_size, self.seed, self.variable_length = eval_batch_size, seed, variable_length

@@ -21,61 +21,26 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from lyricist.data.batching import SAMPLING_MODES
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
 from lyricist.models.fast.head import linear_cross_entropy
+from lyricist.settings import DataSettings, OptimSettings, TrainSettings
 
-LR_SCHEDULES = (None, "plateau")
-WEIGHT_AVERAGING = (None, "nt")
+# The per-epoch metrics, in the order of metrics.csv's columns: on_train_epoch_end computes them and
+# every logger (the CSV that DVC plots, MLflow) receives them. A new metric: compute it there, name it here.
+EPOCH_METRICS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "train/lr")
 AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
-
-
-def check_lr_schedule(lr_schedule: str | None, lr_factor: float, lr_patience: int) -> None:
-    """Refuse a learning-rate schedule setting that cannot work, naming the key and the fix."""
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown train.lr_schedule {lr_schedule!r}: use null (a constant lr) "
-                         "or 'plateau' (multiply the lr by train.lr_factor when val perplexity "
-                         "stops improving)")
-    if not (isinstance(lr_factor, (int, float)) and 0.0 < lr_factor < 1.0):
-        raise ValueError(f"train.lr_factor must lie strictly between 0 and 1 (the lr is multiplied "
-                         f"by it on a plateau), got {lr_factor!r}: use e.g. 0.5")
-    if isinstance(lr_patience, bool) or not isinstance(lr_patience, int) or lr_patience < 0:
-        raise ValueError(f"train.lr_patience must be an integer >= 0 (epochs without a better val "
-                         f"perplexity before the lr is lowered), got {lr_patience!r}: use e.g. 0")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_regularisation(ar_alpha: float, tar_beta: float, weight_averaging: str | None,
-                         averaging_patience: int) -> None:
-    """Refuse an AR/TAR or weight-averaging setting that cannot work, naming the key and the fix."""
-    for key, value, example in [("train.ar_alpha", ar_alpha, 2.0), ("train.tar_beta", tar_beta, 1.0)]:
-        if not (_number(value) and value >= 0):
-            raise ValueError(f"{key}={value!r} is not allowed: use a finite number >= 0 (0: off), "
-                             f"e.g. {key}={example}")
-    if weight_averaging not in WEIGHT_AVERAGING:
-        raise ValueError(f"train.weight_averaging={weight_averaging!r} is not allowed: use null (off) or "
-                         "'nt' (average the weights once val/ppl stops improving), e.g. "
-                         "train.weight_averaging=nt")
-    if isinstance(averaging_patience, bool) or not isinstance(averaging_patience, int) or averaging_patience < 0:
-        raise ValueError(f"train.averaging_patience={averaging_patience!r} is not allowed: use an integer "
-                         ">= 0 (epochs without a better val/ppl before averaging starts; 0: from the "
-                         "first step), e.g. train.averaging_patience=2")
 
 
 def activation_penalty(raw: Tensor, dropped: Tensor, ar_alpha: float, tar_beta: float) -> Tensor:
@@ -97,47 +62,28 @@ def detach_state(state: State) -> State:
 
 
 class LitLanguageModel(pl.LightningModule):
-    def __init__(self, model: RecurrentLM, vocab: Vocab,
-                 optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-                 clip_theta: float | None = 1.0, sampling: str = "consecutive",
-                 divergence_factor: float | None = 3.0, seed: int = 0, loss_reduction: str = "mean",
-                 lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 0,
-                 ar_alpha: float = 0.0, tar_beta: float = 0.0, weight_averaging: str | None = None,
-                 averaging_patience: int = 2, variable_length: bool = False, num_steps: int | None = None):
+    def __init__(self, model: RecurrentLM, vocab: Vocab, optim: OptimSettings, train: TrainSettings,
+                 data: DataSettings):
         super().__init__()
-        check_lr_schedule(lr_schedule, lr_factor, lr_patience)
-        check_regularisation(ar_alpha, tar_beta, weight_averaging, averaging_patience)
-        if variable_length and not (isinstance(num_steps, int) and num_steps >= 1):
-            raise ValueError(f"variable_length scales the lr by length / num_steps: give num_steps "
-                             f"(data.num_steps) >= 1, got {num_steps!r}")
-        if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"unknown loss_reduction {loss_reduction!r}: use 'mean' or 'sum'")
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}: use one of {SAMPLING_MODES}")
-        if clip_theta is not None and clip_theta <= 0:
-            raise ValueError(f"clip_theta must be > 0 (or null for no clipping), got {clip_theta}")
         self.automatic_optimization = False  # we clip by global norm and carry state ourselves
         self.model, self.vocab = model, vocab
-        self.make_optimizer = optimizer
-        self.clip_theta, self.sampling = clip_theta, sampling
-        self.divergence_factor, self.seed = divergence_factor, seed
+        self.optim, self.settings = optim, train
+        self.clip_theta, self.sampling, self.seed = train.clip_theta, data.sampling, train.seed
         # "sum": the gradient of the summed (not averaged) loss over the B*T predictions, as
         # the MXNet seed's `loss.backward()` on a vector of losses gives; with clipping this
         # makes its lr 0.2 take steps of length lr*theta. Reported losses stay means.
-        self.loss_reduction = loss_reduction
-        # "plateau": multiply the lr by lr_factor when the epoch's val perplexity has not
-        # improved for more than lr_patience epochs (ReduceLROnPlateau, stepped by hand below).
-        self.lr_schedule, self.lr_factor, self.lr_patience = lr_schedule, lr_factor, lr_patience
-        self.ar_alpha, self.tar_beta = ar_alpha, tar_beta
+        self.loss_reduction = train.loss_reduction
+        self.ar_alpha, self.tar_beta = train.ar_alpha, train.tar_beta
         # "nt": NT-ASGD's trigger (AWD-LSTM) for any optimizer: once val/ppl has not improved for
         # averaging_patience epochs, average the weights after every step (swa_utils'
         # AveragedModel); validation and the checkpoints' weights are the average from then on.
-        self.weight_averaging, self.averaging_patience = weight_averaging, averaging_patience
+        self.weight_averaging, self.averaging_patience = train.weight_averaging, train.averaging_patience
         self.averaged: AveragedModel | None = None  # created when averaging starts
         self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
         # Variable BPTT (data.variable_length): a batch of T_i steps trains with lr * T_i / num_steps,
         # so that short batches do not weigh as much as long ones (AWD-LSTM).
-        self.variable_length, self.num_steps = variable_length, num_steps
+        self.variable_length, self.num_steps = data.variable_length, data.num_steps
+        self.divergence_factor = train.divergence_factor
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
         self._train_state: State | None = None
@@ -156,14 +102,20 @@ class LitLanguageModel(pl.LightningModule):
 
     def configure_optimizers(self):
         # self.model's, not self.parameters(): those include the averaged copy once it exists.
-        optimizer = self.make_optimizer(self.model.parameters())
-        if self.lr_schedule is None:
+        optimizer, scheduler = self.optim.build(self.model.parameters())
+        if scheduler is None:
             return optimizer
         # Returned to Lightning so that its state is saved in (and restored from) every checkpoint;
-        # under manual optimization Lightning does not step it: see on_validation_epoch_end.
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # under manual optimization Lightning does not step it: _step and on_validation_epoch_end do.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.optim.scheduler.interval}}
+
+    def _step_schedule(self, interval: str, val_ppl: float | None = None) -> None:
+        """Step the lr schedule at its interval (ReduceLROnPlateau with the monitored val/ppl)."""
+        schedule = self.optim.scheduler
+        if schedule.target is None or schedule.interval != interval or self.trainer.sanity_checking:
+            return
+        scheduler = self.lr_schedulers()
+        scheduler.step(val_ppl) if schedule.monitor else scheduler.step()
 
     # -- training --------------------------------------------------------------------
     def on_train_start(self):
@@ -201,6 +153,7 @@ class LitLanguageModel(pl.LightningModule):
         theta = math.inf if self.clip_theta is None else self.clip_theta
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
         self._step(optimizer, ids.size(1))
+        self._step_schedule("step")
 
         n = targets.numel()
         self._sums["loss"] += float(loss.detach()) * n
@@ -276,9 +229,8 @@ class LitLanguageModel(pl.LightningModule):
         # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
         # row per epoch from on_train_epoch_end instead.
         self.log("val/ppl", math.exp(val_loss), prog_bar=True, logger=False)
-        if self.lr_schedule is not None and not self.trainer.sanity_checking:
-            # The same summed val loss on every DDP process, so every process steps alike.
-            self.lr_schedulers().step(math.exp(val_loss))
+        # The same summed val loss on every DDP process, so every process steps alike.
+        self._step_schedule("epoch", math.exp(val_loss))
         if self.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
             self._maybe_start_averaging(math.exp(val_loss))
 
@@ -312,7 +264,8 @@ class LitLanguageModel(pl.LightningModule):
 
     # -- checkpoints carry what is needed to rebuild the model -------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lyricist"] = {"model_config": dict(self.model.config), "vocab": self.vocab.to_dict(),
+        model_config = {**self.model.config.model_dump(), "vocab_size": self.model.vocab_size}
+        checkpoint["lyricist"] = {"model_config": model_config, "vocab": self.vocab.to_dict(),
                                   **self.extra_checkpoint}
         checkpoint["lyricist_resume"] = {"first_loss": self.first_loss}
         if self.weight_averaging is not None:

@@ -1,0 +1,455 @@
+"""Every setting of lyricist, declared once: its type, bounds and a one-line description.
+
+conf/ holds the values (Hydra composes them; params.yaml is the default composition, which DVC
+reads); this module holds what a value may be. `load(cfg)` checks a whole composition right after
+Hydra composes it (lyricist.train's RunDirGuard), in each DVC stage script (params.yaml) and in
+train(), before anything is read or written, and returns typed settings that the library takes
+(`RecurrentLM(settings.model, vocab_size)`, `LitLanguageModel(model, settings.optim, settings.train)`,
+`generate(..., settings.generate)`). A bad value is one line naming its key, the value and what is
+allowed.
+
+    python -m lyricist.settings            # the configuration reference (docs/configuration.md)
+
+Pydantic v2 rather than Hydra structured configs: the bounds (ge/gt/le), the cross-field rules and
+the messages are the library's own, and dataclasses in Hydra's ConfigStore cannot express ranges.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Shorthands for the common kinds of value.
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]  # [0, 1): a dropout rate
+
+
+def _f(description: str, **bounds: Any) -> Any:
+    return Field(description=description, **bounds)
+
+
+class Section(BaseModel):
+    """A section of the config: unknown keys are refused (a typo names the key it meant); values
+    are not converted between types (`abc`, `true` or `1.5` for a count are refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class PathsSettings(Section):
+    """Where things are, relative to the project root (dvc.yaml reads them from params.yaml)."""
+
+    root: str | None = _f("project root; null: the folder holding conf/config.yaml, from the working directory up ($LYRICIST_ROOT)")
+    interim: str = _f("unzip's output: the raw corpus as UTF-8 text")
+    processed: str = _f("preprocess's output: {train,val,test}.txt")
+    encoded: str = _f("vocab's output: vocab.json, {train,val,test}.npy, prepared_with.json")
+    models: str = _f("train's output: checkpoints/ and metrics.csv")
+    ngram: str = _f("baseline's fitted Kneser-Ney model, which evaluate reuses")
+    reports: str = _f("metrics and samples of the baseline and evaluate stages")
+
+
+class SplitFiles(Section):
+    """A corpus that comes split: its three files."""
+
+    train: str = _f("the train file (or zip member) inside data.raw_path")
+    val: str = _f("the validation file")
+    test: str = _f("the test file")
+
+
+class DataSettings(Section):
+    """The corpus (conf/data/): reading, cleaning, splitting, the vocabulary and the batches."""
+
+    name: str = _f("the corpus' name: its outputs go to data/{interim,processed,encoded}/<name>", pattern=r"^[A-Za-z0-9_.-]+$")
+    raw_path: str = _f("the raw corpus: a UTF-8 text file, a .zip holding one, or (split_files) a folder or .zip")
+    split_files: SplitFiles | None = _f("null: one file, split by position | {train, val, test}: files inside raw_path, used as given")
+    max_raw_bytes: Count = _f("unzip: refuse a corpus (or zip member) of more bytes than this", le=10**10)
+    max_compression_ratio: float = _f("unzip: refuse a zip member that expands more times than this (a zip bomb)", gt=1, allow_inf_nan=False)
+    newline: Literal["keep", "space"] = _f("keep: '\\n' is a token | space: lines run on")
+    lowercase: bool = _f("lowercase the text before the vocabulary is built")
+    max_chars: Count | None = _f("keep only the first N characters (of each split file); null: all")
+    val_fraction: Fraction = _f("the val split's share, contiguous by position (0 with split_files)")
+    test_fraction: Fraction = _f("the test split's share, after val (0 with split_files)")
+    tokenizer: Literal["char", "word"] = _f("char: one token per character | word: whitespace-separated words")
+    min_freq: Count = _f("tokens seen fewer times in train map to <unk>")
+    max_vocab_size: Count | None = _f("keep the N most frequent tokens of train (+ <unk>); null: no cap", le=2**31 - 1)
+    max_unk_rate: Annotated[float, Field(ge=0, le=1)] | None = _f("vocab: warn when more of val or test than this is <unk>; null: never")
+    sampling: Literal["random", "consecutive"] = _f("the seeds' two iterators: random windows, or streams carried across batches")
+    batch_size: Count = _f("sequences per training batch", le=65536)
+    num_steps: Count = _f("time steps per batch (truncated BPTT length)", le=100000)
+    variable_length: bool = _f("consecutive batches vary in length around num_steps, the lr scaled by it (AWD-LSTM)")
+    prefixes: list[str] = _f("what the per-epoch and evaluate samples start from", min_length=1)
+
+    @model_validator(mode="after")
+    def _rules(self) -> DataSettings:
+        if self.variable_length and self.sampling != "consecutive":
+            raise ValueError("data.variable_length=True needs data.sampling=consecutive (variable-length batches "
+                             "are consecutive ones): set data.sampling=consecutive or data.variable_length=false")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction:g} "
+                             "leaves no train split: keep their sum below 1, e.g. 0.05 each")
+        if self.split_files is not None and (self.val_fraction or self.test_fraction):
+            raise ValueError(f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} with "
+                             "data.split_files: a corpus that comes split is never re-split. Use 0: set "
+                             "data.val_fraction=0 and data.test_fraction=0")
+        if self.split_files is None and not (self.val_fraction and self.test_fraction):
+            raise ValueError("data.val_fraction and data.test_fraction must be > 0 for a corpus split by "
+                             "position (e.g. 0.05 each); a corpus that comes split sets data.split_files")
+        return self
+
+
+class ModelSettings(Section):
+    """The model's whole contract (nanoGPT's GPTConfig): RecurrentLM(settings, vocab_size)
+    builds it and a checkpoint stores it. Defaults: a plain one-layer LSTM, one-hot input, no dropout."""
+
+    cell: Literal["rnn", "rnn_relu", "gru", "lstm"] = _f("the hand-written cell: rnn (tanh) | rnn_relu | gru | lstm", default="lstm")
+    hidden_size: Count = _f("hidden units per layer", default=256, le=16384)
+    num_layers: Count = _f("stacked recurrent layers", default=1, le=32)
+    embedding_size: Count | None = _f("embedding width; null: one-hot input, as the seeds", default=None, le=16384)
+    dropout: Fraction = _f("between stacked layers, and the default of the next two", default=0.0)
+    embedding_dropout: Fraction | None = _f("on the embedding output; null: = dropout", default=None)
+    output_dropout: Fraction | None = _f("before the head; null: = dropout", default=None)
+    locked_dropout: bool = _f("one dropout mask per sequence (locked/variational), not per step", default=False)
+    weight_drop: Fraction = _f("DropConnect on every layer's hidden-to-hidden weights, one mask per batch; 0: off", default=0.0)
+    embedding_row_dropout: Fraction = _f("drop whole tokens (rows of the input table) for a batch; 0: off", default=0.0)
+    tie_weights: bool = _f("the head shares the embedding matrix (needs embedding_size = hidden_size)", default=False)
+    init: Literal["normal", "uniform", "torch"] = _f("normal: N(0, scale^2) (the seeds) | uniform: U(-scale, scale) | torch: torch.nn's", default="normal")
+    init_scale: Positive = _f("the scale of init normal/uniform", default=0.01, le=10)
+    forget_bias: float | None = _f("lstm: the forget gate's starting bias (e.g. 1.0); null: from init", default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelSettings:
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError(
+                f"model.tie_weights=True shares the embedding ({self.embedding_size}) with the head "
+                f"({self.hidden_size}): set model.embedding_size={self.hidden_size} or model.tie_weights=false")
+        if self.forget_bias is not None and self.cell != "lstm":
+            raise ValueError(f"model.forget_bias is for model.cell=lstm (it has a forget gate), got "
+                             f"model.cell={self.cell}: set model.forget_bias=null")
+        return self
+
+
+class SchedulerSettings(Section):
+    """optim/scheduler: any torch.optim.lr_scheduler by _target_ (its own arguments beside these)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+    target: str | None = _f("a torch.optim.lr_scheduler class; null: a constant lr", alias="_target_")
+    partial: bool = _f("true: the optimizer is passed at build time", alias="_partial_", default=True)
+    interval: Literal["epoch", "step"] = _f("step the schedule after every epoch or every optimizer step")
+    monitor: Literal["val/ppl"] | None = _f("the metric a ReduceLROnPlateau schedule watches; null for the others")
+
+
+class OptimSettings(Section):
+    """The optimizer (conf/optim/) and its lr schedule (conf/optim/scheduler/)."""
+
+    target: str = _f("the optimizer class (torch.optim.Adam | torch.optim.SGD | ...)", alias="_target_")
+    partial: bool = _f("true: the LightningModule passes the parameters", alias="_partial_")
+    lr: Positive = _f("learning rate")
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("L2 penalty (torch's weight_decay)")
+    momentum: Fraction | None = _f("SGD's momentum (SGD only)", default=None)
+    scheduler: SchedulerSettings = _f("the lr schedule (conf/optim/scheduler/)")
+
+    def build(self, params) -> Any:
+        """The optimizer over `params`, and its schedule (or None)."""
+        import hydra.utils
+        kwargs = {"momentum": self.momentum} if self.momentum is not None else {}
+        optimizer = hydra.utils.get_class(self.target)(params, lr=self.lr, weight_decay=self.weight_decay, **kwargs)
+        if self.scheduler.target is None:
+            return optimizer, None
+        return optimizer, hydra.utils.get_class(self.scheduler.target)(optimizer, **self.scheduler.model_extra)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> OptimSettings:
+        """The optimizer and schedule built once over a dummy weight: a wrong class or argument
+        fails here, in one line, not after the first epoch."""
+        import torch
+        try:
+            self.build([torch.zeros(1, requires_grad=True)])
+        except Exception as err:  # ImportError, TypeError (unknown argument), ValueError (torch's own)
+            raise ValueError(f"optim ({self.target}, scheduler {self.scheduler.target}) cannot be built: "
+                             f"{err}. Check the class names and arguments under optim and optim.scheduler") from None
+        if self.scheduler.target and self.scheduler.target.endswith("ReduceLROnPlateau") and not self.scheduler.monitor:
+            raise ValueError("optim.scheduler ReduceLROnPlateau needs optim.scheduler.monitor=val/ppl")
+        return self
+
+
+class TrainerSettings(Section):
+    """pytorch_lightning.Trainer's arguments: these are checked, others pass through (+trainer.max_time=...)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+    target: str = _f("the Trainer class", alias="_target_")
+    max_epochs: int = _f("epochs to train; -1: no limit (then set +trainer.max_time)", ge=-1, le=100000)
+    accelerator: str = _f("cpu | gpu | auto")
+    devices: int | str | list[int] = _f("devices (processes with ddp) to use")
+    deterministic: bool = _f("deterministic algorithms (reproducible runs)")
+    log_every_n_steps: Count = _f("Lightning's step-logging interval")
+    num_sanity_val_steps: NonNegative = _f("validation batches run before training")
+    enable_progress_bar: bool = _f("the TQDM progress bar")
+    limit_train_batches: Count | Annotated[float, Field(gt=0, le=1)] | None = _f("train on this many batches (or this share) per epoch; null: all")
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainerSettings:
+        if self.max_epochs == 0:
+            raise ValueError("trainer.max_epochs=0 is not allowed: use an integer >= 1, or -1 (no limit; then set "
+                             "+trainer.max_time) (epochs to train)")
+        return self
+
+
+class LoggerSettings(Section):
+    """MLflow tracking (conf/logger/)."""
+
+    enabled: bool = _f("track the run in MLflow; false: only the per-epoch CSV")
+    tracking_uri: str | None = _f("null: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db")
+    experiment_name: str = _f("the MLflow experiment", min_length=1)
+    run_name: str | None = _f("null: '<cell> <sampling> h<hidden> <corpus>'")
+    log_model: bool = _f("log the best checkpoint as an MLflow pyfunc model")
+    serve_max_num_chars: Count = _f("the served model refuses a row asking for more tokens than this", le=100000)
+    serve_max_seconds: Positive = _f("the served model stops a request running longer (HTTP 429)", le=3600)
+    registered_model_name: str | None = _f("a sweep registers its best job's model under this name")
+
+
+class TrainSettings(Section):
+    """The training loop's own settings (lyricist.training.module)."""
+
+    seed: NonNegative = _f("seeds torch, numpy and the batch order")
+    clip_theta: Positive | None = _f("clip the gradients' global L2 norm to this; null: no clipping")
+    loss_reduction: Literal["mean", "sum"] = _f("differentiate the mean loss, or the sum (the MXNet seed)")
+    eval_batch_size: Count = _f("streams for val/test perplexity (state carried over the whole split)", le=65536)
+    early_stopping_patience: NonNegative | None = _f("stop after N epochs without a better val/ppl; null: never")
+    samples_every_n_epochs: Count = _f("log generated lyrics to MLflow every N epochs (and at the last)")
+    divergence_factor: Annotated[float, Field(gt=1, allow_inf_nan=False)] | None = _f("stop when the loss exceeds N x its first value; null: only on NaN/inf")
+    resume: str | None = _f("null: fresh | auto: continue from <output>/checkpoints/last.ckpt | a checkpoint path")
+    overwrite: bool = _f("a fresh run may replace the run already in its directory")
+    ar_alpha: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("AR: + alpha * mean(h^2) of the last layer's dropped output; 0: off")
+    tar_beta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("TAR: + beta * mean((h_t - h_{t-1})^2) of its raw output; 0: off")
+    weight_averaging: Literal["nt"] | None = _f("nt: average the weights after every step once val/ppl stalls (NT-ASGD); null: off")
+    averaging_patience: NonNegative = _f("nt: epochs without a better val/ppl before averaging starts (0: from the start)")
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainSettings:
+        patience, waits = self.early_stopping_patience, self.averaging_patience
+        if self.weight_averaging and patience is not None and waits and waits >= patience:
+            raise ValueError(
+                f"train.averaging_patience={waits} and train.early_stopping_patience={patience} do not go together: "
+                "weight averaging would start only when early stopping ends the run: use a smaller "
+                "train.averaging_patience than train.early_stopping_patience, or early_stopping_patience=null")
+        return self
+
+
+class BaselineSettings(Section):
+    """The count-based baselines (the `baseline` stage): add-one unigram and Kneser-Ney."""
+
+    max_order: Annotated[int, Field(ge=1, le=10)] = _f("Kneser-Ney orders 1..N (the cost grows with N)")
+    discount_mode: Literal["modified", "single", "fixed"] = _f("modified: Chen & Goodman D1, D2, D3+ | single: Ney | fixed")
+    fixed_discount: Annotated[float, Field(gt=0, lt=1)] = _f("the discount when discount_mode is fixed")
+
+
+class EvaluateSettings(Section):
+    """The `evaluate` stage beyond static perplexity: dynamic evaluation, the network learning from the split as it reads it."""
+
+    dynamic_lrs: list[Positive] = _f("SGD rates tried beside 0 (no update), the best on val kept; []: none", max_length=20)
+    dynamic_num_steps: Count = _f("tokens scored between two updates")
+    dynamic_tune_tokens: Count | None = _f("the rate is chosen on this many val tokens; null: all of val")
+    krause_lrs: list[Positive] = _f("Krause et al.'s rates tried beside 0, chosen on val; []: none", max_length=20)
+    krause_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("the pull back towards the trained weights")
+    krause_eps: Positive = _f("added to the gradient rms before dividing by it")
+    krause_stat_tokens: Count | None = _f("training tokens whose gradients give the rms; null: all of train")
+
+
+class Decoding(Section):
+    """How tokens are chosen after the prefix: the per-epoch samples, the evaluate stage,
+    `lyricist-generate` and the served model all take one of these."""
+
+    num_chars: Count = _f("tokens predicted after the prefix", default=200, le=1_000_000)
+    strategy: Literal["greedy", "sample"] = _f("greedy: the argmax (the seeds) | sample", default="greedy")
+    temperature: Positive = _f("sample: softmax(logits / temperature)", default=1.0)
+    top_k: Count | None = _f("sample: only the k most likely tokens; null: all", default=None)
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = _f("sample: the nucleus, the fewest most likely tokens holding this mass; null: all", default=None)
+    repetition_penalty: Annotated[float, Field(ge=1, allow_inf_nan=False)] = _f("CTRL's penalty on the last repetition_window tokens' logits (not whitespace); 1: off", default=1.0)
+    repetition_window: Count = _f("tokens the repetition penalty looks back over", default=20)
+    no_repeat_ngram: Count | None = _f("forbid repeating any n-gram of this many tokens; null: off", default=None)
+    seed: NonNegative | None = _f("sample: the random generator's seed (+ i for the i-th prefix); null: unseeded", default=0)
+
+
+class Settings(Section):
+    """The whole composition (conf/config.yaml's sections)."""
+
+    paths: PathsSettings
+    data: DataSettings
+    model: ModelSettings
+    optim: OptimSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings
+    train: TrainSettings
+    baseline: BaselineSettings
+    evaluate: EvaluateSettings
+    generate: Decoding
+
+
+def load(cfg: Any) -> Settings:
+    """The checked settings of a composition (a DictConfig, a dict or the path of params.yaml);
+    ValueError with one line naming the key, the value and what is allowed."""
+    from omegaconf import DictConfig, OmegaConf
+    if isinstance(cfg, (str, Path)):
+        cfg = OmegaConf.load(cfg)
+    if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job
+        cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+               for k in cfg if k != "hydra"}
+    return section(Settings, {k: v for k, v in cfg.items() if k != "hydra"})
+
+
+def read(params: str | Path, name: str) -> Any:
+    """One section of a params file (params.yaml), checked: what a DVC stage script reads."""
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(params)
+    if name not in cfg:
+        raise ValueError(f"{params} has no `{name}:` section: write it with `make params` (the composition of conf/)")
+    values = OmegaConf.to_container(cfg[name], resolve=True)
+    return section(Settings.model_fields[name].annotation, values, prefix=name)
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Refuse `key=value` command-line overrides whose key is no setting, in one line naming the
+    nearest (Hydra's own message spans five lines and suggests appending the typo with +)."""
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override or key.startswith(("+", "~", "-", "hydra")) or "." not in key or "/" in key:
+            continue  # an addition, a deletion, a flag, Hydra's own, or a group choice (model=gru)
+        parts = key.split(".")
+        parent = _model_at(Settings, parts[:-1])
+        if parent is None or parent.model_config.get("extra") == "allow":
+            continue  # below a free-form node (trainer.*, optim.scheduler.*): Hydra checks it
+        if parts[-1] not in _keys(parent):
+            near = difflib.get_close_matches(parts[-1], _keys(parent), n=1)
+            hint = f": did you mean {'.'.join([*parts[:-1], near[0]])}?" if near else ""
+            raise ValueError(f"{key} is not a setting{hint} (python -m lyricist.settings lists them all)")
+
+
+def section(model: type[Section], values: Any, prefix: str = "") -> Any:
+    """`values` checked as `model` (a whole composition, or one section alone: a request's
+    decoding fields), errors named from `prefix` (e.g. "generate")."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ValueError(describe(err, model, prefix)) from None
+
+
+def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """The first error of `err` as one line: `key=value is not allowed: what is allowed (what it is)`."""
+    first = err.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(filter(None, [prefix, *loc]))
+    if first["type"] == "value_error":  # a cross-field rule: its message names the keys
+        return first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        near = difflib.get_close_matches(loc[-1], _keys(parent), n=1) if parent else []
+        hint = f": did you mean {'.'.join(filter(None, [prefix, *loc[:-1], near[0]]))}?" if near else ""
+        return f"{key} is not a setting{hint} (python -m lyricist.settings lists them all)"
+    if first["type"] == "missing":
+        return f"{key} is missing: add it to the config (python -m lyricist.settings lists every key)"
+    parent = _model_at(root, loc[:-1])
+    info = parent.model_fields.get(loc[-1]) if parent and loc else None
+    allowed = first["msg"].replace("Input should be", "use")
+    for words, sign in (("greater than or equal to", ">="), ("less than or equal to", "<="), ("greater than", ">"),
+                        ("less than", "<")):
+        allowed = allowed.replace(f"use {words}", f"use a value {sign}")
+    return f"{key}={first.get('input')!r} is not allowed: {allowed}" + (f" ({info.description})" if info else "")
+
+
+def _inner(annotation: Any) -> type[BaseModel] | None:
+    """The settings class inside an annotation (`SplitFiles | None` -> SplitFiles), if any."""
+    return next((a for a in getattr(annotation, "__args__", (annotation,))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The settings class at a location below `root` (None where the location leaves the schema)."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        fields = {info.alias or name: info for name, info in model.model_fields.items()} if model else {}
+        model = _inner(fields[part].annotation) if part in fields else None
+    return model
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+# -- the configuration reference ----------------------------------------------------------------
+def reference(defaults: dict) -> str:
+    """docs/configuration.md: every key with its type and bounds, its value in the default
+    composition (params.yaml) and its description."""
+    lines = ["# Configuration reference", "",
+             "Written by `python -m lyricist.settings > docs/configuration.md` from `src/lyricist/settings.py`",
+             "(types, bounds, descriptions) and the default composition of `conf/` (values);",
+             "tests/test_settings.py checks it is current. Override any key on the command line",
+             "(`python -m lyricist.train model.hidden_size=512`) or with `dvc exp run -S`.", ""]
+    for name, info in Settings.model_fields.items():
+        model = info.annotation
+        lines += [f"## `{name}`", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n    ", " "), "",
+                  "| key | type | default | description |", "|---|---|---|---|"]
+        for field, finfo in model.model_fields.items():
+            key = finfo.alias or field
+            value = defaults.get(name, {}).get(key, finfo.default)
+            cells = [f"`{name}.{key}`", _type_name(finfo.annotation, finfo.metadata), f"`{_yaml(value)}`",
+                     finfo.description or ""]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any, metadata: list = ()) -> str:
+    """A type in words: `int >= 1`, `float in [0, 1)`, `'char' or 'word'`, `... or null`."""
+    import typing
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0], [*args[1:], *metadata])
+    if origin in (typing.Union, __import__("types").UnionType):
+        return " or ".join(_type_name(a, metadata) if a is not type(None) else "null" for a in args)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}" + _bounds(metadata)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "{" + ", ".join(_keys(annotation)) + "}"
+    return getattr(annotation, "__name__", str(annotation)) + _bounds(metadata)
+
+
+def _bounds(metadata) -> str:
+    found = []
+    for m in metadata:
+        for item in [m, *getattr(m, "metadata", [])]:  # a FieldInfo holds its bounds in .metadata
+            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="),
+                               ("max_length", "length <=")):
+                if getattr(item, attr, None) is not None and f"{sign} {getattr(item, attr)}" not in found:
+                    found.append(f"{sign} {getattr(item, attr)}")
+    return " " + ", ".join(found) if found else ""
+
+
+def _yaml(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def main(argv=None) -> int:
+    """Print the configuration reference for the default composition of conf/."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from lyricist.project import project_root
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config")
+    sys.stdout.write(reference(OmegaConf.to_container(cfg, resolve=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

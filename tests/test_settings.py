@@ -1,0 +1,85 @@
+"""The typed settings schema (lyricist.settings): one place declares, bounds and describes each key."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose_config, project_env
+from lyricist import settings
+
+
+def test_the_configuration_reference_is_current():
+    """docs/configuration.md is what `python -m lyricist.settings` writes: rerun it after a change."""
+    written = settings.reference(OmegaConf.to_container(compose_config(), resolve=True))
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == written, \
+        "stale: python -m lyricist.settings > docs/configuration.md"
+    for name, section in settings.Settings.model_fields.items():  # every key documented, with its meaning
+        for field, info in section.annotation.model_fields.items():
+            assert info.description, f"{name}.{field} has no description"
+            assert f"`{name}.{info.alias or field}`" in written
+
+
+def test_every_group_option_of_conf_passes_the_schema():
+    for group in ("data", "model", "optim", "optim/scheduler", "trainer", "logger", "experiment"):
+        for option in sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")):
+            settings.load(compose_config([f"{group}={option}"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+model.hiden_size=8"], "model.hiden_size is not a setting: did you mean model.hidden_size? "),
+    (["model.hidden_size=abc"], "model.hidden_size='abc' is not allowed: use a valid integer (hidden units per layer)"),
+    (["data.batch_size=-3"], "data.batch_size=-3 is not allowed: use a value >= 1 (sequences per training batch)"),
+    (["model.hidden_size=100000"], "model.hidden_size=100000 is not allowed: use a value <= 16384"),
+    (["baseline.max_order=500"], "baseline.max_order=500 is not allowed: use a value <= 10"),
+    (["train.seed=abc"], "train.seed='abc' is not allowed: use a valid integer"),
+    (["model.embedding_size=64"], "model.tie_weights=True shares the embedding (64) with the head (256): "
+                                  "set model.embedding_size=256 or model.tie_weights=false"),
+    (["data.split_files={train: a, val: b, test: c}"], "with data.split_files: a corpus that comes split is never re-split. Use 0: set data.val_fraction=0"),
+    (["optim/scheduler=step", "+optim.scheduler.bogus=1"], "unexpected keyword argument 'bogus'"),
+])
+def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ValueError) as err:
+        settings.load(compose_config(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lyricist.train", "model.hiden_size=8",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,
+                          env=project_env())
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0] == ("error: model.hiden_size is not a setting: did you mean "
+                                           "model.hidden_size? (python -m lyricist.settings lists them all)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_below_free_form_nodes_and_group_choices_pass_the_key_check():
+    settings.check_override_keys(["model=gru", "optim/scheduler=step", "trainer.max_time=00:00:01:00",
+                                  "optim.scheduler.gamma=0.1", "+trainer.max_time=1", "hydra.run.dir=x", "-m"])
+    with pytest.raises(ValueError, match="data.batchsize is not a setting: did you mean data.batch_size"):
+        settings.check_override_keys(["data.batchsize=3"])
+
+
+ZAREMBA_SMALL = ["data=presplit", "model.num_layers=2", "model.hidden_size=200", "model.embedding_size=200",
+                 "model.tie_weights=false", "model.dropout=0", "model.locked_dropout=false", "model.weight_drop=0",
+                 "model.embedding_row_dropout=0", "model.init=uniform", "model.init_scale=0.1", "optim=sgd",
+                 "optim.lr=1.0", "optim/scheduler=multistep", "optim.scheduler.milestones=[4,5,6,7,8,9,10,11,12]",
+                 "optim.scheduler.gamma=0.5", "trainer.max_epochs=13", "train.clip_theta=5", "train.ar_alpha=0",
+                 "train.tar_beta=0", "train.weight_averaging=null", "data.batch_size=20", "data.num_steps=20"]
+
+
+def test_zaremba_small_ptb_recipe_is_overrides_and_halves_the_lr_every_epoch_after_the_fourth():
+    """docs/recipes.md: Zaremba et al. (2014)'s small PTB model, written as overrides."""
+    import torch
+
+    assert " ".join(ZAREMBA_SMALL) in (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
+    s = settings.load(compose_config(ZAREMBA_SMALL))
+    optimizer, scheduler = s.optim.build([torch.nn.Parameter(torch.zeros(1))])
+    lrs = []
+    for _ in range(13):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()  # the epoch's end
+    assert lrs == [1.0] * 4 + [0.5 ** k for k in range(1, 10)]
