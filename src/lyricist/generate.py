@@ -20,7 +20,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -146,7 +146,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
              temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
              allow_unknown: bool = False, top_p: float | None = None, repetition_penalty: float = 1.0,
              repetition_window: int = 20, no_repeat_ngram: int | None = None,
-             deadline: float | None = None) -> str:
+             deadline: float | None = None, tick: Callable[[int, int], None] | None = None) -> str:
     """The prefix followed by `num_chars` predicted tokens (characters; words for a word-level
     vocabulary, joined by single spaces).
 
@@ -155,6 +155,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
     The decoding options are the module's docstring's; with their defaults (no penalty, no
     n-gram ban, no cut) `greedy` is the seeds' argmax and `sample` plain softmax sampling.
     `deadline` (a time.monotonic() value): past it, stop with TimeoutError (the served model's bound).
+    `tick(done, num_chars)` is called after every token (the CLI's progress lines).
     """
     check_decoding(num_chars=num_chars, strategy=strategy, temperature=temperature, top_k=top_k,
                    top_p=top_p, repetition_penalty=repetition_penalty,
@@ -183,7 +184,34 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, num_chars: int, stra
             out.append(next_id)
             history.append(next_id)
             logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
+            if tick is not None:
+                tick(len(out), num_chars)
     return vocab.decode_after(prefix, out)
+
+
+# The CLI's bound on --num-chars: a sample, not a corpus (~8 min at the ~2,000 tokens a second of
+# the default model on a CPU; 10M would run ~80 min). Ask several times for more.
+MAX_CLI_NUM_CHARS = 1_000_000
+PROGRESS_EVERY = 10.0  # seconds between the CLI's progress lines on a long sample
+
+
+class ProgressLines:
+    """A `tick` for generate(): a line on stderr every `every` seconds with how far it is and an
+    estimate of the time left at the pace so far (nothing for a sample done sooner)."""
+
+    def __init__(self, label: str, every: float = PROGRESS_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.label, self.every, self.clock = label, every, clock
+        self.start = self.last = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every or done >= total:
+            return
+        self.last = now
+        spent = now - self.start
+        left = spent * (total - done) / done
+        print(f"generate: {self.label}: {done:,} / {total:,} tokens in {spent:.0f} s, ~{left:.0f} s left",
+              file=sys.stderr, flush=True)
 
 
 def decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,7 +233,7 @@ def decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lyricist.checkpoint import load_checkpoint
+    from lyricist.checkpoint import check_same_vocab, load_checkpoint
 
     parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True, nargs="+",
@@ -215,14 +243,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     decoding_arguments(parser)
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
+    parser.add_argument("--data-dir", help="data/encoded/<corpus>/: refuse a checkpoint whose vocabulary is not "
+                        "this data's vocab.json")
     args = parser.parse_args(argv)
     options = {key: getattr(args, key) for key in DEFAULTS if key != "seed"}
+    if args.num_chars > MAX_CLI_NUM_CHARS:
+        return errors.report(ValueError(
+            f"--num-chars {args.num_chars:,} is above {MAX_CLI_NUM_CHARS:,} (a sample, not a corpus: ~8 min on a "
+            f"CPU, 10M ~80 min): ask for at most {MAX_CLI_NUM_CHARS:,}, e.g. --num-chars 2000, and run again "
+            "with another --seed for more"))
     try:
         check_decoding(**options)  # before the checkpoint is read
         loaded = load_checkpoint(args.checkpoint)
+        if args.data_dir is not None:
+            check_same_vocab(loaded, args.checkpoint, args.data_dir)
         for i, prefix in enumerate(args.prefix):
             print(generate(loaded.model, loaded.vocab, prefix, seed=seed_of(args.seed, i),
-                           allow_unknown=args.allow_unknown, **options))
+                           allow_unknown=args.allow_unknown, tick=ProgressLines(f"prefix {i + 1}"), **options))
     except errors.USER_ERRORS as err:
         return errors.report(err)  # one line; the traceback with $LYRICIST_FULL_ERROR=1
     return 0

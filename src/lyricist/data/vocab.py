@@ -56,8 +56,19 @@ def check_options(tokenizer: str, max_vocab_size: int | None, min_freq: int = 1)
 def check_max_unk_rate(max_unk_rate: float | None) -> None:
     if max_unk_rate is not None and (isinstance(max_unk_rate, bool) or not isinstance(max_unk_rate, (int, float))
                                      or not 0 <= max_unk_rate <= 1):
-        raise ValueError(f"data.max_unk_rate={max_unk_rate!r} is not allowed: use null (never warn) or a "
+        raise ValueError(f"data.max_unk_rate={max_unk_rate!r} is not allowed: use null (no limit) or a "
                          "number in [0, 1], e.g. data.max_unk_rate=0.05")
+
+
+# data.min_vocab_size's default: fewer distinct tokens than this in train (a corpus of one
+# repeated character, or two) trains to a perplexity near 1 that means nothing.
+MIN_VOCAB_SIZE = 5
+
+
+def check_min_vocab_size(min_vocab_size: int) -> None:
+    if isinstance(min_vocab_size, bool) or not isinstance(min_vocab_size, int) or min_vocab_size < 1:
+        raise ValueError(f"data.min_vocab_size={min_vocab_size!r} is not allowed: use an integer >= 1 (1: any "
+                         f"vocabulary), e.g. data.min_vocab_size={MIN_VOCAB_SIZE}")
 
 
 def tokenize(text: str, tokenizer: str = "char") -> list[str]:
@@ -253,9 +264,28 @@ def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None) -> Non
                      f"{max_vocab_size} keeps none. Lower them, e.g. data.min_freq=1 data.max_vocab_size=null.")
 
 
-def unk_rate(ids: np.ndarray) -> float:
-    """The share of `ids` that are <unk> (0.0 for no ids)."""
-    return float((ids == 0).mean()) if ids.size else 0.0  # id 0 is <unk>
+def check_not_degenerate(vocab: Vocab, min_vocab_size: int) -> None:
+    """Refuse a vocabulary of fewer than `min_vocab_size` tokens besides <unk>: a model of so few
+    learns to repeat them, with a perplexity near 1 that says nothing (data.min_vocab_size=1 allows it)."""
+    size = len(vocab) - 1
+    if size >= min_vocab_size:
+        return
+    shown = ", ".join(map(repr, vocab.itos[1:]))
+    raise VocabError(f"train's vocabulary holds {size} token(s) besides <unk> ({shown}), fewer than data.min_vocab_size="
+                     f"{min_vocab_size}: a model of them learns nothing (e.g. a corpus of one repeated character). "
+                     "Check the corpus, data.min_freq and data.max_vocab_size, or allow it on purpose with "
+                     "data.min_vocab_size=1")
+
+
+def unk_rate(ids: np.ndarray, own_unk: int = 0) -> float:
+    """The share of `ids` that are <unk> (0.0 for no ids), less `own_unk` of them that the text
+    itself wrote as "<unk>" (PTB marks its rare words so: they are no token train's vocabulary lacks)."""
+    return float(((ids == 0).sum() - own_unk) / ids.size) if ids.size else 0.0  # id 0 is <unk>
+
+
+def count_own_unk(text: str, tokenizer: str) -> int:
+    """How many tokens of `text` are a literal "<unk>" word (a character never is one)."""
+    return len(re.findall(r"(?<!\S)<unk>(?!\S)", text)) if tokenizer == "word" else 0
 
 
 # The id file's integer type: the smallest that holds every id of the vocabulary. A character

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from lyricist.checkpoint import load_checkpoint
+from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
@@ -67,6 +67,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
                          "pass ngram_max_order too (the baseline's max_order).")
     check_decoding(num_chars=num_chars, **decoding)  # a bad option fails now, not after the scoring
     loaded = load_checkpoint(checkpoint)
+    check_same_vocab(loaded, checkpoint, data_dir)  # before any scoring: other ids would score as nonsense
     splits = {"val": load_ids(data_dir / "val.npy")}  # training needs val: it is there
     test_path = data_dir / "test.npy"
     if test_path.is_file() and len(test_ids := load_ids(test_path)):
