@@ -213,7 +213,7 @@ def check_split_files(split_files: dict[str, str] | None, val_fraction: float, t
 
 def normal_name(name: str) -> str:
     """A relative path or zip member name in one spelling: "./a", "a/", "a//b" and "a/./b" are
-    "a", "a" , "a/b" and "a/b" (zip members always use "/")."""
+    "a", "a", "a/b" and "a/b" (zip members always use "/")."""
     return posixpath.normpath(name.replace(os.sep, "/"))
 
 
