@@ -7,6 +7,7 @@ many times the compiled LSTM step is built meanwhile (none, once `make install` 
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -32,12 +33,16 @@ def run(label: str, path: str, pythonpath: str | None, out: Path) -> None:
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     before, start = builds(), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lyricist.train", *ONE_BATCH, f"hydra.run.dir={out}"],
-                   env=env, check=True, capture_output=True, cwd=out.parent)
+    proc = subprocess.run([sys.executable, "-m", "lyricist.train", *ONE_BATCH, f"hydra.run.dir={out}"],
+                          env=env, capture_output=True, text=True, cwd=out.parent)
+    if proc.returncode:  # e.g. no encoded data yet: the training app's own one-line error
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        sys.exit(f"startup: the run from {label} failed: {lines[0]}")
     print(f"  {label:34} {time.perf_counter() - start:5.1f} s   builds of the LSTM step: {builds() - before}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     kernels.step_kernels()  # built here if `make install` did not
     venv_bin = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory() as tmp:

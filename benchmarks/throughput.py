@@ -275,7 +275,7 @@ def measure_rss(cell: str, variant: str, args) -> int | None:
     return json.loads(result.stdout.strip().splitlines()[-1])["rss"]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=list(NUM_GATES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -291,10 +291,15 @@ def main() -> None:
     parser.add_argument("--gen-chars", type=int, default=1000)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    for name in ("num_layers", "hidden_size", "embedding_size", "batch_size", "num_steps", "repeats", "steps"):
+    args = parser.parse_args(argv)
+    for name in ("num_layers", "hidden_size", "embedding_size", "batch_size", "num_steps", "repeats", "steps",
+                 "gen_chars"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.vocab_size is not None and args.vocab_size < 2:
+        parser.error(f"--vocab-size must be >= 2, got {args.vocab_size}")
 
     vocab_source = "--vocab-size"
     if args.vocab_size is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from lyricist.settings import read
 
 from lyricist.data.prepared import write_record
-from lyricist.data.vocab import Vocab, check_useful, encode_to_array, save_ids, unk_rate
+from lyricist.data.vocab import Vocab, VocabError, check_not_degenerate, check_useful, count_own_unk, encode_to_array, save_ids, unk_rate
 from lyricist.errors import run_cli
 
 SPLITS = ("train", "val", "test")
@@ -21,25 +21,26 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     p = read(args.params, "data").model_dump()  # checked before any work
     options = {key: p[key] for key in ("tokenizer", "max_vocab_size")}
-    max_unk_rate = p["max_unk_rate"]
+    max_unk_rate, min_vocab_size = p["max_unk_rate"], p["min_vocab_size"]
     texts = {s: (Path(args.in_dir) / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
     # Built on train only: tokens first seen in val/test are <unk>, as they would be
     # for any unseen lyrics.
     vocab = Vocab.build(texts["train"], min_freq=p["min_freq"], **options)
     check_useful(vocab, p["min_freq"], options["max_vocab_size"])  # before any output
+    check_not_degenerate(vocab, min_vocab_size)
     ids = {split: encode_to_array(vocab, text) for split, text in texts.items()}
+    for split in ("val", "test"):  # held-out figures over mostly <unk> say little: refused before any output
+        rate = unk_rate(ids[split], count_own_unk(texts[split], vocab.tokenizer))
+        if max_unk_rate is not None and rate > max_unk_rate:
+            raise VocabError(f"{rate:.1%} of the {split} split is <unk> (above data.max_unk_rate={max_unk_rate}): "
+                             "its tokens are missing from train's vocabulary, so its perplexity says little. Is the "
+                             "corpus one text? Lower data.min_freq, raise data.max_vocab_size, split it otherwise, "
+                             "or allow it on purpose with data.max_unk_rate=null")
     out = Path(args.out_dir)
     vocab.save(out / "vocab.json")
     for split, array in ids.items():
         save_ids(out / f"{split}.npy", array, len(vocab))  # one integer type for every split
     write_record(out, p)  # training refuses data made with other settings
-    for split in ("val", "test"):
-        rate = unk_rate(ids[split])
-        if max_unk_rate is not None and rate > max_unk_rate:
-            print(f"warning: {rate:.1%} of the {split} split is <unk> (above data.max_unk_rate="
-                  f"{max_unk_rate}): its tokens are missing from train's vocabulary, so its perplexity "
-                  "says little. Is the corpus one text? Lower data.min_freq, or split it otherwise.",
-                  file=sys.stderr)
     cap = f", max_vocab_size {options['max_vocab_size']}" if options["max_vocab_size"] else ""
     print(f"vocab: {len(vocab):,} {options['tokenizer']} tokens (min_freq {p['min_freq']}{cap}) -> {out}")
 

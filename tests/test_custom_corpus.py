@@ -91,8 +91,9 @@ def test_a_user_text_file_and_zip_go_through_the_data_stages(tmp_path):
 def test_word_level_custom_data_with_a_capped_vocabulary(tmp_path):
     raw = tmp_path / "mine.txt"
     raw.write_text(ENGLISH * 10, encoding="utf-8")
-    _, encoded = prepare(tmp_path, [f"data.raw_path={raw}", "data.tokenizer=word",
-                                    "data.max_vocab_size=4", "data.lowercase=true"])
+    # 4 words and val mostly <unk>: degenerate data, allowed on purpose.
+    _, encoded = prepare(tmp_path, [f"data.raw_path={raw}", "data.tokenizer=word", "data.max_vocab_size=4",
+                                    "data.lowercase=true", "data.min_vocab_size=1", "data.max_unk_rate=null"])
     vocab = Vocab.load(encoded / "vocab.json")
     train_text = (tmp_path / "data/processed/custom/train.txt").read_text(encoding="utf-8")
     assert train_text == (ENGLISH * 9).replace("\r\n", "\n")  # 90 % = 9 of the 10 copies

@@ -22,7 +22,7 @@ def _script(stage: dict) -> str:
 def test_every_stage_depends_on_its_script_and_the_whole_library():
     """A stage script may import any module of src/lyricist (and they import each other), so
     each stage depends on the package as a whole: a change in corpus.py re-runs training too."""
-    assert set(STAGES) == {"unzip", "preprocess", "vocab", "baseline", "train", "evaluate"}
+    assert set(STAGES) == {"unzip", "preprocess", "vocab", "baseline", "check", "train", "evaluate"}
     for name, stage in STAGES.items():
         assert _script(stage) in stage["deps"], name
         assert "src/lyricist" in stage["deps"], name
@@ -91,3 +91,9 @@ def test_the_evaluate_stage_lists_exactly_the_params_it_reads():
         if isinstance(value, Reads):
             seen.add(value.path)
     assert seen == {key for key in STAGES["evaluate"]["params"] if isinstance(key, str)}
+
+
+def test_the_check_stage_reads_the_train_stages_params_and_runs_before_it():
+    assert STAGES["check"]["params"] == STAGES["train"]["params"]
+    [record] = [next(iter(out)) for out in STAGES["check"]["outs"]]
+    assert record in STAGES["train"]["deps"]

@@ -173,14 +173,16 @@ def test_vocab_stage_refuses_a_vocabulary_of_unk_alone(tmp_path):
     assert not out.exists()
 
 
-def test_vocab_stage_warns_when_val_is_mostly_unk(tmp_path, capsys):
+def test_vocab_stage_refuses_a_val_split_mostly_unk_unless_allowed(tmp_path):
     processed = _split_files(tmp_path / "processed", LYRICS * 3, "xyzwvu" * 10 + "分开", LYRICS)
     out = tmp_path / "encoded"
-    stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out), "--params", str(params_file(tmp_path))])
-    err = capsys.readouterr().err
-    assert "warning: 96.8% of the val split is <unk> (above data.max_unk_rate=0.05)" in err
-    assert "test split" not in err  # test is the train lyric: nothing unknown
-    assert (np.load(out / "val.npy") == 0).sum() == 60  # a warning, not an error: the data is written
+    with pytest.raises(VocabError, match=r"96.8% of the val split is <unk> \(above data.max_unk_rate=0.05\).*"
+                                         r"allow it on purpose with data.max_unk_rate=null"):
+        stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out), "--params", str(params_file(tmp_path))])
+    assert not out.exists()  # an error before any output (#25; it was a warning)
+    stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out),
+                         "--params", str(params_file(tmp_path, ["data.max_unk_rate=null"]))])
+    assert (np.load(out / "val.npy") == 0).sum() == 60  # allowed on purpose: the data is written
 
 
 def test_baseline_refuses_an_empty_val_split_and_keeps_the_old_report(tmp_path):

@@ -31,7 +31,7 @@ def test_every_group_option_of_conf_passes_the_schema():
     (["+model.hiden_size=8"], "model.hiden_size is not a setting: did you mean model.hidden_size? "),
     (["model.hidden_size=abc"], "model.hidden_size='abc' is not allowed: use a valid integer (hidden units per layer)"),
     (["data.batch_size=-3"], "data.batch_size=-3 is not allowed: use a value >= 1 (sequences per training batch)"),
-    (["model.hidden_size=100000"], "model.hidden_size=100000 is not allowed: use a value <= 16384"),
+    (["model.hidden_size=100000"], "model.hidden_size=100000 is not allowed: use a value <= 4096"),
     (["baseline.max_order=500"], "baseline.max_order=500 is not allowed: use a value <= 10"),
     (["train.seed=abc"], "train.seed='abc' is not allowed: use a valid integer"),
     (["model.embedding_size=64"], "model.tie_weights=True shares the embedding (64) with the head (256): "

@@ -44,7 +44,8 @@ def _read(path: Path, map_location) -> dict:
     try:
         # Our own files: tensors, plain dicts and numbers, so weights_only loading works.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    # A truncated file (a copy cut short, a full disk) fails inside torch's zip reader as OSError.
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({err}); "
                          "re-train or restore it") from err
     if not isinstance(checkpoint, dict) or "lyricist" not in checkpoint:
@@ -70,9 +71,9 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
             return load_checkpoint(paths[0], map_location)
         loaded = [load_checkpoint(p, map_location) for p in paths]
         for p, other in zip(paths[1:], loaded[1:]):
-            if other.vocab.to_dict() != loaded[0].vocab.to_dict():
-                raise ValueError(f"{p} was trained with another vocabulary than {paths[0]}: an ensemble "
-                                 "averages predictions over one vocabulary; train its models on the same data")
+            if (differ := vocab_difference(other.vocab, loaded[0].vocab)) is not None:
+                raise ValueError(f"{p} was trained with another vocabulary than {paths[0]} ({differ}): an "
+                                 "ensemble averages predictions over one vocabulary; train its models on the same data")
         return LoadedModel(model=Ensemble([m.model for m in loaded]).eval(), vocab=loaded[0].vocab,
                            meta={"epoch": None, "members": [m.meta for m in loaded]})
     checkpoint = _read(Path(path), map_location)
@@ -86,3 +87,28 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
     model.eval()
     extra["epoch"] = checkpoint.get("epoch")
     return LoadedModel(model=model.to(map_location), vocab=vocab, meta=extra)
+
+
+def vocab_difference(mine: Vocab, other: Vocab) -> str | None:
+    """None when the two vocabularies are the same, else how they differ, for a message: their
+    kind and size, and the first id that means another token."""
+    if mine == other:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(mine.itos, other.itos)) if a != b), None)
+    where = (f"; id {first} is {mine.itos[first]!r} in the first, {other.itos[first]!r} in the second"
+             if first is not None else "")
+    return f"{len(mine):,} {mine.tokenizer} tokens against {len(other):,} {other.tokenizer} tokens{where}"
+
+
+def check_same_vocab(loaded: LoadedModel, checkpoint, data_dir: str | Path) -> None:
+    """Refuse a model whose vocabulary is not `data_dir`'s vocab.json (when there is one): its ids
+    would mean other tokens there, and every perplexity and sample would be meaningless."""
+    path = Path(data_dir) / "vocab.json"
+    if not path.is_file():
+        return
+    differ = vocab_difference(loaded.vocab, Vocab.load(path))
+    if differ is not None:
+        names = checkpoint if isinstance(checkpoint, (str, Path)) else ", ".join(map(str, checkpoint))
+        raise ValueError(f"checkpoint {names} was trained with another vocabulary than {path} ({differ}): "
+                         "its ids mean other tokens in this data. Use the data it was trained on (its "
+                         "data/encoded/<corpus>/), or train on this data first")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -104,7 +104,8 @@ def next_token(logits: torch.Tensor, strategy: str, temperature: float, top_k: i
 
 @torch.no_grad()
 def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding = Decoding(), index: int = 0,
-             allow_unknown: bool = False, deadline: float | None = None) -> str:
+             allow_unknown: bool = False, deadline: float | None = None,
+             tick: Callable[[int, int], None] | None = None) -> str:
     """The prefix followed by `decoding.num_chars` predicted tokens (characters; words for a
     word-level vocabulary, joined by single spaces).
 
@@ -113,7 +114,8 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
     The decoding options are the module's docstring's; with their defaults (no penalty, no
     n-gram ban, no cut, greedy) it is the seeds' argmax. `index`: the prefix's position among
     several, which offsets the seed (seed_of). `deadline` (a time.monotonic() value): past it,
-    stop with TimeoutError (the served model's bound).
+    stop with TimeoutError (the served model's bound). `tick(done, num_chars)` is called after
+    every token (the CLI's progress lines).
     """
     d = decoding
     num_chars, repetition_penalty, repetition_window = d.num_chars, d.repetition_penalty, d.repetition_window
@@ -142,7 +144,31 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
             out.append(next_id)
             history.append(next_id)
             logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
+            if tick is not None:
+                tick(len(out), num_chars)
     return vocab.decode_after(prefix, out)
+
+
+PROGRESS_EVERY = 10.0  # seconds between the CLI's progress lines on a long sample
+
+
+class ProgressLines:
+    """A `tick` for generate(): a line on stderr every `every` seconds with how far it is and an
+    estimate of the time left at the pace so far (nothing for a sample done sooner)."""
+
+    def __init__(self, label: str, every: float = PROGRESS_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.label, self.every, self.clock = label, every, clock
+        self.start = self.last = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every or done >= total:
+            return
+        self.last = now
+        spent = now - self.start
+        left = spent * (total - done) / done
+        print(f"generate: {self.label}: {done:,} / {total:,} tokens in {spent:.0f} s, ~{left:.0f} s left",
+              file=sys.stderr, flush=True)
 
 
 def decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +192,7 @@ def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lyricist.checkpoint import load_checkpoint
+    from lyricist.checkpoint import check_same_vocab, load_checkpoint
 
     parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True, nargs="+",
@@ -176,13 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     decoding_arguments(parser)
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
+    parser.add_argument("--data-dir", help="data/encoded/<corpus>/: refuse a checkpoint whose vocabulary is not "
+                        "this data's vocab.json")
     args = parser.parse_args(argv)
     try:
         decoding_of(args, Decoding())  # a bad flag fails before the checkpoint is read
         loaded = load_checkpoint(args.checkpoint)
+        if args.data_dir is not None:
+            check_same_vocab(loaded, args.checkpoint, args.data_dir)
         decoding = decoding_of(args, loaded.decoding)
         for i, prefix in enumerate(args.prefix):
-            print(generate(loaded.model, loaded.vocab, prefix, decoding, index=i, allow_unknown=args.allow_unknown))
+            print(generate(loaded.model, loaded.vocab, prefix, decoding, index=i, allow_unknown=args.allow_unknown,
+                           tick=ProgressLines(f"prefix {i + 1}")))
     except errors.USER_ERRORS as err:
         return errors.report(err)  # one line; the traceback with $LYRICIST_FULL_ERROR=1
     return 0

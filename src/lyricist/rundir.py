@@ -1,6 +1,7 @@
 """A run directory that protects itself: one writer at a time, and no run silently replaced.
 
-A run directory holds a run once it has `checkpoints/` (non-empty) or `metrics.csv`. A new run
+A run directory holds a run once it has `checkpoints/` (non-empty) or a `metrics.csv` with a row
+(a run stopped before its first epoch ended leaves the header alone: nothing to keep). A new run
 into it is refused unless it resumes (`train.resume`) or says `train.overwrite=true`; a second
 process on the same directory is refused by an exclusive lock (`fcntl.flock` on
 `<dir>/.lyricist.lock`), which the kernel releases when the holder exits, however it exits.
@@ -33,9 +34,15 @@ def existing_run(run_dir: Path) -> list[str]:
     found = []
     for name in RUN_FILES:
         path = run_dir / name
-        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        if (path.is_file() and _has_rows(path)) or (path.is_dir() and any(path.iterdir())):
             found.append(name)
     return found
+
+
+def _has_rows(path: Path) -> bool:
+    """Whether a file holds more than one line: metrics.csv's header alone is no epoch."""
+    with open(path, "rb") as f:
+        return len(f.read(1 << 16).splitlines()) > 1
 
 
 def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:

@@ -10,7 +10,8 @@ Seed k trains with `train(cfg)` into <out>/seed<k>/ (with MLflow, its run nested
 parent run), then is scored with the `evaluate` settings of the config and a Kneser-Ney model
 fit on the same train split. `--ensemble` scores the seeds' best checkpoints once more as one
 model averaging their probabilities. <out>/summary.json holds every number, <out>/summary.md
-the table (sample standard deviation over seeds, and each mean over the KN model's).
+the table (sample standard deviation over seeds, and each mean over the KN model's), both
+written again after every seed: a stopped run keeps the seeds it finished.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from lyricist.errors import run_cli
 from lyricist import settings
 from lyricist.train import USER_ERRORS, train
 
+MAX_SEEDS = 100  # each seed is a whole training run; the standard error shrinks as 1/sqrt(seeds)
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
 ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interpolated_"),
         ("dynamic (SGD)", "dynamic_"), ("dynamic (Krause)", "krause_"), ("adaptive KN", "ngram_adaptive_"),
@@ -111,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="log the seeds' ensemble as the MLflow parent run's `model` (pyfunc, servable)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gru train.seed=1")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        parser.error(f"--seeds must be in 1..{MAX_SEEDS} (each seed is a whole training run), got {args.seeds}")
     root = project_root()
     with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=args.overrides)
@@ -131,6 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def write_summary(out: Path, args: argparse.Namespace, runs: list[dict], ensemble: dict | None) -> str:
+    """summary.json and summary.md of the seeds finished so far (atomically); the table."""
+    table = summarize(runs, ensemble)
+    done = "" if len(runs) == args.seeds else f" ({len(runs)} of {args.seeds} seeds so far)"
+    write_text(out / "summary.json", json.dumps({"overrides": args.overrides, "seeds": args.seeds, "runs": runs,
+                                                 "ensemble": ensemble}, indent=1) + "\n")
+    write_text(out / "summary.md", f"`python -m lyricist.seeds --seeds {args.seeds} "
+               f"{' '.join(args.overrides)}`{done}\n\n{table}")
+    return table
+
+
 def _run_seeds(args: argparse.Namespace, cfg: DictConfig, root: Path, out: Path, seeds: list[int],
                parent: tuple[MlflowClient, str, str] | None) -> int:
     runs = []
@@ -146,13 +159,10 @@ def _run_seeds(args: argparse.Namespace, cfg: DictConfig, root: Path, out: Path,
                      "parameters": sum(p.numel() for p in loaded.model.parameters()), **metrics})
         print(f"seeds: seed {seed}: val {metrics['val_ppl']:.2f}, test {metrics.get('test_ppl', float('nan')):.2f} "
               f"({seconds:.0f} s)", flush=True)
+        write_summary(out, args, runs, None)  # after every seed: a stopped run keeps the seeds it finished
     ensemble = (evaluate_run([r["checkpoint"] for r in runs], cfg, root / cfg.paths.encoded, args.static)
                 if args.ensemble and len(runs) > 1 else None)
-    table = summarize(runs, ensemble)
-    write_text(out / "summary.json", json.dumps({"overrides": args.overrides, "runs": runs, "ensemble": ensemble},
-                                                indent=1) + "\n")
-    write_text(out / "summary.md", f"`python -m lyricist.seeds --seeds {args.seeds} "
-               f"{' '.join(args.overrides)}`\n\n{table}")
+    table = write_summary(out, args, runs, ensemble)
     if parent:
         client, parent_id, uri = parent
         for key in ("val_ppl", "test_ppl"):

@@ -78,9 +78,10 @@ class DataSettings(Section):
     tokenizer: Literal["char", "word"] = _f("char: one token per character | word: whitespace-separated words")
     min_freq: Count = _f("tokens seen fewer times in train map to <unk>")
     max_vocab_size: Count | None = _f("keep the N most frequent tokens of train (+ <unk>); null: no cap", le=2**31 - 1)
-    max_unk_rate: Annotated[float, Field(ge=0, le=1)] | None = _f("vocab: warn when more of val or test than this is <unk>; null: never")
+    max_unk_rate: Annotated[float, Field(ge=0, le=1)] | None = _f("vocab: refuse val or test when more than this is <unk> (tokens train lacks); null: no limit")
+    min_vocab_size: Count = _f("vocab: refuse a train vocabulary of fewer tokens besides <unk> (a degenerate corpus); 1: allow any")
     sampling: Literal["random", "consecutive"] = _f("the seeds' two iterators: random windows, or streams carried across batches")
-    batch_size: Count = _f("sequences per training batch", le=65536)
+    batch_size: Count = _f("sequences per training batch", le=4096)
     num_steps: Count = _f("time steps per batch (truncated BPTT length)", le=100000)
     variable_length: bool = _f("consecutive batches vary in length around num_steps, the lr scaled by it (AWD-LSTM)")
     prefixes: list[str] = _f("what the per-epoch and evaluate samples start from", min_length=1)
@@ -108,9 +109,10 @@ class ModelSettings(Section):
     builds it and a checkpoint stores it. Defaults: a plain one-layer LSTM, one-hot input, no dropout."""
 
     cell: Literal["rnn", "rnn_relu", "gru", "lstm"] = _f("the hand-written cell: rnn (tanh) | rnn_relu | gru | lstm", default="lstm")
-    hidden_size: Count = _f("hidden units per layer", default=256, le=16384)
-    num_layers: Count = _f("stacked recurrent layers", default=1, le=32)
-    embedding_size: Count | None = _f("embedding width; null: one-hot input, as the seeds", default=None, le=16384)
+    # Upper bounds: past them a run needs many GB or hours (an LSTM layer of 4096 is 134M weights).
+    hidden_size: Count = _f("hidden units per layer", default=256, le=4096)
+    num_layers: Count = _f("stacked recurrent layers", default=1, le=16)
+    embedding_size: Count | None = _f("embedding width; null: one-hot input, as the seeds", default=None, le=4096)
     dropout: Fraction = _f("between stacked layers, and the default of the next two", default=0.0)
     embedding_dropout: Fraction | None = _f("on the embedding output; null: = dropout", default=None)
     output_dropout: Fraction | None = _f("before the head; null: = dropout", default=None)

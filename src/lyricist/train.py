@@ -68,6 +68,7 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     if resume_path:
         check_resumable(resume_path, module)
+        check_epochs_left(resume_path, resume_meta.get("epoch"), s.trainer.max_epochs)
     # Tracking before any output: an unreachable server fails here, not after training.
     tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
     mlf = (_mlflow_logger(s, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id)
@@ -235,6 +236,16 @@ def check_resumable(path: str, module: LitLanguageModel) -> None:
         raise ValueError(f"train.resume={path!r} was trained with another optimizer (its settings "
                          f"{sorted(saved[0])}; optim={type(probe).__name__} has {sorted(made)}). Resume "
                          "with the run's own optim= setting, or start afresh in another directory")
+
+
+def check_epochs_left(path: str, epoch: int | None, max_epochs: int) -> None:
+    """Refuse to resume a checkpoint that has finished more epochs than trainer.max_epochs (Lightning
+    would fail inside fit with a MisconfigurationException and a traceback)."""
+    finished = None if epoch is None else epoch + 1  # the checkpoint's epoch is 0-based, saved at its end
+    if finished is not None and max_epochs != -1 and max_epochs < finished:
+        raise ValueError(f"train.resume={path!r} has finished {finished} epochs, more than trainer.max_epochs="
+                         f"{max_epochs}: to train on, raise it above {finished}, e.g. trainer.max_epochs="
+                         f"{finished + max(max_epochs, 1)}, or start afresh with train.overwrite=true")
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:

@@ -7,7 +7,9 @@ This module deals in plain Python strings only: it knows nothing of tokens or to
 
 from __future__ import annotations
 
+import hashlib
 import os
+import posixpath
 import re
 import stat
 import uuid
@@ -199,13 +201,34 @@ def check_split_files(split_files: dict[str, str] | None, val_fraction: float, t
             raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
                              "folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), "
                              f"e.g. {example}")
-    if len(set(split_files.values())) != len(SPLITS):
+    # Compared as paths, not strings: ./ptb.train.txt, ptb.train.txt/ and a//b name what ptb.train.txt and a/b do.
+    if len({normal_name(name) for name in split_files.values()}) != len(SPLITS):
         raise ValueError(f"data.split_files={dict(split_files)!r} names one file for two splits: train, val and "
                          f"test must be three files, e.g. {example}")
     for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if fraction != 0:
             raise ValueError(f"data.{key}={fraction!r} is not allowed with data.split_files: the corpus comes "
                              "split and is never re-split. Use 0: data.val_fraction=0 data.test_fraction=0")
+
+
+def normal_name(name: str) -> str:
+    """A relative path or zip member name in one spelling: "./a", "a/", "a//b" and "a/./b" are
+    "a", "a", "a/b" and "a/b" (zip members always use "/")."""
+    return posixpath.normpath(name.replace(os.sep, "/"))
+
+
+def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None:
+    """Refuse two splits with the same content (by hash): however the files are named, val or
+    test would then be train's text and every held-out figure would measure training data."""
+    seen: dict[str, str] = {}
+    for split, text in texts.items():
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if digest in seen:
+            first = seen[digest]
+            raise CorpusError(f"the {first} and {split} files ({sources[first]} and {sources[split]}) hold the same "
+                              f"text (sha256 {digest[:12]}...): the {split} figures would measure the {first} text. "
+                              "Name three different files in data.split_files.")
+        seen[digest] = split
 
 
 def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
@@ -222,7 +245,11 @@ def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_byte
                                 f"{', '.join(split_files.values())} there, or point data.raw_path at it "
                                 "(see conf/data/presplit.yaml).")
     if path.is_dir():
-        return {split: _read_split_file(path, split, name, max_bytes) for split, name in split_files.items()}
+        files = {split: (path / normal_name(name)).resolve() for split, name in split_files.items()}
+        _check_one_each(files, split_files)  # a symlink, or a name through another folder
+        texts = {split: _read_split_file(path, split, name, max_bytes) for split, name in split_files.items()}
+        check_distinct_texts(texts, {split: str(file) for split, file in files.items()})
+        return texts
     check_regular_file(path, "Point data.raw_path at the folder or .zip holding the split files.")
     if path.suffix.lower() != ".zip":
         raise CorpusError(f"data.raw_path={str(path)!r} is a single file, but data.split_files names three: point "
@@ -230,11 +257,25 @@ def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_byte
                           "split this file by position.")
     try:
         with zipfile.ZipFile(path) as archive:
-            return {split: _read_split_member(archive, path, split, name, max_bytes, max_ratio)
-                    for split, name in split_files.items()}
+            members = {split: _split_member(archive, path, split, name) for split, name in split_files.items()}
+            _check_one_each({split: info.filename for split, info in members.items()}, split_files)
+            texts = {split: _read_split_member(archive, path, split, info, max_bytes, max_ratio)
+                     for split, info in members.items()}
+        check_distinct_texts(texts, {split: f"{path}:{info.filename}" for split, info in members.items()})
+        return texts
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
         raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
                           f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+
+
+def _check_one_each(found: dict[str, object], split_files: dict[str, str]) -> None:
+    """Refuse two splits that name one file (resolved path, or zip member) in two ways."""
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1:]:
+            if found[first] == found[second]:
+                raise CorpusError(f"data.split_files.{first}={split_files[first]!r} and data.split_files.{second}="
+                                  f"{split_files[second]!r} are one file ({found[first]}): train, val and test "
+                                  "must be three files.")
 
 
 def _read_split_file(folder: Path, split: str, name: str, max_bytes: int) -> str:
@@ -250,18 +291,24 @@ def _read_split_file(folder: Path, split: str, name: str, max_bytes: int) -> str
     return _decode(_read_bounded(file, max_bytes), f"the {split} file {file}", folder)
 
 
-def _read_split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str, max_bytes: int,
-                       max_ratio: float) -> str:
+def _split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str) -> zipfile.ZipInfo:
+    """The one member `name` names: by its normalised path, or the one whose path ends in it."""
     infos = [info for info in archive.infolist() if not info.is_dir()]
-    matches = ([info for info in infos if info.filename == name]
-               or [info for info in infos if info.filename.endswith("/" + name)])
+    wanted = normal_name(name)
+    matches = ([info for info in infos if normal_name(info.filename) == wanted]
+               or [info for info in infos if normal_name(info.filename).endswith("/" + wanted)])
     if len(matches) != 1:
         listing = ", ".join(info.filename for info in infos[:10]) or "(the archive is empty)"
         what = "no member" if not matches else f"{len(matches)} members"
         raise CorpusError(f"{path} holds {what} named {name!r} (data.split_files.{split}); its files: {listing}. "
                           "Name the member as it is in the archive, e.g. its full path inside it.")
-    source = f"the {split} file {path}:{matches[0].filename}"
-    return _decode(_read_member(archive, matches[0], source, max_bytes, max_ratio), source, path)
+    return matches[0]
+
+
+def _read_split_member(archive: zipfile.ZipFile, path: Path, split: str, info: zipfile.ZipInfo, max_bytes: int,
+                       max_ratio: float) -> str:
+    source = f"the {split} file {path}:{info.filename}"
+    return _decode(_read_member(archive, info, source, max_bytes, max_ratio), source, path)
 
 
 def check_split_texts(splits: dict[str, str]) -> None:

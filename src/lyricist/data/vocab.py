@@ -232,9 +232,28 @@ def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None) -> Non
                      f"{max_vocab_size} keeps none. Lower them, e.g. data.min_freq=1 data.max_vocab_size=null.")
 
 
-def unk_rate(ids: np.ndarray) -> float:
-    """The share of `ids` that are <unk> (0.0 for no ids)."""
-    return float((ids == 0).mean()) if ids.size else 0.0  # id 0 is <unk>
+def check_not_degenerate(vocab: Vocab, min_vocab_size: int) -> None:
+    """Refuse a vocabulary of fewer than `min_vocab_size` tokens besides <unk>: a model of so few
+    learns to repeat them, with a perplexity near 1 that says nothing (data.min_vocab_size=1 allows it)."""
+    size = len(vocab) - 1
+    if size >= min_vocab_size:
+        return
+    shown = ", ".join(map(repr, vocab.itos[1:]))
+    raise VocabError(f"train's vocabulary holds {size} token(s) besides <unk> ({shown}), fewer than data.min_vocab_size="
+                     f"{min_vocab_size}: a model of them learns nothing (e.g. a corpus of one repeated character). "
+                     "Check the corpus, data.min_freq and data.max_vocab_size, or allow it on purpose with "
+                     "data.min_vocab_size=1")
+
+
+def unk_rate(ids: np.ndarray, own_unk: int = 0) -> float:
+    """The share of `ids` that are <unk> (0.0 for no ids), less `own_unk` of them that the text
+    itself wrote as "<unk>" (PTB marks its rare words so: they are no token train's vocabulary lacks)."""
+    return float(((ids == 0).sum() - own_unk) / ids.size) if ids.size else 0.0  # id 0 is <unk>
+
+
+def count_own_unk(text: str, tokenizer: str) -> int:
+    """How many tokens of `text` are a literal "<unk>" word (a character never is one)."""
+    return len(re.findall(r"(?<!\S)<unk>(?!\S)", text)) if tokenizer == "word" else 0
 
 
 # The id file's integer type: the smallest that holds every id of the vocabulary. A character

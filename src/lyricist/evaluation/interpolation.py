@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lyricist.data.batching import check_enough_tokens, consecutive_batches
 from lyricist.evaluation.metrics import InterpolationResult, Perplexities
 from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, ngram_token_log_probs
+from lyricist.evaluation.ppl import perplexity
 from lyricist.models import RecurrentLM, eval_mode
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
@@ -69,8 +70,7 @@ def perplexity_of(log_probs: np.ndarray) -> float:
     e.g. for a diverged model)."""
     if len(log_probs) == 0:
         raise ValueError("no tokens to score.")
-    mean_nll = -float(np.mean(log_probs))
-    return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp(709.8) is float64's limit
+    return perplexity(-float(np.mean(log_probs)))
 
 
 def check_splits(splits: dict) -> None:

@@ -31,6 +31,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from lyricist.data.corpus import atomic_write_bytes
+from lyricist.evaluation.ppl import perplexity as ppl
 
 DISCOUNT_MODES = ("modified", "single", "fixed")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
@@ -294,7 +295,7 @@ def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] 
     if len(stream) - first < 1:
         raise ValueError(f"nothing to predict: {len(ids)} token(s) and {len(context)} of context.")
     nll = -sum(ngram_token_log_probs(model, stream, range(first, len(stream))).tolist())
-    return math.exp(nll / (len(stream) - first))
+    return ppl(nll / (len(stream) - first))
 
 
 def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:

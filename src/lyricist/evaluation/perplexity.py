@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from lyricist.checkpoint import load_checkpoint
+from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
@@ -57,6 +57,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     num_chars = decoding.num_chars
     assert baseline is not None or not (dynamic_lrs or krause_lrs or ngram_path), "the n-gram needs its settings"
     loaded = load_checkpoint(checkpoint)
+    check_same_vocab(loaded, checkpoint, data_dir)  # before any scoring: other ids would score as nonsense
     splits = {"val": load_ids(data_dir / "val.npy")}  # training needs val: it is there
     test_path = data_dir / "test.npy"
     if test_path.is_file() and len(test_ids := load_ids(test_path)):

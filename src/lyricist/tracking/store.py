@@ -66,9 +66,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
             raise TrackingError(f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
                                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
                                "train without it (logger=none)") from err
-    client = MlflowClient(tracking_uri=tracking_uri)
 
     def get_or_create() -> str:
+        client = MlflowClient(tracking_uri=tracking_uri)  # an unknown scheme or a file store fails here
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
@@ -80,8 +80,11 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     try:
         return with_retry(get_or_create)
     except Exception as err:
-        raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}. Check the URI "
-                           "(logger.tracking_uri or $MLFLOW_TRACKING_URI), or that the server is up") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r} ({first[:300]}). Use "
+                            "sqlite:///<absolute path>/mlflow.db (a SQLite file, created if absent) or an "
+                            "http(s):// server in logger.tracking_uri or $MLFLOW_TRACKING_URI, or train without "
+                            "tracking (logger=none)") from err
 
 
 def failure_reason(err: BaseException) -> str:

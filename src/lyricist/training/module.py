@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from lyricist.data.vocab import Vocab
+from lyricist.evaluation.ppl import perplexity, why_not_finite
 from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
 from lyricist.models.fast.head import linear_cross_entropy
@@ -193,14 +194,15 @@ class LitLanguageModel(pl.LightningModule):
             self.first_loss = loss
         exploded = (self.divergence_factor is not None
                     and loss > self.divergence_factor * self.first_loss)
-        if math.isfinite(loss) and not exploded:
+        bad = why_not_finite(loss)  # NaN, inf, or past exp()'s range: with or without the factor
+        if bad is None and not exploded:
             return
-        what = "is not finite" if not math.isfinite(loss) else (
-            f"exploded to more than {self.divergence_factor:g}x its first value {self.first_loss:.3f}")
+        what = (f"exploded to more than {self.divergence_factor:g}x its first value {self.first_loss:.3f}"
+                if exploded else bad)
         raise TrainingDiverged(
             f"training loss {loss:.4g} {what} at epoch {self.current_epoch}, batch {batch_idx} "
-            f"(global step {self.global_step}). Lower the learning rate (optim.lr), clip harder "
-            "(train.clip_theta), or check the data. The last good checkpoint is kept."
+            f"(global step {self.global_step}). Lower the learning rate (optim.lr) or model.init_scale, clip "
+            "harder (train.clip_theta), or check the data. The last good checkpoint is kept."
         )
 
     # -- validation: the whole val stream, state carried ------------------------------
@@ -225,14 +227,21 @@ class LitLanguageModel(pl.LightningModule):
     def on_validation_epoch_end(self):
         loss_sum, tokens = self._sum_over_processes(self._val_sums["loss"], self._val_sums["tokens"])
         val_loss = loss_sum / max(tokens, 1)
-        self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": math.exp(val_loss)})
+        bad = why_not_finite(val_loss)
+        if bad is not None:  # before the epoch's checkpoint: the last good one stays
+            raise TrainingDiverged(
+                f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. Lower the learning rate "
+                "(optim.lr) or model.init_scale, clip harder (train.clip_theta), or check the data. The last "
+                "good checkpoint is kept.")
+        val_ppl = perplexity(val_loss)
+        self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})
         # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
         # row per epoch from on_train_epoch_end instead.
-        self.log("val/ppl", math.exp(val_loss), prog_bar=True, logger=False)
+        self.log("val/ppl", val_ppl, prog_bar=True, logger=False)
         # The same summed val loss on every DDP process, so every process steps alike.
-        self._step_schedule("epoch", math.exp(val_loss))
+        self._step_schedule("epoch", val_ppl)
         if self.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            self._maybe_start_averaging(math.exp(val_loss))
+            self._maybe_start_averaging(val_ppl)
 
     def _maybe_start_averaging(self, val_ppl: float) -> None:
         """NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a
@@ -254,10 +263,10 @@ class LitLanguageModel(pl.LightningModule):
         train_loss = loss_sum / max(tokens, 1)
         elapsed = time.perf_counter() - self._epoch_start
         self.epoch_metrics.update({
-            "epoch": self.current_epoch, "train/loss": train_loss, "train/ppl": math.exp(train_loss),
+            "epoch": self.current_epoch, "train/loss": train_loss, "train/ppl": perplexity(train_loss),
             "tokens_per_sec": tokens / elapsed if elapsed > 0 else 0.0,
             "grad_norm": s["grad_norm"] / max(s["batches"], 1), "train/lr": self._epoch_lr})
-        self.log("train/ppl", math.exp(train_loss), prog_bar=True, logger=False)
+        self.log("train/ppl", perplexity(train_loss), prog_bar=True, logger=False)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
