@@ -14,6 +14,7 @@ from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
+from lyricist.tracking.results import log_evaluation
 
 
 def main(argv=None) -> None:
@@ -27,10 +28,10 @@ def main(argv=None) -> None:
                         "(default: fit it here again)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = OmegaConf.load(args.params)
+    settings = OmegaConf.to_container(OmegaConf.load(args.params), resolve=True)
     start = time.perf_counter()
     result, samples_md = evaluate_checkpoint(
-        args.checkpoint, Path(args.data_dir), **evaluation_settings(OmegaConf.to_container(p, resolve=True)),
+        args.checkpoint, Path(args.data_dir), **evaluation_settings(settings),
         ngram_path=args.ngram, report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
@@ -38,6 +39,8 @@ def main(argv=None) -> None:
     write_text(args.samples, samples_md)
     print(f"{summary(result, seconds)}{lyrics_summary(result)}\n\n"
           f"evaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
+    # Into the MLflow run that trained the checkpoint (logger.enabled), after the files are safe.
+    log_evaluation(args.checkpoint, result.as_flat_dict(), [args.metrics, args.samples], settings)
 
 
 def summary(result: EvaluationResult, seconds: float) -> str:

@@ -27,10 +27,16 @@ def trained_run(tiny_cfg, tiny_data, tmp_path):
     return tiny_cfg.logger.tracking_uri, run.info.run_id
 
 
-def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
+def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run, monkeypatch):
     uri, run_id = trained_run
     mlflow.set_tracking_uri(uri)
+    # Models from code: a file and plain artifacts, loaded with MLflow's pickle loading refused.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    flavor = model.metadata.flavors["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor  # no pickle file
+    assert {Path(a.path).name for a in MlflowClient(uri).list_artifacts(run_id, "model/artifacts")} == {
+        "model_arguments.json", "vocab.json", "weights.npz"}
     assert [c.name for c in model.metadata.get_input_schema().inputs][0] == "prefix"
     table = pd.DataFrame({"prefix": ["分开", "不分开", "分开", "分开"], "num_chars": [5, 8, 6, 6],
                           "strategy": ["greedy", "greedy", "sample", "sample"],

@@ -24,6 +24,9 @@ T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
+# The UI opens an experiment of this kind on its training runs (the runs table), not on the GenAI
+# overview (traces, sessions) it shows an experiment without a kind.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -56,26 +59,34 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     return fn()  # the last attempt: its error, locked or not, goes to the caller
 
 
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create the store and experiment if needed (before training starts) and return its id."""
+def check_reachable(tracking_uri: str) -> None:
+    """A tracking server answers, asked once, quickly (MLflow's own HTTP client retries for minutes)."""
     if tracking_uri.startswith(("http://", "https://")):
-        # MLflow's own HTTP client retries for minutes; ask once, quickly, before training.
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
             raise TrackingError(f"cannot reach the MLflow tracking server {tracking_uri} ({err}). Start it "
                                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
                                "train without it (logger=none)") from err
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create the store and experiment if needed (before training starts) and return its id."""
+    check_reachable(tracking_uri)  # before training, not after it
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def get_or_create() -> str:
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
-        except MlflowException:  # created meanwhile by a parallel job
-            return client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri),
+                                                tags=EXPERIMENT_TAGS)
+            except MlflowException:  # created meanwhile by a parallel job
+                experiment = client.get_experiment_by_name(name)
+        for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag, or by hand
+            if experiment.tags.get(key) is None:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     try:
         return with_retry(get_or_create)
