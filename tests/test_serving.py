@@ -48,6 +48,37 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run, monkeypatch):
     assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
 
 
+def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_data(trained_run, monkeypatch, capsys):
+    from lyricist import generate
+    from lyricist.tracking import registry
+
+    uri, run_id = trained_run
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("lyricist", "champion")  # the first version: champion
+    assert champion.run_id == run_id and champion.tags["data_md5"] == client.get_run(run_id).data.tags["data_md5"]
+    first_ppl = float(champion.tags["val_ppl"])
+    assert first_ppl == pytest.approx(client.get_run(run_id).data.metrics["best/val_ppl"])
+    model = client.get_logged_model(client.get_run(run_id).outputs.model_outputs[0].model_id)
+
+    def register(ppl: float) -> int:
+        return registry.register(uri, "lyricist", model.model_uri, model.model_id, run_id, ppl)
+
+    worse, better = register(first_ppl + 1), register(first_ppl - 1)
+    assert client.get_model_version_by_alias("lyricist", "champion").version == better != worse
+    client.set_tag(run_id, "data_md5", "another-corpus")  # a better number on other data does not compare
+    other = register(first_ppl - 5)
+    assert client.get_model_version_by_alias("lyricist", "champion").version == better
+    assert f"registered lyricist version {other}: champion stays (version {better} was trained on other data" in (
+        capsys.readouterr().out)
+
+    # The registry's model generates from the command line.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert generate.main(["--model", "models:/lyricist@champion", "--prefix", "分开", "--num-chars", "5"]) == 0
+    assert capsys.readouterr().out.startswith("分开")
+    assert generate.main(["--model", "models:/lyricist@nobody", "--prefix", "分开"]) == 2
+    assert "cannot load the MLflow model models:/lyricist@nobody" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("records, message", [
     ([{"prefix": None}], 'row 0: prefix: null is not allowed: use a non-empty string, e.g. "prefix": "分开"'),
     ([{"prefix": ""}], "row 0: prefix: '' is not allowed: use a non-empty string"),
@@ -94,12 +125,13 @@ def _builds() -> int:
 
 @pytest.mark.slow
 def test_served_model_answers_a_request(trained_run, tmp_path):
+    """The registry's champion (the run's model, the first version), served from the SQLite store."""
     uri, run_id = trained_run
     assert kernels.step_kernels() is not None or not kernels.switch.on
     builds_before = _builds()
     port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-               f"runs:/{run_id}/model", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
+               "models:/lyricist@champion", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
     with serving(command, f"http://127.0.0.1:{port}/ping", cwd=tmp_path,
                  env=dict(os.environ, MLFLOW_TRACKING_URI=uri,  # mlflow starts the venv's uvicorn
                            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")):

@@ -37,7 +37,7 @@ from lyricist.data.vocab import OPTION_DEFAULTS, Vocab, check_options, load_ids
 from lyricist.generate import DECODING_RULES
 from lyricist import errors, rundir
 from lyricist.project import project_root
-from lyricist.tracking import serving, store, sweep
+from lyricist.tracking import inputs, registry, serving, store, sweep
 from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
 from lyricist.training.module import TrainingDiverged
 
@@ -163,6 +163,7 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     run_id = mlf.run_id if mlf else None
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
+        inputs.log_corpus(tracking_uri, run_id, cfg.data.name, root / cfg.data.raw_path, root / cfg.paths.encoded)
     # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
     # now, before train.overwrite removes anything: a probe that writes nothing.
     try:
@@ -195,7 +196,8 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
                           callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id, train_text=train_text),
                           default_root_dir=str(output_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    with inputs.system_metrics(tracking_uri, run_id, cfg.logger.get("system_metrics", True)):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     if not trainer.is_global_zero:  # DDP: rank 0 reports
         return {}
@@ -207,7 +209,8 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
         _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
-                           cfg.logger.serve_max_num_chars, cfg.logger.serve_max_seconds)
+                           cfg.logger.serve_max_num_chars, cfg.logger.serve_max_seconds,
+                           cfg.logger.get("registered_model_name"))
     _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
     return metrics
 
@@ -290,15 +293,18 @@ def _mlflow_logger(cfg: DictConfig, tracking_uri: str, root: Path, resume_run_id
 
 def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Vocab,
                        best_val_ppl: float, log_model: bool, serve_max_num_chars: int,
-                       serve_max_seconds: float) -> None:
+                       serve_max_seconds: float, registered_model_name: str | None = None) -> None:
     client, run_id = mlf.experiment, mlf.run_id
     store.with_retry(lambda: client.log_metric(run_id, "best/val_ppl", best_val_ppl))
     store.with_retry(lambda: client.log_artifact(run_id, best_path, "checkpoints"))
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars,
-                                 max_seconds=serve_max_seconds)
+        model = serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=serve_max_num_chars,
+                                         max_seconds=serve_max_seconds)
+        if registered_model_name:  # a new version; the alias `champion` moves only to a better one
+            registry.register(tracking_uri, registered_model_name, model.model_uri, model.model_id, run_id,
+                              best_val_ppl)
     mlf.finalize("success")
 
 

@@ -196,3 +196,22 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
+
+
+def load_logged_model(model_uri: str, tracking_uri: str | None = None):
+    """The network and vocabulary (lyricist.checkpoint.LoadedModel) of a logged lyricist model,
+    `models:/lyricist@champion` or `runs:/<run id>/model`, from the store of `tracking_uri`,
+    else $MLFLOW_TRACKING_URI, else the project's mlflow.db."""
+    from lyricist.tracking import store
+
+    uri = store.resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        raise ValueError(f"cannot load the MLflow model {model_uri} from {uri}: {err.message}. Train one first "
+                         "(`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it") from err
+    python_model = model.unwrap_python_model()
+    if not hasattr(python_model, "loaded"):  # by attribute: the class may come from the model's code/ copy
+        raise ValueError(f"{model_uri} is not a lyricist model (its class is {type(python_model).__name__})")
+    return python_model.loaded
