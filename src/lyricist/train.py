@@ -39,6 +39,7 @@ from lyricist import errors, rundir
 from lyricist.project import project_root
 from lyricist.tracking import inputs, registry, serving, store, sweep
 from lyricist.training.callbacks import EpochCSVLogger, read_epoch_history
+from lyricist.training import quiet
 from lyricist.training.module import TrainingDiverged
 
 WIRING = ("module", "datamodule", "callbacks")  # built from the other sections: not logged twice
@@ -141,6 +142,7 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     Hydra sweeper can use it.
     """
     check_settings(cfg)
+    quiet.silence_known_noise()
     output_dir = Path(output_dir)
     overwrite = bool(OmegaConf.select(cfg, "train.overwrite", default=False))
     rundir.check_run_dir(output_dir, bool(cfg.train.resume), overwrite)  # reads only
@@ -167,7 +169,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
     # now, before train.overwrite removes anything: a probe that writes nothing.
     try:
-        instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        with quiet.quiet_probe():
+            instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     except MisconfigurationException as err:
         raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={cfg.trainer.accelerator}, "
                          f"devices={cfg.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "

@@ -17,6 +17,7 @@ it loads without this checkout and without unpickling anything
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import numbers
 import re
@@ -187,6 +188,9 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     from lyricist.tracking.model_files import write_model_files
 
     mlflow.set_tracking_uri(tracking_uri)
+    # Its INFO line "Validating input example against model signature" is about our own fixed
+    # INPUT_EXAMPLE, once a run; a failed check still warns.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as files, mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
