@@ -140,31 +140,18 @@ def test_a_run_killed_while_writing_leaves_the_previous_reports(tmp_path, monkey
     assert {p.name: p.read_text() for p in reports.iterdir()} == before  # and no temporary file left
 
 
-def _evaluate_for_real(tmp_path: Path, cfg, checkpoint: Path) -> dict:
-    """pipelines/evaluate.py on a trained checkpoint with `cfg` as params.yaml; its metrics.json."""
-    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "pipelines" / "evaluate.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    params = tmp_path / "params.yaml"
-    OmegaConf.save(cfg, params)
-    reports = tmp_path / "reports"
-    stage.main(["--checkpoint", str(checkpoint), "--data-dir", cfg.paths.encoded, "--params", str(params),
-                "--metrics", str(reports / "metrics.json"), "--samples", str(reports / "samples.md")])
-    return json.loads((reports / "metrics.json").read_text())
-
-
 def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_data, tmp_path, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from conftest import with_data
+    from conftest import evaluate_stage, with_data
     from lyricist.train import train
 
     cfg = with_data(tiny_cfg, tiny_data)
     cfg.evaluate.dynamic_lrs, cfg.evaluate.krause_lrs, cfg.baseline.max_order = [1.0], [], 3
     train(cfg, output_dir=tmp_path / "run")
     checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    metrics = _evaluate_for_real(tmp_path, cfg, checkpoint)
+    metrics = evaluate_stage(tmp_path, cfg, checkpoint)
     client = MlflowClient(cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist").experiment_id
     [run] = client.search_runs([experiment])
@@ -185,7 +172,7 @@ def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_
     assert {m.key: m.value for m in model.metrics}["test/ppl"] == pytest.approx(metrics["test_ppl"])
 
     # Again on the same checkpoint: the same run, one value at the checkpoint's epoch per evaluation.
-    _evaluate_for_real(tmp_path, cfg, checkpoint)
+    evaluate_stage(tmp_path, cfg, checkpoint)
     [again] = client.search_runs([experiment])
     assert again.info.run_id == run.info.run_id
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/ppl")] == [metrics["epoch"]] * 2
@@ -193,6 +180,13 @@ def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_
     # Tracking off: the files still, nothing logged.
     cfg.logger.enabled = False
     (tmp_path / "reports" / "metrics.json").unlink()
-    _evaluate_for_real(tmp_path, cfg, checkpoint)
+    evaluate_stage(tmp_path, cfg, checkpoint)
     assert (tmp_path / "reports" / "metrics.json").is_file()
     assert len(client.get_metric_history(run.info.run_id, "test/ppl")) == 2
+
+    # A store that is not there (the checkpoint pulled without mlflow.db): one line, no empty store made.
+    cfg.logger.enabled, cfg.logger.tracking_uri = True, f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    capsys.readouterr()
+    evaluate_stage(tmp_path, cfg, checkpoint)
+    assert f"results not logged to MLflow run {run.info.run_id} in sqlite:///" in capsys.readouterr().out
+    assert not (tmp_path / "elsewhere.db").exists()

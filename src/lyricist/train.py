@@ -214,7 +214,8 @@ def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resum
         _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], cfg.logger.log_model,
                            cfg.logger.serve_max_num_chars, cfg.logger.serve_max_seconds,
                            cfg.logger.get("registered_model_name"))
-    _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri)
+    _print_summary(output_dir, best_path, metrics, run_id, cfg.logger.experiment_name, tracking_uri,
+                   mlf.experiment_id if mlf else None)
     return metrics
 
 
@@ -350,14 +351,15 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
 
 
 def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str | None,
-                   experiment_name: str, tracking_uri: str | None) -> None:
+                   experiment_name: str, tracking_uri: str | None, experiment_id: str | None = None) -> None:
     lines = ["", "lyricist: training finished",
              f"  best val perplexity   {metrics['val/ppl']:.2f}",
              f"  best checkpoint       {best_path}",
              f"  per-epoch metrics     {output_dir / 'metrics.csv'}"]
     if run_id:
         lines.append(f"  MLflow run            {run_id} (experiment {experiment_name!r})")
-        lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}")
+        lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}, then "
+                     f"{store.experiment_url(store.UI_URL, experiment_id)}")
     print("\n".join(lines))
 
 

@@ -70,8 +70,11 @@ def log_evaluation(checkpoints: Sequence[str], flat: Mapping[str, float], files:
         report(f"evaluate: {checkpoints[0]} was trained without MLflow: results not logged")
         return None
     root = (params.get("paths") or {}).get("root")
-    uri = store.resolve_tracking_uri(logger.get("tracking_uri"), project_root(root) if root else None)
+    uri = logger.get("tracking_uri") or "the project's store"
     try:
+        uri = store.resolve_tracking_uri(logger.get("tracking_uri"), project_root(root) if root else None)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise FileNotFoundError("no such file")  # and MLflow would make an empty store there
         store.check_reachable(uri)
         _log(uri, run_id, metric_names(flat), int(flat.get("epoch") or 0), files)
     except Exception as err:  # the reports are written: a missing store or run costs only this

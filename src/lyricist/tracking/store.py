@@ -24,9 +24,16 @@ T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
-# The UI opens an experiment of this kind on its training runs (the runs table), not on the GenAI
-# overview (traces, sessions) it shows an experiment without a kind.
+# The experiment's kind: model training, not a GenAI app. MLflow's UI opens such an experiment on
+# its runs table; 3.17's UI, though, follows its GenAI / Model training switch (remembered by the
+# browser, GenAI at first) over this tag, hence the link with ?workflowType= (experiment_url).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The UI's page of the experiment's training runs, whichever way its GenAI switch stands."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 class TrackingError(RuntimeError):
