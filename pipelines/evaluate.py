@@ -13,6 +13,7 @@ from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
+from lyricist.tracking.results import log_evaluation
 
 
 def main(argv=None) -> None:
@@ -36,6 +37,8 @@ def main(argv=None) -> None:
     write_text(args.samples, samples_md)
     print(f"{summary(result, seconds)}{lyrics_summary(result)}\n\n"
           f"evaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
+    # Into the MLflow run that trained the checkpoint (logger.enabled), after the files are safe.
+    log_evaluation(args.checkpoint, result.as_flat_dict(), [args.metrics, args.samples], s.logger, s.paths.root)
 
 
 def summary(result: EvaluationResult, seconds: float) -> str:

@@ -114,6 +114,24 @@ def serving(command: list[str], ready_url: str, cwd: Path, env=None, timeout: fl
             server.kill()
 
 
+def evaluate_stage(tmp_path: Path, cfg, checkpoint: Path) -> dict:
+    """pipelines/evaluate.py run for real on `checkpoint`, `cfg` as its params.yaml; its metrics.json."""
+    import importlib.util
+    import json
+
+    from omegaconf import OmegaConf
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "pipelines" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(cfg, params)
+    reports = tmp_path / "reports"
+    stage.main(["--checkpoint", str(checkpoint), "--data-dir", cfg.paths.encoded, "--params", str(params),
+                "--metrics", str(reports / "metrics.json"), "--samples", str(reports / "samples.md")])
+    return json.loads((reports / "metrics.json").read_text())
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

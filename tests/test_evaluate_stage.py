@@ -96,7 +96,7 @@ def _stage(monkeypatch, result: EvaluationResult):
 
 def _args(tmp_path: Path) -> list[str]:
     params = tmp_path / "params.yaml"
-    OmegaConf.save(compose_config(["train.eval_batch_size=2", "data.num_steps=8", "data.prefixes=[a]",
+    OmegaConf.save(compose_config(["logger=none", "train.eval_batch_size=2", "data.num_steps=8", "data.prefixes=[a]",
                                    "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]"]),
                    params, resolve=True)
     return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),
@@ -136,3 +136,55 @@ def test_a_run_killed_while_writing_leaves_the_previous_reports(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         _stage(monkeypatch, EvaluationResult(Perplexities(5.0), 1)).main(_args(tmp_path))
     assert {p.name: p.read_text() for p in reports.iterdir()} == before  # and no temporary file left
+
+
+def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_data, tmp_path, capsys):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from conftest import evaluate_stage, with_data
+    from lyricist.train import train
+
+    cfg = with_data(tiny_cfg, tiny_data)
+    cfg.evaluate.dynamic_lrs, cfg.evaluate.krause_lrs, cfg.baseline.max_order = [1.0], [], 3
+    train(cfg, output_dir=tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    metrics = evaluate_stage(tmp_path, cfg, checkpoint)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name("lyricist").experiment_id
+    [run] = client.search_runs([experiment])
+    logged = run.data.metrics
+    assert logged["test/ppl"] == pytest.approx(metrics["test_ppl"])
+    assert logged["kn/test_ppl"] == pytest.approx(metrics["ngram_test_ppl"]) and logged["kn/order"] <= 3
+    assert logged["mixed/test_ppl"] == pytest.approx(metrics["interpolated_test_ppl"])
+    assert logged["dynamic/test_ppl"] == pytest.approx(metrics["dynamic_test_ppl"])
+    assert logged["ratio/network_to_kn_val"] == pytest.approx(metrics["val_ppl"] / metrics["ngram_val_ppl"])
+    assert logged["human_test/distinct_1"] == pytest.approx(metrics["human_test_distinct_1"])
+    assert not [k for k in logged if k.startswith("evaluate/")]  # every key has its name
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
+        "evaluation/metrics.json", "evaluation/samples.md"}
+    assert f"results logged to MLflow run {run.info.run_id}" in capsys.readouterr().out
+    # The logged model carries them: search_logged_models ranks by test perplexity.
+    [model] = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                          order_by=[{"field_name": "metrics.test/ppl", "ascending": True}])
+    assert {m.key: m.value for m in model.metrics}["test/ppl"] == pytest.approx(metrics["test_ppl"])
+
+    # Again on the same checkpoint: the same run, one value at the checkpoint's epoch per evaluation.
+    evaluate_stage(tmp_path, cfg, checkpoint)
+    [again] = client.search_runs([experiment])
+    assert again.info.run_id == run.info.run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/ppl")] == [metrics["epoch"]] * 2
+
+    # Tracking off: the files still, nothing logged.
+    cfg.logger.enabled = False
+    (tmp_path / "reports" / "metrics.json").unlink()
+    evaluate_stage(tmp_path, cfg, checkpoint)
+    assert (tmp_path / "reports" / "metrics.json").is_file()
+    assert len(client.get_metric_history(run.info.run_id, "test/ppl")) == 2
+
+    # A store that is not there (the checkpoint pulled without mlflow.db): one line, no empty store made.
+    cfg.logger.enabled, cfg.logger.tracking_uri = True, f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    capsys.readouterr()
+    evaluate_stage(tmp_path, cfg, checkpoint)
+    assert f"results not logged to MLflow run {run.info.run_id} in sqlite:///" in capsys.readouterr().out
+    assert not (tmp_path / "elsewhere.db").exists()

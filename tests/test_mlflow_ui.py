@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, serving, with_data
+from conftest import evaluate_stage, free_port, serving, with_data
 from lyricist.train import train
+from lyricist.tracking.store import experiment_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,12 +28,16 @@ def ui(tiny_cfg, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it with apt)")
-def test_run_page_shows_name_metric_and_samples(tiny_cfg, tiny_data, tmp_path, ui):
+def test_run_page_shows_name_metric_and_samples(tiny_cfg, tiny_data, tmp_path, ui, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     tiny_cfg.logger.run_name = "tiny-lstm-ui-check"
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s outlasts a tiny run
     # The store must exist before the server starts: train first, then browse.
-    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    cfg = with_data(tiny_cfg, tiny_data)
+    cfg.evaluate.dynamic_lrs, cfg.evaluate.krause_lrs, cfg.baseline.max_order = [], [], 3
+    train(cfg, output_dir=tmp_path / "run")
+    evaluate_stage(tmp_path, cfg, tmp_path / "run" / "checkpoints" / "best.ckpt")  # test/ppl into the run
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist")
     [run] = client.search_runs([experiment.experiment_id])
@@ -48,7 +53,25 @@ def test_run_page_shows_name_metric_and_samples(tiny_cfg, tiny_data, tmp_path, u
             page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
             page.get_by_text("tiny-lstm-ui-check").first.wait_for(timeout=60_000)
             page.get_by_text("val/ppl").first.wait_for(timeout=60_000)
+            # The evaluate stage's held-out result and the corpus the run read.
+            page.get_by_text("test/ppl").first.wait_for(timeout=60_000)
+            page.get_by_text(f"jaychou ({run.data.tags['data_md5']})").first.wait_for(timeout=60_000)
             page.screenshot(path=str(shots / "mlflow_run.png"), full_page=True)
+
+            page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/system-metrics")
+            page.get_by_text("cpu_utilization_percentage").first.wait_for(timeout=60_000)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # a chart drawn, not a spinner
+            page.screenshot(path=str(shots / "mlflow_system_metrics.png"), full_page=True)
+
+            # The link the training summary prints opens on the runs table (store.experiment_url).
+            page.goto(experiment_url(ui, experiment.experiment_id))
+            page.get_by_text("tiny-lstm-ui-check").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(shots / "mlflow_experiment.png"), full_page=True)
+
+            page.goto(f"{ui}/#/models/lyricist")
+            page.get_by_text("Version 1").first.wait_for(timeout=60_000)
+            page.get_by_text("champion").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(shots / "mlflow_registered_model.png"), full_page=True)
 
             page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/artifacts")
             page.get_by_text("samples", exact=True).first.wait_for(timeout=60_000)

@@ -83,8 +83,14 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run_info] = client.search_runs(client.get_experiment_by_name("lyricist").experiment_id)
     assert run_info.data.tags["data_md5"] == "8a12a520f603e35039e7df0c2b41c839"
+    # The evaluate stage's numbers in the run that trained the checkpoint; its model registered.
+    assert run_info.data.metrics["test/ppl"] == pytest.approx(metrics["test_ppl"])
+    [version] = client.search_model_versions("name = 'lyricist'")
+    assert version.run_id == run_info.info.run_id
+    assert client.get_model_version_by_alias("lyricist", "champion").version == version.version
 
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], project)
+    assert len(client.search_model_versions("name = 'lyricist'")) == 1  # nothing ran: nothing registered
 
     assert "val_ppl" in run(["dvc", "metrics", "show"], project)
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)

@@ -29,10 +29,16 @@ def trained_run(tiny_cfg, tiny_data, tmp_path):
     return tiny_cfg.logger.tracking_uri, run.info.run_id
 
 
-def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
+def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run, monkeypatch):
     uri, run_id = trained_run
     mlflow.set_tracking_uri(uri)
+    # Models from code: a file and plain artifacts, loaded with MLflow's pickle loading refused.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    flavor = model.metadata.flavors["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor  # no pickle file
+    assert {Path(a.path).name for a in MlflowClient(uri).list_artifacts(run_id, "model/artifacts")} == {
+        "model_arguments.json", "vocab.json", "weights.npz", "decoding.json"}
     assert [c.name for c in model.metadata.get_input_schema().inputs][0] == "prefix"
     table = pd.DataFrame({"prefix": ["分开", "不分开", "分开", "分开"], "num_chars": [5, 8, 6, 6],
                           "strategy": ["greedy", "greedy", "sample", "sample"],
@@ -42,6 +48,37 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run):
     assert lyrics[2] == lyrics[3] and lyrics[2].startswith("分开")  # same seed, same sample
     only_prefix = model.predict(pd.DataFrame({"prefix": ["战争中部队"]}))["lyrics"][0]
     assert only_prefix.startswith("战争中部队") and len(only_prefix) > len("战争中部队")
+
+
+def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_data(trained_run, monkeypatch, capsys):
+    from lyricist import generate
+    from lyricist.tracking import registry
+
+    uri, run_id = trained_run
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("lyricist", "champion")  # the first version: champion
+    assert champion.run_id == run_id and champion.tags["data_md5"] == client.get_run(run_id).data.tags["data_md5"]
+    first_ppl = float(champion.tags["val_ppl"])
+    assert first_ppl == pytest.approx(client.get_run(run_id).data.metrics["best/val_ppl"])
+    model = client.get_logged_model(client.get_run(run_id).outputs.model_outputs[0].model_id)
+
+    def register(ppl: float) -> int:
+        return registry.register(uri, "lyricist", model.model_uri, model.model_id, run_id, ppl)
+
+    worse, better = register(first_ppl + 1), register(first_ppl - 1)
+    assert client.get_model_version_by_alias("lyricist", "champion").version == better != worse
+    client.set_tag(run_id, "data_md5", "another-corpus")  # a better number on other data does not compare
+    other = register(first_ppl - 5)
+    assert client.get_model_version_by_alias("lyricist", "champion").version == better
+    assert f"registered lyricist version {other}: champion stays (version {better} was trained on other data" in (
+        capsys.readouterr().out)
+
+    # The registry's model generates from the command line.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert generate.main(["--model", "models:/lyricist@champion", "--prefix", "分开", "--num-chars", "5"]) == 0
+    assert capsys.readouterr().out.startswith("分开")
+    assert generate.main(["--model", "models:/lyricist@nobody", "--prefix", "分开"]) == 2
+    assert "cannot load the MLflow model models:/lyricist@nobody" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("records, message", [
@@ -94,12 +131,13 @@ def _builds() -> int:
 
 @pytest.mark.slow
 def test_served_model_answers_a_request(trained_run, tmp_path):
+    """The registry's champion (the run's model, the first version), served from the SQLite store."""
     uri, run_id = trained_run
     assert kernels.step_kernels() is not None or not kernels.switch.on
     builds_before = _builds()
     port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-               f"runs:/{run_id}/model", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
+               "models:/lyricist@champion", "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
     with serving(command, f"http://127.0.0.1:{port}/ping", cwd=tmp_path,
                  env=dict(os.environ, MLFLOW_TRACKING_URI=uri,  # mlflow starts the venv's uvicorn
                            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")):

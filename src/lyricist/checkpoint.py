@@ -61,6 +61,13 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     return {**meta, "epoch": checkpoint.get("epoch")}
 
 
+def model_from_config(model_config: dict) -> RecurrentLM:
+    """The (untrained) RecurrentLM a checkpoint's `model_config` describes: its ModelSettings and vocab_size."""
+    config = dict(model_config)
+    vocab_size = config.pop("vocab_size")
+    return RecurrentLM(ModelSettings(**config), vocab_size)
+
+
 def load_checkpoint(path: str | Path | Sequence[str | Path],
                     map_location: str | torch.device = "cpu") -> LoadedModel:
     """The model (in eval mode), its vocabulary and its run's facts; for a list of two or more
@@ -78,9 +85,7 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
                            meta={"epoch": None, "members": [m.meta for m in loaded]})
     checkpoint = _read(Path(path), map_location)
     extra = dict(checkpoint["lyricist"])
-    config = dict(extra.pop("model_config"))
-    vocab_size = config.pop("vocab_size")
-    model = RecurrentLM(ModelSettings(**config), vocab_size)
+    model = model_from_config(extra.pop("model_config"))
     vocab = Vocab.from_dict(extra.pop("vocab"))
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
                            if k.startswith(MODEL_PREFIX)})

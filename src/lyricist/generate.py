@@ -2,6 +2,7 @@
 
 Library: `generate(model, vocab, prefix, ...)` (knows nothing of Lightning).
 CLI:     `python -m lyricist.generate --checkpoint models/checkpoints/best.ckpt --prefix 分开`
+         `lyricist-generate --model models:/lyricist@champion --prefix 分开` (the MLflow registry's)
 
 Decoding, applied to each step's logits in this order:
   1. repetition controls (greedy and sample alike): `no_repeat_ngram=n` forbids the token that
@@ -195,8 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lyricist.checkpoint import check_same_vocab, load_checkpoint
 
     parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
-    parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="e.g. models/checkpoints/best.ckpt; several: their ensemble")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", nargs="+", help="e.g. models/checkpoints/best.ckpt; several: their ensemble")
+    source.add_argument("--model", help="a logged MLflow model, e.g. models:/lyricist@champion (the registry's "
+                        "best) or runs:/<run id>/model; the store: $MLFLOW_TRACKING_URI, else the project's mlflow.db")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
     decoding_arguments(parser)
@@ -207,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         decoding_of(args, Decoding())  # a bad flag fails before the checkpoint is read
-        loaded = load_checkpoint(args.checkpoint)
+        if args.model:
+            from lyricist.tracking.serving import load_logged_model  # MLflow only when asked for
+            loaded = load_logged_model(args.model)
+        else:
+            loaded = load_checkpoint(args.checkpoint)
         if args.data_dir is not None:
             check_same_vocab(loaded, args.checkpoint, args.data_dir)
         decoding = decoding_of(args, loaded.decoding)

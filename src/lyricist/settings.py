@@ -212,7 +212,8 @@ class LoggerSettings(Section):
     log_model: bool = _f("log the best checkpoint as an MLflow pyfunc model")
     serve_max_num_chars: Count = _f("the served model refuses a row asking for more tokens than this", le=100000)
     serve_max_seconds: Positive = _f("the served model stops a request running longer (HTTP 429)", le=3600)
-    registered_model_name: str | None = _f("a sweep registers its best job's model under this name")
+    registered_model_name: str | None = _f("register each trained model as a version of this name (alias champion on the best val ppl of a corpus); null: none")
+    system_metrics: bool = _f("MLflow's sampler logs CPU, memory, disk, network (and NVIDIA GPU) figures as system/*")
 
 
 class TrainSettings(Section):

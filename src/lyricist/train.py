@@ -37,7 +37,8 @@ from lyricist.data.prepared import check_record
 from lyricist.data.vocab import Vocab, load_ids
 from lyricist.models import RecurrentLM
 from lyricist.project import project_root
-from lyricist.tracking import serving, store, sweep
+from lyricist.tracking import inputs, registry, serving, store, sweep
+from lyricist.training import quiet
 from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, TrainingDiverged
@@ -53,6 +54,7 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     Returns the final metrics, among them `val/ppl` (the best epoch's), what a search minimises.
     """
     s = settings.load(cfg)  # every value checked, before any data is read or any output written
+    quiet.silence_known_noise()
     output_dir = Path(output_dir)
     rundir.check_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)  # reads only
     root = project_root(s.paths.root)
@@ -76,10 +78,12 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     run_id = mlf.run_id if mlf else None
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
+        inputs.log_corpus(tracking_uri, run_id, cfg.data.name, root / cfg.data.raw_path, root / cfg.paths.encoded)
     # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
     # now, before train.overwrite removes anything: a probe that writes nothing.
     try:
-        instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        with quiet.quiet_probe():
+            instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     except MisconfigurationException as err:
         raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={s.trainer.accelerator}, "
                          f"devices={s.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
@@ -109,7 +113,8 @@ def _fit_and_report(cfg: DictConfig, s: settings.Settings, output_dir: Path, mod
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
                           callbacks=callbacks, default_root_dir=str(output_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    with inputs.system_metrics(tracking_uri, run_id, s.logger.system_metrics):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     if not trainer.is_global_zero:  # DDP: rank 0 reports
         return {}
@@ -121,7 +126,8 @@ def _fit_and_report(cfg: DictConfig, s: settings.Settings, output_dir: Path, mod
     best_path = trainer.checkpoint_callback.best_model_path
     if mlf:
         _finish_mlflow_run(mlf, tracking_uri, best_path, vocab, metrics["val/ppl"], s.logger)
-    _print_summary(output_dir, best_path, metrics, run_id, s.logger.experiment_name, tracking_uri)
+    _print_summary(output_dir, best_path, metrics, run_id, s.logger.experiment_name, tracking_uri,
+                   mlf.experiment_id if mlf else None)
     return metrics
 
 
@@ -209,8 +215,11 @@ def _finish_mlflow_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, voc
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if logger.log_model:
-        serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=logger.serve_max_num_chars,
-                                 max_seconds=logger.serve_max_seconds)
+        model = serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=logger.serve_max_num_chars,
+                                         max_seconds=logger.serve_max_seconds)
+        if logger.registered_model_name:  # a new version; the alias `champion` moves only to a better one
+            registry.register(tracking_uri, logger.registered_model_name, model.model_uri, model.model_id, run_id,
+                              best_val_ppl)
     mlf.finalize("success")
 
 
@@ -263,14 +272,15 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
 
 
 def _print_summary(output_dir: Path, best_path: str, metrics: dict, run_id: str | None,
-                   experiment_name: str, tracking_uri: str | None) -> None:
+                   experiment_name: str, tracking_uri: str | None, experiment_id: str | None = None) -> None:
     lines = ["", "lyricist: training finished",
              f"  best val perplexity   {metrics['val/ppl']:.2f}",
              f"  best checkpoint       {best_path}",
              f"  per-epoch metrics     {output_dir / 'metrics.csv'}"]
     if run_id:
         lines.append(f"  MLflow run            {run_id} (experiment {experiment_name!r})")
-        lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}")
+        lines.append(f"  browse                mlflow ui --backend-store-uri {tracking_uri}, then "
+                     f"{store.experiment_url(store.UI_URL, experiment_id)}")
     print("\n".join(lines))
 
 

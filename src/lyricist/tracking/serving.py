@@ -6,15 +6,21 @@
 turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, top_p,
 repetition_penalty, repetition_window, no_repeat_ngram, seed)
 into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
-(characters, or words for data.tokenizer=word), and num_chars counts those tokens. The model directory carries the checkpoint (weights + model
-arguments + vocabulary) and lyricist's own code, so it loads without this checkout.
+(characters, or words for data.tokenizer=word), and num_chars counts those tokens.
+
+The model is logged "from code" (lyricist/tracking/pyfunc_model.py), with the weights, model
+arguments and vocabulary as plain files (lyricist.tracking.model_files) and lyricist's own code:
+it loads without this checkout and without unpickling anything
+(MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -109,10 +115,9 @@ INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_char
 
 class LyricsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from lyricist.checkpoint import load_checkpoint
+        from lyricist.tracking.model_files import read_model_files
 
-        members = sorted((k for k in context.artifacts if k.startswith("checkpoint_")), key=lambda k: int(k[11:]))
-        self.loaded = load_checkpoint([context.artifacts[k] for k in members] or context.artifacts["checkpoint"])
+        self.loaded = read_model_files(context.artifacts)
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
@@ -154,18 +159,40 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
                      registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS,
                      max_seconds: float = MAX_SECONDS):
-    """Log the checkpoint as the run's `model` (pyfunc), refusing requests for more than
+    """Log the checkpoint as the run's `model` (pyfunc, from code), refusing requests for more than
     `max_num_chars` tokens a row; optionally register it. Several checkpoints: the model is their
-    ensemble (the mean of their probabilities, lyricist.models.ensemble)."""
-    paths = [checkpoint_path] if isinstance(checkpoint_path, (str, Path)) else list(checkpoint_path)
-    artifacts = ({"checkpoint": str(paths[0])} if len(paths) == 1
-                 else {f"checkpoint_{i}": str(path) for i, path in enumerate(paths)})
+    ensemble (the mean of their probabilities, lyricist.models.ensemble). Returns MLflow's ModelInfo."""
+    from lyricist.tracking.model_files import write_model_files
+
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    # Its INFO line "Validating input example against model signature" is about our own fixed
+    # INPUT_EXAMPLE, once a run; a failed check still warns.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as files, mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
-            name="model", python_model=LyricsModel(), artifacts=artifacts,
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts=write_model_files(checkpoint_path, Path(files)),
             code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
             input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
             model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
+
+
+def load_logged_model(model_uri: str, tracking_uri: str | None = None):
+    """The network and vocabulary (lyricist.checkpoint.LoadedModel) of a logged lyricist model,
+    `models:/lyricist@champion` or `runs:/<run id>/model`, from the store of `tracking_uri`,
+    else $MLFLOW_TRACKING_URI, else the project's mlflow.db."""
+    from lyricist.tracking import store
+
+    uri = store.resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        raise ValueError(f"cannot load the MLflow model {model_uri} from {uri}: {err.message}. Train one first "
+                         "(`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it") from err
+    python_model = model.unwrap_python_model()
+    if not hasattr(python_model, "loaded"):  # by attribute: the class may come from the model's code/ copy
+        raise ValueError(f"{model_uri} is not a lyricist model (its class is {type(python_model).__name__})")
+    return python_model.loaded

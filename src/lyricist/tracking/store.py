@@ -24,6 +24,16 @@ T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
+# The experiment's kind: model training, not a GenAI app. MLflow's UI opens such an experiment on
+# its runs table; 3.17's UI, though, follows its GenAI / Model training switch (remembered by the
+# browser, GenAI at first) over this tag, hence the link with ?workflowType= (experiment_url).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The UI's page of the experiment's training runs, whichever way its GenAI switch stands."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 class TrackingError(RuntimeError):
@@ -56,10 +66,9 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     return fn()  # the last attempt: its error, locked or not, goes to the caller
 
 
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create the store and experiment if needed (before training starts) and return its id."""
+def check_reachable(tracking_uri: str) -> None:
+    """A tracking server answers, asked once, quickly (MLflow's own HTTP client retries for minutes)."""
     if tracking_uri.startswith(("http://", "https://")):
-        # MLflow's own HTTP client retries for minutes; ask once, quickly, before training.
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
@@ -67,15 +76,25 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
                                "(`mlflow server ...`), fix logger.tracking_uri / $MLFLOW_TRACKING_URI, or "
                                "train without it (logger=none)") from err
 
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create the store and experiment if needed (before training starts) and return its id."""
+    check_reachable(tracking_uri)  # before training, not after it
+    client = MlflowClient(tracking_uri=tracking_uri)
+
     def get_or_create() -> str:
         client = MlflowClient(tracking_uri=tracking_uri)  # an unknown scheme or a file store fails here
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
-        except MlflowException:  # created meanwhile by a parallel job
-            return client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri),
+                                                tags=EXPERIMENT_TAGS)
+            except MlflowException:  # created meanwhile by a parallel job
+                experiment = client.get_experiment_by_name(name)
+        for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag, or by hand
+            if experiment.tags.get(key) is None:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     try:
         return with_retry(get_or_create)

@@ -4,7 +4,8 @@
 before the jobs start it creates the store, the experiment and the parent run, and writes
 the parent's id into the sweep directory, where each job (in whatever process the launcher
 gives it: joblib, submitit) reads it and tags its own run `mlflow.parentRunId`. After the
-last job it logs the sweep's overrides and the best child's val perplexity on the parent.
+last job it logs the sweep's overrides and the best child's val perplexity on the parent, and
+puts the alias `best` on the best child's registered version (logger.registered_model_name).
 
 A job that fails marks the parent FAILED at once, in the job's own process (Hydra's basic
 sweeper raises the job's error after the batch and never calls on_multirun_end), with the
@@ -20,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -51,7 +51,6 @@ class MlflowSweepCallback(Callback):
         # Created here, once, before parallel jobs race to create tables and experiment.
         experiment_id = store.ensure_experiment(uri, config.logger.experiment_name)
         self.client = MlflowClient(uri)
-        mlflow.set_tracking_uri(uri)  # for register_model at the end
         overrides = " ".join(config.hydra.overrides.task)
         run = store.with_retry(lambda: self.client.create_run(
             experiment_id, run_name=f"sweep {overrides}"[:250],
@@ -92,8 +91,10 @@ class MlflowSweepCallback(Callback):
             store.with_retry(lambda: client.set_tag(parent, "best_child_run_id", best.info.run_id))
             name = config.logger.get("registered_model_name")
             if name and config.logger.get("log_model"):
-                version = mlflow.register_model(f"runs:/{best.info.run_id}/model", name).version
-                client.set_registered_model_alias(name, "best", version)
+                # Each job registered its model (lyricist.tracking.registry): the best one's version.
+                [version] = store.with_retry(lambda: client.search_model_versions(
+                    f"name = '{name}' and run_id = '{best.info.run_id}'"))
+                client.set_registered_model_alias(name, "best", version.version)
         failed = store.ERROR_TAG in store.with_retry(lambda: client.get_run(parent)).data.tags
         status = "FINISHED" if len(scored) == len(children) and children and not failed else "FAILED"
         store.with_retry(lambda: client.set_terminated(parent, status))

@@ -1,0 +1,9 @@
+"""The logged pyfunc model's code (MLflow's "models from code"): MLflow copies this file into the
+model and runs it at load time, instead of unpickling a Python object. The class and the files it
+reads are lyricist.tracking.serving's and lyricist.tracking.model_files'."""
+
+from mlflow.models import set_model
+
+from lyricist.tracking.serving import LyricsModel
+
+set_model(LyricsModel())

@@ -1,0 +1,103 @@
+"""The evaluate stage's results, logged into the MLflow run that trained the checkpoint.
+
+The run id travels in the checkpoint ("lyricist" -> mlflow_run_id). Every number of
+reports/metrics.json goes to that run under a name that says what it is (`test/ppl`,
+`kn/test_ppl`, `mixed/test_ppl`, `ratio/network_to_kn_val`, ...), at the checkpoint's epoch as
+step, and to the run's logged model (model_id), so `mlflow.search_logged_models` ranks models by
+them; the reports go in as artifacts under `evaluation/`. Evaluating the same checkpoint again
+logs the same names at the same step: the run shows the newest values, no second run appears.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lyricist.project import project_root
+from lyricist.settings import LoggerSettings
+from lyricist.tracking import store
+
+ARTIFACT_DIR = "evaluation"
+# reports/metrics.json's keys -> the run's metric names (kn: the baseline stage's Kneser-Ney model,
+# of the order in kn/order: one column whichever order wins on val). A key missing here is logged
+# as evaluate/<key>, so a number added to the report is never left out.
+NAMES = {
+    "val_ppl": "eval/val_ppl", "test_ppl": "test/ppl", "epoch": "eval/epoch",
+    "ngram_order": "kn/order", "ngram_val_ppl": "kn/val_ppl", "ngram_test_ppl": "kn/test_ppl",
+    "interpolation_weight": "mixed/weight", "interpolated_val_ppl": "mixed/val_ppl",
+    "interpolated_test_ppl": "mixed/test_ppl",
+    "ngram_adaptive_val_ppl": "kn_adaptive/val_ppl", "ngram_adaptive_test_ppl": "kn_adaptive/test_ppl",
+    **{f"{rule}_{key}": f"{rule}/{name}" for rule in ("dynamic", "krause") for key, name in [
+        ("lr", "lr"), ("interpolation_weight", "mixed_weight"), ("val_ppl", "val_ppl"), ("test_ppl", "test_ppl"),
+        ("interpolated_val_ppl", "mixed_val_ppl"), ("interpolated_test_ppl", "mixed_test_ppl")]},
+}
+PREFIXES = {"samples_": "eval_samples/", "human_test_": "human_test/"}  # the lyric metrics
+# (name, numerator, denominator): the network against the count-based model, < 1 when it wins.
+RATIOS = [("ratio/network_to_kn_val", "val_ppl", "ngram_val_ppl"),
+          ("ratio/network_to_kn_test", "test_ppl", "ngram_test_ppl"),
+          ("ratio/mixed_to_kn_test", "interpolated_test_ppl", "ngram_test_ppl")]
+
+
+def metric_names(flat: Mapping[str, float]) -> dict[str, float]:
+    """reports/metrics.json's numbers under the run's names, with the ratios to the n-gram model."""
+    named = {}
+    for key, value in flat.items():
+        prefix = next((p for p in PREFIXES if key.startswith(p)), None)
+        name = NAMES.get(key) or (PREFIXES[prefix] + key[len(prefix):] if prefix else f"evaluate/{key}")
+        named[name] = float(value)
+    for name, numerator, denominator in RATIOS:
+        if flat.get(numerator) is not None and flat.get(denominator):
+            named[name] = flat[numerator] / flat[denominator]
+    return named
+
+
+def log_evaluation(checkpoints: Sequence[str], flat: Mapping[str, float], files: Sequence[str | Path],
+                   logger: LoggerSettings, root: str | None, report: Callable[[str], None] = print) -> str | None:
+    """Log `flat` (reports/metrics.json) and `files` into the checkpoint's MLflow run; the run id,
+    or None when there is nothing to log into (tracking off, an ensemble, a checkpoint without a
+    run, a store that does not hold it). The reports are written before: they never depend on this."""
+    from lyricist.checkpoint import read_checkpoint_meta
+
+    if not logger.enabled:
+        return None  # logger=none
+    if len(checkpoints) != 1:
+        report("evaluate: an ensemble belongs to no single MLflow run: results not logged")
+        return None
+    run_id = read_checkpoint_meta(checkpoints[0]).get("mlflow_run_id")
+    if not run_id:
+        report(f"evaluate: {checkpoints[0]} was trained without MLflow: results not logged")
+        return None
+    uri = logger.tracking_uri or "the project's store"
+    try:
+        uri = store.resolve_tracking_uri(logger.tracking_uri, project_root(root) if root else None)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise FileNotFoundError("no such file")  # and MLflow would make an empty store there
+        store.check_reachable(uri)
+        _log(uri, run_id, metric_names(flat), int(flat.get("epoch") or 0), files)
+    except Exception as err:  # the reports are written: a missing store or run costs only this
+        report(f"evaluate: results not logged to MLflow run {run_id} in {uri} ({err}); the reports "
+               "are written. Evaluate where the run's store is (logger.tracking_uri), or train again")
+        return None
+    report(f"evaluate: results logged to MLflow run {run_id} (test/ppl, kn/*, mixed/*, {ARTIFACT_DIR}/)")
+    return run_id
+
+
+def _log(uri: str, run_id: str, metrics: dict[str, float], step: int, files: Sequence[str | Path]) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = store.with_retry(lambda: client.get_run(run_id))  # refused here when the store lacks it
+    # The run's logged model (lyricist.tracking.serving): its metrics are what search_logged_models
+    # ranks by. The corpus input (lyricist.tracking.inputs): the metrics say which data they are on.
+    model_id = next((m.model_id for m in run.outputs.model_outputs), None) if run.outputs else None
+    dataset = next((d.dataset for d in run.inputs.dataset_inputs), None) if run.inputs else None
+    now = int(time.time() * 1000)
+    batch = [Metric(name, value, now, step, model_id=model_id, run_id=run_id,
+                    dataset_name=dataset.name if dataset else None,
+                    dataset_digest=dataset.digest if dataset else None) for name, value in metrics.items()]
+    store.with_retry(lambda: client.log_batch(run_id, metrics=batch))
+    for path in files:
+        store.with_retry(lambda: client.log_artifact(run_id, str(path), ARTIFACT_DIR))

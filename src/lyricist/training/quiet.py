@@ -1,0 +1,43 @@
+"""Lines of Lightning and torch that a lyricist user cannot act on, silenced one by one, each with
+the reason (the rest of their output stays: "GPU available", the model summary, real warnings)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
+RANK_ZERO = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # Lightning's info lines
+
+
+class _NoLitLoggerTip(logging.Filter):
+    # Lightning 2.6 advertises its hosted logger (litlogger) on every Trainer without it: this
+    # project logs to MLflow, and the only fix Lightning offers is installing that package.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+def silence_known_noise() -> None:
+    if not any(isinstance(f, _NoLitLoggerTip) for f in RANK_ZERO.filters):
+        RANK_ZERO.addFilter(_NoLitLoggerTip())
+    # Lightning 2.6's own utilities/_pytree.py still builds torch's LeafSpec, deprecated in the pinned torch
+    # (2.13): a line about Lightning's code, gone when Lightning updates it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning warns about every IterableDataset with a length, in case several worker processes
+    # each yield all of it. lyricist's batch streams (training/datamodule.py) are read in the main
+    # process (the DataLoader's default num_workers=0), where the length is exact; it gives the
+    # progress bar its total.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+
+@contextlib.contextmanager
+def quiet_probe() -> Iterator[None]:
+    """A Trainer built only to check the settings prints nothing: its "GPU available: ..." lines
+    would come twice, once for it and once for the Trainer that trains."""
+    level = RANK_ZERO.level
+    RANK_ZERO.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        RANK_ZERO.setLevel(level)
