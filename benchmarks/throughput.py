@@ -2,8 +2,10 @@
 
     python benchmarks/throughput.py                 # rnn, gru, lstm; ~3-4 minutes on 2 cores
     python benchmarks/throughput.py --cells lstm --repeats 5 --no-rss
-    python benchmarks/throughput.py --num-layers 2 --hidden-size 512 --embedding-size 512 \
-        --vocab-size 65 --batch-size 64 --num-steps 64          # where the recurrence dominates
+    python benchmarks/throughput.py --size char512  # 2 x 512, V 65, B 64 x 64, E 128: the recurrence dominates
+    python benchmarks/throughput.py --size ptb      # 2 x 200, V 10,000, B 20 x 20 (Zaremba's small PTB model)
+
+``--size`` names the three sizes of issue 26 (SIZES below); any size flag given as well overrides it.
 
 For each cell kind, one process trains the same language model (by default 1 layer, batch 32,
 35 steps, hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
@@ -16,8 +18,8 @@ backward + global-norm clipping + SGD) with:
   b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
       lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
-  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False): no oneDNN and
-      no packed weights, MKL's or oneDNN's), to show what the products' backend is worth;
+  b*  b with torch's own products only (lyricist.models.fast.matmul.private(False): no oneDNN
+      and no packed weights, MKL's or oneDNN's), to show what the chosen backend is worth;
   b-  (lstm and gru) b with the gate math in torch ops instead of the compiled step
       (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
@@ -59,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
-from lyricist.models.fast import kernels, matmul
+from lyricist.models.fast import choice, kernels, matmul
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_JSON = ROOT / "data" / "encoded" / "jaychou" / "vocab.json"
@@ -68,13 +70,20 @@ VARIANTS = {
     "a": "naive seed loop, one-hot",
     "b1": "lyricist, one-hot",
     "b": "lyricist, embedding",
-    "b*": "lyricist, embedding, MKL matmul",
+    "b*": "lyricist, embedding, torch products",
     "b-": "lyricist, embedding, no C++ step",
     "c": "torch.nn, embedding",
 }
 NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 COMPILED = ("gru", "lstm")  # the cells with a compiled step (models/fast/csrc), which b- turns off
+# The sizes of issue 26: layers, hidden, vocabulary, batch, steps, embedding.
+SIZES = {
+    "jaychou": dict(num_layers=1, hidden_size=256, vocab_size=2493, batch_size=32, num_steps=35, embedding_size=256),
+    "char512": dict(num_layers=2, hidden_size=512, vocab_size=65, batch_size=64, num_steps=64, embedding_size=128),
+    "ptb": dict(num_layers=2, hidden_size=200, vocab_size=10000, batch_size=20, num_steps=20, embedding_size=200),
+}
+DEFAULTS = dict(num_layers=1, hidden_size=256, batch_size=32, num_steps=35, embedding_size=256)  # vocab: see --vocab-size
 
 
 class NaiveLM(nn.Module):
@@ -184,7 +193,7 @@ class Trainer:
 
     def backends(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
-        stack.enter_context(matmul.onednn(self.variant != "b*"))
+        stack.enter_context(matmul.private(self.variant != "b*"))
         stack.enter_context(kernels.cpp_kernels(self.variant != "b-"))
         return stack
 
@@ -235,6 +244,14 @@ class Trainer:
         return sum(seen.values())
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def make_batches(args, count: int = 4) -> list[tuple[Tensor, Tensor]]:
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, args.num_steps)
@@ -280,16 +297,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported")
     parser.add_argument("--steps", type=int, default=4, help="training steps per variant per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-steps", type=int, default=35)
-    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers, in every variant")
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--embedding-size", type=int, default=256, help="for b, b*, b- and c")
+    parser.add_argument("--size", choices=list(SIZES), help="one of issue 26's sizes (the flags below override it)")
+    parser.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
+    parser.add_argument("--num-steps", type=int, help=f"default {DEFAULTS['num_steps']}")
+    parser.add_argument("--num-layers", type=int, help=f"stacked layers, in every variant; default {DEFAULTS['num_layers']}")
+    parser.add_argument("--hidden-size", type=int, help=f"default {DEFAULTS['hidden_size']}")
+    parser.add_argument("--embedding-size", type=int, help=f"for b, b*, b- and c; default {DEFAULTS['embedding_size']}")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
     parser.add_argument("--gen-chars", type=int, default=1000)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, value in {**DEFAULTS, **SIZES.get(args.size, {})}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("num_layers", "hidden_size", "embedding_size", "batch_size", "num_steps", "repeats", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -304,8 +325,10 @@ def main() -> None:
         rss_child(args)
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"oneDNN products: {matmul.uses_onednn(torch.zeros(1))}, load average {os.getloadavg()[0]:.2f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, load average {os.getloadavg()[0]:.2f}")
+    chosen = matmul.backend()
+    print(f"products (measured once on this machine, {choice.cache_file()}): dense {chosen.dense}, "
+          f"loop {chosen.loop}; compiled step: {'yes' if kernels.step_kernels() is not None else 'no'}")
     print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
           f"{args.num_layers} layer(s) x hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
           f"{args.repeats} rounds x {args.steps} training steps per variant, median")
@@ -354,7 +377,9 @@ def main() -> None:
                                    ("b-", "c", None)]:
             if (cell, num) in median and (cell, den) in median:
                 ratio = median[(cell, num)] / median[(cell, den)]
-                parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})"))
+                rounds = [n / d for n, d in zip(tokens_per_sec[(cell, num)], tokens_per_sec[(cell, den)])]
+                parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})")
+                             + (f" [rounds {min(rounds):.2f}-{max(rounds):.2f}]" if num == "b" and den == "c" else ""))
         print(f"{cell:5} " + ", ".join(parts))
     print(f"\nthe head's forward product alone: {head_gflops:.1f} GFLOP/s")
     for cell in args.cells:
