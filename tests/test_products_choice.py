@@ -18,7 +18,7 @@ def cache(monkeypatch, tmp_path):
     monkeypatch.delenv("LYRICIST_PRODUCTS", raising=False)
     monkeypatch.setattr(choice, "LOOP_SHAPES", [(8, 16, 24), (8, 24, 16)])
     monkeypatch.setattr(choice, "DENSE_SHAPES", [(40, 16, 24), (40, 24, 16)])
-    monkeypatch.setattr(choice, "REPEATS", 2)
+    monkeypatch.setattr(choice, "REPEATS", {"loop": 2, "dense": 2})
     return tmp_path / "lyricist"
 
 
