@@ -6,6 +6,10 @@
     python benchmarks/throughput.py --size ptb      # 2 x 200, V 10,000, B 20 x 20 (Zaremba's small PTB model)
 
 ``--size`` names the three sizes of issue 26 (SIZES below); any size flag given as well overrides it.
+On a machine other processes load, ``--threads 1 --clock cpu`` counts this process's CPU seconds
+instead of wall seconds: the time others take the core away is not counted, so the ratios compare
+the work each variant does (with 2 threads, CPU time would count a thread spinning while it waits
+for a descheduled partner).
 
 For each cell kind, one process trains the same language model (by default 1 layer, batch 32,
 35 steps, hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
@@ -305,6 +309,9 @@ def main() -> None:
     parser.add_argument("--embedding-size", type=int, help=f"for b, b*, b- and c; default {DEFAULTS['embedding_size']}")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
     parser.add_argument("--gen-chars", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch's intra-op threads (default: torch's own)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU seconds (time.process_time), for a loaded machine")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,15 +322,20 @@ def main() -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
-    vocab_source = "--vocab-size"
+    vocab_source = f"--size {args.size}" if args.size and "--vocab-size" not in sys.argv else "--vocab-size"
     if args.vocab_size is None:
         if VOCAB_JSON.is_file():
             args.vocab_size, vocab_source = len(json.loads(VOCAB_JSON.read_text())["itos"]), str(VOCAB_JSON.relative_to(ROOT))
         else:
             args.vocab_size, vocab_source = FALLBACK_VOCAB_SIZE, "synthetic (no encoded data)"
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(args)
         return
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, load average {os.getloadavg()[0]:.2f}")
     chosen = matmul.backend()
@@ -331,7 +343,7 @@ def main() -> None:
           f"loop {chosen.loop}; compiled step: {'yes' if kernels.step_kernels() is not None else 'no'}")
     print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
           f"{args.num_layers} layer(s) x hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
-          f"{args.repeats} rounds x {args.steps} training steps per variant, median")
+          f"{args.repeats} rounds x {args.steps} training steps per variant, median; {args.clock} clock")
     batches = make_batches(args)
     trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
                 if v != "b-" or cell in COMPILED}
@@ -344,10 +356,10 @@ def main() -> None:
     for round_ in range(args.repeats):
         shift = round_ % len(keys)
         for key in keys[shift:] + keys[:shift]:  # a different variant goes first every round
-            start = time.perf_counter()
+            start = clock()
             for s in range(args.steps):
                 trainers[key].step(*batches[s % len(batches)])
-            tokens_per_sec[key].append(args.steps * args.batch_size * args.num_steps / (time.perf_counter() - start))
+            tokens_per_sec[key].append(args.steps * args.batch_size * args.num_steps / (clock() - start))
 
     gen_speed: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     for round_ in range(3):
