@@ -188,12 +188,14 @@ def head_product_gflops(args, repeats: int = 20) -> float:
 
 
 class Trainer:
-    """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it,
-    ``b-`` the compiled step."""
+    """One variant's model, optimizer and training step; ``b*`` switches the private products
+    off around it, ``b-`` the compiled step. Each step's forward + loss, backward and clip + SGD
+    are timed apart (``phases``, seconds of ``clock``) for the split the table prints."""
 
-    def __init__(self, variant: str, cell: str, args):
-        self.variant, self.model = variant, build(variant, cell, args)
+    def __init__(self, variant: str, cell: str, args, clock=time.perf_counter):
+        self.variant, self.model, self.clock = variant, build(variant, cell, args), clock
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.5)
+        self.phases: list[tuple[float, float, float]] = []
 
     def backends(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -203,11 +205,15 @@ class Trainer:
 
     def step(self, ids: Tensor, targets: Tensor) -> None:
         with self.backends():
+            start = self.clock()
             loss = self.loss(ids, targets)
+            forward = self.clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            backward = self.clock()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as LitLanguageModel
             self.optimizer.step()
+            self.phases.append((forward - start, backward - forward, self.clock() - backward))
 
     def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
         if isinstance(self.model, RecurrentLM):
@@ -345,11 +351,12 @@ def main() -> None:
           f"{args.num_layers} layer(s) x hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
           f"{args.repeats} rounds x {args.steps} training steps per variant, median; {args.clock} clock")
     batches = make_batches(args)
-    trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
+    trainers = {(cell, v): Trainer(v, cell, args, clock) for cell in args.cells for v in args.variants
                 if v != "b-" or cell in COMPILED}
     for trainer in trainers.values():
         for ids, targets in batches[: args.warmup]:
             trainer.step(ids, targets)
+        trainer.phases.clear()  # the split counts the timed steps only
 
     tokens_per_sec: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     keys = list(trainers)
@@ -367,7 +374,8 @@ def main() -> None:
             gen_speed[key].append(trainers[key].generate(args.gen_chars))
 
     head_gflops = head_product_gflops(args)
-    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'GFLOP/s':>8} {'saved MiB':>9} {'rss MiB':>8} {'gen chars/s':>11}")
+    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'GFLOP/s':>8} {'saved MiB':>9} {'rss MiB':>8} "
+          f"{'gen chars/s':>11}  fwd / bwd / opt ms")
     median = {key: statistics.median(v) for key, v in tokens_per_sec.items()}
     for cell in args.cells:
         for v in args.variants:
@@ -380,7 +388,8 @@ def main() -> None:
             lo, hi = min(tokens_per_sec[key]), max(tokens_per_sec[key])
             gflops = median[key] * product_flops(v, cell, args) / (args.batch_size * args.num_steps) / 1e9
             print(f"{cell:5} {v + '  ' + VARIANTS[v]:37} {median[key]:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} {gflops:8.1f} "
-                  f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}")
+                  f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}  "
+                  + " / ".join(f"{1e3 * statistics.median(p):.1f}" for p in zip(*trainers[key].phases)))
     print()
     targets = {"rnn": 0.9, "gru": 1.0, "lstm": 1.0}
     for cell in args.cells:

@@ -66,6 +66,7 @@ def test_tiny_benchmark_run_prints_every_variant_and_ratio():
     assert "b/c = " in out and "b1/a = " in out and "b-/c = " in out
     assert "b1/a = 3 needs b1's at" in out and "the head's forward product alone" in out
     assert "products (measured once on this machine" in out and "[rounds " in out  # the backend, the spread
+    assert "fwd / bwd / opt ms" in out  # each variant's step split into forward, backward and optimizer
 
 
 def test_tiny_two_layer_run_builds_two_layers_in_every_variant():

@@ -5,9 +5,10 @@ Two choices (matmul.Backend):
          gradients): torch's F.linear (public) or oneDNN's inner product (private op);
   loop   a time loop's T products by one weight: torch's mm/addmm (public, in place), or the
          weight packed once by MKL or by oneDNN (private ops).
-Why measure instead of asking the CPU's vendor: which one wins depends on the CPU and the torch
-build (MKL runs AVX2 kernels on AMD; on a Xeon its packed product won, and F.linear beat oneDNN
-for the head), and a private op can vanish or change in any torch release.
+Why measure instead of asking the CPU's vendor: which one wins depends on the CPU, the torch
+build and the thread count (MKL runs AVX2 kernels on AMD; on a 2-core Xeon its packed product
+won, and for the one-off products oneDNN with 2 threads but F.linear with 1), and a private op
+can vanish or change in any torch release.
 
 Every candidate is first checked against torch's own product (a missing op, an error or a wrong
 result drops it, with a warning that names it), then timed on products of the project's sizes,

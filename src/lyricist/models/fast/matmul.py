@@ -6,7 +6,8 @@ Two kinds of product, each with its own backend (``Backend``), chosen by a one-t
 - dense: the one-off products of a step (the head, every layer's input projection, their input
   gradients): ``F.linear`` (torch: MKL), or oneDNN's inner product,
   ``torch.ops.mkldnn._linear_pointwise``. On the AMD EPYC this project was first benchmarked on,
-  MKL ran its AVX2 kernels and oneDNN was ~1.7x faster on the head; on a Xeon F.linear wins.
+  MKL ran its AVX2 kernels and oneDNN was ~1.7x faster on the head; on a 2-core Xeon oneDNN
+  wins with 2 threads (it adds the bias on the way, F.linear copies it first) and F.linear with 1.
 - loop: a time loop multiplies by the same weight T times, so the weight can be packed once
   (``pack``): by MKL (``torch.ops.mkl._mkl_linear``; on a 2-core Xeon, 2 threads, a
   (64, 512) x (512, 1536) step took 457 us against oneDNN's packed 552 and plain ``addmm_``'s
