@@ -12,9 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# Build the compiled LSTM step now, once per machine (~30-45 s; src/lyricist/models/fast/kernels.py):
-	# every later process and copy of the code imports it. Without a compiler it warns and torch ops run.
-	$(BIN)/python -c "from lyricist.models.fast.kernels import step_kernels; step_kernels()"
+	# Build the compiled LSTM and GRU steps now, once per machine (~30-45 s; src/lyricist/models/fast/kernels.py),
+	# and measure which library runs the products fastest here (~2 s; fast/choice.py): every later
+	# process and copy of the code reads both. Without a compiler it warns and torch ops run.
+	$(BIN)/python -c "from lyricist.models.fast import kernels, matmul; kernels.step_kernels(); matmul.backend()"
 	touch $@
 
 # Pull the raw corpora from the DVC remote (../shared/dvc-store) and run the pipeline.

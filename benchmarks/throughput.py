@@ -2,8 +2,14 @@
 
     python benchmarks/throughput.py                 # rnn, gru, lstm; ~3-4 minutes on 2 cores
     python benchmarks/throughput.py --cells lstm --repeats 5 --no-rss
-    python benchmarks/throughput.py --num-layers 2 --hidden-size 512 --embedding-size 512 \
-        --vocab-size 65 --batch-size 64 --num-steps 64          # where the recurrence dominates
+    python benchmarks/throughput.py --size char512  # 2 x 512, V 65, B 64 x 64, E 128: the recurrence dominates
+    python benchmarks/throughput.py --size ptb      # 2 x 200, V 10,000, B 20 x 20 (Zaremba's small PTB model)
+
+``--size`` names the three sizes of issue 26 (SIZES below); any size flag given as well overrides it.
+On a machine other processes load, ``--threads 1 --clock cpu`` counts this process's CPU seconds
+instead of wall seconds: the time others take the core away is not counted, so the ratios compare
+the work each variant does (with 2 threads, CPU time would count a thread spinning while it waits
+for a descheduled partner).
 
 For each cell kind, one process trains the same language model (by default 1 layer, batch 32,
 35 steps, hidden 256, the Jay Chou vocabulary, random ids; one step = forward + cross-entropy +
@@ -16,8 +22,8 @@ backward + global-norm clipping + SGD) with:
   b1  lyricist.models.RecurrentLM with one-hot input: the same model as a, trained as
       lyricist trains it (``model.loss``: head and cross-entropy fused, models/head.py);
   b   RecurrentLM with an embedding: the same model as c;
-  b*  b with torch's default matmul (lyricist.models.fast.matmul.onednn(False): no oneDNN and
-      no packed weights, MKL's or oneDNN's), to show what the products' backend is worth;
+  b*  b with torch's own products only (lyricist.models.fast.matmul.private(False): no oneDNN
+      and no packed weights, MKL's or oneDNN's), to show what the chosen backend is worth;
   b-  (lstm and gru) b with the gate math in torch ops instead of the compiled step
       (lyricist.models.fast.kernels.cpp_kernels(False)), to show what the C++ step is worth;
   c   torch.nn.Embedding -> torch.nn.RNN/GRU/LSTM -> torch.nn.Linear.
@@ -59,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models import RecurrentLM
-from lyricist.models.fast import kernels, matmul
+from lyricist.models.fast import choice, kernels, matmul
 from lyricist.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,13 +75,20 @@ VARIANTS = {
     "a": "naive seed loop, one-hot",
     "b1": "lyricist, one-hot",
     "b": "lyricist, embedding",
-    "b*": "lyricist, embedding, MKL matmul",
+    "b*": "lyricist, embedding, torch products",
     "b-": "lyricist, embedding, no C++ step",
     "c": "torch.nn, embedding",
 }
 NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 COMPILED = ("gru", "lstm")  # the cells with a compiled step (models/fast/csrc), which b- turns off
+# The sizes of issue 26: layers, hidden, vocabulary, batch, steps, embedding.
+SIZES = {
+    "jaychou": dict(num_layers=1, hidden_size=256, vocab_size=2493, batch_size=32, num_steps=35, embedding_size=256),
+    "char512": dict(num_layers=2, hidden_size=512, vocab_size=65, batch_size=64, num_steps=64, embedding_size=128),
+    "ptb": dict(num_layers=2, hidden_size=200, vocab_size=10000, batch_size=20, num_steps=20, embedding_size=200),
+}
+DEFAULTS = dict(num_layers=1, hidden_size=256, batch_size=32, num_steps=35, embedding_size=256)  # vocab: see --vocab-size
 
 
 class NaiveLM(nn.Module):
@@ -177,26 +190,32 @@ def head_product_gflops(args, repeats: int = 20) -> float:
 
 
 class Trainer:
-    """One variant's model, optimizer and training step; ``b*`` switches oneDNN off around it,
-    ``b-`` the compiled step."""
+    """One variant's model, optimizer and training step; ``b*`` switches the private products
+    off around it, ``b-`` the compiled step. Each step's forward + loss, backward and clip + SGD
+    are timed apart (``phases``, seconds of ``clock``) for the split the table prints."""
 
-    def __init__(self, variant: str, cell: str, args):
-        self.variant, self.model = variant, build(variant, cell, args)
+    def __init__(self, variant: str, cell: str, args, clock=time.perf_counter):
+        self.variant, self.model, self.clock = variant, build(variant, cell, args), clock
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.5)
+        self.phases: list[tuple[float, float, float]] = []
 
     def backends(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
-        stack.enter_context(matmul.onednn(self.variant != "b*"))
+        stack.enter_context(matmul.private(self.variant != "b*"))
         stack.enter_context(kernels.cpp_kernels(self.variant != "b-"))
         return stack
 
     def step(self, ids: Tensor, targets: Tensor) -> None:
         with self.backends():
+            start = self.clock()
             loss = self.loss(ids, targets)
+            forward = self.clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            backward = self.clock()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as LitLanguageModel
             self.optimizer.step()
+            self.phases.append((forward - start, backward - forward, self.clock() - backward))
 
     def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
         if isinstance(self.model, RecurrentLM):
@@ -235,6 +254,14 @@ class Trainer:
         with self.backends(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self.loss(ids, ids)
         return sum(seen.values())
+
+
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def make_batches(args, count: int = 4) -> list[tuple[Tensor, Tensor]]:
@@ -282,16 +309,23 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported")
     parser.add_argument("--steps", type=int, default=4, help="training steps per variant per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-steps", type=int, default=35)
-    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers, in every variant")
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--embedding-size", type=int, default=256, help="for b, b*, b- and c")
+    parser.add_argument("--size", choices=list(SIZES), help="one of issue 26's sizes (the flags below override it)")
+    parser.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
+    parser.add_argument("--num-steps", type=int, help=f"default {DEFAULTS['num_steps']}")
+    parser.add_argument("--num-layers", type=int, help=f"stacked layers, in every variant; default {DEFAULTS['num_layers']}")
+    parser.add_argument("--hidden-size", type=int, help=f"default {DEFAULTS['hidden_size']}")
+    parser.add_argument("--embedding-size", type=int, help=f"for b, b*, b- and c; default {DEFAULTS['embedding_size']}")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"default: {VOCAB_JSON.relative_to(ROOT)}, else {FALLBACK_VOCAB_SIZE}")
     parser.add_argument("--gen-chars", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch's intra-op threads (default: torch's own)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU seconds (time.process_time), for a loaded machine")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     parser.add_argument("--rss-child", nargs=2, metavar=("CELL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name, value in {**DEFAULTS, **SIZES.get(args.size, {})}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("num_layers", "hidden_size", "embedding_size", "batch_size", "num_steps", "repeats", "steps",
                  "gen_chars"):
         if getattr(args, name) < 1:
@@ -301,37 +335,45 @@ def main(argv=None) -> None:
     if args.vocab_size is not None and args.vocab_size < 2:
         parser.error(f"--vocab-size must be >= 2, got {args.vocab_size}")
 
-    vocab_source = "--vocab-size"
+    vocab_source = f"--size {args.size}" if args.size and "--vocab-size" not in sys.argv else "--vocab-size"
     if args.vocab_size is None:
         if VOCAB_JSON.is_file():
             args.vocab_size, vocab_source = len(json.loads(VOCAB_JSON.read_text())["itos"]), str(VOCAB_JSON.relative_to(ROOT))
         else:
             args.vocab_size, vocab_source = FALLBACK_VOCAB_SIZE, "synthetic (no encoded data)"
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(args)
         return
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"oneDNN products: {matmul.uses_onednn(torch.zeros(1))}, load average {os.getloadavg()[0]:.2f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, load average {os.getloadavg()[0]:.2f}")
+    chosen = matmul.backend()
+    print(f"products (measured once on this machine, {choice.cache_file()}): dense {chosen.dense}, "
+          f"loop {chosen.loop}; compiled step: {'yes' if kernels.step_kernels() is not None else 'no'}")
     print(f"vocab {args.vocab_size} ({vocab_source}), batch {args.batch_size}, steps {args.num_steps}, "
           f"{args.num_layers} layer(s) x hidden {args.hidden_size}, embedding {args.embedding_size} (b, b*, b-, c); "
-          f"{args.repeats} rounds x {args.steps} training steps per variant, median")
+          f"{args.repeats} rounds x {args.steps} training steps per variant, median; {args.clock} clock")
     batches = make_batches(args)
-    trainers = {(cell, v): Trainer(v, cell, args) for cell in args.cells for v in args.variants
+    trainers = {(cell, v): Trainer(v, cell, args, clock) for cell in args.cells for v in args.variants
                 if v != "b-" or cell in COMPILED}
     for trainer in trainers.values():
         for ids, targets in batches[: args.warmup]:
             trainer.step(ids, targets)
+        trainer.phases.clear()  # the split counts the timed steps only
 
     tokens_per_sec: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     keys = list(trainers)
     for round_ in range(args.repeats):
         shift = round_ % len(keys)
         for key in keys[shift:] + keys[:shift]:  # a different variant goes first every round
-            start = time.perf_counter()
+            start = clock()
             for s in range(args.steps):
                 trainers[key].step(*batches[s % len(batches)])
-            tokens_per_sec[key].append(args.steps * args.batch_size * args.num_steps / (time.perf_counter() - start))
+            tokens_per_sec[key].append(args.steps * args.batch_size * args.num_steps / (clock() - start))
 
     gen_speed: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     for round_ in range(3):
@@ -339,7 +381,8 @@ def main(argv=None) -> None:
             gen_speed[key].append(trainers[key].generate(args.gen_chars))
 
     head_gflops = head_product_gflops(args)
-    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'GFLOP/s':>8} {'saved MiB':>9} {'rss MiB':>8} {'gen chars/s':>11}")
+    print(f"\n{'cell':5} {'variant':37} {'tokens/s':>9} {'(min-max)':>15} {'GFLOP/s':>8} {'saved MiB':>9} {'rss MiB':>8} "
+          f"{'gen chars/s':>11}  fwd / bwd / opt ms")
     median = {key: statistics.median(v) for key, v in tokens_per_sec.items()}
     for cell in args.cells:
         for v in args.variants:
@@ -352,7 +395,8 @@ def main(argv=None) -> None:
             lo, hi = min(tokens_per_sec[key]), max(tokens_per_sec[key])
             gflops = median[key] * product_flops(v, cell, args) / (args.batch_size * args.num_steps) / 1e9
             print(f"{cell:5} {v + '  ' + VARIANTS[v]:37} {median[key]:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} {gflops:8.1f} "
-                  f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}")
+                  f"{saved:9.1f} {rss_text:>8} {statistics.median(gen_speed[key]):11.0f}  "
+                  + " / ".join(f"{1e3 * statistics.median(p):.1f}" for p in zip(*trainers[key].phases)))
     print()
     targets = {"rnn": 0.9, "gru": 1.0, "lstm": 1.0}
     for cell in args.cells:
@@ -361,7 +405,9 @@ def main(argv=None) -> None:
                                    ("b-", "c", None)]:
             if (cell, num) in median and (cell, den) in median:
                 ratio = median[(cell, num)] / median[(cell, den)]
-                parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})"))
+                rounds = [n / d for n, d in zip(tokens_per_sec[(cell, num)], tokens_per_sec[(cell, den)])]
+                parts.append(f"{num}/{den} = {ratio:.2f}" + ("" if target is None else f" (target >= {target})")
+                             + (f" [rounds {min(rounds):.2f}-{max(rounds):.2f}]" if num == "b" and den == "c" else ""))
         print(f"{cell:5} " + ", ".join(parts))
     print(f"\nthe head's forward product alone: {head_gflops:.1f} GFLOP/s")
     for cell in args.cells:

@@ -65,6 +65,8 @@ def test_tiny_benchmark_run_prints_every_variant_and_ratio():
         assert (f"rnn   {variant}  " in out) == (variant != "b-")  # only the LSTM and the GRU have a compiled step
     assert "b/c = " in out and "b1/a = " in out and "b-/c = " in out
     assert "b1/a = 3 needs b1's at" in out and "the head's forward product alone" in out
+    assert "products (measured once on this machine" in out and "[rounds " in out  # the backend, the spread
+    assert "fwd / bwd / opt ms" in out  # each variant's step split into forward, backward and optimizer
 
 
 def test_tiny_two_layer_run_builds_two_layers_in_every_variant():
@@ -77,3 +79,12 @@ def test_tiny_two_layer_run_builds_two_layers_in_every_variant():
     for variant in throughput.VARIANTS:
         assert f"gru   {variant}  " in result.stdout
     assert "rss of" not in result.stdout  # the per-variant subprocesses were given --num-layers too
+
+
+def test_size_names_an_issue_size_and_a_flag_overrides_it():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--size", "ptb", "--cells", "lstm",
+         "--variants", "b", "c", "--repeats", "1", "--steps", "1", "--warmup", "0", "--vocab-size", "50",
+         "--hidden-size", "6", "--embedding-size", "4", "--num-steps", "3", "--gen-chars", "3", "--no-rss"],
+        capture_output=True, text=True, check=True, timeout=300)
+    assert "vocab 50 (--vocab-size), batch 20, steps 3, 2 layer(s) x hidden 6, embedding 4" in result.stdout

@@ -50,11 +50,12 @@ def test_lstm_sequence_gradcheck(compiled):
         assert torch.autograd.gradcheck(LSTMSequence.apply, (x_proj, weight_hh, bias_hh, h0, c0))
 
 
+@pytest.mark.parametrize("loop", ["mkl", "onednn", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_compiled_step_equals_torch_ops(kind, dtype, tol):
+def test_compiled_step_equals_torch_ops(kind, dtype, tol, loop):
     """Outputs, final state and every gradient: the C++ gate math and the torch-ops one agree
-    (16 x 12: float32 takes the oneDNN products too)."""
+    (16 x 12: float32 takes the packed products of `loop` too; float64 always torch's)."""
     require_compiled_step()
     torch.manual_seed(0)
     cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
@@ -65,7 +66,7 @@ def test_compiled_step_equals_torch_ops(kind, dtype, tol):
     def run(compiled: bool):
         cell.zero_grad()
         xg, sg = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
-        with kernels.cpp_kernels(compiled):
+        with kernels.cpp_kernels(compiled), matmul.use(matmul.Backend(dense="torch", loop=loop)):
             outputs, final = cell.sequence(cell.project_input(xg), sg)  # (T, B, H)
             loss = (outputs * upstream).sum() + sum((f * (2 + k)).sum() for k, f in enumerate(final))
             loss.backward()
@@ -196,13 +197,13 @@ def test_final_state_does_not_alias_outputs():
     torch.testing.assert_close(h, before, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_linear_equals_f_linear_with_gradients(enabled):
+@pytest.mark.parametrize("dense", ["onednn", "torch"])
+def test_linear_equals_f_linear_with_gradients(dense):
     torch.manual_seed(0)
     x = torch.randn(2, 7, 16, requires_grad=True)  # (B, T, I): any leading shape
     weight, bias = torch.randn(9, 16, requires_grad=True), torch.randn(9, requires_grad=True)
     upstream = torch.randn(2, 7, 9)
-    with matmul.onednn(enabled):
+    with matmul.use(matmul.Backend(dense=dense, loop="torch")):
         y = matmul.linear(x, weight, bias)
         (y * upstream).sum().backward()
     grads = [x.grad, weight.grad, bias.grad]
@@ -214,15 +215,20 @@ def test_linear_equals_f_linear_with_gradients(enabled):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mkl", [True, False])
-def test_packed_weight_products_equal_plain_ones(mkl):
-    """MKL's packing (Intel) and oneDNN's (elsewhere) give the plain products, bias included."""
+@pytest.mark.parametrize("loop", ["mkl", "onednn", "torch"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packed_weight_products_equal_plain_ones(loop, transposed):
+    """MKL's packing, oneDNN's and none (torch's addmm_) give the plain products, bias included,
+    of a weight or of a transposed view (as the backward loops pass W_hh^T)."""
     torch.manual_seed(0)
-    x, weight, out, bias = torch.randn(8, 16), torch.randn(12, 16), torch.randn(8, 12), torch.randn(12)
-    with matmul.mkl_packing.set(mkl):
+    x, out, bias = torch.randn(8, 16), torch.randn(8, 12), torch.randn(12)
+    weight = torch.randn(16, 12).t() if transposed else torch.randn(12, 16)  # (12, 16)
+    with matmul.use(matmul.Backend(dense="torch", loop=loop)):
         packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
-    if matmul.uses_onednn(weight):
-        assert isinstance(packed, matmul.Packed) and packed.mkl == mkl and packed.packed.is_mkldnn
+    if loop == "torch":
+        assert packed is weight
+    else:
+        assert isinstance(packed, matmul.Packed) and packed.mkl == (loop == "mkl") and packed.packed.is_mkldnn
     torch.testing.assert_close(matmul.linear_nograd(x, packed, bias), x @ weight.T + bias, atol=1e-5, rtol=1e-5)
     expected = out + x @ weight.T
     torch.testing.assert_close(matmul.add_linear_(out, x, packed), expected, atol=1e-5, rtol=1e-5)
@@ -231,23 +237,24 @@ def test_packed_weight_products_equal_plain_ones(mkl):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_sequences_equal_under_either_packing(kind):
-    """The compiled steps call MKL's and oneDNN's packed products themselves: both give the
-    outputs and gradients of the plain products (float32, a batch large enough to pack)."""
+    """The compiled steps call MKL's and oneDNN's packed products themselves, or torch's mm and
+    addmm_ in place: all give the outputs and gradients of the plain products (float32, a batch
+    large enough to pack)."""
     torch.manual_seed(0)
     cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch")
     x, upstream = torch.randn(12, 16, INPUT_SIZE), torch.randn(12, 16, HIDDEN_SIZE)
 
-    def run(**switches):
+    def run(loop: str, private: bool = True):
         cell.zero_grad()
         xg = x.clone().requires_grad_()
-        with matmul.mkl_packing.set(switches["mkl"]), matmul.onednn(switches["packed"]):
+        with matmul.use(matmul.Backend(dense="torch", loop=loop)), matmul.private(private):
             outputs, _ = cell.sequence(cell.project_input(xg), cell.begin_state(16))  # (T, B, H)
             (outputs * upstream).sum().backward()
         return [outputs, xg.grad, *(p.grad.clone() for p in cell.parameters())]
 
-    plain = run(mkl=False, packed=False)
-    for mkl in (True, False):
-        for a, b in zip(run(mkl=mkl, packed=True), plain, strict=True):
+    plain = run("torch", private=False)
+    for loop in ("mkl", "onednn", "torch"):
+        for a, b in zip(run(loop), plain, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
@@ -257,7 +264,9 @@ def test_short_loops_and_single_rows_stay_on_plain_weights():
     weight = torch.randn(12, 16)
     assert matmul.pack(weight, rows=1, uses=100) is weight
     assert matmul.pack(weight, rows=32, uses=1) is weight
-    assert not matmul.uses_onednn(weight, rows=1)
+    with matmul.use(matmul.Backend(dense="onednn", loop="mkl")):
+        assert matmul.pack(weight, rows=1, uses=100) is weight
+        assert not matmul.uses_onednn(weight, rows=1)
 
 
 def test_linear_cross_entropy_gradcheck():

@@ -28,7 +28,7 @@ The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
 
 ``step``, ``forward``, ``sequence`` and ``sequence_reference`` take an optional ``weight_hh``
 (G*H, H) used instead of the parameter: the language model passes the batch's DropConnect copy
-(``RecurrentLM(weight_drop=p)``), the same at every step of the chunk; autograd carries its
+(``ModelSettings(weight_drop=p)``), the same at every step of the chunk; autograd carries its
 gradient back to the parameter.
 """
 

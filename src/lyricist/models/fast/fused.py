@@ -79,13 +79,13 @@ class RNNSequence(Function):
         # The activation's derivative from its output, for all steps at once:
         # tanh' = 1 - h^2, relu' = [h > 0].
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1.0 - outputs.square()  # (T, B, H)
-        weight_t = pack(weight_hh.t().contiguous(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
+        weight_t = pack(weight_hh.t(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
         grad = _first_grad(grad_outputs, grad_h_last)  # dL/dh_t, turned into dL/dpre_t in place
         for t in range(grad.shape[0] - 1, 0, -1):
             grad[t].mul_(slope[t])
             add_linear_(grad[t - 1], grad[t], weight_t)  # pre_t = ... + h_{t-1} W^T  =>  dh_{t-1} += dpre_t W
         grad[0].mul_(slope[0])
-        grad_h0 = linear_nograd(grad[0], weight_t)
+        grad_h0 = linear_nograd(grad[0], weight_t) if ctx.needs_input_grad[3] else None  # none for a detached state
         grad_weight, grad_bias = _weight_grads(grad, hs)
         return grad, grad_weight, grad_bias, grad_h0, None
 
@@ -97,19 +97,18 @@ class LSTMSequence(Function):
     def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, c0: Tensor):
         num_steps, batch_size, gates_size = x_proj.shape
         hidden = gates_size // 4
-        # Pre-activations of every step (input half now, recurrent half added in the loop),
-        # then overwritten in place by the activated gates, which is what backward needs.
-        gates = torch.empty_like(x_proj, memory_format=torch.contiguous_format)  # (T, B, 4H)
-        torch.add(x_proj, bias_hh, out=gates)
+        # The activated gates of every step, what backward needs: (T, B, 4H).
+        gates = torch.empty_like(x_proj, memory_format=torch.contiguous_format)
         hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
         cs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # cs[0] = c0, cs[t + 1] = c_t
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
         kernels = step_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp)
-            kernels.lstm_forward(gates, *parts(weight), hs, cs, tanh_cs)
+        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp); b_hh added in its step
+            kernels.lstm_forward(x_proj.contiguous(), bias_hh.contiguous(), *parts(weight), gates, hs, cs, tanh_cs)
         else:
+            torch.add(x_proj, bias_hh, out=gates)  # the pre-activations' input half, the loop adds the rest
             _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
         ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
         return hs[1:], hs[-1].clone(), cs[-1].clone()
@@ -122,15 +121,16 @@ class LSTMSequence(Function):
         grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
         grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
-        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
+        weight_t = pack(weight_hh.t(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
         if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/steps.cpp)
             kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, *parts(weight_t))
         else:
             _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
-        grad_h0 = linear_nograd(grad_gates[0], weight_t)
+        # A carried state is detached, so training never needs dL/dh_0: no product for it then.
+        grad_h0 = linear_nograd(grad_gates[0], weight_t) if ctx.needs_input_grad[3] else None
         grad_weight, grad_bias = _weight_grads(grad_gates, hs)
-        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c
+        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c if ctx.needs_input_grad[4] else None
 
 
 def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
@@ -204,15 +204,16 @@ class GRUSequence(Function):
         grad_x_proj = torch.empty_like(gates)  # dL/dx_proj: (T, B, 3H)
         grad_h_proj = torch.empty_like(gates)  # dL/d(W_hh h + b_hh): (T, B, 3H)
         grad_h0 = torch.zeros_like(grad_h[0])  # (B, H): dh_0 z_0 here, the product below
-        weight_t = pack(weight_hh.t().contiguous(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
+        weight_t = pack(weight_hh.t(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
         if kernels is not None:  # _gru_backward_loop, in C++ (csrc/steps.cpp)
             kernels.gru_backward(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, *parts(weight_t), grad_h0)
         else:
             _gru_backward_loop(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, weight_t, grad_h0)
-        add_linear_(grad_h0, grad_h_proj[0], weight_t)
+        if ctx.needs_input_grad[3]:  # never in training: the carried state is detached
+            add_linear_(grad_h0, grad_h_proj[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
-        return grad_x_proj, grad_weight, grad_bias, grad_h0
+        return grad_x_proj, grad_weight, grad_bias, grad_h0 if ctx.needs_input_grad[3] else None
 
 
 def _gru_forward_loop(x_proj: Tensor, weight: Tensor, bias_hh: Tensor, hs: Tensor, gates: Tensor, hn: Tensor) -> None:

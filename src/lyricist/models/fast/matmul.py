@@ -1,30 +1,30 @@
-"""``x @ W^T (+ b)`` on oneDNN where that is faster than torch's default.
+"""``x @ W^T (+ b)`` on the library that is fastest on this machine, torch's own where it is as fast.
 
-Why: on CPU, torch's float32 ``mm``/``addmm`` call MKL, and MKL runs its AVX2 kernels on
-non-Intel CPUs; oneDNN, which ships inside torch (torch.nn.LSTM's fused CPU kernel runs on
-it), runs AVX-512 ones. On the AMD EPYC this project is benchmarked on (2 threads) that is
-~1.7x on the (T*B, H) x (H, V) head product of a training step (7.5 vs 13 ms) and ~1.4x on a
-(B, H) x (H, 4H) time step with the weight packed (92 vs 127 us). Weight gradients, whose
-first operand is a transpose, stay on ``mm``, which reads it in place (oneDNN copies it).
+Two kinds of product, each with its own backend (``Backend``), chosen by a one-time measurement
+(choice.py), not by the CPU's vendor:
 
-``torch.ops.mkldnn._linear_pointwise`` is oneDNN's inner product on ordinary dense
-tensors. It is a private op, so everything here falls back to plain torch when it is
-missing, when mkldnn is switched off (``torch.backends.mkldnn.flags(enabled=False)``),
-or when the call is not float32 on CPU or has few rows -- the float64 tests take the fallback. The
-results are the same up to float32 rounding (a different summation order).
+- dense: the one-off products of a step (the head, every layer's input projection, their input
+  gradients): ``F.linear`` (torch: MKL), or oneDNN's inner product,
+  ``torch.ops.mkldnn._linear_pointwise``. On the AMD EPYC this project was first benchmarked on,
+  MKL ran its AVX2 kernels and oneDNN was ~1.7x faster on the head; on a 2-core Xeon oneDNN
+  wins with 2 threads (it adds the bias on the way, F.linear copies it first) and F.linear with 1.
+- loop: a time loop multiplies by the same weight T times, so the weight can be packed once
+  (``pack``): by MKL (``torch.ops.mkl._mkl_linear``; on a 2-core Xeon, 2 threads, a
+  (64, 512) x (512, 1536) step took 457 us against oneDNN's packed 552 and plain ``addmm_``'s
+  617), by oneDNN, or not at all (torch's mm/addmm, which can add into a buffer in place).
 
-A time loop's weight is packed once for its T products (``pack``). On an Intel CPU MKL's own
-packed product (``torch.ops.mkl._mkl_linear``, also private) is the faster one: measured on a
-2-core Xeon, 2 threads, a (64, 512) x (512, 1536) step took 457 us against oneDNN's 552 (2048
-columns: 548 vs 698; a 32 x 256 LSTM step's backward product 82 vs 127 us), while the AMD EPYC
-above gets MKL's AVX2 kernels; so Intel packs with MKL and every other CPU with oneDNN.
+Weight gradients, whose first operand is a transpose, always stay on ``mm``, which reads it in
+place (oneDNN copies it). The private ops are looked up once (``private_op``); a missing one is
+never chosen, and every product falls back to plain torch when the fast path is switched off
+(``private(False)``, the benchmark's b*), when mkldnn is disabled, or when the call is not
+float32 on CPU or has few rows -- the float64 tests take the fallback. The results are the same
+up to float32 rounding (a different summation order).
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,20 +34,47 @@ from torch.autograd.function import once_differentiable
 
 from lyricist.models.fast.switch import Switch
 
-_ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-_MKL_PACKED = getattr(getattr(torch.ops, "mkl", None), "_mkl_linear", None)
+
+def private_op(namespace: str, name: str):
+    """torch.ops.<namespace>.<name>, or None where this torch build lacks it."""
+    try:
+        return getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN = private_op("mkldnn", "_linear_pointwise")
+_MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
 
 
-def _intel_cpu() -> bool:
+class Backend(NamedTuple):
+    dense: str  # "torch" or "onednn"
+    loop: str  # "torch", "mkl" or "onednn"
+
+
+_backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
+
+
+def backend() -> Backend:
+    """This machine's choice: measured once and cached (choice.py)."""
+    global _backend
+    if _backend is None:
+        from lyricist.models.fast.choice import choose  # choice.py measures the products defined here
+
+        _backend = choose()
+    return _backend
+
+
+@contextlib.contextmanager
+def use(chosen: Backend) -> Iterator[None]:
+    """Run the products inside the block on ``chosen`` (the tests compare every backend)."""
+    global _backend
+    previous, _backend = _backend, chosen
     try:
-        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-# Which library packs a time loop's weight on this machine (see above); the tests turn it off and on.
-mkl_packing = Switch(_MKL_PACKED is not None and torch.backends.mkl.is_available() and _intel_cpu())
+        yield
+    finally:
+        _backend = previous
 
 
 class Packed(NamedTuple):
@@ -61,9 +88,9 @@ class Packed(NamedTuple):
     mkl: bool
 
 
-def onednn(enabled: bool) -> contextlib.AbstractContextManager:
-    """Use oneDNN (``True``) or always torch's default matmul (``False``) inside the block;
-    the benchmark uses it to show what the matmul backend alone is worth."""
+def private(enabled: bool) -> contextlib.AbstractContextManager:
+    """Allow the private ops (``True``: as chosen) or always use torch's own products (``False``)
+    inside the block; the benchmark uses it to show what the backends are worth."""
     return _switch.set(enabled)
 
 
@@ -74,10 +101,19 @@ MIN_ROWS = 8
 MIN_USES_TO_PACK = 8
 
 
-def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
-    return (_switch.on and rows >= MIN_ROWS and _ONEDNN is not None and torch.backends.mkldnn.is_available()
-            and torch._C._get_mkldnn_enabled()
+def _fast_candidate(tensors: tuple[Tensor, ...], rows: int) -> bool:
+    """Whether a product may leave torch's own: switched on, float32 on CPU, enough rows."""
+    return (_switch.on and rows >= MIN_ROWS
             and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
+
+
+def _onednn_usable() -> bool:
+    return _ONEDNN is not None and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+
+
+def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
+    """Whether a dense product of these tensors runs on oneDNN (chosen here, and usable now)."""
+    return _fast_candidate(tensors, rows) and backend().dense == "onednn" and _onednn_usable()
 
 
 def _rows(x: Tensor) -> int:
@@ -85,16 +121,21 @@ def _rows(x: Tensor) -> int:
 
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
-    """``weight`` (O, I) packed for ``uses`` products with ``rows``-row inputs (MKL's layout on
-    Intel, oneDNN's elsewhere), when the optimised products are on and the loop is long enough;
-    otherwise the weight unchanged. A time loop multiplies by the same weight T times; packing
-    it once saves reordering it at every step (~15% of a (32, H) step). Only for
-    ``linear_nograd``, ``add_linear_`` and the compiled steps (``parts``)."""
-    if uses < MIN_USES_TO_PACK or not uses_onednn(weight, rows=rows):
+    """``weight`` (O, I) packed for ``uses`` products with ``rows``-row inputs (by MKL or oneDNN,
+    as this machine's loop backend says), when the private ops are on and the loop is long
+    enough; otherwise the weight unchanged (torch's mm/addmm). A time loop multiplies by the
+    same weight T times; packing it once saves reordering it at every step (~15% of a (32, H)
+    step). Only for ``linear_nograd``, ``add_linear_`` and the compiled steps (``parts``)."""
+    if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
-    if mkl_packing.on:
+    loop = backend().loop
+    if loop == "mkl" and _MKL_PACKED is not None:
+        weight = weight.contiguous()  # the packing ops read (O, I) row by row
         return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
-    return Packed(weight, torch.ops.mkldnn._reorder_linear_weight(weight, rows), rows, mkl=False)
+    if loop == "onednn" and _onednn_usable():
+        weight = weight.contiguous()
+        return Packed(weight, torch.ops.mkldnn._reorder_linear_weight(weight, rows), rows, mkl=False)
+    return weight  # a transposed view stays one: torch's mm reads it in place
 
 
 def parts(weight: Tensor | Packed) -> tuple[Tensor, Tensor | None, bool]:
@@ -116,8 +157,9 @@ def linear_nograd(x: Tensor, weight: Tensor | Packed, bias: Tensor | None = None
 
 
 def add_linear_(out: Tensor, x: Tensor, weight: Tensor | Packed) -> Tensor:
-    """out (N, O) += x (N, I) @ weight (O, I)^T, in place (the role of ``addmm_``)."""
-    if isinstance(weight, Packed) or uses_onednn(x, weight, out, rows=_rows(x)):
+    """out (N, O) += x (N, I) @ weight (O, I)^T, in place: ``addmm_`` (MKL's gemm adds into out
+    directly), or a packed weight's product added."""
+    if isinstance(weight, Packed):
         return out.add_(linear_nograd(x, weight))
     return out.addmm_(x, weight.t())
 

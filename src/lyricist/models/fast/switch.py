@@ -1,5 +1,5 @@
-"""An on/off setting that a ``with`` block can change for its duration (matmul.py's oneDNN
-products, kernels.py's compiled LSTM step): the benchmark and the tests compare both sides."""
+"""An on/off setting that a ``with`` block can change for its duration (matmul.py's private
+products, kernels.py's compiled steps): the benchmark and the tests compare both sides."""
 
 from __future__ import annotations
 

@@ -45,16 +45,20 @@ void for_rows(int64_t batch, int64_t hidden, const F& row) {
   });
 }
 
-// One row (one sequence of the batch) of the forward step. g (4H): the input half of the
-// pre-activations in, to which the recurrent half r (4H) is added; the activations out (i, f,
-// g, o: what backward needs); c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c.
+// One row (one sequence of the batch) of the forward step. x (4H): the input half of the
+// pre-activations; r (4H): the recurrent half W_hh h_{t-1}; bias (4H): b_hh. Writes the
+// activations i, f, g, o into g_out (4H: what backward needs); c = f * c_prev + i * g,
+// tanh_c = tanh(c), h = o * tanh_c.
 template <typename T>
-void forward_row(T* g, const T* r, const T* c_prev, T* c, T* tanh_c, T* h, int64_t hidden) {
+void forward_row(const T* x, const T* r, const T* bias, T* g_out, const T* c_prev, T* c, T* tanh_c, T* h,
+                 int64_t hidden) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) {
-    const T i = sigmoid(g[j] + r[j]), f = sigmoid(g[hidden + j] + r[hidden + j]);
-    const T cand = std::tanh(g[2 * hidden + j] + r[2 * hidden + j]), o = sigmoid(g[3 * hidden + j] + r[3 * hidden + j]);
-    g[j] = i, g[hidden + j] = f, g[2 * hidden + j] = cand, g[3 * hidden + j] = o;
+    const T i = sigmoid(x[j] + r[j] + bias[j]);
+    const T f = sigmoid(x[hidden + j] + r[hidden + j] + bias[hidden + j]);
+    const T cand = std::tanh(x[2 * hidden + j] + r[2 * hidden + j] + bias[2 * hidden + j]);
+    const T o = sigmoid(x[3 * hidden + j] + r[3 * hidden + j] + bias[3 * hidden + j]);
+    g_out[j] = i, g_out[hidden + j] = f, g_out[2 * hidden + j] = cand, g_out[3 * hidden + j] = o;
     c[j] = f * c_prev[j] + i * cand;
     tanh_c[j] = std::tanh(c[j]);
     h[j] = o * tanh_c[j];
@@ -62,18 +66,19 @@ void forward_row(T* g, const T* r, const T* c_prev, T* c, T* tanh_c, T* h, int64
 }
 
 // One row of the backward step. From dL/dh_t (dh = dh_out + dh_rec: what came through the
-// outputs, and back from step t + 1 through W_hh) and dL/dc_t coming back from step t + 1
-// (dc_io, turned in place into dL/dc_{t-1}), the gradient of the gates' pre-activations (dg):
+// outputs, and back from step t + 1 through W_hh; without dh_rec, dh_out already holds both)
+// and dL/dc_t coming back from step t + 1 (dc_io, turned in place into dL/dc_{t-1}), the
+// gradient of the gates' pre-activations (dg):
 //   dc = dc_io + dh * o * (1 - tanh_c^2)
 //   di = dc * g * i (1 - i)       df = dc * c_prev * f (1 - f)
 //   dg = dc * i * (1 - g^2)       do = dh * tanh_c * o (1 - o)          dc_io <- dc * f
-template <typename T>
+template <typename T, bool kRecurrent>
 void backward_row(const T* dh_out, const T* dh_rec, T* dc_io, const T* g, const T* c_prev, const T* tanh_c, T* dg,
                   int64_t hidden) {
 #pragma omp simd
   for (int64_t j = 0; j < hidden; ++j) {
     const T i = g[j], f = g[hidden + j], cand = g[2 * hidden + j], o = g[3 * hidden + j];
-    const T dh = dh_out[j] + dh_rec[j];
+    const T dh = kRecurrent ? dh_out[j] + dh_rec[j] : dh_out[j];
     const T dc = dc_io[j] + dh * o * (T(1) - tanh_c[j] * tanh_c[j]);
     dg[j] = dc * cand * i * (T(1) - i);
     dg[hidden + j] = dc * c_prev[j] * f * (T(1) - f);
@@ -86,9 +91,11 @@ void backward_row(const T* dh_out, const T* dh_rec, T* dc_io, const T* g, const 
 // x (N, I) @ weight (O, I)^T, as matmul.linear_nograd makes it. `packed` is what matmul.pack
 // made of the weight (matmul.parts): MKL's packed layout (`mkl`) or oneDNN's blocked one, each
 // through the same private op as in matmul.py (looked up by name and called boxed: no C++
-// signature to keep in step with torch); no packed weight: at::mm.
-at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& packed, bool mkl) {
-  if (!packed.has_value()) return at::mm(x, weight.t());
+// signature to keep in step with torch; choice.py checks both ops before choosing one). These
+// return a new tensor; without a packed weight, torch's public mm writes into `out` (no allocation).
+at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& packed, bool mkl,
+                   at::Tensor& out) {
+  if (!packed.has_value()) return at::mm_out(out, x, weight.t());
   torch::jit::Stack stack;
   if (mkl) {
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkl::_mkl_linear", "");
@@ -108,67 +115,108 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::opt
   return stack[0].toTensor();
 }
 
+// dst (N, O) += x (N, I) @ weight (O, I)^T, in place: torch's addmm_ (MKL's gemm with beta = 1)
+// adds into dst directly; a packed product is added from its own new tensor.
+void add_product_(at::Tensor dst, const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& packed, bool mkl) {
+  if (!packed.has_value()) {
+    dst.addmm_(x, weight.t());
+    return;
+  }
+  at::Tensor unused;
+  dst.add_(product(x, weight, packed, mkl, unused));
+}
+
+// Checks a (T, B, columns) or (T + 1, B, columns) buffer once, before a loop.
+void check_steps(const torch::Tensor& t, const char* name, const torch::Tensor& like, int64_t steps, int64_t columns) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have the gates' dtype");
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == steps && t.size(1) == like.size(1) && t.size(2) == columns, name,
+              " has the wrong shape");
+}
+
+void check_bias(const torch::Tensor& bias, const torch::Tensor& like, int64_t columns) {
+  TORCH_CHECK(bias.is_contiguous() && bias.numel() == columns && bias.scalar_type() == like.scalar_type(),
+              "bias_hh must be contiguous, (", columns, ",), of x_proj's dtype");
+}
+
 }  // namespace
 
-// The forward step for the whole batch: gates (B, 4H) += recurrent (B, 4H), then activated
-// in place; c, tanh_c, h (B, H) written.
-void lstm_step_forward(torch::Tensor gates, torch::Tensor recurrent, torch::Tensor c_prev, torch::Tensor c,
-                       torch::Tensor tanh_c, torch::Tensor h) {
-  const int64_t batch = gates.size(0), hidden = gates.size(1) / 4;
-  check(gates, "gates", gates, 4 * hidden);
-  check(recurrent, "recurrent", gates, 4 * hidden);
-  for (auto* t : {&c_prev, &c, &tanh_c, &h}) check(*t, "a state tensor", gates, hidden);
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_step_forward", [&] {
-    for_rows(batch, hidden, [&](int64_t b) {
-      const int64_t row = b * hidden;
-      forward_row(gates.data_ptr<scalar_t>() + 4 * row, recurrent.data_ptr<scalar_t>() + 4 * row,
-                  c_prev.data_ptr<scalar_t>() + row,
-                  c.data_ptr<scalar_t>() + row, tanh_c.data_ptr<scalar_t>() + row, h.data_ptr<scalar_t>() + row,
-                  hidden);
-    });
-  });
-}
-
-// The backward step for the whole batch: grad_gates (B, 4H) written, grad_c (B, H) carried back
-// in place; dL/dh_t is grad_h + grad_h_recurrent (each (B, H)).
-void lstm_step_backward(torch::Tensor grad_h, torch::Tensor grad_h_recurrent, torch::Tensor grad_c,
-                        torch::Tensor gates, torch::Tensor c_prev, torch::Tensor tanh_c, torch::Tensor grad_gates) {
-  const int64_t batch = gates.size(0), hidden = gates.size(1) / 4;
-  check(gates, "gates", gates, 4 * hidden);
-  check(grad_gates, "grad_gates", gates, 4 * hidden);
-  for (auto* t : {&grad_h, &grad_h_recurrent, &grad_c, &c_prev, &tanh_c}) check(*t, "a state tensor", gates, hidden);
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_step_backward", [&] {
-    for_rows(batch, hidden, [&](int64_t b) {
-      const int64_t row = b * hidden;
-      backward_row(grad_h.data_ptr<scalar_t>() + row, grad_h_recurrent.data_ptr<scalar_t>() + row,
-                   grad_c.data_ptr<scalar_t>() + row,
-                   gates.data_ptr<scalar_t>() + 4 * row, c_prev.data_ptr<scalar_t>() + row,
-                   tanh_c.data_ptr<scalar_t>() + row, grad_gates.data_ptr<scalar_t>() + 4 * row, hidden);
-    });
-  });
-}
-
 // The whole forward time loop (LSTMSequence.forward's loop, the products included), so that no
-// Python runs between steps. gates (T, B, 4H): the input half in, the activations out; hs and
-// cs (T + 1, B, H) with hs[0], cs[0] set; tanh_cs (T, B, H); weight_hh (4H, H), maybe packed
-// (weight_hh, packed, mkl: matmul.parts).
-void lstm_forward(torch::Tensor gates, torch::Tensor weight_hh, std::optional<torch::Tensor> packed, bool mkl,
-                  torch::Tensor hs, torch::Tensor cs, torch::Tensor tanh_cs) {
-  for (int64_t t = 0; t < gates.size(0); ++t) {
-    lstm_step_forward(gates[t], product(hs[t], weight_hh, packed, mkl), cs[t], cs[t + 1], tanh_cs[t], hs[t + 1]);
-  }
+// Python runs between steps. x_proj (T, B, 4H): the input half of the pre-activations (bias_ih
+// in); bias_hh (4H); gates (T, B, 4H): the activations out; hs and cs (T + 1, B, H) with hs[0],
+// cs[0] set; tanh_cs (T, B, H); weight_hh (4H, H), maybe packed (weight_hh, packed, mkl:
+// matmul.parts). b_hh is added in the step's one pass, not in a pass of its own over (T, B, 4H).
+void lstm_forward(torch::Tensor x_proj, torch::Tensor bias_hh, torch::Tensor weight_hh,
+                  std::optional<torch::Tensor> packed, bool mkl, torch::Tensor gates, torch::Tensor hs,
+                  torch::Tensor cs, torch::Tensor tanh_cs) {
+  const int64_t steps = x_proj.size(0), batch = x_proj.size(1), hidden = x_proj.size(2) / 4;
+  check_steps(x_proj, "x_proj", x_proj, steps, 4 * hidden);
+  check_steps(gates, "gates", x_proj, steps, 4 * hidden);
+  check_steps(hs, "hs", x_proj, steps + 1, hidden);
+  check_steps(cs, "cs", x_proj, steps + 1, hidden);
+  check_steps(tanh_cs, "tanh_cs", x_proj, steps, hidden);
+  check_bias(bias_hh, x_proj, 4 * hidden);
+  const int64_t wide = batch * 4 * hidden, narrow = batch * hidden;  // one step of a (., B, 4H) / (., B, H) buffer
+  at::Tensor buffer = at::empty({batch, 4 * hidden}, x_proj.options());  // the public product writes here
+  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_forward", [&] {
+    const scalar_t *x = x_proj.data_ptr<scalar_t>(), *bias = bias_hh.data_ptr<scalar_t>();
+    scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>();
+    scalar_t* tc = tanh_cs.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const at::Tensor recurrent = product(hs[t], weight_hh, packed, mkl, buffer);  // (B, 4H)
+      TORCH_CHECK(recurrent.is_contiguous(), "the recurrent product must be contiguous");
+      const scalar_t* r = recurrent.data_ptr<scalar_t>();
+      for_rows(batch, hidden, [&](int64_t b) {
+        const int64_t row = b * hidden, k = t * narrow + row;
+        forward_row(x + t * wide + 4 * row, r + 4 * row, bias, g + t * wide + 4 * row, c + k, c + narrow + k,
+                    tc + k, h + narrow + k, hidden);
+      });
+    }
+  });
 }
 
 // The whole backward time loop: grad_h (T, B, H) is dL/dh_t through the outputs, grad_c (B, H)
-// dL/dc_T in and dL/dc_0 out; grad_gates (T, B, 4H) is written; weight_t = W_hh^T (H, 4H), maybe packed.
+// dL/dc_T in and dL/dc_0 out; grad_gates (T, B, 4H) is written; weight_t = W_hh^T (H, 4H), maybe
+// packed. The recurrent gradient dg_t W_hh: with torch's product, added into grad_h[t - 1] in
+// place (addmm_); with a packed one (a new tensor each step), added in step t - 1's one pass.
 void lstm_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gates, torch::Tensor cs,
                    torch::Tensor tanh_cs, torch::Tensor grad_gates, torch::Tensor weight_t,
                    std::optional<torch::Tensor> packed_t, bool mkl) {
-  torch::Tensor grad_h_recurrent = torch::zeros_like(grad_c);  // through step t + 1's W_hh: none at the last step
-  for (int64_t t = gates.size(0) - 1; t >= 0; --t) {
-    lstm_step_backward(grad_h[t], grad_h_recurrent, grad_c, gates[t], cs[t], tanh_cs[t], grad_gates[t]);
-    if (t > 0) grad_h_recurrent = product(grad_gates[t], weight_t, packed_t, mkl);
-  }
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = gates.size(2) / 4;
+  check_steps(gates, "gates", gates, steps, 4 * hidden);
+  check_steps(grad_gates, "grad_gates", gates, steps, 4 * hidden);
+  check_steps(grad_h, "grad_h", gates, steps, hidden);
+  check_steps(cs, "cs", gates, steps + 1, hidden);
+  check_steps(tanh_cs, "tanh_cs", gates, steps, hidden);
+  check(grad_c, "grad_c", gates[0], hidden);
+  const int64_t wide = batch * 4 * hidden, narrow = batch * hidden;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    const scalar_t *g = gates.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *tc = tanh_cs.data_ptr<scalar_t>();
+    scalar_t *dh = grad_h.data_ptr<scalar_t>(), *dc = grad_c.data_ptr<scalar_t>(), *dg = grad_gates.data_ptr<scalar_t>();
+    at::Tensor recurrent;  // dg_{t+1} W_hh from a packed product: none at the last step
+    at::Tensor unused;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const scalar_t* rec = recurrent.defined() ? recurrent.data_ptr<scalar_t>() : nullptr;
+      for_rows(batch, hidden, [&](int64_t b) {
+        const int64_t row = b * hidden, k = t * narrow + row;
+        if (rec != nullptr) {
+          backward_row<scalar_t, true>(dh + k, rec + row, dc + row, g + t * wide + 4 * row, c + k, tc + k,
+                                       dg + t * wide + 4 * row, hidden);
+        } else {
+          backward_row<scalar_t, false>(dh + k, nullptr, dc + row, g + t * wide + 4 * row, c + k, tc + k,
+                                        dg + t * wide + 4 * row, hidden);
+        }
+      });
+      if (t == 0) break;
+      if (packed_t.has_value()) {
+        recurrent = product(grad_gates[t], weight_t, packed_t, mkl, unused);
+        TORCH_CHECK(recurrent.is_contiguous(), "the recurrent product must be contiguous");
+      } else {
+        grad_h[t - 1].addmm_(grad_gates[t], weight_t.t());  // dh_{t-1} += dg_t W_hh, in place
+      }
+    }
+  });
 }
 
 // One row of the GRU's forward step. x (3H): the input half of the pre-activations (bias_ih in);
@@ -207,14 +255,6 @@ void gru_backward_row(const T* dh, const T* gates, const T* hn, const T* h_prev,
   }
 }
 
-// Checks a (T, B, columns) or (T + 1, B, columns) buffer of the GRU loops once, before them.
-void check_steps(const torch::Tensor& t, const char* name, const torch::Tensor& like, int64_t steps, int64_t columns) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have x_proj's dtype");
-  TORCH_CHECK(t.dim() == 3 && t.size(0) == steps && t.size(1) == like.size(1) && t.size(2) == columns, name,
-              " has the wrong shape");
-}
-
 // The GRU's whole forward time loop (GRUSequence.forward). x_proj (T, B, 3H); bias_hh (3H);
 // hs (T + 1, B, H) with hs[0] set; gates (T, B, 3H) and hn (T, B, H) written; weight_hh (3H, H),
 // maybe packed (weight_hh, packed, mkl: matmul.parts).
@@ -225,14 +265,14 @@ void gru_forward(torch::Tensor x_proj, torch::Tensor weight_hh, std::optional<to
   check_steps(gates, "gates", x_proj, steps, 3 * hidden);
   check_steps(hs, "hs", x_proj, steps + 1, hidden);
   check_steps(hn, "hn", x_proj, steps, hidden);
-  TORCH_CHECK(bias_hh.is_contiguous() && bias_hh.numel() == 3 * hidden && bias_hh.scalar_type() == x_proj.scalar_type(),
-              "bias_hh must be contiguous, (3H,), of x_proj's dtype");
+  check_bias(bias_hh, x_proj, 3 * hidden);
   const int64_t wide = batch * 3 * hidden, narrow = batch * hidden;  // one step of a (., B, 3H) / (., B, H) buffer
+  at::Tensor buffer = at::empty({batch, 3 * hidden}, x_proj.options());  // the public product writes here
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "gru_forward", [&] {
     const scalar_t *x = x_proj.data_ptr<scalar_t>(), *bias = bias_hh.data_ptr<scalar_t>();
     scalar_t *g = gates.data_ptr<scalar_t>(), *n = hn.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t) {
-      const torch::Tensor recurrent = product(hs[t], weight_hh, packed, mkl);  // (B, 3H)
+      const torch::Tensor recurrent = product(hs[t], weight_hh, packed, mkl, buffer);  // (B, 3H)
       TORCH_CHECK(recurrent.is_contiguous(), "the recurrent product must be contiguous");
       const scalar_t* p = recurrent.data_ptr<scalar_t>();
       for_rows(batch, hidden, [&](int64_t b) {
@@ -270,7 +310,7 @@ void gru_backward(torch::Tensor grad_h, torch::Tensor gates, torch::Tensor hn, t
         gru_backward_row(dh + t * narrow + row, g + t * wide + 3 * row, n + t * narrow + row, h + t * narrow + row,
                          dx + t * wide + 3 * row, dp + t * wide + 3 * row, dh_prev + row, hidden);
       });
-      if (t > 0) grad_h[t - 1].add_(product(grad_p[t], weight_t, packed_t, mkl));  // dh_{t-1} += dp_t W_hh
+      if (t > 0) add_product_(grad_h[t - 1], grad_p[t], weight_t, packed_t, mkl);  // dh_{t-1} += dp_t W_hh, in place
     }
   });
 }

@@ -1,0 +1,163 @@
+"""Which library runs the products on this machine: measured once, cached beside the compiled step.
+
+Two choices (matmul.Backend):
+  dense  the one-off products (the head, every layer's input projection, their input
+         gradients): torch's F.linear (public) or oneDNN's inner product (private op);
+  loop   a time loop's T products by one weight: torch's mm/addmm (public, in place), or the
+         weight packed once by MKL or by oneDNN (private ops).
+Why measure instead of asking the CPU's vendor: which one wins depends on the CPU, the torch
+build and the thread count (MKL runs AVX2 kernels on AMD; on a 2-core Xeon its packed product
+won, and for the one-off products oneDNN with 2 threads but F.linear with 1), and a private op
+can vanish or change in any torch release.
+
+Every candidate is first checked against torch's own product (a missing op, an error or a wrong
+result drops it, with a warning that names it), then timed on products of the project's sizes,
+call by call alternated with the others, the fastest call of each. A private op is chosen only when its summed time,
+relative to torch's, is at least 5 % lower: public wherever it is about as fast.
+
+The result, with the measured times, is written once to
+``<kernels.cache_dir()>/<kernels.extension_name()>.products-<threads>t.json``: the same key as
+the compiled step (source, flags, compiler, torch, Python, CPU) plus the thread count, so another
+torch or CPU measures again and every copy of the code reads the same file. Delete it to measure
+again. ``LYRICIST_PRODUCTS=public`` skips all of this and uses torch's products only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lyricist.models.fast import kernels
+from lyricist.models.fast.matmul import Backend, private_op
+
+PUBLIC = Backend(dense="torch", loop="torch")
+MARGIN = 0.95  # a private op must take <= 95 % of torch's time
+# (rows, in, out) of the products measured: a loop's forward and backward steps at 1 x 256, B 32 and
+# at 2 x 512, B 64; the head of 1 x 256 over 2,493 characters and a 2 x 512 layer's input projection
+# (forward, then its input gradient, whose weight is a transposed view).
+LOOP_SHAPES = [(32, 256, 1024), (32, 1024, 256), (64, 512, 2048), (64, 2048, 512)]
+DENSE_SHAPES = [(1120, 256, 2493), (1024, 512, 2048), (1024, 2048, 512)]
+REPEATS = {"loop": 25, "dense": 9}  # timed calls of each candidate per shape
+
+
+def cache_file() -> Path:
+    return kernels.cache_dir() / f"{kernels.extension_name()}.products-{torch.get_num_threads()}t.json"
+
+
+def _loop_candidates(rows: int, weight: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
+    """name -> x (rows, I) |-> x weight^T, each as the compiled step calls it (packing done here)."""
+    out = weight.new_empty(rows, weight.shape[0])
+    candidates = {"torch": lambda x: torch.mm(x, weight.t(), out=out)}
+    mkl_linear, mkl_reorder = private_op("mkl", "_mkl_linear"), private_op("mkl", "_mkl_reorder_linear_weight")
+    if mkl_linear is not None and mkl_reorder is not None and torch.backends.mkl.is_available():
+        packed = mkl_reorder(weight, rows)
+        candidates["mkl"] = lambda x: mkl_linear(x, packed, weight, None, rows)
+    onednn, onednn_reorder = private_op("mkldnn", "_linear_pointwise"), private_op("mkldnn", "_reorder_linear_weight")
+    if onednn is not None and onednn_reorder is not None and torch.backends.mkldnn.is_available():
+        packed_dnn = onednn_reorder(weight, rows)
+        candidates["onednn"] = lambda x: onednn(x, packed_dnn, None, "none", [], "")
+    return candidates
+
+
+def _dense_candidates(transposed: bool, weight: Tensor, bias: Tensor | None) -> dict[str, Callable[[Tensor], Tensor]]:
+    """As the model calls them: forward with a bias (F.linear copies it into the output first,
+    oneDNN adds it on the way), the input gradient by a transposed view of the weight, no bias."""
+    w = weight.t() if transposed else weight
+    candidates = {"torch": lambda x: F.linear(x, w, bias)}
+    onednn = private_op("mkldnn", "_linear_pointwise")
+    if onednn is not None and torch.backends.mkldnn.is_available():
+        candidates["onednn"] = lambda x: onednn(x, w, bias, "none", [], "")
+    return candidates
+
+
+def _working(candidates: dict[str, Callable], x: Tensor, expected: Tensor) -> dict[str, Callable]:
+    """The candidates that run and give torch's result (float32 rounding aside)."""
+    kept = {}
+    for name, product in candidates.items():
+        try:
+            # float32 rounding grows with the sum's length: the tolerance is relative to the largest entry
+            torch.testing.assert_close(product(x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+            kept[name] = product
+        except Exception as error:  # a private op missing a kernel, changed, or wrong: not used
+            warnings.warn(f"lyricist: the {name} product failed its check and is not used "
+                          f"({type(error).__name__}: {str(error).strip()[:200]})", RuntimeWarning, stacklevel=3)
+    return kept
+
+
+def _relative_times(shapes, make, repeats: int) -> dict[str, float]:
+    """name -> sum over shapes of (its fastest time / torch's): len(shapes) for torch itself.
+    The fastest of many alternated calls, not the median: on a shared machine other processes
+    only ever add time, so the minimum is the least disturbed estimate of the product's own.
+    A candidate that fails at any shape is left out."""
+    generator = torch.Generator().manual_seed(0)
+    scores: dict[str, float] = {}
+    alive: set[str] | None = None
+    for rows, inputs, outputs in shapes:
+        x = torch.randn(rows, inputs, generator=generator)
+        if make is _loop_candidates:
+            weight = torch.randn(outputs, inputs, generator=generator)  # (O, I)
+            candidates, expected = make(rows, weight), x @ weight.t()
+        else:  # the input gradient's weight is a transposed view: (I, O) seen as (O, I)
+            transposed = inputs > outputs
+            weight = torch.randn(*((inputs, outputs) if transposed else (outputs, inputs)), generator=generator)
+            bias = None if transposed else torch.randn(outputs, generator=generator)
+            candidates = make(transposed, weight, bias)
+            expected = x @ weight if transposed else torch.addmm(bias, x, weight.t())
+        candidates = _working(candidates, x, expected)
+        alive = set(candidates) if alive is None else alive & set(candidates)
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        for repeat in range(repeats + 2):
+            for name, product in candidates.items():  # alternated: a slow patch hits every candidate
+                start = time.perf_counter()
+                product(x)
+                if repeat >= 2:  # two untimed calls first
+                    times[name].append(time.perf_counter() - start)
+        base = min(times["torch"])
+        for name, values in times.items():
+            scores[name] = scores.get(name, 0.0) + min(values) / base
+    return {name: round(score, 3) for name, score in scores.items() if name in alive}
+
+
+def _pick(scores: dict[str, float]) -> str:
+    best = min(scores, key=scores.get)
+    return best if scores[best] <= MARGIN * scores["torch"] else "torch"
+
+
+def measure() -> dict:
+    """Time every working candidate (a second or two); the choice and the numbers."""
+    with torch.no_grad():
+        loop = _relative_times(LOOP_SHAPES, _loop_candidates, REPEATS["loop"])
+        dense = _relative_times(DENSE_SHAPES, _dense_candidates, REPEATS["dense"])
+    return {"dense": _pick(dense), "loop": _pick(loop), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "relative_time": {"dense": dense, "loop": loop},
+            "note": "each: summed fastest time relative to torch's over the shapes measured; lower is faster"}
+
+
+def choose() -> Backend:
+    """The cached choice, or a new measurement written to the cache; torch's products when
+    LYRICIST_PRODUCTS=public."""
+    if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
+        return PUBLIC
+    path = cache_file()
+    try:
+        found = json.loads(path.read_text())
+        return Backend(found["dense"], found["loop"])
+    except (OSError, ValueError, KeyError):
+        pass
+    result = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(temporary, path)  # atomic: a reader sees all of it or none
+    except OSError as error:  # a read-only cache: measured again next time, nothing lost
+        warnings.warn(f"lyricist: could not cache the product choice in {path}: {error}", RuntimeWarning, stacklevel=2)
+    return Backend(result["dense"], result["loop"])

@@ -1,0 +1,82 @@
+"""The products' backend (models/fast/choice.py): measured once per machine and cached beside the
+compiled step; a private op that is missing, fails or computes something else is never chosen."""
+
+import json
+
+import pytest
+import torch
+
+from lyricist.models.cells import make_cell
+from lyricist.models.fast import choice, matmul
+from lyricist.models.fast.head import linear_cross_entropy
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    """A fresh cache folder, small measurements (the choice itself is not asserted: it is the machine's)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv("LYRICIST_PRODUCTS", raising=False)
+    monkeypatch.setattr(choice, "LOOP_SHAPES", [(8, 16, 24), (8, 24, 16)])
+    monkeypatch.setattr(choice, "DENSE_SHAPES", [(40, 16, 24), (40, 24, 16)])
+    monkeypatch.setattr(choice, "REPEATS", {"loop": 2, "dense": 2})
+    return tmp_path / "lyricist"
+
+
+def test_the_choice_is_measured_once_and_read_back_from_beside_the_compiled_step(cache, monkeypatch):
+    chosen = choice.choose()
+    path = choice.cache_file()
+    assert path.parent == cache and path.name.startswith(choice.kernels.extension_name())
+    saved = json.loads(path.read_text())
+    assert (saved["dense"], saved["loop"]) == chosen and saved["threads"] == torch.get_num_threads()
+    assert saved["relative_time"]["loop"]["torch"] == 2.0  # torch against itself, over 2 shapes
+    monkeypatch.setattr(choice, "measure", lambda: pytest.fail("measured a second time"))
+    assert choice.choose() == chosen
+
+
+def test_a_missing_private_op_is_never_chosen(cache, monkeypatch):
+    real = choice.private_op
+    monkeypatch.setattr(choice, "private_op", lambda ns, name: None if ns == "mkl" else real(ns, name))
+    result = choice.measure()
+    assert "mkl" not in result["relative_time"]["loop"] and result["loop"] in ("torch", "onednn")
+
+
+@pytest.mark.parametrize("fault", ["raises", "wrong"])
+def test_a_private_op_that_fails_or_changed_is_dropped_with_a_warning(cache, monkeypatch, fault):
+    """As if a torch upgrade changed the op: it raises, or returns something else. Torch's own
+    products take over everywhere (the margin makes an equal-speed choice public anyway)."""
+    def broken(*args):
+        if fault == "raises":
+            raise RuntimeError("mkldnn::_linear_pointwise() Expected 7 arguments, got 6")
+        return torch.zeros(args[0].shape[0], 3)
+
+    real = choice.private_op
+    monkeypatch.setattr(choice, "private_op", lambda ns, name: None if ns == "mkl" else (
+        broken if name == "_linear_pointwise" else real(ns, name)))
+    with pytest.warns(RuntimeWarning, match="the onednn product failed its check and is not used"):
+        result = choice.measure()
+    assert result["dense"] == result["loop"] == "torch"
+    assert set(result["relative_time"]["dense"]) == set(result["relative_time"]["loop"]) == {"torch"}
+
+
+def test_public_only_on_request(monkeypatch):
+    monkeypatch.setenv("LYRICIST_PRODUCTS", "public")
+    monkeypatch.setattr(choice, "measure", lambda: pytest.fail("measured"))
+    assert choice.choose() == choice.PUBLIC == matmul.Backend("torch", "torch")
+
+
+def test_public_backend_uses_no_private_op(monkeypatch):
+    """With torch's products chosen, a layer's products and the head's never reach a private op
+    (the compiled steps call them only on a packed weight, and nothing is packed)."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a private op was called")
+
+    monkeypatch.setattr(matmul, "_ONEDNN", forbidden)
+    monkeypatch.setattr(matmul, "_MKL_PACKED", forbidden)
+    torch.manual_seed(0)
+    cell, head = make_cell("lstm", 8, 16), torch.randn(20, 16, requires_grad=True)
+    x, targets = torch.randn(12, 16, 8, requires_grad=True), torch.randint(20, (12, 16))  # (T, B, I): enough to pack
+    with matmul.use(choice.PUBLIC):
+        packed = matmul.pack(cell.weight_hh, rows=16, uses=12)
+        outputs, _ = cell.sequence(matmul.linear(x, cell.weight_ih, cell.bias_ih), cell.begin_state(16))
+        linear_cross_entropy(outputs, head, torch.zeros(20), targets).backward()
+    assert packed is cell.weight_hh and x.grad is not None and cell.weight_hh.grad is not None
