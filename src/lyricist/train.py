@@ -134,8 +134,10 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"{values} do not go together: {fix}")
 
 
-def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:
+def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None,
+          callbacks: list[pl.Callback] | None = None) -> dict:
     """Train the configured model; write checkpoints/ and metrics.csv under `output_dir`.
+    `callbacks`: Lightning callbacks added to conf's (lyricist.tune's pruning callback).
 
     Returns the final metrics, among them `val/ppl` (the best epoch's), so an optimising
     Hydra sweeper can use it.
@@ -176,7 +178,8 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     locked = rundir.claim_run_dir(output_dir, bool(cfg.train.resume), overwrite)
     try:
         return _fit_and_report(cfg, output_dir, module, datamodule, resume_path, resume_meta, mlf,
-                               tracking_uri, vocab, train_text=vocab.decode(splits["train"], unk="\ufffd"))
+                               tracking_uri, vocab, train_text=vocab.decode(splits["train"], unk="\ufffd"),
+                               extra_callbacks=callbacks or [])
     except BaseException as err:
         if mlf:  # not left RUNNING: FAILED, with the reason as a tag
             store.mark_failed(tracking_uri, mlf.run_id, err)
@@ -188,12 +191,13 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
 
 def _fit_and_report(cfg: DictConfig, output_dir: Path, module, datamodule, resume_path: str | None,
                     resume_meta: dict, mlf: MLFlowLogger | None, tracking_uri: str | None,
-                    vocab: Vocab, train_text: str) -> dict:
+                    vocab: Vocab, train_text: str, extra_callbacks: list[pl.Callback] = ()) -> dict:
     run_id = mlf.run_id if mlf else None
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
-                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id, train_text=train_text),
+                          callbacks=_callbacks(cfg, output_dir, tracking_uri, run_id, train_text=train_text)
+                          + list(extra_callbacks),
                           default_root_dir=str(output_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
