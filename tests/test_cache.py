@@ -74,3 +74,34 @@ def test_the_cache_learns_the_chorus_and_mixes_with_the_adaptive_ngram(toy):
                          "cache_test_ppl", "cache_interpolated_val_ppl", "cache_interpolated_test_ppl"}
     with pytest.raises(ValueError, match="evaluate.cache_size must be an integer >= 1"):
         evaluate_cache(model, {"val": val}, size=0)
+
+
+def test_the_evaluate_stage_writes_the_cache_rows_after_the_others(tiny_cfg, tiny_data, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT, with_data
+    from lyricist.train import train
+    import importlib.util
+    import json
+
+    cfg = with_data(tiny_cfg, tiny_data)
+    cfg.logger.enabled = False
+    train(cfg, tmp_path / "run")
+    OmegaConf.update(cfg, "evaluate.cache_size", 50)
+    OmegaConf.update(cfg, "evaluate.dynamic_lrs", [])
+    OmegaConf.update(cfg, "evaluate.krause_lrs", [])
+    OmegaConf.update(cfg, "baseline.max_order", 3)
+    OmegaConf.save(cfg, tmp_path / "params.yaml")
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "pipelines" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    stage.main(["--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"), "--data-dir", str(tiny_data),
+                "--params", str(tmp_path / "params.yaml"), "--metrics", str(tmp_path / "metrics.json"),
+                "--samples", str(tmp_path / "samples.md")])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    keys = list(metrics)
+    assert keys[-8:] == ["cache_size", "cache_theta", "cache_lambda", "cache_interpolation_weight",
+                         "cache_val_ppl", "cache_interpolated_val_ppl", "cache_test_ppl", "cache_interpolated_test_ppl"]
+    assert metrics["cache_size"] == 50 and metrics["cache_val_ppl"] <= metrics["val_ppl"] * 1.05
+    printed = capsys.readouterr().out
+    assert f"  cache         val {metrics['cache_val_ppl']:9.2f}" in printed and "cache+kn" in printed

@@ -254,9 +254,12 @@ def ensure_experiment(tracking_uri: str, name: str) -> None:
 
 
 def _create_parent_run(cfg: DictConfig, root: Path, tracking_uri: str) -> str:
+    """The study's parent run, made by the worker that created the study: the only one to touch a
+    new SQLite store before it exists (workers racing to create MLflow's tables break them)."""
     t = cfg.tune
+    ensure_experiment(tracking_uri, cfg.logger.experiment_name)
     client = MlflowClient(tracking_uri)
-    experiment_id = store.ensure_experiment(tracking_uri, cfg.logger.experiment_name)
+    experiment_id = client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id
     run = store.with_retry(lambda: client.create_run(
         experiment_id, run_name=f"tune {t.study_name}",
         tags={"tune": "parent", "optuna.study": t.study_name, "git_commit": store.git_commit(root)}))
@@ -402,8 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     make_pruner(t)  # a bad name fails here
     tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
     out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name)
-    if tracking_uri:
-        ensure_experiment(tracking_uri, cfg.logger.experiment_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -15,17 +15,22 @@ is scored on the positions the adaptive n-gram is (1 .. len - 1), so the two mix
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lyricist.checkpoint import load_checkpoint
+from lyricist.data.vocab import load_ids
 from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, choose_weight, mixture_log_probs, perplexity_of
 from lyricist.evaluation.metrics import Perplexities
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, load_kneser_ney
 from lyricist.models import RecurrentLM, eval_mode
 
 THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)  # Grave et al. tune θ on val; the range depends on |h|
@@ -129,3 +134,28 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
     mixed = Perplexities.of_splits({split: perplexity_of(mixture_log_probs(scored[split], adaptive[split], weight))
                                     for split in splits})
     return CacheResult(size, theta, lam, weight, cache, kn, mixed)
+
+
+def cache_of_checkpoint(checkpoint, data_dir: Path, params: dict, ngram_path: str | Path | None = None,
+                        report: Callable[[str], None] = lambda line: None) -> CacheResult | None:
+    """The evaluate stage's cache row for a checkpoint, with params.yaml's `evaluate.cache_size`
+    and `cache_thetas` (absent or null: no row; an ensemble has no one hidden state: no row) and
+    the baseline's Kneser-Ney model (`ngram_path`, else fit here on train as the baseline does)."""
+    e, b = params.get("evaluate", {}), params["baseline"]
+    if not e.get("cache_size") or (not isinstance(checkpoint, (str, Path)) and len(checkpoint) > 1):
+        return None
+    start = time.perf_counter()
+    loaded = load_checkpoint(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0])
+    splits = {"val": load_ids(data_dir / "val.npy")}
+    if (data_dir / "test.npy").is_file() and len(test := load_ids(data_dir / "test.npy")):
+        splits["test"] = test
+    vocab_size = len(loaded.vocab)
+    if ngram_path is not None:
+        ngram = load_kneser_ney(ngram_path, vocab_size, b["max_order"], b["discount_mode"], b["fixed_discount"])
+    else:
+        ngram, _ = best_kneser_ney(load_ids(data_dir / "train.npy"), splits["val"], vocab_size, b["max_order"],
+                                   b["discount_mode"], b["fixed_discount"])
+    result = evaluate_cache(loaded.model, splits, e["cache_size"], ngram, thetas=e.get("cache_thetas") or THETAS)
+    report(f"  neural cache (θ {result.theta:g}, λ {result.lam:g} of {result.size} positions): "
+           f"{time.perf_counter() - start:.1f} s")
+    return result
