@@ -102,7 +102,10 @@ def test_a_killed_study_resumes_from_its_storage_with_no_trial_lost(tiny_data, t
     while True:  # kill it while its second trial is running
         time.sleep(1)
         assert first.poll() is None and time.time() < deadline
-        trials = load(tmp_path).trials if (tmp_path / "optuna.db").exists() else []
+        try:
+            trials = load(tmp_path).trials
+        except KeyError:  # the worker has not created the study yet
+            trials = []
         if len(trials) >= 2 and trials[1].state == TrialState.RUNNING and "mlflow_run_id" in trials[1].user_attrs:
             break
     os.kill(first.pid, signal.SIGKILL)
