@@ -137,7 +137,15 @@ ALIASES = [f"{recipe}_{cell}" for recipe in RECIPES for cell in CELLS]
 
 
 def test_experiment_group_holds_the_recipes_and_their_aliases():
-    assert _options("experiment") == sorted([*RECIPES, *ALIASES])
+    # tuned_<corpus>: the recipes `python -m lyricist.tune` wrote (docs/search.md)
+    assert [o for o in _options("experiment") if not o.startswith("tuned_")] == sorted([*RECIPES, *ALIASES])
+
+
+@pytest.mark.parametrize("preset", [o for o in _options("experiment") if o.startswith("tuned_")])
+def test_every_tuned_preset_composes_for_its_corpus_and_instantiates(preset):
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.data.name == preset.removeprefix("tuned_")
+    assert isinstance(instantiate(cfg.model, vocab_size=11, _convert_="all"), RecurrentLM)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

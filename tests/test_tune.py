@@ -50,7 +50,7 @@ def worker(tmp_path, data, *extra):
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_write_a_preset_that_trains(tiny_data, tmp_path, monkeypatch):
-    procs = [worker(tmp_path, tiny_data, "tune.n_trials=6") for _ in range(2)]
+    procs = [worker(tmp_path, tiny_data, "tune.n_trials=6", "data=jaychou") for _ in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]
@@ -82,6 +82,7 @@ def test_two_workers_share_one_study_and_write_a_preset_that_trains(tiny_data, t
     # `experiment=tuned_tiny`, and it trains.
     preset = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
     assert preset.read_text().startswith("# @package _global_")
+    assert "- override /data: jaychou\n" in preset.read_text()  # the command line's group choice
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                                                         "experiment=tuned_tiny", f"paths.encoded={tiny_data}",

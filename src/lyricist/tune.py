@@ -328,7 +328,7 @@ def write_preset(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study,
               f"# trial {best.number} of {len(study.trials)}, val ppl {best.value:.4f} (train.seed "
               f"{cfg.train.seed}; the best of a search on val: retrain on fresh seeds before quoting it,",
               "# `python -m lyricist.seeds --seeds 3 experiment=<this> train.seed=1000`)."]
-    defaults = [f"override /{k.lstrip('+')}: {v}" for k, v in groups]
+    defaults = [{f"override /{k.lstrip('+')}": v} for k, v in groups]
     body = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults + ["_self_"], **OmegaConf.to_container(node)}))
     path = Path(t.preset_dir or root / "conf" / "experiment") / f"{t.preset}.yaml"
     write_text(path, "\n".join(header) + "\n" + body)
