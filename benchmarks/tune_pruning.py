@@ -22,9 +22,13 @@ def search(pruner: str, overrides: list[str], folder: Path) -> dict:
     args = [sys.executable, "-m", "lyricist.tune", *overrides, f"tune.pruner={pruner}", "logger=none",
             f"tune.storage={storage}", f"tune.output_dir={folder / 'out'}", "tune.preset=null",
             "tune.timeout=null", "trainer.enable_progress_bar=false"]
+    folder.mkdir(parents=True)
     start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(folder / "log.txt", "w") as log:
+        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"the search with pruner={pruner} failed:\n" + "".join((folder / "log.txt").open().readlines()[-30:]))
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     return {"seconds": seconds, "trials": len(study.trials),
             "pruned": len([t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]),
