@@ -1,19 +1,23 @@
 """The neural cache (Grave et al., 2017): a hand-computed example, the reading order, and the
 evaluate row beside the adaptive n-gram."""
 
+import importlib.util
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import LYRICS
+from conftest import LYRICS, ROOT, with_data
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.cache import cache_log_probs, evaluate_cache, stream_states, with_cache
 from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs
 from lyricist.evaluation.interpolation import perplexity_of
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM
+from lyricist.train import train
 
 
 def test_cache_probabilities_match_a_hand_computed_example():
@@ -77,13 +81,6 @@ def test_the_cache_learns_the_chorus_and_mixes_with_the_adaptive_ngram(toy):
 
 
 def test_the_evaluate_stage_writes_the_cache_rows_after_the_others(tiny_cfg, tiny_data, tmp_path, capsys):
-    from omegaconf import OmegaConf
-
-    from conftest import ROOT, with_data
-    from lyricist.train import train
-    import importlib.util
-    import json
-
     cfg = with_data(tiny_cfg, tiny_data)
     cfg.logger.enabled = False
     train(cfg, tmp_path / "run")

@@ -314,7 +314,7 @@ def write_preset(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study,
     if not t.preset or not study.get_trials(states=(TrialState.COMPLETE,)):
         return None
     groups = [o.split("=", 1) for o in overrides if "=" in o and "." not in o.split("=")[0]
-              and o.split("=")[0].lstrip("+") not in ("tune", "experiment", "logger")]
+              and o.split("=")[0].lstrip("+").split("/")[0] not in ("tune", "experiment", "logger", "hydra")]
     values = {k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o and "." in o.split("=")[0])
               if not k.lstrip("+").startswith(NOT_IN_PRESET)}
     node = OmegaConf.create({})
