@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lyricist import settings
 from lyricist.data.corpus import write_text
+from lyricist.evaluation.cache import cache_of_checkpoint
 from lyricist.errors import run_cli
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
@@ -31,11 +32,15 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     result, samples_md = evaluate_checkpoint(args.checkpoint, Path(args.data_dir), **evaluation_settings(s),
                                              ngram_path=args.ngram, report=lambda line: print(line, flush=True))
+    # The neural cache row (evaluate.cache_size; null: none), keys after the others.
+    cache = cache_of_checkpoint(args.checkpoint, Path(args.data_dir), s.evaluate, s.baseline, args.ngram,
+                                report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     # Atomic: a killed run leaves the previous reports, never half of a new one.
-    write_text(args.metrics, result.to_json())
+    write_text(args.metrics, result.to_json() if cache is None else
+               json.dumps({**result.as_flat_dict(), **cache.as_flat_dict()}, indent=2) + "\n")
     write_text(args.samples, samples_md)
-    print(f"{summary(result, seconds)}{lyrics_summary(result)}\n\n"
+    print(f"{summary(result, seconds)}{cache_summary(cache)}{lyrics_summary(result)}\n\n"
           f"evaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
     # Into the MLflow run that trained the checkpoint (logger.enabled), after the files are safe.
     log_evaluation(args.checkpoint, result.as_flat_dict(), [args.metrics, args.samples], s.logger, s.paths.root)
@@ -68,6 +73,17 @@ def summary(result: EvaluationResult, seconds: float) -> str:
         lines.append(f"  (krause: Krause et al.'s rms-normalised step at lr {krause.lr:g} with decay to the trained "
                      f"weights; mixed {krause.weight:g} x krause)")
     return "\n".join(lines)
+
+
+def cache_summary(cache) -> str:
+    """The neural cache's rows (Grave et al., 2017), alone and with the adaptive n-gram."""
+    if cache is None:
+        return ""
+    rows = [("cache", cache.cache), ("cache+kn", cache.interpolated)]
+    lines = [f"  {name:13} " + "  ".join([f"val {ppl.val:9.2f}"] + ([f"test {ppl.test:9.2f}"] if ppl.test is not None
+                                                                    else [])) for name, ppl in rows]
+    return "\n" + "\n".join(lines) + (f"\n  (cache: the last {cache.size} positions, θ {cache.theta:g}, "
+                                     f"λ {cache.lam:g}; mixed {cache.weight:g} x cache + adaptive kn, chosen on val)")
 
 
 def lyrics_summary(result: EvaluationResult) -> str:

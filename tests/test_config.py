@@ -146,6 +146,11 @@ def test_sweep_callback_is_configured():
 # with model= (the chapter's rnn when none is given).
 RECIPES = {"seed_mxnet": 256, "seed_d2l": 512}
 CELLS = ("rnn", "gru", "lstm")
+@pytest.mark.parametrize("preset", [o for o in _options("experiment") if o.startswith("tuned_")])
+def test_every_tuned_preset_composes_for_its_corpus_and_instantiates(preset):
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.data.name == preset.removeprefix("tuned_")
+    assert isinstance(RecurrentLM(settings.load(cfg).model, 11), RecurrentLM)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

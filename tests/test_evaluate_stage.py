@@ -96,7 +96,7 @@ def _stage(monkeypatch, result: EvaluationResult):
 
 def _args(tmp_path: Path) -> list[str]:
     params = tmp_path / "params.yaml"
-    OmegaConf.save(compose_config(["logger=none", "train.eval_batch_size=2", "data.num_steps=8", "data.prefixes=[a]",
+    OmegaConf.save(compose_config(["logger=none", "evaluate.cache_size=null", "train.eval_batch_size=2", "data.num_steps=8", "data.prefixes=[a]",
                                    "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]"]),
                    params, resolve=True)
     return ["--checkpoint", "unused.ckpt", "--data-dir", str(tmp_path), "--params", str(params),

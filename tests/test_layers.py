@@ -21,7 +21,7 @@ LAYERS = [
     ["lyricist.evaluation", "lyricist.tracking"],
     ["lyricist.training"],
     ["lyricist.train"],
-    ["lyricist.seeds"],         # trains and evaluates over seeds
+    ["lyricist.seeds", "lyricist.tune"],  # train and evaluate over seeds; search over settings
 ]
 
 

@@ -262,6 +262,8 @@ class EvaluateSettings(Section):
     krause_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("the pull back towards the trained weights")
     krause_eps: Positive = _f("added to the gradient rms before dividing by it")
     krause_stat_tokens: Count | None = _f("training tokens whose gradients give the rms; null: all of train")
+    cache_size: Annotated[int, Field(ge=1, le=100000)] | None = _f("the neural cache's positions (Grave et al., 2017); null: no cache row")
+    cache_thetas: list[Positive] = _f("the cache's flatness θ of exp(θ h_t·h_i) tried on val (λ too is chosen on val)", max_length=50)
 
 
 class Decoding(Section):
@@ -279,8 +281,30 @@ class Decoding(Section):
     seed: NonNegative | None = _f("sample: the random generator's seed (+ i for the i-th prefix); null: unseeded", default=0)
 
 
+class TuneSettings(Section):
+    """The hyper-parameter search of `python -m lyricist.tune` (conf/tune/, docs/search.md), composed as `+tune=...`."""
+
+    study_name: str = _f("one study per corpus; workers sharing it give the same name and storage", min_length=1)
+    storage: str | None = _f("null: sqlite:///<project root>/optuna.db; any SQLAlchemy URL (postgresql://...) for many machines")
+    n_trials: Count | None = _f("finished trials (complete or pruned) of the whole study, all workers; null: no limit", le=100000)
+    timeout: Positive | None = _f("seconds, per worker: no new trial starts after this; null: no limit")
+    seed: NonNegative = _f("TPE's seed; trial k draws from seed + k (two workers differ)")
+    n_startup_trials: NonNegative = _f("random trials before TPE models the results")
+    heartbeat_interval: Count = _f("seconds between a running trial's heartbeats in the storage")
+    grace_period: Count = _f("a RUNNING trial silent this long was killed: failed and retried with its values")
+    pruner: Literal["median", "hyperband"] | None = _f("prune hopeless trials on the per-epoch val/ppl; null: no pruning")
+    pruner_startup_trials: NonNegative = _f("median: trials finished before any is pruned")
+    pruner_warmup_epochs: NonNegative = _f("median: epochs of each trial never pruned")
+    hyperband_min_epochs: Count = _f("hyperband: the smallest budget (epochs)")
+    output_dir: str | None = _f("null: <project root>/outputs/tune/<study_name>; trial k in trial_<k>/")
+    preset: str | None = _f("the best trial written as conf/experiment/<preset>.yaml; null: not written")
+    preset_dir: str | None = _f("null: <project root>/conf/experiment")
+    fixed: dict[str, Any] = _f("{dotted key: value} set on every trial, not searched")
+    space: dict[str, dict[str, Any]] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}", min_length=1)
+
+
 class Settings(Section):
-    """The whole composition (conf/config.yaml's sections)."""
+    """The whole composition (conf/config.yaml's sections; `tune` only under `python -m lyricist.tune`)."""
 
     paths: PathsSettings
     data: DataSettings
@@ -292,6 +316,7 @@ class Settings(Section):
     baseline: BaselineSettings
     evaluate: EvaluateSettings
     generate: Decoding
+    tune: TuneSettings | None = None
 
 
 def load(cfg: Any) -> Settings:
@@ -394,7 +419,7 @@ def reference(defaults: dict) -> str:
              "tests/test_settings.py checks it is current. Override any key on the command line",
              "(`python -m lyricist.train model.hidden_size=512`) or with `dvc exp run -S`.", ""]
     for name, info in Settings.model_fields.items():
-        model = info.annotation
+        model = _inner(info.annotation)
         lines += [f"## `{name}`", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n    ", " "), "",
                   "| key | type | default | description |", "|---|---|---|---|"]
         for field, finfo in model.model_fields.items():
@@ -449,7 +474,7 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
     from lyricist.project import project_root
     with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config")
+        cfg = compose(config_name="config", overrides=["+tune=default"])  # tune's defaults shown too
     sys.stdout.write(reference(OmegaConf.to_container(cfg, resolve=True)))
     return 0
 

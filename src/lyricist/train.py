@@ -48,8 +48,10 @@ from lyricist.training.module import LitLanguageModel, TrainingDiverged
 USER_ERRORS = (*errors.USER_ERRORS, TrainingDiverged, store.TrackingError)
 
 
-def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None) -> dict:
+def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = None,
+          callbacks: list[pl.Callback] | None = None) -> dict:
     """Train the configured model; write checkpoints/ and metrics.csv under `output_dir`.
+    `callbacks`: Lightning callbacks added to conf's (lyricist.tune's pruning callback).
 
     Returns the final metrics, among them `val/ppl` (the best epoch's), what a search minimises.
     """
@@ -92,10 +94,10 @@ def train(cfg: DictConfig, output_dir: str | Path, parent_run_id: str | None = N
     # train.overwrite, the earlier run's files removed.
     locked = rundir.claim_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)
     try:
-        callbacks = _callbacks(s, output_dir, tracking_uri, run_id,
-                               train_text=vocab.decode(splits["train"], unk="\ufffd"))
+        run_callbacks = _callbacks(s, output_dir, tracking_uri, run_id,
+                                   train_text=vocab.decode(splits["train"], unk="\ufffd")) + list(callbacks or [])
         return _fit_and_report(cfg, s, output_dir, module, datamodule, resume_path, resume_meta, mlf,
-                               tracking_uri, vocab, callbacks)
+                               tracking_uri, vocab, run_callbacks)
     except BaseException as err:
         if mlf:  # not left RUNNING: FAILED, with the reason as a tag
             store.mark_failed(tracking_uri, mlf.run_id, err)

@@ -1,0 +1,163 @@
+"""`python -m lyricist.tune`: one study in Optuna storage shared by workers, pruning, a killed
+worker's trial run again, MLflow parent and child runs, and the best trial written as a preset."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState, create_trial
+from optuna.distributions import FloatDistribution
+
+from conftest import CONF_DIR, ROOT, TINY, project_env
+from lyricist import tune
+from lyricist.train import train
+from lyricist.training.callbacks import read_epoch_history
+
+SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"
+
+
+def tune_args(tmp_path, data, *extra):
+    """A tiny search: two parameters, 2 epochs, every file under tmp_path."""
+    return [*TINY, f"paths.encoded={data}", f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}", f"tune.output_dir={tmp_path / 'out'}",
+            f"tune.preset_dir={tmp_path / 'conf' / 'experiment'}", "tune.preset=tuned_tiny",
+            "tune=default", "tune.space=null", SPACE, "tune.timeout=null", *extra]
+
+
+def load(tmp_path, name="jaychou"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def runs_of(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("tune") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children
+
+
+def worker(tmp_path, data, *extra):
+    return subprocess.Popen([sys.executable, "-m", "lyricist.tune", *tune_args(tmp_path, data, *extra)],
+                            cwd=tmp_path, env=dict(project_env(), OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_write_a_preset_that_trains(tiny_data, tmp_path, monkeypatch):
+    procs = [worker(tmp_path, tiny_data, "tune.n_trials=6", "data=jaychou") for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-3000:]
+    study = load(tmp_path)
+    trials = study.trials
+    # The budget is the study's: 6 finished, plus at most one the other worker had running.
+    assert 6 <= len(trials) <= 7 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert [t.number for t in trials] == list(range(len(trials)))
+    # Two workers with one seed still draw different values (trial k from seed + k).
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    client, parent, children = runs_of(tmp_path)
+    # Every trial exactly once in MLflow, as a child of the study's one parent run.
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    for t, r in ((t, next(r for r in children if r.info.run_id == t.user_attrs["mlflow_run_id"])) for t in trials):
+        assert r.data.tags["optuna.state"] == t.state.name
+        assert float(r.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
+        if t.state == TrialState.COMPLETE:
+            assert r.data.metrics["best/val_ppl"] == pytest.approx(t.value) and r.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best/val_ppl"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"search_space.yaml", "trials.md", "summary.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/optimization_history.html", "plots/param_importances.html"}
+
+    # The preset: the best trial's values on top of the command line's, composed as
+    # `experiment=tuned_tiny`, and it trains.
+    preset = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
+    assert preset.read_text().startswith("# @package _global_")
+    assert "- override /data: jaychou\n" in preset.read_text()  # the command line's group choice
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                                                        "experiment=tuned_tiny", f"paths.encoded={tiny_data}",
+                                                        "logger=none"])
+    assert cfg.optim.lr == pytest.approx(study.best_params["optim.lr"])
+    assert cfg.model.dropout == pytest.approx(study.best_params["model.dropout"])
+    assert cfg.model.hidden_size == 16 and cfg.data.batch_size == 4  # from the search's command line
+    metrics = train(cfg, tmp_path / "retrain")
+    assert metrics["val/ppl"] < 1e3 and (tmp_path / "retrain" / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_from_its_storage_with_no_trial_lost(tiny_data, tmp_path):
+    beat = ["tune.heartbeat_interval=1", "tune.grace_period=3", "tune.n_trials=4", "tune.pruner=null",
+            "trainer.max_epochs=6"]
+    first = worker(tmp_path, tiny_data, *beat)
+    deadline = time.time() + 600
+    while True:  # kill it while its second trial is running
+        time.sleep(1)
+        assert first.poll() is None and time.time() < deadline
+        try:
+            trials = load(tmp_path).trials
+        except KeyError:  # the worker has not created the study yet
+            trials = []
+        if len(trials) >= 2 and trials[1].state == TrialState.RUNNING and "mlflow_run_id" in trials[1].user_attrs:
+            break
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = load(tmp_path).trials
+    assert before[0].state == TrialState.COMPLETE and before[1].state == TrialState.RUNNING
+    time.sleep(4)  # past the grace period: the killed trial's heartbeat has stopped
+    again = worker(tmp_path, tiny_data, *beat)
+    out, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, out[-3000:]
+    after = load(tmp_path).trials
+    assert after[0].value == before[0].value  # the finished trial is kept, not run again
+    assert after[1].state == TrialState.FAIL  # the killed one, failed by its silent heartbeat ...
+    [retry] = [t for t in after if t.system_attrs.get("failed_trial") == 1]  # ... and run again
+    assert retry.params == before[1].params and retry.state == TrialState.COMPLETE
+    assert len([t for t in after if t.state == TrialState.COMPLETE]) == 4
+    client, parent, children = runs_of(tmp_path)
+    killed = client.get_run(before[1].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["optuna.state"].startswith("FAIL")
+    assert len(children) == len(after) and parent.info.status == "FINISHED"
+
+
+def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    args = tune_args(tmp_path, tiny_data, "tune.n_trials=3", "tune.pruner=median", "tune.pruner_startup_trials=2",
+                     "tune.pruner_warmup_epochs=0", "trainer.max_epochs=4")
+    study = optuna.create_study(study_name="jaychou", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.set_user_attr(tune.PARENT_ATTR, None)  # no parent run: the trials below are not in MLflow
+    for lr in (0.01, 0.02):  # two finished trials far better than a tiny model can be
+        study.add_trial(create_trial(
+            params={"optim.lr": lr, "model.dropout": 0.1}, value=1.01,
+            distributions={"optim.lr": FloatDistribution(0.001, 0.03, log=True),
+                           "model.dropout": FloatDistribution(0.0, 0.5)},
+            intermediate_values={e: 1.01 for e in range(4)}))
+    assert tune.main(args) == 0
+    study = load(tmp_path)
+    [trial] = study.trials[2:]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    history = read_epoch_history(tmp_path / "out" / "trial_0002" / "metrics.csv")
+    assert len(history) == 1  # stopped after its first epoch, not 4
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+    assert "error" not in run.data.tags
+
+
+def test_a_bad_search_space_is_refused_before_any_trial(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    args = tune_args(tmp_path, tiny_data, "tune.space={optim.lr: {low: 0.0, high: 0.1, log: true}}")
+    assert tune.run_cli(lambda: tune.main(args)) == 2
+    assert "tune.space.optim.lr: a log range needs low > 0" in capsys.readouterr().err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "out").exists()
