@@ -39,12 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.data.batching import check_enough_tokens, consecutive_batches
+from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import DynamicResult
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.evaluation.progress import Tick
 from lyricist.models import RecurrentLM
+from lyricist.models.stream import read_streams
 
 
 class RMSDecayUpdate:
@@ -97,11 +98,8 @@ def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, ba
                         sampling="consecutive")
     reader = copy.deepcopy(model).eval()
     squares = [torch.zeros_like(p) for p in reader.parameters()]
-    state, batches = None, 0
-    for x, y in consecutive_batches(ids, batch_size, num_steps):  # (B, T) each
-        if state is not None:
-            state = tuple(s.detach() for s in state)
-        logits, state = reader(x, state)  # (B, T, V)
+    batches = 0
+    for logits, y, _ in read_streams(reader, ids, batch_size, num_steps):  # (B, T, V), (B, T)
         reader.zero_grad(set_to_none=True)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()  # (B*T, V)
         for square, p in zip(squares, reader.parameters()):
@@ -134,10 +132,8 @@ class StreamReader:
         total = (len(ids) - 1) // self.num_steps * self.num_steps
         # No update, no gradient: the graph would only be built to be thrown away.
         with torch.set_grad_enabled(self.optimizer is not None):
-            for i, (x, y) in enumerate(consecutive_batches(ids, 1, self.num_steps)):  # (1, T) each
-                if self.state is not None:
-                    self.state = tuple(s.detach() for s in self.state)  # truncated backprop, as in training
-                logits, self.state = self.model(x, self.state)  # (1, T, V)
+            # One stream; the state carried (and detached: truncated backprop, as in training) across calls.
+            for i, (logits, y, self.state) in enumerate(read_streams(self.model, ids, 1, self.num_steps, self.state)):
                 token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
                 log_probs.append(token_log_probs.detach().double())
                 if self.optimizer is not None:

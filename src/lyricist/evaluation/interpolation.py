@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.data.batching import check_enough_tokens, consecutive_batches
+from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.metrics import InterpolationResult, Perplexities
 from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, ngram_token_log_probs
 from lyricist.evaluation.ppl import perplexity
 from lyricist.models import RecurrentLM, eval_mode
+from lyricist.models.stream import read_streams
 
 WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact decimals)
 
@@ -42,10 +43,9 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
     stream_starts = torch.arange(batch_size) * (len(ids) // batch_size)  # (B,)
     columns = torch.arange(num_steps) + 1  # (T,)
-    state, positions, log_probs = None, [], []
+    positions, log_probs = [], []
     with eval_mode(model):
-        for i, (x, y) in enumerate(consecutive_batches(ids, batch_size, num_steps)):
-            logits, state = model(x, state)  # (B, T, V)
+        for i, (logits, y, _) in enumerate(read_streams(model, ids, batch_size, num_steps)):  # (B, T, V), (B, T)
             # Per token: perplexity() is exp of their mean.
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
             log_probs.append(-nll.double().cpu())
