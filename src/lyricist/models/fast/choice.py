@@ -20,6 +20,8 @@ The result, with the measured times, is written once to
 the compiled step (source, flags, compiler, torch, Python, CPU) plus the thread count, so another
 torch or CPU measures again and every copy of the code reads the same file. Delete it to measure
 again. ``LYRICIST_PRODUCTS=public`` skips all of this and uses torch's products only.
+The loop backend is then measured again on each product shape at its first use (``loop_for``)
+and kept in the same file: the machine-wide choice stands for the shapes not yet seen.
 """
 
 from __future__ import annotations
