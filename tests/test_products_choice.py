@@ -33,6 +33,21 @@ def test_the_choice_is_measured_once_and_read_back_from_beside_the_compiled_step
     assert choice.choose() == chosen
 
 
+def test_the_loop_backend_is_measured_once_per_shape_and_kept_in_the_same_file(cache, monkeypatch):
+    monkeypatch.setattr(choice, "_by_shape", {})
+    chosen = choice.loop_for(8, 24, 16)  # rows, out, in
+    assert chosen in ("torch", "mkl", "onednn")
+    saved = json.loads(choice.cache_file().read_text())
+    assert saved["loop_by_shape"] == {"8x16x24": chosen} and "dense" in saved  # beside the machine-wide choice
+    monkeypatch.setattr(choice, "_by_shape", {})  # a new process: read from the file, not measured
+    monkeypatch.setattr(choice, "_relative_times", lambda *a: pytest.fail("measured a second time"))
+    assert choice.loop_for(8, 24, 16) == chosen
+    # and pack() asks for its own shape when no backend is forced
+    weight = torch.randn(24, 16)
+    packed = matmul.pack(weight, rows=8, uses=matmul.MIN_USES_TO_PACK)
+    assert (packed is weight) == (chosen == "torch")
+
+
 def test_a_missing_private_op_is_never_chosen(cache, monkeypatch):
     real = choice.private_op
     monkeypatch.setattr(choice, "private_op", lambda ns, name: None if ns == "mkl" else real(ns, name))
@@ -62,6 +77,7 @@ def test_public_only_on_request(monkeypatch):
     monkeypatch.setenv("LYRICIST_PRODUCTS", "public")
     monkeypatch.setattr(choice, "measure", lambda: pytest.fail("measured"))
     assert choice.choose() == choice.PUBLIC == matmul.Backend("torch", "torch")
+    assert choice.loop_for(64, 2048, 512) == "torch"
 
 
 def test_public_backend_uses_no_private_op(monkeypatch):

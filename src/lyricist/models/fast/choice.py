@@ -20,6 +20,8 @@ The result, with the measured times, is written once to
 the compiled step (source, flags, compiler, torch, Python, CPU) plus the thread count, so another
 torch or CPU measures again and every copy of the code reads the same file. Delete it to measure
 again. ``LYRICIST_PRODUCTS=public`` skips all of this and uses torch's products only.
+The loop backend is then measured again on each product shape at its first use (``loop_for``)
+and kept in the same file: the machine-wide choice stands for the shapes not yet seen.
 """
 
 from __future__ import annotations
@@ -141,23 +143,58 @@ def measure() -> dict:
             "note": "each: summed fastest time relative to torch's over the shapes measured; lower is faster"}
 
 
-def choose() -> Backend:
-    """The cached choice, or a new measurement written to the cache; torch's products when
-    LYRICIST_PRODUCTS=public."""
-    if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
-        return PUBLIC
-    path = cache_file()
-    try:
-        found = json.loads(path.read_text())
-        return Backend(found["dense"], found["loop"])
-    except (OSError, ValueError, KeyError):
-        pass
-    result = measure()
+def _write(path: Path, result: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         temporary.write_text(json.dumps(result, indent=1) + "\n")
         os.replace(temporary, path)  # atomic: a reader sees all of it or none
     except OSError as error:  # a read-only cache: measured again next time, nothing lost
-        warnings.warn(f"lyricist: could not cache the product choice in {path}: {error}", RuntimeWarning, stacklevel=2)
-    return Backend(result["dense"], result["loop"])
+        warnings.warn(f"lyricist: could not cache the product choice in {path}: {error}", RuntimeWarning, stacklevel=3)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        found = json.loads(path.read_text())
+        Backend(found["dense"], found["loop"])
+        return found
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def choose() -> Backend:
+    """The cached choice, or a new measurement written to the cache; torch's products when
+    LYRICIST_PRODUCTS=public."""
+    if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
+        return PUBLIC
+    path = cache_file()
+    found = _read(path)
+    if found is None:
+        found = measure()
+        _write(path, found)
+    return Backend(found["dense"], found["loop"])
+
+
+_by_shape: dict[str, str] = {}  # "rows x in x out" -> loop backend, this process's copy of the file's
+
+
+def loop_for(rows: int, outputs: int, inputs: int) -> str:
+    """The loop backend for T products of (rows, inputs) by a weight (outputs, inputs): the
+    machine-wide choice measured again on this one shape at its first use (~25 calls of each
+    candidate: milliseconds), kept in the same file. One choice for every shape was not the best
+    for each: on the Xeon, 1 thread, torch's addmm_ beat MKL's packed product on the 1 x 256
+    LSTM's steps while MKL's won at 2 x 512."""
+    if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
+        return "torch"
+    key = f"{rows}x{inputs}x{outputs}"
+    if key not in _by_shape:
+        path = cache_file()
+        found = _read(path) or {**measure(), "loop_by_shape": {}}
+        if key not in found.get("loop_by_shape", {}):
+            with torch.no_grad():
+                scores = _relative_times([(rows, inputs, outputs)], _loop_candidates, REPEATS["loop"])
+            found = _read(path) or found  # another process may have written meanwhile: keep its shapes
+            found.setdefault("loop_by_shape", {})[key] = _pick(scores)
+            _write(path, found)
+        _by_shape.update(found["loop_by_shape"])
+    return _by_shape[key]

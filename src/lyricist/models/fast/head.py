@@ -24,10 +24,12 @@ class LinearCrossEntropy(Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor):
         logits = linear_nograd(hidden, weight, bias)  # (N, V)
-        log_normaliser = torch.logsumexp(logits, dim=1, keepdim=True)  # (N, 1)
-        picked = logits.gather(1, targets.unsqueeze(1))  # (N, 1)
-        loss = (log_normaliser - picked).mean()
-        probs = logits.sub_(log_normaliser).exp_()  # softmax, in the logits' own buffer
+        # One fused pass for the log-softmax and one exp in place: two passes over (N, V), where
+        # logsumexp (with its own temporary) and then subtracting and exponentiating took four.
+        log_probs = torch.log_softmax(logits, dim=1)  # (N, V)
+        del logits
+        loss = -log_probs.gather(1, targets.unsqueeze(1)).mean()  # (N, 1) picked
+        probs = log_probs.exp_()  # softmax, in the log-softmax's own buffer
         ctx.save_for_backward(hidden, weight, probs, targets)
         return loss
 

@@ -54,6 +54,7 @@ class Backend(NamedTuple):
 
 
 _backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
+_forced = False  # set by ``use``: the loop backend too, not measured per shape
 
 
 def backend() -> Backend:
@@ -69,12 +70,21 @@ def backend() -> Backend:
 @contextlib.contextmanager
 def use(chosen: Backend) -> Iterator[None]:
     """Run the products inside the block on ``chosen`` (the tests compare every backend)."""
-    global _backend
-    previous, _backend = _backend, chosen
+    global _backend, _forced
+    previous, _backend, was_forced, _forced = _backend, chosen, _forced, True
     try:
         yield
     finally:
-        _backend = previous
+        _backend, _forced = previous, was_forced
+
+
+def _loop_backend(rows: int, weight: Tensor) -> str:
+    """The loop backend for this product's shape (choice.loop_for), unless ``use`` set one."""
+    if _forced:
+        return backend().loop
+    from lyricist.models.fast.choice import loop_for
+
+    return loop_for(rows, *weight.shape)
 
 
 class Packed(NamedTuple):
@@ -122,13 +132,13 @@ def _rows(x: Tensor) -> int:
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
     """``weight`` (O, I) packed for ``uses`` products with ``rows``-row inputs (by MKL or oneDNN,
-    as this machine's loop backend says), when the private ops are on and the loop is long
+    as measured fastest on this machine for this shape), when the private ops are on and the loop is long
     enough; otherwise the weight unchanged (torch's mm/addmm). A time loop multiplies by the
     same weight T times; packing it once saves reordering it at every step (~15% of a (32, H)
     step). Only for ``linear_nograd``, ``add_linear_`` and the compiled steps (``parts``)."""
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
-    loop = backend().loop
+    loop = _loop_backend(rows, weight)
     if loop == "mkl" and _MKL_PACKED is not None:
         weight = weight.contiguous()  # the packing ops read (O, I) row by row
         return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
