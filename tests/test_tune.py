@@ -151,6 +151,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatc
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+    assert "optim.lr" in run.data.params and not any(k.startswith("tune.") for k in run.data.params)
     assert "error" not in run.data.tags
 
 

@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -184,14 +184,16 @@ def mark_child(tracking_uri: str | None, run_id: str | None, state: str, status:
 
 def objective_for(cfg: DictConfig, out_dir: Path, parent_run_id: str | None, tracking_uri: str | None,
                   deadline: float = math.inf):
-    space = OmegaConf.to_container(cfg.tune.space)
+    space, study_name = OmegaConf.to_container(cfg.tune.space), cfg.tune.study_name
     fixed = OmegaConf.to_container(cfg.tune.fixed or {})
     base = with_values(cfg, fixed)
+    with open_dict(base):
+        base.pop("tune")  # the study's settings are the parent run's params, not each trial's
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space, base)
         trial_cfg = with_values(base, values)
-        trial_cfg.logger.run_name = f"trial {trial.number} {cfg.tune.study_name}"
+        trial_cfg.logger.run_name = f"trial {trial.number} {study_name}"
         settings.load(trial_cfg)
         pruning = PruningCallback(trial, deadline)
         try:
