@@ -36,14 +36,14 @@ def main(argv=None) -> None:
     cache = cache_of_checkpoint(args.checkpoint, Path(args.data_dir), s.evaluate, s.baseline, args.ngram,
                                 report=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
+    flat = {**result.as_flat_dict(), **(cache.as_flat_dict() if cache else {})}
     # Atomic: a killed run leaves the previous reports, never half of a new one.
-    write_text(args.metrics, result.to_json() if cache is None else
-               json.dumps({**result.as_flat_dict(), **cache.as_flat_dict()}, indent=2) + "\n")
+    write_text(args.metrics, result.to_json() if cache is None else json.dumps(flat, indent=2) + "\n")
     write_text(args.samples, samples_md)
     print(f"{summary(result, seconds)}{cache_summary(cache)}{lyrics_summary(result)}\n\n"
-          f"evaluate: {json.dumps(result.as_flat_dict())}\n\n{samples_md}")
+          f"evaluate: {json.dumps(flat)}\n\n{samples_md}")
     # Into the MLflow run that trained the checkpoint (logger.enabled), after the files are safe.
-    log_evaluation(args.checkpoint, result.as_flat_dict(), [args.metrics, args.samples], s.logger, s.paths.root)
+    log_evaluation(args.checkpoint, flat, [args.metrics, args.samples], s.logger, s.paths.root)
 
 
 def summary(result: EvaluationResult, seconds: float) -> str:

@@ -33,7 +33,8 @@ NAMES = {
         ("lr", "lr"), ("interpolation_weight", "mixed_weight"), ("val_ppl", "val_ppl"), ("test_ppl", "test_ppl"),
         ("interpolated_val_ppl", "mixed_val_ppl"), ("interpolated_test_ppl", "mixed_test_ppl")]},
 }
-PREFIXES = {"samples_": "eval_samples/", "human_test_": "human_test/"}  # the lyric metrics
+PREFIXES = {"samples_": "eval_samples/", "human_test_": "human_test/",  # the lyric metrics
+            "cache_": "cache/"}  # the neural cache (lyricist.evaluation.cache)
 # (name, numerator, denominator): the network against the count-based model, < 1 when it wins.
 RATIOS = [("ratio/network_to_kn_val", "val_ppl", "ngram_val_ppl"),
           ("ratio/network_to_kn_test", "test_ppl", "ngram_test_ppl"),
