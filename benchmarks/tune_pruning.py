@@ -8,6 +8,7 @@ epochs trained and the best val perplexity side by side, and the ratio.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,10 @@ def search(pruner: str, overrides: list[str], folder: Path) -> dict:
             "epochs": sum(len(t.intermediate_values) for t in study.trials), "best": study.best_value}
 
 
-def main(overrides: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="lyricist.tune's overrides, e.g. data=jaychou tune=cpu tune.n_trials=8")
+    overrides = parser.parse_args(argv).overrides
     with tempfile.TemporaryDirectory() as tmp:
         results = {name: search(name, overrides, Path(tmp) / name) for name in ("median", "null")}
     print(f"{'pruner':8} {'wall s':>8} {'trials':>7} {'pruned':>7} {'epochs':>7} {'best val ppl':>13}")
@@ -47,4 +51,4 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

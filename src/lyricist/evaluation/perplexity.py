@@ -52,7 +52,8 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data_dir:
     (lyricist.evaluation.progress).
     """
     e = evaluate or EvaluateSettings(dynamic_lrs=[], dynamic_num_steps=num_steps, dynamic_tune_tokens=None,
-                                     krause_lrs=[], krause_decay=0.0, krause_eps=1e-3, krause_stat_tokens=None)
+                                     krause_lrs=[], krause_decay=0.0, krause_eps=1e-3, krause_stat_tokens=None,
+                                     cache_size=None, cache_thetas=[])
     dynamic_lrs, krause_lrs, dynamic_tune_tokens = e.dynamic_lrs, e.krause_lrs, e.dynamic_tune_tokens
     num_chars = decoding.num_chars
     assert baseline is not None or not (dynamic_lrs or krause_lrs or ngram_path), "the n-gram needs its settings"

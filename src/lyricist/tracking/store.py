@@ -80,7 +80,6 @@ def check_reachable(tracking_uri: str) -> None:
 def ensure_experiment(tracking_uri: str, name: str) -> str:
     """Create the store and experiment if needed (before training starts) and return its id."""
     check_reachable(tracking_uri)  # before training, not after it
-    client = MlflowClient(tracking_uri=tracking_uri)
 
     def get_or_create() -> str:
         client = MlflowClient(tracking_uri=tracking_uri)  # an unknown scheme or a file store fails here
