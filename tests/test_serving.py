@@ -82,7 +82,7 @@ def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_data(traine
 
 
 @pytest.mark.parametrize("records, message", [
-    ([{"prefix": None}], 'row 0: prefix: None is not allowed: use a non-empty string, e.g. "分开"'),
+    ([{"prefix": None}], 'row 0: prefix: null is not allowed: use a non-empty string, e.g. "分开"'),
     ([{"prefix": ""}], "row 0: prefix: '' is not allowed: use a non-empty string"),
     ([{"prefix": "分开"}, {"prefix": 3}], "row 1: prefix: 3 is not allowed"),
     ([{"prefix": "分开", "num_chars": 10**7}], "row 0: num_chars=10000000 is not allowed: use a value <= 1000000"),
@@ -148,7 +148,7 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
         too_long = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                                  json={"dataframe_records": [{"prefix": "分开", "num_chars": 10**7}]})
     assert refused.status_code == 400 and "prefix: null is not allowed" in refused.json()["message"]
-    assert too_long.status_code == 400 and "num_chars: 10000000 is not allowed" in too_long.json()["message"]
+    assert too_long.status_code == 400 and "num_chars=10000000 is not allowed" in too_long.json()["message"]
     assert reply.status_code == 200, reply.text
     [prediction] = reply.json()["predictions"]
     assert prediction["lyrics"].startswith("分开")

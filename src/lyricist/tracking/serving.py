@@ -93,7 +93,8 @@ def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding) -> 
     for number, row in enumerate(table.to_dict("records")):
         prefix = row.get("prefix")
         if not isinstance(prefix, str) or not prefix:
-            raise RequestError(number, f"prefix: {prefix!r} is not allowed: use a non-empty string, e.g. \"分开\"")
+            shown = "null" if _missing(prefix) else repr(prefix)  # as the client sent it (JSON)
+            raise RequestError(number, f"prefix: {shown} is not allowed: use a non-empty string, e.g. \"分开\"")
         for key in sent_missing & set(Decoding.model_fields):
             raise RequestError(number, f"{key}: null is not allowed: leave the field out for the model's default")
         given = {k: _plain(k, v) for k, v in row.items() if k in Decoding.model_fields and not _missing(v)}
