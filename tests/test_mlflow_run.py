@@ -5,7 +5,10 @@ import json
 import logging
 import warnings
 
+import time
+
 import numpy as np
+import pytorch_lightning as pl
 
 from mlflow.tracking import MlflowClient
 
@@ -14,13 +17,22 @@ from lyricist.train import train
 from lyricist.tracking.store import EXPERIMENT_TAGS
 
 
+class _SlowEpochs(pl.Callback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, module):
+        time.sleep(self.seconds)
+
+
 def test_a_run_holds_its_corpus_and_system_metrics_and_prints_no_noise(tiny_cfg, tiny_data, tmp_path,
                                                                        monkeypatch, capfd, caplog):
     caplog.set_level(logging.INFO)  # Lightning's lines are log records: under pytest, caught here
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s outlasts a tiny run
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+        # Each epoch held 1.5 s: the sampler (every second here) gets its samples however fast the machine.
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run", callbacks=[_SlowEpochs(1.5)])
     printed = "".join(capfd.readouterr()) + caplog.text
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist")

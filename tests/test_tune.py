@@ -96,12 +96,13 @@ def test_two_workers_share_one_study_and_write_a_preset_that_trains(tiny_data, t
 
 @pytest.mark.slow
 def test_a_killed_study_resumes_from_its_storage_with_no_trial_lost(tiny_data, tmp_path):
+    # Trials of 30 tiny epochs (seconds each, even on an idle machine), so that the second is caught running.
     beat = ["tune.heartbeat_interval=1", "tune.grace_period=3", "tune.n_trials=4", "tune.pruner=null",
-            "trainer.max_epochs=6"]
+            "trainer.max_epochs=30"]
     first = worker(tmp_path, tiny_data, *beat)
     deadline = time.time() + 600
     while True:  # kill it while its second trial is running
-        time.sleep(1)
+        time.sleep(0.2)
         assert first.poll() is None and time.time() < deadline
         try:
             trials = load(tmp_path).trials
