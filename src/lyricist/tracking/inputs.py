@@ -60,7 +60,9 @@ def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encode
     digest = store.with_retry(lambda: client.get_run(run_id)).data.tags.get("data_md5", "unknown")
     corpus = Corpus(str(raw_path.resolve()), name, digest, corpus_profile(encoded_dir))
     entry = DatasetInput(corpus._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
-    store.with_retry(lambda: client.log_inputs(run_id, datasets=[entry]))  # once: MLflow dedups a resumed run's
+    # Logged once (MLflow dedups a resumed run's). Parallel sweep jobs insert the same dataset row at
+    # once: the loser's retry finds the row made.
+    store.with_retry(lambda: client.log_inputs(run_id, datasets=[entry]), retry_on=("locked", "unique constraint failed"))
 
 
 @contextlib.contextmanager

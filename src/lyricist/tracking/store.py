@@ -54,13 +54,15 @@ def artifact_location_for(tracking_uri: str) -> str | None:
     return None  # a server decides for itself
 
 
-def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
-    """Retry `fn` while SQLite says the database is locked (parallel sweep jobs)."""
+def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
+               retry_on: tuple[str, ...] = ("locked",)) -> T:
+    """Retry `fn` while SQLite says the database is locked (parallel sweep jobs), or another
+    message of `retry_on` (lower case) appears."""
     for attempt in range(attempts - 1):
         try:
             return fn()
         except Exception as err:  # MlflowException or sqlalchemy OperationalError
-            if "locked" not in str(err).lower():
+            if not any(words in str(err).lower() for words in retry_on):
                 raise
             time.sleep(delay * (2 ** attempt))
     return fn()  # the last attempt: its error, locked or not, goes to the caller
