@@ -163,3 +163,29 @@ def test_a_bad_search_space_is_refused_before_any_trial(tiny_data, tmp_path, mon
     assert tune.run_cli(lambda: tune.main(args)) == 2
     assert "tune.space.optim.lr: a log range needs low > 0" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    # One worker, 1 s: its first trial (30 tiny epochs) is still running when the time is up.
+    args = tune_args(tmp_path, tiny_data, "tune.timeout=1", "tune.pruner=null", "trainer.max_epochs=30",
+                     "optim.lr=0.02", "model.dropout=0.3")
+    assert tune.main(args) == 0
+    [trial] = load(tmp_path).trials
+    assert trial.params == {"optim.lr": 0.02, "model.dropout": 0.3}  # the composed recipe, not a draw
+    assert trial.state == TrialState.COMPLETE and "timeout" in trial.user_attrs["cut"]
+    history = read_epoch_history(tmp_path / "out" / "trial_0000" / "metrics.csv")
+    assert 1 <= len(history) < 30 and trial.value == min(row["val/ppl"] for row in history)
+    assert "| 0 | COMPLETE (the recipe) (timeout) |" in (tmp_path / "out" / "trials.md").read_text()
+    preset = (tmp_path / "conf" / "experiment" / "tuned_tiny.yaml").read_text()
+    assert "lr: 0.02" in preset and "dropout: 0.3" in preset
+
+
+def test_the_hour_search_holds_the_default_recipe_and_drops_the_keys_it_does_not_search():
+    cfg = tune.compose_config(["tune=hour"])
+    space = tune.space_of(cfg.tune)
+    assert "trainer.max_epochs" not in space and "model.tie_weights" not in space
+    searched = {k for k, rule in space.items() if not rule.get("tied")}
+    assert tune.recipe_values(space, cfg).keys() == searched  # trial 0 is exactly the default recipe
+    assert tune.make_pruner(cfg.tune, cfg.trainer.max_epochs)._max_resource == cfg.trainer.max_epochs

@@ -290,6 +290,8 @@ class TuneSettings(Section):
     timeout: Positive | None = _f("seconds, per worker: no new trial starts after this; null: no limit")
     seed: NonNegative = _f("TPE's seed; trial k draws from seed + k (two workers differ)")
     n_startup_trials: NonNegative = _f("random trials before TPE models the results")
+    enqueue_recipe: bool = _f("a new study's first trial is conf's own recipe (its values of the space's keys): "
+                              "the search cannot return worse than it")
     heartbeat_interval: Count = _f("seconds between a running trial's heartbeats in the storage")
     grace_period: Count = _f("a RUNNING trial silent this long was killed: failed and retried with its values")
     pruner: Literal["median", "hyperband"] | None = _f("prune hopeless trials on the per-epoch val/ppl; null: no pruning")
@@ -300,7 +302,8 @@ class TuneSettings(Section):
     preset: str | None = _f("the best trial written as conf/experiment/<preset>.yaml; null: not written")
     preset_dir: str | None = _f("null: <project root>/conf/experiment")
     fixed: dict[str, Any] = _f("{dotted key: value} set on every trial, not searched")
-    space: dict[str, dict[str, Any]] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}", min_length=1)
+    space: dict[str, dict[str, Any] | None] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}; "
+                                                  "a key set to null is not searched", min_length=1)
 
 
 class Settings(Section):

@@ -58,6 +58,12 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         return compose(config_name="config", overrides=group + rest)
 
 
+def space_of(t: DictConfig) -> dict:
+    """tune.space as a dict; a key set to null is not searched (a file that builds on another
+    drops the other's key so: `trainer.max_epochs: null`)."""
+    return {k: v for k, v in OmegaConf.to_container(t.space).items() if v is not None}
+
+
 def check_space(space: dict) -> None:
     """Refuse a malformed search space by its key before any trial (one line, the fix)."""
     for key, rule in space.items():
@@ -89,6 +95,19 @@ def suggest(trial: optuna.Trial, space: dict, cfg: DictConfig) -> dict:
     return values
 
 
+def recipe_values(space: dict, cfg: DictConfig) -> dict:
+    """The composed recipe's own value of every key of `space` that the space can hold (a value off
+    its range or choices, and a tied key, is left to the sampler): the trial a search starts from."""
+    values = {}
+    for key, rule in space.items():
+        value = OmegaConf.select(cfg, key)
+        inside = value in rule["choices"] if "choices" in rule else (
+            isinstance(value, (int, float)) and rule["low"] <= value <= rule["high"])
+        if inside and not rule.get("tied"):
+            values[key] = value
+    return values
+
+
 def with_values(cfg: DictConfig, values: dict) -> DictConfig:
     """A copy of `cfg` with `values` ({dotted key: value}) set; the `module:` wiring reads them."""
     out = cfg.copy()
@@ -112,14 +131,16 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-def make_pruner(t: DictConfig) -> optuna.pruners.BasePruner:
+def make_pruner(t: DictConfig, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
+    """`max_epochs`: every trial's epochs when they are not searched (Hyperband's full budget)."""
     if t.pruner is None:
         return optuna.pruners.NopPruner()
     if t.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
                                            n_warmup_steps=t.pruner_warmup_epochs)
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=t.hyperband_min_epochs, max_resource="auto")
+        return optuna.pruners.HyperbandPruner(min_resource=t.hyperband_min_epochs,
+                                              max_resource=max_epochs or "auto")
     raise ValueError(f"tune.pruner={t.pruner!r} is not known: use median, hyperband or null (no pruning)")
 
 
@@ -150,7 +171,7 @@ class PruningCallback(pl.Callback):
     At the start, ties the trial and its MLflow child run to each other."""
 
     def __init__(self, trial: optuna.Trial, deadline: float = math.inf) -> None:
-        self.trial, self.deadline, self.pruned = trial, deadline, None
+        self.trial, self.deadline, self.pruned, self.cut = trial, deadline, None, None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:
@@ -166,8 +187,10 @@ class PruningCallback(pl.Callback):
         if self.trial.should_prune():
             self.pruned = f"epoch {epoch}: val/ppl {ppl:.3f}"
         elif time.monotonic() > self.deadline:  # Optuna's timeout only stops new trials from starting
-            self.pruned = f"epoch {epoch}: the worker's tune.timeout has passed"
-        trainer.should_stop = trainer.should_stop or self.pruned is not None
+            # Not pruned: its best epoch so far is a fair (pessimistic) value for its recipe, and a
+            # search whose last trial is its best must not lose it.
+            self.cut = f"epoch {epoch}: the worker's tune.timeout has passed"
+        trainer.should_stop = trainer.should_stop or self.pruned is not None or self.cut is not None
 
 
 def mark_child(tracking_uri: str | None, run_id: str | None, state: str, status: str | None = None) -> None:
@@ -184,7 +207,7 @@ def mark_child(tracking_uri: str | None, run_id: str | None, state: str, status:
 
 def objective_for(cfg: DictConfig, out_dir: Path, parent_run_id: str | None, tracking_uri: str | None,
                   deadline: float = math.inf):
-    space, study_name = OmegaConf.to_container(cfg.tune.space), cfg.tune.study_name
+    space, study_name = space_of(cfg.tune), cfg.tune.study_name
     fixed = OmegaConf.to_container(cfg.tune.fixed or {})
     base = with_values(cfg, fixed)
     with open_dict(base):
@@ -207,6 +230,8 @@ def objective_for(cfg: DictConfig, out_dir: Path, parent_run_id: str | None, tra
             raise optuna.TrialPruned(pruning.pruned)
         mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "COMPLETE")
         trial.set_user_attr("epochs", int(metrics.get("epoch", -1)) + 1)
+        if pruning.cut:
+            trial.set_user_attr("cut", pruning.cut)
         return float(metrics["val/ppl"])
 
     return objective
@@ -220,12 +245,16 @@ def open_study(cfg: DictConfig, root: Path, tracking_uri: str | None) -> tuple[o
     def on_stale(trial) -> None:  # a killed worker's trial: its child run was left RUNNING
         mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "FAIL (worker killed; retried)", "KILLED")
 
+    space, base = space_of(t), with_values(cfg, OmegaConf.to_container(t.fixed or {}))
+    epochs = None if "trainer.max_epochs" in space else base.trainer.max_epochs
     kwargs = dict(storage=make_storage(t, root, on_stale), study_name=t.study_name, direction="minimize",
                   sampler=TrialSeededTPE(t.seed, n_startup_trials=t.n_startup_trials, multivariate=True),
-                  pruner=make_pruner(t))
+                  pruner=make_pruner(t, epochs))
     try:
         study = optuna.create_study(**kwargs)
         created = True
+        if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
+            study.enqueue_trial(recipe_values(space, base), user_attrs={"recipe": "conf's own values"})
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**{k: v for k, v in kwargs.items() if k != "direction"}), False
     if not tracking_uri:
@@ -268,11 +297,12 @@ def _create_parent_run(cfg: DictConfig, root: Path, tracking_uri: str) -> str:
         tags={"tune": "parent", "optuna.study": t.study_name, "git_commit": store.git_commit(root)}))
     run_id = run.info.run_id
     sampler = {"sampler": "TPE", "seed": t.seed, "n_startup_trials": t.n_startup_trials, "multivariate": True,
-               "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout}
+               "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout,
+               "enqueue_recipe": t.enqueue_recipe}
     params = {f"tune.{k}": v for k, v in sampler.items()}
-    params.update({f"space.{k}": json.dumps(v) for k, v in OmegaConf.to_container(t.space).items()})
+    params.update({f"space.{k}": json.dumps(v) for k, v in space_of(t).items()})
     store.with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]))
-    space_yaml = OmegaConf.to_yaml(t.space)
+    space_yaml = OmegaConf.to_yaml(space_of(t))
     store.with_retry(lambda: client.log_text(run_id, space_yaml, "search_space.yaml"))
     return run_id
 
@@ -287,7 +317,9 @@ def trials_table(study: optuna.Study) -> str:
                  f"({tr.intermediate_values[max(tr.intermediate_values)]:.3f})" if tr.intermediate_values else "–")
         epochs = tr.user_attrs.get("epochs", len(tr.intermediate_values) or "–")
         cells = [_short(tr.params[k]) if k in tr.params else "–" for k in keys]
-        lines.append(f"| {tr.number} | {tr.state.name} | {value} | {epochs} | " + " | ".join(cells) + " |")
+        state = tr.state.name + "".join(f" ({note})" for note, attr in (("the recipe", "recipe"), ("timeout", "cut"))
+                                        if attr in tr.user_attrs)
+        lines.append(f"| {tr.number} | {state} | {value} | {epochs} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +339,7 @@ def best_values(cfg: DictConfig, study: optuna.Study) -> dict:
     """The best trial's values for every key of the space (tied keys re-derived)."""
     best = study.best_trial
     fixed_trial = optuna.trial.FixedTrial(best.params, number=best.number)
-    return suggest(fixed_trial, OmegaConf.to_container(cfg.tune.space), cfg)
+    return suggest(fixed_trial, space_of(cfg.tune), cfg)
 
 
 def write_preset(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study, root: Path) -> Path | None:
@@ -400,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = compose_config(overrides)
     t = cfg.tune
     root = project_root(cfg.paths.root)
-    check_space(OmegaConf.to_container(t.space))
+    check_space(space_of(t))
     settings.load(with_values(cfg, OmegaConf.to_container(t.fixed or {})))  # all of it, the fixed part too, before any trial
     if t.n_trials is not None and t.n_trials < 1 or t.timeout is not None and t.timeout <= 0:
         raise ValueError(f"tune.n_trials={t.n_trials}, tune.timeout={t.timeout}: give n_trials >= 1 and "
