@@ -20,7 +20,7 @@ import torch
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.cache import stream_states, with_cache
-from lyricist.evaluation.interpolation import perplexity_of
+from lyricist.evaluation.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
 from lyricist.evaluation.ngram import best_kneser_ney, ngram_token_log_probs
 
 LONGEST = 8  # n-grams of this many tokens or more form one group
@@ -84,10 +84,15 @@ def main(argv: list[str] | None = None) -> None:
             ppl = perplexity_of(with_cache(net["val"], recalled, lam))
             best = min(best or (math.inf,), (ppl, theta, lam))
     _, theta, lam = best
+    remembered = {}
     for s in ("val", "test"):
-        recalled = memory_log_probs(read[s][1], read[s][2], memory, next_ids, theta)
+        remembered[s] = with_cache(net[s], memory_log_probs(read[s][1], read[s][2], memory, next_ids, theta), lam)
         print(f"{s}: network {perplexity_of(net[s]):.1f}, + memory of train (θ {theta:g}, λ {lam:g}) "
-              f"{perplexity_of(with_cache(net[s], recalled, lam)):.1f}, KN{kn.order} {perplexity_of(counts[s]):.1f}")
+              f"{perplexity_of(remembered[s]):.1f}, KN{kn.order} {perplexity_of(counts[s]):.1f}")
+    for name, scores in (("network", net), ("network + memory", remembered)):  # mixed with KN, weight on val
+        weight, _ = choose_weight(scores["val"], counts["val"], WEIGHT_GRID)
+        mixed = {s: perplexity_of(mixture_log_probs(scores[s], counts[s], weight)) for s in scores}
+        print(f"{name} + KN{kn.order} (weight {weight:g} on val): val {mixed['val']:.1f}, test {mixed['test']:.1f}")
 
 
 if __name__ == "__main__":

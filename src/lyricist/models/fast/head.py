@@ -26,8 +26,9 @@ class LinearCrossEntropy(Function):
         logits = linear_nograd(hidden, weight, bias)  # (N, V)
         # One fused pass for the log-softmax and one exp in place: two passes over (N, V), where
         # logsumexp (with its own temporary) and then subtracting and exponentiating took four.
-        log_probs = torch.log_softmax(logits, dim=1)  # (N, V)
-        del logits
+        # Into the logits' own buffer (read by rows before each row is written; no one reads the
+        # logits again): a new (N, V) buffer is memory the kernel maps and zero-fills page by page.
+        log_probs = torch.log_softmax(logits, dim=1, out=logits)  # (N, V)
         loss = -log_probs.gather(1, targets.unsqueeze(1)).mean()  # (N, 1) picked
         probs = log_probs.exp_()  # softmax, in the log-softmax's own buffer
         ctx.save_for_backward(hidden, weight, probs, targets)
