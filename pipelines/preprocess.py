@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lyricist.settings import read
 
-from lyricist.data.corpus import (SPLITS, CorpusError, check_split_files, check_split_texts, check_splits,
+from lyricist.data.corpus import (SPLITS, CorpusError, check_split_texts, check_splits,
                                   clean_text, count_control_chars, split_text, write_text)
 from lyricist.errors import run_cli
 
@@ -18,9 +18,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="data/processed/<corpus>/")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = read(args.params, "data")  # checked before any work
+    p = read(args.params, "data")  # checked before any work (the split files' form too)
     split_files = p.split_files.model_dump() if p.split_files is not None else None
-    check_split_files(split_files, p.val_fraction, p.test_fraction)
     presplit = Path(args.input).is_dir()
     if presplit != (split_files is not None):
         raise CorpusError(f"{args.input} is {'a folder' if presplit else 'a file'}, but data.split_files is "

@@ -6,11 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from lyricist.data.corpus import (MAX_COMPRESSION_RATIO, MAX_RAW_BYTES, check_split_files, read_raw_text,
-                                  read_split_texts, write_text)
+from lyricist.data.corpus import MAX_COMPRESSION_RATIO, MAX_RAW_BYTES, read_raw_text, read_split_texts, write_text
 from lyricist.errors import run_cli
+from lyricist.settings import read
 
 
 def main(argv=None) -> None:
@@ -21,16 +19,15 @@ def main(argv=None) -> None:
                         help="data.max_raw_bytes, data.max_compression_ratio, data.split_files (the library's "
                         "defaults when the file is absent)")
     args = parser.parse_args(argv)
-    data = OmegaConf.to_container(OmegaConf.load(args.params).data) if Path(args.params).is_file() else {}
-    limits = dict(max_bytes=data.get("max_raw_bytes", MAX_RAW_BYTES),
-                  max_ratio=data.get("max_compression_ratio", MAX_COMPRESSION_RATIO))
-    split_files = data.get("split_files")
+    data = read(args.params, "data") if Path(args.params).is_file() else None  # checked before any work
+    limits = dict(max_bytes=data.max_raw_bytes if data else MAX_RAW_BYTES,
+                  max_ratio=data.max_compression_ratio if data else MAX_COMPRESSION_RATIO)
+    split_files = data.split_files.model_dump() if data and data.split_files else None
     if split_files is None:
         text = read_raw_text(args.raw, **limits)
         write_text(args.out, text)
         print(f"unzip: {args.raw} -> {args.out} ({len(text):,} characters)")
         return
-    check_split_files(split_files, 0, 0)  # its form; the fractions are preprocess's to refuse
     texts = read_split_texts(args.raw, split_files, **limits)  # all three read and checked before any output
     for split, text in texts.items():
         write_text(Path(args.out) / f"{split}.txt", text)

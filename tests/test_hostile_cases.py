@@ -15,8 +15,8 @@ import torch
 from conftest import ROOT, TINY, make_lit, make_lm, project_env, with_data
 from test_pipeline import project  # noqa: F401 (a fixture)
 from lyricist import generate as generate_cli
-from lyricist import rundir
-from lyricist.data.corpus import CorpusError, check_split_files, read_split_texts
+from lyricist import rundir, settings
+from lyricist.data.corpus import CorpusError, read_split_texts
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 from lyricist.evaluation.ppl import MAX_LOSS, perplexity
@@ -49,7 +49,7 @@ def _folder(folder, texts=SPLIT_TEXTS):
 def test_one_file_named_two_ways_is_refused_by_its_path(val):
     train = "a/train.txt" if val.startswith("a/") else "train.txt"
     with pytest.raises(ValueError, match="names one file for two splits"):
-        check_split_files({"train": train, "val": val, "test": "test.txt"}, 0, 0)
+        settings.section(settings.SplitFiles, {"train": train, "val": val, "test": "test.txt"}, "data.split_files")
 
 
 def test_a_symlink_to_train_is_refused_as_the_same_file(tmp_path):

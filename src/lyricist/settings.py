@@ -19,10 +19,12 @@ from __future__ import annotations
 import difflib
 import math
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lyricist.data.corpus import normal_name
 
 # Shorthands for the common kinds of value.
 Count = Annotated[int, Field(ge=1)]
@@ -60,6 +62,21 @@ class SplitFiles(Section):
     train: str = _f("the train file (or zip member) inside data.raw_path")
     val: str = _f("the validation file")
     test: str = _f("the test file")
+
+    @model_validator(mode="after")
+    def _three_files(self) -> SplitFiles:
+        example = "data.split_files='{train: ptb.train.txt, val: ptb.valid.txt, test: ptb.test.txt}'"
+        names = {"train": self.train, "val": self.val, "test": self.test}
+        for split, name in names.items():
+            if not name.strip() or PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+                raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
+                                 "folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), "
+                                 f"e.g. {example}")
+        # Compared as paths, not strings: ./ptb.train.txt, ptb.train.txt/ and a//b name what ptb.train.txt and a/b do.
+        if len({normal_name(name) for name in names.values()}) != len(names):
+            raise ValueError(f"data.split_files={names!r} names one file for two splits: train, val and test "
+                             f"must be three files, e.g. {example}")
+        return self
 
 
 class DataSettings(Section):

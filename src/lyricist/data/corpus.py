@@ -46,7 +46,6 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
     become a token of its own). A NUL character is refused: text has none, binary files and
     UTF-16 text do.
     """
-    check_limits(max_bytes, max_ratio)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
@@ -89,16 +88,6 @@ def _decode(data: bytes, source: str, path: Path) -> str:
                           f"nothing to train on. Re-fetch it with `dvc pull --force {path}.dvc` or point the "
                           "config at another corpus.")
     return text
-
-
-def check_limits(max_bytes: int, max_ratio: float) -> None:
-    """Refuse bad read limits by their config keys, before anything is read."""
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"data.max_raw_bytes={max_bytes!r} is not allowed: use an integer >= 1, "
-                         f"e.g. data.max_raw_bytes={MAX_RAW_BYTES}")
-    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 1 <= max_ratio < float("inf"):
-        raise ValueError(f"data.max_compression_ratio={max_ratio!r} is not allowed: use a finite number >= 1, "
-                         f"e.g. data.max_compression_ratio={MAX_COMPRESSION_RATIO:g}")
 
 
 def check_regular_file(path: Path, fix: str = "Point data.raw_path at a .txt or .zip file.") -> None:
@@ -183,34 +172,6 @@ def _read_single_zip_member(path: Path, max_bytes: int, max_ratio: float) -> tup
 SPLITS = ("train", "val", "test")
 
 
-def check_split_files(split_files: dict[str, str] | None, val_fraction: float, test_fraction: float) -> None:
-    """Refuse a bad `data.split_files` by its key, before anything is read: null, or a mapping of
-    train, val and test to distinct relative paths inside data.raw_path; with it the corpus comes
-    split, so the fractions that would split it must be 0 (not silently ignored)."""
-    example = "data.split_files='{train: ptb.train.txt, val: ptb.valid.txt, test: ptb.test.txt}'"
-    if split_files is None:
-        return
-    if not isinstance(split_files, dict) or set(split_files) != set(SPLITS):
-        keys = sorted(split_files) if isinstance(split_files, dict) else split_files
-        raise ValueError(f"data.split_files={keys!r} is not allowed: use null (one file, split by position) "
-                         f"or a mapping of exactly train, val and test to files inside data.raw_path, e.g. {example}")
-    for split in SPLITS:
-        name = split_files[split]
-        if (not isinstance(name, str) or not name.strip() or Path(name).is_absolute()
-                or ".." in Path(name).parts):
-            raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
-                             "folder or .zip at data.raw_path (DVC tracks that as the stage's dependency), "
-                             f"e.g. {example}")
-    # Compared as paths, not strings: ./ptb.train.txt, ptb.train.txt/ and a//b name what ptb.train.txt and a/b do.
-    if len({normal_name(name) for name in split_files.values()}) != len(SPLITS):
-        raise ValueError(f"data.split_files={dict(split_files)!r} names one file for two splits: train, val and "
-                         f"test must be three files, e.g. {example}")
-    for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if fraction != 0:
-            raise ValueError(f"data.{key}={fraction!r} is not allowed with data.split_files: the corpus comes "
-                             "split and is never re-split. Use 0: data.val_fraction=0 data.test_fraction=0")
-
-
 def normal_name(name: str) -> str:
     """A relative path or zip member name in one spelling: "./a", "a/", "a//b" and "a/./b" are
     "a", "a", "a/b" and "a/b" (zip members always use "/")."""
@@ -238,7 +199,6 @@ def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_byte
 
     In a zip a name matches its member exactly or, when no member has it, the one member whose
     path ends in "/<name>" (archives often hold a top folder, e.g. ptb/ptb.train.txt)."""
-    check_limits(max_bytes, max_ratio)
     path = Path(raw_path)
     if not path.exists():
         raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "
