@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 import torch
 
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import load_ids
-from lyricist.evaluation.cache import stream_states, with_cache
+from lyricist.evaluation.cache import pointer_log_probs, stream_states, with_cache
 from lyricist.evaluation.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
+from lyricist.errors import run_cli
 from lyricist.evaluation.ngram import best_kneser_ney, ngram_token_log_probs
+from lyricist.settings import read
 
 LONGEST = 8  # n-grams of this many tokens or more form one group
 
@@ -46,8 +49,7 @@ def memory_log_probs(hidden: torch.Tensor, targets: torch.Tensor, memory: torch.
     out = np.empty(len(targets))
     for a in range(0, len(targets), rows):
         scores = theta * hidden[a:a + rows] @ memory.T  # (r, N_train)
-        same = scores.masked_fill(next_ids[None, :] != targets[a:a + rows, None], -math.inf)
-        out[a:a + rows] = (torch.logsumexp(same, 1) - torch.logsumexp(scores, 1)).numpy()
+        out[a:a + rows] = pointer_log_probs(scores, next_ids, targets[a:a + rows]).numpy()
     return out
 
 
@@ -55,14 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="models/checkpoints/best.ckpt")
     parser.add_argument("--data-dir", default="data/encoded/jaychou", help="train.npy, val.npy, test.npy")
-    parser.add_argument("--max-order", type=int, default=5, help="KN orders tried on val (baseline.max_order)")
+    parser.add_argument("--params", default="params.yaml", help="its baseline section: the KN orders and discounts")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    b = read(args.params, "baseline")
     loaded = load_checkpoint(args.checkpoint)
     splits = {s: load_ids(f"{args.data_dir}/{s}.npy") for s in ("train", "val", "test")}
-    kn, _ = best_kneser_ney(splits["train"], splits["val"], len(loaded.vocab), args.max_order, "modified", 0.75)
-    read = {s: stream_states(loaded.model, splits[s]) for s in splits}  # (log p, hidden, targets)
-    net = {s: read[s][0] for s in ("val", "test")}
+    kn, _ = best_kneser_ney(splits["train"], splits["val"], len(loaded.vocab), b.max_order, b.discount_mode,
+                            b.fixed_discount)
+    streams = {s: stream_states(loaded.model, splits[s]) for s in splits}  # (log p, hidden, targets)
+    net = {s: streams[s][0] for s in ("val", "test")}
     counts = {s: ngram_token_log_probs(kn, splits[s], np.arange(1, len(splits[s]))) for s in ("val", "test")}
 
     match = train_match(splits["train"].tolist(), splits["val"].tolist())
@@ -76,17 +80,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {n}{'+' if n == LONGEST else ''} | {group.mean():.3f} | {perplexity_of(net['val'][group]):.1f} "
                   f"| {perplexity_of(counts['val'][group]):.1f} | {(counts['val'][group] - net['val'][group]).sum() / gap:+.2f} |")
 
-    _, memory, next_ids = read["train"]
+    _, memory, next_ids = streams["train"]
     best = None  # (val ppl, θ, λ)
     for theta in (0.1, 0.2, 0.5, 1.0, 2.0, 3.0):
-        recalled = memory_log_probs(read["val"][1], read["val"][2], memory, next_ids, theta)
+        recalled = memory_log_probs(streams["val"][1], streams["val"][2], memory, next_ids, theta)
         for lam in [i / 20 for i in range(20)]:
             ppl = perplexity_of(with_cache(net["val"], recalled, lam))
             best = min(best or (math.inf,), (ppl, theta, lam))
     _, theta, lam = best
     remembered = {}
     for s in ("val", "test"):
-        remembered[s] = with_cache(net[s], memory_log_probs(read[s][1], read[s][2], memory, next_ids, theta), lam)
+        remembered[s] = with_cache(net[s], memory_log_probs(streams[s][1], streams[s][2], memory, next_ids, theta), lam)
         print(f"{s}: network {perplexity_of(net[s]):.1f}, + memory of train (θ {theta:g}, λ {lam:g}) "
               f"{perplexity_of(remembered[s]):.1f}, KN{kn.order} {perplexity_of(counts[s]):.1f}")
     for name, scores in (("network", net), ("network + memory", remembered)):  # mixed with KN, weight on val
@@ -96,4 +100,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 from optuna.distributions import FloatDistribution
 
@@ -189,3 +190,8 @@ def test_the_hour_search_holds_the_default_recipe_and_drops_the_keys_it_does_not
     searched = {k for k, rule in space.items() if not rule.get("tied")}
     assert tune.recipe_values(space, cfg).keys() == searched  # trial 0 is exactly the default recipe
     assert tune.make_pruner(cfg.tune, cfg.trainer.max_epochs)._max_resource == cfg.trainer.max_epochs
+
+
+def test_a_space_with_every_key_dropped_is_refused():
+    with pytest.raises(ValueError, match="tune.space has no key left to search"):
+        tune.check_space(tune.space_of(OmegaConf.create({"space": {"optim.lr": None}})))

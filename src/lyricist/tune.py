@@ -66,6 +66,9 @@ def space_of(t: DictConfig) -> dict:
 
 def check_space(space: dict) -> None:
     """Refuse a malformed search space by its key before any trial (one line, the fix)."""
+    if not space:
+        raise ValueError("tune.space has no key left to search (every one null): give at least one, e.g. "
+                         "'tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}}'")
     for key, rule in space.items():
         if "choices" in rule:
             if not rule["choices"]:
@@ -114,6 +117,11 @@ def with_values(cfg: DictConfig, values: dict) -> DictConfig:
     for key, value in values.items():
         OmegaConf.update(out, key, value, merge=False)
     return out
+
+
+def with_fixed(cfg: DictConfig) -> DictConfig:
+    """`cfg` with `tune.fixed` set: what every trial trains before its sampled values."""
+    return with_values(cfg, OmegaConf.to_container(cfg.tune.fixed or {}))
 
 
 class TrialSeededTPE(optuna.samplers.TPESampler):
@@ -208,8 +216,7 @@ def mark_child(tracking_uri: str | None, run_id: str | None, state: str, status:
 def objective_for(cfg: DictConfig, out_dir: Path, parent_run_id: str | None, tracking_uri: str | None,
                   deadline: float = math.inf):
     space, study_name = space_of(cfg.tune), cfg.tune.study_name
-    fixed = OmegaConf.to_container(cfg.tune.fixed or {})
-    base = with_values(cfg, fixed)
+    base = with_fixed(cfg)
     with open_dict(base):
         base.pop("tune")  # the study's settings are the parent run's params, not each trial's
 
@@ -245,7 +252,7 @@ def open_study(cfg: DictConfig, root: Path, tracking_uri: str | None) -> tuple[o
     def on_stale(trial) -> None:  # a killed worker's trial: its child run was left RUNNING
         mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "FAIL (worker killed; retried)", "KILLED")
 
-    space, base = space_of(t), with_values(cfg, OmegaConf.to_container(t.fixed or {}))
+    space, base = space_of(t), with_fixed(cfg)
     epochs = None if "trainer.max_epochs" in space else base.trainer.max_epochs
     kwargs = dict(storage=make_storage(t, root, on_stale), study_name=t.study_name, direction="minimize",
                   sampler=TrialSeededTPE(t.seed, n_startup_trials=t.n_startup_trials, multivariate=True),
@@ -300,9 +307,10 @@ def _create_parent_run(cfg: DictConfig, root: Path, tracking_uri: str) -> str:
                "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout,
                "enqueue_recipe": t.enqueue_recipe}
     params = {f"tune.{k}": v for k, v in sampler.items()}
-    params.update({f"space.{k}": json.dumps(v) for k, v in space_of(t).items()})
+    space = space_of(t)
+    params.update({f"space.{k}": json.dumps(v) for k, v in space.items()})
     store.with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]))
-    space_yaml = OmegaConf.to_yaml(space_of(t))
+    space_yaml = OmegaConf.to_yaml(OmegaConf.create(space))
     store.with_retry(lambda: client.log_text(run_id, space_yaml, "search_space.yaml"))
     return run_id
 
@@ -433,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = cfg.tune
     root = project_root(cfg.paths.root)
     check_space(space_of(t))
-    settings.load(with_values(cfg, OmegaConf.to_container(t.fixed or {})))  # all of it, the fixed part too, before any trial
+    settings.load(with_fixed(cfg))  # all of it, the fixed part too, before any trial
     if t.n_trials is not None and t.n_trials < 1 or t.timeout is not None and t.timeout <= 0:
         raise ValueError(f"tune.n_trials={t.n_trials}, tune.timeout={t.timeout}: give n_trials >= 1 and "
                          "timeout > 0 seconds (or null for no limit)")

@@ -88,10 +88,15 @@ def cache_log_probs(hidden: torch.Tensor, targets: torch.Tensor, theta: float, s
         i = torch.arange(lo, b)[None, :]  # (1, b-lo)
         window = (i < t) & (i >= t - size)
         scores = scores.masked_fill(~window, -math.inf)
-        total = torch.logsumexp(scores, dim=1)  # (b-a,)
-        same = scores.masked_fill(targets[lo:b][None, :] != targets[a:b][:, None], -math.inf)
-        out[a:b] = (torch.logsumexp(same, dim=1) - total).numpy()  # -inf - -inf = nan: empty window
+        out[a:b] = pointer_log_probs(scores, targets[lo:b], targets[a:b]).numpy()  # -inf - -inf = nan: empty window
     return out
+
+
+def pointer_log_probs(scores: torch.Tensor, next_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log of the softmax mass of `scores` (R, M) on the M remembered positions followed by each
+    row's target: next_ids (M,), targets (R,) -> (R,); -inf where none is."""
+    same = scores.masked_fill(next_ids[None, :] != targets[:, None], -math.inf)
+    return torch.logsumexp(same, dim=1) - torch.logsumexp(scores, dim=1)
 
 
 def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> np.ndarray:
