@@ -1,6 +1,8 @@
 """The fast whole-chunk recurrences (models/fused.py) and products (models/matmul.py):
 gradcheck of every hand-written backward, and equality with the readable step loop."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,7 +112,7 @@ def test_a_nan_runs_through_the_compiled_step(where):
     poisoned = {"x_proj": x_proj[0], "h0": h0, "c0": c0}[where]
     poisoned.view(-1)[0] = float("nan")
     with kernels.cpp_kernels(True):
-        outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)
+        outputs, h, c, _ = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)
     assert torch.isnan(outputs[-1, 0]).any() and torch.isnan(h[0]).any() and torch.isnan(c[0]).any()
     assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
 
@@ -122,7 +124,7 @@ def test_a_nan_runs_through_the_compiled_gru_step(where):
     x_proj, weight_hh, bias_hh, h0 = (t.detach().float() for t in (x_proj, weight_hh, bias_hh, h0))
     {"x_proj": x_proj[0], "h0": h0}[where].view(-1)[0] = float("nan")
     with kernels.cpp_kernels(True):
-        outputs, h = GRUSequence.apply(x_proj, weight_hh, bias_hh, h0)
+        outputs, h, _ = GRUSequence.apply(x_proj, weight_hh, bias_hh, h0)
     assert torch.isnan(outputs[-1, 0]).any() and torch.isnan(h[0]).any()
     assert torch.isfinite(outputs[:, 1:]).all(), "other sequences of the batch stay finite"
 
@@ -141,7 +143,7 @@ def test_without_a_compiler_the_lstm_warns_once_and_uses_torch_ops(monkeypatch, 
     with pytest.warns(RuntimeWarning, match="could not be built, using torch ops instead.*Ninja is required"):
         assert kernels.step_kernels() is None
     x_proj, weight_hh, bias_hh, (h0, c0) = random_inputs(4, 2)
-    outputs, h, c = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)  # the torch-ops path
+    outputs, h, c, _ = LSTMSequence.apply(x_proj, weight_hh, bias_hh, h0, c0)  # the torch-ops path
     assert outputs.shape == (NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE)
     torch.testing.assert_close(h, outputs[-1])
 
@@ -160,9 +162,10 @@ def test_gru_sequence_gradcheck(compiled):
 @pytest.mark.parametrize("batch_size, num_steps", [(BATCH_SIZE, NUM_STEPS), (16, 12)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("kind", ["rnn", "rnn_relu", "lstm", "gru"])
-def test_sequence_equals_step_loop(kind, dtype, tol, batch_size, num_steps):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_sequence_equals_step_loop(kind, dtype, tol, batch_size, num_steps, overwrite):
     """Outputs, final state and every gradient (inputs, weights, initial state) of the fused
-    path equal those of the readable loop over `step`."""
+    path equal those of the readable loop over `step`, its gates written over x_proj or not."""
     torch.manual_seed(0)
     cell = make_cell(kind, INPUT_SIZE, HIDDEN_SIZE, init="torch").to(dtype)
     xs = torch.randn(num_steps, batch_size, INPUT_SIZE, dtype=dtype)
@@ -180,11 +183,59 @@ def test_sequence_equals_step_loop(kind, dtype, tol, batch_size, num_steps):
         grads = [x.grad] + [s.grad for s in state] + [p.grad.clone() for p in cell.parameters()]
         return [outputs, *final], grads
 
-    values, grads = run(cell.sequence)
+    values, grads = run(functools.partial(cell.sequence, overwrite=overwrite))
     ref_values, ref_grads = run(cell.sequence_reference)
     for a, b in zip(values + grads, ref_values + ref_grads, strict=True):
         assert a.dtype == dtype
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+SEQUENCES = {"lstm": (LSTMSequence, 4, 2), "gru": (GRUSequence, 3, 1)}  # Function, gates, states
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_overwrite_puts_the_gates_in_x_projs_buffer(kind, compiled):
+    """overwrite=True: the gates come back in x_proj's own buffer (no (T, B, G*H) buffer
+    allocated for them), and every gradient still passes gradcheck."""
+    if compiled:
+        require_compiled_step()
+    sequence, num_gates, num_states = SEQUENCES[kind]
+    x_proj, weight_hh, bias_hh, state = random_inputs(num_gates, num_states)
+
+    def run(x_proj, *rest):
+        own = x_proj * 1.0  # a tensor of this function's own, which it gives up (gradcheck's leaves stay intact)
+        *results, gates = sequence.apply(own, *rest, True)
+        assert gates.data_ptr() == own.data_ptr() and not gates.requires_grad
+        return tuple(results)
+
+    with kernels.cpp_kernels(compiled):
+        assert torch.autograd.gradcheck(run, (x_proj, weight_hh, bias_hh, *state))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_overwriting_a_tensor_another_op_saved_fails_loudly(kind):
+    """The overwrite is declared to autograd (mark_dirty): when x_proj is something another
+    op needs for its gradient, backward stops with autograd's own error instead of using
+    the gates as if they were x_proj."""
+    sequence, num_gates, num_states = SEQUENCES[kind]
+    x_proj, weight_hh, bias_hh, state = random_inputs(num_gates, num_states)
+    saved = x_proj.exp()  # exp keeps its output for its own gradient
+    outputs = sequence.apply(saved, weight_hh, bias_hh, *state, True)[0]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        outputs.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_view_is_never_overwritten(kind):
+    """A view's base may be in use elsewhere (and autograd would rebuild the base's gradient
+    around the overwrite): overwrite=True leaves a view of x_proj's numbers untouched."""
+    sequence, num_gates, num_states = SEQUENCES[kind]
+    x_proj, weight_hh, bias_hh, state = random_inputs(num_gates, num_states)
+    view = x_proj.detach().reshape(-1).view(x_proj.shape)  # (T, B, G*H), a view of the flat tensor
+    before = view.clone()
+    gates = sequence.apply(view, weight_hh, bias_hh, *state, True)[-1]
+    assert torch.equal(view, before) and gates.data_ptr() != view.data_ptr()
 
 
 def test_final_state_does_not_alias_outputs():

@@ -111,9 +111,11 @@ class RecurrentCell(nn.Module):
         """One time step from the pre-projected input (B, G*H) and the state (each (B, H))."""
         raise NotImplementedError
 
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
+                 overwrite: bool = False) -> tuple[Tensor, State]:
         """All T steps from the pre-projected inputs (T, B, G*H): the outputs h (T, B, H) and
-        the final state. Same numbers as ``sequence_reference``, computed by fused.py."""
+        the final state. Same numbers as ``sequence_reference``, computed by fused.py.
+        ``overwrite``: x_proj is the caller's to lose; the LSTM and the GRU write their gates over it."""
         raise NotImplementedError
 
     def sequence_reference(self, x_proj: Tensor, state: State,
@@ -151,7 +153,8 @@ class RNNCell(RecurrentCell):
         h = NONLINEARITIES[self.nonlinearity](x_proj + self.project_state(h, weight_hh))
         return (h,)
 
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
+                 overwrite: bool = False) -> tuple[Tensor, State]:
         relu = self.nonlinearity == "relu"
         outputs, h = RNNSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0], relu)
         return outputs, (h,)
@@ -199,8 +202,9 @@ class LSTMCell(RecurrentCell):
         h = torch.sigmoid(output_gate) * torch.tanh(c)
         return (h, c)
 
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
-        outputs, h, c = LSTMSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, *state)
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
+                 overwrite: bool = False) -> tuple[Tensor, State]:
+        outputs, h, c, _ = LSTMSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, *state, overwrite)
         return outputs, (h, c)
 
     def extra_repr(self) -> str:
@@ -228,8 +232,9 @@ class GRUCell(RecurrentCell):
         h = (1.0 - update_gate) * candidate + update_gate * h
         return (h,)
 
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
-        outputs, h = GRUSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0])
+    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
+                 overwrite: bool = False) -> tuple[Tensor, State]:
+        outputs, h, _ = GRUSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0], overwrite)
         return outputs, (h,)
 
 

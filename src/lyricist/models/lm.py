@@ -218,7 +218,9 @@ class RecurrentLM(nn.Module):
                 # The input half of every step of this layer in one matmul.
                 layer_input_proj = cell.project_input(self.dropout(layer_output))  # (T, B, G*H)
             layer_state = tuple(s[layer] for s in state)  # each (B, H)
-            layer_output, layer_state = cell.sequence(layer_input_proj, layer_state, weights_hh[layer])  # (T, B, H)
+            # The projection is this loop's own: the cell may write its gates over it (fused.py).
+            layer_output, layer_state = cell.sequence(layer_input_proj, layer_state, weights_hh[layer],
+                                                      overwrite=True)  # (T, B, H)
             final_states.append(layer_state)
 
         # Back to batch-first so the logits come out contiguous (B, T, V).

@@ -9,11 +9,18 @@ derivatives and the weight and bias gradients -- is done once over all T*B rows.
 
 One interface for every kind (B batch, T steps, H hidden, G gates)::
 
-    outputs, *final_state = XSequence.apply(x_proj, weight_hh, bias_hh, *state)
+    outputs, *final_state = RNNSequence.apply(x_proj, weight_hh, bias_hh, h0, relu)
+    outputs, *final_state, gates = XSequence.apply(x_proj, weight_hh, bias_hh, *state, overwrite)  # LSTM, GRU
 
 ``x_proj`` (T, B, G*H) is the input half of the gates for every step, ``bias_ih``
 included; ``weight_hh`` (G*H, H) and ``bias_hh`` (G*H,) are in torch.nn's layout and gate
 order; the state tensors are (B, H); ``outputs`` (T, B, H) is h at every step.
+
+``overwrite=True`` lets the LSTM and the GRU write their activated gates over ``x_proj`` (the
+caller's own temporary: lm.py's projections), declared to autograd (``mark_dirty``: a tensor
+something else saved makes backward fail loudly, never wrong) and returned last, not
+differentiable. Why: at 2 x 512, B 64 x T 64 the fresh (T, B, 4H) buffer is 33.5 MB a layer, whose
+pages cost ~10 ms to fault in, and the step's gate math then writes back where it reads.
 
 The math is the same as ``step`` in cells.py, which is the readable version; the tests
 check these against it, against torch.nn and with ``torch.autograd.gradcheck``. Products
@@ -32,13 +39,34 @@ from lyricist.models.fast.kernels import step_kernels
 from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack, parts
 
 
-def _first_grad(grad_outputs: Tensor, grad_h_last: Tensor) -> Tensor:
+def _first_grad(grad_outputs: Tensor | None, grad_h_last: Tensor | None, like: Tensor) -> Tensor:
     """dL/dh_t for every t as far as it is known before the backward loop: what came in
-    through ``outputs``, plus the final state's gradient at the last step. Contiguous and
-    owned, because the loop adds the recurrent part into it in place."""
-    grad_h = grad_outputs.clone(memory_format=torch.contiguous_format)  # (T, B, H)
-    grad_h[-1] += grad_h_last
+    through ``outputs``, plus the final state's gradient at the last step (None: no gradient
+    came, as for a carried state, which is detached). Contiguous and owned, because the loop
+    adds the recurrent part into it in place. ``like``: the outputs (T, B, H)."""
+    if grad_outputs is None:
+        grad_h = torch.zeros_like(like, memory_format=torch.contiguous_format)
+    else:
+        grad_h = grad_outputs.clone(memory_format=torch.contiguous_format)  # (T, B, H)
+    if grad_h_last is not None:
+        grad_h[-1] += grad_h_last
     return grad_h
+
+
+def _gates_buffer(ctx, x_proj: Tensor, overwrite: bool) -> Tensor:
+    """Where the activated gates go (T, B, G*H): over x_proj when the caller gives it up and it
+    is a contiguous tensor of its own (not a view: autograd would then rebuild its base's
+    gradient around ours), else a new buffer. Both are returned last, not differentiable; the
+    other outputs' gradients then come as None where none reached them (not as zeros: that
+    would be a (T, B, G*H) buffer of zeros for the gates' output at every backward)."""
+    ctx.set_materialize_grads(False)
+    if overwrite and x_proj._base is None and x_proj.is_contiguous():
+        ctx.mark_dirty(x_proj)
+        gates = x_proj
+    else:
+        gates = torch.empty_like(x_proj, memory_format=torch.contiguous_format)
+    ctx.mark_non_differentiable(gates)
+    return gates
 
 
 def _weight_grads(grad_gates: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,7 +108,7 @@ class RNNSequence(Function):
         # tanh' = 1 - h^2, relu' = [h > 0].
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1.0 - outputs.square()  # (T, B, H)
         weight_t = pack(weight_hh.t(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
-        grad = _first_grad(grad_outputs, grad_h_last)  # dL/dh_t, turned into dL/dpre_t in place
+        grad = _first_grad(grad_outputs, grad_h_last, outputs)  # dL/dh_t, turned into dL/dpre_t in place
         for t in range(grad.shape[0] - 1, 0, -1):
             grad[t].mul_(slope[t])
             add_linear_(grad[t - 1], grad[t], weight_t)  # pre_t = ... + h_{t-1} W^T  =>  dh_{t-1} += dpre_t W
@@ -94,11 +122,11 @@ class LSTMSequence(Function):
     """LSTM recurrence, gate order i, f, g, o as torch.nn; state (h, c)."""
 
     @staticmethod
-    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, c0: Tensor):
+    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, c0: Tensor,
+                overwrite: bool = False):
         num_steps, batch_size, gates_size = x_proj.shape
         hidden = gates_size // 4
-        # The activated gates of every step, what backward needs: (T, B, 4H).
-        gates = torch.empty_like(x_proj, memory_format=torch.contiguous_format)
+        gates = _gates_buffer(ctx, x_proj, overwrite)  # the activated gates of every step, what backward needs: (T, B, 4H)
         hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
         cs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # cs[0] = c0, cs[t + 1] = c_t
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
@@ -106,20 +134,22 @@ class LSTMSequence(Function):
         weight = pack(weight_hh, batch_size, uses=num_steps)
         kernels = step_kernels() if x_proj.device.type == "cpu" else None
         if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp); b_hh added in its step
+            # x_proj and gates may be one buffer: each entry is read before it is written.
             kernels.lstm_forward(x_proj.contiguous(), bias_hh.contiguous(), *parts(weight), gates, hs, cs, tanh_cs)
         else:
             torch.add(x_proj, bias_hh, out=gates)  # the pre-activations' input half, the loop adds the rest
             _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
         ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
-        return hs[1:], hs[-1].clone(), cs[-1].clone()
+        return hs[1:], hs[-1].clone(), cs[-1].clone(), gates
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor, grad_c_last: Tensor):
+    def backward(ctx, grad_outputs: Tensor | None, grad_h_last: Tensor | None, grad_c_last: Tensor | None, _gates):
         weight_hh, gates, hs, cs, tanh_cs = ctx.saved_tensors
         batch_size = gates.shape[1]
-        grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
-        grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)  # (B, H), carried back in time
+        grad_h = _first_grad(grad_outputs, grad_h_last, hs[1:])  # (T, B, H)
+        # (B, H), carried back in time
+        grad_c = torch.zeros_like(cs[0]) if grad_c_last is None else grad_c_last.clone(memory_format=torch.contiguous_format)
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
         weight_t = pack(weight_hh.t(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
@@ -130,7 +160,7 @@ class LSTMSequence(Function):
         # A carried state is detached, so training never needs dL/dh_0: no product for it then.
         grad_h0 = linear_nograd(grad_gates[0], weight_t) if ctx.needs_input_grad[3] else None
         grad_weight, grad_bias = _weight_grads(grad_gates, hs)
-        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c if ctx.needs_input_grad[4] else None
+        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c if ctx.needs_input_grad[4] else None, None
 
 
 def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
@@ -179,11 +209,11 @@ class GRUSequence(Function):
     r, z = sig(x_rz + W_hrz h + b_hrz);  n = tanh(x_n + r (W_hn h + b_hn));  h' = n + z (h - n)."""
 
     @staticmethod
-    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor):
+    def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, overwrite: bool = False):
         num_steps, batch_size, gates_size = x_proj.shape
-        x_proj = x_proj.contiguous()  # (T, B, 3H): the compiled loop walks it by pointer
+        gates = _gates_buffer(ctx, x_proj, overwrite)  # the activated r, z, n of every step: (T, B, 3H)
+        x_proj = x_proj.contiguous()  # (T, B, 3H): the compiled loop walks it by pointer (maybe gates' own buffer)
         hs = x_proj.new_empty(num_steps + 1, batch_size, gates_size // 3)  # hs[0] = h0, hs[t + 1] = h_t
-        gates = torch.empty_like(x_proj)  # the activated r, z, n of every step: (T, B, 3H)
         hn = torch.empty_like(hs[1:])  # W_hn h_{t-1} + b_hn, the recurrent half that r scales: (T, B, H)
         hs[0] = h0
         weight = pack(weight_hh, batch_size, uses=num_steps)
@@ -193,14 +223,14 @@ class GRUSequence(Function):
         else:
             _gru_forward_loop(x_proj, weight, bias_hh, hs, gates, hn)
         ctx.save_for_backward(weight_hh, hs, gates, hn)
-        return hs[1:], hs[-1].clone()
+        return hs[1:], hs[-1].clone(), gates
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
+    def backward(ctx, grad_outputs: Tensor | None, grad_h_last: Tensor | None, _gates):
         weight_hh, hs, gates, hn = ctx.saved_tensors
         num_steps, batch_size, _ = gates.shape
-        grad_h = _first_grad(grad_outputs, grad_h_last)  # (T, B, H)
+        grad_h = _first_grad(grad_outputs, grad_h_last, hs[1:])  # (T, B, H)
         grad_x_proj = torch.empty_like(gates)  # dL/dx_proj: (T, B, 3H)
         grad_h_proj = torch.empty_like(gates)  # dL/d(W_hh h + b_hh): (T, B, 3H)
         grad_h0 = torch.zeros_like(grad_h[0])  # (B, H): dh_0 z_0 here, the product below
@@ -213,7 +243,7 @@ class GRUSequence(Function):
         if ctx.needs_input_grad[3]:  # never in training: the carried state is detached
             add_linear_(grad_h0, grad_h_proj[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
-        return grad_x_proj, grad_weight, grad_bias, grad_h0 if ctx.needs_input_grad[3] else None
+        return grad_x_proj, grad_weight, grad_bias, grad_h0 if ctx.needs_input_grad[3] else None, None
 
 
 def _gru_forward_loop(x_proj: Tensor, weight: Tensor, bias_hh: Tensor, hs: Tensor, gates: Tensor, hn: Tensor) -> None:

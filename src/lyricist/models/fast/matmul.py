@@ -174,6 +174,14 @@ def add_linear_(out: Tensor, x: Tensor, weight: Tensor | Packed) -> Tensor:
     return out.addmm_(x, weight.t())
 
 
+def _own(y: Tensor) -> Tensor:
+    """y's numbers in a tensor that is not a view (the same storage, nothing copied). A product
+    of a (T, B, I) input comes back as a (T, B, O) view of its (T*B, O) result; the recurrent
+    layers may write their gates over it (fused.py's ``overwrite``), which autograd refuses on
+    a view made inside a Function and, on another view, pays for with a copy of its base."""
+    return y if y._base is None else y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.shape, y.stride())
+
+
 class _Linear(Function):
     """F.linear with every product of its forward and backward through ``linear_nograd``."""
 
@@ -181,7 +189,7 @@ class _Linear(Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return linear_nograd(x, weight, bias)
+        return _own(linear_nograd(x, weight, bias))
 
     @staticmethod
     @once_differentiable
@@ -201,7 +209,8 @@ class _Linear(Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can."""
-    if uses_onednn(x, weight, rows=_rows(x)):
+    """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can; the
+    result of a (..., I) input with more than one leading dimension is never a view (``_own``)."""
+    if x.dim() > 2 or uses_onednn(x, weight, rows=_rows(x)):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
