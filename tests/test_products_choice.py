@@ -19,6 +19,7 @@ def cache(monkeypatch, tmp_path):
     monkeypatch.setattr(choice, "LOOP_SHAPES", [(8, 16, 24), (8, 24, 16)])
     monkeypatch.setattr(choice, "DENSE_SHAPES", [(40, 16, 24), (40, 24, 16)])
     monkeypatch.setattr(choice, "REPEATS", {"loop": 2, "dense": 2})
+    monkeypatch.setattr(choice, "load_per_cpu", lambda: 0.5)  # a quiet machine, whatever this one's load
     return tmp_path / "lyricist"
 
 
@@ -28,9 +29,28 @@ def test_the_choice_is_measured_once_and_read_back_from_beside_the_compiled_step
     assert path.parent == cache and path.name.startswith(choice.kernels.extension_name())
     saved = json.loads(path.read_text())
     assert (saved["dense"], saved["loop"]) == chosen and saved["threads"] == torch.get_num_threads()
+    assert saved["load_per_cpu"] == 0.5  # kept with the choice, to measure again once the machine is quiet
     assert saved["relative_time"]["loop"]["torch"] == 2.0  # torch against itself, over 2 shapes
     monkeypatch.setattr(choice, "measure", lambda: pytest.fail("measured a second time"))
     assert choice.choose() == chosen
+
+
+def test_a_choice_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(cache, monkeypatch):
+    path = choice.cache_file()
+    path.parent.mkdir(parents=True)
+    busy = {"dense": "onednn", "loop": "onednn", "load_per_cpu": 6.5, "loop_by_shape": {"8x16x24": "onednn"}}
+    path.write_text(json.dumps(busy))
+    monkeypatch.setattr(choice, "load_per_cpu", lambda: 3.0)  # still busy: the old measurement stands
+    assert choice.choose() == ("onednn", "onednn")
+    monkeypatch.setattr(choice, "load_per_cpu", lambda: 0.4)  # quiet now: measured again, all of it
+    monkeypatch.setattr(choice, "measure", lambda: {"dense": "torch", "loop": "mkl", "load_per_cpu": 0.4})
+    assert choice.choose() == ("torch", "mkl")
+    assert json.loads(path.read_text()) == {"dense": "torch", "loop": "mkl", "load_per_cpu": 0.4}
+    monkeypatch.setattr(choice, "measure", lambda: pytest.fail("measured a third time"))
+    assert choice.choose() == ("torch", "mkl")
+    path.write_text(json.dumps({"dense": "onednn", "loop": "mkl"}))  # a file from before the load was kept
+    monkeypatch.setattr(choice, "measure", lambda: {"dense": "torch", "loop": "torch", "load_per_cpu": 0.4})
+    assert choice.choose() == ("torch", "torch")
 
 
 def test_the_loop_backend_is_measured_once_per_shape_and_kept_in_the_same_file(cache, monkeypatch):

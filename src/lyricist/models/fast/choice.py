@@ -22,11 +22,17 @@ torch or CPU measures again and every copy of the code reads the same file. Dele
 again. ``LYRICIST_PRODUCTS=public`` skips all of this and uses torch's products only.
 The loop backend is then measured again on each product shape at its first use (``loop_for``)
 and kept in the same file: the machine-wide choice stands for the shapes not yet seen.
+
+A measurement taken while other processes held the cores (load average above one thread per
+core) is kept with that load and measured again, whole, at the first start on a quiet machine:
+under a load of 7-15 on 2 cores this machine once chose oneDNN for the dense products, which a
+quiet measurement put 3-6 % behind torch's own (three measurements, summed over its shapes).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -133,13 +139,22 @@ def _pick(scores: dict[str, float]) -> str:
     return best if scores[best] <= MARGIN * scores["torch"] else "torch"
 
 
+def load_per_cpu() -> float:
+    """Runnable threads per core over the last minute: above 1, other processes took the cores
+    away while a measurement ran, and its times say little."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this system: taken as quiet
+        return 0.0
+
+
 def measure() -> dict:
     """Time every working candidate (a second or two); the choice and the numbers."""
     with torch.no_grad():
         loop = _relative_times(LOOP_SHAPES, _loop_candidates, REPEATS["loop"])
         dense = _relative_times(DENSE_SHAPES, _dense_candidates, REPEATS["dense"])
     return {"dense": _pick(dense), "loop": _pick(loop), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "relative_time": {"dense": dense, "loop": loop},
+            "load_per_cpu": round(load_per_cpu(), 2), "relative_time": {"dense": dense, "loop": loop},
             "note": "each: summed fastest time relative to torch's over the shapes measured; lower is faster"}
 
 
@@ -169,7 +184,9 @@ def choose() -> Backend:
         return PUBLIC
     path = cache_file()
     found = _read(path)
-    if found is None:
+    # None yet, or measured on a busy machine (or, in a file from before the load was kept, maybe)
+    # that is quiet now: measured again, the old measurement's per-shape loop choices dropped with it.
+    if found is None or (found.get("load_per_cpu", math.inf) > 1.0 and load_per_cpu() <= 1.0):
         found = measure()
         _write(path, found)
     return Backend(found["dense"], found["loop"])
