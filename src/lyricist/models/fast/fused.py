@@ -126,7 +126,7 @@ class LSTMSequence(Function):
                 overwrite: bool = False):
         num_steps, batch_size, gates_size = x_proj.shape
         hidden = gates_size // 4
-        gates = _gates_buffer(ctx, x_proj, overwrite)  # the activated gates of every step, what backward needs: (T, B, 4H)
+        gates = _gates_buffer(ctx, x_proj, overwrite)  # the activated gates, what backward needs: (T, B, 4H)
         hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
         cs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # cs[0] = c0, cs[t + 1] = c_t
         tanh_cs = x_proj.new_empty(num_steps, batch_size, hidden)  # tanh(c_t), reused by backward
@@ -148,8 +148,8 @@ class LSTMSequence(Function):
         weight_hh, gates, hs, cs, tanh_cs = ctx.saved_tensors
         batch_size = gates.shape[1]
         grad_h = _first_grad(grad_outputs, grad_h_last, hs[1:])  # (T, B, H)
-        # (B, H), carried back in time
-        grad_c = torch.zeros_like(cs[0]) if grad_c_last is None else grad_c_last.clone(memory_format=torch.contiguous_format)
+        grad_c = (torch.zeros_like(cs[0]) if grad_c_last is None  # dL/dc (B, H), carried back in time
+                  else grad_c_last.clone(memory_format=torch.contiguous_format))
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
         weight_t = pack(weight_hh.t(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
