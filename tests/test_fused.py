@@ -226,16 +226,21 @@ def test_overwriting_a_tensor_another_op_saved_fails_loudly(kind):
         outputs.sum().backward()
 
 
+@pytest.mark.parametrize("which", ["view", "leaf"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_a_view_is_never_overwritten(kind):
+def test_a_view_or_a_leaf_is_never_overwritten(kind, which):
     """A view's base may be in use elsewhere (and autograd would rebuild the base's gradient
-    around the overwrite): overwrite=True leaves a view of x_proj's numbers untouched."""
+    around the overwrite), a leaf that wants a gradient is the caller's to keep: overwrite=True
+    leaves either untouched and still computes."""
     sequence, num_gates, num_states = SEQUENCES[kind]
     x_proj, weight_hh, bias_hh, state = random_inputs(num_gates, num_states)
-    view = x_proj.detach().reshape(-1).view(x_proj.shape)  # (T, B, G*H), a view of the flat tensor
-    before = view.clone()
-    gates = sequence.apply(view, weight_hh, bias_hh, *state, True)[-1]
-    assert torch.equal(view, before) and gates.data_ptr() != view.data_ptr()
+    if which == "view":
+        x_proj = x_proj.detach().reshape(-1).view(x_proj.shape)  # (T, B, G*H), a view of the flat tensor
+    before = x_proj.detach().clone()
+    outputs, *_, gates = sequence.apply(x_proj, weight_hh, bias_hh, *state, True)
+    assert torch.equal(x_proj, before) and gates.data_ptr() != x_proj.data_ptr()
+    outputs.sum().backward()
+    assert weight_hh.grad is not None and (which == "view" or x_proj.grad is not None)
 
 
 def test_final_state_does_not_alias_outputs():

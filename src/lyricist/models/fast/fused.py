@@ -56,11 +56,13 @@ def _first_grad(grad_outputs: Tensor | None, grad_h_last: Tensor | None, like: T
 def _gates_buffer(ctx, x_proj: Tensor, overwrite: bool) -> Tensor:
     """Where the activated gates go (T, B, G*H): over x_proj when the caller gives it up and it
     is a contiguous tensor of its own (not a view: autograd would then rebuild its base's
-    gradient around ours), else a new buffer. Both are returned last, not differentiable; the
-    other outputs' gradients then come as None where none reached them (not as zeros: that
-    would be a (T, B, G*H) buffer of zeros for the gates' output at every backward)."""
+    gradient around ours; not a leaf that wants a gradient), else a new buffer. Either is
+    returned last, not differentiable; the other outputs' gradients then come as None where
+    none reached them (not as zeros: that would be a (T, B, G*H) buffer of zeros for the
+    gates' output at every backward)."""
     ctx.set_materialize_grads(False)
-    if overwrite and x_proj._base is None and x_proj.is_contiguous():
+    own = x_proj._base is None and x_proj.is_contiguous() and not (x_proj.is_leaf and x_proj.requires_grad)
+    if overwrite and own:
         ctx.mark_dirty(x_proj)
         gates = x_proj
     else:
