@@ -51,6 +51,8 @@ def test_a_choice_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(
     path.write_text(json.dumps({"dense": "onednn", "loop": "mkl"}))  # a file from before the load was kept
     monkeypatch.setattr(choice, "measure", lambda: {"dense": "torch", "loop": "torch", "load_per_cpu": 0.4})
     assert choice.choose() == ("torch", "torch")
+    path.write_text(json.dumps({"dense": "onednn", "loop": "mkl", "load_per_cpu": "high"}))  # a damaged file
+    assert choice.choose() == ("torch", "torch")
 
 
 def test_the_loop_backend_is_measured_once_per_shape_and_kept_in_the_same_file(cache, monkeypatch):

@@ -169,12 +169,15 @@ def _write(path: Path, result: dict) -> None:
 
 
 def _read(path: Path) -> dict | None:
+    """The cached measurement, or None (to measure again, whole): no file, an unreadable one, or
+    one measured on a busy machine (or in a file from before the load was kept) that is quiet now."""
     try:
         found = json.loads(path.read_text())
         Backend(found["dense"], found["loop"])
-        return found
+        measured_under = float(found.get("load_per_cpu", math.inf))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return None if measured_under > 1.0 and load_per_cpu() <= 1.0 else found
 
 
 def choose() -> Backend:
@@ -184,9 +187,7 @@ def choose() -> Backend:
         return PUBLIC
     path = cache_file()
     found = _read(path)
-    # None yet, or measured on a busy machine (or, in a file from before the load was kept, maybe)
-    # that is quiet now: measured again, the old measurement's per-shape loop choices dropped with it.
-    if found is None or (found.get("load_per_cpu", math.inf) > 1.0 and load_per_cpu() <= 1.0):
+    if found is None:  # the old measurement's per-shape loop choices, if any, go with it
         found = measure()
         _write(path, found)
     return Backend(found["dense"], found["loop"])
