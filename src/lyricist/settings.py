@@ -19,10 +19,11 @@ from __future__ import annotations
 import difflib
 import math
 import sys
+import typing
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from lyricist.data.corpus import normal_name
 
@@ -197,12 +198,19 @@ class OptimSettings(Section):
         return self
 
 
+def _not_zero(epochs: int) -> int:  # a field's own rule, so that a search space's range is held to it too
+    if epochs == 0:
+        raise ValueError("trainer.max_epochs=0 is not allowed: use an integer >= 1, or -1 (no limit; then set "
+                         "+trainer.max_time) (epochs to train)")
+    return epochs
+
+
 class TrainerSettings(Section):
     """pytorch_lightning.Trainer's arguments: these are checked, others pass through (+trainer.max_time=...)."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
     target: str = _f("the Trainer class", alias="_target_")
-    max_epochs: int = _f("epochs to train; -1: no limit (then set +trainer.max_time)", ge=-1, le=100000)
+    max_epochs: Annotated[int, AfterValidator(_not_zero)] = _f("epochs to train; -1: no limit (then set +trainer.max_time)", ge=-1, le=100000)
     accelerator: str = _f("cpu | gpu | auto")
     devices: int | str | list[int] = _f("devices (processes with ddp) to use")
     deterministic: bool = _f("deterministic algorithms (reproducible runs)")
@@ -210,13 +218,6 @@ class TrainerSettings(Section):
     num_sanity_val_steps: NonNegative = _f("validation batches run before training")
     enable_progress_bar: bool = _f("the TQDM progress bar")
     limit_train_batches: Count | Annotated[float, Field(gt=0, le=1)] | None = _f("train on this many batches (or this share) per epoch; null: all")
-
-    @model_validator(mode="after")
-    def _rules(self) -> TrainerSettings:
-        if self.max_epochs == 0:
-            raise ValueError("trainer.max_epochs=0 is not allowed: use an integer >= 1, or -1 (no limit; then set "
-                             "+trainer.max_time) (epochs to train)")
-        return self
 
 
 class LoggerSettings(Section):
@@ -298,6 +299,18 @@ class Decoding(Section):
     seed: NonNegative | None = _f("sample: the random generator's seed (+ i for the i-th prefix); null: unseeded", default=0)
 
 
+class SpaceRule(Section):
+    """One key of tune.space: a range {low, high[, log][, step]} or {choices: [...]}; `tied: key`:
+    the value of that key when model.tie_weights is true (the embedding is then the head)."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: Annotated[int | float, Field(gt=0)] | None = None
+    choices: list[Any] | None = None
+    tied: str | None = None
+
+
 class TuneSettings(Section):
     """The hyper-parameter search of `python -m lyricist.tune` (conf/tune/, docs/search.md), composed as `+tune=...`."""
 
@@ -319,8 +332,56 @@ class TuneSettings(Section):
     preset: str | None = _f("the best trial written as conf/experiment/<preset>.yaml; null: not written")
     preset_dir: str | None = _f("null: <project root>/conf/experiment")
     fixed: dict[str, Any] = _f("{dotted key: value} set on every trial, not searched")
-    space: dict[str, dict[str, Any] | None] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}; "
-                                                  "a key set to null is not searched", min_length=1)
+    space: dict[str, SpaceRule | None] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}; "
+                                             "a key set to null is not searched")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, SpaceRule | None]) -> dict[str, SpaceRule]:
+        """Each key a setting, its values of that setting's type and inside its bounds (a float
+        setting's range as floats, an int one's as ints: what the sampler draws)."""
+        space = {key: _rule(key, rule) for key, rule in space.items() if rule is not None}
+        if not space:
+            raise ValueError("tune.space has no key left to search (every one null): give at least one, e.g. "
+                             "'tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}}'")
+        return space
+
+
+def _rule(key: str, rule: SpaceRule) -> SpaceRule:
+    name = f"tune.space.{key}"
+    info = _field(key, name)
+    if rule.tied:
+        _field(rule.tied, f"{name}.tied={rule.tied}")
+    if info is None or _inner(info.annotation):  # free-form (trainer.*, optim.scheduler.*): built with the trial
+        return rule
+    adapter = TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation,
+                          config=ConfigDict(strict=True))
+
+    def check(what: str, value: Any) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            if first["type"] == "value_error":  # the field's own rule: its message names the key
+                raise ValueError(f"{name}.{what}: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ValueError(f"{name}.{what}={value!r} is not allowed: {_allowed(first)} ({info.description})") from None
+
+    if rule.choices is not None:
+        if not rule.choices or rule.low is not None or rule.high is not None:
+            raise ValueError(f"{name}.choices={rule.choices}: give at least one value, and no low/high beside them")
+        return rule.model_copy(update={"choices": [check("choices", c) for c in rule.choices]})
+    if rule.low is None or rule.high is None or not rule.low <= rule.high:
+        raise ValueError(f"{name}={rule.model_dump(exclude_defaults=True)} is not a range: give low <= high, e.g. "
+                         "{low: 0.001, high: 0.03, log: true}, or choices: [...]")
+    if rule.log and rule.low <= 0:
+        raise ValueError(f"{name}: a log range needs low > 0, got {rule.low}")
+    low, high = check("low", rule.low), check("high", rule.high)
+    if isinstance(low, int) != isinstance(high, int) or isinstance(low, bool) or not isinstance(low, (int, float)):
+        raise ValueError(f"{name}: {key} is searched by choices: [...], not by a range")
+    if isinstance(low, int) and not isinstance(rule.step or 1, int) or rule.step and rule.log:
+        raise ValueError(f"{name}.step={rule.step}: an integer range takes an integer step, a log range none")
+    step = rule.step if rule.step is None or isinstance(low, int) else float(rule.step)
+    return rule.model_copy(update={"low": low, "high": high, "step": step})
 
 
 class Settings(Section):
@@ -368,14 +429,26 @@ def check_override_keys(overrides: list[str]) -> None:
         key = override.split("=", 1)[0]
         if "=" not in override or key.startswith(("+", "~", "-", "hydra")) or "." not in key or "/" in key:
             continue  # an addition, a deletion, a flag, Hydra's own, or a group choice (model=gru)
-        parts = key.split(".")
-        parent = _model_at(Settings, parts[:-1])
-        if parent is None or parent.model_config.get("extra") == "allow":
-            continue  # below a free-form node (trainer.*, optim.scheduler.*): Hydra checks it
-        if parts[-1] not in _keys(parent):
-            near = difflib.get_close_matches(parts[-1], _keys(parent), n=1)
-            hint = f": did you mean {'.'.join([*parts[:-1], near[0]])}?" if near else ""
-            raise ValueError(f"{key} is not a setting{hint} (python -m lyricist.settings lists them all)")
+        _field(key, key)
+
+
+def _field(key: str, name: str) -> Any:
+    """The declared field of a dotted key, None below a free-form node (trainer.*, optim.scheduler.*,
+    tune.space.*); a key that is no setting is refused as `name`, naming the nearest."""
+    model, parts = Settings, key.split(".")
+    for i, part in enumerate(parts):
+        fields = {info.alias or field: info for field, info in model.model_fields.items()}
+        info = fields.get(part)
+        if info and i == len(parts) - 1:
+            return info
+        if info and _inner(info.annotation):
+            model = _inner(info.annotation)
+            continue
+        if info and typing.get_origin(info.annotation) is dict or not info and model.model_config.get("extra") == "allow":
+            return None
+        near = difflib.get_close_matches(part, list(fields), n=1)
+        hint = f": did you mean {'.'.join([*parts[:i], near[0]])}?" if near else ""
+        raise ValueError(f"{name} is not a setting{hint} (python -m lyricist.settings lists them all)")
 
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
@@ -403,11 +476,16 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
         return f"{key} is missing: add it to the config (python -m lyricist.settings lists every key)"
     parent = _model_at(root, loc[:-1])
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
+    return f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else "")
+
+
+def _allowed(first: dict) -> str:
+    """What pydantic's error says is allowed, in the messages' words (`use a value >= 1`)."""
     allowed = first["msg"].replace("Input should be", "use")
     for words, sign in (("greater than or equal to", ">="), ("less than or equal to", "<="), ("greater than", ">"),
                         ("less than", "<")):
         allowed = allowed.replace(f"use {words}", f"use a value {sign}")
-    return f"{key}={first.get('input')!r} is not allowed: {allowed}" + (f" ({info.description})" if info else "")
+    return allowed
 
 
 def _inner(annotation: Any) -> type[BaseModel] | None:
@@ -454,7 +532,6 @@ def reference(defaults: dict) -> str:
 
 def _type_name(annotation: Any, metadata: list = ()) -> str:
     """A type in words: `int >= 1`, `float in [0, 1)`, `'char' or 'word'`, `... or null`."""
-    import typing
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
         return _type_name(args[0], [*args[1:], *metadata])
