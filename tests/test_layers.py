@@ -22,6 +22,7 @@ LAYERS = [
     ["lyricist.training"],
     ["lyricist.train"],
     ["lyricist.seeds", "lyricist.tune"],  # train and evaluate over seeds; search over settings
+    ["lyricist.cli"],           # the entry layer: the only code that composes conf/ (Hydra)
 ]
 
 

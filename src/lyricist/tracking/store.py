@@ -18,6 +18,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lyricist import errors
 from lyricist.project import project_root
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(errors.UserError, RuntimeError):
     """The tracking store or server cannot be used; the message names the URI and the fix."""
 
 

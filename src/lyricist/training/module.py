@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from lyricist import errors
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.ppl import perplexity, why_not_finite
 from lyricist.models import RecurrentLM
@@ -40,7 +41,7 @@ EPOCH_METRICS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl", "tok
 AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.UserError, RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
 
 
