@@ -194,6 +194,7 @@ def test_seeds_writes_its_summary_after_every_seed_so_a_stopped_run_keeps_them(t
     import json
 
     from lyricist import seeds
+    from lyricist.experiments import seeds as seeds_run
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
@@ -205,7 +206,7 @@ def test_seeds_writes_its_summary_after_every_seed_so_a_stopped_run_keeps_them(t
         trained.append(output_dir)
         return train(cfg, output_dir, **kwargs)
 
-    monkeypatch.setattr(seeds, "train", stopped_at_the_second_seed)
+    monkeypatch.setattr(seeds_run, "train", stopped_at_the_second_seed)
     out = tmp_path / "seeds"
     with pytest.raises(KeyboardInterrupt):
         seeds.main(["--seeds", "3", "--static", "--out", str(out), *TINY, "logger=none", f"paths.encoded={tiny_data}",

@@ -11,12 +11,12 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 from optuna.distributions import FloatDistribution
 
 from conftest import CONF_DIR, ROOT, TINY, project_env
-from lyricist import tune
+from lyricist.cli import config, tune
+from lyricist.experiments import search
 from lyricist.train import train
 from lyricist.training.callbacks import read_epoch_history
 
@@ -137,7 +137,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatc
     args = tune_args(tmp_path, tiny_data, "tune.n_trials=3", "tune.pruner=median", "tune.pruner_startup_trials=2",
                      "tune.pruner_warmup_epochs=0", "trainer.max_epochs=4")
     study = optuna.create_study(study_name="jaychou", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    study.set_user_attr(tune.PARENT_ATTR, None)  # no parent run: the trials below are not in MLflow
+    study.set_user_attr(search.PARENT_ATTR, None)  # no parent run: the trials below are not in MLflow
     for lr in (0.01, 0.02):  # two finished trials far better than a tiny model can be
         study.add_trial(create_trial(
             params={"optim.lr": lr, "model.dropout": 0.1}, value=1.01,
@@ -161,7 +161,7 @@ def test_a_bad_search_space_is_refused_before_any_trial(tiny_data, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     args = tune_args(tmp_path, tiny_data, "tune.space={optim.lr: {low: 0.0, high: 0.1, log: true}}")
-    assert tune.run_cli(lambda: tune.main(args)) == 2
+    assert config.run(lambda: tune.main(args)) == 2
     assert "tune.space.optim.lr: a log range needs low > 0" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "out").exists()
 
@@ -184,14 +184,14 @@ def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(t
 
 
 def test_the_hour_search_holds_the_default_recipe_and_drops_the_keys_it_does_not_search():
-    cfg = tune.compose_config(["tune=hour"])
-    space = tune.space_of(cfg.tune)
+    s = config.load(groups=["+tune=hour"])
+    space = s.tune.space
     assert "trainer.max_epochs" not in space and "model.tie_weights" not in space
-    searched = {k for k, rule in space.items() if not rule.get("tied")}
-    assert tune.recipe_values(space, cfg).keys() == searched  # trial 0 is exactly the default recipe
-    assert tune.make_pruner(cfg.tune, cfg.trainer.max_epochs)._max_resource == cfg.trainer.max_epochs
+    searched = {k for k, rule in space.items() if not rule.tied}
+    assert search.recipe_values(space, s).keys() == searched  # trial 0 is exactly the default recipe
+    assert search.make_pruner(s.tune, s.trainer.max_epochs)._max_resource == s.trainer.max_epochs
 
 
 def test_a_space_with_every_key_dropped_is_refused():
     with pytest.raises(ValueError, match="tune.space has no key left to search"):
-        tune.check_space(tune.space_of(OmegaConf.create({"space": {"optim.lr": None}})))
+        config.load(["tune.space=null", "tune.space={optim.lr: null}"], groups=["+tune=default"])

@@ -412,6 +412,33 @@ def load(cfg: Any) -> Settings:
     return section(Settings, {k: v for k, v in cfg.items() if k != "hydra"})
 
 
+def with_overrides(s: Settings, values: dict[str, Any]) -> Settings:
+    """`s` with {dotted key: value} set (a search's trial, its tune.fixed), checked again whole."""
+    return section(Settings, nest(values, s.model_dump(by_alias=True)))
+
+
+def nest(values: dict[str, Any], data: dict | None = None) -> dict:
+    """{dotted key: value} set into nested dicts: `data`, or a new one."""
+    data = {} if data is None else data
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return data
+
+
+def value_at(s: Settings, key: str) -> Any:
+    """The value of a dotted key (None where there is none)."""
+    node: Any = s.model_dump(by_alias=True)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def read(params: str | Path, name: str) -> Any:
     """One section of a params file (params.yaml), checked: what a DVC stage script reads."""
     from omegaconf import OmegaConf

@@ -98,8 +98,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
-    try:
-        return with_retry(get_or_create)
+    try:  # workers starting together on a new SQLite store race to create its tables ("already exists")
+        return with_retry(get_or_create, retry_on=("locked", "already exists", "unique constraint failed"))
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r} ({first[:300]}). Use "
