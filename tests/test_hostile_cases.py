@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, TINY, make_lit, make_lm, project_env, with_data
 from test_pipeline import project  # noqa: F401 (a fixture)
-from lyricist import generate as generate_cli
+from lyricist.cli import generate as generate_cli
 from lyricist import rundir, settings
 from lyricist.data.corpus import CorpusError, read_split_texts
 from lyricist.checkpoint import load_checkpoint
@@ -22,7 +22,7 @@ from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 from lyricist.evaluation.ppl import MAX_LOSS, perplexity
 from lyricist.models import RecurrentLM
 from lyricist.tracking import store
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, TrainingDiverged
 

@@ -36,8 +36,9 @@ from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_setti
 from lyricist.project import project_root
 from lyricist.tracking import serving, store
 from lyricist.errors import run_cli
-from lyricist import settings
-from lyricist.train import USER_ERRORS, train
+from lyricist.cli.config import settings_of
+from lyricist.errors import USER_ERRORS
+from lyricist.training.run import train
 
 MAX_SEEDS = 100  # each seed is a whole training run; the standard error shrinks as 1/sqrt(seeds)
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
@@ -51,7 +52,7 @@ ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interp
 def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path, static: bool) -> dict:
     """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage
     (with a Kneser-Ney model fit here on the same train split); `static`: no dynamic evaluation."""
-    options = evaluation_settings(settings.load(cfg))
+    options = evaluation_settings(settings_of(cfg))
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
     result, _ = evaluate_checkpoint(checkpoint, data_dir, **options)
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: give another --out (runs there are never overwritten)")
     seeds = [cfg.train.seed + k for k in range(args.seeds)]
-    settings.load(cfg)  # a bad value is refused before the parent run or any folder exists
+    settings_of(cfg)  # a bad value is refused before the parent run or any folder exists
     parent = _parent_run(cfg, root, args.overrides, seeds)
     try:
         return _run_seeds(args, cfg, root, out, seeds, parent)
@@ -154,7 +155,7 @@ def _run_seeds(args: argparse.Namespace, cfg: DictConfig, root: Path, out: Path,
     for seed in seeds:
         cfg.train.seed = seed
         start = time.perf_counter()
-        train(cfg, out / f"seed{seed}", parent_run_id=parent[1] if parent else None)
+        train(settings_of(cfg), out / f"seed{seed}", parent_run_id=parent[1] if parent else None)
         seconds = time.perf_counter() - start
         best = out / f"seed{seed}" / "checkpoints" / "best.ckpt"
         loaded = load_checkpoint(best)

@@ -39,8 +39,9 @@ from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.project import project_root
 from lyricist.tracking import store
-from lyricist import settings
-from lyricist.train import USER_ERRORS, train
+from lyricist.cli.config import settings_of
+from lyricist.errors import USER_ERRORS
+from lyricist.training.run import train
 from lyricist.training.module import TrainingDiverged
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
@@ -224,10 +225,10 @@ def objective_for(cfg: DictConfig, out_dir: Path, parent_run_id: str | None, tra
         values = suggest(trial, space, base)
         trial_cfg = with_values(base, values)
         trial_cfg.logger.run_name = f"trial {trial.number} {study_name}"
-        settings.load(trial_cfg)
+        settings_of(trial_cfg)
         pruning = PruningCallback(trial, deadline)
         try:
-            metrics = train(trial_cfg, out_dir / f"trial_{trial.number:04d}", parent_run_id=parent_run_id,
+            metrics = train(settings_of(trial_cfg), out_dir / f"trial_{trial.number:04d}", parent_run_id=parent_run_id,
                             callbacks=[pruning])
         except TrainingDiverged as err:  # as hopeless as a pruned trial: it stops the search from nothing
             pruning.pruned = str(err)
@@ -441,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = cfg.tune
     root = project_root(cfg.paths.root)
     check_space(space_of(t))
-    settings.load(with_fixed(cfg))  # all of it, the fixed part too, before any trial
+    settings_of(with_fixed(cfg))  # all of it, the fixed part too, before any trial
     if t.n_trials is not None and t.n_trials < 1 or t.timeout is not None and t.timeout <= 0:
         raise ValueError(f"tune.n_trials={t.n_trials}, tune.timeout={t.timeout}: give n_trials >= 1 and "
                          "timeout > 0 seconds (or null for no limit)")
