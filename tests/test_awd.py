@@ -18,7 +18,7 @@ from lyricist.checkpoint import load_checkpoint
 from lyricist.data.batching import consecutive_batches, variable_lengths
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, activation_penalty
 

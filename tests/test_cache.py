@@ -18,7 +18,7 @@ from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_
 from lyricist.evaluation.interpolation import perplexity_of
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 
 
 def test_cache_probabilities_match_a_hand_computed_example():

@@ -13,7 +13,7 @@ from conftest import gen
 from conftest import ROOT, TINY
 from lyricist import seeds
 from lyricist.checkpoint import load_checkpoint
-from lyricist.generate import generate
+from lyricist.decoding import generate
 from lyricist.models.ensemble import Ensemble
 
 

@@ -8,13 +8,14 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, project_env
 from lyricist import settings
+from lyricist.cli.config import settings_of
 
 
 def test_the_configuration_reference_is_current():
-    """docs/configuration.md is what `python -m lyricist.settings` writes: rerun it after a change."""
+    """docs/configuration.md is what `python -m lyricist.cli.settings` writes: rerun it after a change."""
     written = settings.reference(OmegaConf.to_container(compose_config(["+tune=default"]), resolve=True))
     assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == written, \
-        "stale: python -m lyricist.settings > docs/configuration.md"
+        "stale: python -m lyricist.cli.settings > docs/configuration.md"
     for name, section in settings.Settings.model_fields.items():  # every key documented, with its meaning
         for field, info in settings._inner(section.annotation).model_fields.items():
             assert info.description, f"{name}.{field} has no description"
@@ -24,7 +25,7 @@ def test_the_configuration_reference_is_current():
 def test_every_group_option_of_conf_passes_the_schema():
     for group in ("data", "model", "optim", "optim/scheduler", "trainer", "logger", "experiment", "+tune"):
         for option in sorted(p.stem for p in (ROOT / "conf" / group.lstrip("+")).glob("*.yaml")):
-            settings.load(compose_config([f"{group}={option}"]))
+            settings_of(compose_config([f"{group}={option}"]))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -41,7 +42,7 @@ def test_every_group_option_of_conf_passes_the_schema():
 ])
 def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ValueError) as err:
-        settings.load(compose_config(overrides))
+        settings_of(compose_config(overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -51,7 +52,7 @@ def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
                           env=project_env())
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[0] == ("error: model.hiden_size is not a setting: did you mean "
-                                           "model.hidden_size? (python -m lyricist.settings lists them all)")
+                                           "model.hidden_size? (docs/configuration.md lists them all)")
     assert not (tmp_path / "run").exists()
 
 
@@ -75,7 +76,7 @@ def test_zaremba_small_ptb_recipe_is_overrides_and_halves_the_lr_every_epoch_aft
     import torch
 
     assert " ".join(ZAREMBA_SMALL) in (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
-    s = settings.load(compose_config(ZAREMBA_SMALL))
+    s = settings_of(compose_config(ZAREMBA_SMALL))
     optimizer, scheduler = s.optim.build([torch.nn.Parameter(torch.zeros(1))])
     lrs = []
     for _ in range(13):

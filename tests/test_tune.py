@@ -17,7 +17,7 @@ from optuna.distributions import FloatDistribution
 from conftest import CONF_DIR, ROOT, TINY, project_env
 from lyricist.cli import config, tune
 from lyricist.experiments import search
-from lyricist.train import train
+from conftest import train
 from lyricist.training.callbacks import read_epoch_history
 
 SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"

@@ -33,18 +33,14 @@ from lyricist.data.corpus import write_text
 from lyricist.project import project_root
 from lyricist.settings import Settings, SpaceRule, TuneSettings, nest, value_at, with_overrides
 from lyricist.tracking import store
-from lyricist.train import load_encoded, train as _train_cfg
+from lyricist.training.datamodule import load_encoded
 from lyricist.training.module import TrainingDiverged
+from lyricist.training.run import train
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
 RUN_ATTR = "mlflow_run_id"  # a trial's user attribute naming its child run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.overwrite")
-
-
-def train(s: Settings, output_dir: Path, **kwargs) -> dict:  # TEMP: until the typed train() of branch entry
-    from omegaconf import OmegaConf
-    return _train_cfg(OmegaConf.create(s.model_dump(by_alias=True)), output_dir, **kwargs)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceRule], base: Settings) -> dict:

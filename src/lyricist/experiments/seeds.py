@@ -26,7 +26,7 @@ from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_setti
 from lyricist.project import project_root
 from lyricist.settings import Settings, with_overrides
 from lyricist.tracking import serving, store
-from lyricist.train import train as _train_cfg
+from lyricist.training.run import train
 
 # The rows of the table: (name, key prefix in reports/metrics.json's flat names).
 ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interpolated_"),
@@ -34,11 +34,6 @@ ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interp
         ("dynamic (SGD) + adaptive KN", "dynamic_interpolated_"),
         ("dynamic (Krause) + adaptive KN", "krause_interpolated_"),
         ("neural cache", "cache_"), ("neural cache + adaptive KN", "cache_interpolated_")]
-
-
-def train(s: Settings, output_dir: Path, **kwargs) -> dict:  # TEMP: until the typed train() of branch entry
-    from omegaconf import OmegaConf
-    return _train_cfg(OmegaConf.create(s.model_dump(by_alias=True)), output_dir, **kwargs)
 
 
 def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:

@@ -34,6 +34,7 @@ from mlflow.types import ColSpec, Schema
 
 import lyricist
 from lyricist import settings
+from lyricist.decoding import generate
 from lyricist.settings import Decoding
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
@@ -124,8 +125,6 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from lyricist.generate import generate
-
         # Every row checked before the first is generated: a bad row costs no work.
         rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS),
                                self.loaded.decoding)
@@ -140,8 +139,6 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
 
     def _generate(self, rows: list[tuple[str, Decoding]], deadline: float) -> pd.DataFrame:
-        from lyricist.generate import generate
-
         lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=True, deadline=deadline)
                   for prefix, decoding in rows]
         return pd.DataFrame({"lyrics": lyrics})
