@@ -46,6 +46,61 @@ def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("space, message", [
+    ("{model.hiden_size: {choices: [128]}}", "tune.space.model.hiden_size is not a setting: did you mean "
+                                              "model.hidden_size? (docs/configuration.md lists them all)"),
+    ("{model.hidden_size: {choices: [abc, 32]}}", "tune.space.model.hidden_size.choices='abc' is not allowed: use a "
+                                                   "valid integer (hidden units per layer)"),
+    ("{model.hidden_size: {low: 64, high: 8000}}", "tune.space.model.hidden_size.high=8000 is not allowed: use a value "
+                                                    "<= 4096 (hidden units per layer)"),
+    ("{model.hidden_size: {low: 64.0, high: 128}}", "tune.space.model.hidden_size.low=64.0 is not allowed: use a "
+                                                     "valid integer"),
+    ("{model.hidden_size: {low: 64, high: 128, step: 0.5}}", "tune.space.model.hidden_size.step=0.5: an integer "
+                                                              "range takes an integer step"),
+    ("{trainer.max_epochs: {low: 0, high: 5}}", "tune.space.trainer.max_epochs.low: trainer.max_epochs=0 is not "
+                                                 "allowed: use an integer >= 1"),
+    ("{model.dropout: {low: 0.0, high: 1.0}}", "tune.space.model.dropout.high=1.0 is not allowed: use a value < 1"),
+    ("{model.tie_weights: {choices: [true, 1]}}", "tune.space.model.tie_weights.choices=1 is not allowed: use a "
+                                                   "valid boolean"),
+    ("{model.cell: {low: 1, high: 2}}", "tune.space.model.cell.low=1 is not allowed: use 'rnn', 'rnn_relu', 'gru' "
+                                         "or 'lstm'"),
+    ("{optim.lr: {low: 0.03, high: 0.001}}", "tune.space.optim.lr={'low': 0.03, 'high': 0.001} is not a range: "
+                                              "give low <= high"),
+    ("{optim.lr: {low: 0.0, high: 0.1, log: true}}", "tune.space.optim.lr: a log range needs low > 0, got 0.0"),
+    ("{model.num_layers: {choices: []}}", "tune.space.model.num_layers.choices=[]: give at least one value"),
+    ("{model.embedding_size: {choices: [32], tied: model.hiden}}", "tune.space.model.embedding_size.tied=model.hiden "
+                                                                    "is not a setting: did you mean model.hidden_size?"),
+    ("{optim.lr: null}", "tune.space has no key left to search (every one null)"),
+])
+def test_a_bad_search_space_is_one_line_naming_the_key(space, message):
+    with pytest.raises(ValueError) as err:
+        settings_of(compose_config(["+tune=default", "tune.space=null", f"tune.space={space}"]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_search_space_is_drawn_in_its_settings_types():
+    """An integer setting's range stays integers, a float setting's becomes floats (what the sampler
+    draws); choices are checked, not converted away from their setting's type."""
+    space = settings_of(compose_config(["+tune=default", "tune.space=null", "tune.space={model.dropout: {low: 0, "
+                                        "high: 0.5}, train.ar_alpha: {low: 0, high: 4}, trainer.max_epochs: {low: 2, "
+                                        "high: 6, step: 2}, model.embedding_size: {choices: [null, 32]}}"])).tune.space
+    assert (space["model.dropout"].low, space["train.ar_alpha"].high) == (0.0, 4.0)
+    assert all(isinstance(v, float) for v in (space["model.dropout"].low, space["train.ar_alpha"].low))
+    assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].step) == (2, 2)
+    assert isinstance(space["trainer.max_epochs"].low, int) and space["model.embedding_size"].choices == [None, 32]
+
+
+def test_with_overrides_sets_dotted_keys_and_checks_them_again():
+    s = settings_of(compose_config())
+    changed = settings.with_overrides(s, {"model.hidden_size": 64, "model.embedding_size": 64, "train.seed": 3})
+    assert (changed.model.hidden_size, changed.train.seed, s.model.hidden_size) == (64, 3, 256)
+    assert settings.value_at(changed, "model.embedding_size") == 64
+    with pytest.raises(ValueError, match="^model.hiden_size is not a setting: did you mean model.hidden_size"):
+        settings.with_overrides(s, {"model.hiden_size": 64})
+    with pytest.raises(ValueError, match="^model.hidden_size=0 is not allowed: use a value >= 1"):
+        settings.with_overrides(s, {"model.hidden_size": 0})
+
+
 def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lyricist.train", "model.hiden_size=8",
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,

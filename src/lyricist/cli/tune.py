@@ -28,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     picked = [o.split("=", 1)[1] for o in overrides if o.split("=")[0].lstrip("+") == "tune"]
-    rest = [o for o in overrides if o.split("=")[0].lstrip("+") != "tune"]
+    # `tune.space={...}` and `tune.fixed={...}` merge into the file's, new keys too (the schema checks them).
+    rest = [("++" if o.split("=")[0] in ("tune.space", "tune.fixed") else "") + o for o in overrides
+            if o.split("=")[0].lstrip("+") != "tune"]
     table, out_dir = tune(config.load(rest, groups=[f"+tune={(picked or ['default'])[-1]}"]), overrides)
     print(f"\n{table}\ntune: {out_dir / 'trials.md'}, {out_dir / 'summary.json'}")
     return 0
