@@ -56,7 +56,7 @@ def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
     ("{model.hidden_size: {low: 64.0, high: 128}}", "tune.space.model.hidden_size.low=64.0 is not allowed: use a "
                                                      "valid integer"),
     ("{model.hidden_size: {low: 64, high: 128, step: 0.5}}", "tune.space.model.hidden_size.step=0.5: an integer "
-                                                              "range takes an integer step"),
+                                                              "setting's range takes an integer step"),
     ("{trainer.max_epochs: {low: 0, high: 5}}", "tune.space.trainer.max_epochs.low: trainer.max_epochs=0 is not "
                                                  "allowed: use an integer >= 1"),
     ("{model.dropout: {low: 0.0, high: 1.0}}", "tune.space.model.dropout.high=1.0 is not allowed: use a value < 1"),
@@ -66,7 +66,8 @@ def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
                                          "or 'lstm'"),
     ("{optim.lr: {low: 0.03, high: 0.001}}", "tune.space.optim.lr={'low': 0.03, 'high': 0.001} is not a range: "
                                               "give low <= high"),
-    ("{optim.lr: {low: 0.0, high: 0.1, log: true}}", "tune.space.optim.lr: a log range needs low > 0, got 0.0"),
+    ("{optim.lr: {low: 0.0, high: 0.1, log: true}}", "tune.space.optim.lr: a log range needs low > 0 and no step, "
+                                                      "got low=0.0, step=None"),
     ("{model.num_layers: {choices: []}}", "tune.space.model.num_layers.choices=[]: give at least one value"),
     ("{model.embedding_size: {choices: [32], tied: model.hiden}}", "tune.space.model.embedding_size.tied=model.hiden "
                                                                     "is not a setting: did you mean model.hidden_size?"),

@@ -15,6 +15,7 @@ the messages are the library's own, and dataclasses in Hydra's ConfigStore canno
 from __future__ import annotations
 
 import difflib
+import functools
 import typing
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -408,6 +409,14 @@ def _rule(key: str, rule: SpaceRule) -> SpaceRule:
     info = _field(key, name)
     if rule.tied:
         _field(rule.tied, f"{name}.tied={rule.tied}")
+    if rule.choices is not None:
+        if not rule.choices or rule.low is not None or rule.high is not None:
+            raise ValueError(f"{name}.choices={rule.choices}: give at least one value, and no low/high beside them")
+    elif rule.low is None or rule.high is None or rule.low > rule.high:
+        raise ValueError(f"{name}={rule.model_dump(exclude_defaults=True)} is not a range: give low <= high, e.g. "
+                         "{low: 0.001, high: 0.03, log: true}, or choices: [...]")
+    elif rule.log and (rule.low <= 0 or rule.step):
+        raise ValueError(f"{name}: a log range needs low > 0 and no step, got low={rule.low}, step={rule.step}")
     if info is None or _inner(info.annotation):  # free-form (trainer.*, optim.scheduler.*): built with the trial
         return rule
     adapter = TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation,
@@ -423,21 +432,12 @@ def _rule(key: str, rule: SpaceRule) -> SpaceRule:
             raise ValueError(f"{name}.{what}={value!r} is not allowed: {_allowed(first)} ({info.description})") from None
 
     if rule.choices is not None:
-        if not rule.choices or rule.low is not None or rule.high is not None:
-            raise ValueError(f"{name}.choices={rule.choices}: give at least one value, and no low/high beside them")
         return rule.model_copy(update={"choices": [check("choices", c) for c in rule.choices]})
-    if rule.low is None or rule.high is None or not rule.low <= rule.high:
-        raise ValueError(f"{name}={rule.model_dump(exclude_defaults=True)} is not a range: give low <= high, e.g. "
-                         "{low: 0.001, high: 0.03, log: true}, or choices: [...]")
-    if rule.log and rule.low <= 0:
-        raise ValueError(f"{name}: a log range needs low > 0, got {rule.low}")
     low, high = check("low", rule.low), check("high", rule.high)
-    if isinstance(low, int) != isinstance(high, int) or isinstance(low, bool) or not isinstance(low, (int, float)):
-        raise ValueError(f"{name}: {key} is searched by choices: [...], not by a range")
-    if isinstance(low, int) and not isinstance(rule.step or 1, int) or rule.step and rule.log:
-        raise ValueError(f"{name}.step={rule.step}: an integer range takes an integer step, a log range none")
-    step = rule.step if rule.step is None or isinstance(low, int) else float(rule.step)
-    return rule.model_copy(update={"low": low, "high": high, "step": step})
+    if isinstance(low, int) and not isinstance(rule.step or 1, int):
+        raise ValueError(f"{name}.step={rule.step}: an integer setting's range takes an integer step")
+    return rule.model_copy(update={"low": low, "high": high,
+                                   "step": rule.step if isinstance(low, int) or rule.step is None else float(rule.step)})
 
 
 class Settings(Section):
@@ -483,10 +483,8 @@ def nest(values: dict[str, Any], data: dict | None = None) -> dict:
 
 def value_at(s: Settings, key: str) -> Any:
     """The value of a dotted key (None where there is none)."""
-    node: Any = s.model_dump(by_alias=True)
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+    return functools.reduce(lambda node, part: node.get(part) if isinstance(node, dict) else None, key.split("."),
+                            s.model_dump(by_alias=True))
 
 
 def check_override_keys(overrides: list[str]) -> None:

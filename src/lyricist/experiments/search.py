@@ -1,12 +1,9 @@
 """Hyper-parameter search with Optuna: `tune(settings)` trains the recipe with sampled values, trial by trial.
 
-The study lives in Optuna storage (SQLite in the project root by default, any RDB URL): N workers
-on N machines run the same search against the same storage and share one study (docs/search.md).
-TPE with a fixed seed, per-epoch val/ppl pruning (median or Hyperband) through a Lightning
-callback, a killed worker's trial failed after `grace_period` and run again with its values. Only
-train and val are read. MLflow: the study is one parent run (space, sampler, best trial, plots),
-each trial a child run (a pruned one KILLED, tag optuna.state). The best trial is written as
-conf/experiment/<tune.preset>.yaml, a recipe for `python -m lyricist.train experiment=<preset>`.
+The study lives in Optuna storage shared by any number of workers (docs/search.md): TPE with a fixed
+seed, per-epoch val/ppl pruning (median or Hyperband), a killed worker's trial failed after
+`grace_period` and run again. Only train and val are read. MLflow: the study is one parent run (space,
+sampler, best trial, plots), each trial a child run. The best trial is written as a conf/experiment preset.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import optuna
 import pytorch_lightning as pl
 import sqlalchemy
 import yaml
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from pytorch_lightning.loggers import MLFlowLogger
@@ -107,18 +104,16 @@ def storage_url(t: TuneSettings, root: Path) -> str:
     return t.storage or f"sqlite:///{root / 'optuna.db'}"
 
 
-def make_storage(t: TuneSettings, root: Path, on_stale=None) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats: a trial whose worker was killed (no heartbeat for
-    grace_period) is marked FAIL by the next worker to start a trial and enqueued again."""
+def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker was killed (no heartbeat for grace_period)
+    is marked FAIL (`on_stale(trial)`) by the next worker to start a trial and enqueued again."""
     url = storage_url(t, root)
     # SQLite: concurrent workers wait for the write lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
 
     def stale(study: optuna.Study, trial) -> None:
-        if on_stale:
-            on_stale(trial)
-        retry(study, trial)
+        on_stale(trial)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
 
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval,
@@ -330,19 +325,18 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
     write_text(out_dir / "trials.md", table)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     if parent:
-        client = MlflowClient(tracking_uri)
-        store.with_retry(lambda: client.log_text(parent, table, "trials.md"))
-        store.with_retry(lambda: client.log_text(parent, json.dumps(summary, indent=1), "summary.json"))
-        for name, value in summary["states"].items():
-            store.with_retry(lambda: client.log_metric(parent, f"trials/{name.lower()}", value))
+        client, now = MlflowClient(tracking_uri), int(time.time() * 1000)
+        for name, text in (("trials.md", table), ("summary.json", json.dumps(summary, indent=1))):
+            store.with_retry(lambda: client.log_text(parent, text, name))
+        metrics = {f"trials/{name.lower()}": value for name, value in summary["states"].items()}
+        tags = {}
         if best:
-            store.with_retry(lambda: client.log_metric(parent, "best/val_ppl", best.value))
-            tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in summary["best_values"].items()}}
-            if best.user_attrs.get(RUN_ATTR):
-                tags["best_child_run_id"] = best.user_attrs[RUN_ATTR]
-            for k, v in tags.items():
-                store.with_retry(lambda: client.set_tag(parent, k, v))
+            metrics["best/val_ppl"] = best.value
+            tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in summary["best_values"].items()},
+                    **({"best_child_run_id": best.user_attrs[RUN_ATTR]} if RUN_ATTR in best.user_attrs else {})}
             _log_plots(client, parent, study, bool(imp))
+        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                                                  tags=[RunTag(k, v) for k, v in tags.items()]))
         if not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)):  # the last worker closes it
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
     return table
