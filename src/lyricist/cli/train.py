@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from lyricist import errors, rundir
 from lyricist.cli import sweep
-from lyricist.cli.config import check_overrides, settings_of
+from lyricist.cli.config import check_overrides, compose, settings_of
 from lyricist.project import project_root
 from lyricist.training.run import train
 
@@ -92,9 +92,13 @@ def _hydra_job(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
     try:
         conf_dir = project_root() / "conf"
-        check_overrides(sys.argv[1:], conf_dir)
+        if {"-m", "--multirun"} & set(argv):  # a sweep's lists compose job by job
+            check_overrides(argv, conf_dir)
+        else:  # composed once here, so that a mistake Hydra finds is one line too
+            compose([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))])
     except errors.USER_ERRORS as err:
         sys.exit(errors.report(err))
     hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
