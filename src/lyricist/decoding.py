@@ -26,13 +26,6 @@ from lyricist.models import RecurrentLM, eval_mode
 from lyricist.settings import Decoding
 
 
-def seed_of(seed: int | None, index: int) -> int | None:
-    """The seed of the index-th of several prefixes: seed + index. One seed for all would give
-    them the same random draws, and once the state has forgotten the prefix (a few lines in)
-    their samples run in step, the same lines in each."""
-    return None if seed is None else seed + index
-
-
 def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> list[int]:
     """Token ids of the prefix, cut into tokens as the vocabulary's training data was (characters,
     or words); unknown tokens are an error that names them unless allowed (-> <unk>)."""
@@ -105,19 +98,17 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
              allow_unknown: bool = False, deadline: float | None = None,
              tick: Callable[[int, int], None] | None = None) -> str:
     """The prefix followed by `decoding.num_chars` predicted tokens (characters; words for a
-    word-level vocabulary, joined by single spaces).
-
-    As the seeds' `predict_rnn`: the state starts at zero and is warmed up over the
-    prefix (its tokens are fed, not predicted); then each prediction is fed back.
-    The decoding options are the module's docstring's; with their defaults (no penalty, no
-    n-gram ban, no cut, greedy) it is the seeds' argmax. `index`: the prefix's position among
-    several, which offsets the seed (seed_of). `deadline` (a time.monotonic() value): past it,
-    stop with TimeoutError (the served model's bound). `tick(done, num_chars)` is called after
-    every token (the CLI's progress lines).
+    word-level vocabulary, joined by single spaces). As the seeds' `predict_rnn`: the state starts
+    at zero and is warmed up over the prefix (fed, not predicted); then each prediction is fed back;
+    with the default decoding it is the seeds' argmax. `index`: the prefix's position among several
+    (it offsets the seed). Past `deadline` (a time.monotonic() value): TimeoutError (the served
+    model's bound). `tick(done, num_chars)` after every token (the CLI's progress lines).
     """
     d = decoding
     num_chars, repetition_penalty, repetition_window = d.num_chars, d.repetition_penalty, d.repetition_window
-    seed = seed_of(d.seed, index)
+    # Prefix i samples with seed + i: with one seed, once the state has forgotten the prefixes
+    # (a few lines in) their samples would run in step, the same lines in each.
+    seed = None if d.seed is None else d.seed + index
     ids = encode_prefix(vocab, prefix, allow_unknown)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 

@@ -229,9 +229,6 @@ class OptimSettings(Built):
         fails here, in one line, not after the first epoch."""
         import torch
         schedule = self.scheduler
-        if schedule.target is None and schedule.arguments():
-            raise ValueError(f"optim.scheduler.{next(iter(schedule.arguments()))} is set but optim.scheduler._target_ "
-                             "is null (a constant lr): choose a schedule, e.g. optim/scheduler=step")
         try:
             self.build([torch.zeros(1, requires_grad=True)])
         except Exception as err:  # ImportError, TypeError (unknown argument), ValueError (torch's own)

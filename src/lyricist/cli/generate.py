@@ -17,14 +17,11 @@ from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
 
-PROGRESS_EVERY = 10.0  # seconds between the CLI's progress lines on a long sample
-
-
 class ProgressLines:
     """A `tick` for generate(): a line on stderr every `every` seconds with how far it is and an
     estimate of the time left at the pace so far (nothing for a sample done sooner)."""
 
-    def __init__(self, label: str, every: float = PROGRESS_EVERY, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, label: str, every: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self.label, self.every, self.clock = label, every, clock
         self.start = self.last = clock()
 
@@ -37,20 +34,6 @@ class ProgressLines:
         left = spent * (total - done) / done
         print(f"generate: {self.label}: {done:,} / {total:,} tokens in {spent:.0f} s, ~{left:.0f} s left",
               file=sys.stderr, flush=True)
-
-
-def decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The decoding options as command-line flags (lyricist.settings.Decoding's fields); a flag
-    left out keeps the value the checkpoint's run used (its `generate.*`)."""
-    for name, info in Decoding.model_fields.items():
-        kind = str if name == "strategy" else float if "float" in str(info.annotation) else int
-        names = [f"--{name.replace('_', '-')}"] + (["--num-tokens"] if name == "num_chars" else [])
-        parser.add_argument(*names, dest=name, type=_number(kind), help=info.description)
-
-
-def _number(kind: type):
-    """argparse's type for an option that may be given as null (none)."""
-    return lambda text: None if text.lower() in ("null", "none") else kind(text)
 
 
 def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:
@@ -67,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "best) or runs:/<run id>/model; the store: $MLFLOW_TRACKING_URI, else the project's mlflow.db")
     parser.add_argument("--prefix", action="append", required=True,
                         help="repeat for several prefixes, e.g. --prefix 分开 --prefix 不分开")
-    decoding_arguments(parser)
+    for name, info in Decoding.model_fields.items():  # a flag left out: the checkpoint's run's `generate.*`
+        kind = str if name == "strategy" else float if "float" in str(info.annotation) else int
+        names = [f"--{name.replace('_', '-')}"] + (["--num-tokens"] if name == "num_chars" else [])
+        parser.add_argument(*names, dest=name, help=info.description,  # null (none): the setting's null
+                            type=lambda text, kind=kind: None if text.lower() in ("null", "none") else kind(text))
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     parser.add_argument("--data-dir", help="data/encoded/<corpus>/: refuse a checkpoint whose vocabulary is not "

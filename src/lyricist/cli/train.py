@@ -3,10 +3,8 @@
     python -m lyricist.train model=rnn data.sampling=random
     python -m lyricist.train -m model=rnn,lstm data.sampling=random,consecutive
 
-Hydra composes conf/ of the project found from the working directory (lyricist.project), never
-of the folder this package lies in; the overrides' keys are checked before it composes, the whole
-composition (RunDirGuard) before Hydra writes `.hydra/` into the run directory. The library's
-train(settings, output_dir) receives typed settings.
+conf/ of the project the working directory is in (lyricist.project), composed and checked whole
+before Hydra writes `.hydra/` into the run directory; the library's train() takes the Settings.
 """
 
 from __future__ import annotations
@@ -21,11 +19,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, read_write
 
 from lyricist import errors, rundir
 from lyricist.cli import sweep
-from lyricist.cli.config import check_overrides, settings_of
+from lyricist.cli.config import check_overrides, compose, settings_of
 from lyricist.project import project_root
 from lyricist.training.run import train
 
@@ -42,8 +40,7 @@ class RunDirGuard(Callback):
         if rundir.is_ddp_child():
             return
         run_dir = _pin(config, "run")
-        _refuse_or_continue(lambda: (settings_of(config), _check_dir(config, Path(run_dir)),
-                                     rundir.lock_run_dir(run_dir)))
+        _refuse_or_continue(lambda: (_check_dir(config, Path(run_dir)), rundir.lock_run_dir(run_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Each job checks its settings and locks its own directory; here only the sweep's
@@ -64,8 +61,8 @@ def _pin(cfg: DictConfig, mode: str) -> str:
 
 
 def _check_dir(cfg: DictConfig, run_dir: Path) -> None:
-    rundir.check_run_dir(run_dir, bool(OmegaConf.select(cfg, "train.resume")),
-                         OmegaConf.select(cfg, "train.overwrite", default=False) is True)
+    s = settings_of(cfg)  # every value checked first
+    rundir.check_run_dir(run_dir, bool(s.train.resume), s.train.overwrite)
 
 
 def _refuse_or_continue(check) -> None:
@@ -92,9 +89,13 @@ def _hydra_job(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
     try:
         conf_dir = project_root() / "conf"
-        check_overrides(sys.argv[1:], conf_dir)
+        if {"-m", "--multirun"} & set(argv):  # a sweep's lists compose job by job
+            check_overrides(argv, conf_dir)
+        else:  # composed once here, so that a mistake Hydra finds is one line too
+            compose([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))])
     except errors.USER_ERRORS as err:
         sys.exit(errors.report(err))
     hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
