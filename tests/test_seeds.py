@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import gen
 from conftest import ROOT, TINY, project_env
+from test_entry_errors import MISTAKES, _override
 from lyricist import seeds
+from lyricist.cli.config import run
 from lyricist.checkpoint import load_checkpoint
 from lyricist.decoding import generate
 from lyricist.models.ensemble import Ensemble
@@ -81,4 +83,16 @@ def test_a_typo_is_one_line_as_lyricist_train_gives_it(tmp_path):
     assert proc.returncode == 2 and proc.stderr.splitlines()[0] == (
         "error: model.hiden_size is not a setting: did you mean model.hidden_size? (docs/configuration.md lists them all)"
     ), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=str)
+def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tmp_path, monkeypatch, capsys):
+    groups, key, value, line = MISTAKES[mistake]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    argv = ["--out", str(tmp_path / "seeds"), *groups, f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            _override(key, value)]
+    assert run(lambda: seeds.main(argv)) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {line}"
     assert list(tmp_path.iterdir()) == []

@@ -72,6 +72,11 @@ def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
     ("{model.embedding_size: {choices: [32], tied: model.hiden}}", "tune.space.model.embedding_size.tied=model.hiden "
                                                                     "is not a setting: did you mean model.hidden_size?"),
     ("{optim.lr: null}", "tune.space has no key left to search (every one null)"),
+    ("{optim.scheduler.gamma: {low: 0.1, high: 0.9}}", "tune.space.optim.scheduler.gamma.low=0.1: optim (torch.optim.Adam, "
+                                                        "scheduler torch.optim.lr_scheduler.ReduceLROnPlateau) cannot be "
+                                                        "built: optim.scheduler.gamma: unexpected keyword argument 'gamma'"),
+    ("{trainer.max_tme: {choices: [1]}}", "tune.space.trainer.max_tme.choices=1: trainer.max_tme: unexpected keyword "
+                                          "argument 'max_tme' of pytorch_lightning.Trainer: did you mean trainer.max_time?"),
 ])
 def test_a_bad_search_space_is_one_line_naming_the_key(space, message):
     with pytest.raises(ValueError) as err:

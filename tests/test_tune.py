@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 from optuna.distributions import FloatDistribution
 
 from conftest import CONF_DIR, LYRICS, ROOT, TINY, project_env, write_encoded
+from test_entry_errors import MISTAKES, _override
 from lyricist.cli import config, tune
 from lyricist.experiments import search
 from conftest import train
@@ -193,6 +194,17 @@ def test_a_mistake_is_one_line_before_any_study_or_run(tiny_data, tmp_path, monk
     assert config.run(lambda: tune.main(args)) == 2
     assert capsys.readouterr().err.splitlines()[0].startswith("error: " + message.replace("{tmp}", str(tmp_path)))
     assert [p.name for p in tmp_path.iterdir()] == ["encoded"]  # no optuna.db, mlflow.db, trial folder or preset
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=str)
+def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tiny_data, tmp_path, monkeypatch, capsys):
+    groups, key, value, line = MISTAKES[mistake]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    args = tune_args(tmp_path, tiny_data, *groups, _override(key, value))
+    assert config.run(lambda: tune.main(args)) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {line}"
+    assert [p.name for p in tmp_path.iterdir()] == ["encoded"]
 
 
 def test_a_study_name_reused_with_another_space_or_other_data_is_refused(tiny_data, tmp_path, monkeypatch, capsys):

@@ -452,6 +452,22 @@ class Settings(Section):
     generate: Decoding
     tune: TuneSettings | None = None
 
+    @model_validator(mode="after")
+    def _space_builds(self) -> Settings:
+        """A searched argument of a class by _target_ (optim.*, optim.scheduler.*, trainer.*) is checked
+        built with the rest of the recipe, at each end of its range and each choice: an argument the
+        class lacks, or a value it refuses, is found here, not in trial 0."""
+        for key, rule in self.tune.space.items() if self.tune else ():
+            if issubclass(_model_at(Settings, key.split(".")[:-1]) or Section, Built):
+                ends = [("choices", c) for c in rule.choices] if rule.choices is not None else [("low", rule.low),
+                                                                                             ("high", rule.high)]
+                for what, value in ends:
+                    try:
+                        section(Settings, nest({key: value}, self.model_dump(by_alias=True, exclude={"tune"})))
+                    except ValueError as err:
+                        raise ValueError(f"tune.space.{key}.{what}={value!r}: {err}") from None
+        return self
+
 
 def load(values: dict) -> Settings:
     """The checked settings of a composition (lyricist.cli composes it); ValueError with one line
