@@ -13,7 +13,6 @@ exists; the seeds themselves: lyricist.experiments.seeds.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +44,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = run_seeds(s, out, args.seeds, args.ensemble, args.static, args.log_ensemble, args.overrides)
     print(f"\n{table}\nseeds: {out / 'summary.md'}, {out / 'summary.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(config.run(main))

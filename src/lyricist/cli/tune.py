@@ -34,7 +34,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, out_dir = tune(config.load(rest, groups=[f"+tune={(picked or ['default'])[-1]}"]), overrides)
     print(f"\n{table}\ntune: {out_dir / 'trials.md'}, {out_dir / 'summary.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(config.run(main))

@@ -115,9 +115,10 @@ def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBSt
         on_stale(trial)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
 
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval,
-                                          grace_period=t.grace_period, heartbeat_stale_trial_callback=stale)
+    try:  # workers starting together on a new database race to create its tables: again, after a clash
+        return store.with_retry(lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval, grace_period=t.grace_period,
+            heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint failed"))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # a bad URL, a missing folder or driver, no server
         reason = " ".join(str(err).split("\n")[0].split())[:300]
         raise ValueError(f"tune.storage={shown(url)!r} cannot be opened ({reason}): give a SQLAlchemy URL of a "
@@ -189,15 +190,6 @@ def objective_for(t: TuneSettings, base: Settings, out_dir: Path, parent_run_id:
     return objective
 
 
-def identity(t: TuneSettings, base: Settings, root: Path) -> dict:
-    """What a study is of: its space, and the encoded data its trials read (refused here, as trial 0
-    would refuse it, when missing or prepared with other settings)."""
-    encoded = root / base.paths.encoded
-    load_encoded(encoded, base.data, base.train.eval_batch_size)
-    md5 = hashlib.md5(b"".join((encoded / name).read_bytes() for name in ("vocab.json", "train.npy", "val.npy")))
-    return {"search_space": rules(t), "data_md5": md5.hexdigest()}
-
-
 def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | None) -> tuple[optuna.Study, str | None]:
     """Create the study, or load it when another worker (or an earlier run) created it, refused when
     it was made for another space or other data. Creating is the lock: exactly one worker succeeds
@@ -205,7 +197,12 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
     def on_stale(trial) -> None:  # a killed worker's trial: its child run was left RUNNING
         mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "FAIL (worker killed; retried)", "KILLED")
 
-    ours = identity(t, base, root)
+    # What the study is of: its space, and the encoded data its trials read (refused here, as trial 0
+    # would refuse it, when missing or prepared with other settings).
+    encoded = root / base.paths.encoded
+    load_encoded(encoded, base.data, base.train.eval_batch_size)
+    md5 = hashlib.md5(b"".join((encoded / name).read_bytes() for name in ("vocab.json", "train.npy", "val.npy")))
+    ours = {"search_space": rules(t), "data_md5": md5.hexdigest()}
     storage = make_storage(t, root, on_stale)
     epochs = None if "trainer.max_epochs" in t.space else base.trainer.max_epochs
     kwargs = dict(storage=storage, study_name=t.study_name,
@@ -263,15 +260,11 @@ def trials_table(study: optuna.Study) -> str:
         value = (f"{tr.value:.3f}" if tr.value is not None else
                  f"({tr.intermediate_values[max(tr.intermediate_values)]:.3f})" if tr.intermediate_values else "–")
         epochs = tr.user_attrs.get("epochs", len(tr.intermediate_values) or "–")
-        cells = [_short(tr.params[k]) if k in tr.params else "–" for k in keys]
+        cells = [f"{v:.3g}" if isinstance(v := tr.params.get(k, "–"), float) else str(v) for k in keys]
         state = tr.state.name + "".join(f" ({note})" for note, attr in (("the recipe", "recipe"), ("timeout", "cut"))
                                         if attr in tr.user_attrs)
         lines.append(f"| {tr.number} | {state} | {value} | {epochs} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def importances(study: optuna.Study) -> dict:
