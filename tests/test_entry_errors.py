@@ -109,7 +109,7 @@ def test_every_conf_optimizer_and_schedule_builds_the_same_torch_objects():
 
 @pytest.mark.parametrize("overrides, message", [
     (["optim/scheduler=multistep", "optim.scheduler.milestones=[5,3]"],
-     "optim.scheduler.milestones=[5, 3] is not allowed: use increasing epochs, e.g. [10, 20]"),
+     "optim.scheduler.milestones=[5, 3] is not allowed: use increasing intervals (epochs), e.g. [10, 20]"),
     (["optim/scheduler=multistep", "optim.scheduler.milestones=[0,3]"], "optim.scheduler.milestones.0=0 is not allowed"),
     (["optim/scheduler=cosine", "optim.scheduler.T_max=0"], "optim.scheduler.T_max=0 is not allowed: use a value >= 1"),
     (["optim.lr=0"], "optim.lr=0 is not allowed: use a value > 0 (learning rate)"),

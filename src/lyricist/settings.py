@@ -160,6 +160,7 @@ class Built(Section):
     argument of the class (an unknown one is refused, naming the nearest)."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+
     def arguments(self) -> dict[str, Any]:
         """The class's keyword arguments: the set ones (a declared argument left null is the class's default)."""
         return {k: v for k, v in self.model_dump(exclude=_NOT_ARGUMENTS).items() if v is not None}
@@ -177,8 +178,8 @@ class Built(Section):
         if not isinstance(cls, type):
             near = difflib.get_close_matches(name, dir(found), n=1)
             raise ValueError(f"{prefix}._target_={self.target!r} is no class" + (f": did you mean {module}.{near[0]}?" if near else ""))
-        takes = [p.name for p in list(inspect.signature(cls).parameters.values())[1 if prefix.startswith("optim") else 0:]
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # optim: after the parameters or the optimizer
+        takes = [p.name for p in inspect.signature(cls).parameters.values()  # what we pass is no setting
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("params", "optimizer")]
         for key in self.arguments():
             if key not in takes:
                 near = difflib.get_close_matches(key, takes, n=1)
@@ -189,7 +190,7 @@ class Built(Section):
 
 def _increasing(milestones: list[int]) -> list[int]:
     if any(a >= b for a, b in zip(milestones, milestones[1:])):
-        raise ValueError(f"optim.scheduler.milestones={milestones} is not allowed: use increasing epochs, e.g. [10, 20]")
+        raise ValueError(f"optim.scheduler.milestones={milestones} is not allowed: use increasing intervals (epochs), e.g. [10, 20]")
     return milestones
 
 
