@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lyricist.models.fast.fused import GRUSequence, LSTMSequence, RNNSequence
-from lyricist.models.fast.matmul import linear
+from lyricist.models.fast import GRUSequence, LSTMSequence, RNNSequence, linear
 
 State = tuple[Tensor, ...]
 

@@ -1,6 +1,6 @@
 """Which library runs the products on this machine: measured once, cached beside the compiled step.
 
-Two choices (matmul.Backend):
+Two choices (``Backend``):
   dense  the one-off products (the head, every layer's input projection, their input
          gradients): torch's F.linear (public) or oneDNN's inner product (private op);
   loop   a time loop's T products by one weight: torch's mm/addmm (public, in place), or the
@@ -37,14 +37,26 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lyricist.models.fast import kernels
-from lyricist.models.fast.matmul import Backend, private_op
+
+
+class Backend(NamedTuple):
+    dense: str  # "torch" or "onednn"
+    loop: str  # "torch", "mkl" or "onednn"
+
+
+def private_op(namespace: str, name: str):
+    """torch.ops.<namespace>.<name>, or None where this torch build lacks it."""
+    try:
+        return getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return None
 
 PUBLIC = Backend(dense="torch", loop="torch")
 MARGIN = 0.95  # a private op must take <= 95 % of torch's time
