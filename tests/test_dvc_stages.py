@@ -46,7 +46,8 @@ def _imports(path: Path) -> set[str]:
 
 def import_closure(script: Path) -> set[Path]:
     """Every file of src/lyricist the script runs: its imports, theirs, each package's
-    __init__.py on the way, and the C++ sources of the compiled steps (built at run time)."""
+    __init__.py on the way, every module of a package that imports them all by name (pkgutil:
+    models/regularisers), and the C++ sources of the compiled steps (built at run time)."""
     seen: set[Path] = set()
     todo = list(_imports(script))
     while todo:
@@ -56,6 +57,8 @@ def import_closure(script: Path) -> set[Path]:
             if path and path not in seen:
                 seen.add(path)
                 todo += _imports(path)
+                if path.name == "__init__.py" and "iter_modules(__path__)" in path.read_text(encoding="utf-8"):
+                    todo += [f"{'.'.join(parts[:i])}.{module.stem}" for module in path.parent.glob("*.py")]
                 if path.name == "kernels.py":
                     seen |= set(path.parent.glob("csrc/*"))
     return seen

@@ -1,29 +1,15 @@
-"""Dropout variants that share one mask over more than one use.
+"""Locked (variational) dropout: one mask per sequence, the same units dropped at every step.
 
-* ``LockedDropout`` (locked / variational dropout): one mask per sequence, the same units dropped
-  at every step. Why: ``nn.Dropout`` draws a fresh mask at every time step, so over a sequence
-  every unit gets through most of the time and the noise averages out; with one mask per sequence
-  (Gal & Ghahramani, 2016; "locked dropout" in AWD-LSTM, Merity et al., 2018) a dropped unit stays
-  dropped for the whole chunk, a stronger regulariser for small corpora.
-* ``dropout_mask``: the scaled 0 / (1 / (1 - p)) mask itself, for what RecurrentLM draws once per
-  batch: DropConnect on the recurrent weights (AWD-LSTM's WeightDrop) and embedding row dropout
-  (AWD-LSTM's embedded_dropout: whole characters dropped).
+Why: ``nn.Dropout`` draws a fresh mask at every time step, so over a sequence every unit gets
+through most of the time and the noise averages out; with one mask per sequence (Gal &
+Ghahramani, 2016; "locked dropout" in AWD-LSTM, Merity et al., 2018) a dropped unit stays dropped
+for the whole chunk, a stronger regulariser for small corpora. RecurrentLM uses it at its three
+dropout places when ``model.locked_dropout`` is set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor, nn
-
-
-def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
-    """A mask of ``shape`` with ``like``'s dtype and device: 0 with probability ``p``, else
-    1 / (1 - p) (inverted scaling, as ``nn.Dropout``, so the expected value is unchanged).
-
-    Drawn as uniform >= p rather than ``bernoulli_``, which is ~2x slower on CPU: a (4H, H)
-    DropConnect mask is 262,144 draws per layer and batch at H = 256."""
-    return like.new_empty(shape).uniform_().ge_(p).div_(1.0 - p)
 
 
 class LockedDropout(nn.Module):
