@@ -18,9 +18,10 @@ from lyricist.checkpoint import load_checkpoint
 from lyricist.data.batching import consecutive_batches, variable_lengths
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
+from lyricist.models.regularisers.ar_tar import ActivationPenalty
+from lyricist.settings import ModelSettings
 from lyricist.train import train
 from lyricist.training.datamodule import LyricsDataModule
-from lyricist.models.regularisers.ar_tar import ActivationPenalty
 from lyricist.training.module import LitLanguageModel
 
 VOCAB = Vocab.build("abcdefghij")
@@ -87,8 +88,8 @@ def test_ar_and_tar_are_added_to_the_differentiated_loss_only(alpha, beta):
 
 def test_tar_of_a_one_step_batch_is_zero_and_ar_still_counts():
     raw = torch.randn(3, 1, 4)
-    assert float(ActivationPenalty(ar_alpha=0.0, tar_beta=5.0).penalty(raw, raw)) == 0.0
-    assert float(ActivationPenalty(ar_alpha=2.0, tar_beta=5.0).penalty(raw, raw)) == pytest.approx(
+    assert float(ActivationPenalty(ModelSettings(ar_alpha=0.0, tar_beta=5.0)).penalty(raw, raw)) == 0.0
+    assert float(ActivationPenalty(ModelSettings(ar_alpha=2.0, tar_beta=5.0)).penalty(raw, raw)) == pytest.approx(
         float(2.0 * (raw ** 2).mean()))
 
 

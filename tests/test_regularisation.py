@@ -39,7 +39,7 @@ def make_model(cell="lstm", num_layers=1, embedding_size=None, weight_drop=0.5, 
 def draw_masks(model: RecurrentLM) -> SimpleNamespace:
     """A chunk's masks as the model draws them (``RecurrentLM.draw``): the scale of each row of the
     input table (V,) and each layer's W_hh mask, None where off."""
-    active = model.draw()
+    active, _ = model.draw()
     rows = next((r.mask for r in active if isinstance(r, EmbeddingRowDropout)), None)
     weight_hh = next((r.masks for r in active if isinstance(r, WeightDrop)), [None] * model.num_layers)
     return SimpleNamespace(rows=rows, weight_hh=weight_hh)
@@ -148,7 +148,7 @@ def test_row_dropout_zeroes_every_occurrence_of_a_dropped_character(embedding_si
     ids = random_ids(vocab_size=4).t()  # (T, B): few characters, so each occurs several times
     rows = torch.tensor([0.0, 2.0, 0.0, 2.0] + [2.0] * (VOCAB_SIZE - 4))  # characters 0 and 2 dropped
     with torch.no_grad():
-        row_dropout = EmbeddingRowDropout(0.5)
+        row_dropout = EmbeddingRowDropout(model.config)
         row_dropout.mask = rows
         dropped = model._project_first_layer(ids, [row_dropout])  # (T, B, 4H)
         kept = model._project_first_layer(ids)

@@ -9,29 +9,28 @@ over T.
 The state follows torch.nn's layout: a tuple of ``num_states`` tensors, each
 (L, B, H) -- ``(h,)`` for rnn/gru, ``(h, c)`` for lstm.
 
-Two equal paths: ``forward`` (fast: the input projection of all steps in one
-product, the recurrence of each layer in one fused autograd Function, the head
-over all steps in one product) and ``forward_reference`` (literal: one step at a
-time, one-hot vectors and all, as the seeds do). The tests hold one to the other.
+Two equal paths: ``forward`` (fast: the input projection of all steps in one product, the
+recurrence of each layer in one fused autograd Function, the head over all steps in one product)
+and ``forward_reference`` (literal, as the seeds). The tests hold one to the other.
 
-The regularisers beyond dropout (models/regularisers/: DropConnect, whole characters dropped,
-AR/TAR) work through hooks at fixed points of both paths, in train mode only; both paths draw
-their masks first, so under one seed both see the same masks.
+The regularisers beyond dropout (models/regularisers/) work through hooks at fixed points of
+both paths, in train mode only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lyricist.models import regularisers
 from lyricist.models.cells import RecurrentCell, State, make_cell
+from lyricist.models.fast import linear, linear_cross_entropy
 from lyricist.models.regularisers import Regulariser
 from lyricist.models.regularisers.locked_dropout import LockedDropout
-from lyricist.models.fast import linear, linear_cross_entropy
 from lyricist.settings import ModelSettings
 
 
@@ -48,27 +47,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class RecurrentLM(nn.Module):
-    """Embedding (or one-hot) -> ``num_layers`` stacked cells -> linear head.
-
-    ``embedding_size=None`` feeds one-hot characters, as the seeds do.
-    Dropout (nn.Dropout, so a no-op in eval mode) sits at three places, each with
-    its own rate; ``embedding_dropout`` and ``output_dropout`` default to ``dropout``:
-
-    * ``embedding_dropout`` on the embedding output (there is none with one-hot input);
-    * ``dropout`` between stacked layers;
-    * ``output_dropout`` on the last layer's output, before the head.
-
-    ``locked_dropout`` draws each of them once per sequence (the same units dropped at every
-    time step, regularisers/locked_dropout.py) instead of ``nn.Dropout``'s fresh mask per step.
-    The other regularisers (``weight_drop``, ``embedding_row_dropout``, ``ar_alpha``/``tar_beta``)
-    are ``self.regularisers``, built from the same settings (regularisers/__init__.py).
-
-    ``tie_weights`` makes the head share the embedding matrix (Press & Wolf, 2017),
-    which needs ``embedding_size == hidden_size``. ``forget_bias`` (lstm only) sets
-    the forget gate's starting bias. ``init`` is ``normal`` (the seeds' N(0, scale^2)),
-    ``uniform`` (U(-scale, scale), char-rnn / Zaremba et al.) or ``torch`` (torch.nn's
-    defaults), see ``RecurrentCell.reset_parameters``.
-    """
+    """Embedding (or one-hot, as the seeds) -> ``num_layers`` stacked cells -> linear head, with
+    dropout (nn.Dropout or LockedDropout: no-ops in eval mode) on the embedding output, between
+    layers and before the head, and the other regularisers' hooks (``self.regularisers``). What
+    each setting means: settings.ModelSettings; the cells' init: ``RecurrentCell.reset_parameters``."""
 
     def __init__(self, config: ModelSettings, vocab_size: int):
         super().__init__()
@@ -123,21 +105,17 @@ class RecurrentLM(nn.Module):
 
     def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
         """All-zero state: ``num_states`` tensors of shape (L, B, H)."""
-        param = self.head.weight
-        device = param.device if device is None else device
-        dtype = param.dtype if dtype is None else dtype
-        return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
-                     for _ in range(self.num_states))
+        return tuple(self.head.weight.new_zeros(self.num_layers, batch_size, self.hidden_size, device=device,
+                                                dtype=dtype) for _ in range(self.num_states))
 
-    def draw(self) -> list[Regulariser]:
-        """The regularisers at work in this forward call, this chunk's masks drawn: none in eval
-        mode, and one that is off is not built, so then nothing is drawn and every other dropout
-        mask is what it was without it. Both paths call it before drawing anything else: under
-        one seed a test can draw the same masks itself."""
+    def draw(self) -> tuple[list[Regulariser], list[Tensor]]:
+        """The regularisers at work in this forward call (none in eval mode), this chunk's masks
+        drawn, and each layer's W_hh for the chunk: the parameter or the regularisers' copy of it.
+        Both paths call it before drawing anything else: under one seed a test can too."""
         active = self.regularisers if self.training else []
         for regulariser in active:
             regulariser.draw(self)
-        return active
+        return active, [self._hook(active, "weight_hh", cell.weight_hh, layer) for layer, cell in enumerate(self.cells)]
 
     @staticmethod
     def _hook(active: list[Regulariser], hook: str, x: Tensor, *where) -> Tensor:
@@ -145,10 +123,6 @@ class RecurrentLM(nn.Module):
         for regulariser in active:
             x = getattr(regulariser, hook)(x, *where)
         return x
-
-    def _weights_hh(self, active: list[Regulariser]) -> list[Tensor]:
-        """Each layer's W_hh for this chunk: the parameter, or a copy the regularisers made of it."""
-        return [self._hook(active, "weight_hh", cell.weight_hh, layer) for layer, cell in enumerate(self.cells)]
 
     def _project_first_layer(self, ids: Tensor, active: list[Regulariser] = ()) -> Tensor:
         """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
@@ -192,12 +166,8 @@ class RecurrentLM(nn.Module):
     def raw_features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """`features` before the output dropout: the last layer's outputs themselves (B, T, H),
         which temporal activation regularisation (regularisers/ar_tar.py) penalises."""
-        batch_size, num_steps = ids.shape
-        if state is None:
-            state = self.begin_state(batch_size, device=ids.device)
-
-        active = self.draw()
-        weights_hh = self._weights_hh(active)
+        state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
+        active, weights_hh = self.draw()
         layer_input_proj = self._project_first_layer(ids.t(), active)  # (T, B, G*H)
         final_states = []
         for layer, cell in enumerate(self.cells):
@@ -221,14 +191,11 @@ class RecurrentLM(nn.Module):
             # Step by step there is no sequence to share a mask over.
             raise ValueError("forward_reference cannot apply locked dropout step by step: "
                              "call model.eval() first or build the model with locked_dropout=False")
-        batch_size, num_steps = ids.shape
-        if state is None:
-            state = self.begin_state(batch_size, device=ids.device)
-        active = self.draw()  # once for the chunk, as in `features`
-        weights_hh = self._weights_hh(active)
+        state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
+        active, weights_hh = self.draw()  # once for the chunk, as in `features`
         layer_states = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]  # L x (each (B, H))
         logits = []
-        for t in range(num_steps):
+        for t in range(ids.size(1)):
             if self.embedding is None:
                 x = self._hook(active, "rows", F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype),
                                ids[:, t])  # (B, V)

@@ -11,10 +11,9 @@ this module adds what the seeds' training loop does around it:
   because Lightning refuses `gradient_clip_val` there and clips differently anyway);
 - perplexity = exp(mean cross-entropy per token), train per epoch and val over the
   whole val stream with the state carried;
-- AWD-LSTM's training-side regularisation (Merity et al., 2018), each off by default: weight
-  averaging started by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer), and the
-  lr scaled by the length of a variable-length batch. (AR/TAR are the model's: it returns the
-  objective to differentiate beside the loss to log, `RecurrentLM.objective`.)
+- AWD-LSTM's training side (Merity et al., 2018), each off by default: weight averaging started
+  by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer), and the lr scaled by the
+  length of a variable-length batch (AR/TAR are the model's: `RecurrentLM.objective`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Two kinds of product, each with its own backend (``Backend``), chosen by a one-t
   617), by oneDNN, or not at all (torch's mm/addmm, which can add into a buffer in place).
 
 Weight gradients, whose first operand is a transpose, always stay on ``mm``, which reads it in
-place (oneDNN copies it). The private ops are looked up once (``private_op``); a missing one is
+place (oneDNN copies it). The private ops are looked up once (choice.private_op); a missing one is
 never chosen, and every product falls back to plain torch when the fast path is switched off
 (``private(False)``, the benchmark's b*), when mkldnn is disabled, or when the call is not
 float32 on CPU or has few rows -- the float64 tests take the fallback. The results are the same

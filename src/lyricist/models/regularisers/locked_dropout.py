@@ -1,13 +1,8 @@
 """Locked (variational) dropout: one mask per sequence, the same units dropped at every step.
-
-Why: ``nn.Dropout`` draws a fresh mask at every time step, so over a sequence every unit gets
-through most of the time and the noise averages out; with one mask per sequence (Gal &
-Ghahramani, 2016; "locked dropout" in AWD-LSTM, Merity et al., 2018) a dropped unit stays dropped
-for the whole chunk, a stronger regulariser for small corpora. RecurrentLM uses it at its three
-dropout places when ``model.locked_dropout`` is set.
-"""
-
-from __future__ import annotations
+``nn.Dropout`` draws a fresh mask at every step, so over a sequence every unit gets through most
+of the time and the noise averages out; a dropped unit that stays dropped for the whole chunk
+(Gal & Ghahramani, 2016; AWD-LSTM) regularises a small corpus harder. RecurrentLM uses it at its
+three dropout places when ``model.locked_dropout`` is set."""
 
 from torch import Tensor, nn
 
