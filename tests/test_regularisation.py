@@ -14,11 +14,14 @@ import torch.nn.functional as F
 from conftest import make_lm
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
-from lyricist.models import RecurrentLM
+from lyricist.models import RecurrentLM, regularisers
 from lyricist.models.fast.kernels import cpp_kernels
+from lyricist.models.regularisers import dropout_mask
+from lyricist.models.regularisers.ar_tar import ActivationPenalty
 from lyricist.models.regularisers.embedding_row_dropout import EmbeddingRowDropout
 from lyricist.models.regularisers.weight_drop import WeightDrop
 from lyricist import settings
+from lyricist.settings import ModelSettings
 from lyricist.train import train
 from conftest import TINY, compose_config, with_data
 
@@ -139,6 +142,25 @@ def test_masks_are_scaled_bernoulli_draws_at_the_asked_rates():
         assert (mask == 0).float().mean().item() == pytest.approx(rate, abs=0.02)
     assert masks.rows.shape == (2000,) and masks.weight_hh[1].shape == (3 * 64, 64)
     assert not torch.equal(masks.weight_hh[0], masks.weight_hh[1])  # each layer its own
+
+
+def test_each_file_is_built_where_its_settings_switch_it_on_and_draws_in_the_files_order():
+    """models/regularisers/: none at the defaults; the row mask is drawn before the DropConnect
+    masks (embedding_row_dropout.py before weight_drop.py), as before the hooks existed, so a run's
+    numbers stay what they were."""
+    assert regularisers.build(ModelSettings()) == []
+    built = regularisers.build(ModelSettings(weight_drop=0.5, embedding_row_dropout=0.1, tar_beta=1.0))
+    assert [type(r) for r in built] == [ActivationPenalty, EmbeddingRowDropout, WeightDrop]
+    model = make_model("gru", num_layers=2).train()
+    torch.manual_seed(3)
+    masks = draw_masks(model)
+    torch.manual_seed(3)
+    assert torch.equal(masks.rows, dropout_mask((VOCAB_SIZE,), 0.3, model.head.weight))
+    for mask, cell in zip(masks.weight_hh, model.cells, strict=True):
+        assert torch.equal(mask, dropout_mask(cell.weight_hh.shape, 0.5, cell.weight_hh))
+    model.eval()
+    active, weights_hh = model.draw()  # eval mode: nothing at work, the parameters themselves
+    assert active == [] and all(w is cell.weight_hh for w, cell in zip(weights_hh, model.cells, strict=True))
 
 
 @pytest.mark.parametrize("embedding_size", [None, EMBEDDING_SIZE])
