@@ -1,17 +1,8 @@
-"""The one evaluator of a checkpoint (or of the ensemble of several): the evaluate stage's and
-`lyricist.seeds`'. It loads the model, the splits and the Kneser-Ney model once (`Evaluation`),
-then runs the rows of ROWS in order, each a field of EvaluationResult:
-
-    neural         static val/test perplexity, each split read as `batch_size` streams
-    interpolation  the network mixed with the val-best Kneser-Ney model (interpolation.py)
-    dynamic        the network learning from the split as it reads it, plain SGD (dynamic.py)
-    krause         the same with Krause et al.'s update
-    lyrics         greedy beside the default decoding, measured as lyrics (samples.py)
-    cache          the neural cache (cache.py)
-
-Each row names its perplexities: the stage's summary, seeds' table, reports/metrics.json
-(metrics.py's records) and the MLflow run (`mlflow_metrics`) all read these names.
-"""
+"""The one evaluator of a checkpoint, or of the ensemble of several (the evaluate stage's and
+`lyricist.seeds`'): the model, the splits and the Kneser-Ney model loaded once (`Evaluation`),
+then the rows of ROWS in order (static, interpolation, dynamic, Krause, lyrics, cache), each a
+field of EvaluationResult naming its numbers: the stage's summary, seeds' table,
+reports/metrics.json (metrics.py) and the MLflow run (`mlflow_metrics`) read those names."""
 
 from __future__ import annotations
 
