@@ -161,7 +161,7 @@ def test_the_evaluate_stage_lists_exactly_the_params_it_reads():
     from pydantic import BaseModel
 
     from lyricist import settings
-    from lyricist.evaluation.perplexity import evaluation_settings
+    from lyricist.evaluation.evaluate import evaluation_settings
 
     seen = set()
 

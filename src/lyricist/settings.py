@@ -280,7 +280,7 @@ class EvaluateSettings(Section):
     krause_eps: Positive = _f("added to the gradient rms before dividing by it")
     krause_stat_tokens: Count | None = _f("training tokens whose gradients give the rms; null: all of train")
     cache_size: Annotated[int, Field(ge=1, le=100000)] | None = _f("the neural cache's positions (Grave et al., 2017); null: no cache row")
-    cache_thetas: list[Positive] = _f("the cache's flatness θ of exp(θ h_t·h_i) tried on val (λ too is chosen on val)", max_length=50)
+    cache_thetas: list[Positive] = _f("the cache's flatness θ of exp(θ h_t·h_i) tried on val (λ too is chosen on val)", min_length=1, max_length=50)
 
 
 class Decoding(Section):
