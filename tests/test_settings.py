@@ -88,10 +88,10 @@ def test_a_search_space_is_drawn_in_its_settings_types():
     """An integer setting's range stays integers, a float setting's becomes floats (what the sampler
     draws); choices are checked, not converted away from their setting's type."""
     space = settings_of(compose_config(["+tune=default", "tune.space=null", "tune.space={model.dropout: {low: 0, "
-                                        "high: 0.5}, train.ar_alpha: {low: 0, high: 4}, trainer.max_epochs: {low: 2, "
+                                        "high: 0.5}, model.ar_alpha: {low: 0, high: 4}, trainer.max_epochs: {low: 2, "
                                         "high: 6, step: 2}, model.embedding_size: {choices: [null, 32]}}"])).tune.space
-    assert (space["model.dropout"].low, space["train.ar_alpha"].high) == (0.0, 4.0)
-    assert all(isinstance(v, float) for v in (space["model.dropout"].low, space["train.ar_alpha"].low))
+    assert (space["model.dropout"].low, space["model.ar_alpha"].high) == (0.0, 4.0)
+    assert all(isinstance(v, float) for v in (space["model.dropout"].low, space["model.ar_alpha"].low))
     assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].step) == (2, 2)
     assert isinstance(space["trainer.max_epochs"].low, int) and space["model.embedding_size"].choices == [None, 32]
 
@@ -128,8 +128,8 @@ ZAREMBA_SMALL = ["data=presplit", "model.num_layers=2", "model.hidden_size=200",
                  "model.tie_weights=false", "model.dropout=0", "model.locked_dropout=false", "model.weight_drop=0",
                  "model.embedding_row_dropout=0", "model.init=uniform", "model.init_scale=0.1", "optim=sgd",
                  "optim.lr=1.0", "optim/scheduler=multistep", "optim.scheduler.milestones=[4,5,6,7,8,9,10,11,12]",
-                 "optim.scheduler.gamma=0.5", "trainer.max_epochs=13", "train.clip_theta=5", "train.ar_alpha=0",
-                 "train.tar_beta=0", "train.weight_averaging=null", "data.batch_size=20", "data.num_steps=20"]
+                 "optim.scheduler.gamma=0.5", "trainer.max_epochs=13", "train.clip_theta=5", "model.ar_alpha=0",
+                 "model.tar_beta=0", "train.weight_averaging=null", "data.batch_size=20", "data.num_steps=20"]
 
 
 def test_zaremba_small_ptb_recipe_is_overrides_and_halves_the_lr_every_epoch_after_the_fourth():
