@@ -180,9 +180,10 @@ class Built(Section):
         if not isinstance(cls, type):
             near = difflib.get_close_matches(name, dir(found), n=1)
             raise ValueError(f"{prefix}._target_={self.target!r} is no class" + (f": did you mean {module}.{near[0]}?" if near else ""))
-        takes = [p.name for p in inspect.signature(cls).parameters.values()  # what we pass is no setting
+        parameters = inspect.signature(cls).parameters.values()
+        takes = [p.name for p in parameters  # what we pass is no setting
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("params", "optimizer")]
-        for key in self.arguments():
+        for key in self.arguments() if all(p.kind != p.VAR_KEYWORD for p in parameters) else ():  # **kwargs: built to tell
             if key not in takes:
                 near = difflib.get_close_matches(key, takes, n=1)
                 raise ValueError(f"{prefix}.{key}: unexpected keyword argument {key!r} of {self.target}"

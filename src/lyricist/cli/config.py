@@ -27,8 +27,8 @@ def check_overrides(overrides: Sequence[str], conf_dir: Path) -> None:
     for override in overrides:
         key, _, value = override.partition("=")
         group = key.lstrip("+")
-        if not _ or "." in group or not (conf_dir / group).is_dir() or not _NAMES.match(value):
-            continue
+        if not _ or "." in group or group.startswith("hydra") or not (conf_dir / group).is_dir() or not _NAMES.match(value):
+            continue  # a setting, Hydra's own group (its plugins add options), or a sweep's expression
         options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
         for choice in value.split(","):
             if choice not in options and choice != "null":
