@@ -7,7 +7,7 @@ from pathlib import Path
 from lyricist.cli.config import read, run
 
 from lyricist.data.prepared import write_record
-from lyricist.data.vocab import Vocab, VocabError, check_not_degenerate, check_useful, count_own_unk, encode_to_array, save_ids, unk_rate
+from lyricist.data.vocab import Vocab, VocabError, check_useful, count_own_unk, encode_to_array, save_ids, unk_rate
 
 SPLITS = ("train", "val", "test")
 
@@ -25,8 +25,7 @@ def main(argv=None) -> None:
     # Built on train only: tokens first seen in val/test are <unk>, as they would be
     # for any unseen lyrics.
     vocab = Vocab.build(texts["train"], min_freq=p["min_freq"], **options)
-    check_useful(vocab, p["min_freq"], options["max_vocab_size"])  # before any output
-    check_not_degenerate(vocab, min_vocab_size)
+    check_useful(vocab, p["min_freq"], options["max_vocab_size"], min_vocab_size)  # before any output
     ids = {split: encode_to_array(vocab, text) for split, text in texts.items()}
     for split in ("val", "test"):  # held-out figures over mostly <unk> say little: refused before any output
         rate = unk_rate(ids[split], count_own_unk(texts[split], vocab.tokenizer))

@@ -1,8 +1,5 @@
-"""Read, clean and split a raw corpus (a .zip with one text file inside, or a plain text file),
-or read a pre-split one (train, valid and test files in a folder or a .zip, `data.split_files`).
-
-This module deals in plain Python strings only: it knows nothing of tokens or torch, so the
-"unzip" and "preprocess" pipeline stages can be tested without either.
+"""Read, clean and split a raw corpus (a .zip holding one text file, or a text file), or read a
+pre-split one (`data.split_files` in a folder or a .zip). Plain strings only: no tokens, no torch.
 """
 
 from __future__ import annotations
@@ -14,19 +11,20 @@ import re
 import stat
 import uuid
 import zipfile
+from contextlib import contextmanager
+from itertools import combinations
 from pathlib import Path
 
 UTF8_BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 NEWLINE_MODES = ("keep", "space")
-# Bounds on what is read (data.max_raw_bytes, data.max_compression_ratio in conf/config.yaml):
-# a corpus is text of a few MB; more is a mistake (a symlink to a disk image, a zip bomb) that
-# would otherwise fill memory before anything fails. Text deflates 3-5x; 100x is a bomb's mark.
+# The defaults of data.max_raw_bytes and data.max_compression_ratio: a corpus is text of a few MB;
+# more is a mistake (a symlink to a disk image, a zip bomb) that would otherwise fill memory before
+# anything fails. Text deflates 3-5x; 100x is a bomb's mark.
 MAX_RAW_BYTES = 200_000_000
 MAX_COMPRESSION_RATIO = 100.0
 # Python's zipfile reads these; Deflate64 (9, Windows Explorer's choice for big files) it cannot.
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "Deflate",
-               zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # Control characters (Unicode's Cc: C0, DEL, C1) but \t, \n and \r: stripped by clean_text, as
 # they carry no meaning in lyrics and would each become a token (NUL is refused on reading).
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -38,14 +36,8 @@ class CorpusError(ValueError):
 
 def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
                   max_ratio: float = MAX_COMPRESSION_RATIO) -> str:
-    """Return the text of `path`: a .zip holding exactly one text file, or a plain text file.
-
-    Only a regular file is read (a FIFO or device would hang or never end), at most `max_bytes`
-    of text, from a zip member compressed at most `max_ratio` times. The bytes are decoded as
-    UTF-8; a leading byte-order mark is dropped (some editors add one, and it would otherwise
-    become a token of its own). A NUL character is refused: text has none, binary files and
-    UTF-16 text do.
-    """
+    """The text of `path` (a .zip holding exactly one text file, or a text file; a regular file only:
+    a FIFO or device would hang), at most `max_bytes`, from a zip member compressed <= `max_ratio` times."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus file {path} does not exist. A bundled corpus is tracked by DVC: run "
@@ -57,16 +49,25 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
                           "for a corpus that comes as train, valid and test files in this folder, name them "
                           "in data.split_files (see conf/data/presplit.yaml).")
     check_regular_file(path)
-
-    zipped = path.suffix.lower() == ".zip"
-    data, source = (_read_single_zip_member(path, max_bytes, max_ratio) if zipped
-                    else (_read_bounded(path, max_bytes), str(path)))
-    return _decode(data, source, path)
+    if path.suffix.lower() != ".zip":
+        return _decode(_read_bounded(path, max_bytes), str(path), path)
+    with _zip(path) as archive:
+        infos = archive.infolist()
+        # macOS's Archive Utility adds __MACOSX/ resource forks and .DS_Store files; neither is text.
+        members = [info for info in infos if not (info.is_dir() or info.filename.startswith("__MACOSX/")
+                                                  or Path(info.filename).name == ".DS_Store")]
+        if len(members) != 1:
+            listing = ", ".join(info.filename for info in infos) or "(the archive is empty)"
+            what = "no text file" if not members else f"{len(members)} files"
+            raise CorpusError(f"{path} holds {what}, expected exactly one text file. Entries: {listing}. "
+                              "Repack it with a single .txt inside, or unzip it and point the config at "
+                              "the text file.")
+        return _read_member(archive, members[0], f"{path}:{members[0].filename}", path, max_bytes, max_ratio)
 
 
 def _decode(data: bytes, source: str, path: Path) -> str:
-    """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
-    holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
+    """`data` as UTF-8 text, a leading byte-order mark dropped (it would be a token); refused when UTF-16,
+    holding NUL (binary) or blank. `source` names it in messages, `path` is the file to re-fetch."""
     if data.startswith(UTF16_BOMS):
         raise CorpusError(f"{source} is UTF-16 text (it starts with a UTF-16 byte-order mark). Re-encode it "
                           "as UTF-8: `iconv -f UTF-16 -t UTF-8 <file> > <file>.utf8.txt`.")
@@ -120,11 +121,21 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, max_bytes: int,
-                 max_ratio: float) -> bytes:
-    """The member's bytes, refused before decompression when encrypted, in a method zipfile
-    cannot read, or bigger or more compressed than the limits; bounded while read (the sizes
-    in a zip's header can lie)."""
+@contextmanager
+def _zip(path: Path):
+    """The zip archive at `path`; a corrupt or truncated one refused in one line."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
+        raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
+                          f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, path: Path, max_bytes: int,
+                 max_ratio: float) -> str:
+    """The member's text, refused before decompression when encrypted, in a method zipfile cannot
+    read, or bigger or more compressed than the limits; bounded while read (headers can lie)."""
     if info.flag_bits & 0x1:
         raise CorpusError(f"{source} is encrypted (password-protected); lyricist reads no passwords. "
                           "Unzip it yourself and point data.raw_path at the text file.")
@@ -145,28 +156,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, m
         data = member.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise _too_big(source, f"more than {max_bytes:,}", max_bytes)
-    return data
-
-
-def _read_single_zip_member(path: Path, max_bytes: int, max_ratio: float) -> tuple[bytes, str]:
-    """Bytes of the only real member of the zip at `path`, and a `zip:member` name for messages."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            # macOS's Archive Utility adds __MACOSX/ resource forks and .DS_Store files; neither is text.
-            members = [info for info in infos if not (info.is_dir() or info.filename.startswith("__MACOSX/")
-                                                      or Path(info.filename).name == ".DS_Store")]
-            if len(members) != 1:
-                listing = ", ".join(info.filename for info in infos) or "(the archive is empty)"
-                what = "no text file" if not members else f"{len(members)} files"
-                raise CorpusError(f"{path} holds {what}, expected exactly one text file. Entries: {listing}. "
-                                  "Repack it with a single .txt inside, or unzip it and point the config at "
-                                  "the text file.")
-            source = f"{path}:{members[0].filename}"
-            return _read_member(archive, members[0], source, max_bytes, max_ratio), source
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
-        raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
-                          f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+    return _decode(data, source, path)
 
 
 SPLITS = ("train", "val", "test")
@@ -184,21 +174,16 @@ def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None
     seen: dict[str, str] = {}
     for split, text in texts.items():
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        if digest in seen:
-            first = seen[digest]
+        if (first := seen.setdefault(digest, split)) != split:
             raise CorpusError(f"the {first} and {split} files ({sources[first]} and {sources[split]}) hold the same "
                               f"text (sha256 {digest[:12]}...): the {split} figures would measure the {first} text. "
                               "Name three different files in data.split_files.")
-        seen[digest] = split
 
 
 def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
                      max_ratio: float = MAX_COMPRESSION_RATIO) -> dict[str, str]:
-    """{"train", "val", "test"} -> the text of the file `split_files` names for it inside the
-    folder or .zip at `raw_path`, each read and checked as read_raw_text reads a single file.
-
-    In a zip a name matches its member exactly or, when no member has it, the one member whose
-    path ends in "/<name>" (archives often hold a top folder, e.g. ptb/ptb.train.txt)."""
+    """{"train", "val", "test"} -> the text of the file `split_files` names for it inside the folder
+    or .zip at `raw_path`, each read and checked as read_raw_text reads a single file."""
     path = Path(raw_path)
     if not path.exists():
         raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "
@@ -215,27 +200,23 @@ def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_byte
         raise CorpusError(f"data.raw_path={str(path)!r} is a single file, but data.split_files names three: point "
                           "data.raw_path at the folder or .zip holding them, or set data.split_files=null to "
                           "split this file by position.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {split: _split_member(archive, path, split, name) for split, name in split_files.items()}
-            _check_one_each({split: info.filename for split, info in members.items()}, split_files)
-            texts = {split: _read_split_member(archive, path, split, info, max_bytes, max_ratio)
-                     for split, info in members.items()}
-        check_distinct_texts(texts, {split: f"{path}:{info.filename}" for split, info in members.items()})
-        return texts
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
-        raise CorpusError(f"{path} is not a readable zip archive (corrupt or truncated: {err}). "
-                          f"Re-fetch it with `dvc pull --force {path}.dvc`.") from err
+    with _zip(path) as archive:
+        members = {split: _split_member(archive, path, split, name) for split, name in split_files.items()}
+        _check_one_each({split: info.filename for split, info in members.items()}, split_files)
+        sources = {split: f"{path}:{info.filename}" for split, info in members.items()}
+        texts = {split: _read_member(archive, info, f"the {split} file {sources[split]}", path, max_bytes, max_ratio)
+                 for split, info in members.items()}
+    check_distinct_texts(texts, sources)
+    return texts
 
 
 def _check_one_each(found: dict[str, object], split_files: dict[str, str]) -> None:
     """Refuse two splits that name one file (resolved path, or zip member) in two ways."""
-    for i, first in enumerate(SPLITS):
-        for second in SPLITS[i + 1:]:
-            if found[first] == found[second]:
-                raise CorpusError(f"data.split_files.{first}={split_files[first]!r} and data.split_files.{second}="
-                                  f"{split_files[second]!r} are one file ({found[first]}): train, val and test "
-                                  "must be three files.")
+    for first, second in combinations(SPLITS, 2):
+        if found[first] == found[second]:
+            raise CorpusError(f"data.split_files.{first}={split_files[first]!r} and data.split_files.{second}="
+                              f"{split_files[second]!r} are one file ({found[first]}): train, val and test "
+                              "must be three files.")
 
 
 def _read_split_file(folder: Path, split: str, name: str, max_bytes: int) -> str:
@@ -252,7 +233,8 @@ def _read_split_file(folder: Path, split: str, name: str, max_bytes: int) -> str
 
 
 def _split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str) -> zipfile.ZipInfo:
-    """The one member `name` names: by its normalised path, or the one whose path ends in it."""
+    """The one member `name` names: by its normalised path or, when none has it, the one whose path
+    ends in "/<name>" (archives often hold a top folder, e.g. ptb/ptb.train.txt)."""
     infos = [info for info in archive.infolist() if not info.is_dir()]
     wanted = normal_name(name)
     matches = ([info for info in infos if normal_name(info.filename) == wanted]
@@ -263,12 +245,6 @@ def _split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str) -
         raise CorpusError(f"{path} holds {what} named {name!r} (data.split_files.{split}); its files: {listing}. "
                           "Name the member as it is in the archive, e.g. its full path inside it.")
     return matches[0]
-
-
-def _read_split_member(archive: zipfile.ZipFile, path: Path, split: str, info: zipfile.ZipInfo, max_bytes: int,
-                       max_ratio: float) -> str:
-    source = f"the {split} file {path}:{info.filename}"
-    return _decode(_read_member(archive, info, source, max_bytes, max_ratio), source, path)
 
 
 def check_split_texts(splits: dict[str, str]) -> None:
@@ -282,23 +258,18 @@ def check_split_texts(splits: dict[str, str]) -> None:
 
 def count_control_chars(text: str) -> int:
     """How many characters clean_text strips as control characters."""
-    return sum(1 for _ in CONTROL_CHARS.finditer(text))
+    return len(CONTROL_CHARS.findall(text))
 
 
 def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
                max_chars: int | None = None) -> str:
-    """Strip control characters (CONTROL_CHARS), normalise line ends, optionally flatten lines
-    and lowercase, then keep the first `max_chars`.
-
-    newline="keep" keeps "\\n" as a token (so the model can learn line breaks);
-    newline="space" turns every "\\n" into " " as the seeds do. Truncation comes last so that
-    `max_chars` counts characters of the cleaned text, like the MXNet seed's `corpus_chars[0:20000]`.
-    """
+    """Strip control characters, normalise line ends, then `newline` ("keep": "\\n" stays a token;
+    "space": lines run on, as the seeds), lowercase, and keep the first `max_chars` of the cleaned
+    text (last, like the MXNet seed's `corpus_chars[0:20000]`)."""
     if newline not in NEWLINE_MODES:
         raise ValueError(f"unknown newline mode {newline!r}; use one of {NEWLINE_MODES}.")
     if max_chars is not None and max_chars < 0:
         raise ValueError(f"max_chars must be >= 0 or None (no limit), got {max_chars}.")
-
     # Windows line ends become one "\n" first, so "\r\n" does not turn into two tokens;
     # a lone "\r" (old Mac line end or stray byte) carries no meaning for lyrics and is dropped.
     text = CONTROL_CHARS.sub("", text).replace("\r\n", "\n").replace("\r", "")
@@ -310,23 +281,13 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
 
 
 def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Cut `text` by position into {"train", "val", "test"}, in that order.
-
-    Contiguous pieces (not shuffled characters or lines) keep the held-out text a realistic,
-    unseen continuation. Sizes are rounded to the nearest character; train takes the rest,
-    so train + val + test == text always holds.
-    """
-    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {fraction}.")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be < 1 to leave text for training, "
-                         f"got {val_fraction} + {test_fraction} = {val_fraction + test_fraction}.")
-
-    n_val = round(len(text) * val_fraction)
-    n_test = round(len(text) * test_fraction)
-    train_end = len(text) - n_val - n_test
-    val_end = train_end + n_val
+    """Cut `text` by position into {"train", "val", "test"}: contiguous pieces keep the held-out
+    text an unseen continuation. Val and test are rounded to whole characters; train takes the rest."""
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 with a sum "
+                         "below 1, to leave text for training.")
+    val_end = len(text) - round(len(text) * test_fraction)
+    train_end = val_end - round(len(text) * val_fraction)
     return {"train": text[:train_end], "val": text[train_end:val_end], "test": text[val_end:]}
 
 
@@ -346,12 +307,8 @@ def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old file or the whole new one.
-
-    A pipeline stage that dies half-way must not leave a truncated output that DVC or the next
-    stage would take for a real one: write to a temporary file in the same directory (same file
-    system, so the rename is atomic) and `os.replace` it over the target.
-    """
+    """Write `data` to `path` so readers see the old file or the whole new one, never a truncated
+    one: a temporary file in the same folder (one file system: the rename is atomic) replaces it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

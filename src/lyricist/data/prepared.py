@@ -1,10 +1,6 @@
-"""The record of how encoded data was prepared: `<encoded dir>/prepared_with.json`.
-
-The `vocab` stage writes it; training reads it and refuses data made with other settings than
-its config asks for (e.g. a preset's `data.max_chars=20000` over data prepared from the whole
-corpus). Both sides live here; the `vocab` stage in dvc.yaml lists the same keys as params
-(tests/test_dvc_stages.py checks it).
-"""
+"""`<encoded dir>/prepared_with.json`, how encoded data was prepared: the `vocab` stage writes it (its
+params in dvc.yaml are these keys: tests/test_dvc_stages.py), training refuses data made with other
+settings than its config asks for (e.g. a preset's `data.max_chars=20000` over the whole corpus)."""
 
 from __future__ import annotations
 
@@ -14,24 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from lyricist.data.corpus import write_text
-from lyricist.data.vocab import OPTION_DEFAULTS
 
 RECORD = "prepared_with.json"
 PREPARATION_KEYS = ("newline", "lowercase", "max_chars", "val_fraction", "test_fraction", "min_freq")
-
-
-def record_of(data: Mapping[str, Any]) -> dict[str, Any]:
-    """What the record holds for these `data.*` settings. The vocabulary options only when not
-    their defaults: a default run's record (and so the stage's output) stays as it was before
-    the options existed, and a missing key reads as its default."""
-    record = {key: data[key] for key in PREPARATION_KEYS}
-    record.update({key: data.get(key, default) for key, default in OPTION_DEFAULTS.items()
-                   if data.get(key, default) != default})
-    return record
+# The vocabulary options, recorded only when not their defaults: data prepared before they existed
+# (or with the defaults) reads as made with them, and a default run's record stays as it was.
+OPTION_DEFAULTS = {"tokenizer": "char", "max_vocab_size": None}
 
 
 def write_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
-    write_text(Path(encoded_dir) / RECORD, json.dumps(record_of(data), indent=1) + "\n")
+    record = {key: data[key] for key in PREPARATION_KEYS}
+    record.update({key: data.get(key, default) for key, default in OPTION_DEFAULTS.items()
+                   if data.get(key, default) != default})
+    write_text(Path(encoded_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def check_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:

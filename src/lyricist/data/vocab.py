@@ -1,14 +1,8 @@
-"""Vocabulary: text <-> integer ids, index 0 reserved for "<unk>".
+"""Vocabulary: tokens <-> integer ids (id 0 is "<unk>"), and the id files on disk.
 
-Two tokenizers (`data.tokenizer`):
-- "char" (the default, the seeds'): one token per Unicode code point, so a Chinese character is
-  one token (never its UTF-8 bytes);
-- "word": whitespace-separated words; "\n" (present when `data.newline: keep`) stays a token of
-  its own. Decoding joins words with single spaces and puts no space around "\n".
-
-The vocabulary records its tokenizer (in vocab.json and in checkpoints), so generation encodes a
-prefix and decodes output the way the training data was encoded. This module knows nothing of
-models; it only maps text <-> integer ids and stores both on disk.
+A "char" token is one Unicode code point (a Chinese character, never its UTF-8 bytes); a "word"
+token is a run of non-whitespace, or "\n" alone. The vocabulary records its tokenizer (vocab.json,
+checkpoints), so generation encodes a prefix and decodes output as the training data was encoded.
 """
 
 from __future__ import annotations
@@ -23,18 +17,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from lyricist.data.corpus import atomic_write_bytes
+from lyricist.data.corpus import atomic_write_bytes, write_text
 
 UNK_TOKEN = "<unk>"
 NEWLINE_TOKEN = "\n"
-VOCAB_FORMAT = "lyricist-char-vocab"   # a char vocabulary's file is unchanged from before words
-WORD_VOCAB_FORMAT = "lyricist-word-vocab"
+# vocab.json's format, by tokenizer: a char vocabulary's file is unchanged from before words.
+FORMATS = {"char": "lyricist-char-vocab", "word": "lyricist-word-vocab"}
 VOCAB_VERSION = 1
-TOKENIZERS = ("char", "word")
-FORMATS = {"char": VOCAB_FORMAT, "word": WORD_VOCAB_FORMAT}
-# The vocabulary options and their defaults. The defaults are left out of prepared_with.json,
-# so data prepared before these options existed (or with the defaults) reads as made with them.
-OPTION_DEFAULTS = {"tokenizer": "char", "max_vocab_size": None}
 
 _WORD = re.compile(r"\n|[^\s]+")  # a line break alone, or a run of non-whitespace
 
@@ -44,36 +33,26 @@ def tokenize(text: str, tokenizer: str = "char") -> list[str]:
     return _WORD.findall(text) if tokenizer == "word" else list(text)
 
 
-def _is_word_token(token: object) -> bool:
-    return isinstance(token, str) and (token == NEWLINE_TOKEN or
-                                       (bool(token) and not any(c.isspace() for c in token)))
-
-
 class VocabError(ValueError):
     """A vocabulary or id file on disk is malformed."""
 
 
 class Vocab:
-    """Maps tokens (characters, or words) to ids and back.
-
-    `itos[i]` is the token with id i; `itos[0]` is always "<unk>", the id of every token the
-    vocabulary does not know (unseen, rarer than `min_freq`, or beyond `max_vocab_size` when it
-    was built).
-    """
+    """Maps tokens (characters, or words) to ids and back: `itos[i]` is id i's token; id 0, "<unk>",
+    stands for every token it lacks (unseen, rarer than `min_freq`, or beyond `max_vocab_size`)."""
 
     def __init__(self, itos: list[str], counts: dict[str, int] | None = None,
                  tokenizer: str = "char") -> None:
-        if tokenizer not in TOKENIZERS:
-            raise VocabError(f"unknown tokenizer {tokenizer!r}; use one of {TOKENIZERS}.")
+        if tokenizer not in FORMATS:
+            raise VocabError(f"unknown tokenizer {tokenizer!r}; use one of {tuple(FORMATS)}.")
         if not itos or itos[0] != UNK_TOKEN:
             raise VocabError(f"itos must start with {UNK_TOKEN!r} at index 0, got {itos[:3]!r}...")
-        if len(set(itos)) != len(itos):
-            duplicates = sorted({token for token in itos if itos.count(token) > 1})
+        if duplicates := sorted(token for token, n in Counter(itos).items() if n > 1):
             raise VocabError(f"itos lists tokens more than once: {duplicates!r}; every token needs one id.")
         for token in itos[1:]:
             if tokenizer == "char" and (not isinstance(token, str) or len(token) != 1):
                 raise VocabError(f"every token after {UNK_TOKEN!r} must be one character, got {token!r}.")
-            if tokenizer == "word" and not _is_word_token(token):
+            if tokenizer == "word" and not (isinstance(token, str) and _WORD.fullmatch(token)):
                 raise VocabError(f"every word token after {UNK_TOKEN!r} must be '\\n' or a non-empty "
                                  f"string without whitespace, got {token!r}.")
         self.tokenizer: str = tokenizer
@@ -85,14 +64,9 @@ class Vocab:
     @classmethod
     def build(cls, text: str, min_freq: int = 1, tokenizer: str = "char",
               max_vocab_size: int | None = None) -> Vocab:
-        """Vocabulary of the tokens of `text` seen at least `min_freq` times, at most the
-        `max_vocab_size` most frequent of them (None: no cap), plus "<unk>" at id 0.
-
-        Order: most frequent first, ties by code point (of the character, or of the word read
-        left to right), so the same text always gives the same ids (the MXNet seed's
-        `list(set(...))` changes order between runs) and the cap cuts ties the same way.
-        """
-        assert tokenizer in TOKENIZERS and min_freq >= 1  # checked by lyricist.settings
+        """<unk>, then the tokens of `text` seen at least `min_freq` times, at most the `max_vocab_size`
+        most frequent (None: no cap). Most frequent first, ties by code point: the same text always
+        gives the same ids (the MXNet seed's `list(set(...))` does not) and the cap cuts ties alike."""
         counts = Counter(tokenize(text, tokenizer))
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).
@@ -128,36 +102,30 @@ class Vocab:
         return [self.stoi.get(token, self.unk_index) for token in tokenize(text, self.tokenizer)]
 
     def decode(self, ids: Iterable[int], unk: str = UNK_TOKEN) -> str:
-        """Text of `ids` (a list, numpy array or tensor of ints).
-
-        `unk_index` decodes to `unk`: "<unk>" by default, so a generated sample shows plainly
-        where the model chose the unknown token; pass unk="" to drop it or unk="\\ufffd" to
-        keep one character per id.
-        """
-        size = len(self.itos)
+        """Text of `ids` (a list, numpy array or tensor of ints). `unk_index` decodes to `unk`: "<unk>",
+        plain to see in a sample; unk="" drops it, unk="\\ufffd" keeps one character per id."""
         if self.tokenizer == "char" and len(unk) == 1 and isinstance(ids, (np.ndarray, torch.Tensor)):
             return self._decode_chars(np.asarray(ids), unk)
-        tokens = []
-        for raw_id in ids:
-            index = int(raw_id)
-            if not 0 <= index < size:
-                raise IndexError(f"id {index} is outside the vocabulary (0..{size - 1}); the ids were made "
-                                 "with a different vocabulary or model output size.")
-            tokens.append(unk if index == self.unk_index else self.itos[index])
+        tokens = [unk if index == self.unk_index else self.itos[index] for index in map(self._checked, ids)]
         if self.tokenizer == "char":
             return "".join(tokens)
         words = [token for token in tokens if token]  # unk="" drops the word, not just its letters
         return "".join(word if i == 0 or NEWLINE_TOKEN in (word, words[i - 1]) else " " + word
                        for i, word in enumerate(words))
 
+    def _checked(self, index: int) -> int:
+        index = int(index)
+        if not 0 <= index < len(self.itos):
+            raise IndexError(f"id {index} is outside the vocabulary (0..{len(self.itos) - 1}); the ids were made "
+                             "with a different vocabulary or model output size.")
+        return index
+
     def _decode_chars(self, ids: np.ndarray, unk: str) -> str:
         """`decode` of a whole split of character ids at numpy speed (the train split, decoded
         for the copy rate): each id's code point looked up at once, 4 bytes a token meanwhile
         where a list of tokens takes 16."""
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self.itos)):
-            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise IndexError(f"id {bad} is outside the vocabulary (0..{len(self.itos) - 1}); the ids were made "
-                             "with a different vocabulary or model output size.")
+        if ids.size:
+            self._checked(ids.min() if ids.min() < 0 else ids.max())
         code_points = np.array([ord(unk), *map(ord, self.itos[1:])], dtype="<u4")  # (V,) id 0 is <unk>
         return code_points[ids.ravel()].tobytes().decode("utf-32-le")
 
@@ -175,8 +143,7 @@ class Vocab:
         return list(dict.fromkeys(t for t in tokenize(text, self.tokenizer) if t not in self.stoi))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form. Its format names the tokenizer; a char vocabulary's is the same as
-        before word vocabularies existed (so the default pipeline's outputs do not change)."""
+        """The JSON form; a char vocabulary's is as before word vocabularies (no "tokenizer" key)."""
         tokenizer = {} if self.tokenizer == "char" else {"tokenizer": self.tokenizer}
         return {"format": FORMATS[self.tokenizer], "version": VOCAB_VERSION, **tokenizer,
                 "unk_token": UNK_TOKEN, "itos": self.itos, "counts": self.counts}
@@ -187,7 +154,7 @@ class Vocab:
             raise VocabError(f"a vocabulary must be a JSON object, got {type(data).__name__}.")
         tokenizers = {fmt: name for name, fmt in FORMATS.items()}
         if data.get("format") not in tokenizers or data.get("version") != VOCAB_VERSION:
-            raise VocabError(f"expected format={VOCAB_FORMAT!r} or {WORD_VOCAB_FORMAT!r} version={VOCAB_VERSION}, "
+            raise VocabError(f"expected format={' or '.join(map(repr, FORMATS.values()))} version={VOCAB_VERSION}, "
                              f"got format={data.get('format')!r} version={data.get('version')!r}.")
         tokenizer = tokenizers[data["format"]]
         if data.get("tokenizer", tokenizer) != tokenizer:
@@ -202,8 +169,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as human-readable UTF-8 JSON (Chinese stays Chinese), atomically."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
-        atomic_write_bytes(path, text.encode("utf-8"))
+        write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
@@ -218,26 +184,20 @@ class Vocab:
                              "with `dvc repro vocab`.") from err
 
 
-def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None) -> None:
-    """Refuse a vocabulary of `<unk>` alone: every id would be 0, and a model trained on it
-    reaches a perplexity of 1.00 that means nothing."""
-    if len(vocab) > 1:
+def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None, min_vocab_size: int) -> None:
+    """Refuse a vocabulary of fewer than `min_vocab_size` (>= 1) tokens besides <unk>: a model of so few
+    learns to repeat them (of <unk> alone: every id 0), with a perplexity near 1 that says nothing."""
+    size = len(vocab) - 1
+    if size >= min_vocab_size:
         return
     if not vocab.counts:
         raise VocabError("the train split holds no token: there is nothing to build a vocabulary from. "
                          "Check the corpus and data.max_chars (e.g. data.max_chars=null).")
-    top, count = max(vocab.counts.items(), key=lambda item: (item[1], item[0]))
-    raise VocabError(f"the vocabulary would be <unk> alone: no token of train occurs data.min_freq={min_freq} "
-                     f"times (the most frequent, {top!r}, occurs {count:,}) or data.max_vocab_size="
-                     f"{max_vocab_size} keeps none. Lower them, e.g. data.min_freq=1 data.max_vocab_size=null.")
-
-
-def check_not_degenerate(vocab: Vocab, min_vocab_size: int) -> None:
-    """Refuse a vocabulary of fewer than `min_vocab_size` tokens besides <unk>: a model of so few
-    learns to repeat them, with a perplexity near 1 that says nothing (data.min_vocab_size=1 allows it)."""
-    size = len(vocab) - 1
-    if size >= min_vocab_size:
-        return
+    if size == 0:
+        top, count = max(vocab.counts.items(), key=lambda item: (item[1], item[0]))
+        raise VocabError(f"the vocabulary would be <unk> alone: no token of train occurs data.min_freq={min_freq} "
+                         f"times (the most frequent, {top!r}, occurs {count:,}) or data.max_vocab_size="
+                         f"{max_vocab_size} keeps none. Lower them, e.g. data.min_freq=1 data.max_vocab_size=null.")
     shown = ", ".join(map(repr, vocab.itos[1:]))
     raise VocabError(f"train's vocabulary holds {size} token(s) besides <unk> ({shown}), fewer than data.min_vocab_size="
                      f"{min_vocab_size}: a model of them learns nothing (e.g. a corpus of one repeated character). "
@@ -259,9 +219,8 @@ def count_own_unk(text: str, tokenizer: str) -> int:
 # The id file's integer type: the smallest that holds every id of the vocabulary. A character
 # corpus (~65 to a few thousand ids) then takes 1-2 bytes a token on disk and in memory, not 8.
 ID_DTYPES = (np.uint8, np.uint16, np.int32)
-# Types `load_ids` hands to torch as they are (an older int32 or int64 file included); any other
-# integer type is converted to int64 once, on loading.
-_TORCH_ID_DTYPES = (np.uint8, np.uint16, np.int32, np.int64)
+# Types `load_ids` hands to torch as they are (an int64 file included); any other is converted once.
+_TORCH_ID_DTYPES = (*ID_DTYPES, np.int64)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -278,9 +237,8 @@ def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
 
 
 def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab_size: int | None = None) -> None:
-    """Save a 1-D array of non-negative token ids as a `.npy` file, atomically, in the smallest
-    integer type that holds ids below `vocab_size` (None: below the largest id + 1). Pass the
-    vocabulary's size so that every split of a corpus gets the same type."""
+    """Save 1-D non-negative token ids as a `.npy` file, atomically, in the smallest integer type holding
+    ids below `vocab_size` (the vocabulary's, so every split gets one type; None: the largest id + 1)."""
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
     array = np.asarray(ids)
@@ -298,11 +256,9 @@ def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab
 
 
 def load_ids(path: str | Path) -> torch.Tensor:
-    """Token ids saved by `save_ids` as a 1-D tensor of the file's integer type (uint8, uint16,
-    int32; an int64 file from elsewhere as it is), memory-mapped: the pages are read when a
-    batch touches them, and processes reading the same file share them. Batching
-    (`lyricist.data.batching`) converts each batch to int64, what embeddings and one-hot expect;
-    the whole split never is."""
+    """Token ids saved by `save_ids` as a 1-D tensor of the file's integer type, memory-mapped: pages
+    are read when a batch touches them, and shared between processes. Batching converts each batch
+    to int64 (what embeddings and one-hot expect), never the whole split."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro vocab` "
