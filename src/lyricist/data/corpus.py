@@ -66,8 +66,8 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
 
 
 def _decode(data: bytes, source: str, path: Path) -> str:
-    """`data` as UTF-8 text, a leading byte-order mark dropped (it would be a token); refused when UTF-16,
-    holding NUL (binary) or blank. `source` names it in messages, `path` is the file to re-fetch."""
+    """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
+    holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
     if data.startswith(UTF16_BOMS):
         raise CorpusError(f"{source} is UTF-16 text (it starts with a UTF-16 byte-order mark). Re-encode it "
                           "as UTF-8: `iconv -f UTF-16 -t UTF-8 <file> > <file>.utf8.txt`.")

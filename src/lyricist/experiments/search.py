@@ -1,10 +1,6 @@
-"""Hyper-parameter search with Optuna: `tune(settings)` trains the recipe with sampled values, trial by trial.
-
-The study lives in Optuna storage shared by any number of workers (docs/search.md): TPE with a fixed
-seed, per-epoch val/ppl pruning (median or Hyperband), a killed worker's trial failed after
-`grace_period` and run again. Only train and val are read. MLflow: the study is one parent run (space,
-sampler, best trial, plots), each trial a child run. The best trial is written as a conf/experiment preset.
-"""
+"""Hyper-parameter search with Optuna (docs/search.md): `tune(settings)` trains the recipe with sampled
+values, trial by trial, in a study that any number of workers share. MLflow: the study is one parent
+run, each trial a child run. The best trial is written as a conf/experiment preset."""
 
 from __future__ import annotations
 
@@ -238,14 +234,13 @@ def _create_parent_run(t: TuneSettings, base: Settings, root: Path, tracking_uri
     new SQLite store before it exists (workers racing to create MLflow's tables break them)."""
     experiment_id = store.ensure_experiment(tracking_uri, base.logger.experiment_name)
     client = MlflowClient(tracking_uri)
-    run = store.with_retry(lambda: client.create_run(
+    run_id = store.with_retry(lambda: client.create_run(
         experiment_id, run_name=f"tune {t.study_name}",
-        tags={"tune": "parent", "optuna.study": t.study_name, "git_commit": store.git_commit(root)}))
+        tags={"tune": "parent", "optuna.study": t.study_name, "git_commit": store.git_commit(root)})).info.run_id
     sampler = {"sampler": "TPE", "seed": t.seed, "n_startup_trials": t.n_startup_trials, "multivariate": True,
                "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout,
                "enqueue_recipe": t.enqueue_recipe}
     params = {**{f"tune.{k}": v for k, v in sampler.items()}, **{f"space.{k}": json.dumps(v) for k, v in rules(t).items()}}
-    run_id = run.info.run_id
     store.with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]))
     store.with_retry(lambda: client.log_text(run_id, yaml.safe_dump(rules(t), sort_keys=False), "search_space.yaml"))
     return run_id
@@ -275,24 +270,15 @@ def importances(study: optuna.Study) -> dict:
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)).items()}
 
 
-def best_values(t: TuneSettings, base: Settings, study: optuna.Study) -> dict:
-    """The best trial's values for every key of the space (tied keys re-derived)."""
-    best = study.best_trial
-    return suggest(optuna.trial.FixedTrial(best.params, number=best.number), t.space, base)
-
-
-def write_preset(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.Study, root: Path) -> Path | None:
+def write_preset(s: Settings, overrides: Sequence[str], study: optuna.Study, best_values: dict, root: Path) -> Path:
     """conf/experiment/<preset>.yaml: the command line's group choices and values, then the best
     trial's values: `python -m lyricist.train experiment=<preset>` trains the recipe."""
-    t = s.tune
-    if not t.preset or not study.get_trials(states=(TrialState.COMPLETE,)):
-        return None
+    t, best = s.tune, study.best_trial
     pairs = [(k.lstrip("+"), v) for k, eq, v in (o.partition("=") for o in overrides) if eq]
     groups = [{f"override /{k}": v} for k, v in pairs
               if "." not in k and k.split("/")[0] not in ("tune", "experiment", "logger", "hydra")]
     values = {k: value_at(s, k) for k, _ in pairs if "." in k and not k.startswith(NOT_IN_PRESET)}
-    node = nest({**values, **best_values(t, base, study)})
-    best = study.best_trial
+    node = nest({**values, **best_values})
     header = [f"# @package _global_",
               f"# Written by `python -m lyricist.tune` ({' '.join(overrides)}): study {t.study_name!r},",
               f"# trial {best.number} of {len(study.trials)}, val ppl {best.value:.4f} (train.seed "
@@ -309,12 +295,13 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
     """The study's table, importances, best trial and preset: files in out_dir, the parent run."""
     table, imp = trials_table(study), importances(study)
     best = study.best_trial if study.get_trials(states=(TrialState.COMPLETE,)) else None
-    preset = write_preset(s, base, overrides, study, root)
+    # The best trial's values for every key of the space (tied keys re-derived).
+    values = suggest(optuna.trial.FixedTrial(best.params, number=best.number), s.tune.space, base) if best else None
+    preset = write_preset(s, overrides, study, values, root) if best and s.tune.preset else None
     summary = {"study": s.tune.study_name, "trials": len(study.trials),
                "states": {st.name: len(study.get_trials(states=(st,))) for st in TrialState},
                "best_trial": best.number if best else None, "best_val_ppl": best.value if best else None,
-               "best_values": best_values(s.tune, base, study) if best else None, "importances": imp,
-               "preset": str(preset) if preset else None}
+               "best_values": values, "importances": imp, "preset": str(preset) if preset else None}
     write_text(out_dir / "trials.md", table)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     if parent:
@@ -325,7 +312,7 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
         tags = {}
         if best:
             metrics["best/val_ppl"] = best.value
-            tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in summary["best_values"].items()},
+            tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in values.items()},
                     **({"best_child_run_id": best.user_attrs[RUN_ATTR]} if RUN_ATTR in best.user_attrs else {})}
             _log_plots(client, parent, study, bool(imp))
         store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],

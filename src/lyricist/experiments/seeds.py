@@ -1,13 +1,7 @@
-"""One recipe over several seeds: each trained, scored as the evaluate stage does, and reported as
-mean ± standard deviation (a single run's perplexity is uncertain by its seed noise).
-
-Seed k trains with `train()` into <out>/seed<k>/ (with MLflow, its run nested under one parent
-run), then is scored with the `evaluate` settings and a Kneser-Ney model fit on the same train
-split; `ensemble` scores the seeds' best checkpoints once more as one model averaging their
-probabilities. <out>/summary.json holds every number, <out>/summary.md the table (sample
-standard deviation over seeds, and each mean over the KN model's), both written again after
-every seed: a stopped run keeps the seeds it finished.
-"""
+"""One recipe over several seeds, each trained into <out>/seed<k>/ (its MLflow run nested under one
+parent run) and scored as the evaluate stage scores it, reported as mean ± sample standard deviation
+(a single run's perplexity is uncertain by its seed noise) and over the Kneser-Ney model's; `ensemble`
+scores the seeds' best checkpoints once more as one model averaging their probabilities."""
 
 from __future__ import annotations
 
@@ -32,8 +26,8 @@ ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.l
 
 
 def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:
-    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage
-    (with a Kneser-Ney model fit here on the same train split); `static`: no dynamic evaluation."""
+    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage scores
+    it; `static`: no dynamic evaluation."""
     options = evaluation_settings(s)
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
@@ -50,16 +44,13 @@ def summarize(runs: list[dict], ensemble: dict | None = None) -> str:
     """The markdown table of `runs` (one dict of metrics per seed, plus "seconds" and "parameters")."""
     def cell(key: str) -> str:
         values = [r[key] for r in runs if key in r]
-        if not values:
-            return "–"
-        mean, std = mean_std(values)
-        return f"{mean:.1f} ± {std:.1f}"
+        return "{:.1f} ± {:.1f}".format(*mean_std(values)) if values else "–"
 
     def ratio(key: str, split: str) -> str:
         values = [r[key] / r[f"ngram_{split}_ppl"] for r in runs if key in r and f"ngram_{split}_ppl" in r]
         return f"{statistics.fmean(values):.2f}x" if values else "–"
 
-    seconds, _ = mean_std([r["seconds"] for r in runs])
+    seconds = statistics.fmean(r["seconds"] for r in runs)
     lines = [f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); train {seconds:.0f} s per seed; "
              f"{runs[0]['parameters']:,} parameters; best epoch {cell('epoch')}", "",
              "| perplexity | val | test | val / KN | test / KN |" + (" ensemble val | ensemble test |" if ensemble else ""),
@@ -89,10 +80,10 @@ def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bo
               log_ensemble: bool = False, command: Sequence[str] = ()) -> str:
     """Train and score seeds train.seed, +1, ... +n-1 into `out`; the table. `command`: the
     overrides that made `s`, recorded in the summary and the parent run's name."""
-    seeds, root = [s.train.seed + k for k in range(n)], project_root(s.paths.root)
+    seeds, root, parent = [s.train.seed + k for k in range(n)], project_root(s.paths.root), None
     uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
-    client, parent = (MlflowClient(uri), None) if uri else (None, None)
     if uri:
+        client = MlflowClient(uri)
         experiment_id = store.ensure_experiment(uri, s.logger.experiment_name)
         parent = store.with_retry(lambda: client.create_run(
             experiment_id, run_name=f"seeds {seeds[0]}..{seeds[-1]} {' '.join(command)}"[:250],
