@@ -175,3 +175,7 @@ def gen(model, vocab, prefix: str, num_chars: int = 200, allow_unknown: bool = F
     from lyricist.settings import Decoding
     return generate(model, vocab, prefix, Decoding(num_chars=num_chars, **decoding),
                     allow_unknown=allow_unknown, deadline=deadline)
+
+
+# Session fixtures `postgres` and `mlflow_on_postgres` (servers.py uses the helpers above).
+from servers import mlflow_on_postgres, postgres  # noqa: E402,F401

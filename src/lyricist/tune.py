@@ -38,7 +38,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from lyricist.data.corpus import write_text
 from lyricist.errors import run_cli
 from lyricist.project import project_root
-from lyricist.tracking import store
+from lyricist.tracking import database, store
 from lyricist import settings
 from lyricist.train import USER_ERRORS, train
 from lyricist.training.module import TrainingDiverged
@@ -451,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    database.check(storage_url(t, root), "tune.storage")  # both stores answer before a study or run exists
+    if tracking_uri:
+        store.check_reachable(tracking_uri)
     study, parent = open_study(cfg, root, tracking_uri)
     callbacks = []
     if t.n_trials is not None:  # the study's budget over all workers, not each worker's

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lyricist.project import project_root
+from lyricist.tracking import database
 
 T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
@@ -69,8 +70,11 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
 
 
 def check_reachable(tracking_uri: str) -> None:
-    """A tracking server answers, asked once, quickly (MLflow's own HTTP client retries for minutes)."""
-    if tracking_uri.startswith(("http://", "https://")):
+    """A tracking server (or database) answers, asked once, quickly (MLflow's own HTTP client retries
+    for minutes)."""
+    if tracking_uri.split(":")[0].split("+")[0] in ("postgresql", "mysql", "mssql"):  # MLflow's databases
+        database.check(tracking_uri, "logger.tracking_uri", TrackingError)
+    elif tracking_uri.startswith(("http://", "https://")):
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
