@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import LYRICS, ROOT, TINY, free_port, write_encoded
 from lyricist import tune
+from lyricist.training.callbacks import read_epoch_history
 
 SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"
 STUDY = "jaychou"  # tune.study_name: ${data.name}
@@ -152,3 +153,31 @@ def test_two_workers_share_a_postgres_study_and_a_server_and_a_killed_one_loses_
     assert preset(a) == preset(b)
     assert preset(a)["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
     assert preset(a)["model"]["dropout"] == pytest.approx(best.params["model.dropout"])
+
+
+@pytest.mark.slow
+def test_ddp_on_two_nodes_trains_one_run_on_the_server_written_by_rank_0_only(mlflow_on_postgres, tmp_path):
+    server, _ = mlflow_on_postgres
+    nodes = [clone(tmp_path / f"node{rank}") for rank in (0, 1)]
+    port = free_port()
+    argv = [sys.executable, "-m", "lyricist.train", *TINY, "paths.encoded=data/encoded", "trainer=ddp",
+            "trainer.num_nodes=2", "trainer.devices=1", f"logger.tracking_uri={server}",
+            "logger.experiment_name=two_nodes", "logger.log_model=false", "hydra.run.dir=run"]
+    procs = []
+    for rank, node in enumerate(nodes):  # Lightning's variables, as on each of two machines
+        env = {k: v for k, v in os.environ.items() if k not in ("LYRICIST_ROOT", "MLFLOW_TRACKING_URI")}
+        env.update(PYTHONPATH=str(node / "src"), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), NODE_RANK=str(rank))
+        with open(node / "node.log", "w") as out:
+            procs.append(subprocess.Popen(argv, cwd=node, env=env, stdout=out, stderr=subprocess.STDOUT))
+    for node, proc in zip(nodes, procs):
+        assert proc.wait(timeout=600) == 0, (node / "node.log").read_text()[-3000:]
+    client = MlflowClient(server)
+    [run] = client.search_runs([client.get_experiment_by_name("two_nodes").experiment_id])  # rank 0's
+    history = read_epoch_history(nodes[0] / "run" / "metrics.csv")
+    assert run.info.status == "FINISHED" and len(history) == 2
+    assert run.data.metrics["val/ppl"] == pytest.approx(min(row["val/ppl"] for row in history))
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"samples", "vocab.json"}
+    assert (nodes[0] / "run" / "checkpoints" / "best.ckpt").is_file()
+    # The second machine's folder: Hydra's own files, nothing of the run (checkpoints, metrics, lock).
+    assert {p.name for p in (nodes[1] / "run").iterdir()} == {".hydra", "train.log"}
