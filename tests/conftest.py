@@ -1,20 +1,17 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
-import contextlib
 import os
 import random
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lyricist.data.corpus import split_text
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
+# Servers the tests start; `postgres` and `mlflow_on_postgres` are session fixtures.
+from servers import free_port, mlflow_on_postgres, postgres, serving  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
@@ -84,36 +81,6 @@ def plateau_cfg(cfg, epochs: int):
     return cfg
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(command: list[str], ready_url: str, cwd: Path, env=None, timeout: float = 180):
-    """Start a server process, wait until `ready_url` answers, and always stop it."""
-    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if requests.get(ready_url, timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.time() < deadline, f"{command[:3]} did not start"
-            time.sleep(0.5)
-        yield
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
 def evaluate_stage(tmp_path: Path, cfg, checkpoint: Path) -> dict:
     """pipelines/evaluate.py run for real on `checkpoint`, `cfg` as its params.yaml; its metrics.json."""
     import importlib.util
@@ -175,7 +142,3 @@ def gen(model, vocab, prefix: str, num_chars: int = 200, allow_unknown: bool = F
     from lyricist.settings import Decoding
     return generate(model, vocab, prefix, Decoding(num_chars=num_chars, **decoding),
                     allow_unknown=allow_unknown, deadline=deadline)
-
-
-# Session fixtures `postgres` and `mlflow_on_postgres` (servers.py uses the helpers above).
-from servers import mlflow_on_postgres, postgres  # noqa: E402,F401
