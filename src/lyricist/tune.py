@@ -169,8 +169,11 @@ def make_storage(t: DictConfig, root: Path, on_stale=None) -> optuna.storages.RD
             on_stale(trial)
         retry(study, trial)
 
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval,
-                                      grace_period=t.grace_period, heartbeat_stale_trial_callback=stale)
+    # Workers starting together on a new database race to create its tables: the losers meet "already
+    # exists" or a unique key (alembic's version row), and find them made when they try again.
+    return store.with_retry(lambda: optuna.storages.RDBStorage(
+        url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval, grace_period=t.grace_period,
+        heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint"))
 
 
 class PruningCallback(pl.Callback):
