@@ -70,7 +70,7 @@ def test_both_url_forms_open_one_study_and_a_store_that_cannot_be_used_is_one_li
         (postgres.url("optuna_urls", password="wrong"), None, 'password authentication failed for user "lyricist"'),
         (postgres.url("no_such_db"), None, 'database "no_such_db" does not exist'),
         (f"postgresql://{postgres.url('x').split('@')[0].split('//')[1]}@{closed}/optuna", None, "Connection refused"),
-        ("mysql://lyricist:s3cret@127.0.0.1/optuna", None, "no database driver for it (No module named"),
+        ("mysql://lyricist:s3cret@127.0.0.1/optuna", None, "not a database URL with a driver here (No module named"),
         (storage, postgres.url("mlflow_nowhere"), 'database "mlflow_nowhere" does not exist'),
         (storage, f"http://{closed}", "cannot reach the MLflow tracking server"),
     ]

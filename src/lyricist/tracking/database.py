@@ -34,9 +34,9 @@ def check(url: str, key: str, error: type[Exception] = ValueError) -> None:
         with engine.connect():
             pass
     except (ImportError, ArgumentError) as err:  # NoSuchModuleError is an ArgumentError
-        raise error(f"{key}={shown(url)}: no database driver for it ({_first_line(err)}). PostgreSQL's comes "
-                    "with the project: postgresql://user:password@host:5432/database; another database "
-                    "needs its SQLAlchemy driver installed on every worker") from err
+        raise error(f"{key}={shown(url)}: not a database URL with a driver here ({_first_line(err)}). "
+                    "PostgreSQL's comes with the project: postgresql://user:password@host:5432/database; "
+                    "another database needs its SQLAlchemy driver installed on every worker") from err
     except DBAPIError as err:
         raise error(f"{key}={shown(url)}: cannot connect ({_first_line(err.orig)}). Check that the server "
                     "runs and this machine reaches its host and port, that the database exists "
