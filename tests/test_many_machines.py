@@ -165,8 +165,7 @@ def test_two_workers_share_a_postgres_study_and_a_server_and_a_killed_one_loses_
         run = children[t.user_attrs["mlflow_run_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
         assert run.data.metrics["best/val_ppl"] == pytest.approx(t.value)
-    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == str(min(
-        finished, key=lambda t: t.value).number)
+    assert parent.info.status == "FINISHED"  # closed by the last worker to finish
     assert {"search_space.yaml", "trials.md", "summary.json"} <= {a.path for a in client.list_artifacts(
         parent.info.run_id)}  # served by the server from its artifact folder
 
@@ -177,6 +176,7 @@ def test_two_workers_share_a_postgres_study_and_a_server_and_a_killed_one_loses_
         finish(proc, checkout, "again.log")
     assert len(optuna.load_study(study_name=STUDY, storage=rdb).trials) == len(trials)
     best = min(finished, key=lambda t: t.value)
+    assert client.get_run(parent.info.run_id).data.tags["best_trial"] == str(best.number)
     assert preset(a) == preset(b)
     assert preset(a)["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
     assert preset(a)["model"]["dropout"] == pytest.approx(best.params["model.dropout"])
