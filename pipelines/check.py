@@ -10,9 +10,8 @@ import argparse
 import json
 import sys
 
-from lyricist import settings
+from lyricist.cli.config import run, settings_of
 from lyricist.data.corpus import write_text
-from lyricist.errors import run_cli
 
 
 def main(argv=None) -> None:
@@ -20,10 +19,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="the record that the settings passed (train depends on it)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    settings.load(args.params)
+    settings_of(args.params)
     # The same text every time: train re-runs for its params, never for this record.
     write_text(args.out, json.dumps({"checked": "the train stage's settings (lyricist.settings)"}) + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

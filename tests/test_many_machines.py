@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from conftest import LYRICS, ROOT, TINY, free_port, write_encoded
-from lyricist import tune
+from lyricist.cli import config, tune
+from lyricist.experiments import search
 from lyricist.training.callbacks import read_epoch_history
 
 SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"
@@ -69,14 +70,14 @@ def test_both_url_forms_open_one_study_and_a_store_that_cannot_be_used_is_one_li
     cases = [  # (tune.storage, logger.tracking_uri, what the line says)
         (postgres.url("optuna_urls", password="wrong"), None, 'password authentication failed for user "lyricist"'),
         (postgres.url("no_such_db"), None, 'database "no_such_db" does not exist'),
-        (f"postgresql://{postgres.url('x').split('@')[0].split('//')[1]}@{closed}/optuna", None, "Connection refused"),
-        ("mysql://lyricist:s3cret@127.0.0.1/optuna", None, "not a database URL with a driver here (No module named"),
+        (postgres.url("optuna_urls").replace(f"127.0.0.1:{postgres.port}", closed), None, "Connection refused"),
+        ("mysql://lyricist:s3cret@127.0.0.1/optuna", None, "cannot be opened (Failed to import DB access module"),
         (storage, postgres.url("mlflow_nowhere"), 'database "mlflow_nowhere" does not exist'),
         (storage, f"http://{closed}", "cannot reach the MLflow tracking server"),
     ]
     for url, tracking, said in cases:
         argv = command(url, tracking or f"sqlite:///{tmp_path / 'mlflow.db'}", "tune.n_trials=1")[3:]
-        assert tune.run_cli(lambda: tune.main(argv), tune.USER_ERRORS) == 2
+        assert config.run(lambda: tune.main(argv)) == 2
         line = capsys.readouterr().err.splitlines()[0]  # and the hint for the traceback
         assert ("logger.tracking_uri" if tracking else "error: tune.storage=") in line and said in line, line
         assert "s3cret" not in line  # the password is not printed
@@ -96,7 +97,7 @@ def test_workers_starting_together_on_a_new_storage_all_open_it(kind, request, t
     def worker() -> None:
         together.wait()
         try:
-            tune.make_storage(settings, tmp_path)
+            search.make_storage(settings, tmp_path, on_stale=print)
         except Exception as err:  # noqa: BLE001 (counted, then shown)
             failed.append(err)
 
@@ -144,7 +145,7 @@ def test_two_workers_share_a_postgres_study_and_a_server_and_a_killed_one_loses_
         finish(proc, checkout)
 
     trials = optuna.load_study(study_name=STUDY, storage=rdb).trials
-    finished = [t for t in trials if t.state in tune.FINISHED]
+    finished = [t for t in trials if t.state in search.FINISHED]
     # The budget, plus at most the one trial the other worker had running; nothing left running.
     assert 8 <= len(finished) <= 9 and len(finished) + 1 == len(trials)
     assert trials[killed.number].state == TrialState.FAIL  # the killed trial, failed by its silent heartbeat

@@ -18,10 +18,15 @@ FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
 EXIT_STATUS = 2  # argparse's status for a usage error
 
 
+class UserError(Exception):
+    """Not bad input, yet the user's to fix, and the message says how: a run stopped by the
+    divergence guard, an unusable tracking store."""
+
+
 # ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
 # settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError)
+                                                IsADirectoryError, UserError)
 
 
 def full_error() -> bool:

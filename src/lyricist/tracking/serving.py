@@ -34,21 +34,17 @@ from mlflow.types import ColSpec, Schema
 
 import lyricist
 from lyricist import settings
+from lyricist.decoding import generate
 from lyricist.settings import Decoding
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
 
-def _column(name: str, annotation: Any) -> ColSpec:
-    """A request column of the served model for a lyricist.settings.Decoding field."""
-    kind = "string" if name == "strategy" else "double" if "float" in str(annotation) else "long"
-    return ColSpec(kind, name, required=False)
-
-
 # Every decoding option is a request column (top_k 0, top_p 1 and no_repeat_ngram 0 mean "off").
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prefix"),
-                   *(_column(name, info.annotation) for name, info in Decoding.model_fields.items())]),
+    inputs=Schema([ColSpec("string", "prefix"), *(ColSpec(
+        "string" if name == "strategy" else "double" if "float" in str(info.annotation) else "long", name,
+        required=False) for name, info in Decoding.model_fields.items())]),
     outputs=Schema([ColSpec("string", "lyrics")]),
 )
 # The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
@@ -124,27 +120,18 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from lyricist.generate import generate
-
         # Every row checked before the first is generated: a bad row costs no work.
-        rows = request_options(pd.DataFrame(model_input), getattr(self, "max_num_chars", MAX_NUM_CHARS),
-                               self.loaded.decoding)
+        rows = request_options(pd.DataFrame(model_input), self.max_num_chars, self.loaded.decoding)
         # The worker generates to the end even when the client has gone: the request is bounded.
-        limit = getattr(self, "max_seconds", MAX_SECONDS)
+        limit = self.max_seconds
         deadline = time.monotonic() + limit
         try:
-            return self._generate(rows, deadline)
+            return pd.DataFrame({"lyrics": [generate(self.loaded.model, self.loaded.vocab, prefix, decoding,
+                                                     allow_unknown=True, deadline=deadline) for prefix, decoding in rows]})
         except TimeoutError as err:
             raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
-
-    def _generate(self, rows: list[tuple[str, Decoding]], deadline: float) -> pd.DataFrame:
-        from lyricist.generate import generate
-
-        lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=True, deadline=deadline)
-                  for prefix, decoding in rows]
-        return pd.DataFrame({"lyrics": lyrics})
 
 
 def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
