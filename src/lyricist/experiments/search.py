@@ -323,8 +323,10 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
             tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in summary["best_values"].items()},
                     **({"best_child_run_id": best.user_attrs[RUN_ATTR]} if RUN_ATTR in best.user_attrs else {})}
             _log_plots(client, parent, study, bool(imp))
-        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                                                  tags=[RunTag(k, v) for k, v in tags.items()]))
+        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]))
+        # Two workers finishing at once insert the same new tag: the loser's retry updates it.
+        store.with_retry(lambda: client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()]),
+                         retry_on=("locked", "unique constraint"))
         if not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)):  # the last worker closes it
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
     return table
