@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -92,10 +91,6 @@ def make_pruner(t: TuneSettings, max_epochs: int | None = None) -> optuna.pruner
     return optuna.pruners.NopPruner()
 
 
-def shown(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", url)  # no password in a message
-
-
 def storage_url(t: TuneSettings, root: Path) -> str:
     return t.storage or f"sqlite:///{root / 'optuna.db'}"
 
@@ -105,7 +100,7 @@ def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBSt
     is marked FAIL (`on_stale(trial)`) by the next worker to start a trial and enqueued again."""
     url = storage_url(t, root)
     # SQLite: concurrent workers wait for the write lock instead of failing at once.
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    engine = {"connect_args": {"timeout": 60} if url.startswith("sqlite") else store.connect_args(url)}
 
     def stale(study: optuna.Study, trial) -> None:
         on_stale(trial)
@@ -114,10 +109,10 @@ def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBSt
     try:  # workers starting together on a new database race to create its tables: again, after a clash
         return store.with_retry(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval, grace_period=t.grace_period,
-            heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint failed"))
+            heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint"))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # a bad URL, a missing folder or driver, no server
         reason = " ".join(str(err).split("\n")[0].split())[:300]
-        raise ValueError(f"tune.storage={shown(url)!r} cannot be opened ({reason}): give a SQLAlchemy URL of a "
+        raise ValueError(f"tune.storage={store.shown(url)!r} cannot be opened ({reason}): give a SQLAlchemy URL of a "
                          "database this machine reaches, e.g. sqlite:////abs/path/optuna.db in an existing folder "
                          "or postgresql://user:pw@host/db, or null for <project root>/optuna.db") from None
 
@@ -217,7 +212,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
             a, b = theirs["search_space"], ours["search_space"]
             differ = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
             what = f"another search space ({', '.join(differ)} differ)" if differ else "other encoded data"
-            raise ValueError(f"tune.study_name={t.study_name!r} in {shown(storage_url(t, root))} is a study of "
+            raise ValueError(f"tune.study_name={t.study_name!r} in {store.shown(storage_url(t, root))} is a study of "
                              f"{what}: give this search a new name, e.g. tune.study_name={t.study_name}_2")
         if tracking_uri and PARENT_ATTR not in study.user_attrs:
             for _ in range(120):  # the creating worker is between create_study and set_user_attr
@@ -315,8 +310,10 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
             tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in values.items()},
                     **({"best_child_run_id": best.user_attrs[RUN_ATTR]} if RUN_ATTR in best.user_attrs else {})}
             _log_plots(client, parent, study, bool(imp))
-        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                                                  tags=[RunTag(k, v) for k, v in tags.items()]))
+        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]))
+        # Two workers finishing at once insert the same new tag: the loser's retry updates it.
+        store.with_retry(lambda: client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()]),
+                         retry_on=("locked", "unique constraint"))
         if not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)):  # the last worker closes it
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
     return table
@@ -345,10 +342,12 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if tracking_uri:  # before the study exists: a study without its parent run would wait for it
+        store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
     done = len(study.get_trials(states=FINISHED))
     if t.n_trials is None or done < t.n_trials:
-        print(f"tune: study {t.study_name!r} in {shown(storage_url(t, root))}: {done} trials finished, "
+        print(f"tune: study {t.study_name!r} in {store.shown(storage_url(t, root))}: {done} trials finished, "
               f"budget {t.n_trials} trials / {t.timeout} s", flush=True)
         # The budget is the study's over all workers, not each worker's.
         callbacks = [optuna.study.MaxTrialsCallback(t.n_trials, states=FINISHED)] if t.n_trials else []

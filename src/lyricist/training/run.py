@@ -53,8 +53,10 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     if resume_path:
         check_resumable(resume_path, module)
         check_epochs_left(resume_path, resume_meta.get("epoch"), s.trainer.max_epochs)
-    # Tracking before any output: an unreachable server fails here, not after training.
-    tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
+    # Tracking before any output: an unreachable server fails here, not after training. Rank 0's
+    # run only: a second machine's first process is no DDP child to Lightning until its Trainer starts.
+    tracking = s.logger.enabled and not rundir.is_ddp_child()
+    tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if tracking else None
     mlf = _open_run(s, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id) if tracking_uri else None
     run_id = mlf.run_id if mlf else None
     if run_id:
