@@ -7,7 +7,7 @@ from pathlib import Path
 from lyricist.cli.config import read, run
 
 from lyricist.data.prepared import write_record
-from lyricist.data.vocab import Vocab, VocabError, check_useful, count_own_unk, encode_to_array, save_ids, unk_rate
+from lyricist.data.vocab import Vocab, VocabError, check_useful, encode_to_array, save_ids, unk_rate
 
 SPLITS = ("train", "val", "test")
 
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     check_useful(vocab, p["min_freq"], options["max_vocab_size"], min_vocab_size)  # before any output
     ids = {split: encode_to_array(vocab, text) for split, text in texts.items()}
     for split in ("val", "test"):  # held-out figures over mostly <unk> say little: refused before any output
-        rate = unk_rate(ids[split], count_own_unk(texts[split], vocab.tokenizer))
+        rate = unk_rate(ids[split], texts[split], vocab.tokenizer)
         if max_unk_rate is not None and rate > max_unk_rate:
             raise VocabError(f"{rate:.1%} of the {split} split is <unk> (above data.max_unk_rate={max_unk_rate}): "
                              "its tokens are missing from train's vocabulary, so its perplexity says little. Is the "

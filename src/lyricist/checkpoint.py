@@ -1,10 +1,6 @@
-"""One way to load a trained model: `load_checkpoint(path) -> LoadedModel`; several paths load
-the ensemble of those models (models/ensemble.py).
-
-A checkpoint is Lightning's file (state_dict, optimizer, loops) plus, under the key
-"lyricist", what is needed to rebuild the model without the training code: the
-model's constructor arguments and the vocabulary (see LitLanguageModel.on_save_checkpoint).
-"""
+"""One way to load a trained model: `load_checkpoint(path) -> LoadedModel`; several paths load their
+ensemble. A checkpoint is Lightning's file plus, under "lyricist", what rebuilds the model without
+the training code: its constructor arguments and vocabulary (LitLanguageModel.on_save_checkpoint)."""
 
 from __future__ import annotations
 
@@ -32,8 +28,7 @@ class LoadedModel:
 
     @property
     def decoding(self) -> Decoding:
-        """The decoding its run used (`generate.*`, stored since the typed settings); the plain
-        one (greedy) for older checkpoints and ensembles."""
+        """The decoding its run used (`generate.*`); the plain one (greedy) for older checkpoints and ensembles."""
         return Decoding(**self.meta["decoding"]) if "decoding" in self.meta else Decoding()
 
 
@@ -57,8 +52,8 @@ def _read(path: Path, map_location) -> dict:
 def read_checkpoint_meta(path: str | Path) -> dict:
     """What a checkpoint says about its run (mlflow_run_id, epoch), without building the model."""
     checkpoint = _read(Path(path), "cpu")
-    meta = {k: v for k, v in checkpoint["lyricist"].items() if k not in ("model_config", "vocab")}
-    return {**meta, "epoch": checkpoint.get("epoch")}
+    return {**{k: v for k, v in checkpoint["lyricist"].items() if k not in ("model_config", "vocab")},
+            "epoch": checkpoint.get("epoch")}
 
 
 def model_from_config(model_config: dict) -> RecurrentLM:
@@ -89,9 +84,7 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
     vocab = Vocab.from_dict(extra.pop("vocab"))
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
                            if k.startswith(MODEL_PREFIX)})
-    model.eval()
-    extra["epoch"] = checkpoint.get("epoch")
-    return LoadedModel(model=model.to(map_location), vocab=vocab, meta=extra)
+    return LoadedModel(model=model.eval().to(map_location), vocab=vocab, meta={**extra, "epoch": checkpoint.get("epoch")})
 
 
 def vocab_difference(mine: Vocab, other: Vocab) -> str | None:

@@ -1,17 +1,11 @@
-"""Write lyrics from a prefix: warm the state up over the prefix, then predict.
+"""Write lyrics from a prefix: `generate(model, vocab, prefix, decoding)`, called by the per-epoch
+samples, the evaluate stage, lyricist-generate and the served model (no Lightning here).
 
-`generate(model, vocab, prefix, decoding)` knows nothing of Lightning; the per-epoch samples,
-the evaluate stage, lyricist-generate (lyricist.cli.generate) and the served model call it.
-
-Decoding, applied to each step's logits in this order:
-  1. repetition controls (greedy and sample alike): `no_repeat_ngram=n` forbids the token that
-     would repeat an n-gram already in the text (prefix included); `repetition_penalty=r` is
-     CTRL's (Keskar et al. 2019): the logit of each token among the last `repetition_window`
-     ones is divided by r when positive, multiplied by r when negative. Whitespace (line breaks,
-     spaces) is never penalised: it is the lyrics' layout, not their words.
-  2. `greedy` takes the argmax (the seeds); `sample` draws from softmax(logits / temperature),
-     cut to the `top_k` most likely tokens and then to the nucleus (`top_p`, Holtzman et al.
-     2020: the fewest most likely tokens whose probabilities sum to >= top_p).
+Each step's logits go through (settings.Decoding describes each option):
+  1. the repetition controls, greedy and sample alike: `no_repeat_ngram` (prefix included) and
+     CTRL's `repetition_penalty` (Keskar et al. 2019), never on whitespace (the lyrics' layout);
+  2. `greedy`'s argmax (the seeds), or `sample` from softmax(logits / temperature) cut to `top_k`,
+     then to the nucleus `top_p` (Holtzman et al. 2020).
 """
 
 from __future__ import annotations
@@ -51,21 +45,15 @@ def penalize_recent(logits: torch.Tensor, recent: Sequence[int], penalty: float,
     if penalty == 1 or not len(ids):
         return logits
     chosen = logits[ids]
-    logits = logits.clone()
     # Dividing a negative logit would raise it: multiply those (as CTRL and HF do).
-    logits[ids] = torch.where(chosen > 0, chosen / penalty, chosen * penalty)
-    return logits
+    return logits.index_copy(0, ids, torch.where(chosen > 0, chosen / penalty, chosen * penalty))
 
 
 def banned_by_ngrams(history: Sequence[int], n: int) -> set[int]:
     """The tokens that would end an n-gram already in `history` (its last n-1 tokens followed
     by a token that followed them before)."""
-    if len(history) < n:
-        return set()
-    if n == 1:
-        return set(history)
-    tail = tuple(history[len(history) - n + 1:])
-    return {history[i + n - 1] for i in range(len(history) - n + 1)
+    tail = tuple(history[len(history) - n + 1:])  # () for n = 1: every token seen ends a 1-gram
+    return {history[i + n - 1] for i in range(len(history) - n + 1)  # no n-gram in a shorter history
             if tuple(history[i:i + n - 1]) == tail}
 
 
@@ -97,20 +85,15 @@ def next_token(logits: torch.Tensor, strategy: str, temperature: float, top_k: i
 def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding = Decoding(), index: int = 0,
              allow_unknown: bool = False, deadline: float | None = None,
              tick: Callable[[int, int], None] | None = None) -> str:
-    """The prefix followed by `decoding.num_chars` predicted tokens (characters; words for a
-    word-level vocabulary, joined by single spaces). As the seeds' `predict_rnn`: the state starts
-    at zero and is warmed up over the prefix (fed, not predicted); then each prediction is fed back;
-    with the default decoding it is the seeds' argmax. `index`: the prefix's position among several
-    (it offsets the seed). Past `deadline` (a time.monotonic() value): TimeoutError (the served
-    model's bound). `tick(done, num_chars)` after every token (the CLI's progress lines).
-    """
+    """The prefix and `decoding.num_chars` predicted tokens, as the seeds' `predict_rnn`: the state
+    starts at zero and is warmed up over the prefix, then each prediction is fed back. `index`: the
+    prefix's position among several (it offsets the seed). Past `deadline` (a time.monotonic() value):
+    TimeoutError (the served model's bound). `tick(done, num_chars)` after every token (the CLI's)."""
     d = decoding
-    num_chars, repetition_penalty, repetition_window = d.num_chars, d.repetition_penalty, d.repetition_window
+    ids = encode_prefix(vocab, prefix, allow_unknown)
     # Prefix i samples with seed + i: with one seed, once the state has forgotten the prefixes
     # (a few lines in) their samples would run in step, the same lines in each.
-    seed = None if d.seed is None else d.seed + index
-    ids = encode_prefix(vocab, prefix, allow_unknown)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = None if d.seed is None else torch.Generator().manual_seed(d.seed + index)
 
     device = next(model.parameters()).device
     exempt = torch.tensor([token.isspace() for token in vocab.itos], device=device)  # (V,)
@@ -118,12 +101,12 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
     with eval_mode(model):
         # The whole prefix in one call: the same state as feeding it one step at a time.
         logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
-        for _ in range(num_chars):
+        for _ in range(d.num_chars):
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"generation ran past its time limit after {len(out)} of {num_chars} tokens")
+                raise TimeoutError(f"generation ran past its time limit after {len(out)} of {d.num_chars} tokens")
             last = logits[0, -1].float()  # (V,)
-            if repetition_penalty != 1:
-                last = penalize_recent(last, history[-repetition_window:], repetition_penalty, exempt)
+            if d.repetition_penalty != 1:
+                last = penalize_recent(last, history[-d.repetition_window:], d.repetition_penalty, exempt)
             if d.no_repeat_ngram is not None:
                 banned = banned_by_ngrams(history, d.no_repeat_ngram)
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned
@@ -134,5 +117,5 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
             history.append(next_id)
             logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
             if tick is not None:
-                tick(len(out), num_chars)
+                tick(len(out), d.num_chars)
     return vocab.decode_after(prefix, out)

@@ -33,10 +33,10 @@ SAMPLING_MODES = ("random", "consecutive")
 FULL_LENGTH_P, LENGTH_STD, MIN_LENGTH = 0.95, 5.0, 5
 
 
-def _check_sizes(batch_size: int, num_steps: int, ids: Tensor | None = None) -> None:
+def _check(ids: Tensor, batch_size: int, num_steps: int) -> None:
     if batch_size < 1 or num_steps < 1:
         raise ValueError(f"batch_size and num_steps must be >= 1, got batch_size={batch_size}, num_steps={num_steps}.")
-    if ids is not None and ids.dim() != 1:
+    if ids.dim() != 1:
         raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}.")
 
 
@@ -50,7 +50,7 @@ def random_batches(ids: Tensor, batch_size: int, num_steps: int,
                    generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """The seed's `data_iter_random`: ((N - 1) // num_steps) // batch_size pairs (X, Y), each (B, T)
     int64, of shuffled windows; a seeded `generator` gives a reproducible order (None: torch's global)."""
-    _check_sizes(batch_size, num_steps, ids)
+    _check(ids, batch_size, num_steps)
     num_examples = max(0, (ids.numel() - 1) // num_steps)  # -1: the last label needs one more token
     epoch_size = num_examples // batch_size
     # randperm is drawn on the CPU (where `generator` lives), then moved next to the ids.
@@ -67,7 +67,7 @@ def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slic
     """The seed's `data_iter_consecutive`: (N // batch_size - 1) // num_steps pairs (X, Y), each (B, T)
     int64. `rows` keeps only some streams (e.g. `slice(rank, None, world_size)` for one of several
     processes); `lengths` (from `variable_lengths`) replaces the fixed T: batch i is (B, lengths[i])."""
-    _check_sizes(batch_size, num_steps, ids)
+    _check(ids, batch_size, num_steps)
     batch_len = ids.numel() // batch_size
     streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, batch_len)
     if rows is not None:
@@ -90,7 +90,6 @@ def variable_lengths(n_tokens: int, batch_size: int, num_steps: int,
     """AWD-LSTM's variable BPTT lengths for one epoch of `consecutive_batches(..., lengths=)`, drawn
     until they cover all N // batch_size - 1 input columns, the last cut to what is left. A seeded
     `generator` draws the same lengths again (a resumed run must); None uses torch's global one."""
-    _check_sizes(batch_size, num_steps)
     columns = max(0, n_tokens // batch_size - 1)  # -1: the last label needs one more column
     shortest = min(MIN_LENGTH, num_steps)
     lengths: list[int] = []
@@ -104,7 +103,6 @@ def variable_lengths(n_tokens: int, batch_size: int, num_steps: int,
 
 def num_batches(n_tokens: int, batch_size: int, num_steps: int, sampling: str) -> int:
     """How many batches one epoch of `sampling` ("random" or "consecutive") yields for n_tokens."""
-    _check_sizes(batch_size, num_steps)
     if sampling == "random":
         return max(0, (n_tokens - 1) // num_steps // batch_size)
     if sampling == "consecutive":
@@ -115,7 +113,6 @@ def num_batches(n_tokens: int, batch_size: int, num_steps: int, sampling: str) -
 def min_tokens(batch_size: int, num_steps: int, sampling: str | None = None) -> int:
     """Fewest tokens that give one batch: B*T + 1 for random, B*(T + 1) for consecutive
     (every stream needs its own extra label token); None means enough for both."""
-    _check_sizes(batch_size, num_steps)
     needed = {"random": batch_size * num_steps + 1, "consecutive": batch_size * (num_steps + 1)}
     if sampling is None:
         return max(needed.values())

@@ -20,8 +20,7 @@ OPTION_DEFAULTS = {"tokenizer": "char", "max_vocab_size": None}
 
 def write_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
     record = {key: data[key] for key in PREPARATION_KEYS}
-    record.update({key: data.get(key, default) for key, default in OPTION_DEFAULTS.items()
-                   if data.get(key, default) != default})
+    record.update({key: data[key] for key, default in OPTION_DEFAULTS.items() if data[key] != default})
     write_text(Path(encoded_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
@@ -32,9 +31,8 @@ def check_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
     if not path.is_file():
         return
     prepared = {**OPTION_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
-    asked = {key: data.get(key, OPTION_DEFAULTS.get(key)) for key in prepared}
-    differ = [f"data.{key}: prepared {prepared[key]!r}, asked {asked[key]!r}"
-              for key in prepared if asked[key] != prepared[key]]
+    differ = [f"data.{key}: prepared {value!r}, asked {data.get(key)!r}"
+              for key, value in prepared.items() if data.get(key) != value]
     if differ:
         raise ValueError(
             f"{encoded_dir} was prepared with other settings ({', '.join(differ)}). Prepare the "

@@ -43,8 +43,6 @@ class Vocab:
 
     def __init__(self, itos: list[str], counts: dict[str, int] | None = None,
                  tokenizer: str = "char") -> None:
-        if tokenizer not in FORMATS:
-            raise VocabError(f"unknown tokenizer {tokenizer!r}; use one of {tuple(FORMATS)}.")
         if not itos or itos[0] != UNK_TOKEN:
             raise VocabError(f"itos must start with {UNK_TOKEN!r} at index 0, got {itos[:3]!r}...")
         if duplicates := sorted(token for token, n in Counter(itos).items() if n > 1):
@@ -205,15 +203,11 @@ def check_useful(vocab: Vocab, min_freq: int, max_vocab_size: int | None, min_vo
                      "data.min_vocab_size=1")
 
 
-def unk_rate(ids: np.ndarray, own_unk: int = 0) -> float:
-    """The share of `ids` that are <unk> (0.0 for no ids), less `own_unk` of them that the text
-    itself wrote as "<unk>" (PTB marks its rare words so: they are no token train's vocabulary lacks)."""
-    return float(((ids == 0).sum() - own_unk) / ids.size) if ids.size else 0.0  # id 0 is <unk>
-
-
-def count_own_unk(text: str, tokenizer: str) -> int:
-    """How many tokens of `text` are a literal "<unk>" word (a character never is one)."""
-    return len(re.findall(r"(?<!\S)<unk>(?!\S)", text)) if tokenizer == "word" else 0
+def unk_rate(ids: np.ndarray, text: str, tokenizer: str) -> float:
+    """The share of `ids` (`text` encoded) that are <unk> (0.0 for no ids), less the literal "<unk>" words
+    of `text` (PTB marks its rare words so: they are no token train's vocabulary lacks; no character is one)."""
+    own = len(re.findall(r"(?<!\S)<unk>(?!\S)", text)) if tokenizer == "word" else 0
+    return float(((ids == 0).sum() - own) / ids.size) if ids.size else 0.0  # id 0 is <unk>
 
 
 # The id file's integer type: the smallest that holds every id of the vocabulary. A character
