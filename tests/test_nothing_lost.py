@@ -3,10 +3,16 @@ disk, the served model's requests, the search's trial folders, DVC's hangs), eac
 component: a registry in a SQLite store, a filesystem that fills, the pyfunc model as the scoring
 server calls it (and `mlflow models serve`), Optuna storages, `dvc exp run`."""
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from conftest import write_encoded, with_data
+from conftest import TINY, compose_config, write_encoded, with_data
+from lyricist.checkpoint import load_checkpoint
 from lyricist.train import train
 
 # Ten characters over and over: a model learns it in an epoch (val ppl near 1, below any lyric's).
@@ -36,3 +42,45 @@ def test_a_model_of_other_data_never_takes_the_champion(tiny_cfg, tiny_data, tmp
     line = capsys.readouterr().out
     assert "registered lyricist version 3: champion is now this version (no version held it" in line
     assert "earlier versions 2 remain" in line and "(the first)" not in line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a real filesystem that fills (root only: elsewhere the test is skipped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): run as root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+class FillTheDisk(pl.Callback):
+    """At the start of epoch `epoch`, fills the disk but for 16 KiB (a checkpoint here is ~48 KiB)."""
+
+    def __init__(self, disk: Path, epoch: int) -> None:
+        self.disk, self.epoch = disk, epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with open(self.disk / "filler", "wb") as f:
+                f.write(b"\0" * (shutil.disk_usage(self.disk).free - 16 * 1024))
+
+
+@pytest.mark.parametrize("full_at", [0, 1])
+def test_a_full_disk_leaves_no_partial_checkpoint_and_keeps_the_last_good_one(small_disk, tiny_data, full_at):
+    """Full before the first checkpoint: none is left (main left a truncated best.ckpt, written in
+    /tmp and copied over). Full before the second: the first stays whole, as the only one (a write
+    beside it needs room for both)."""
+    run = small_disk / "run"
+    cfg = with_data(compose_config(TINY + ["logger=none"]), tiny_data)
+    with pytest.raises(OSError) as err:  # errors.NoSpace: one line from the CLI
+        train(cfg, output_dir=run, callbacks=[FillTheDisk(small_disk, full_at)])
+    message = str(err.value)
+    assert message.startswith(f"no space left in {run / 'checkpoints'} to write ") and "\n" not in message
+    assert "MiB are free (the previous" in message and "train.resume=auto" in message
+    left = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert left == ([] if full_at == 0 else ["best.ckpt", "last.ckpt"])  # no partial file
+    for name in left:  # epoch 0's, whole
+        assert load_checkpoint(run / "checkpoints" / name).meta["epoch"] == 0

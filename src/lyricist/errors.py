@@ -18,10 +18,15 @@ FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
 EXIT_STATUS = 2  # argparse's status for a usage error
 
 
+class NoSpace(OSError):
+    """A file not written for want of space (the earlier one kept): the message names the folder
+    and the space needed."""
+
+
 # ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
 # settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError)
+                                                IsADirectoryError, NoSpace)
 
 
 def full_error() -> bool:

@@ -39,7 +39,7 @@ from lyricist.models import RecurrentLM
 from lyricist.project import project_root
 from lyricist.tracking import inputs, registry, serving, store, sweep
 from lyricist.training import quiet
-from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
+from lyricist.training.callbacks import AtomicCheckpointIO, EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, TrainingDiverged
 
@@ -114,7 +114,7 @@ def _fit_and_report(cfg: DictConfig, s: settings.Settings, output_dir: Path, mod
     csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
                                 keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
     trainer = instantiate(cfg.trainer, logger=[csv_logger] + ([mlf] if mlf else []),
-                          callbacks=callbacks, default_root_dir=str(output_dir))
+                          callbacks=callbacks, default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()])
     with inputs.system_metrics(tracking_uri, run_id, s.logger.system_metrics):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
