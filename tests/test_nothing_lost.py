@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
@@ -84,3 +86,46 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_keeps_the_last_good_one(sm
     assert left == ([] if full_at == 0 else ["best.ckpt", "last.ckpt"])  # no partial file
     for name in left:  # epoch 0's, whole
         assert load_checkpoint(run / "checkpoints" / name).meta["epoch"] == 0
+
+
+def _refusal(model, records: list[dict]) -> str:
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        model.predict(pd.DataFrame(records))
+    assert err.value.get_http_status_code() == 400
+    return err.value.message
+
+
+@pytest.mark.slow
+def test_the_served_model_refuses_what_it_does_not_understand(tiny_cfg, tiny_data, tmp_path, capsys):
+    """Through the pyfunc model as the scoring server calls it (MLflow's schema enforcement first)."""
+    from lyricist import generate
+
+    tiny_cfg.logger.serve_max_num_chars = 20
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    mlflow.set_tracking_uri(tiny_cfg.logger.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/lyricist@champion")
+    ckpt = str(tmp_path / "run/checkpoints/best.ckpt")
+
+    # A misspelt or unknown field: refused by name with the known ones (MLflow drops such a column).
+    message = _refusal(model, [{"prefix": "分开", "temprature": 0.01, "colour": "red"}])
+    assert message.startswith("unknown request fields colour, temprature (did you mean temperature?): a row takes "
+                              "prefix, num_chars, strategy, temperature")
+    assert message.endswith(", seed, allow_unknown") and "\n" not in message
+
+    # Characters the vocabulary lacks: one rule, one message, the CLI's and the server's.
+    served = _refusal(model, [{"prefix": "分开"}, {"prefix": "分开λ"}])
+    assert served.startswith("row 1: prefix '分开λ' has characters not in the vocabulary: 'λ'; remove them")
+    capsys.readouterr()
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开λ"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {served.removeprefix('row 1: ')}\n")
+    allowed = model.predict(pd.DataFrame([{"prefix": "分开λ", "num_chars": 3, "allow_unknown": True}]))
+    assert allowed["lyrics"][0].startswith("分开λ")
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开λ", "--allow-unknown", "--num-chars", "3"]) == 0
+
+    # The two caps on num_chars, told in the same words.
+    served = _refusal(model, [{"prefix": "分开", "num_chars": 21}])
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开", "--num-chars", "1000001"]) == 2
+    cli = capsys.readouterr().err
+    assert served.startswith("row 0: num_chars=21 is not allowed: use at most 20 (tokens predicted after the prefix;")
+    assert "lyricist-generate's is 1000000" in served
+    assert "num_chars=1000001 is not allowed: use a value <= 1000000 (tokens predicted after the prefix)" in cli
