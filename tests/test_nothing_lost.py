@@ -3,6 +3,7 @@ disk, the served model's requests, the search's trial folders, DVC's hangs), eac
 component: a registry in a SQLite store, a filesystem that fills, the pyfunc model as the scoring
 server calls it (and `mlflow models serve`), Optuna storages, `dvc exp run`."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, compose_config, write_encoded, with_data
+from conftest import ROOT, TINY, compose_config, write_encoded, with_data
 from lyricist.checkpoint import load_checkpoint
 from lyricist.train import train
 
@@ -129,3 +130,31 @@ def test_the_served_model_refuses_what_it_does_not_understand(tiny_cfg, tiny_dat
     assert served.startswith("row 0: num_chars=21 is not allowed: use at most 20 (tokens predicted after the prefix;")
     assert "lyricist-generate's is 1000000" in served
     assert "num_chars=1000001 is not allowed: use a value <= 1000000 (tokens predicted after the prefix)" in cli
+
+
+@pytest.mark.slow
+def test_a_new_study_never_writes_into_an_earlier_studys_trial_folders(tiny_data, tmp_path, monkeypatch):
+    """Two fresh storages, one study name, the default output folder: each study its own folder
+    (main: the second study's trial 0 met the first's trial_0000 and failed, hinting train.* keys)."""
+    from lyricist import tune
+
+    root = tmp_path / "project"  # paths.root: the default folder is <root>/outputs/tune/<study>/
+    root.mkdir()
+    (root / "conf").symlink_to(ROOT / "conf")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+
+    def search(storage: str) -> int:
+        return tune.main([*TINY, f"paths.encoded={tiny_data}", f"paths.root={root}", "logger=none",
+                          f"tune.storage=sqlite:///{tmp_path / storage}", "tune.preset=null", "tune.space=null",
+                          "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}}", "tune.timeout=null",
+                          "tune.n_trials=1"])
+
+    assert search("first.db") == 0
+    [first] = (root / "outputs/tune/jaychou").rglob("trial_0000")
+    kept = (first / "checkpoints/best.ckpt").read_bytes()
+    assert search("second.db") == 0
+    trials = sorted((root / "outputs/tune/jaychou").rglob("trial_0000"))
+    assert len(trials) == 2 and first in trials and (first / "checkpoints/best.ckpt").read_bytes() == kept
+    for folder in (t.parent for t in trials):  # each study's report beside its trials
+        assert json.loads((folder / "summary.json").read_text())["trials"] == 1

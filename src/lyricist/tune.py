@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import sys
 import time
 import warnings
@@ -45,6 +46,7 @@ from lyricist.training.module import TrainingDiverged
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
 RUN_ATTR = "mlflow_run_id"  # a trial's user attribute naming its child run
+FOLDER_ATTR = "output_folder"  # the study's own folder in outputs/tune/<study_name>/ (tune.output_dir null)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.overwrite")
 
@@ -259,24 +261,37 @@ def open_study(cfg: DictConfig, root: Path, tracking_uri: str | None) -> tuple[o
                   pruner=make_pruner(t, epochs))
     try:
         study = optuna.create_study(**kwargs)
+        # First, for the other workers wait for it: a new study (a fresh storage) never writes into
+        # the folders of an earlier one of the same name.
+        study.set_user_attr(FOLDER_ATTR, time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2))
         created = True
         if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
             study.enqueue_trial(recipe_values(space, base), user_attrs={"recipe": "conf's own values"})
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**{k: v for k, v in kwargs.items() if k != "direction"}), False
+        if not study.trials:  # made a moment ago (one made before FOLDER_ATTR has trials: its folder is "")
+            _wait_for(study, FOLDER_ATTR)
     if not tracking_uri:
         return study, None
     if created:
         parent = _create_parent_run(cfg, root, tracking_uri)
         study.set_user_attr(PARENT_ATTR, parent)
         return study, parent
-    for _ in range(120):  # the creating worker is between create_study and set_user_attr
-        if PARENT_ATTR in (attrs := study.user_attrs):
-            return study, attrs[PARENT_ATTR]
-        time.sleep(0.5)
+    if PARENT_ATTR in (attrs := _wait_for(study, PARENT_ATTR)):
+        return study, attrs[PARENT_ATTR]
     parent = _create_parent_run(cfg, root, tracking_uri)  # its creator died before making one
     study.set_user_attr(PARENT_ATTR, parent)
     return study, parent
+
+
+def _wait_for(study: optuna.Study, key: str) -> dict:
+    """The study's user attributes once they hold `key`, which the worker that created the study
+    sets; without it after a minute (that worker died in between)."""
+    for _ in range(120):
+        if key in (attrs := study.user_attrs):
+            break
+        time.sleep(0.5)
+    return attrs
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> None:
@@ -447,11 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "timeout > 0 seconds (or null for no limit)")
     make_pruner(t)  # a bad name fails here
     tracking_uri = store.resolve_tracking_uri(cfg.logger.tracking_uri, root) if cfg.logger.enabled else None
-    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study, parent = open_study(cfg, root, tracking_uri)
+    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     callbacks = []
     if t.n_trials is not None:  # the study's budget over all workers, not each worker's
         callbacks.append(optuna.study.MaxTrialsCallback(t.n_trials, states=FINISHED))
