@@ -4,8 +4,10 @@ component: a registry in a SQLite store, a filesystem that fills, the pyfunc mod
 server calls it (and `mlflow models serve`), Optuna storages, `dvc exp run`."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, TINY, compose_config, write_encoded, with_data
 from lyricist.checkpoint import load_checkpoint
 from lyricist.train import train
+from test_pipeline import project  # noqa: F401 (a fixture: the project copied into a git repository)
 
 # Ten characters over and over: a model learns it in an epoch (val ppl near 1, below any lyric's).
 EASY = "分开不分开我不能再想\n" * 120
@@ -158,3 +161,24 @@ def test_a_new_study_never_writes_into_an_earlier_studys_trial_folders(tiny_data
     assert len(trials) == 2 and first in trials and (first / "checkpoints/best.ckpt").read_bytes() == kept
     for folder in (t.parent for t in trials):  # each study's report beside its trials
         assert json.loads((folder / "summary.json").read_text())["trials"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a character device"])
+def test_dvc_exp_run_refuses_a_raw_path_it_would_hang_on(project, kind):
+    """DVC hashes unzip's dependencies before running it: a FIFO blocks it, /dev/zero never ends
+    (main hung). The check stage runs first and refuses them from `stat`. A hard timeout: a hang
+    fails the test instead of hanging the suite."""
+    raw = project / "data/raw/hostile.txt"
+    os.mkfifo(raw) if "FIFO" in kind else raw.symlink_to("/dev/zero")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    try:
+        proc = subprocess.run(["dvc", "exp", "run", "-S", "data.raw_path=data/raw/hostile.txt"], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dvc exp run hung on the raw path")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"data/raw/hostile.txt{' (a symlink to /dev/zero)' * ('FIFO' not in kind)} " \
+                                    f"is {kind}, not a regular file" in out
+    assert "Running stage 'unzip'" not in out
+    assert "(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml`" in out

@@ -3,7 +3,8 @@
 The entry points (the training app, the DVC stage scripts, the generate CLI) print such an
 error as one line, `error: <message>`, and exit with status 2; the full traceback is shown
 when $LYRICIST_FULL_ERROR=1 or $HYDRA_FULL_ERROR=1 (Hydra's own switch) is set. Any other
-exception is a bug and keeps its traceback.
+exception is a bug and keeps its traceback. Under `dvc exp run` in the workspace a line more says
+that params.yaml keeps the experiment's values (DVC leaves them there when a stage fails).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def report(err: BaseException) -> int:
         traceback.print_exception(err)
     else:
         print(f"error: {err}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+    if os.environ.get("DVC_EXP_NAME") and "/.dvc/tmp/" not in os.environ.get("DVC_ROOT", "/.dvc/tmp/"):
+        print("(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml` restores "
+              "the committed ones)", file=sys.stderr)
     return EXIT_STATUS
 
 
