@@ -3,6 +3,7 @@ disk, the served model's requests, the search's trial folders, DVC's hangs), eac
 component: a registry in a SQLite store, a filesystem that fills, the pyfunc model as the scoring
 server calls it (and `mlflow models serve`), Optuna storages, `dvc exp run`."""
 
+import gzip
 import json
 import os
 import shutil
@@ -182,3 +183,51 @@ def test_dvc_exp_run_refuses_a_raw_path_it_would_hang_on(project, kind):
                                     f"is {kind}, not a regular file" in out
     assert "Running stage 'unzip'" not in out
     assert "(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml`" in out
+
+
+def test_the_unclear_messages_name_the_problem_and_the_fix(tmp_path, monkeypatch, capsys):
+    """Each old line was unclear or false (issue 33); each new one names the problem and the fix."""
+    from lyricist import generate
+    from lyricist.data.corpus import CorpusError, read_raw_text
+    from lyricist.errors import run_cli
+    from test_hostile_input import stage
+
+    def refused(argv: list[str]) -> str:
+        assert generate.main(argv) == 2
+        return capsys.readouterr().err
+
+    # A folder as --checkpoint (was "does not exist").
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/best.ckpt").write_bytes(b"")
+    assert f"checkpoint {tmp_path / 'run'} is a folder (best.ckpt in it): give the .ckpt file itself, e.g. " \
+           f"{tmp_path / 'run/best.ckpt'}" in refused(["--checkpoint", str(tmp_path / "run"), "--prefix", "分开"])
+    # --num-chars 1e7 (was "invalid <lambda> value"): read as the number it is, then bounded.
+    assert "num_chars=10000000 is not allowed: use a value <= 1000000" in refused(
+        ["--checkpoint", "x.ckpt", "--prefix", "分开", "--num-chars", "1e7"])
+    with pytest.raises(SystemExit):
+        generate.main(["--checkpoint", "x.ckpt", "--prefix", "分开", "--num-chars", "1.5"])
+    assert "argument --num-chars/--num-tokens: '1.5' is not a whole number, e.g. 200" in capsys.readouterr().err
+    # A stage script's missing input (was a bare "[Errno 2] No such file or directory").
+    missing = tmp_path / "interim.txt"
+    assert run_cli(lambda: stage("preprocess").main(["--input", str(missing), "--out-dir", str(tmp_path / "p")])) == 2
+    assert capsys.readouterr().err.startswith(f"error: {missing} does not exist: check the path (a DVC stage's "
+                                              "input is written by the stages before it: `dvc repro <stage>`")
+    # A cp1252 or gzip file of one's own (was told to `dvc pull --force` a .dvc file that does not exist).
+    cp1252, gz = tmp_path / "mine.txt", tmp_path / "mine.txt.gz"
+    cp1252.write_bytes("café\n".encode("cp1252"))
+    gz.write_bytes(gzip.compress("分开\n".encode()))
+    with pytest.raises(CorpusError) as err:
+        read_raw_text(cp1252)
+    assert "iconv -f <its encoding, e.g. CP1252 or GB18030> -t UTF-8" in str(err.value)
+    assert "dvc pull" not in str(err.value)
+    (tmp_path / "mine.txt.dvc").write_text("outs: []\n")  # a DVC-tracked file may be re-fetched
+    with pytest.raises(CorpusError, match=r"or re-fetch it with `dvc pull --force .*mine.txt.dvc`"):
+        read_raw_text(cp1252)
+    with pytest.raises(CorpusError, match=r"mine.txt.gz is gzip-compressed, not text: `gunzip` it"):
+        read_raw_text(gz)
+    # --model against no store (an empty mlflow.db was created).
+    store = tmp_path / "none" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    assert f"no MLflow store at {store} to load models:/lyricist@champion from: train one first" in refused(
+        ["--model", "models:/lyricist@champion", "--prefix", "分开"])
+    assert not store.exists()

@@ -39,11 +39,21 @@ def report(err: BaseException) -> int:
     if full_error():
         traceback.print_exception(err)
     else:
-        print(f"error: {err}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        print(f"error: {_said(err)}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
     if os.environ.get("DVC_EXP_NAME") and "/.dvc/tmp/" not in os.environ.get("DVC_ROOT", "/.dvc/tmp/"):
         print("(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml` restores "
               "the committed ones)", file=sys.stderr)
     return EXIT_STATUS
+
+
+def _said(err: BaseException) -> str:
+    """The message; Python's bare "[Errno 2] No such file or directory: 'x'" said with the fix."""
+    if not (isinstance(err, OSError) and err.filename and str(err).startswith("[Errno")):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        return (f"{err.filename} does not exist: check the path (a DVC stage's input is written by the stages "
+                "before it: `dvc repro <stage>` runs them first)")
+    return f"{err.filename}: {err.strerror.lower()}: check the path"
 
 
 def run_cli(main: Callable[[], Any], user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:

@@ -18,6 +18,7 @@ Decoding, applied to each step's logits in this order:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -182,8 +183,26 @@ def decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _number(kind: type):
-    """argparse's type for an option that may be given as null (none)."""
-    return lambda text: None if text.lower() in ("null", "none") else kind(text)
+    """argparse's type for an option that may be given as null (none); a whole number may be
+    written 1e7. A bad value is named in argparse's one line."""
+    def number(text: str):
+        if text.lower() in ("null", "none"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            if kind is int and _float(text).is_integer():
+                return int(_float(text))
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number, e.g. 200' if kind is int else 'a number'}"
+                                         " (or null: the checkpoint's own value)")
+    return number
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:

@@ -231,6 +231,9 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None):
     from lyricist.tracking import store
 
     uri = store.resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
+        raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "
+                                "first (`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it")
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
