@@ -18,7 +18,6 @@ Decoding, applied to each step's logits in this order:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -183,26 +182,19 @@ def decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _number(kind: type):
-    """argparse's type for an option that may be given as null (none); a whole number may be
-    written 1e7. A bad value is named in argparse's one line."""
+    """argparse's type for a decoding flag, or null (none); a whole number may be written 1e7."""
     def number(text: str):
         if text.lower() in ("null", "none"):
             return None
         try:
-            return kind(text)
+            value = float(text) if kind is int and "e" in text.lower() else kind(text)
+            if kind is int and not float(value).is_integer():
+                raise ValueError(text)
+            return kind(value)
         except ValueError:
-            if kind is int and _float(text).is_integer():
-                return int(_float(text))
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number, e.g. 200' if kind is int else 'a number'}"
-                                         " (or null: the checkpoint's own value)")
+            what = "a whole number, e.g. 200" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (or null: the checkpoint's own value)") from None
     return number
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:

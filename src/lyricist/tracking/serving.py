@@ -154,9 +154,8 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
-        log = logging.getLogger("mlflow.models.utils")
-        if log.getEffectiveLevel() > logging.WARNING:  # its warning is how unknown fields are seen
-            log.setLevel(logging.WARNING)
+        log = logging.getLogger("mlflow.models.utils")  # its warning is how unknown fields are seen: never muted
+        log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))
         if not any(type(f).__name__ == "UnknownFields" for f in log.filters):
             log.addFilter(UnknownFields())
 
@@ -186,8 +185,8 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
     def _generate(self, rows: list[tuple[str, Decoding]], allowed: list[bool], deadline: float) -> pd.DataFrame:
         from lyricist.generate import generate
 
-        lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=allow, deadline=deadline)
-                  for (prefix, decoding), allow in zip(rows, allowed)]
+        lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=allow,
+                           deadline=deadline) for (prefix, decoding), allow in zip(rows, allowed)]
         return pd.DataFrame({"lyrics": lyrics})
 
 
