@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate")
 DEFAULT_SIZES = ("100k", "1M", "10M")
 SUFFIXES = {"": 1, "k": 1_000, "M": 1_000_000}
-# The evaluate stage's line for its static scoring of val and test (lyricist.evaluation.perplexity).
+# The evaluate stage's line for its static scoring of val and test (lyricist.evaluation.evaluate).
 STATIC = re.compile(r"static perplexity \(val ([\d,]+) tokens(?:, test ([\d,]+) tokens)?\): ([\d.]+) s")
 
 

@@ -150,8 +150,8 @@ def make_lm(vocab_size: int, cell: str = "lstm", hidden_size: int = 256, num_lay
 NO_SCHEDULE = {"_target_": None, "_partial_": True, "interval": "epoch", "monitor": None}
 # LitLanguageModel's plain settings: clipping at 1, the divergence guard, nothing else on.
 PLAIN_TRAIN = dict(seed=0, clip_theta=1.0, loss_reduction="mean", eval_batch_size=8, early_stopping_patience=None,
-                   samples_every_n_epochs=5, divergence_factor=3.0, resume=None, overwrite=False, ar_alpha=0.0,
-                   tar_beta=0.0, weight_averaging=None, averaging_patience=2)
+                   samples_every_n_epochs=5, divergence_factor=3.0, resume=None, overwrite=False,
+                   weight_averaging=None, averaging_patience=2)
 
 
 def make_lit(model, vocab, lr: float = 0.1, optimizer: str = "torch.optim.SGD", scheduler: dict | None = None,

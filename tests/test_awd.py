@@ -18,9 +18,11 @@ from lyricist.checkpoint import load_checkpoint
 from lyricist.data.batching import consecutive_batches, variable_lengths
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
+from lyricist.models.regularisers.ar_tar import ActivationPenalty
+from lyricist.settings import ModelSettings
 from lyricist.train import train
 from lyricist.training.datamodule import LyricsDataModule
-from lyricist.training.module import LitLanguageModel, activation_penalty
+from lyricist.training.module import LitLanguageModel
 
 VOCAB = Vocab.build("abcdefghij")
 
@@ -66,11 +68,11 @@ def test_raw_features_are_the_last_layers_outputs_before_output_dropout():
 @pytest.mark.parametrize("alpha, beta", [(2.0, 0.0), (0.0, 1.0), (2.0, 1.0)])
 def test_ar_and_tar_are_added_to_the_differentiated_loss_only(alpha, beta):
     torch.manual_seed(0)
-    lit = _lit(_lstm(dropout=0.0, output_dropout=0.5).double(), ar_alpha=alpha, tar_beta=beta)
+    lit = _lit(_lstm(dropout=0.0, output_dropout=0.5, ar_alpha=alpha, tar_beta=beta).double())
     ids, targets = _ids(2 * 9).view(2, 9), _ids(2 * 9, seed=1).view(2, 9)
     state = lit.model.begin_state(2)
     torch.manual_seed(3)
-    loss, objective, _ = lit._training_loss(ids, targets, state)
+    loss, objective, _ = lit.model.objective(ids, targets, state)
 
     # Direct computation: the same dropout mask (same seed, same draw), then the formulas.
     torch.manual_seed(3)
@@ -86,8 +88,8 @@ def test_ar_and_tar_are_added_to_the_differentiated_loss_only(alpha, beta):
 
 def test_tar_of_a_one_step_batch_is_zero_and_ar_still_counts():
     raw = torch.randn(3, 1, 4)
-    assert float(activation_penalty(raw, raw, ar_alpha=0.0, tar_beta=5.0)) == 0.0
-    assert float(activation_penalty(raw, raw, ar_alpha=2.0, tar_beta=5.0)) == pytest.approx(
+    assert float(ActivationPenalty(ModelSettings(ar_alpha=0.0, tar_beta=5.0)).penalty(raw, raw)) == 0.0
+    assert float(ActivationPenalty(ModelSettings(ar_alpha=2.0, tar_beta=5.0)).penalty(raw, raw)) == pytest.approx(
         float(2.0 * (raw ** 2).mean()))
 
 
@@ -97,7 +99,7 @@ def test_without_ar_and_tar_the_training_loss_is_the_models_own():
     lit = _lit(_lstm(dropout=0.3))
     ids, targets = _ids(2 * 9).view(2, 9), _ids(2 * 9, seed=1).view(2, 9)
     torch.manual_seed(3)
-    loss, objective, _ = lit._training_loss(ids, targets, lit.model.begin_state(2))
+    loss, objective, _ = lit.model.objective(ids, targets, lit.model.begin_state(2))
     torch.manual_seed(3)
     assert objective is loss and torch.equal(loss, lit.model.loss(ids, targets)[0])
 
@@ -215,7 +217,7 @@ def test_resume_with_averaging_and_variable_length_matches_the_uninterrupted_run
     cfg = plateau_cfg(tiny_cfg, epochs=5)
     cfg.logger.enabled, cfg.optim.scheduler._target_ = False, None
     for key, value in [("train.weight_averaging", "nt"), ("train.averaging_patience", patience),
-                       ("data.variable_length", True), ("train.ar_alpha", 2.0), ("train.tar_beta", 1.0)]:
+                       ("data.variable_length", True), ("model.ar_alpha", 2.0), ("model.tar_beta", 1.0)]:
         OmegaConf.update(cfg, key, value)
     train(with_data(cfg, plateau_data), output_dir=tmp_path / "reference")
     reference = _csv_rows(tmp_path / "reference" / "metrics.csv")
@@ -285,8 +287,8 @@ def test_variable_length_refuses_random_sampling_naming_the_keys():
 # -- settings refused before any output ------------------------------------------------------
 
 @pytest.mark.parametrize("key, value", [
-    ("train.ar_alpha", -1.0), ("train.ar_alpha", float("nan")), ("train.tar_beta", "abc"),
-    ("train.tar_beta", True), ("train.weight_averaging", "swa"), ("train.averaging_patience", -1),
+    ("model.ar_alpha", -1.0), ("model.ar_alpha", float("nan")), ("model.tar_beta", "abc"),
+    ("model.tar_beta", True), ("train.weight_averaging", "swa"), ("train.averaging_patience", -1),
     ("train.averaging_patience", 1.5), ("data.variable_length", "yes"),
 ])
 def test_a_bad_awd_value_is_refused_by_its_key(tiny_cfg, tiny_data, tmp_path, key, value):

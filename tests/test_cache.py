@@ -66,7 +66,8 @@ def test_the_stream_is_read_as_dynamic_evaluation_reads_it_without_updates(toy):
 def test_the_cache_learns_the_chorus_and_mixes_with_the_adaptive_ngram(toy):
     vocab, train, val, test, model = toy
     ngram = KneserNey(3).fit(train.tolist(), len(vocab))
-    result = evaluate_cache(model, {"val": val, "test": test}, size=100, ngram=ngram)
+    result = evaluate_cache(model, {"val": val, "test": test}, size=100, ngram=ngram,
+                            thetas=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0))
     static = {s: perplexity_of(stream_states(model, ids)[0]) for s, ids in (("val", val), ("test", test))}
     # The chorus comes back four times: copying it beats the untrained network.
     assert result.lam > 0 and result.cache.val < 0.8 * static["val"] and result.cache.test < 0.8 * static["test"]
@@ -78,7 +79,7 @@ def test_the_cache_learns_the_chorus_and_mixes_with_the_adaptive_ngram(toy):
     assert set(flat) == {"cache_size", "cache_theta", "cache_lambda", "cache_interpolation_weight", "cache_val_ppl",
                          "cache_test_ppl", "cache_interpolated_val_ppl", "cache_interpolated_test_ppl"}
     with pytest.raises(ValueError, match="evaluate.cache_size must be an integer >= 1"):
-        evaluate_cache(model, {"val": val}, size=0)
+        evaluate_cache(model, {"val": val}, size=0, ngram=ngram, thetas=[1.0])
 
 
 def test_the_evaluate_stage_writes_the_cache_rows_after_the_others(tiny_cfg, tiny_data, tmp_path, capsys):
@@ -103,3 +104,11 @@ def test_the_evaluate_stage_writes_the_cache_rows_after_the_others(tiny_cfg, tin
     assert metrics["cache_size"] == 50 and metrics["cache_val_ppl"] <= metrics["val_ppl"] * 1.05
     printed = capsys.readouterr().out
     assert f"  cache         val {metrics['cache_val_ppl']:9.2f}" in printed and "cache+kn" in printed
+
+
+def test_an_empty_theta_grid_is_refused_in_one_line():
+    from conftest import compose_config
+    from lyricist import settings
+
+    with pytest.raises(ValueError, match=r"^evaluate.cache_thetas=\[\] is not allowed: List should have at least 1 item"):
+        settings.load(compose_config(["evaluate.cache_thetas=[]"]))

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_config, with_data
 from lyricist import generate as generate_cli
-from lyricist.evaluation.perplexity import evaluate_checkpoint
+from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.settings import Decoding
 from lyricist.train import train
 from lyricist.data.vocab import Vocab, load_ids

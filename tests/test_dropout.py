@@ -6,7 +6,7 @@ from torch import nn
 
 from conftest import make_lm
 from lyricist.models import RecurrentLM
-from lyricist.models.dropout import LockedDropout
+from lyricist.models.regularisers.locked_dropout import LockedDropout
 
 
 @pytest.mark.parametrize("time_dim", [0, 1])

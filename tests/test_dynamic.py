@@ -14,7 +14,7 @@ from lyricist.evaluation.dynamic import (RMSDecayUpdate, StreamReader, adaptive_
                                         gradient_rms)
 from lyricist.evaluation.progress import Progress
 from lyricist.data.batching import consecutive_batches
-from lyricist.evaluation.perplexity import perplexity as static_perplexity
+from lyricist.evaluation.interpolation import perplexity as static_perplexity
 from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
 from lyricist.evaluation.ngram import KneserNey

@@ -131,3 +131,16 @@ def test_the_cells_are_hand_written():
     assert builtin_recurrent_uses('"""like torch.nn.LSTM"""\nclass LSTMCell: pass\n') == []
     for path in SOURCES:
         assert builtin_recurrent_uses(path.read_text(encoding="utf-8")) == [], path
+
+
+def test_the_models_import_no_circle():
+    """models/ and its fast path: imports point one way (fast/choice.py once imported matmul.py
+    back); from no module do its imports, followed, lead back to it."""
+    graph = {module_name(p): lyricist_imports(p) for p in SOURCES if module_name(p).startswith("lyricist.models")}
+    for module in graph:
+        seen, todo = set(), [module]
+        while todo:
+            new = graph.get(todo.pop(), set()) - seen
+            seen |= new
+            todo += new
+        assert module not in seen, f"{module} imports itself back through {sorted(seen & set(graph))}"

@@ -201,7 +201,7 @@ def test_rebuild_from_config(embedding_size):
         cell="gru", hidden_size=HIDDEN_SIZE, num_layers=2,
         embedding_size=embedding_size, dropout=0.2, init="torch", init_scale=0.05,
         embedding_dropout=None, output_dropout=None, tie_weights=False, forget_bias=None, locked_dropout=False,
-        weight_drop=0.25, embedding_row_dropout=0.1,
+        weight_drop=0.25, embedding_row_dropout=0.1, ar_alpha=0.0, tar_beta=0.0,
     )
     rebuilt = RecurrentLM(model.config, model.vocab_size)
     rebuilt.load_state_dict(model.state_dict(), strict=True)

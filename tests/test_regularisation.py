@@ -5,6 +5,7 @@ carry the batch's mask, to the readable path, and to today's model when off."""
 import copy
 import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,9 +14,14 @@ import torch.nn.functional as F
 from conftest import make_lm
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
-from lyricist.models import RecurrentLM
+from lyricist.models import RecurrentLM, regularisers
 from lyricist.models.fast.kernels import cpp_kernels
+from lyricist.models.regularisers import dropout_mask
+from lyricist.models.regularisers.ar_tar import ActivationPenalty
+from lyricist.models.regularisers.embedding_row_dropout import EmbeddingRowDropout
+from lyricist.models.regularisers.weight_drop import WeightDrop
 from lyricist import settings
+from lyricist.settings import ModelSettings
 from lyricist.train import train
 from conftest import TINY, compose_config, with_data
 
@@ -31,6 +37,15 @@ def make_model(cell="lstm", num_layers=1, embedding_size=None, weight_drop=0.5, 
     return make_lm(VOCAB_SIZE, cell=cell, hidden_size=HIDDEN_SIZE, num_layers=num_layers,
                        embedding_size=embedding_size, weight_drop=weight_drop,
                        embedding_row_dropout=embedding_row_dropout, **kw)
+
+
+def draw_masks(model: RecurrentLM) -> SimpleNamespace:
+    """A chunk's masks as the model draws them (``RecurrentLM.draw``): the scale of each row of the
+    input table (V,) and each layer's W_hh mask, None where off."""
+    active, _ = model.draw()
+    rows = next((r.mask for r in active if isinstance(r, EmbeddingRowDropout)), None)
+    weight_hh = next((r.masks for r in active if isinstance(r, WeightDrop)), [None] * model.num_layers)
+    return SimpleNamespace(rows=rows, weight_hh=weight_hh)
 
 
 def random_ids(seed: int = 0, vocab_size: int = VOCAB_SIZE) -> torch.Tensor:
@@ -98,7 +113,7 @@ def test_one_mask_per_batch_fixed_over_its_steps_redrawn_for_the_next(cell, embe
     model = make_model(cell, num_layers, embedding_size).train()
     ids = random_ids()
     torch.manual_seed(3)
-    masks = [model.draw_masks(), model.draw_masks()]  # what two batches in a row will draw
+    masks = [draw_masks(model), draw_masks(model)]  # what two batches in a row will draw
     torch.manual_seed(3)
     for batch_masks in masks:
         model.zero_grad()
@@ -120,13 +135,32 @@ def test_one_mask_per_batch_fixed_over_its_steps_redrawn_for_the_next(cell, embe
 def test_masks_are_scaled_bernoulli_draws_at_the_asked_rates():
     torch.manual_seed(0)
     model = make_lm(2000, "gru", hidden_size=64, num_layers=2, weight_drop=0.4, embedding_row_dropout=0.1)
-    masks = model.draw_masks()
+    masks = draw_masks(model)
     for mask, rate in [(masks.rows, 0.1), *((m, 0.4) for m in masks.weight_hh)]:
         dropped, kept = mask.unique().tolist()
         assert dropped == 0.0 and kept == pytest.approx(1 / (1 - rate))
         assert (mask == 0).float().mean().item() == pytest.approx(rate, abs=0.02)
     assert masks.rows.shape == (2000,) and masks.weight_hh[1].shape == (3 * 64, 64)
     assert not torch.equal(masks.weight_hh[0], masks.weight_hh[1])  # each layer its own
+
+
+def test_each_file_is_built_where_its_settings_switch_it_on_and_draws_in_the_files_order():
+    """models/regularisers/: none at the defaults; the row mask is drawn before the DropConnect
+    masks (embedding_row_dropout.py before weight_drop.py), as before the hooks existed, so a run's
+    numbers stay what they were."""
+    assert regularisers.build(ModelSettings()) == []
+    built = regularisers.build(ModelSettings(weight_drop=0.5, embedding_row_dropout=0.1, tar_beta=1.0))
+    assert [type(r) for r in built] == [ActivationPenalty, EmbeddingRowDropout, WeightDrop]
+    model = make_model("gru", num_layers=2).train()
+    torch.manual_seed(3)
+    masks = draw_masks(model)
+    torch.manual_seed(3)
+    assert torch.equal(masks.rows, dropout_mask((VOCAB_SIZE,), 0.3, model.head.weight))
+    for mask, cell in zip(masks.weight_hh, model.cells, strict=True):
+        assert torch.equal(mask, dropout_mask(cell.weight_hh.shape, 0.5, cell.weight_hh))
+    model.eval()
+    active, weights_hh = model.draw()  # eval mode: nothing at work, the parameters themselves
+    assert active == [] and all(w is cell.weight_hh for w, cell in zip(weights_hh, model.cells, strict=True))
 
 
 @pytest.mark.parametrize("embedding_size", [None, EMBEDDING_SIZE])
@@ -136,7 +170,9 @@ def test_row_dropout_zeroes_every_occurrence_of_a_dropped_character(embedding_si
     ids = random_ids(vocab_size=4).t()  # (T, B): few characters, so each occurs several times
     rows = torch.tensor([0.0, 2.0, 0.0, 2.0] + [2.0] * (VOCAB_SIZE - 4))  # characters 0 and 2 dropped
     with torch.no_grad():
-        dropped = model._project_first_layer(ids, rows)  # (T, B, 4H)
+        row_dropout = EmbeddingRowDropout(model.config)
+        row_dropout.mask = rows
+        dropped = model._project_first_layer(ids, [row_dropout])  # (T, B, 4H)
         kept = model._project_first_layer(ids)
     is_dropped = (ids == 0) | (ids == 2)
     assert is_dropped.any() and (~is_dropped).any()
@@ -170,7 +206,7 @@ def test_rate_zero_draws_nothing_so_training_is_todays_model():
     model = make_model("lstm", num_layers=2, embedding_size=EMBEDDING_SIZE, dropout=0.5, weight_drop=0.0,
                        embedding_row_dropout=0.0).train()
     rng = torch.get_rng_state()
-    masks = model.draw_masks()
+    masks = draw_masks(model)
     assert masks.rows is None and masks.weight_hh == [None, None]
     assert torch.equal(torch.get_rng_state(), rng)
     torch.manual_seed(0)
@@ -200,7 +236,7 @@ def test_with_tied_weights_and_locked_dropout():
     # Under the batch's masks, the tied model equals its twin (the tied table masked, the head
     # left whole) -- checked through the twin's features, which do not read the head.
     torch.manual_seed(4)
-    masks = model.draw_masks()
+    masks = draw_masks(model)
     model.dropout.p = model.embedding_dropout.p = model.output_dropout.p = 0.0
     torch.manual_seed(4)
     hidden, state = model.features(ids)

@@ -66,8 +66,8 @@ ZAREMBA_SMALL = ["data=presplit", "model.num_layers=2", "model.hidden_size=200",
                  "model.tie_weights=false", "model.dropout=0", "model.locked_dropout=false", "model.weight_drop=0",
                  "model.embedding_row_dropout=0", "model.init=uniform", "model.init_scale=0.1", "optim=sgd",
                  "optim.lr=1.0", "optim/scheduler=multistep", "optim.scheduler.milestones=[4,5,6,7,8,9,10,11,12]",
-                 "optim.scheduler.gamma=0.5", "trainer.max_epochs=13", "train.clip_theta=5", "train.ar_alpha=0",
-                 "train.tar_beta=0", "train.weight_averaging=null", "data.batch_size=20", "data.num_steps=20"]
+                 "optim.scheduler.gamma=0.5", "trainer.max_epochs=13", "train.clip_theta=5", "model.ar_alpha=0",
+                 "model.tar_beta=0", "train.weight_averaging=null", "data.batch_size=20", "data.num_steps=20"]
 
 
 def test_zaremba_small_ptb_recipe_is_overrides_and_halves_the_lr_every_epoch_after_the_fourth():

@@ -14,7 +14,7 @@ from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
-from lyricist.evaluation.perplexity import evaluate_checkpoint
+from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.generate import generate
 from lyricist.settings import Decoding
 from lyricist.train import train

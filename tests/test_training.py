@@ -24,15 +24,15 @@ def _fit_recording_states(sampling: str, epochs: int = 2):
     model = make_lm(len(VOCAB), cell="lstm", hidden_size=8, embedding_size=4)
     seen = []
 
-    train_loss = model.loss  # what training_step calls (head and loss fused)
+    train_objective = model.objective  # what training_step calls (head and loss fused)
 
     def recording_loss(ids, targets, state):
         if model.training:
             seen.append((lit.current_epoch, [s.clone() for s in state],
                          any(s.requires_grad or s.grad_fn is not None for s in state)))
-        return train_loss(ids, targets, state)
+        return train_objective(ids, targets, state)
 
-    model.loss = recording_loss
+    model.objective = recording_loss
     lit = make_lit(model, VOCAB, lr=0.5, clip_theta=1.0, sampling=sampling)
     data = LyricsDataModule(ids, ids, batch_size=4, num_steps=6, sampling=sampling, eval_batch_size=2)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,

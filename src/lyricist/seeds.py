@@ -31,8 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.corpus import write_text
-from lyricist.evaluation.cache import cache_of_checkpoint
-from lyricist.evaluation.perplexity import evaluate_checkpoint, evaluation_settings
+from lyricist.evaluation.evaluate import ROWS as EVALUATION_ROWS, evaluate_checkpoint, evaluation_settings
 from lyricist.project import project_root
 from lyricist.tracking import serving, store
 from lyricist.errors import run_cli
@@ -40,12 +39,8 @@ from lyricist import settings
 from lyricist.train import USER_ERRORS, train
 
 MAX_SEEDS = 100  # each seed is a whole training run; the standard error shrinks as 1/sqrt(seeds)
-# The rows of the table: (name, key prefix in reports/metrics.json's flat names).
-ROWS = [("network", ""), ("KN (same split)", "ngram_"), ("network + KN", "interpolated_"),
-        ("dynamic (SGD)", "dynamic_"), ("dynamic (Krause)", "krause_"), ("adaptive KN", "ngram_adaptive_"),
-        ("dynamic (SGD) + adaptive KN", "dynamic_interpolated_"),
-        ("dynamic (Krause) + adaptive KN", "krause_interpolated_"),
-        ("neural cache", "cache_"), ("neural cache + adaptive KN", "cache_interpolated_")]
+# The rows of the table: (name, key prefix in reports/metrics.json's flat names), the evaluator's.
+ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.lines]
 
 
 def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path, static: bool) -> dict:
@@ -54,10 +49,8 @@ def evaluate_run(checkpoint: str | Path | list, cfg: DictConfig, data_dir: Path,
     options = evaluation_settings(settings.load(cfg))
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
-    result, _ = evaluate_checkpoint(checkpoint, data_dir, **options)
     # The cache reads val and test once (no updates): cheap, so kept with --static too.
-    cache = cache_of_checkpoint(checkpoint, data_dir, options["evaluate"], options["baseline"])
-    return {**result.as_flat_dict(), **(cache.as_flat_dict() if cache else {})}
+    return evaluate_checkpoint(checkpoint, data_dir, **options)[0].as_flat_dict()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

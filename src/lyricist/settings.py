@@ -136,6 +136,8 @@ class ModelSettings(Section):
     locked_dropout: bool = _f("one dropout mask per sequence (locked/variational), not per step", default=False)
     weight_drop: Fraction = _f("DropConnect on every layer's hidden-to-hidden weights, one mask per batch; 0: off", default=0.0)
     embedding_row_dropout: Fraction = _f("drop whole tokens (rows of the input table) for a batch; 0: off", default=0.0)
+    ar_alpha: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("AR: + alpha * mean(h^2) of the last layer's dropped output; 0: off", default=0.0)
+    tar_beta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("TAR: + beta * mean((h_t - h_{t-1})^2) of its raw output; 0: off", default=0.0)
     tie_weights: bool = _f("the head shares the embedding matrix (needs embedding_size = hidden_size)", default=False)
     init: Literal["normal", "uniform", "torch"] = _f("normal: N(0, scale^2) (the seeds) | uniform: U(-scale, scale) | torch: torch.nn's", default="normal")
     init_scale: Positive = _f("the scale of init normal/uniform", default=0.01, le=10)
@@ -245,8 +247,6 @@ class TrainSettings(Section):
     divergence_factor: Annotated[float, Field(gt=1, allow_inf_nan=False)] | None = _f("stop when the loss exceeds N x its first value; null: only on NaN/inf")
     resume: str | None = _f("null: fresh | auto: continue from <output>/checkpoints/last.ckpt | a checkpoint path")
     overwrite: bool = _f("a fresh run may replace the run already in its directory")
-    ar_alpha: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("AR: + alpha * mean(h^2) of the last layer's dropped output; 0: off")
-    tar_beta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _f("TAR: + beta * mean((h_t - h_{t-1})^2) of its raw output; 0: off")
     weight_averaging: Literal["nt"] | None = _f("nt: average the weights after every step once val/ppl stalls (NT-ASGD); null: off")
     averaging_patience: NonNegative = _f("nt: epochs without a better val/ppl before averaging starts (0: from the start)")
 
@@ -280,7 +280,7 @@ class EvaluateSettings(Section):
     krause_eps: Positive = _f("added to the gradient rms before dividing by it")
     krause_stat_tokens: Count | None = _f("training tokens whose gradients give the rms; null: all of train")
     cache_size: Annotated[int, Field(ge=1, le=100000)] | None = _f("the neural cache's positions (Grave et al., 2017); null: no cache row")
-    cache_thetas: list[Positive] = _f("the cache's flatness θ of exp(θ h_t·h_i) tried on val (λ too is chosen on val)", max_length=50)
+    cache_thetas: list[Positive] = _f("the cache's flatness θ of exp(θ h_t·h_i) tried on val (λ too is chosen on val)", min_length=1, max_length=50)
 
 
 class Decoding(Section):

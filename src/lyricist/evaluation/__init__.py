@@ -1,2 +1,2 @@
-"""Held-out numbers: perplexity of a checkpoint, count-based baselines (ngram), neural + n-gram
-interpolation, and dynamic evaluation. The results travel as small dataclasses (metrics)."""
+"""Held-out numbers of a checkpoint, all run by one evaluator (evaluate.py) from its list of rows;
+the results travel as small dataclasses (metrics.py)."""

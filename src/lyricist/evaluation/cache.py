@@ -15,47 +15,20 @@ is scored on the positions the adaptive n-gram is (1 .. len - 1), so the two mix
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.checkpoint import load_checkpoint
-from lyricist.data.vocab import load_ids
 from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs
-from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, choose_weight, mixture_log_probs, perplexity_of
-from lyricist.evaluation.metrics import Perplexities
-from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, load_kneser_ney
+from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, mixture_log_probs, perplexity_of, score_and_mix
+from lyricist.evaluation.metrics import CacheResult
+from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM, eval_mode
-from lyricist.settings import BaselineSettings, EvaluateSettings
+from lyricist.models.stream import read_streams
 
-THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)  # Grave et al. tune θ on val; the range depends on |h|
 LAMBDAS = tuple(i / 20 for i in range(20))  # 0 (no cache: never worse on val) .. 0.95
-
-
-@dataclass(frozen=True)
-class CacheResult:
-    """The network with a neural cache, alone and mixed with the adaptive n-gram."""
-
-    size: int  # positions the cache holds
-    theta: float  # flatness, chosen on val
-    lam: float  # weight of the cache, chosen on val
-    weight: float  # of the cached network in the mixture with the adaptive n-gram, chosen on val
-    cache: Perplexities
-    ngram_adaptive: Perplexities  # over the same positions (1 .. len - 1 of each split)
-    interpolated: Perplexities
-
-    def as_flat_dict(self) -> dict:
-        return {"cache_size": self.size, "cache_theta": self.theta, "cache_lambda": self.lam,
-                "cache_interpolation_weight": self.weight,
-                **{f"{prefix}{split}_ppl": getattr(ppl, split) for split in ("val", "test")
-                   for prefix, ppl in (("cache_", self.cache), ("cache_interpolated_", self.interpolated))
-                   if getattr(ppl, split) is not None}}
 
 
 @torch.no_grad()
@@ -63,17 +36,15 @@ def stream_states(model: RecurrentLM, ids: torch.Tensor, chunk: int = 256) -> tu
     """`ids` read as one stream, state carried: log p_model of tokens 1 .. len - 1 (N,), the hidden
     states that predicted them (N, H) and those tokens (N,). Chunks change the speed, not the numbers."""
     ids = torch.as_tensor(ids, dtype=torch.long)
-    state, log_probs, hidden = None, [], []
+    whole, rest = divmod(len(ids) - 1, chunk)
+    lengths = [chunk] * whole + ([rest] if rest else [])  # every token to the last
+    log_probs, hidden = [], []
     with eval_mode(model):
-        for start in range(0, len(ids) - 1, chunk):
-            x = ids[start:start + chunk][None, : len(ids) - 1 - start]  # (1, T)
-            h, state = model.features(x, state)  # (1, T, H)
-            y = ids[start + 1:start + 1 + x.size(1)]  # (T,)
+        for h, y, _ in read_streams(model, ids, 1, chunk, lengths=lengths, head=False):  # (1, T, H), (1, T)
             logits = F.linear(h[0], model.head.weight, model.head.bias)  # (T, V)
-            log_probs.append(F.log_softmax(logits.double(), dim=-1).gather(1, y[:, None])[:, 0])  # (T,)
+            log_probs.append(F.log_softmax(logits.double(), dim=-1).gather(1, y[0, :, None])[:, 0])  # (T,)
             hidden.append(h[0].double())
     return torch.cat(log_probs).numpy(), torch.cat(hidden), ids[1:]
-
 
 def cache_log_probs(hidden: torch.Tensor, targets: torch.Tensor, theta: float, size: int,
                     rows: int = 512) -> np.ndarray:
@@ -108,12 +79,13 @@ def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> 
     return mixed
 
 
-def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int,
-                   ngram: KneserNey | None = None, thetas: Sequence[float] = THETAS,
-                   lambdas: Sequence[float] = LAMBDAS, weights: Sequence[float] = WEIGHT_GRID) -> CacheResult:
+def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int, ngram: KneserNey,
+                   thetas: Sequence[float], lambdas: Sequence[float] = LAMBDAS, weights: Sequence[float] = WEIGHT_GRID,
+                   adaptive: dict[str, np.ndarray] | None = None) -> CacheResult:
     """The cached network on "val" and (optionally) "test", θ and λ chosen on val (θ from
     `thetas`, λ from `lambdas`), alone and mixed with the adaptive `ngram` (each token counted
-    once read; the mixture weight chosen on val). Without `ngram`, the mixture is left out (nan)."""
+    once read; the mixture weight chosen on val). `adaptive`: its log p at positions 1 .. len - 1
+    of each split, when the caller has them (computed here if None)."""
     check_splits(splits)
     if size < 1:
         raise ValueError(f"evaluate.cache_size must be an integer >= 1 (positions), got {size}: e.g. 2000")
@@ -127,41 +99,10 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
             if best is None or ppl < best[0]:
                 best = (ppl, theta, lam)
     _, theta, lam = best
-    scored = {split: with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam)
-              for split, (log_p, hidden, targets) in read.items()}
-    cache = Perplexities.of_splits({split: perplexity_of(lp) for split, lp in scored.items()})
-    nan = Perplexities.of_splits({split: math.nan for split in splits})
-    if ngram is None:
-        return CacheResult(size, theta, lam, math.nan, cache, nan, nan)
-    adaptive = {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, len(ids)))
-                for split, ids in splits.items()}
-    weight, _ = choose_weight(scored["val"], adaptive["val"], weights)
-    kn = Perplexities.of_splits({split: perplexity_of(lp) for split, lp in adaptive.items()})
-    mixed = Perplexities.of_splits({split: perplexity_of(mixture_log_probs(scored[split], adaptive[split], weight))
-                                    for split in splits})
+    scored = {split: (None, with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam))
+              for split, (log_p, hidden, targets) in read.items()}  # (positions: unused, log p)
+    if adaptive is None:
+        adaptive = {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, len(ids)))
+                    for split, ids in splits.items()}
+    weight, cache, kn, mixed = score_and_mix(splits, scored, adaptive, weights)
     return CacheResult(size, theta, lam, weight, cache, kn, mixed)
-
-
-def cache_of_checkpoint(checkpoint, data_dir: Path, e: EvaluateSettings, b: BaselineSettings,
-                        ngram_path: str | Path | None = None,
-                        report: Callable[[str], None] = lambda line: None) -> CacheResult | None:
-    """The evaluate stage's cache row for a checkpoint, with `evaluate.cache_size` and `cache_thetas`
-    (null: no row; an ensemble has no one hidden state: no row) and the baseline's Kneser-Ney model
-    (`ngram_path`, else fit here on train as the baseline does)."""
-    if not e.cache_size or (not isinstance(checkpoint, (str, Path)) and len(checkpoint) > 1):
-        return None
-    start = time.perf_counter()
-    loaded = load_checkpoint(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0])
-    splits = {"val": load_ids(data_dir / "val.npy")}
-    if (data_dir / "test.npy").is_file() and len(test := load_ids(data_dir / "test.npy")):
-        splits["test"] = test
-    vocab_size = len(loaded.vocab)
-    if ngram_path is not None:
-        ngram = load_kneser_ney(ngram_path, vocab_size, b.max_order, b.discount_mode, b.fixed_discount)
-    else:
-        ngram, _ = best_kneser_ney(load_ids(data_dir / "train.npy"), splits["val"], vocab_size, b.max_order,
-                                   b.discount_mode, b.fixed_discount)
-    result = evaluate_cache(loaded.model, splits, e.cache_size, ngram, thetas=e.cache_thetas or THETAS)
-    report(f"  neural cache (θ {result.theta:g}, λ {result.lam:g} of {result.size} positions): "
-           f"{time.perf_counter() - start:.1f} s")
-    return result

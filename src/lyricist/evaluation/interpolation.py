@@ -3,7 +3,7 @@
 Both models are scored per token, on the same positions of a split:
 
 - the neural model reads the split as `batch_size` consecutive streams with the state carried
-  (exactly as `evaluation.perplexity` does), so it predicts every token of each stream but the
+  (exactly as the static perplexity does), so it predicts every token of each stream but the
   stream's first, and the tail that does not fill a batch is left out;
 - the Kneser-Ney model predicts the token at each of those positions from the characters that
   precede it in the split itself (the original text, across stream borders), as
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.metrics import InterpolationResult, Perplexities
 from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, ngram_token_log_probs
-from lyricist.evaluation.ppl import perplexity
+from lyricist.evaluation.ppl import perplexity as ppl
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.models.stream import read_streams
 
@@ -55,6 +55,12 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     return positions_np[order], torch.cat(log_probs).numpy()[order]
 
 
+def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
+    """exp(mean cross-entropy) over a whole split read as `batch_size` consecutive streams,
+    the state carried from batch to batch (so every prediction sees its full history)."""
+    return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
+
+
 def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> np.ndarray:
     """log(w * p_neural + (1 - w) * p_ngram) per token, in log space: w = 1 gives `neural`
     and w = 0 gives `ngram` exactly."""
@@ -70,7 +76,7 @@ def perplexity_of(log_probs: np.ndarray) -> float:
     e.g. for a diverged model)."""
     if len(log_probs) == 0:
         raise ValueError("no tokens to score.")
-    return perplexity(-float(np.mean(log_probs)))
+    return ppl(-float(np.mean(log_probs)))
 
 
 def check_splits(splits: dict) -> None:

@@ -63,6 +63,24 @@ class DynamicResult:
 
 
 @dataclass(frozen=True)
+class CacheResult:
+    """The network with a neural cache (lyricist.evaluation.cache), alone and mixed with the adaptive n-gram."""
+
+    size: int  # positions the cache holds
+    theta: float  # flatness, chosen on val
+    lam: float  # weight of the cache, chosen on val
+    weight: float  # of the cached network in the mixture with the adaptive n-gram, chosen on val
+    cache: Perplexities
+    ngram_adaptive: Perplexities  # over the same positions (1 .. len - 1 of each split)
+    interpolated: Perplexities
+
+    def as_flat_dict(self) -> dict:
+        return {"cache_size": self.size, "cache_theta": self.theta, "cache_lambda": self.lam,
+                "cache_interpolation_weight": self.weight,
+                **_by_split({"cache_": self.cache, "cache_interpolated_": self.interpolated})}
+
+
+@dataclass(frozen=True)
 class LyricMetrics:
     """Texts measured as lyrics (lyricist.evaluation.lyrics): shares in [0, 1], lengths in characters."""
 
@@ -100,6 +118,7 @@ class EvaluationResult:
     dynamic: DynamicResult | None = None  # plain SGD updates
     krause: DynamicResult | None = None  # Krause et al.'s RMS-normalised updates with decay
     lyrics: LyricsResult | None = None
+    cache: CacheResult | None = None  # the neural cache (one model's hidden states: no ensemble)
 
     def as_flat_dict(self) -> dict:
         """The keys and values of reports/metrics.json, in its order."""
@@ -107,7 +126,8 @@ class EvaluationResult:
                 **(self.interpolation.as_flat_dict() if self.interpolation else {}),
                 **(self.dynamic.as_flat_dict() if self.dynamic else {}),
                 **(self.krause.as_flat_dict("krause_", with_ngram=not self.dynamic) if self.krause else {}),
-                **(self.lyrics.as_flat_dict() if self.lyrics else {})}
+                **(self.lyrics.as_flat_dict() if self.lyrics else {}),
+                **(self.cache.as_flat_dict() if self.cache else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.as_flat_dict(), indent=2) + "\n"

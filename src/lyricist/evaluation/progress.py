@@ -3,7 +3,7 @@
 A stage's log is read after the fact as often as live (`dvc repro` keeps it), so a line per
 interval ("    rate 0.3, tuning on val: 12,000 / 20,000 tokens in 31 s, ~21 s left") says more there than a redrawn
 bar. A loop that ends sooner than the interval prints nothing, and its part's total is the
-line its caller reports at the end (lyricist.evaluation.perplexity).
+line its caller reports at the end (lyricist.evaluation.evaluate).
 """
 
 from __future__ import annotations

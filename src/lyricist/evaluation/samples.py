@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import statistics
-from typing import Any
 
 import torch
 
@@ -24,22 +23,15 @@ ROWS = [("copy rate", "copy_rate", f"share of character {COPY_N}-grams found ver
         ("line length, std", "line_length_std", "characters")]
 
 
-def describe(decoding: dict[str, Any]) -> str:
+def describe(d: Decoding) -> str:
     """The decoding options in words, only those that act: 'sample, temperature 0.8, top-p 0.95'."""
-    if decoding.get("strategy", "greedy") == "greedy":
-        parts = ["greedy"]
-    else:
-        parts = ["sample", f"temperature {decoding.get('temperature', 1.0):g}"]
-        parts += [f"top-k {decoding['top_k']}"] if decoding.get("top_k") else []
-        parts += [f"top-p {decoding['top_p']:g}"] if decoding.get("top_p") is not None else []
-    if decoding.get("repetition_penalty", 1.0) != 1:
-        parts.append(f"repetition penalty {decoding['repetition_penalty']:g} over "
-                     f"{decoding.get('repetition_window', 20)} tokens")
-    if decoding.get("no_repeat_ngram"):
-        parts.append(f"no repeated {decoding['no_repeat_ngram']}-gram")
-    if decoding.get("strategy") == "sample" and decoding.get("seed") is not None:
-        parts.append(f"seed {decoding['seed']} (+1 per prefix)")
-    return ", ".join(parts)
+    sample = d.strategy == "sample"
+    parts = [f"sample, temperature {d.temperature:g}" if sample else "greedy",
+             sample and d.top_k and f"top-k {d.top_k}", sample and d.top_p is not None and f"top-p {d.top_p:g}",
+             d.repetition_penalty != 1 and f"repetition penalty {d.repetition_penalty:g} over {d.repetition_window} tokens",
+             d.no_repeat_ngram and f"no repeated {d.no_repeat_ngram}-gram",
+             sample and d.seed is not None and f"seed {d.seed} (+1 per prefix)"]
+    return ", ".join(part for part in parts if part)
 
 
 def _table(columns: dict[str, LyricMetrics], notes: bool = False) -> list[str]:
@@ -81,7 +73,7 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decodin
         overall["human test text"] = human
     lines = [f"# Samples ({num_chars} {unit} after the prefix)", "",
              f"Each prefix's greedy decoding (the seeds' argmax) beside the default decoding (`generate.*`: "
-             f"{describe(decoding.model_dump())}). All prefixes together, and the human test text cut into pieces as "
+             f"{describe(decoding)}). All prefixes together, and the human test text cut into pieces as "
              "long as a sample:",
              "", *_table(overall, notes=True), ""]
     for prefix, g, d in zip(prefixes, greedy, default):

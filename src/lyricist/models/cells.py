@@ -6,30 +6,18 @@ Every cell stores its parameters under torch.nn's names and layouts
 to and from the built-in torch modules one-to-one; the tests use those
 modules as oracles.
 
-A time step is split in two halves:
-
-* ``project_input(x)`` -- the input half, ``x @ weight_ih.T + bias_ih``. It
-  does not depend on the state, so a language model runs it once on the
-  whole ``(T, B, I)`` sequence: one big matmul instead of T small ones.
-* ``step(x_proj_t, state)`` -- the recurrent half, which has to run one time
-  step after the other.
-
-``forward(x, state)`` glues the two together for a single step.
-
-A whole chunk of T steps has two equal paths:
-
-* ``sequence(x_proj, state)`` -- the fast one: a ``torch.autograd.Function`` per kind
-  (fused.py) with the whole loop in its forward and a hand-written backward.
-* ``sequence_reference(x_proj, state)`` -- the readable one: a Python loop over
-  ``step``, differentiated by autograd. The tests hold the fast path to it.
+A time step is split in two halves: ``project_input(x)``, the input half, which does not depend
+on the state, so a language model runs it once on the whole (T, B, I) sequence (one big matmul
+instead of T small ones), and ``step(x_proj_t, state)``, the recurrent half; ``forward`` glues
+them together for one step. A whole chunk of T steps has two equal paths: ``sequence``, fast (an
+autograd Function per kind with a hand-written backward, fused.py), and ``sequence_reference``,
+a Python loop over ``step`` differentiated by autograd. The tests hold the fast path to it.
 
 The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
 ``(h, c)`` for LSTM. The first entry is always the output ``h``.
 
 ``step``, ``forward``, ``sequence`` and ``sequence_reference`` take an optional ``weight_hh``
-(G*H, H) used instead of the parameter: the language model passes the batch's DropConnect copy
-(``ModelSettings(weight_drop=p)``), the same at every step of the chunk; autograd carries its
-gradient back to the parameter.
+(G*H, H) used instead of the parameter: a regulariser's copy (regularisers/weight_drop.py).
 """
 
 from __future__ import annotations
@@ -41,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lyricist.models.fast.fused import GRUSequence, LSTMSequence, RNNSequence
-from lyricist.models.fast.matmul import linear
+from lyricist.models.fast import GRUSequence, LSTMSequence, RNNSequence, linear
 
 State = tuple[Tensor, ...]
 
@@ -89,11 +76,8 @@ class RecurrentCell(nn.Module):
 
     def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
         """All-zero state: ``num_states`` tensors of shape (B, H)."""
-        device = self.weight_hh.device if device is None else device
-        dtype = self.weight_hh.dtype if dtype is None else dtype
-        return tuple(
-            torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype) for _ in range(self.num_states)
-        )
+        return tuple(self.weight_hh.new_zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+                     for _ in range(self.num_states))
 
     def project_input(self, x: Tensor) -> Tensor:
         """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""

@@ -9,32 +9,28 @@ over T.
 The state follows torch.nn's layout: a tuple of ``num_states`` tensors, each
 (L, B, H) -- ``(h,)`` for rnn/gru, ``(h, c)`` for lstm.
 
-Two equal paths: ``forward`` (fast: the input projection of all steps in one
-product, the recurrence of each layer in one fused autograd Function, the head
-over all steps in one product) and ``forward_reference`` (literal: one step at a
-time, one-hot vectors and all, as the seeds do). The tests hold one to the other.
+Two equal paths: ``forward`` (fast: the input projection of all steps in one product, the
+recurrence of each layer in one fused autograd Function, the head over all steps in one product)
+and ``forward_reference`` (literal, as the seeds). The tests hold one to the other.
 
-Two AWD-LSTM regularisers (Merity et al., 2018) draw their masks once per forward call (one
-(B, T) chunk), the same for all its steps and sequences, with ``draw_masks``: ``weight_drop``
-(DropConnect on every layer's W_hh: one masked copy per layer and batch, handed to the cells) and
-``embedding_row_dropout`` (whole characters dropped). Both paths draw them first, so under one
-seed both see the same masks.
+The regularisers beyond dropout (models/regularisers/) work through hooks at fixed points of
+both paths, in train mode only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lyricist.models import regularisers
 from lyricist.models.cells import RecurrentCell, State, make_cell
-from lyricist.models.dropout import LockedDropout, dropout_mask
-from lyricist.models.fast.head import linear_cross_entropy
-from lyricist.models.fast.matmul import linear
+from lyricist.models.fast import linear, linear_cross_entropy
+from lyricist.models.regularisers import Regulariser
+from lyricist.models.regularisers.locked_dropout import LockedDropout
 from lyricist.settings import ModelSettings
 
 
@@ -50,45 +46,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-@dataclass
-class BatchMasks:
-    """The masks a forward call draws once for its whole (B, T) chunk, scaled by 1 / (1 - p);
-    None where that dropout is off (eval mode or rate 0)."""
-
-    rows: Tensor | None  # (V,): the scale of every occurrence of each character in the batch
-    weight_hh: list[Tensor | None]  # per layer, (G*H, H): DropConnect on W_hh
-
-
 class RecurrentLM(nn.Module):
-    """Embedding (or one-hot) -> ``num_layers`` stacked cells -> linear head.
-
-    ``embedding_size=None`` feeds one-hot characters, as the seeds do.
-    Dropout (nn.Dropout, so a no-op in eval mode) sits at three places, each with
-    its own rate; ``embedding_dropout`` and ``output_dropout`` default to ``dropout``:
-
-    * ``embedding_dropout`` on the embedding output (there is none with one-hot input);
-    * ``dropout`` between stacked layers;
-    * ``output_dropout`` on the last layer's output, before the head.
-
-    ``locked_dropout`` draws each of them once per sequence (the same units dropped at every
-    time step, models/dropout.py) instead of ``nn.Dropout``'s fresh mask per step.
-
-    Two more, each off at 0 and drawn once per batch (``draw_masks``), as AWD-LSTM does:
-
-    * ``weight_drop``: DropConnect on every layer's hidden-to-hidden weights ``weight_hh``;
-    * ``embedding_row_dropout``: whole rows of the input table, i.e. every occurrence of a
-      dropped character in the batch reads zeros. With an embedding the table is the embedding
-      matrix (before ``embedding_dropout``; with ``tie_weights`` the head still sees all of it);
-      with one-hot input it is the first layer's W_ih^T, whose row ``id`` is what the one-hot
-      vector picks, so a dropped character contributes only ``bias_ih`` -- the same as zeroing
-      its one-hot vector.
-
-    ``tie_weights`` makes the head share the embedding matrix (Press & Wolf, 2017),
-    which needs ``embedding_size == hidden_size``. ``forget_bias`` (lstm only) sets
-    the forget gate's starting bias. ``init`` is ``normal`` (the seeds' N(0, scale^2)),
-    ``uniform`` (U(-scale, scale), char-rnn / Zaremba et al.) or ``torch`` (torch.nn's
-    defaults), see ``RecurrentCell.reset_parameters``.
-    """
+    """Embedding (or one-hot, as the seeds) -> ``num_layers`` stacked cells -> linear head, with
+    dropout (nn.Dropout or LockedDropout: no-ops in eval mode) on the embedding output, between
+    layers and before the head, and the other regularisers' hooks (``self.regularisers``). What
+    each setting means: settings.ModelSettings; the cells' init: ``RecurrentCell.reset_parameters``."""
 
     def __init__(self, config: ModelSettings, vocab_size: int):
         super().__init__()
@@ -135,6 +97,7 @@ class RecurrentLM(nn.Module):
             # One Parameter under both names: it is drawn as the head is (small, like the
             # seeds' output layer), trained by both uses, and stored under both keys.
             self.embedding.weight = self.head.weight
+        self.regularisers = regularisers.build(config)  # no weights of their own: no state_dict keys
 
     @property
     def num_states(self) -> int:
@@ -142,47 +105,35 @@ class RecurrentLM(nn.Module):
 
     def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
         """All-zero state: ``num_states`` tensors of shape (L, B, H)."""
-        param = self.head.weight
-        device = param.device if device is None else device
-        dtype = param.dtype if dtype is None else dtype
-        return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
-                     for _ in range(self.num_states))
+        return tuple(self.head.weight.new_zeros(self.num_layers, batch_size, self.hidden_size, device=device,
+                                                dtype=dtype) for _ in range(self.num_states))
 
-    def draw_masks(self) -> BatchMasks:
-        """This batch's embedding-row and DropConnect masks. Nothing is drawn in eval mode or at
-        rate 0, so the random stream (and with it every other dropout mask) is what it was
-        without these options. ``features`` and ``forward_reference`` call it before drawing
-        anything else: under one seed a test can draw the same masks itself."""
-        row_rate, weight_rate = self.config.embedding_row_dropout, self.config.weight_drop
-        rows = None
-        if self.training and row_rate > 0:
-            rows = dropout_mask((self.vocab_size,), row_rate, self.head.weight)  # (V,)
-        weight_hh = [dropout_mask(cell.weight_hh.shape, weight_rate, cell.weight_hh)
-                     if self.training and weight_rate > 0 else None for cell in self.cells]
-        return BatchMasks(rows, weight_hh)
-
-    def _dropped_weights_hh(self, masks: BatchMasks) -> list[Tensor | None]:
-        """Each layer's W_hh for this batch: one masked copy per layer (not per step: every step
-        of the chunk multiplies by it), or None for the parameter itself. Autograd takes the
-        gradient back through the mask to the parameter."""
-        return [None if mask is None else cell.weight_hh * mask for cell, mask in zip(self.cells, masks.weight_hh)]
+    def draw(self) -> tuple[list[Regulariser], list[Tensor]]:
+        """The regularisers at work in this forward call (none in eval mode), this chunk's masks
+        drawn, and each layer's W_hh for the chunk: the parameter or the regularisers' copy of it.
+        Both paths call it before drawing anything else: under one seed a test can too."""
+        active = self.regularisers if self.training else []
+        for regulariser in active:
+            regulariser.draw(self)
+        return active, [self._hook(active, "weight_hh", cell.weight_hh, layer) for layer, cell in enumerate(self.cells)]
 
     @staticmethod
-    def _drop_rows(x: Tensor, ids: Tensor, rows: Tensor | None) -> Tensor:
-        """x (..., D) read from row ids (...) of a table, with the batch's dropped rows zeroed."""
-        return x if rows is None else x * rows[ids].unsqueeze(-1)  # (..., D) * (..., 1)
+    def _hook(active: list[Regulariser], hook: str, x: Tensor, *where) -> Tensor:
+        """x through every active regulariser's ``hook``."""
+        for regulariser in active:
+            x = getattr(regulariser, hook)(x, *where)
+        return x
 
-    def _project_first_layer(self, ids: Tensor, rows: Tensor | None = None) -> Tensor:
-        """First layer's input projection for any shape of ids: (...) -> (..., G*H); ``rows`` (V,)
-        is the batch's embedding row mask (None: off)."""
+    def _project_first_layer(self, ids: Tensor, active: list[Regulariser] = ()) -> Tensor:
+        """First layer's input projection for any shape of ids: (...) -> (..., G*H)."""
         first: RecurrentCell = self.cells[0]
         if self.embedding is not None:
-            return first.project_input(self.embedding_dropout(self._drop_rows(self.embedding(ids), ids, rows)))
+            return first.project_input(self.embedding_dropout(self._hook(active, "rows", self.embedding(ids), ids)))
         # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
         # (an embedding lookup with W_ih^T as the table) gives the same numbers without
         # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
         picked = F.embedding(ids, first.weight_ih.t())  # weight_ih.t(): (V, G*H) -> (..., G*H)
-        return self._drop_rows(picked, ids, rows) + first.bias_ih
+        return self._hook(active, "rows", picked, ids) + first.bias_ih
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the final state (each (L, B, H))."""
@@ -191,10 +142,20 @@ class RecurrentLM(nn.Module):
 
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Mean cross-entropy of predicting targets (B, T) from ids (B, T), and the final state:
-        ``F.cross_entropy(forward(ids, state)[0], targets)`` with the head and the loss fused
-        (head.py), which is what training calls."""
-        hidden, state = self.features(ids, state)  # (B, T, H)
-        return linear_cross_entropy(hidden, self.head.weight, self.head.bias, targets), state
+        ``F.cross_entropy(forward(ids, state)[0], targets)`` with the head and the loss fused (head.py)."""
+        loss, _, state = self.objective(ids, targets, state)
+        return loss, state
+
+    def objective(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, Tensor, State]:
+        """(``loss``, what training differentiates, the final state): the loss plus the regularisers'
+        penalties (AR/TAR) in train mode, the loss itself where there are none."""
+        raw, state = self.raw_features(ids, state)  # (B, T, H)
+        hidden = self.output_dropout(raw)  # (B, T, H)
+        loss = objective = linear_cross_entropy(hidden, self.head.weight, self.head.bias, targets)
+        for regulariser in self.regularisers if self.training else []:
+            penalty = regulariser.penalty(raw, hidden)
+            objective = objective if penalty is None else objective + penalty
+        return loss, objective, state
 
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the last layer's outputs after output dropout (B, T, H), what the head
@@ -204,14 +165,10 @@ class RecurrentLM(nn.Module):
 
     def raw_features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """`features` before the output dropout: the last layer's outputs themselves (B, T, H),
-        which temporal activation regularisation (training/module.py) penalises."""
-        batch_size, num_steps = ids.shape
-        if state is None:
-            state = self.begin_state(batch_size, device=ids.device)
-
-        masks = self.draw_masks()
-        weights_hh = self._dropped_weights_hh(masks)
-        layer_input_proj = self._project_first_layer(ids.t(), masks.rows)  # (T, B, G*H)
+        which temporal activation regularisation (regularisers/ar_tar.py) penalises."""
+        state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
+        active, weights_hh = self.draw()
+        layer_input_proj = self._project_first_layer(ids.t(), active)  # (T, B, G*H)
         final_states = []
         for layer, cell in enumerate(self.cells):
             if layer > 0:
@@ -234,19 +191,16 @@ class RecurrentLM(nn.Module):
             # Step by step there is no sequence to share a mask over.
             raise ValueError("forward_reference cannot apply locked dropout step by step: "
                              "call model.eval() first or build the model with locked_dropout=False")
-        batch_size, num_steps = ids.shape
-        if state is None:
-            state = self.begin_state(batch_size, device=ids.device)
-        masks = self.draw_masks()  # once for the chunk, as in `features`
-        weights_hh = self._dropped_weights_hh(masks)
+        state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
+        active, weights_hh = self.draw()  # once for the chunk, as in `features`
         layer_states = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]  # L x (each (B, H))
         logits = []
-        for t in range(num_steps):
+        for t in range(ids.size(1)):
             if self.embedding is None:
-                x = self._drop_rows(F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype),
-                                    ids[:, t], masks.rows)  # (B, V)
+                x = self._hook(active, "rows", F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype),
+                               ids[:, t])  # (B, V)
             else:
-                x = self.embedding_dropout(self._drop_rows(self.embedding(ids[:, t]), ids[:, t], masks.rows))  # (B, E)
+                x = self.embedding_dropout(self._hook(active, "rows", self.embedding(ids[:, t]), ids[:, t]))  # (B, E)
             for layer, cell in enumerate(self.cells):
                 if layer > 0:
                     x = self.dropout(x)

@@ -1,11 +1,12 @@
 """The evaluate stage's results, logged into the MLflow run that trained the checkpoint.
 
 The run id travels in the checkpoint ("lyricist" -> mlflow_run_id). Every number of
-reports/metrics.json goes to that run under a name that says what it is (`test/ppl`,
-`kn/test_ppl`, `mixed/test_ppl`, `ratio/network_to_kn_val`, ...), at the checkpoint's epoch as
-step, and to the run's logged model (model_id), so `mlflow.search_logged_models` ranks models by
-them; the reports go in as artifacts under `evaluation/`. Evaluating the same checkpoint again
-logs the same names at the same step: the run shows the newest values, no second run appears.
+reports/metrics.json goes to that run under the name its evaluation row gives it (`test/ppl`,
+`kn/test_ppl`, `mixed/test_ppl`, `ratio/network_to_kn_val`, ...: lyricist.evaluation.evaluate),
+at the checkpoint's epoch as step, and to the run's logged model (model_id), so
+`mlflow.search_logged_models` ranks models by them; the reports go in as artifacts under
+`evaluation/`. Evaluating the same checkpoint again logs the same names at the same step: the
+run shows the newest values, no second run appears.
 """
 
 from __future__ import annotations
@@ -13,50 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from lyricist.project import project_root
 from lyricist.settings import LoggerSettings
 from lyricist.tracking import store
 
 ARTIFACT_DIR = "evaluation"
-# reports/metrics.json's keys -> the run's metric names (kn: the baseline stage's Kneser-Ney model,
-# of the order in kn/order: one column whichever order wins on val). A key missing here is logged
-# as evaluate/<key>, so a number added to the report is never left out.
-NAMES = {
-    "val_ppl": "eval/val_ppl", "test_ppl": "test/ppl", "epoch": "eval/epoch",
-    "ngram_order": "kn/order", "ngram_val_ppl": "kn/val_ppl", "ngram_test_ppl": "kn/test_ppl",
-    "interpolation_weight": "mixed/weight", "interpolated_val_ppl": "mixed/val_ppl",
-    "interpolated_test_ppl": "mixed/test_ppl",
-    "ngram_adaptive_val_ppl": "kn_adaptive/val_ppl", "ngram_adaptive_test_ppl": "kn_adaptive/test_ppl",
-    **{f"{rule}_{key}": f"{rule}/{name}" for rule in ("dynamic", "krause") for key, name in [
-        ("lr", "lr"), ("interpolation_weight", "mixed_weight"), ("val_ppl", "val_ppl"), ("test_ppl", "test_ppl"),
-        ("interpolated_val_ppl", "mixed_val_ppl"), ("interpolated_test_ppl", "mixed_test_ppl")]},
-}
-PREFIXES = {"samples_": "eval_samples/", "human_test_": "human_test/",  # the lyric metrics
-            "cache_": "cache/"}  # the neural cache (lyricist.evaluation.cache)
-# (name, numerator, denominator): the network against the count-based model, < 1 when it wins.
-RATIOS = [("ratio/network_to_kn_val", "val_ppl", "ngram_val_ppl"),
-          ("ratio/network_to_kn_test", "test_ppl", "ngram_test_ppl"),
-          ("ratio/mixed_to_kn_test", "interpolated_test_ppl", "ngram_test_ppl")]
 
 
-def metric_names(flat: Mapping[str, float]) -> dict[str, float]:
-    """reports/metrics.json's numbers under the run's names, with the ratios to the n-gram model."""
-    named = {}
-    for key, value in flat.items():
-        prefix = next((p for p in PREFIXES if key.startswith(p)), None)
-        name = NAMES.get(key) or (PREFIXES[prefix] + key[len(prefix):] if prefix else f"evaluate/{key}")
-        named[name] = float(value)
-    for name, numerator, denominator in RATIOS:
-        if flat.get(numerator) is not None and flat.get(denominator):
-            named[name] = flat[numerator] / flat[denominator]
-    return named
-
-
-def log_evaluation(checkpoints: Sequence[str], flat: Mapping[str, float], files: Sequence[str | Path],
+def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], step: int, files: Sequence[str | Path],
                    logger: LoggerSettings, root: str | None, report: Callable[[str], None] = print) -> str | None:
-    """Log `flat` (reports/metrics.json) and `files` into the checkpoint's MLflow run; the run id,
+    """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run; the run id,
     or None when there is nothing to log into (tracking off, an ensemble, a checkpoint without a
     run, a store that does not hold it). The reports are written before: they never depend on this."""
     from lyricist.checkpoint import read_checkpoint_meta
@@ -76,7 +44,7 @@ def log_evaluation(checkpoints: Sequence[str], flat: Mapping[str, float], files:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
             raise FileNotFoundError("no such file")  # and MLflow would make an empty store there
         store.check_reachable(uri)
-        _log(uri, run_id, metric_names(flat), int(flat.get("epoch") or 0), files)
+        _log(uri, run_id, metrics, step, files)
     except Exception as err:  # the reports are written: a missing store or run costs only this
         report(f"evaluate: results not logged to MLflow run {run_id} in {uri} ({err}); the reports "
                "are written. Evaluate where the run's store is (logger.tracking_uri), or train again")

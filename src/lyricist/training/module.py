@@ -11,10 +11,9 @@ this module adds what the seeds' training loop does around it:
   because Lightning refuses `gradient_clip_val` there and clips differently anyway);
 - perplexity = exp(mean cross-entropy per token), train per epoch and val over the
   whole val stream with the state carried;
-- AWD-LSTM's training-side regularisation (Merity et al., 2018), each off by default:
-  activation regularisation (AR, TAR) added to the loss that is differentiated, weight
-  averaging started by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer),
-  and the lr scaled by the length of a variable-length batch.
+- AWD-LSTM's training side (Merity et al., 2018), each off by default: weight averaging started
+  by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer), and the lr scaled by the
+  length of a variable-length batch (AR/TAR are the model's: `RecurrentLM.objective`).
 """
 
 from __future__ import annotations
@@ -24,14 +23,12 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.ppl import perplexity, why_not_finite
 from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
-from lyricist.models.fast.head import linear_cross_entropy
 from lyricist.settings import DataSettings, OptimSettings, TrainSettings
 
 # The per-epoch metrics, in the order of metrics.csv's columns: on_train_epoch_end computes them and
@@ -42,19 +39,6 @@ AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
-
-
-def activation_penalty(raw: Tensor, dropped: Tensor, ar_alpha: float, tar_beta: float) -> Tensor:
-    """AWD-LSTM's AR + TAR on the last layer's outputs, raw and after output dropout (B, T, H).
-
-    AR, alpha * mean(dropped^2), keeps the activations small; TAR, beta * mean((h_t - h_{t-1})^2)
-    on the raw outputs (dropout's noise is no change of the state), keeps them slowly changing.
-    A batch of one step has no step-to-step change: its TAR is 0.
-    """
-    penalty = ar_alpha * dropped.pow(2).mean()
-    if tar_beta and raw.size(1) > 1:
-        penalty = penalty + tar_beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()  # (B, T-1, H) -> ()
-    return penalty
 
 
 def detach_state(state: State) -> State:
@@ -74,7 +58,6 @@ class LitLanguageModel(pl.LightningModule):
         # the MXNet seed's `loss.backward()` on a vector of losses gives; with clipping this
         # makes its lr 0.2 take steps of length lr*theta. Reported losses stay means.
         self.loss_reduction = train.loss_reduction
-        self.ar_alpha, self.tar_beta = train.ar_alpha, train.tar_beta
         # "nt": NT-ASGD's trigger (AWD-LSTM) for any optimizer: once val/ppl has not improved for
         # averaging_patience epochs, average the weights after every step (swa_utils'
         # AveragedModel); validation and the checkpoints' weights are the average from then on.
@@ -142,7 +125,8 @@ class LitLanguageModel(pl.LightningModule):
             state = self.model.begin_state(ids.size(0), device=ids.device)
         else:
             state = detach_state(self._train_state)  # keep the values, drop the history
-        loss, objective, self._train_state = self._training_loss(ids, targets, state)
+        # The mean cross-entropy over the B*T predictions (logged), and with AR/TAR what is differentiated.
+        loss, objective, self._train_state = self.model.objective(ids, targets, state)
         self._check_divergence(float(loss.detach()), batch_idx)
 
         optimizer = self.optimizers()
@@ -163,18 +147,6 @@ class LitLanguageModel(pl.LightningModule):
         self._sums["batches"] += 1
         self.log("train/loss_step", loss, prog_bar=True, logger=False)
         return loss
-
-    def _training_loss(self, ids: Tensor, targets: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
-        """(mean cross-entropy, what is differentiated, final state). The two differ by AR/TAR,
-        which regularise the training only: the logged loss and perplexity stay cross-entropy."""
-        if not (self.ar_alpha or self.tar_beta):
-            # Mean cross-entropy over the B*T predictions, as the seeds' loss (head and loss fused).
-            loss, state = self.model.loss(ids, targets, state)
-            return loss, loss, state
-        raw, state = self.model.raw_features(ids, state)  # (B, T, H)
-        hidden = self.model.output_dropout(raw)  # (B, T, H): what model.loss feeds the head
-        loss = linear_cross_entropy(hidden, self.model.head.weight, self.model.head.bias, targets)
-        return loss, loss + activation_penalty(raw, hidden, self.ar_alpha, self.tar_beta), state
 
     def _step(self, optimizer, num_steps: int) -> None:
         """optimizer.step(), with the lr scaled by num_steps / data.num_steps for a variable-length

@@ -1,14 +1,9 @@
 """Which library runs the products on this machine: measured once, cached beside the compiled step.
 
-Two choices (matmul.Backend):
-  dense  the one-off products (the head, every layer's input projection, their input
-         gradients): torch's F.linear (public) or oneDNN's inner product (private op);
-  loop   a time loop's T products by one weight: torch's mm/addmm (public, in place), or the
-         weight packed once by MKL or by oneDNN (private ops).
-Why measure instead of asking the CPU's vendor: which one wins depends on the CPU, the torch
-build and the thread count (MKL runs AVX2 kernels on AMD; on a 2-core Xeon its packed product
-won, and for the one-off products oneDNN with 2 threads but F.linear with 1), and a private op
-can vanish or change in any torch release.
+Two choices (``Backend``; matmul.py says which products each runs and what was measured):
+dense (torch's F.linear or oneDNN's inner product) and loop (torch's mm/addmm, or the weight
+packed once by MKL or by oneDNN). Measured, not read off the CPU's vendor: the winner depends on
+the CPU, the torch build and the thread count, and a private op can vanish in any torch release.
 
 Every candidate is first checked against torch's own product (a missing op, an error or a wrong
 result drops it, with a warning that names it), then timed on products of the project's sizes,
@@ -37,14 +32,26 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lyricist.models.fast import kernels
-from lyricist.models.fast.matmul import Backend, private_op
+
+
+class Backend(NamedTuple):
+    dense: str  # "torch" or "onednn"
+    loop: str  # "torch", "mkl" or "onednn"
+
+
+def private_op(namespace: str, name: str):
+    """torch.ops.<namespace>.<name>, or None where this torch build lacks it."""
+    try:
+        return getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return None
 
 PUBLIC = Backend(dense="torch", loop="torch")
 MARGIN = 0.95  # a private op must take <= 95 % of torch's time

@@ -14,7 +14,7 @@ Two kinds of product, each with its own backend (``Backend``), chosen by a one-t
   617), by oneDNN, or not at all (torch's mm/addmm, which can add into a buffer in place).
 
 Weight gradients, whose first operand is a transpose, always stay on ``mm``, which reads it in
-place (oneDNN copies it). The private ops are looked up once (``private_op``); a missing one is
+place (oneDNN copies it). The private ops are looked up once (choice.private_op); a missing one is
 never chosen, and every product falls back to plain torch when the fast path is switched off
 (``private(False)``, the benchmark's b*), when mkldnn is disabled, or when the call is not
 float32 on CPU or has few rows -- the float64 tests take the fallback. The results are the same
@@ -32,27 +32,13 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from lyricist.models.fast import choice
+from lyricist.models.fast.choice import Backend, private_op
 from lyricist.models.fast.switch import Switch
-
-
-def private_op(namespace: str, name: str):
-    """torch.ops.<namespace>.<name>, or None where this torch build lacks it."""
-    try:
-        return getattr(getattr(torch.ops, namespace), name)
-    except (AttributeError, RuntimeError):
-        return None
-
 
 _ONEDNN = private_op("mkldnn", "_linear_pointwise")
 _MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
-
-
-class Backend(NamedTuple):
-    dense: str  # "torch" or "onednn"
-    loop: str  # "torch", "mkl" or "onednn"
-
-
 _backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
 _forced = False  # set by ``use``: the loop backend too, not measured per shape
 
@@ -61,9 +47,7 @@ def backend() -> Backend:
     """This machine's choice: measured once and cached (choice.py)."""
     global _backend
     if _backend is None:
-        from lyricist.models.fast.choice import choose  # choice.py measures the products defined here
-
-        _backend = choose()
+        _backend = choice.choose()
     return _backend
 
 
@@ -82,9 +66,7 @@ def _loop_backend(rows: int, weight: Tensor) -> str:
     """The loop backend for this product's shape (choice.loop_for), unless ``use`` set one."""
     if _forced:
         return backend().loop
-    from lyricist.models.fast.choice import loop_for
-
-    return loop_for(rows, *weight.shape)
+    return choice.loop_for(rows, *weight.shape)
 
 
 class Packed(NamedTuple):
