@@ -24,7 +24,7 @@ from lyricist.evaluation.cache import pointer_log_probs, stream_states, with_cac
 from lyricist.evaluation.interpolation import WEIGHT_GRID, choose_weight, mixture_log_probs, perplexity_of
 from lyricist.errors import run_cli
 from lyricist.evaluation.ngram import best_kneser_ney, ngram_token_log_probs
-from lyricist.settings import read
+from lyricist.cli.config import read
 
 LONGEST = 8  # n-grams of this many tokens or more form one group
 

@@ -7,11 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from lyricist.settings import read
+from lyricist.cli.config import read, run
 
 from lyricist.data.corpus import write_text
 from lyricist.data.vocab import Vocab, VocabError, load_ids
-from lyricist.errors import run_cli
 from lyricist.evaluation.ngram import evaluate_baselines, save_kneser_ney
 
 
@@ -58,4 +57,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -13,10 +13,9 @@ import argparse
 import json
 import sys
 
-from lyricist import settings
+from lyricist.cli.config import run, settings_of
 from lyricist.data.corpus import check_regular_file, write_text
 from lyricist.project import project_root
-from lyricist.errors import run_cli
 
 
 def main(argv=None) -> None:
@@ -24,7 +23,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="the record that the settings passed (train depends on it)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    s = settings.load(args.params)
+    s = settings_of(args.params)
     raw = project_root(s.paths.root) / s.data.raw_path  # missing: DVC names it, as unzip's dependency
     for path in sorted(raw.rglob("*")) if raw.is_dir() else [raw] if raw.exists() else []:
         if not path.is_dir():
@@ -34,4 +33,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from lyricist import settings
 from lyricist.data.corpus import write_text
-from lyricist.errors import run_cli
+from lyricist.cli.config import run, settings_of
 from lyricist.evaluation.evaluate import evaluate_checkpoint, evaluation_settings, mlflow_metrics, summary
 from lyricist.tracking.results import log_evaluation
 
@@ -27,7 +26,7 @@ def main(argv=None) -> None:
                         "(default: fit it here again)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    s = settings.load(args.params)  # every value checked before the checkpoint is read
+    s = settings_of(args.params)  # every value checked before the checkpoint is read
     start = time.perf_counter()
     result, samples_md = evaluate_checkpoint(args.checkpoint, Path(args.data_dir), **evaluation_settings(s),
                                              ngram_path=args.ngram, report=lambda line: print(line, flush=True))
@@ -42,4 +41,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -5,11 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lyricist.settings import read
+from lyricist.cli.config import read, run
 
 from lyricist.data.corpus import (SPLITS, CorpusError, check_split_texts, check_splits,
                                   clean_text, count_control_chars, split_text, write_text)
-from lyricist.errors import run_cli
 
 
 def main(argv=None) -> None:
@@ -48,4 +47,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -3,10 +3,8 @@
 import argparse
 import sys
 
-from omegaconf import OmegaConf
-
-from lyricist.errors import run_cli
-from lyricist.train import USER_ERRORS, train
+from lyricist.cli.config import run, settings_of
+from lyricist.training.run import train
 
 
 def main(argv=None) -> None:
@@ -14,8 +12,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="checkpoints/ and metrics.csv go here (paths.models)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    train(OmegaConf.load(args.params), output_dir=args.out_dir)  # checks it all, then reads paths.encoded
+    train(settings_of(args.params), output_dir=args.out_dir)  # all checked, then paths.encoded read
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, USER_ERRORS))
+    sys.exit(run(main))

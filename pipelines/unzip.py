@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from lyricist.data.corpus import MAX_COMPRESSION_RATIO, MAX_RAW_BYTES, read_raw_text, read_split_texts, write_text
-from lyricist.errors import run_cli
-from lyricist.settings import read
+from lyricist.cli.config import read, run
 
 
 def main(argv=None) -> None:
@@ -36,4 +35,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lyricist.settings import read
+from lyricist.cli.config import read, run
 
 from lyricist.data.prepared import write_record
 from lyricist.data.vocab import Vocab, VocabError, check_not_degenerate, check_useful, count_own_unk, encode_to_array, save_ids, unk_rate
-from lyricist.errors import run_cli
 
 SPLITS = ("train", "val", "test")
 
@@ -46,4 +45,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run(main))

@@ -44,6 +44,13 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def train(cfg, output_dir, **kwargs) -> dict:
+    """lyricist.training.run.train on a composed config, checked as the entry points check it."""
+    from lyricist.cli.config import settings_of
+    from lyricist.training.run import train as train_settings
+    return train_settings(settings_of(cfg), output_dir, **kwargs)
+
+
 def with_data(cfg, encoded_dir):
     """`cfg` reading its encoded data from `encoded_dir` (paths.encoded)."""
     cfg.paths.encoded = str(encoded_dir)
@@ -170,8 +177,8 @@ def make_lit(model, vocab, lr: float = 0.1, optimizer: str = "torch.optim.SGD", 
 
 
 def gen(model, vocab, prefix: str, num_chars: int = 200, allow_unknown: bool = False, deadline=None, **decoding):
-    """lyricist.generate.generate with the decoding given as keywords (greedy by default)."""
-    from lyricist.generate import generate
+    """lyricist.decoding.generate with the decoding given as keywords (greedy by default)."""
+    from lyricist.decoding import generate
     from lyricist.settings import Decoding
     return generate(model, vocab, prefix, Decoding(num_chars=num_chars, **decoding),
                     allow_unknown=allow_unknown, deadline=deadline)

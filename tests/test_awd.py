@@ -20,7 +20,7 @@ from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
 from lyricist.models.regularisers.ar_tar import ActivationPenalty
 from lyricist.settings import ModelSettings
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel
 

@@ -18,7 +18,7 @@ from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_
 from lyricist.evaluation.interpolation import perplexity_of
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 
 
 def test_cache_probabilities_match_a_hand_computed_example():
@@ -108,7 +108,7 @@ def test_the_evaluate_stage_writes_the_cache_rows_after_the_others(tiny_cfg, tin
 
 def test_an_empty_theta_grid_is_refused_in_one_line():
     from conftest import compose_config
-    from lyricist import settings
+    from lyricist.cli.config import settings_of
 
     with pytest.raises(ValueError, match=r"^evaluate.cache_thetas=\[\] is not allowed: List should have at least 1 item"):
-        settings.load(compose_config(["evaluate.cache_thetas=[]"]))
+        settings_of(compose_config(["evaluate.cache_thetas=[]"]))

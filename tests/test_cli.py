@@ -10,11 +10,11 @@ from mlflow.tracking import MlflowClient
 from conftest import gen
 from conftest import LYRICS, TINY, project_env, with_data
 from conftest import make_lm
-from lyricist import generate as generate_cli
+from lyricist.cli import generate as generate_cli
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 
 
 def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, with_data
-from lyricist import settings
+from lyricist.cli.config import settings_of
 from lyricist.models import RecurrentLM
 
 
@@ -23,7 +23,7 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("option", _options("model"))
 def test_every_model_option_instantiates(option):
     cfg = compose_config([f"model={option}"])
-    model = RecurrentLM(settings.load(cfg).model, 11)
+    model = RecurrentLM(settings_of(cfg).model, 11)
     assert isinstance(model, RecurrentLM)
     assert model.config.cell == cfg.model.cell
 
@@ -32,7 +32,7 @@ def test_model_options_reach_the_model_from_the_command_line():
     cfg = compose_config(["model=gru", "model.num_layers=2", "model.hidden_size=32", "model.embedding_size=32",
                           "model.tie_weights=true", "model.output_dropout=0.5", "model.init=uniform",
                           "model.init_scale=0.08"])
-    model = RecurrentLM(settings.load(cfg).model, 11)
+    model = RecurrentLM(settings_of(cfg).model, 11)
     assert len(model.cells) == 2 and model.embedding.weight is model.head.weight
     assert model.output_dropout.p == 0.5 and model.embedding_dropout.p == cfg.model.dropout
     assert model.cells[1].weight_hh.abs().max() <= 0.08
@@ -41,7 +41,7 @@ def test_model_options_reach_the_model_from_the_command_line():
 def test_tying_mismatched_sizes_is_a_config_error_naming_the_fix():
     cfg = compose_config(["model=lstm", "model.embedding_size=128"])  # tied, hidden 256
     with pytest.raises(ValueError, match="set model.embedding_size=256 or model.tie_weights=false"):
-        settings.load(cfg)
+        settings_of(cfg)
 
 
 @pytest.mark.parametrize("option", _options("optim"))
@@ -49,7 +49,7 @@ def test_every_optim_option_instantiates(option):
     import torch
 
     cfg = compose_config([f"optim={option}"])
-    optimizer, scheduler = settings.load(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
+    optimizer, scheduler = settings_of(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
     assert type(scheduler).__name__ == "ReduceLROnPlateau"  # the default schedule
 
@@ -59,7 +59,7 @@ def test_every_scheduler_option_builds_a_torch_schedule(option):
     import torch
 
     cfg = compose_config([f"optim/scheduler={option}"])
-    _, scheduler = settings.load(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
+    _, scheduler = settings_of(cfg).optim.build([torch.nn.Parameter(torch.zeros(2))])
     assert (scheduler is None) == (option == "none")
     if scheduler is not None:
         assert f"{type(scheduler).__module__}.{type(scheduler).__name__}" == cfg.optim.scheduler._target_
@@ -139,7 +139,7 @@ def test_sweep_callback_is_configured():
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)
-    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.tracking.sweep.MlflowSweepCallback"
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "lyricist.cli.sweep.MlflowSweepCallback"
 
 
 # The presets: two recipes (the seed chapters, hidden size as each chapter) whose cell is chosen
@@ -150,14 +150,14 @@ CELLS = ("rnn", "gru", "lstm")
 def test_every_tuned_preset_composes_for_its_corpus_and_instantiates(preset):
     cfg = compose_config([f"experiment={preset}"])
     assert cfg.data.name == preset.removeprefix("tuned_")
-    assert isinstance(RecurrentLM(settings.load(cfg).model, 11), RecurrentLM)
+    assert isinstance(RecurrentLM(settings_of(cfg).model, 11), RecurrentLM)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_experiment_preset_composes_and_instantiates(recipe, cell):
     cfg = compose_config([f"experiment={recipe}", f"model={cell}"])
-    model = RecurrentLM(settings.load(cfg).model, 11)
+    model = RecurrentLM(settings_of(cfg).model, 11)
     assert (model.config.cell, model.config.hidden_size) == (cell, RECIPES[recipe])
     assert model.config.embedding_size is None  # the seeds' one-hot input
     assert cfg.optim._target_ == "torch.optim.SGD"
@@ -201,7 +201,7 @@ def test_a_trained_model_keeps_its_decoding_for_the_cli_and_the_served_model(tin
     default to for that model (lyricist.checkpoint.LoadedModel.decoding)."""
     from lyricist.checkpoint import load_checkpoint
     from lyricist.settings import Decoding
-    from lyricist.train import train
+    from conftest import train
 
     tiny_cfg.logger.enabled = False
     tiny_cfg.generate.temperature = 0.7

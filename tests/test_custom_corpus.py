@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_config, with_data
-from lyricist import generate as generate_cli
+from lyricist.cli import generate as generate_cli
 from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.settings import Decoding
-from lyricist.train import train
+from conftest import train
 from lyricist.data.vocab import Vocab, load_ids
 
 ENGLISH = ("the time traveller smiled at us and the time machine stood in the corner\r\n"

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, compose_config, with_data
 from conftest import make_lit, make_lm
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel
 from lyricist.data.vocab import Vocab

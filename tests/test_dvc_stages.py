@@ -160,7 +160,7 @@ def test_the_evaluate_stage_lists_exactly_the_params_it_reads():
     """evaluation_settings reads the stage's params and nothing else (dvc.yaml's evaluate: params)."""
     from pydantic import BaseModel
 
-    from lyricist import settings
+    from lyricist.cli.config import settings_of
     from lyricist.evaluation.evaluate import evaluation_settings
 
     seen = set()
@@ -176,7 +176,7 @@ def test_the_evaluate_stage_lists_exactly_the_params_it_reads():
             seen.add(path)
             return value
 
-    for value in evaluation_settings(Reads(settings.load(ROOT / "params.yaml"))).values():
+    for value in evaluation_settings(Reads(settings_of(ROOT / "params.yaml"))).values():
         if isinstance(value, Reads):
             seen.add(value.path)
     assert seen == {key for key in STAGES["evaluate"]["params"] if isinstance(key, str)}

@@ -148,7 +148,7 @@ def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_
     from mlflow.tracking import MlflowClient
 
     from conftest import evaluate_stage, with_data
-    from lyricist.train import train
+    from conftest import train
 
     cfg = with_data(tiny_cfg, tiny_data)
     cfg.evaluate.dynamic_lrs, cfg.evaluate.krause_lrs, cfg.baseline.max_order = [1.0], [], 3

@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, TINY, make_lit, make_lm, project_env, with_data
 from test_pipeline import project  # noqa: F401 (a fixture)
-from lyricist import generate as generate_cli
+from lyricist.cli import generate as generate_cli
 from lyricist import rundir, settings
 from lyricist.data.corpus import CorpusError, read_split_texts
 from lyricist.checkpoint import load_checkpoint
@@ -22,7 +22,7 @@ from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 from lyricist.evaluation.ppl import MAX_LOSS, perplexity
 from lyricist.models import RecurrentLM
 from lyricist.tracking import store
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, TrainingDiverged
 
@@ -194,18 +194,20 @@ def test_seeds_writes_its_summary_after_every_seed_so_a_stopped_run_keeps_them(t
     import json
 
     from lyricist import seeds
+    from lyricist.experiments import seeds as seeds_run
+    from lyricist.training.run import train as train_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     trained = []
 
-    def stopped_at_the_second_seed(cfg, output_dir, **kwargs):  # fault injection: Ctrl-C during seed 2
+    def stopped_at_the_second_seed(s, output_dir, **kwargs):  # fault injection: Ctrl-C during seed 2
         if trained:
             raise KeyboardInterrupt
         trained.append(output_dir)
-        return train(cfg, output_dir, **kwargs)
+        return train_settings(s, output_dir, **kwargs)
 
-    monkeypatch.setattr(seeds, "train", stopped_at_the_second_seed)
+    monkeypatch.setattr(seeds_run, "train", stopped_at_the_second_seed)
     out = tmp_path / "seeds"
     with pytest.raises(KeyboardInterrupt):
         seeds.main(["--seeds", "3", "--static", "--out", str(out), *TINY, "logger=none", f"paths.encoded={tiny_data}",

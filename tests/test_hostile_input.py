@@ -197,7 +197,7 @@ def test_baseline_refuses_an_empty_val_split_and_keeps_the_old_report(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_generate_cli_refuses_a_temperature_that_is_not_finite(value, tmp_path, capsys):
-    from lyricist import generate as generate_cli
+    from lyricist.cli import generate as generate_cli
 
     argv = ["--checkpoint", str(tmp_path / "none.ckpt"), "--prefix", "分开", "--temperature", value]
     assert generate_cli.main(argv) == 2  # before the checkpoint is even looked for

@@ -24,7 +24,7 @@ from lyricist.evaluation.ngram import (
     KneserNey, best_kneser_ney, load_kneser_ney, perplexity as ngram_perplexity, save_kneser_ney,
 )
 from lyricist.models import RecurrentLM, eval_mode
-from lyricist.train import train
+from conftest import train
 from lyricist.data.vocab import Vocab
 
 

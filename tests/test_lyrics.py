@@ -15,9 +15,9 @@ from lyricist.data.vocab import Vocab
 from lyricist.evaluation import lyrics
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
 from lyricist.evaluation.samples import sample_lyrics
-from lyricist.generate import banned_by_ngrams, generate, nucleus_cut, penalize_recent
+from lyricist.decoding import banned_by_ngrams, generate, nucleus_cut, penalize_recent
 from lyricist.models import RecurrentLM
-from lyricist import settings
+from lyricist.cli.config import settings_of
 from lyricist.settings import Decoding
 
 
@@ -136,7 +136,7 @@ def test_bad_decoding_options_are_refused_by_name(option, value, allowed):
     # conf's generate.* (the per-epoch samples, evaluate), before training starts; the served model
     # and the CLI check their fields with the same schema (lyricist.settings.Decoding).
     with pytest.raises(ValueError, match=rf"^generate\.{option}={value!r} is not allowed: use {allowed}.* \(.+\)$"):
-        settings.load(compose_config([f"generate.{option}={value}"]))
+        settings_of(compose_config([f"generate.{option}={value}"]))
 
 
 def test_the_samples_page_puts_greedy_beside_the_default_and_measures_both():

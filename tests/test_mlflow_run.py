@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
 from conftest import with_data
-from lyricist.train import train
+from conftest import train
 from lyricist.tracking.store import EXPERIMENT_TAGS
 
 

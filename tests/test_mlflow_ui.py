@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import evaluate_stage, free_port, serving, with_data
-from lyricist.train import train
+from conftest import train
 from lyricist.tracking.store import experiment_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

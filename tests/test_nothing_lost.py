@@ -17,9 +17,8 @@ import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, compose_config, write_encoded, with_data
+from conftest import ROOT, TINY, compose_config, train, write_encoded, with_data
 from lyricist.checkpoint import load_checkpoint
-from lyricist.train import train
 from test_pipeline import project  # noqa: F401 (a fixture: the project copied into a git repository)
 
 # Ten characters over and over: a model learns it in an epoch (val ppl near 1, below any lyric's).
@@ -103,7 +102,7 @@ def _refusal(model, records: list[dict]) -> str:
 @pytest.mark.slow
 def test_the_served_model_refuses_what_it_does_not_understand(tiny_cfg, tiny_data, tmp_path, capsys):
     """Through the pyfunc model as the scoring server calls it (MLflow's schema enforcement first)."""
-    from lyricist import generate
+    from lyricist.cli import generate
 
     tiny_cfg.logger.serve_max_num_chars = 20
     train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
@@ -140,7 +139,7 @@ def test_the_served_model_refuses_what_it_does_not_understand(tiny_cfg, tiny_dat
 def test_a_new_study_never_writes_into_an_earlier_studys_trial_folders(tiny_data, tmp_path, monkeypatch):
     """Two fresh storages, one study name, the default output folder: each study its own folder
     (main: the second study's trial 0 met the first's trial_0000 and failed, hinting train.* keys)."""
-    from lyricist import tune
+    from lyricist.cli import tune
 
     root = tmp_path / "project"  # paths.root: the default folder is <root>/outputs/tune/<study>/
     root.mkdir()
@@ -187,7 +186,7 @@ def test_dvc_exp_run_refuses_a_raw_path_it_would_hang_on(project, kind):
 
 def test_the_unclear_messages_name_the_problem_and_the_fix(tmp_path, monkeypatch, capsys):
     """Each old line was unclear or false (issue 33); each new one names the problem and the fix."""
-    from lyricist import generate
+    from lyricist.cli import generate
     from lyricist.data.corpus import CorpusError, read_raw_text
     from lyricist.errors import run_cli
     from test_hostile_input import stage

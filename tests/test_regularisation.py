@@ -20,9 +20,9 @@ from lyricist.models.regularisers import dropout_mask
 from lyricist.models.regularisers.ar_tar import ActivationPenalty
 from lyricist.models.regularisers.embedding_row_dropout import EmbeddingRowDropout
 from lyricist.models.regularisers.weight_drop import WeightDrop
-from lyricist import settings
+from lyricist.cli.config import settings_of
 from lyricist.settings import ModelSettings
-from lyricist.train import train
+from conftest import train
 from conftest import TINY, compose_config, with_data
 
 VOCAB_SIZE, HIDDEN_SIZE, EMBEDDING_SIZE = 11, 8, 6
@@ -251,9 +251,9 @@ def test_with_tied_weights_and_locked_dropout():
 def test_a_rate_outside_zero_one_is_refused_by_name(key, value):
     cfg = compose_config([f"model.{key}={value}"])
     with pytest.raises(ValueError, match=rf"^model\.{key}={value} is not allowed: use a value [<>]=? [01]"):
-        settings.load(cfg)
+        settings_of(cfg)
     with pytest.raises(ValueError, match=rf"^model\.{key}='high' is not allowed"):
-        settings.load(compose_config([f"model.{key}=high"]))
+        settings_of(compose_config([f"model.{key}=high"]))
 
 
 def test_config_defaults_are_off_but_for_the_default_lstm():
@@ -261,7 +261,7 @@ def test_config_defaults_are_off_but_for_the_default_lstm():
         cfg = compose_config([f"model={model}"])
         on = model == "lstm"  # the tuned default (conf/model/lstm.yaml)
         assert (cfg.model.weight_drop, cfg.model.embedding_row_dropout) == ((0.5, 0.1) if on else (0.0, 0.0))
-        settings.load(cfg)
+        settings_of(cfg)
 
 
 def test_a_checkpoint_from_before_these_options_still_loads(tmp_path):

@@ -22,7 +22,7 @@ from conftest import LYRICS, TINY, compose_config, plateau_cfg, write_encoded, w
 from conftest import make_lit, make_lm
 from lyricist.tracking import store
 from lyricist.models import RecurrentLM
-from lyricist.train import train
+from conftest import train
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import LitLanguageModel, TrainingDiverged
 from lyricist.data.vocab import Vocab

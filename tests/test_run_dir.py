@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY, compose_config, project_env, with_data
 from lyricist import rundir
-from lyricist.train import train
+from conftest import train
 
 
 def _snapshot(folder):

@@ -3,6 +3,8 @@
 import json
 import math
 import statistics
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -10,10 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import gen
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, project_env
+from test_entry_errors import MISTAKES, _override
 from lyricist import seeds
+from lyricist.cli.config import run
 from lyricist.checkpoint import load_checkpoint
-from lyricist.generate import generate
+from lyricist.decoding import generate
 from lyricist.models.ensemble import Ensemble
 
 
@@ -68,3 +72,27 @@ def test_a_bad_value_is_refused_before_any_run_or_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^model.hidden_size='abc' is not allowed"):
         seeds.main(["--out", str(tmp_path / "seeds"), f"logger.tracking_uri={uri}", "model.hidden_size=abc"])
     assert not (tmp_path / "seeds").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_typo_is_one_line_as_lyricist_train_gives_it(tmp_path):
+    """The same line as `python -m lyricist.train` (not Hydra's five about `+model.hiden_size`), before any
+    folder or run exists."""
+    proc = subprocess.run([sys.executable, "-m", "lyricist.seeds", "--out", str(tmp_path / "seeds"),
+                           f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "model.hiden_size=8"],
+                          capture_output=True, text=True, cwd=tmp_path, env=project_env())
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0] == (
+        "error: model.hiden_size is not a setting: did you mean model.hidden_size? (docs/configuration.md lists them all)"
+    ), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=str)
+def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tmp_path, monkeypatch, capsys):
+    groups, key, value, line = MISTAKES[mistake]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    argv = ["--out", str(tmp_path / "seeds"), *groups, f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            _override(key, value)]
+    assert run(lambda: seeds.main(argv)) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {line}"
+    assert list(tmp_path.iterdir()) == []

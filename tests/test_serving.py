@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, free_port, serving, with_data, project_env
 from lyricist.models.fast import kernels
 from lyricist.tracking.serving import RequestError, request_options
-from lyricist.train import train
+from conftest import train
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_pyfunc_model_turns_prefixes_into_lyrics(trained_run, monkeypatch):
 
 
 def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_data(trained_run, monkeypatch, capsys):
-    from lyricist import generate
+    from lyricist.cli import generate
     from lyricist.tracking import registry
 
     uri, run_id = trained_run
@@ -189,7 +189,7 @@ def test_a_request_running_past_its_time_limit_is_stopped_with_429():
 
     from lyricist.checkpoint import LoadedModel
     from lyricist.data.vocab import Vocab
-    from lyricist.generate import generate
+    from lyricist.decoding import generate
     from lyricist.models import RecurrentLM
     from lyricist.tracking.serving import LyricsModel
 

@@ -8,13 +8,14 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, project_env
 from lyricist import settings
+from lyricist.cli.config import settings_of
 
 
 def test_the_configuration_reference_is_current():
-    """docs/configuration.md is what `python -m lyricist.settings` writes: rerun it after a change."""
+    """docs/configuration.md is what `python -m lyricist.cli.settings` writes: rerun it after a change."""
     written = settings.reference(OmegaConf.to_container(compose_config(["+tune=default"]), resolve=True))
     assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == written, \
-        "stale: python -m lyricist.settings > docs/configuration.md"
+        "stale: python -m lyricist.cli.settings > docs/configuration.md"
     for name, section in settings.Settings.model_fields.items():  # every key documented, with its meaning
         for field, info in settings._inner(section.annotation).model_fields.items():
             assert info.description, f"{name}.{field} has no description"
@@ -24,7 +25,7 @@ def test_the_configuration_reference_is_current():
 def test_every_group_option_of_conf_passes_the_schema():
     for group in ("data", "model", "optim", "optim/scheduler", "trainer", "logger", "experiment", "+tune"):
         for option in sorted(p.stem for p in (ROOT / "conf" / group.lstrip("+")).glob("*.yaml")):
-            settings.load(compose_config([f"{group}={option}"]))
+            settings_of(compose_config([f"{group}={option}"]))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -41,8 +42,69 @@ def test_every_group_option_of_conf_passes_the_schema():
 ])
 def test_a_bad_setting_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ValueError) as err:
-        settings.load(compose_config(overrides))
+        settings_of(compose_config(overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("space, message", [
+    ("{model.hiden_size: {choices: [128]}}", "tune.space.model.hiden_size is not a setting: did you mean "
+                                              "model.hidden_size? (docs/configuration.md lists them all)"),
+    ("{model.hidden_size: {choices: [abc, 32]}}", "tune.space.model.hidden_size.choices='abc' is not allowed: use a "
+                                                   "valid integer (hidden units per layer)"),
+    ("{model.hidden_size: {low: 64, high: 8000}}", "tune.space.model.hidden_size.high=8000 is not allowed: use a value "
+                                                    "<= 4096 (hidden units per layer)"),
+    ("{model.hidden_size: {low: 64.0, high: 128}}", "tune.space.model.hidden_size.low=64.0 is not allowed: use a "
+                                                     "valid integer"),
+    ("{model.hidden_size: {low: 64, high: 128, step: 0.5}}", "tune.space.model.hidden_size.step=0.5: an integer "
+                                                              "setting's range takes an integer step"),
+    ("{trainer.max_epochs: {low: 0, high: 5}}", "tune.space.trainer.max_epochs.low: trainer.max_epochs=0 is not "
+                                                 "allowed: use an integer >= 1"),
+    ("{model.dropout: {low: 0.0, high: 1.0}}", "tune.space.model.dropout.high=1.0 is not allowed: use a value < 1"),
+    ("{model.tie_weights: {choices: [true, 1]}}", "tune.space.model.tie_weights.choices=1 is not allowed: use a "
+                                                   "valid boolean"),
+    ("{model.cell: {low: 1, high: 2}}", "tune.space.model.cell.low=1 is not allowed: use 'rnn', 'rnn_relu', 'gru' "
+                                         "or 'lstm'"),
+    ("{optim.lr: {low: 0.03, high: 0.001}}", "tune.space.optim.lr={'low': 0.03, 'high': 0.001} is not a range: "
+                                              "give low <= high"),
+    ("{optim.lr: {low: 0.0, high: 0.1, log: true}}", "tune.space.optim.lr: a log range needs low > 0 and no step, "
+                                                      "got low=0.0, step=None"),
+    ("{model.num_layers: {choices: []}}", "tune.space.model.num_layers.choices=[]: give at least one value"),
+    ("{model.embedding_size: {choices: [32], tied: model.hiden}}", "tune.space.model.embedding_size.tied=model.hiden "
+                                                                    "is not a setting: did you mean model.hidden_size?"),
+    ("{optim.lr: null}", "tune.space has no key left to search (every one null)"),
+    ("{optim.scheduler.gamma: {low: 0.1, high: 0.9}}", "tune.space.optim.scheduler.gamma.low=0.1: optim (torch.optim.Adam, "
+                                                        "scheduler torch.optim.lr_scheduler.ReduceLROnPlateau) cannot be "
+                                                        "built: optim.scheduler.gamma: unexpected keyword argument 'gamma'"),
+    ("{trainer.max_tme: {choices: [1]}}", "tune.space.trainer.max_tme.choices=1: trainer.max_tme: unexpected keyword "
+                                          "argument 'max_tme' of pytorch_lightning.Trainer: did you mean trainer.max_time?"),
+])
+def test_a_bad_search_space_is_one_line_naming_the_key(space, message):
+    with pytest.raises(ValueError) as err:
+        settings_of(compose_config(["+tune=default", "tune.space=null", f"tune.space={space}"]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_search_space_is_drawn_in_its_settings_types():
+    """An integer setting's range stays integers, a float setting's becomes floats (what the sampler
+    draws); choices are checked, not converted away from their setting's type."""
+    space = settings_of(compose_config(["+tune=default", "tune.space=null", "tune.space={model.dropout: {low: 0, "
+                                        "high: 0.5}, model.ar_alpha: {low: 0, high: 4}, trainer.max_epochs: {low: 2, "
+                                        "high: 6, step: 2}, model.embedding_size: {choices: [null, 32]}}"])).tune.space
+    assert (space["model.dropout"].low, space["model.ar_alpha"].high) == (0.0, 4.0)
+    assert all(isinstance(v, float) for v in (space["model.dropout"].low, space["model.ar_alpha"].low))
+    assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].step) == (2, 2)
+    assert isinstance(space["trainer.max_epochs"].low, int) and space["model.embedding_size"].choices == [None, 32]
+
+
+def test_with_overrides_sets_dotted_keys_and_checks_them_again():
+    s = settings_of(compose_config())
+    changed = settings.with_overrides(s, {"model.hidden_size": 64, "model.embedding_size": 64, "train.seed": 3})
+    assert (changed.model.hidden_size, changed.train.seed, s.model.hidden_size) == (64, 3, 256)
+    assert settings.value_at(changed, "model.embedding_size") == 64
+    with pytest.raises(ValueError, match="^model.hiden_size is not a setting: did you mean model.hidden_size"):
+        settings.with_overrides(s, {"model.hiden_size": 64})
+    with pytest.raises(ValueError, match="^model.hidden_size=0 is not allowed: use a value >= 1"):
+        settings.with_overrides(s, {"model.hidden_size": 0})
 
 
 def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
@@ -51,7 +113,7 @@ def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
                           env=project_env())
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[0] == ("error: model.hiden_size is not a setting: did you mean "
-                                           "model.hidden_size? (python -m lyricist.settings lists them all)")
+                                           "model.hidden_size? (docs/configuration.md lists them all)")
     assert not (tmp_path / "run").exists()
 
 
@@ -75,7 +137,7 @@ def test_zaremba_small_ptb_recipe_is_overrides_and_halves_the_lr_every_epoch_aft
     import torch
 
     assert " ".join(ZAREMBA_SMALL) in (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
-    s = settings.load(compose_config(ZAREMBA_SMALL))
+    s = settings_of(compose_config(ZAREMBA_SMALL))
     optimizer, scheduler = s.optim.build([torch.nn.Parameter(torch.zeros(1))])
     lrs = []
     for _ in range(13):

@@ -15,9 +15,9 @@ from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
 from lyricist.evaluation.evaluate import evaluate_checkpoint
-from lyricist.generate import generate
+from lyricist.decoding import generate
 from lyricist.settings import Decoding
-from lyricist.train import train
+from conftest import train
 
 
 def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_data, tmp_path):

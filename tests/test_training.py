@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import compose_config, make_lit, make_lm
-from lyricist import settings
+from lyricist.cli.config import settings_of
 from lyricist.data.batching import consecutive_batches
 from lyricist.models import RecurrentLM
 from lyricist.training.datamodule import LyricsDataModule
@@ -114,7 +114,7 @@ def test_torch_clip_grad_norm_is_the_seeds_grad_clipping(scale, theta):
 ])
 def test_bad_lr_schedule_settings_are_refused_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
-        settings.load(compose_config(override.split()))
+        settings_of(compose_config(override.split()))
 
 
 def test_plateau_schedule_state_is_in_the_checkpoint(tmp_path):

@@ -11,13 +11,14 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 from optuna.distributions import FloatDistribution
 
-from conftest import CONF_DIR, ROOT, TINY, project_env
-from lyricist import tune
-from lyricist.train import train
+from conftest import CONF_DIR, LYRICS, ROOT, TINY, project_env, write_encoded
+from test_entry_errors import MISTAKES, _override
+from lyricist.cli import config, tune
+from lyricist.experiments import search
+from conftest import train
 from lyricist.training.callbacks import read_epoch_history
 
 SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"
@@ -137,7 +138,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatc
     args = tune_args(tmp_path, tiny_data, "tune.n_trials=3", "tune.pruner=median", "tune.pruner_startup_trials=2",
                      "tune.pruner_warmup_epochs=0", "trainer.max_epochs=4")
     study = optuna.create_study(study_name="jaychou", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    study.set_user_attr(tune.PARENT_ATTR, None)  # no parent run: the trials below are not in MLflow
+    study.set_user_attr(search.PARENT_ATTR, None)  # no parent run: the trials below are not in MLflow
     for lr in (0.01, 0.02):  # two finished trials far better than a tiny model can be
         study.add_trial(create_trial(
             params={"optim.lr": lr, "model.dropout": 0.1}, value=1.01,
@@ -161,9 +162,71 @@ def test_a_bad_search_space_is_refused_before_any_trial(tiny_data, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     args = tune_args(tmp_path, tiny_data, "tune.space={optim.lr: {low: 0.0, high: 0.1, log: true}}")
-    assert tune.run_cli(lambda: tune.main(args)) == 2
+    assert config.run(lambda: tune.main(args)) == 2
     assert "tune.space.optim.lr: a log range needs low > 0" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["tune.space={model.hiden_size: {choices: [128]}}"], "tune.space.model.hiden_size is not a setting: did you mean "
+                                                           "model.hidden_size? (docs/configuration.md lists them all)"),
+    (["tune.space={model.hidden_size: {choices: [abc, 32]}}"], "tune.space.model.hidden_size.choices='abc' is not "
+                                                                "allowed: use a valid integer (hidden units per layer)"),
+    (["tune.space={trainer.max_epochs: {low: 0, high: 5}}"], "tune.space.trainer.max_epochs.low: trainer.max_epochs=0 "
+                                                              "is not allowed: use an integer >= 1"),
+    (["model.hiden_size=8"], "model.hiden_size is not a setting: did you mean model.hidden_size?"),
+    (["tune=hourr"], "tune=hourr is not an option of conf/tune/: use one of cpu, default, hour"),
+    (["tune.n_trials=0"], "tune.n_trials=0 is not allowed: use a value >= 1"),
+    (["tune.timeout=0"], "tune.timeout=0 is not allowed: use a value > 0"),
+    (["tune.pruner=bogus"], "tune.pruner='bogus' is not allowed: use 'median' or 'hyperband'"),
+    (["tune.fixed={logger.log_modle: false}"], "logger.log_modle is not a setting: did you mean logger.log_model?"),
+    (["tune.storage=bogus://x"], "tune.storage='bogus://x' cannot be opened (Can't load plugin: sqlalchemy.dialects:bogus): "
+                                 "give a SQLAlchemy URL of a database this machine reaches"),
+    (["tune.storage=sqlite:///{tmp}/missing/optuna.db"], "tune.storage='sqlite:///{tmp}/missing/optuna.db' cannot be opened "
+                                                         "((sqlite3.OperationalError) unable to open database file)"),
+    (["tune.storage=postgresql://u:secret@localhost:1/optuna"], "tune.storage='postgresql://***@localhost:1/optuna' "
+                                                                "cannot be opened"),
+])
+def test_a_mistake_is_one_line_before_any_study_or_run(tiny_data, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    args = tune_args(tmp_path, tiny_data, *(e.replace("{tmp}", str(tmp_path)) for e in extra))
+    assert config.run(lambda: tune.main(args)) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith("error: " + message.replace("{tmp}", str(tmp_path)))
+    assert [p.name for p in tmp_path.iterdir()] == ["encoded"]  # no optuna.db, mlflow.db, trial folder or preset
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=str)
+def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tiny_data, tmp_path, monkeypatch, capsys):
+    groups, key, value, line = MISTAKES[mistake]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    args = tune_args(tmp_path, tiny_data, *groups, _override(key, value))
+    assert config.run(lambda: tune.main(args)) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {line}"
+    assert [p.name for p in tmp_path.iterdir()] == ["encoded"]
+
+
+def test_a_study_name_reused_with_another_space_or_other_data_is_refused(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    assert tune.main(tune_args(tmp_path, tiny_data, "tune.n_trials=1", "tune.pruner=null")) == 0
+    [trial] = load(tmp_path).trials
+    _, _, children = runs_of(tmp_path)
+    capsys.readouterr()
+    narrower = tune_args(tmp_path, tiny_data, "tune.n_trials=2", "tune.space=null",
+                         "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.3}}")
+    assert config.run(lambda: tune.main(narrower)) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: tune.study_name='jaychou' in sqlite:///{tmp_path / 'optuna.db'} is a study of another search space "
+        "(model.dropout differ): give this search a new name, e.g. tune.study_name=jaychou_2")
+    other = write_encoded(tmp_path / "other", LYRICS * 25, val_fraction=0.2, test_fraction=0.1)
+    assert config.run(lambda: tune.main(tune_args(tmp_path, other, "tune.n_trials=2"))) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: tune.study_name='jaychou' in sqlite:///{tmp_path / 'optuna.db'} is a study of other encoded data: "
+        "give this search a new name, e.g. tune.study_name=jaychou_2")
+    assert [(t.number, t.state, t.value) for t in load(tmp_path).trials] == [(0, trial.state, trial.value)]
+    assert len(runs_of(tmp_path)[2]) == len(children) == 1  # no run made by the refused searches
 
 
 def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(tiny_data, tmp_path, monkeypatch):
@@ -184,14 +247,14 @@ def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(t
 
 
 def test_the_hour_search_holds_the_default_recipe_and_drops_the_keys_it_does_not_search():
-    cfg = tune.compose_config(["tune=hour"])
-    space = tune.space_of(cfg.tune)
+    s = config.load(groups=["+tune=hour"])
+    space = s.tune.space
     assert "trainer.max_epochs" not in space and "model.tie_weights" not in space
-    searched = {k for k, rule in space.items() if not rule.get("tied")}
-    assert tune.recipe_values(space, cfg).keys() == searched  # trial 0 is exactly the default recipe
-    assert tune.make_pruner(cfg.tune, cfg.trainer.max_epochs)._max_resource == cfg.trainer.max_epochs
+    searched = {k for k, rule in space.items() if not rule.tied}
+    assert search.recipe_values(space, s).keys() == searched  # trial 0 is exactly the default recipe
+    assert search.make_pruner(s.tune, s.trainer.max_epochs)._max_resource == s.trainer.max_epochs
 
 
 def test_a_space_with_every_key_dropped_is_refused():
     with pytest.raises(ValueError, match="tune.space has no key left to search"):
-        tune.check_space(tune.space_of(OmegaConf.create({"space": {"optim.lr": None}})))
+        config.load(["tune.space=null", "tune.space={optim.lr: null}"], groups=["+tune=default"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from lyricist import settings
+from lyricist.cli.config import settings_of
 from lyricist.data.vocab import Vocab, VocabError, encode_to_array, id_dtype, load_ids, save_ids
 
 TEXT = "分开\n不分开 战争中部队"
@@ -192,7 +192,7 @@ def test_max_vocab_size_keeps_the_most_frequent_ties_by_code_point():
 ])
 def test_bad_vocabulary_options_name_the_key_and_the_fix(override, message):
     with pytest.raises(ValueError, match=message):
-        settings.load(compose_config([override]))
+        settings_of(compose_config([override]))
 
 
 def test_vocab_json_records_the_tokenizer_and_a_char_file_keeps_its_format(tmp_path):

@@ -19,6 +19,11 @@ FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
 EXIT_STATUS = 2  # argparse's status for a usage error
 
 
+class UserError(Exception):
+    """Not bad input, yet the user's to fix, and the message says how: a run stopped by the
+    divergence guard, an unusable tracking store."""
+
+
 class NoSpace(OSError):
     """A file not written for want of space (the earlier one kept): the message names the folder
     and the space needed."""
@@ -27,7 +32,7 @@ class NoSpace(OSError):
 # ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
 # settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError, NoSpace)
+                                                IsADirectoryError, UserError, NoSpace)
 
 
 def full_error() -> bool:

@@ -1,14 +1,12 @@
 """Every setting of lyricist, declared once: its type, bounds and a one-line description.
 
 conf/ holds the values (Hydra composes them; params.yaml is the default composition, which DVC
-reads); this module holds what a value may be. `load(cfg)` checks a whole composition right after
-Hydra composes it (lyricist.train's RunDirGuard), in each DVC stage script (params.yaml) and in
-train(), before anything is read or written, and returns typed settings that the library takes
-(`RecurrentLM(settings.model, vocab_size)`, `LitLanguageModel(model, settings.optim, settings.train)`,
-`generate(..., settings.generate)`). A bad value is one line naming its key, the value and what is
-allowed.
-
-    python -m lyricist.settings            # the configuration reference (docs/configuration.md)
+reads); this module holds what a value may be. The entry layer (lyricist.cli) checks a whole
+composition with `load(values)` before anything is read or written, and the library takes the
+typed settings (`RecurrentLM(settings.model, vocab_size)`, `LitLanguageModel(model, vocab,
+settings.optim, ...)`, `generate(..., settings.generate)`). A bad value is one line naming its
+key, the value and what is allowed. `python -m lyricist.cli.settings` writes the reference,
+docs/configuration.md.
 
 Pydantic v2 rather than Hydra structured configs: the bounds (ge/gt/le), the cross-field rules and
 the messages are the library's own, and dataclasses in Hydra's ConfigStore cannot express ranges.
@@ -17,12 +15,12 @@ the messages are the library's own, and dataclasses in Hydra's ConfigStore canno
 from __future__ import annotations
 
 import difflib
-import math
-import sys
-from pathlib import Path, PurePath
+import functools
+import typing
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from lyricist.data.corpus import normal_name
 
@@ -155,18 +153,66 @@ class ModelSettings(Section):
         return self
 
 
-class SchedulerSettings(Section):
-    """optim/scheduler: any torch.optim.lr_scheduler by _target_ (its own arguments beside these)."""
+_NOT_ARGUMENTS = {"target", "partial", "interval", "monitor", "scheduler"}  # ours, not the class's
+
+
+class Built(Section):
+    """A section that names a class by `_target_` and holds its arguments: those declared here are
+    typed and bounded (what torch leaves unchecked), the others pass through; every one must be an
+    argument of the class (an unknown one is refused, naming the nearest)."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
-    target: str | None = _f("a torch.optim.lr_scheduler class; null: a constant lr", alias="_target_")
+
+    def arguments(self) -> dict[str, Any]:
+        """The class's keyword arguments: the set ones (a declared argument left null is the class's default)."""
+        return {k: v for k, v in self.model_dump(exclude=_NOT_ARGUMENTS).items() if v is not None}
+
+    def built_class(self, prefix: str) -> Any:
+        """The class `_target_` names, each argument checked against its signature."""
+        import importlib
+        import inspect
+        module, _, name = (self.target or "").rpartition(".")
+        try:
+            found = importlib.import_module(module)
+        except (ImportError, ValueError):
+            raise ValueError(f"{prefix}._target_={self.target!r}: no module {module!r}") from None
+        cls = getattr(found, name, None)
+        if not isinstance(cls, type):
+            near = difflib.get_close_matches(name, dir(found), n=1)
+            raise ValueError(f"{prefix}._target_={self.target!r} is no class" + (f": did you mean {module}.{near[0]}?" if near else ""))
+        parameters = inspect.signature(cls).parameters.values()
+        takes = [p.name for p in parameters  # what we pass is no setting
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("params", "optimizer")]
+        for key in self.arguments() if all(p.kind != p.VAR_KEYWORD for p in parameters) else ():  # **kwargs: built to tell
+            if key not in takes:
+                near = difflib.get_close_matches(key, takes, n=1)
+                raise ValueError(f"{prefix}.{key}: unexpected keyword argument {key!r} of {self.target}"
+                                 + (f": did you mean {prefix}.{near[0]}?" if near else f" (it takes {', '.join(takes)})"))
+        return cls
+
+
+def _increasing(milestones: list[int]) -> list[int]:
+    if any(a >= b for a, b in zip(milestones, milestones[1:])):
+        raise ValueError(f"optim.scheduler.milestones={milestones} is not allowed: use increasing intervals (epochs), e.g. [10, 20]")
+    return milestones
+
+
+class SchedulerSettings(Built):
+    """optim/scheduler: any torch.optim.lr_scheduler by _target_, its arguments beside these."""
+
+    target: str | None = _f("a torch.optim.lr_scheduler class (torch.optim.lr_scheduler.StepLR | ...); null: a constant lr", alias="_target_")
     partial: bool = _f("true: the optimizer is passed at build time", alias="_partial_", default=True)
     interval: Literal["epoch", "step"] = _f("step the schedule after every epoch or every optimizer step")
     monitor: Literal["val/ppl"] | None = _f("the metric a ReduceLROnPlateau schedule watches; null for the others")
+    step_size: Count | None = _f("StepLR: intervals between two cuts of the lr", default=None)
+    milestones: Annotated[list[Count], AfterValidator(_increasing)] | None = _f("MultiStepLR: the increasing intervals at which the lr is cut", default=None, min_length=1)
+    gamma: Positive | None = _f("StepLR, MultiStepLR, ExponentialLR: the lr's factor at each cut", default=None)
+    T_max: Count | None = _f("CosineAnnealingLR: intervals of the half cosine", default=None)
+    patience: NonNegative | None = _f("ReduceLROnPlateau: intervals without a better val/ppl before a cut", default=None)
 
 
-class OptimSettings(Section):
-    """The optimizer (conf/optim/) and its lr schedule (conf/optim/scheduler/)."""
+class OptimSettings(Built):
+    """The optimizer (conf/optim/) by _target_, its arguments beside these, and its lr schedule (conf/optim/scheduler/)."""
 
     target: str = _f("the optimizer class (torch.optim.Adam | torch.optim.SGD | ...)", alias="_target_")
     partial: bool = _f("true: the LightningModule passes the parameters", alias="_partial_")
@@ -177,34 +223,41 @@ class OptimSettings(Section):
 
     def build(self, params) -> Any:
         """The optimizer over `params`, and its schedule (or None)."""
-        import hydra.utils
-        kwargs = {"momentum": self.momentum} if self.momentum is not None else {}
-        optimizer = hydra.utils.get_class(self.target)(params, lr=self.lr, weight_decay=self.weight_decay, **kwargs)
-        if self.scheduler.target is None:
-            return optimizer, None
-        return optimizer, hydra.utils.get_class(self.scheduler.target)(optimizer, **self.scheduler.model_extra)
+        optimizer = self.built_class("optim")(params, **self.arguments())
+        schedule = self.scheduler
+        return optimizer, schedule.built_class("optim.scheduler")(optimizer, **schedule.arguments()) if schedule.target else None
 
     @model_validator(mode="after")
     def _buildable(self) -> OptimSettings:
         """The optimizer and schedule built once over a dummy weight: a wrong class or argument
         fails here, in one line, not after the first epoch."""
         import torch
+        schedule = self.scheduler
         try:
             self.build([torch.zeros(1, requires_grad=True)])
         except Exception as err:  # ImportError, TypeError (unknown argument), ValueError (torch's own)
-            raise ValueError(f"optim ({self.target}, scheduler {self.scheduler.target}) cannot be built: "
-                             f"{err}. Check the class names and arguments under optim and optim.scheduler") from None
-        if self.scheduler.target and self.scheduler.target.endswith("ReduceLROnPlateau") and not self.scheduler.monitor:
+            raise ValueError(f"optim ({self.target}, scheduler {schedule.target}) cannot be built: {str(err).rstrip('.')} "
+                             "(check the class names and arguments under optim and optim.scheduler)") from None
+        if schedule.target and schedule.target.endswith("ReduceLROnPlateau") and not schedule.monitor:
             raise ValueError("optim.scheduler ReduceLROnPlateau needs optim.scheduler.monitor=val/ppl")
         return self
 
 
-class TrainerSettings(Section):
+_EPOCHS = ("is not allowed: use an integer >= 1, or -1 (no limit; then set +trainer.max_time, e.g. "
+           "+trainer.max_time=00:02:00:00) (epochs to train)")
+
+
+def _not_zero(epochs: int) -> int:  # a field's own rule, so that a search space's range is held to it too
+    if epochs == 0:
+        raise ValueError(f"trainer.max_epochs=0 {_EPOCHS}")
+    return epochs
+
+
+class TrainerSettings(Built):
     """pytorch_lightning.Trainer's arguments: these are checked, others pass through (+trainer.max_time=...)."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
     target: str = _f("the Trainer class", alias="_target_")
-    max_epochs: int = _f("epochs to train; -1: no limit (then set +trainer.max_time)", ge=-1, le=100000)
+    max_epochs: Annotated[int, AfterValidator(_not_zero)] = _f("epochs to train; -1: no limit (then set +trainer.max_time)", ge=-1, le=100000)
     accelerator: str = _f("cpu | gpu | auto")
     devices: int | str | list[int] = _f("devices (processes with ddp) to use")
     deterministic: bool = _f("deterministic algorithms (reproducible runs)")
@@ -215,10 +268,14 @@ class TrainerSettings(Section):
 
     @model_validator(mode="after")
     def _rules(self) -> TrainerSettings:
-        if self.max_epochs == 0:
-            raise ValueError("trainer.max_epochs=0 is not allowed: use an integer >= 1, or -1 (no limit; then set "
-                             "+trainer.max_time) (epochs to train)")
+        if self.max_epochs == -1 and not self.arguments().get("max_time"):
+            raise ValueError(f"trainer.max_epochs=-1 {_EPOCHS}")
+        self.built_class("trainer")
         return self
+
+    def build(self, **kwargs: Any) -> Any:
+        """The Trainer, with what the run adds (its loggers, callbacks, directory)."""
+        return self.built_class("trainer")(**self.arguments(), **kwargs)
 
 
 class LoggerSettings(Section):
@@ -298,6 +355,18 @@ class Decoding(Section):
     seed: NonNegative | None = _f("sample: the random generator's seed (+ i for the i-th prefix); null: unseeded", default=0)
 
 
+class SpaceRule(Section):
+    """One key of tune.space: a range {low, high[, log][, step]} or {choices: [...]}; `tied: key`:
+    the value of that key when model.tie_weights is true (the embedding is then the head)."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: Annotated[int | float, Field(gt=0)] | None = None
+    choices: list[Any] | None = None
+    tied: str | None = None
+
+
 class TuneSettings(Section):
     """The hyper-parameter search of `python -m lyricist.tune` (conf/tune/, docs/search.md), composed as `+tune=...`."""
 
@@ -319,8 +388,55 @@ class TuneSettings(Section):
     preset: str | None = _f("the best trial written as conf/experiment/<preset>.yaml; null: not written")
     preset_dir: str | None = _f("null: <project root>/conf/experiment")
     fixed: dict[str, Any] = _f("{dotted key: value} set on every trial, not searched")
-    space: dict[str, dict[str, Any] | None] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}; "
-                                                  "a key set to null is not searched", min_length=1)
+    space: dict[str, SpaceRule | None] = _f("{dotted key: {low, high[, log][, step]} or {choices: [...]}[, tied: key]}; "
+                                             "a key set to null is not searched")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, SpaceRule | None]) -> dict[str, SpaceRule]:
+        """Each key a setting, its values of that setting's type and inside its bounds (a float
+        setting's range as floats, an int one's as ints: what the sampler draws)."""
+        space = {key: _rule(key, rule) for key, rule in space.items() if rule is not None}
+        if not space:
+            raise ValueError("tune.space has no key left to search (every one null): give at least one, e.g. "
+                             "'tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}}'")
+        return space
+
+
+def _rule(key: str, rule: SpaceRule) -> SpaceRule:
+    name = f"tune.space.{key}"
+    info = _field(key, name)
+    if rule.tied:
+        _field(rule.tied, f"{name}.tied={rule.tied}")
+    if rule.choices is not None:
+        if not rule.choices or rule.low is not None or rule.high is not None:
+            raise ValueError(f"{name}.choices={rule.choices}: give at least one value, and no low/high beside them")
+    elif rule.low is None or rule.high is None or rule.low > rule.high:
+        raise ValueError(f"{name}={rule.model_dump(exclude_defaults=True)} is not a range: give low <= high, e.g. "
+                         "{low: 0.001, high: 0.03, log: true}, or choices: [...]")
+    elif rule.log and (rule.low <= 0 or rule.step):
+        raise ValueError(f"{name}: a log range needs low > 0 and no step, got low={rule.low}, step={rule.step}")
+    if info is None or _inner(info.annotation):  # free-form (trainer.*, optim.scheduler.*): built with the trial
+        return rule
+    adapter = TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation,
+                          config=ConfigDict(strict=True))
+
+    def check(what: str, value: Any) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            if first["type"] == "value_error":  # the field's own rule: its message names the key
+                raise ValueError(f"{name}.{what}: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ValueError(f"{name}.{what}={value!r} is not allowed: {_allowed(first)} ({info.description})") from None
+
+    if rule.choices is not None:
+        return rule.model_copy(update={"choices": [check("choices", c) for c in rule.choices]})
+    low, high = check("low", rule.low), check("high", rule.high)
+    if isinstance(low, int) and not isinstance(rule.step or 1, int):
+        raise ValueError(f"{name}.step={rule.step}: an integer setting's range takes an integer step")
+    return rule.model_copy(update={"low": low, "high": high,
+                                   "step": rule.step if isinstance(low, int) or rule.step is None else float(rule.step)})
 
 
 class Settings(Section):
@@ -338,27 +454,52 @@ class Settings(Section):
     generate: Decoding
     tune: TuneSettings | None = None
 
+    @model_validator(mode="after")
+    def _space_builds(self) -> Settings:
+        """A searched argument of a class by _target_ (optim.*, optim.scheduler.*, trainer.*) is checked
+        built with the rest of the recipe, at each end of its range and each choice: an argument the
+        class lacks, or a value it refuses, is found here, not in trial 0."""
+        for key, rule in self.tune.space.items() if self.tune else ():
+            if issubclass(_model_at(Settings, key.split(".")[:-1]) or Section, Built):
+                ends = [("choices", c) for c in rule.choices] if rule.choices is not None else [("low", rule.low),
+                                                                                             ("high", rule.high)]
+                for what, value in ends:
+                    try:
+                        section(Settings, nest({key: value}, self.model_dump(by_alias=True, exclude={"tune"})))
+                    except ValueError as err:
+                        raise ValueError(f"tune.space.{key}.{what}={value!r}: {err}") from None
+        return self
 
-def load(cfg: Any) -> Settings:
-    """The checked settings of a composition (a DictConfig, a dict or the path of params.yaml);
-    ValueError with one line naming the key, the value and what is allowed."""
-    from omegaconf import DictConfig, OmegaConf
-    if isinstance(cfg, (str, Path)):
-        cfg = OmegaConf.load(cfg)
-    if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job
-        cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-               for k in cfg if k != "hydra"}
-    return section(Settings, {k: v for k, v in cfg.items() if k != "hydra"})
+
+def load(values: dict) -> Settings:
+    """The checked settings of a composition (lyricist.cli composes it); ValueError with one line
+    naming the key, the value and what is allowed."""
+    return section(Settings, values)
 
 
-def read(params: str | Path, name: str) -> Any:
-    """One section of a params file (params.yaml), checked: what a DVC stage script reads."""
-    from omegaconf import OmegaConf
-    cfg = OmegaConf.load(params)
-    if name not in cfg:
-        raise ValueError(f"{params} has no `{name}:` section: write it with `make params` (the composition of conf/)")
-    values = OmegaConf.to_container(cfg[name], resolve=True)
-    return section(Settings.model_fields[name].annotation, values, prefix=name)
+def with_overrides(s: Settings, values: dict[str, Any]) -> Settings:
+    """`s` with {dotted key: value} set (a search's trial, its tune.fixed), checked again whole."""
+    return section(Settings, nest(values, s.model_dump(by_alias=True)))
+
+
+def nest(values: dict[str, Any], data: dict | None = None) -> dict:
+    """{dotted key: value} set into nested dicts: `data`, or a new one."""
+    data = {} if data is None else data
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return data
+
+
+def value_at(s: Settings, key: str) -> Any:
+    """The value of a dotted key (None where there is none)."""
+    return functools.reduce(lambda node, part: node.get(part) if isinstance(node, dict) else None, key.split("."),
+                            s.model_dump(by_alias=True))
 
 
 def check_override_keys(overrides: list[str]) -> None:
@@ -368,14 +509,26 @@ def check_override_keys(overrides: list[str]) -> None:
         key = override.split("=", 1)[0]
         if "=" not in override or key.startswith(("+", "~", "-", "hydra")) or "." not in key or "/" in key:
             continue  # an addition, a deletion, a flag, Hydra's own, or a group choice (model=gru)
-        parts = key.split(".")
-        parent = _model_at(Settings, parts[:-1])
-        if parent is None or parent.model_config.get("extra") == "allow":
-            continue  # below a free-form node (trainer.*, optim.scheduler.*): Hydra checks it
-        if parts[-1] not in _keys(parent):
-            near = difflib.get_close_matches(parts[-1], _keys(parent), n=1)
-            hint = f": did you mean {'.'.join([*parts[:-1], near[0]])}?" if near else ""
-            raise ValueError(f"{key} is not a setting{hint} (python -m lyricist.settings lists them all)")
+        _field(key, key)
+
+
+def _field(key: str, name: str) -> Any:
+    """The declared field of a dotted key, None below a free-form node (trainer.*, optim.scheduler.*,
+    tune.space.*); a key that is no setting is refused as `name`, naming the nearest."""
+    model, parts = Settings, key.split(".")
+    for i, part in enumerate(parts):
+        fields = {info.alias or field: info for field, info in model.model_fields.items()}
+        info = fields.get(part)
+        if info and i == len(parts) - 1:
+            return info
+        if info and _inner(info.annotation):
+            model = _inner(info.annotation)
+            continue
+        if info and typing.get_origin(info.annotation) is dict or not info and model.model_config.get("extra") == "allow":
+            return None
+        near = difflib.get_close_matches(part, list(fields), n=1)
+        hint = f": did you mean {'.'.join([*parts[:i], near[0]])}?" if near else ""
+        raise ValueError(f"{name} is not a setting{hint} (docs/configuration.md lists them all)")
 
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
@@ -398,16 +551,21 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
         parent = _model_at(root, loc[:-1])
         near = difflib.get_close_matches(loc[-1], _keys(parent), n=1) if parent else []
         hint = f": did you mean {'.'.join(filter(None, [prefix, *loc[:-1], near[0]]))}?" if near else ""
-        return f"{key} is not a setting{hint} (python -m lyricist.settings lists them all)"
+        return f"{key} is not a setting{hint} (docs/configuration.md lists them all)"
     if first["type"] == "missing":
-        return f"{key} is missing: add it to the config (python -m lyricist.settings lists every key)"
+        return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
     parent = _model_at(root, loc[:-1])
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
+    return f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else "")
+
+
+def _allowed(first: dict) -> str:
+    """What pydantic's error says is allowed, in the messages' words (`use a value >= 1`)."""
     allowed = first["msg"].replace("Input should be", "use")
     for words, sign in (("greater than or equal to", ">="), ("less than or equal to", "<="), ("greater than", ">"),
                         ("less than", "<")):
         allowed = allowed.replace(f"use {words}", f"use a value {sign}")
-    return f"{key}={first.get('input')!r} is not allowed: {allowed}" + (f" ({info.description})" if info else "")
+    return allowed
 
 
 def _inner(annotation: Any) -> type[BaseModel] | None:
@@ -434,7 +592,7 @@ def reference(defaults: dict) -> str:
     """docs/configuration.md: every key with its type and bounds, its value in the default
     composition (params.yaml) and its description."""
     lines = ["# Configuration reference", "",
-             "Written by `python -m lyricist.settings > docs/configuration.md` from `src/lyricist/settings.py`",
+             "Written by `python -m lyricist.cli.settings > docs/configuration.md` from `src/lyricist/settings.py`",
              "(types, bounds, descriptions) and the default composition of `conf/` (values);",
              "tests/test_settings.py checks it is current. Override any key on the command line",
              "(`python -m lyricist.train model.hidden_size=512`) or with `dvc exp run -S`.", ""]
@@ -442,19 +600,26 @@ def reference(defaults: dict) -> str:
         model = _inner(info.annotation)
         lines += [f"## `{name}`", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n    ", " "), "",
                   "| key | type | default | description |", "|---|---|---|---|"]
-        for field, finfo in model.model_fields.items():
-            key = finfo.alias or field
-            value = defaults.get(name, {}).get(key, finfo.default)
-            cells = [f"`{name}.{key}`", _type_name(finfo.annotation, finfo.metadata), f"`{_yaml(value)}`",
-                     finfo.description or ""]
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-        lines.append("")
+        lines += _rows(name, model, defaults.get(name, {})) + [""]
     return "\n".join(lines)
+
+
+def _rows(prefix: str, model: type[BaseModel], values: dict) -> list[str]:
+    """The table's rows of a section, a nested class's arguments (optim.scheduler) row by row."""
+    rows = []
+    for field, info in model.model_fields.items():
+        key, value = info.alias or field, values.get(info.alias or field, info.default)
+        nested = isinstance(_inner(info.annotation), type) and issubclass(_inner(info.annotation), Built)
+        cells = [f"`{prefix}.{key}`", _type_name(info.annotation, info.metadata),
+                 "below" if nested else f"`{_yaml(value)}`", info.description or ""]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        if nested:
+            rows += _rows(f"{prefix}.{key}", _inner(info.annotation), value)
+    return rows
 
 
 def _type_name(annotation: Any, metadata: list = ()) -> str:
     """A type in words: `int >= 1`, `float in [0, 1)`, `'char' or 'word'`, `... or null`."""
-    import typing
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
         return _type_name(args[0], [*args[1:], *metadata])
@@ -486,18 +651,3 @@ def _yaml(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
-
-
-def main(argv=None) -> int:
-    """Print the configuration reference for the default composition of conf/."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-    from lyricist.project import project_root
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+tune=default"])  # tune's defaults shown too
-    sys.stdout.write(reference(OmegaConf.to_container(cfg, resolve=True)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

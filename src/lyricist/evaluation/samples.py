@@ -11,7 +11,7 @@ import torch
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.lyrics import COPY_N, human_pieces, lyric_metrics, ngram_set
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
-from lyricist.generate import generate
+from lyricist.decoding import generate
 from lyricist.settings import Decoding
 from lyricist.models import RecurrentLM
 

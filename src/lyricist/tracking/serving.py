@@ -8,7 +8,7 @@ repetition_penalty, repetition_window, no_repeat_ngram, seed, allow_unknown)
 into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
 (characters, or words for data.tokenizer=word), and num_chars counts those tokens. A field the
 model does not know is refused (400) by name, as are tokens the vocabulary lacks unless the row
-says allow_unknown: true (lyricist-generate's rule, generate.encode_prefix).
+says allow_unknown: true (lyricist-generate's rule, decoding.encode_prefix).
 
 The model is logged "from code" (lyricist/tracking/pyfunc_model.py), with the weights, model
 arguments and vocabulary as plain files (lyricist.tracking.model_files) and lyricist's own code:
@@ -39,22 +39,18 @@ from mlflow.types import ColSpec, Schema
 
 import lyricist
 from lyricist import settings
+from lyricist.decoding import encode_prefix, generate
 from lyricist.settings import Decoding
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
 
-def _column(name: str, annotation: Any) -> ColSpec:
-    """A request column of the served model for a lyricist.settings.Decoding field."""
-    kind = "string" if name == "strategy" else "double" if "float" in str(annotation) else "long"
-    return ColSpec(kind, name, required=False)
-
-
 # Every decoding option is a request column (top_k 0, top_p 1 and no_repeat_ngram 0 mean "off").
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prefix"),
-                   *(_column(name, info.annotation) for name, info in Decoding.model_fields.items()),
-                   ColSpec("boolean", "allow_unknown", required=False)]),
+    inputs=Schema([ColSpec("string", "prefix"), *(ColSpec(
+        "string" if name == "strategy" else "double" if "float" in str(info.annotation) else "long", name,
+        required=False) for name, info in Decoding.model_fields.items()),
+        ColSpec("boolean", "allow_unknown", required=False)]),
     outputs=Schema([ColSpec("string", "lyrics")]),
 )
 # The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
@@ -160,11 +156,9 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
             log.addFilter(UnknownFields())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from lyricist.generate import encode_prefix
-
         # Every row checked before the first is generated: a bad row costs no work.
         table = pd.DataFrame(model_input)
-        rows = request_options(table, getattr(self, "max_num_chars", MAX_NUM_CHARS), self.loaded.decoding,
+        rows = request_options(table, self.max_num_chars, self.loaded.decoding,
                                getattr(get_prediction_context(), UNKNOWN, []))
         allowed = [not _missing(v) and bool(v) for v in table.get("allow_unknown", [None] * len(table))]
         for number, (prefix, _) in enumerate(rows):
@@ -173,21 +167,16 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
             except ValueError as err:
                 raise RequestError(number, str(err)) from None
         # The worker generates to the end even when the client has gone: the request is bounded.
-        limit = getattr(self, "max_seconds", MAX_SECONDS)
+        limit = self.max_seconds
         deadline = time.monotonic() + limit
         try:
-            return self._generate(rows, allowed, deadline)
+            return pd.DataFrame({"lyrics": [generate(self.loaded.model, self.loaded.vocab, prefix, decoding,
+                                                     allow_unknown=allow, deadline=deadline)
+                                            for (prefix, decoding), allow in zip(rows, allowed)]})
         except TimeoutError as err:
             raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
-
-    def _generate(self, rows: list[tuple[str, Decoding]], allowed: list[bool], deadline: float) -> pd.DataFrame:
-        from lyricist.generate import generate
-
-        lyrics = [generate(self.loaded.model, self.loaded.vocab, prefix, decoding, allow_unknown=allow,
-                           deadline=deadline) for (prefix, decoding), allow in zip(rows, allowed)]
-        return pd.DataFrame({"lyrics": lyrics})
 
 
 def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:

@@ -18,6 +18,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lyricist import errors
 from lyricist.project import project_root
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(errors.UserError, RuntimeError):
     """The tracking store or server cannot be used; the message names the URI and the fix."""
 
 
@@ -97,8 +98,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
-    try:
-        return with_retry(get_or_create)
+    try:  # workers starting together on a new SQLite store race to create its tables ("already exists")
+        return with_retry(get_or_create, retry_on=("locked", "already exists", "unique constraint failed"))
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r} ({first[:300]}). Use "

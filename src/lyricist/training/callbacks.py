@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lyricist.errors import NoSpace
 from lyricist.evaluation.lyrics import NgramSet, lyric_metrics, ngram_set
-from lyricist.generate import generate
+from lyricist.decoding import generate
 from lyricist.settings import Decoding
 from lyricist.training.module import EPOCH_METRICS
 from lyricist.tracking.store import with_retry

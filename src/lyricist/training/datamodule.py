@@ -1,4 +1,5 @@
-"""The DataModule: batches already-encoded token ids; nothing else (no files, no vocabulary).
+"""The DataModule: batches already-encoded token ids; `load_encoded` reads them (what the vocab
+stage wrote), refused with the fix when missing, made otherwise or too short.
 
 How the batches are cut (random vs consecutive, the data-layout diagram) is in
 `lyricist.data.batching`; here they become a DataLoader per epoch, split over DDP processes.
@@ -7,13 +8,17 @@ How the batches are cut (random vs consecutive, the data-layout diagram) is in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.data.batching import (SAMPLING_MODES, consecutive_batches, num_batches, random_batches,
-                                    variable_lengths)
+from lyricist.data.batching import (SAMPLING_MODES, check_enough_tokens, consecutive_batches, num_batches,
+                                    random_batches, variable_lengths)
+from lyricist.data.prepared import check_record
+from lyricist.data.vocab import Vocab, load_ids
+from lyricist.settings import DataSettings
 
 
 class _BatchStream(IterableDataset):
@@ -114,3 +119,26 @@ class LyricsDataModule(pl.LightningDataModule):
             num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
         )
         return DataLoader(stream, batch_size=None)
+
+
+def load_encoded(data_dir: Path, data: DataSettings, eval_batch_size: int) -> tuple[Vocab, dict]:
+    """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
+    missing, prepared with other `data.*` settings, or too short for one batch."""
+    files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"encoded data missing: {', '.join(missing)}. Prepare it first: "
+            "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "
+            "another corpus)")
+    vocab = Vocab.load(data_dir / "vocab.json")
+    check_record(data_dir, data.model_dump())
+    if vocab.tokenizer != data.tokenizer:
+        raise ValueError(
+            f"{data_dir / 'vocab.json'} is a {vocab.tokenizer}-level vocabulary but data.tokenizer="
+            f"{data.tokenizer}. Prepare the data for this config through DVC (`dvc exp run -S "
+            f"data.tokenizer={data.tokenizer}`) or set data.tokenizer={vocab.tokenizer}")
+    splits = {name: load_ids(data_dir / f"{name}.npy") for name in ("train", "val")}
+    check_enough_tokens(len(splits["train"]), data.batch_size, data.num_steps, "train split", sampling=data.sampling)
+    check_enough_tokens(len(splits["val"]), eval_batch_size, data.num_steps, "val split", sampling="consecutive")
+    return vocab, splits

@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from lyricist import errors
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.ppl import perplexity, why_not_finite
 from lyricist.models import RecurrentLM
@@ -37,7 +38,7 @@ EPOCH_METRICS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl", "tok
 AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.UserError, RuntimeError):
     """The loss became NaN/inf or exploded; raised before the bad step updates anything."""
 
 

@@ -1,0 +1,77 @@
+"""The composition of conf/, checked once: the overrides' keys and group choices before Hydra
+composes, then every value by the schema (lyricist.settings) before anything is read or written.
+A mistake is one line (errors.report), the same from every entry point."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from lyricist import errors, settings
+from lyricist.project import project_root
+from lyricist.settings import Settings
+
+_NAMES = re.compile(r"^[\w.-]+(,[\w.-]+)*$")  # a group choice, or a sweep's list of them (model=rnn,gru)
+
+
+def check_overrides(overrides: Sequence[str], conf_dir: Path) -> None:
+    """Refuse an override naming no setting (did you mean ...) or no file of its conf group, in one
+    line (Hydra's own messages span several lines and suggest appending the typo with +)."""
+    settings.check_override_keys(list(overrides))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        group = key.lstrip("+")
+        if not _ or "." in group or group.startswith("hydra") or not (conf_dir / group).is_dir() or not _NAMES.match(value):
+            continue  # a setting, Hydra's own group (its plugins add options), or a sweep's expression
+        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                raise ValueError(f"{group}={choice} is not an option of conf/{group}/: use one of "
+                                 f"{', '.join(options)}")
+
+
+def compose(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> DictConfig:
+    """conf/config.yaml of the project with `groups` (e.g. ["+tune=default"]) and `overrides`."""
+    conf_dir = project_root() / "conf"
+    check_overrides([*groups, *overrides], conf_dir)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=[*groups, *overrides])
+    except HydraException as err:  # a group file missing, an override that does not parse
+        raise ValueError(" ".join(str(err).split())) from None  # Hydra's lines, as one
+
+
+def settings_of(cfg: DictConfig | dict | str | Path) -> Settings:
+    """The checked settings of a composition (a DictConfig, a dict, or the path of params.yaml);
+    ValueError with one line naming the key, the value and what is allowed."""
+    if isinstance(cfg, (str, Path)):
+        cfg = OmegaConf.load(cfg)
+    if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job
+        cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+               for k in cfg if k != "hydra"}
+    return settings.load(cfg)
+
+
+def load(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> Settings:
+    """The checked settings of conf/ with `groups` and `overrides`."""
+    return settings_of(compose(overrides, groups))
+
+
+def read(params: str | Path, name: str) -> Any:
+    """One section of a params file (params.yaml), checked: what a DVC stage script reads."""
+    cfg = OmegaConf.load(params)
+    if name not in cfg:
+        raise ValueError(f"{params} has no `{name}:` section: write it with `make params` (the composition of conf/)")
+    return settings.section(Settings.model_fields[name].annotation, OmegaConf.to_container(cfg[name], resolve=True),
+                            prefix=name)
+
+
+def run(main: Callable[[], Any]) -> int:
+    """An entry point's `main()`: 0 when it returns, 2 with one line on a user error."""
+    return errors.run_cli(main)

@@ -1,0 +1,133 @@
+"""One recipe over several seeds: each trained, scored as the evaluate stage does, and reported as
+mean ± standard deviation (a single run's perplexity is uncertain by its seed noise).
+
+Seed k trains with `train()` into <out>/seed<k>/ (with MLflow, its run nested under one parent
+run), then is scored with the `evaluate` settings and a Kneser-Ney model fit on the same train
+split; `ensemble` scores the seeds' best checkpoints once more as one model averaging their
+probabilities. <out>/summary.json holds every number, <out>/summary.md the table (sample
+standard deviation over seeds, and each mean over the KN model's), both written again after
+every seed: a stopped run keeps the seeds it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from lyricist.checkpoint import load_checkpoint
+from lyricist.data.corpus import write_text
+from lyricist.evaluation.evaluate import ROWS as EVALUATION_ROWS, evaluate_checkpoint, evaluation_settings
+from lyricist.project import project_root
+from lyricist.settings import Settings, with_overrides
+from lyricist.tracking import serving, store
+from lyricist.training.run import train
+
+# The rows of the table: (name, key prefix in reports/metrics.json's flat names), the evaluator's.
+ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.lines]
+
+
+def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:
+    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage
+    (with a Kneser-Ney model fit here on the same train split); `static`: no dynamic evaluation."""
+    options = evaluation_settings(s)
+    if static:
+        options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
+    # The cache reads val and test once (no updates): cheap, so kept with --static too.
+    return evaluate_checkpoint(checkpoint, data_dir, **options)[0].as_flat_dict()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict], ensemble: dict | None = None) -> str:
+    """The markdown table of `runs` (one dict of metrics per seed, plus "seconds" and "parameters")."""
+    def cell(key: str) -> str:
+        values = [r[key] for r in runs if key in r]
+        if not values:
+            return "–"
+        mean, std = mean_std(values)
+        return f"{mean:.1f} ± {std:.1f}"
+
+    def ratio(key: str, split: str) -> str:
+        values = [r[key] / r[f"ngram_{split}_ppl"] for r in runs if key in r and f"ngram_{split}_ppl" in r]
+        return f"{statistics.fmean(values):.2f}x" if values else "–"
+
+    seconds, _ = mean_std([r["seconds"] for r in runs])
+    lines = [f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); train {seconds:.0f} s per seed; "
+             f"{runs[0]['parameters']:,} parameters; best epoch {cell('epoch')}", "",
+             "| perplexity | val | test | val / KN | test / KN |" + (" ensemble val | ensemble test |" if ensemble else ""),
+             "|---|---|---|---|---|" + ("---|---|" if ensemble else "")]
+    for name, prefix in ROWS:
+        val, test = f"{prefix}val_ppl", f"{prefix}test_ppl"
+        if not any(val in r for r in runs):
+            continue
+        row = f"| {name} | {cell(val)} | {cell(test)} | {ratio(val, 'val')} | {ratio(test, 'test')} |"
+        if ensemble:
+            row += "".join(f" {ensemble[k]:.1f} |" if k in ensemble else " – |" for k in (val, test))
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, command: Sequence[str], n: int, runs: list[dict], ensemble: dict | None) -> str:
+    """summary.json and summary.md of the seeds finished so far (atomically); the table."""
+    table = summarize(runs, ensemble)
+    done = "" if len(runs) == n else f" ({len(runs)} of {n} seeds so far)"
+    write_text(out / "summary.json", json.dumps({"overrides": list(command), "seeds": n, "runs": runs,
+                                                 "ensemble": ensemble}, indent=1) + "\n")
+    write_text(out / "summary.md", f"`python -m lyricist.seeds --seeds {n} {' '.join(command)}`{done}\n\n{table}")
+    return table
+
+
+def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bool = False,
+              log_ensemble: bool = False, command: Sequence[str] = ()) -> str:
+    """Train and score seeds train.seed, +1, ... +n-1 into `out`; the table. `command`: the
+    overrides that made `s`, recorded in the summary and the parent run's name."""
+    seeds, root = [s.train.seed + k for k in range(n)], project_root(s.paths.root)
+    uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
+    client, parent = (MlflowClient(uri), None) if uri else (None, None)
+    if uri:
+        experiment_id = store.ensure_experiment(uri, s.logger.experiment_name)
+        parent = store.with_retry(lambda: client.create_run(
+            experiment_id, run_name=f"seeds {seeds[0]}..{seeds[-1]} {' '.join(command)}"[:250],
+            tags={"seeds": "parent", "git_commit": store.git_commit(root)})).info.run_id
+    try:
+        runs = []
+        for seed in seeds:
+            seeded = with_overrides(s, {"train.seed": seed})
+            start = time.perf_counter()
+            train(seeded, out / f"seed{seed}", parent_run_id=parent)
+            seconds = time.perf_counter() - start
+            best = out / f"seed{seed}" / "checkpoints" / "best.ckpt"
+            metrics = evaluate_run(best, seeded, root / s.paths.encoded, static)
+            runs.append({"seed": seed, "seconds": seconds, "checkpoint": str(best),
+                         "parameters": sum(p.numel() for p in load_checkpoint(best).model.parameters()), **metrics})
+            print(f"seeds: seed {seed}: val {metrics['val_ppl']:.2f}, test {metrics.get('test_ppl', float('nan')):.2f} "
+                  f"({seconds:.0f} s)", flush=True)
+            write_summary(out, command, n, runs, None)  # after every seed: a stopped run keeps the seeds it finished
+        scored = (evaluate_run([r["checkpoint"] for r in runs], seeded, root / s.paths.encoded, static)
+                  if ensemble and len(runs) > 1 else None)
+        table = write_summary(out, command, n, runs, scored)
+        if parent:
+            for key in ("val_ppl", "test_ppl"):
+                if values := [r[key] for r in runs if key in r]:
+                    mean, std = mean_std(values)
+                    store.with_retry(lambda: client.log_metric(parent, f"seeds/{key}_mean", mean))
+                    store.with_retry(lambda: client.log_metric(parent, f"seeds/{key}_std", std))
+            store.with_retry(lambda: client.log_text(parent, table, "seeds.md"))
+            if log_ensemble:
+                serving.log_pyfunc_model(uri, parent, [r["checkpoint"] for r in runs],
+                                         max_num_chars=s.logger.serve_max_num_chars,
+                                         max_seconds=s.logger.serve_max_seconds)
+            store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
+        return table
+    except BaseException as err:
+        if parent:  # not left RUNNING: FAILED, with the reason as a tag
+            store.mark_failed(uri, parent, err)
+        raise
