@@ -4,9 +4,9 @@ run, each trial a child run. The best trial is written as a conf/experiment pres
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,12 +24,13 @@ from pytorch_lightning.loggers import MLFlowLogger
 from lyricist.data.corpus import write_text
 from lyricist.project import project_root
 from lyricist.settings import Settings, SpaceRule, TuneSettings, nest, value_at, with_overrides
-from lyricist.tracking import store
+from lyricist.tracking import inputs, store
 from lyricist.training.datamodule import load_encoded
 from lyricist.training.module import TrainingDiverged
 from lyricist.training.run import train
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
+FOLDER_ATTR = "output_folder"  # the study's own folder in outputs/tune/<study_name>/ (tune.output_dir null)
 RUN_ATTR = "mlflow_run_id"  # a trial's user attribute naming its child run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.overwrite")
@@ -192,8 +193,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
     # would refuse it, when missing or prepared with other settings).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)
-    md5 = hashlib.md5(b"".join((encoded / name).read_bytes() for name in ("vocab.json", "train.npy", "val.npy")))
-    ours = {"search_space": rules(t), "data_md5": md5.hexdigest()}
+    ours = {"search_space": rules(t), "data_md5": inputs.encoded_md5(encoded)}
     storage = make_storage(t, root, on_stale)
     epochs = None if "trainer.max_epochs" in t.space else base.trainer.max_epochs
     kwargs = dict(storage=storage, study_name=t.study_name,
@@ -203,10 +203,15 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
         study = optuna.create_study(direction="minimize", **kwargs)
         for key, value in ours.items():
             study.set_user_attr(key, value)
+        # Last, for the other workers wait for it: a new study (a fresh storage) never writes into
+        # the folders of an earlier one of the same name.
+        study.set_user_attr(FOLDER_ATTR, time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2))
         if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
             study.enqueue_trial(recipe_values(t.space, base), user_attrs={"recipe": "conf's own values"})
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kwargs)
+        if not study.trials:  # made a moment ago (one made before FOLDER_ATTR has trials: its folder is "")
+            _wait_for(study, FOLDER_ATTR)
         theirs = {key: study.user_attrs.get(key, value) for key, value in ours.items()}  # none: a study from before
         if theirs != ours:
             a, b = theirs["search_space"], ours["search_space"]
@@ -214,14 +219,20 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
             what = f"another search space ({', '.join(differ)} differ)" if differ else "other encoded data"
             raise ValueError(f"tune.study_name={t.study_name!r} in {store.shown(storage_url(t, root))} is a study of "
                              f"{what}: give this search a new name, e.g. tune.study_name={t.study_name}_2")
-        if tracking_uri and PARENT_ATTR not in study.user_attrs:
-            for _ in range(120):  # the creating worker is between create_study and set_user_attr
-                time.sleep(0.5)
-                if PARENT_ATTR in study.user_attrs:
-                    break
+        if tracking_uri:
+            _wait_for(study, PARENT_ATTR)
     if tracking_uri and PARENT_ATTR not in study.user_attrs:  # created here, or its creator died first
         study.set_user_attr(PARENT_ATTR, _create_parent_run(t, base, root, tracking_uri))
     return study, study.user_attrs.get(PARENT_ATTR)
+
+
+def _wait_for(study: optuna.Study, key: str) -> None:
+    """Until the study's user attributes hold `key`, which the worker that created the study sets;
+    a minute at most (that worker died in between)."""
+    for _ in range(120):
+        if key in study.user_attrs:
+            return
+        time.sleep(0.5)
 
 
 def _create_parent_run(t: TuneSettings, base: Settings, root: Path, tracking_uri: str) -> str:
@@ -338,13 +349,13 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     t, root = s.tune, project_root(s.paths.root)
     base = with_overrides(s, t.fixed).model_copy(update={"tune": None})  # what every trial trains before its values
     tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
-    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if tracking_uri:  # before the study exists: a study without its parent run would wait for it
         store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
+    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))
     if t.n_trials is None or done < t.n_trials:
         print(f"tune: study {t.study_name!r} in {store.shown(storage_url(t, root))}: {done} trials finished, "

@@ -24,7 +24,7 @@ from lyricist.project import project_root
 from lyricist.settings import LoggerSettings, Settings
 from lyricist.tracking import inputs, registry, serving, store
 from lyricist.training import quiet
-from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
+from lyricist.training.callbacks import AtomicCheckpointIO, EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule, load_encoded
 from lyricist.training.module import LitLanguageModel
 from lyricist.training.resume import check_epochs_left, check_resumable, resolve_resume
@@ -79,6 +79,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
                                     keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
         trainer = s.trainer.build(
             logger=[csv_logger] + ([mlf] if mlf else []), default_root_dir=str(output_dir),
+            plugins=[AtomicCheckpointIO()],  # a full disk or a kill leaves the previous checkpoint whole
             callbacks=_callbacks(s, output_dir, tracking_uri, run_id, train_text=vocab.decode(splits["train"], unk="\ufffd"))
             + list(callbacks or []))
         with inputs.system_metrics(tracking_uri, run_id, s.logger.system_metrics):
