@@ -97,7 +97,7 @@ def test_workers_starting_together_on_a_new_storage_all_open_it(kind, request, t
     def worker() -> None:
         together.wait()
         try:
-            search.make_storage(settings, tmp_path, on_stale=print)
+            search.make_storage(settings, tmp_path, tracking_uri=None)
         except Exception as err:  # noqa: BLE001 (counted, then shown)
             failed.append(err)
 

@@ -96,15 +96,15 @@ def storage_url(t: TuneSettings, root: Path) -> str:
     return t.storage or f"sqlite:///{root / 'optuna.db'}"
 
 
-def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats: a trial whose worker was killed (no heartbeat for grace_period)
-    is marked FAIL (`on_stale(trial)`) by the next worker to start a trial and enqueued again."""
+def make_storage(t: TuneSettings, root: Path, tracking_uri: str | None) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker was killed (no heartbeat for grace_period) is
+    marked FAIL (its child run, left RUNNING, KILLED) by the next worker to start a trial, and enqueued again."""
     url = storage_url(t, root)
     # SQLite: concurrent workers wait for the write lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60} if url.startswith("sqlite") else store.connect_args(url)}
 
     def stale(study: optuna.Study, trial) -> None:
-        on_stale(trial)
+        mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "FAIL (worker killed; retried)", "KILLED")
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
 
     try:  # workers starting together on a new database race to create its tables: again, after a clash
@@ -186,17 +186,13 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
     """Create the study, or load it when another worker (or an earlier run) created it, refused when
     it was made for another space or other data. Creating is the lock: exactly one worker succeeds
     and makes the MLflow parent run; the others wait for it."""
-    def on_stale(trial) -> None:  # a killed worker's trial: its child run was left RUNNING
-        mark_child(tracking_uri, trial.user_attrs.get(RUN_ATTR), "FAIL (worker killed; retried)", "KILLED")
-
     # What the study is of: its space, and the encoded data its trials read (refused here, as trial 0
     # would refuse it, when missing or prepared with other settings).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)
     ours = {"search_space": rules(t), "data_md5": inputs.encoded_md5(encoded)}
-    storage = make_storage(t, root, on_stale)
     epochs = None if "trainer.max_epochs" in t.space else base.trainer.max_epochs
-    kwargs = dict(storage=storage, study_name=t.study_name,
+    kwargs = dict(storage=make_storage(t, root, tracking_uri), study_name=t.study_name,
                   sampler=TrialSeededTPE(t.seed, n_startup_trials=t.n_startup_trials, multivariate=True),
                   pruner=make_pruner(t, epochs))
     try:
