@@ -252,7 +252,7 @@ def _split_member(archive: zipfile.ZipFile, path: Path, split: str, name: str) -
 
 
 def check_split_texts(splits: dict[str, str]) -> None:
-    """Refuse a pre-split corpus whose cleaned split is empty (e.g. data.max_chars=0)."""
+    """Refuse a pre-split corpus whose cleaned split is empty (e.g. a file of control characters only)."""
     for split, part in splits.items():
         if not part.strip():
             raise CorpusError(f"the cleaned {split} split is empty ({len(part)} characters, none visible): "
