@@ -26,23 +26,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from lyricist.data.corpus import atomic_write_bytes
 from lyricist.evaluation.ppl import perplexity as ppl
 
-DISCOUNT_MODES = ("modified", "single", "fixed")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
 KNESER_NEY_FORMAT = 1  # of the file the baseline stage saves and the evaluate stage loads
-
-
-class LanguageModel(Protocol):
-    order: int  # it looks at most order - 1 tokens back
-
-    def prob(self, context: Sequence[int], token: int) -> float: ...
-    def distribution(self, context: Sequence[int]) -> np.ndarray: ...
 
 
 def _as_id_list(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -71,10 +63,6 @@ class AddOneUnigram:
         return self.probs.copy()  # (V,)
 
 
-def unigram_add_one(ids: Sequence[int], vocab_size: int) -> AddOneUnigram:
-    return AddOneUnigram().fit(ids, vocab_size)
-
-
 def estimate_discounts(counts: Sequence[int], mode: str = "modified",
                        fixed_discount: float = 0.75) -> tuple[float, float, float]:
     """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts.
@@ -88,11 +76,7 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
     would leave no mass for the lower orders, and a token unseen after a context probability 0.
     """
     if mode == "fixed":
-        if not 0.0 < fixed_discount <= 1.0:
-            raise ValueError(f"fixed_discount must be in (0, 1], got {fixed_discount}.")
         return (fixed_discount,) * 3
-    if mode not in DISCOUNT_MODES:
-        raise ValueError(f"unknown discount mode {mode!r}; use one of {DISCOUNT_MODES}.")
     count_of_counts = Counter(c for c in counts if c <= 4)
     n1, n2, n3, n4 = (count_of_counts[r] for r in (1, 2, 3, 4))
     if mode == "single":
@@ -150,10 +134,6 @@ class KneserNey:
     """Interpolated Kneser-Ney n-gram model of `order` (1 = unigram) over token ids."""
 
     def __init__(self, order: int = 3, discount_mode: str = "modified", fixed_discount: float = 0.75) -> None:
-        if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}.")
-        if discount_mode not in DISCOUNT_MODES:
-            raise ValueError(f"unknown discount mode {discount_mode!r}; use one of {DISCOUNT_MODES}.")
         self.order, self.discount_mode, self.fixed_discount = order, discount_mode, fixed_discount
 
     def fit(self, ids: Sequence[int], vocab_size: int) -> KneserNey:
@@ -280,7 +260,7 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
     return model
 
 
-def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] = ()) -> float:
+def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Sequence[int] = ()) -> float:
     """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it.
 
     With no `context` the text starts afresh, like the neural model's evaluation: the first
@@ -298,7 +278,7 @@ def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] 
     return ppl(nll / (len(stream) - first))
 
 
-def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
     """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     history = model.order - 1
@@ -306,48 +286,41 @@ def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: S
                      for p in np.asarray(positions).tolist()], dtype=np.float64)
 
 
-def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int,
-                    max_order: int = 5, discount_mode: str = "modified",
-                    fixed_discount: float = 0.75) -> tuple[KneserNey, float]:
-    """The Kneser-Ney order of 1..max_order with the lowest val perplexity (the order is chosen
-    on val alone), fit on train; returns (model, its val perplexity)."""
+def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
+                    **discounts) -> tuple[KneserNey, float]:
+    """The Kneser-Ney order of 1..max_order (`discounts`: KneserNey's) with the lowest val
+    perplexity, fit on train; returns (model, its val perplexity)."""
     if len(val_ids) < 2:
         raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
-    metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, discount_mode,
-                                        fixed_discount)
+    metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
     return model, metrics[f"kn{model.order}"]["val_ppl"]
 
 
-def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
-                       max_order: int = 5, discount_mode: str = "modified", fixed_discount: float = 0.75,
-                       report: Callable[[str], None] = lambda line: None) -> tuple[dict, KneserNey | None]:
-    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split,
-    and the Kneser-Ney model best on val (the one `best_kneser_ney` picks; None without val).
+def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int, max_order: int,
+                       report: Callable[[str], None] = lambda line: None, **discounts) -> tuple[dict, KneserNey | None]:
+    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order (`discounts`:
+    KneserNey's) on each split of >= 2 tokens (an empty test split is left out), and the
+    Kneser-Ney model best on val (None without val; only the best so far is kept in memory).
 
     The metrics are {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best":
-    {"name": .., "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without
-    val). A split with fewer than 2 tokens is left out (nothing to predict), as an empty test
-    split may be. `report` gets one line per model, with its fit and scoring times (a big
-    corpus takes minutes). Only the best order so far is kept: one model in memory, not max_order.
+    {"name": .., "val_ppl": .., "test_ppl": ..}}, "best" chosen on val (absent without val).
+    `report` gets one line per model, with its fit and scoring times (a big corpus takes minutes).
     """
     scored = {split: part for split, part in splits.items() if len(part) >= 2}
     metrics: dict = {}
-    best_order: KneserNey | None = None
+    best: KneserNey | None = None
     for order in range(max_order + 1):  # 0: the add-one unigram
         clock = time.perf_counter()
-        model = unigram_add_one(train_ids, vocab_size) if order == 0 else KneserNey(
-            order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+        model = (KneserNey(order, **discounts) if order else AddOneUnigram()).fit(train_ids, vocab_size)
         fitted = time.perf_counter()
-        name = "unigram" if order == 0 else f"kn{order}"
+        name = f"kn{order}" if order else "unigram"
         metrics[name] = {f"{split}_ppl": perplexity(model, part) for split, part in scored.items()}
         report(f"  {name}: fit {fitted - clock:.1f} s, scored {', '.join(scored) or 'nothing'} "
                f"{time.perf_counter() - fitted:.1f} s")
-        if order and "val_ppl" in metrics[name] and (
-                best_order is None or metrics[name]["val_ppl"] < metrics[f"kn{best_order.order}"]["val_ppl"]):
-            best_order = model  # ties: the lower order stays
-    candidates = [name for name in metrics if "val_ppl" in metrics[name]]
-    if not candidates:
-        return metrics, None
-    best = min(candidates, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
-    metrics["best"] = {"name": best, **metrics[best]}
-    return metrics, best_order
+        val = metrics[name].get("val_ppl")
+        if order and val is not None and (best is None or val < metrics[f"kn{best.order}"]["val_ppl"]):
+            best = model  # ties: the lower order stays
+    if "val" in scored:
+        name = min(metrics, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
+        metrics["best"] = {"name": name, **metrics[name]}
+    return metrics, best
