@@ -96,9 +96,9 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
             if best is None or ppl < best[0]:
                 best = (ppl, theta, lam)
     _, theta, lam = best
-    scored = {split: (None, with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam))
-              for split, (log_p, hidden, targets) in read.items()}  # (positions: unused, log p)
+    scored = {split: with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam)
+              for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits)
-    weight, cache, kn, mixed = score_and_mix(splits, scored, adaptive, weights)
+    weight, cache, kn, mixed = score_and_mix(scored, adaptive, weights)
     return CacheResult(size, theta, lam, weight, cache, kn, mixed)

@@ -207,12 +207,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     for split, ids in splits.items():
         if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
             rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
-            log_p = np.concatenate([tuned_log_p, rest])
+            neural[split] = np.concatenate([tuned_log_p, rest])
         else:
-            log_p = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
-        neural[split] = (np.arange(1, len(log_p) + 1), log_p)
+            neural[split] = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
-    counted = {split: adaptive[split][:len(log_p)] for split, (_, log_p) in neural.items()}
-    weight, dynamic, kn, mixed = score_and_mix(splits, neural, counted, weights)
+    counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}
+    weight, dynamic, kn, mixed = score_and_mix(neural, counted, weights)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

@@ -82,19 +82,18 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
     return best_w, best_ppl
 
 
-def score_and_mix(splits: dict[str, torch.Tensor], neural: dict[str, tuple[np.ndarray, np.ndarray]],
-                  ngram: dict[str, np.ndarray], weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
-    """With the network's (positions, log p) per split and the n-gram's log p at the same
-    positions, choose the mixture weight on val, and return it with the neural, the n-gram and
-    the mixture's perplexities."""
-    for split in splits:
-        if len(ngram[split]) != len(neural[split][1]):
-            raise ValueError(f"{split}: the n-gram scored {len(ngram[split])} positions, the network "
-                             f"{len(neural[split][1])}; score both on the same positions.")
-    scored = {split: (neural[split][1], ngram[split]) for split in splits}
-    weight, _ = choose_weight(*scored["val"], weights=weights)
-    ppl = {split: [perplexity_of(lp) for lp in (neural, kn, mixture_log_probs(neural, kn, weight))]
-           for split, (neural, kn) in scored.items()}  # split -> [neural, n-gram, mixture]
+def score_and_mix(neural: dict[str, np.ndarray], ngram: dict[str, np.ndarray],
+                  weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
+    """From the network's and the n-gram's log p at the same positions of each split: the
+    mixture weight chosen on val, and the network's, the n-gram's and the mixture's perplexities."""
+    pairs = {split: (log_p, ngram[split]) for split, log_p in neural.items()}
+    for split, (log_p, kn) in pairs.items():
+        if len(kn) != len(log_p):
+            raise ValueError(f"{split}: the n-gram scored {len(kn)} positions, the network {len(log_p)}; "
+                             "score both on the same positions.")
+    weight, _ = choose_weight(*pairs["val"], weights=weights)
+    ppl = {split: [perplexity_of(lp) for lp in (log_p, kn, mixture_log_probs(log_p, kn, weight))]
+           for split, (log_p, kn) in pairs.items()}  # split -> [network, n-gram, mixture]
     return weight, *(Perplexities.of_splits({split: p[i] for split, p in ppl.items()}) for i in range(3))
 
 
@@ -107,6 +106,6 @@ def interpolate_with_ngram(model: RecurrentLM, splits: dict[str, torch.Tensor], 
     check_splits(splits)
     if neural is None:
         neural = {split: neural_token_log_probs(model, ids, batch_size, num_steps) for split, ids in splits.items()}
-    ngram_scores = {split: ngram_token_log_probs(ngram, ids, neural[split][0]) for split, ids in splits.items()}
-    weight, _, kn, mixed = score_and_mix(splits, neural, ngram_scores, weights)
+    ngram_log_p = {split: ngram_token_log_probs(ngram, ids, neural[split][0]) for split, ids in splits.items()}
+    weight, _, kn, mixed = score_and_mix({split: neural[split][1] for split in splits}, ngram_log_p, weights)
     return InterpolationResult(order=ngram.order, weight=weight, ngram=kn, interpolated=mixed)

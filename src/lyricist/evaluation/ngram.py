@@ -1,8 +1,6 @@
-"""Count-based baselines over token ids: add-one unigram and interpolated Kneser-Ney n-grams.
-
-They give the held-out perplexity a neural model has to beat, on the same splits and vocabulary:
-`<unk>` is just token id 0 here, as it is for the neural model (built on train only, it never
-occurs in train, so its probability comes from smoothing alone).
+"""Count-based baselines over token ids, the held-out perplexity a network has to beat on the
+same splits and vocabulary: add-one unigram and interpolated Kneser-Ney n-grams (`<unk>` is id
+0, never in train: its probability comes from smoothing alone).
 
 Kneser-Ney is the interpolated, modified form of Chen & Goodman (1998): for an n-gram model,
 
@@ -65,16 +63,11 @@ class AddOneUnigram:
 
 def estimate_discounts(counts: Sequence[int], mode: str = "modified",
                        fixed_discount: float = 0.75) -> tuple[float, float, float]:
-    """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts.
-
-    "modified" is Chen & Goodman's estimate from the count-of-counts n1..n4:
-    Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r. "single" is Ney's one discount Y
-    for every count; "fixed" is `fixed_discount` for every count.
-
-    Where the counts cannot give an estimate in (0, r] (a count-of-counts is zero, as on tiny
-    corpora) the order gets FALLBACK_DISCOUNTS, like KenLM's --discount_fallback. A discount of 0
-    would leave no mass for the lower orders, and a token unseen after a context probability 0.
-    """
+    """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts:
+    "modified", Chen & Goodman's Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r from the
+    count-of-counts n1..n4; "single", Ney's one Y; "fixed", `fixed_discount`. Where the counts give
+    no estimate in (0, r] (tiny corpora), FALLBACK_DISCOUNTS, like KenLM's --discount_fallback: a
+    discount of 0 would leave no mass for the lower orders."""
     if mode == "fixed":
         return (fixed_discount,) * 3
     count_of_counts = Counter(c for c in counts if c <= 4)
@@ -157,10 +150,9 @@ class KneserNey:
         return self
 
     def observe(self, ids: Sequence[int], context: Sequence[int] = ()) -> KneserNey:
-        """Add the n-grams of `ids`, read after `context`, to the counts, as if they had been
-        in the training text (the discounts stay as estimated there): the adaptive n-gram of
-        `lyricist.evaluation.dynamic`. Fitting on A and then observing B after A gives the model
-        fit on A + B (for fixed discounts, exactly)."""
+        """Count the n-grams of `ids`, read after `context`, as if they had been in the training text
+        (the discounts stay): fitting on A, then observing B after A, fits A + B (exactly, for fixed
+        discounts). The adaptive n-gram of dynamic evaluation."""
         context = _as_id_list(context, self.vocab_size)[-(self.order - 1):] if self.order > 1 else []
         stream = context + _as_id_list(ids, self.vocab_size)
         for i in range(len(context), len(stream)):
@@ -206,12 +198,10 @@ class KneserNey:
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
-    """Write a fitted Kneser-Ney model to `path` atomically, as a .npz of plain arrays (loaded
-    without pickle): its settings as JSON (with `max_order`, the orders it was chosen among),
-    and per order k its k-grams in fitting order with their counts and discounts, and the k-gram
-    types seen (what `observe` needs). The rest is recomputed from these on loading, as `fit`
-    computes it, so a freshly fit model loads bit for bit (one that has `observe`d since may
-    differ in the last bits of its back-off masses, which `observe` sums in another order)."""
+    """Write a fitted model to `path` atomically, a .npz of plain arrays (no pickle): its settings
+    (with `max_order`, the orders it was chosen among), per order its k-grams in fitting order with
+    their counts and discounts, and the k-gram types `observe` needs. Loading recomputes the rest
+    as `fit` does: a freshly fit model loads bit for bit."""
     meta = {"format": KNESER_NEY_FORMAT, "order": model.order, "discount_mode": model.discount_mode,
             "fixed_discount": model.fixed_discount, "vocab_size": model.vocab_size, "max_order": max_order}
     arrays = {"meta": np.array(json.dumps(meta))}
@@ -261,13 +251,9 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
 
 
 def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Sequence[int] = ()) -> float:
-    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it.
-
-    With no `context` the text starts afresh, like the neural model's evaluation: the first
-    token has no history and is not predicted, the next ones see a history shorter than
-    order - 1. `context` (e.g. the end of the split before) gives the first tokens a history
-    and then every token of `ids` is predicted.
-    """
+    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with
+    no `context` the first token is not predicted (as in the network's evaluation), with one
+    (e.g. the end of the split before) every token is."""
     context = np.asarray(context, dtype=np.int64).ravel().tolist()
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     stream = context + ids
@@ -298,14 +284,10 @@ def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size
 
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int, max_order: int,
                        report: Callable[[str], None] = lambda line: None, **discounts) -> tuple[dict, KneserNey | None]:
-    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order (`discounts`:
-    KneserNey's) on each split of >= 2 tokens (an empty test split is left out), and the
-    Kneser-Ney model best on val (None without val; only the best so far is kept in memory).
-
-    The metrics are {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best":
-    {"name": .., "val_ppl": .., "test_ppl": ..}}, "best" chosen on val (absent without val).
-    `report` gets one line per model, with its fit and scoring times (a big corpus takes minutes).
-    """
+    """({"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best": {"name": .., ...}},
+    the Kneser-Ney model best on val): the add-one unigram and Kneser-Ney orders 1..max_order
+    (`discounts`: KneserNey's) on each split of >= 2 tokens; "best" and the model chosen on val
+    (absent, None without val; one model kept in memory). `report` hears each model's times."""
     scored = {split: part for split, part in splits.items() if len(part) >= 2}
     metrics: dict = {}
     best: KneserNey | None = None
