@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -35,14 +36,13 @@ from lyricist.models.stream import read_streams
 
 
 class RMSDecayUpdate:
-    """Krause et al. (2018)'s dynamic-evaluation step, for every weight θ with trained value θ0:
+    """Krause et al. (2018)'s step, for every weight θ with trained value θ0:
 
         θ <- θ - lr * grad / (rms + eps) + decay * (rms / norm) * (θ0 - θ)
 
-    `rms`: the root-mean-square of θ's gradient over training text (`gradient_rms`): weights the
-    training moved little move little; `norm`: the sum over the parameter tensors of their mean
-    rms, as in the authors' released code (dynamiceval). The decay pulls back to what training
-    learnt (what a song taught is forgotten in the next), its factor capped at 1: no overshoot."""
+    `rms`: θ's gradient root-mean-square on train (`gradient_rms`): weights training moved little
+    move little. `norm`: the sum of the tensors' mean rms, as in the authors' code (dynamiceval).
+    The decay forgets what a song taught by the next; its factor capped at 1 (no overshoot)."""
 
     def __init__(self, params, rms: list[torch.Tensor], lr: float, decay: float, eps: float):
         self.params = list(params)
@@ -174,14 +174,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
                      rms: list[torch.Tensor] | None = None, decay: float = 0.0,
                      eps: float = 1e-3, adaptive: dict[str, np.ndarray] | None = None,
                      progress: Tick | None = None) -> DynamicResult:
-    """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
-    (optionally) "test", each read afresh from the trained weights and counts (`StreamReader`'s
-    update: SGD, or Krause's with `rms`, `decay`, `eps`). `adaptive`: `adaptive_ngram_scores`
-    when the caller has them (at least as far as the network reads). `progress` hears each read.
-
-    The rate is the best of 0 (a rate that does not help is never chosen) and `learning_rates`
-    on the first `tune_tokens` of val (None: all of it), the mixture weight on all of val: each
-    rate reads that part once, and the chosen rate's reader goes on through the rest of val."""
+    """Dynamic neural and adaptive n-gram perplexities, alone and mixed, on "val" and (optionally)
+    "test", each read from the trained weights and counts (`StreamReader`'s update; `adaptive`:
+    `adaptive_ngram_scores` if the caller has them). The rate is the best of 0 (never chosen
+    unless one helps) and `learning_rates` on the first `tune_tokens` of val (None: all), each
+    rate reading that part once, the chosen one going on through the rest; the weight on val."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
@@ -192,9 +189,7 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
-    def reader(lr: float) -> StreamReader:
-        return StreamReader(model, num_steps, lr, rms, decay, eps)
-
+    reader = partial(StreamReader, model, num_steps, rms=rms, decay=decay, eps=eps)  # reader(lr): a fresh one
     best = None  # (perplexity on the tuning tokens, rate, its reader, its log p there)
     for lr in [0.0, *(lr for lr in learning_rates if lr != 0.0)]:
         tuned = reader(lr)

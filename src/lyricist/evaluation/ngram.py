@@ -20,7 +20,7 @@ import json
 import math
 import time
 import zipfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -85,14 +85,13 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
 
 @dataclass
 class _Level:
-    """The counts of one order k: k-grams, and per context (the first k-1 tokens) what follows."""
+    """The counts of one order k: k-grams, and per context (the first k-1 tokens) their totals."""
 
     counts: dict[tuple[int, ...], int]
     discounts: tuple[float, float, float]
     # context -> (c(h.), sum of the discounts of its followers); gamma(h) is their ratio.
     # A context with no entry was never seen at this order.
     contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
-    followers: dict[tuple[int, ...], list[int]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def from_counts(cls, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> _Level:
@@ -105,7 +104,6 @@ class _Level:
             context = gram[:-1]
             totals[context] += count
             masses[context] += level.discount(count)
-            level.followers[context].append(gram[-1])
         level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
         return level
 
@@ -118,8 +116,6 @@ class _Level:
         self.counts[gram] = old + 1
         context = gram[:-1]
         total, mass = self.contexts.get(context, (0, 0.0))
-        if old == 0:
-            self.followers[context].append(gram[-1])
         self.contexts[context] = (total + 1, mass + self.discount(old + 1) - (self.discount(old) if old else 0.0))
 
 
@@ -187,14 +183,7 @@ class KneserNey:
 
     def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
         """P(w | context) for every token id w, shape (vocab_size,)."""
-        p = np.full(self.vocab_size, 1.0 / self.vocab_size)  # (V,)
-        for level, h, total, mass in self._seen_contexts(context):
-            tokens = level.followers[h]
-            counts = np.array([level.counts[h + (w,)] for w in tokens], dtype=np.float64)
-            discounts = np.array(level.discounts)[np.minimum(counts, 3).astype(int) - 1]
-            p = mass / total * p
-            p[tokens] += (counts - discounts) / total
-        return p
+        return np.array([self.prob(context, w) for w in range(self.vocab_size)])  # (V,)
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
