@@ -88,14 +88,11 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
         raise ValueError(f"evaluate.cache_size must be an integer >= 1 (positions), got {size}: e.g. 2000")
     read = {split: stream_states(model, ids) for split, ids in splits.items()}
     log_p_val, hidden_val, targets_val = read["val"]
-    best = None  # (val perplexity, θ, λ)
+    tried = []  # (val perplexity, θ, λ)
     for theta in thetas:
         cached = cache_log_probs(hidden_val, targets_val, theta, size)
-        for lam in lambdas:
-            ppl = perplexity_of(with_cache(log_p_val, cached, lam))
-            if best is None or ppl < best[0]:
-                best = (ppl, theta, lam)
-    _, theta, lam = best
+        tried += [(perplexity_of(with_cache(log_p_val, cached, lam)), theta, lam) for lam in lambdas]
+    _, theta, lam = min(tried, key=lambda t: t[0])  # ties: the first
     scored = {split: with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam)
               for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
