@@ -1,20 +1,17 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
-import contextlib
 import os
 import random
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lyricist.data.corpus import split_text
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
+# Servers the tests start; `postgres` and `mlflow_on_postgres` are session fixtures.
+from servers import free_port, mlflow_on_postgres, postgres, serving  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
@@ -89,36 +86,6 @@ def plateau_cfg(cfg, epochs: int):
     cfg.optim.scheduler.factor, cfg.optim.scheduler.patience = 0.5, 0  # the default schedule: plateau
     cfg.optim.lr = 0.005
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(command: list[str], ready_url: str, cwd: Path, env=None, timeout: float = 180):
-    """Start a server process, wait until `ready_url` answers, and always stop it."""
-    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if requests.get(ready_url, timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.time() < deadline, f"{command[:3]} did not start"
-            time.sleep(0.5)
-        yield
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def evaluate_stage(tmp_path: Path, cfg, checkpoint: Path) -> dict:

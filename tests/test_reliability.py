@@ -4,6 +4,7 @@ and bad configuration refused before any training."""
 import csv
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +33,13 @@ def _rows(path):
         return [{k: v for k, v in row.items() if k != "tokens_per_sec"} for row in csv.DictReader(f)]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time a process has spent (user + system, /proc/<pid>/stat): its own progress,
+    however busy the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from field 3, the state
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture
 def bigger_data(tmp_path):
     """Enough batches that an epoch takes a few seconds, so a kill lands mid-epoch."""
@@ -52,13 +60,14 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger
     victim = subprocess.Popen(command(tmp_path / "victim"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     metrics_csv = tmp_path / "victim" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None:
-        if metrics_csv.is_file() and len(_rows(metrics_csv)) >= 1:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch
-    assert victim.poll() is None, "the run finished before it could be killed: make epochs longer"
+    # Events, not time (a busy machine stretches time, and a wall-clock sleep with it): epoch 0's
+    # row, then 0.3 s of the victim's own CPU time into the next epoch.
+    row_seen_at = None
+    while row_seen_at is None or _cpu_seconds(victim.pid) < row_seen_at + 0.3:
+        assert victim.poll() is None, "the run finished before it could be killed: make epochs longer"
+        if row_seen_at is None and metrics_csv.is_file() and len(_rows(metrics_csv)) >= 1:
+            row_seen_at = _cpu_seconds(victim.pid)
+        time.sleep(0.05)  # how often to look, not how long to wait
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_rows = len(_rows(metrics_csv))

@@ -147,8 +147,16 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
                                 json={"dataframe_records": [{"prefix": None, "num_chars": 10}]})
         too_long = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                                  json={"dataframe_records": [{"prefix": "分开", "num_chars": 10**7}]})
+        # Issue 33: a misspelt field and a character the vocabulary lacks, refused by name (were 200).
+        misspelt = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                                 json={"dataframe_records": [{"prefix": "分开", "temprature": 0.01}]})
+        unknown_char = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                                     json={"dataframe_records": [{"prefix": "分开λ"}]})
     assert refused.status_code == 400 and "prefix: null is not allowed" in refused.json()["message"]
     assert too_long.status_code == 400 and "num_chars=10000000 is not allowed" in too_long.json()["message"]
+    assert misspelt.status_code == 400 and ("unknown request field temprature (did you mean temperature?): a row "
+                                            "takes prefix, ") in misspelt.json()["message"]
+    assert unknown_char.status_code == 400 and "characters not in the vocabulary: 'λ'" in unknown_char.json()["message"]
     assert reply.status_code == 200, reply.text
     [prediction] = reply.json()["predictions"]
     assert prediction["lyrics"].startswith("分开")

@@ -38,6 +38,10 @@ class LoadedModel:
 
 
 def _read(path: Path, map_location) -> dict:
+    if path.is_dir():
+        found = ", ".join(sorted(p.name for p in path.glob("*.ckpt"))) or "no .ckpt file"
+        raise IsADirectoryError(f"checkpoint {path} is a folder ({found} in it): give the .ckpt file itself, "
+                                f"e.g. {path / 'best.ckpt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train first (`dvc repro train` or "
                                 "`python -m lyricist.train`), or point to an existing .ckpt")

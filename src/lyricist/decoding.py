@@ -36,8 +36,8 @@ def encode_prefix(vocab: Vocab, prefix: str, allow_unknown: bool = False) -> lis
     if unknown and not allow_unknown:
         what = (f"characters not in the vocabulary: {''.join(unknown)!r}" if vocab.tokenizer == "char"
                 else f"words not in the (word-level) vocabulary: {', '.join(map(repr, unknown))}")
-        raise ValueError(f"prefix {prefix!r} has {what}; "
-                         "remove them, or allow them to be read as <unk> (--allow-unknown)")
+        raise ValueError(f"prefix {prefix!r} has {what}; remove them, or have them read as <unk> "
+                         "(--allow-unknown; in a request to the served model, \"allow_unknown\": true)")
     return vocab.encode(prefix)
 
 

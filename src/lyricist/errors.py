@@ -3,7 +3,8 @@
 The entry points (the training app, the DVC stage scripts, the generate CLI) print such an
 error as one line, `error: <message>`, and exit with status 2; the full traceback is shown
 when $LYRICIST_FULL_ERROR=1 or $HYDRA_FULL_ERROR=1 (Hydra's own switch) is set. Any other
-exception is a bug and keeps its traceback.
+exception is a bug and keeps its traceback. Under `dvc exp run` in the workspace a line more says
+that params.yaml keeps the experiment's values (DVC leaves them there when a stage fails).
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ class UserError(Exception):
     divergence guard, an unusable tracking store."""
 
 
+class NoSpace(OSError):
+    """A file not written for want of space (the earlier one kept): the message names the folder
+    and the space needed."""
+
+
 # ValueError covers the library's own refusals (CorpusError, VocabError, RunDirError, bad
 # settings); FileNotFoundError a missing corpus, checkpoint or encoded data.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError, UserError)
+                                                IsADirectoryError, UserError, NoSpace)
 
 
 def full_error() -> bool:
@@ -38,8 +44,21 @@ def report(err: BaseException) -> int:
     if full_error():
         traceback.print_exception(err)
     else:
-        print(f"error: {err}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        print(f"error: {_said(err)}\n(set LYRICIST_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+    if os.environ.get("DVC_EXP_NAME") and "/.dvc/tmp/" not in os.environ.get("DVC_ROOT", "/.dvc/tmp/"):
+        print("(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml` restores "
+              "the committed ones)", file=sys.stderr)
     return EXIT_STATUS
+
+
+def _said(err: BaseException) -> str:
+    """The message; Python's bare "[Errno 2] No such file or directory: 'x'" said with the fix."""
+    if not (isinstance(err, OSError) and err.filename and str(err).startswith("[Errno")):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        return (f"{err.filename} does not exist: check the path (a DVC stage's input is written by the stages "
+                "before it: `dvc repro <stage>` runs them first)")
+    return f"{err.filename}: {err.strerror.lower()}: check the path"
 
 
 def run_cli(main: Callable[[], Any], user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:

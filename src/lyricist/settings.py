@@ -384,7 +384,7 @@ class TuneSettings(Section):
     pruner_startup_trials: NonNegative = _f("median: trials finished before any is pruned")
     pruner_warmup_epochs: NonNegative = _f("median: epochs of each trial never pruned")
     hyperband_min_epochs: Count = _f("hyperband: the smallest budget (epochs)")
-    output_dir: str | None = _f("null: <project root>/outputs/tune/<study_name>; trial k in trial_<k>/")
+    output_dir: str | None = _f("null: <project root>/outputs/tune/<study_name>/<its creation time>/; trial k in trial_<k>/")
     preset: str | None = _f("the best trial written as conf/experiment/<preset>.yaml; null: not written")
     preset_dir: str | None = _f("null: <project root>/conf/experiment")
     fixed: dict[str, Any] = _f("{dotted key: value} set on every trial, not searched")

@@ -42,6 +42,22 @@ def decoding_of(args: argparse.Namespace, base: Decoding) -> Decoding:
     return settings.section(Decoding, {**base.model_dump(), **given})
 
 
+def _number(kind: type):
+    """argparse's type for a decoding flag, or null (none); a whole number may be written 1e7."""
+    def number(text: str):
+        if text.lower() in ("null", "none"):
+            return None
+        try:
+            value = float(text) if kind is int and "e" in text.lower() else kind(text)
+            if kind is int and not float(value).is_integer():
+                raise ValueError(text)
+            return kind(value)
+        except ValueError:
+            what = "a whole number, e.g. 200" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (or null: the checkpoint's own value)") from None
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate lyrics from a trained checkpoint.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -53,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, info in Decoding.model_fields.items():  # a flag left out: the checkpoint's run's `generate.*`
         kind = str if name == "strategy" else float if "float" in str(info.annotation) else int
         names = [f"--{name.replace('_', '-')}"] + (["--num-tokens"] if name == "num_chars" else [])
-        parser.add_argument(*names, dest=name, help=info.description,  # null (none): the setting's null
-                            type=lambda text, kind=kind: None if text.lower() in ("null", "none") else kind(text))
+        parser.add_argument(*names, dest=name, type=_number(kind), help=info.description)
     parser.add_argument("--allow-unknown", action="store_true",
                         help="read characters (words) missing from the vocabulary as <unk>")
     parser.add_argument("--data-dir", help="data/encoded/<corpus>/: refuse a checkpoint whose vocabulary is not "

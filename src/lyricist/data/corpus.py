@@ -67,6 +67,10 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
 def _decode(data: bytes, source: str, path: Path) -> str:
     """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
     holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
+    refetch = f"re-fetch it with `dvc pull --force {path}.dvc`" if Path(f"{path}.dvc").is_file() else ""
+    if data.startswith(b"\x1f\x8b"):
+        raise CorpusError(f"{source} is gzip-compressed, not text: `gunzip` it (or put the text in a .zip) and "
+                          "point data.raw_path at the result")
     if data.startswith(UTF16_BOMS):
         raise CorpusError(f"{source} is UTF-16 text (it starts with a UTF-16 byte-order mark). Re-encode it "
                           "as UTF-8: `iconv -f UTF-16 -t UTF-8 <file> > <file>.utf8.txt`.")
@@ -75,8 +79,8 @@ def _decode(data: bytes, source: str, path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CorpusError(f"{source} is not valid UTF-8: byte {err.start} (0x{data[err.start]:02x}) cannot be "
-                          f"decoded ({err.reason}). Re-encode the file as UTF-8 (e.g. `iconv -f GB18030 -t "
-                          f"UTF-8`) or re-fetch it with `dvc pull --force {path}.dvc`.") from err
+                          f"decoded ({err.reason}). Re-encode the file as UTF-8 (`iconv -f <its encoding, e.g. "
+                          f"CP1252 or GB18030> -t UTF-8`){' or ' + refetch if refetch else ''}.") from err
 
     text = text.removeprefix(UTF8_BOM)
     if "\0" in text:
@@ -85,8 +89,8 @@ def _decode(data: bytes, source: str, path: Path) -> str:
                           "(then `iconv -f UTF-16LE -t UTF-8 <file> > <file>.utf8.txt`), not UTF-8 text.")
     if not text.strip():
         raise CorpusError(f"{source} is empty ({len(text)} characters, none of them visible): there is "
-                          f"nothing to train on. Re-fetch it with `dvc pull --force {path}.dvc` or point the "
-                          "config at another corpus.")
+                          f"nothing to train on. {(refetch + ' or p') if refetch else 'P'}oint the config at another "
+                          "corpus.")
     return text
 
 

@@ -8,10 +8,9 @@ sampler, best trial, plots), each trial a child run. The best trial is written a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
+import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,12 +28,13 @@ from pytorch_lightning.loggers import MLFlowLogger
 from lyricist.data.corpus import write_text
 from lyricist.project import project_root
 from lyricist.settings import Settings, SpaceRule, TuneSettings, nest, value_at, with_overrides
-from lyricist.tracking import store
+from lyricist.tracking import inputs, store
 from lyricist.training.datamodule import load_encoded
 from lyricist.training.module import TrainingDiverged
 from lyricist.training.run import train
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
+FOLDER_ATTR = "output_folder"  # the study's own folder in outputs/tune/<study_name>/ (tune.output_dir null)
 RUN_ATTR = "mlflow_run_id"  # a trial's user attribute naming its child run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.overwrite")
@@ -96,10 +96,6 @@ def make_pruner(t: TuneSettings, max_epochs: int | None = None) -> optuna.pruner
     return optuna.pruners.NopPruner()
 
 
-def shown(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", url)  # no password in a message
-
-
 def storage_url(t: TuneSettings, root: Path) -> str:
     return t.storage or f"sqlite:///{root / 'optuna.db'}"
 
@@ -109,7 +105,7 @@ def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBSt
     is marked FAIL (`on_stale(trial)`) by the next worker to start a trial and enqueued again."""
     url = storage_url(t, root)
     # SQLite: concurrent workers wait for the write lock instead of failing at once.
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    engine = {"connect_args": {"timeout": 60} if url.startswith("sqlite") else store.connect_args(url)}
 
     def stale(study: optuna.Study, trial) -> None:
         on_stale(trial)
@@ -118,10 +114,10 @@ def make_storage(t: TuneSettings, root: Path, on_stale) -> optuna.storages.RDBSt
     try:  # workers starting together on a new database race to create its tables: again, after a clash
         return store.with_retry(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=t.heartbeat_interval, grace_period=t.grace_period,
-            heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint failed"))
+            heartbeat_stale_trial_callback=stale), retry_on=("locked", "already exists", "unique constraint"))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # a bad URL, a missing folder or driver, no server
         reason = " ".join(str(err).split("\n")[0].split())[:300]
-        raise ValueError(f"tune.storage={shown(url)!r} cannot be opened ({reason}): give a SQLAlchemy URL of a "
+        raise ValueError(f"tune.storage={store.shown(url)!r} cannot be opened ({reason}): give a SQLAlchemy URL of a "
                          "database this machine reaches, e.g. sqlite:////abs/path/optuna.db in an existing folder "
                          "or postgresql://user:pw@host/db, or null for <project root>/optuna.db") from None
 
@@ -201,8 +197,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
     # would refuse it, when missing or prepared with other settings).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)
-    md5 = hashlib.md5(b"".join((encoded / name).read_bytes() for name in ("vocab.json", "train.npy", "val.npy")))
-    ours = {"search_space": rules(t), "data_md5": md5.hexdigest()}
+    ours = {"search_space": rules(t), "data_md5": inputs.encoded_md5(encoded)}
     storage = make_storage(t, root, on_stale)
     epochs = None if "trainer.max_epochs" in t.space else base.trainer.max_epochs
     kwargs = dict(storage=storage, study_name=t.study_name,
@@ -212,25 +207,36 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
         study = optuna.create_study(direction="minimize", **kwargs)
         for key, value in ours.items():
             study.set_user_attr(key, value)
+        # Last, for the other workers wait for it: a new study (a fresh storage) never writes into
+        # the folders of an earlier one of the same name.
+        study.set_user_attr(FOLDER_ATTR, time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2))
         if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
             study.enqueue_trial(recipe_values(t.space, base), user_attrs={"recipe": "conf's own values"})
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kwargs)
+        if not study.trials:  # made a moment ago (one made before FOLDER_ATTR has trials: its folder is "")
+            _wait_for(study, FOLDER_ATTR)
         theirs = {key: study.user_attrs.get(key, value) for key, value in ours.items()}  # none: a study from before
         if theirs != ours:
             a, b = theirs["search_space"], ours["search_space"]
             differ = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
             what = f"another search space ({', '.join(differ)} differ)" if differ else "other encoded data"
-            raise ValueError(f"tune.study_name={t.study_name!r} in {shown(storage_url(t, root))} is a study of "
+            raise ValueError(f"tune.study_name={t.study_name!r} in {store.shown(storage_url(t, root))} is a study of "
                              f"{what}: give this search a new name, e.g. tune.study_name={t.study_name}_2")
-        if tracking_uri and PARENT_ATTR not in study.user_attrs:
-            for _ in range(120):  # the creating worker is between create_study and set_user_attr
-                time.sleep(0.5)
-                if PARENT_ATTR in study.user_attrs:
-                    break
+        if tracking_uri:
+            _wait_for(study, PARENT_ATTR)
     if tracking_uri and PARENT_ATTR not in study.user_attrs:  # created here, or its creator died first
         study.set_user_attr(PARENT_ATTR, _create_parent_run(t, base, root, tracking_uri))
     return study, study.user_attrs.get(PARENT_ATTR)
+
+
+def _wait_for(study: optuna.Study, key: str) -> None:
+    """Until the study's user attributes hold `key`, which the worker that created the study sets;
+    a minute at most (that worker died in between)."""
+    for _ in range(120):
+        if key in study.user_attrs:
+            return
+        time.sleep(0.5)
 
 
 def _create_parent_run(t: TuneSettings, base: Settings, root: Path, tracking_uri: str) -> str:
@@ -328,8 +334,10 @@ def report(s: Settings, base: Settings, overrides: Sequence[str], study: optuna.
             tags = {"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in summary["best_values"].items()},
                     **({"best_child_run_id": best.user_attrs[RUN_ATTR]} if RUN_ATTR in best.user_attrs else {})}
             _log_plots(client, parent, study, bool(imp))
-        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                                                  tags=[RunTag(k, v) for k, v in tags.items()]))
+        store.with_retry(lambda: client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]))
+        # Two workers finishing at once insert the same new tag: the loser's retry updates it.
+        store.with_retry(lambda: client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()]),
+                         retry_on=("locked", "unique constraint"))
         if not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)):  # the last worker closes it
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
     return table
@@ -354,14 +362,16 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     t, root = s.tune, project_root(s.paths.root)
     base = with_overrides(s, t.fixed).model_copy(update={"tune": None})  # what every trial trains before its values
     tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
-    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are "experimental" in optuna 5.0 (pinned): said once here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if tracking_uri:  # before the study exists: a study without its parent run would wait for it
+        store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
+    out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))
     if t.n_trials is None or done < t.n_trials:
-        print(f"tune: study {t.study_name!r} in {shown(storage_url(t, root))}: {done} trials finished, "
+        print(f"tune: study {t.study_name!r} in {store.shown(storage_url(t, root))}: {done} trials finished, "
               f"budget {t.n_trials} trials / {t.timeout} s", flush=True)
         # The budget is the study's over all workers, not each worker's.
         callbacks = [optuna.study.MaxTrialsCallback(t.n_trials, states=FINISHED)] if t.n_trials else []

@@ -3,7 +3,9 @@
 - The corpus as the run's dataset input (context "training"): its name (data.name), digest (the
   hash DVC recorded for the raw corpus, the run's `data_md5` tag), source (the raw corpus's path)
   and, as its profile, the split sizes in tokens and the vocabulary: the UI's Datasets column
-  tells runs on different data apart.
+  tells runs on different data apart. The tag `encoded_md5` is the hash of what the run read
+  (vocab.json, train.npy, val.npy): the registry's identity of the data (data.raw_path may not be
+  what paths.encoded was made from).
 - MLflow's system metrics sampler (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
   disk, network; GPU utilisation and memory where an NVIDIA GPU and nvidia-ml-py are there) every
   10 s while the model trains ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it); off with
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -29,6 +32,8 @@ from lyricist import rundir
 from lyricist.tracking import store
 
 SPLITS = ("train", "val", "test")
+READ = ("vocab.json", "train.npy", "val.npy")  # what a training run reads of paths.encoded
+ENCODED_TAG = "encoded_md5"
 
 
 class Corpus(MetaDataset):
@@ -54,9 +59,20 @@ def corpus_profile(encoded_dir: Path) -> dict[str, int | str]:
     return {**sizes, "vocab_size": len(vocab["itos"]), "tokenizer": vocab.get("tokenizer", "char")}
 
 
+def encoded_md5(encoded_dir: Path) -> str:
+    """One md5 over the files a run reads (READ), in order."""
+    digest = hashlib.md5()
+    for name in READ:
+        with open(encoded_dir / name, "rb") as f:
+            digest.update(hashlib.file_digest(f, "md5").digest())
+    return digest.hexdigest()
+
+
 def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encoded_dir: Path) -> None:
-    """The corpus as the run's training dataset; its digest is the run's data_md5 tag."""
+    """The corpus as the run's training dataset (its digest the run's data_md5 tag); the hash of
+    the files read as the run's encoded_md5 tag."""
     client = MlflowClient(tracking_uri)
+    store.with_retry(lambda: client.set_tag(run_id, ENCODED_TAG, encoded_md5(encoded_dir)))
     digest = store.with_retry(lambda: client.get_run(run_id)).data.tags.get("data_md5", "unknown")
     corpus = Corpus(str(raw_path.resolve()), name, digest, corpus_profile(encoded_dir))
     entry = DatasetInput(corpus._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])

@@ -4,10 +4,12 @@
     mlflow models serve -m models:/lyricist@champion -p 5001 --env-manager local
 
 A training run with a logged model registers it under logger.registered_model_name, the version
-tagged with its best val perplexity (`val_ppl`) and the raw corpus's hash (`data_md5`, as the run).
+tagged with its best val perplexity (`val_ppl`) and its data: the raw corpus's hash (`data_md5`)
+and the hash of the encoded splits and vocabulary it read (`encoded_md5`), as the run.
 The alias moves to the new version only when there is no champion yet, or the new val perplexity
-beats the champion's on the same data hash: perplexities on other data do not compare, so a model
-trained on another corpus never displaces it (set the alias by hand for that:
+beats the champion's on the same data (both hashes): perplexities on other data do not compare, so
+a model trained on another corpus, or on data encoded otherwise, never displaces it (a champion
+registered before `encoded_md5` counts as other data; set the alias by hand for that:
 MlflowClient().set_registered_model_alias). A run that is not trained registers nothing, so a
 second `dvc repro` with nothing changed adds no version.
 """
@@ -21,8 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lyricist.tracking import store
+from lyricist.tracking.inputs import ENCODED_TAG
 
 ALIAS = "champion"
+DATA_TAGS = ("data_md5", ENCODED_TAG)  # a version's data: what DVC hashed, what the run read
 
 
 def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str,
@@ -30,7 +34,8 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
     """Register the run's logged model as a new version of `name`, moving the alias by the rule
     above; the version number."""
     client = MlflowClient(tracking_uri)
-    data_md5 = store.with_retry(lambda: client.get_run(run_id)).data.tags.get("data_md5", "unknown")
+    run_tags = store.with_retry(lambda: client.get_run(run_id)).data.tags
+    data = {tag: run_tags.get(tag, "unknown") for tag in DATA_TAGS}
     try:
         store.with_retry(lambda: client.create_registered_model(name))
     except MlflowException as err:
@@ -38,12 +43,13 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
             raise
     version = store.with_retry(lambda: client.create_model_version(
         name, model_uri, run_id=run_id, model_id=model_id,
-        tags={"val_ppl": repr(float(val_ppl)), "data_md5": data_md5})).version
+        tags={"val_ppl": repr(float(val_ppl)), **data})).version
     champion = _champion(client, name)
+    differ = [tag for tag in DATA_TAGS if champion and champion.tags.get(tag) != data[tag]]
     if champion is None:
-        moved, why = True, "the first"
-    elif champion.tags.get("data_md5") != data_md5:
-        moved, why = False, f"version {champion.version} was trained on other data (data_md5)"
+        moved, why = True, _no_champion(client, name, version)
+    elif differ:
+        moved, why = False, f"version {champion.version} was trained on other data ({', '.join(differ)})"
     else:
         best = _val_ppl(client, champion)
         moved = val_ppl < best
@@ -59,6 +65,14 @@ def _champion(client: MlflowClient, name: str):
         return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:  # no alias yet
         return None
+
+
+def _no_champion(client: MlflowClient, name: str, version: str) -> str:
+    """Why a version takes a free alias: the first, or none of the versions left holds it."""
+    others = sorted(int(v.version) for v in store.with_retry(lambda: client.search_model_versions(f"name='{name}'"))
+                    if v.version != version)
+    return ("the first" if not others else f"no version held it (its version deleted, or the alias removed); earlier "
+            f"versions {', '.join(map(str, others))} remain: MlflowClient().set_registered_model_alias picks another")
 
 
 def _val_ppl(client: MlflowClient, version) -> float:

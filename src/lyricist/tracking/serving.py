@@ -4,9 +4,11 @@
     mlflow models serve   -m runs:/<run id>/model -p 5001 --env-manager local
 
 turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, top_p,
-repetition_penalty, repetition_window, no_repeat_ngram, seed)
+repetition_penalty, repetition_window, no_repeat_ngram, seed, allow_unknown)
 into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
-(characters, or words for data.tokenizer=word), and num_chars counts those tokens.
+(characters, or words for data.tokenizer=word), and num_chars counts those tokens. A field the
+model does not know is refused (400) by name, as are tokens the vocabulary lacks unless the row
+says allow_unknown: true (lyricist-generate's rule, decoding.encode_prefix).
 
 The model is logged "from code" (lyricist/tracking/pyfunc_model.py), with the weights, model
 arguments and vocabulary as plain files (lyricist.tracking.model_files) and lyricist's own code:
@@ -16,6 +18,8 @@ it loads without this checkout and without unpickling anything
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.metadata
 import logging
 import math
@@ -29,12 +33,13 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.pyfunc.context import get_prediction_context
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
 from mlflow.types import ColSpec, Schema
 
 import lyricist
 from lyricist import settings
-from lyricist.decoding import generate
+from lyricist.decoding import encode_prefix, generate
 from lyricist.settings import Decoding
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
@@ -44,12 +49,14 @@ SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "prefix"), *(ColSpec(
         "string" if name == "strategy" else "double" if "float" in str(info.annotation) else "long", name,
-        required=False) for name, info in Decoding.model_fields.items())]),
+        required=False) for name, info in Decoding.model_fields.items()),
+        ColSpec("boolean", "allow_unknown", required=False)]),
     outputs=Schema([ColSpec("string", "lyrics")]),
 )
 # The most tokens one row may ask for (logger.serve_max_num_chars; this for models logged before
 # it existed): generation runs to the end even when the client has gone, so a request is bounded.
 MAX_NUM_CHARS = 1000
+CLI_MAX_NUM_CHARS = next(m.le for m in Decoding.model_fields["num_chars"].metadata if hasattr(m, "le"))
 MAX_SECONDS = 30.0  # a request's time limit (logger.serve_max_seconds; this for models logged before it)
 
 
@@ -58,6 +65,23 @@ class RequestError(MlflowException):
 
     def __init__(self, row: int, message: str) -> None:
         super().__init__(f"row {row}: {message}", error_code=INVALID_PARAMETER_VALUE)
+
+
+FIELDS = SIGNATURE.inputs.input_names()
+UNKNOWN = "lyricist_unknown_fields"  # set on MLflow's prediction context by UnknownFields
+
+
+class UnknownFields(logging.Filter):
+    """MLflow drops the request columns its signature lacks before predict() sees them and says so
+    only in a warning (mlflow.models.utils, 3.17 pinned): this keeps their names on the request's
+    prediction context instead, for predict() to refuse them by name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.search(r"not defined in the model signature: `(\[.*\])`", record.getMessage())
+        if found is None or get_prediction_context() is None:
+            return True
+        setattr(get_prediction_context(), UNKNOWN, ast.literal_eval(found.group(1)))
+        return False  # answered as a 400 instead
 
 
 def _missing(value: Any) -> bool:
@@ -77,13 +101,20 @@ def _plain(key: str, value: Any) -> Any:
 _INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed")
 
 
-def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding) -> list[tuple[str, Decoding]]:
+def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding,
+                    unknown: list[str] = ()) -> list[tuple[str, Decoding]]:
     """Each row's prefix and decoding, checked (lyricist.settings.Decoding): a field left out takes
-    `base`'s value (the model's run's `generate.*`); a bad one is refused naming the row and field.
+    `base`'s value (the model's run's `generate.*`); a bad one is refused naming the row and field,
+    an unknown one (a column of `table` or `unknown`, those MLflow dropped) naming the known ones.
 
     In a table, a value that some rows leave out reads as NaN in those rows, so NaN there means
     "not given"; a column that is NaN in every row was sent as NaN (or null) and is refused.
     """
+    if unknown := sorted({*unknown, *(c for c in table.columns if c not in FIELDS)}):
+        near = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, FIELDS, n=1))
+                else name for name in unknown]
+        raise MlflowException(f"unknown request field{'s' * (len(unknown) > 1)} {', '.join(near)}: a row takes "
+                              f"{', '.join(FIELDS)}", error_code=INVALID_PARAMETER_VALUE)
     sent_missing = {c for c in table.columns if c != "prefix" and table[c].map(_missing).all()}
     rows = []
     for number, row in enumerate(table.to_dict("records")):
@@ -98,9 +129,10 @@ def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding) -> 
             decoding = settings.section(Decoding, {**base.model_dump(), **given})
         except ValueError as err:
             raise RequestError(number, str(err)) from None
-        if decoding.num_chars > max_num_chars:
+        if decoding.num_chars > max_num_chars:  # worded as the schema's own bound (lyricist-generate's)
             raise RequestError(number, f"num_chars={decoding.num_chars} is not allowed: use at most {max_num_chars} "
-                                       "(logger.serve_max_num_chars)")
+                                       f"({Decoding.model_fields['num_chars'].description}; this served model's "
+                                       f"cap, logger.serve_max_num_chars; lyricist-generate's is {CLI_MAX_NUM_CHARS})")
         rows.append((prefix, decoding))
     return rows
 
@@ -118,16 +150,29 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
+        log = logging.getLogger("mlflow.models.utils")  # its warning is how unknown fields are seen: never muted
+        log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))
+        if not any(type(f).__name__ == "UnknownFields" for f in log.filters):
+            log.addFilter(UnknownFields())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # Every row checked before the first is generated: a bad row costs no work.
-        rows = request_options(pd.DataFrame(model_input), self.max_num_chars, self.loaded.decoding)
+        table = pd.DataFrame(model_input)
+        rows = request_options(table, self.max_num_chars, self.loaded.decoding,
+                               getattr(get_prediction_context(), UNKNOWN, []))
+        allowed = [not _missing(v) and bool(v) for v in table.get("allow_unknown", [None] * len(table))]
+        for number, (prefix, _) in enumerate(rows):
+            try:
+                encode_prefix(self.loaded.vocab, prefix, allowed[number])
+            except ValueError as err:
+                raise RequestError(number, str(err)) from None
         # The worker generates to the end even when the client has gone: the request is bounded.
         limit = self.max_seconds
         deadline = time.monotonic() + limit
         try:
             return pd.DataFrame({"lyrics": [generate(self.loaded.model, self.loaded.vocab, prefix, decoding,
-                                                     allow_unknown=True, deadline=deadline) for prefix, decoding in rows]})
+                                                     allow_unknown=allow, deadline=deadline)
+                                            for (prefix, decoding), allow in zip(rows, allowed)]})
         except TimeoutError as err:
             raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
@@ -174,6 +219,9 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None):
     from lyricist.tracking import store
 
     uri = store.resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
+        raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "
+                                "first (`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it")
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri)

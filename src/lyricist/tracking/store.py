@@ -7,6 +7,7 @@ the Lightning pieces that write to it live in `lyricist.training.callbacks`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+import sqlalchemy
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -69,9 +71,29 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
     return fn()  # the last attempt: its error, locked or not, goes to the caller
 
 
+def shown(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)  # no password in a message
+
+
+def connect_args(url: str) -> dict:
+    """A PostgreSQL host that drops packets fails in seconds (libpq alone waits for the OS, minutes)."""
+    return {"connect_timeout": 10} if url.startswith("postgresql") else {}
+
+
 def check_reachable(tracking_uri: str) -> None:
-    """A tracking server answers, asked once, quickly (MLflow's own HTTP client retries for minutes)."""
-    if tracking_uri.startswith(("http://", "https://")):
+    """A tracking server or database answers, asked once, quickly (MLflow's own HTTP client retries
+    for minutes)."""
+    if tracking_uri.split(":")[0].split("+")[0] in ("postgresql", "mysql", "mssql"):  # MLflow's databases
+        try:
+            engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args(tracking_uri),
+                                              poolclass=sqlalchemy.pool.NullPool)
+            engine.connect().close()
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # no server, database, user, or driver
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())[:300]
+            raise TrackingError(f"logger.tracking_uri={shown(tracking_uri)!r} cannot be opened ({reason}): check "
+                                "that its server runs and this machine reaches its host and port, that the "
+                                "database exists (createdb), the user and the password") from None
+    elif tracking_uri.startswith(("http://", "https://")):
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:

@@ -1,18 +1,26 @@
-"""Lightning pieces that record a run: lyrics samples to MLflow, one CSV row per epoch."""
+"""Lightning pieces that record a run: lyrics samples to MLflow, one CSV row per epoch, checkpoints
+written whole or not at all."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
+import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from lyricist.errors import NoSpace
 from lyricist.evaluation.lyrics import NgramSet, lyric_metrics, ngram_set
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
@@ -103,3 +111,31 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
     """The rows EpochCSVLogger wrote, as numbers."""
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Each checkpoint written to a temporary file beside its final name, flushed to disk, then
+    renamed over it: a full disk or a kill leaves the previous checkpoint whole. (Lightning's own
+    writes the file in /tmp and moves it: across filesystems a move is a copy, and a full disk
+    left best.ckpt truncated.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        data = io.BytesIO()
+        torch.save(checkpoint, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except OSError as err:
+            temporary.unlink(missing_ok=True)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            need, free = data.getbuffer().nbytes, shutil.disk_usage(path.parent).free
+            raise NoSpace(f"no space left in {path.parent} to write {path.name}: it needs {need / 2**20:.2f} MiB, "
+                          f"{free / 2**20:.2f} MiB are free (the previous {path.name} is kept). Make room there, "
+                          "then continue the run with train.resume=auto") from None

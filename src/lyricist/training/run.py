@@ -24,7 +24,7 @@ from lyricist.project import project_root
 from lyricist.settings import LoggerSettings, Settings
 from lyricist.tracking import inputs, registry, serving, store
 from lyricist.training import quiet
-from lyricist.training.callbacks import EpochCSVLogger, SamplesCallback, read_epoch_history
+from lyricist.training.callbacks import AtomicCheckpointIO, EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule, load_encoded
 from lyricist.training.module import LitLanguageModel
 from lyricist.training.resume import check_epochs_left, check_resumable, resolve_resume
@@ -53,8 +53,10 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     if resume_path:
         check_resumable(resume_path, module)
         check_epochs_left(resume_path, resume_meta.get("epoch"), s.trainer.max_epochs)
-    # Tracking before any output: an unreachable server fails here, not after training.
-    tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
+    # Tracking before any output: an unreachable server fails here, not after training. Rank 0's
+    # run only: a second machine's first process is no DDP child to Lightning until its Trainer starts.
+    tracking = s.logger.enabled and not rundir.is_ddp_child()
+    tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if tracking else None
     mlf = _open_run(s, tracking_uri, root, resume_meta.get("mlflow_run_id"), parent_run_id) if tracking_uri else None
     run_id = mlf.run_id if mlf else None
     if run_id:
@@ -77,6 +79,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
                                     keep_epochs_below=resume_meta["epoch"] + 1 if resume_path else None)
         trainer = s.trainer.build(
             logger=[csv_logger] + ([mlf] if mlf else []), default_root_dir=str(output_dir),
+            plugins=[AtomicCheckpointIO()],  # a full disk or a kill leaves the previous checkpoint whole
             callbacks=_callbacks(s, output_dir, tracking_uri, run_id, train_text=vocab.decode(splits["train"], unk="\ufffd"))
             + list(callbacks or []))
         with inputs.system_metrics(tracking_uri, run_id, s.logger.system_metrics):
