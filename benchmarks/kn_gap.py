@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     b = read(args.params, "baseline")
     loaded = load_checkpoint(args.checkpoint)
     splits = {s: load_ids(f"{args.data_dir}/{s}.npy") for s in ("train", "val", "test")}
-    kn, _ = best_kneser_ney(splits["train"], splits["val"], len(loaded.vocab), b.max_order, b.discount_mode,
-                            b.fixed_discount)
+    kn, _ = best_kneser_ney(splits["train"], splits["val"], len(loaded.vocab), **b.model_dump())
     streams = {s: stream_states(loaded.model, splits[s]) for s in splits}  # (log p, hidden, targets)
     net = {s: streams[s][0] for s in ("val", "test")}
     counts = {s: ngram_token_log_probs(kn, splits[s], np.arange(1, len(splits[s]))) for s in ("val", "test")}

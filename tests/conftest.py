@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -12,6 +13,17 @@ from lyricist.data.corpus import split_text
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 # Servers the tests start; `postgres` and `mlflow_on_postgres` are session fixtures.
 from servers import free_port, mlflow_on_postgres, postgres, serving  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A Hydra app run in this process (an entry point's main) configures the root logger; the
+    next test would see every log line twice. Each test starts from the logging it found."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")

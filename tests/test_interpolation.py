@@ -111,10 +111,9 @@ def test_ngram_log_probs_read_the_text_before_each_position(toy):
 def test_weight_one_is_the_neural_and_zero_the_ngram_perplexity(toy):
     vocab, train_ids, val_ids, test_ids, model = toy
     splits = {"val": val_ids, "test": test_ids}
-    only_neural = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4,
-                                         weights=(1.0,))
-    only_ngram = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4,
-                                        weights=(0.0,))
+    fitted, _ = best_kneser_ney(train_ids, val_ids, len(vocab), max_order=4)
+    only_neural = interpolate_with_ngram(model, splits, fitted, 3, 7, weights=(1.0,))
+    only_ngram = interpolate_with_ngram(model, splits, fitted, 3, 7, weights=(0.0,))
     # The order is the val-best of 1..4, computed here on its own.
     orders = {o: ngram_perplexity(KneserNey(o).fit(train_ids, len(vocab)), val_ids) for o in range(1, 5)}
     best_order = min(orders, key=orders.get)
@@ -136,8 +135,8 @@ def test_weight_one_is_the_neural_and_zero_the_ngram_perplexity(toy):
 
 def test_the_weight_is_the_val_optimal_one_of_the_grid(toy):
     vocab, train_ids, val_ids, test_ids, model = toy
-    metrics = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids}, len(vocab),
-                                     3, 7, max_order=4)
+    fitted, _ = best_kneser_ney(train_ids, val_ids, len(vocab), max_order=4)
+    metrics = interpolate_with_ngram(model, {"val": val_ids, "test": test_ids}, fitted, 3, 7)
     kn = KneserNey(metrics.order).fit(train_ids, len(vocab))
 
     def mixture_ppl(ids, w):  # in probabilities, not in log space as the library does
@@ -153,12 +152,11 @@ def test_the_weight_is_the_val_optimal_one_of_the_grid(toy):
     assert metrics.interpolated.val < min(val_ppls[0.0], val_ppls[1.0])
     assert metrics.interpolated.test == pytest.approx(mixture_ppl(test_ids, best_w), rel=1e-10)
     # Chosen on val alone: another test split changes the test number, never the weight.
-    other = interpolate_with_ngram(model, train_ids, {"val": val_ids, "test": test_ids.flip(0)},
-                                   len(vocab), 3, 7, max_order=4)
+    other = interpolate_with_ngram(model, {"val": val_ids, "test": test_ids.flip(0)}, fitted, 3, 7)
     assert other.weight == best_w
     assert other.interpolated.test != metrics.interpolated.test
     with pytest.raises(ValueError, match="'val' and optionally 'test'"):
-        interpolate_with_ngram(model, train_ids, {"val": val_ids, "dev": test_ids}, len(vocab), 3, 7)
+        interpolate_with_ngram(model, {"val": val_ids, "dev": test_ids}, fitted, 3, 7)
 
 
 def test_a_loaded_ngram_gives_the_same_numbers_bit_for_bit(toy, tmp_path):
@@ -167,9 +165,9 @@ def test_a_loaded_ngram_gives_the_same_numbers_bit_for_bit(toy, tmp_path):
     fitted, _ = best_kneser_ney(train_ids, val_ids, len(vocab), max_order=4)
     save_kneser_ney(fitted, tmp_path / "kn.npz", max_order=4)
     loaded = load_kneser_ney(tmp_path / "kn.npz", len(vocab), 4, "modified", 0.75)
-    # fitted again inside, as the evaluate stage did before it could load the baseline's model
-    refit = interpolate_with_ngram(model, train_ids, splits, len(vocab), 3, 7, max_order=4)
-    assert interpolate_with_ngram(model, None, splits, len(vocab), 3, 7, ngram=loaded) == refit
+    # fitted again, as the evaluate stage does without the baseline's model
+    refit = interpolate_with_ngram(model, splits, best_kneser_ney(train_ids, val_ids, len(vocab), max_order=4)[0], 3, 7)
+    assert interpolate_with_ngram(model, splits, loaded, 3, 7) == refit
     # the adaptive n-gram goes on counting from the loaded counts exactly as from the fitted ones
     assert (evaluate_dynamic(model, loaded, splits, 10, [0.0, 1.0])
             == evaluate_dynamic(model, fitted, splits, 10, [0.0, 1.0]))

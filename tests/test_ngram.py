@@ -10,7 +10,7 @@ import pytest
 
 from lyricist.evaluation.ngram import (
     FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, best_kneser_ney, estimate_discounts, evaluate_baselines,
-    load_kneser_ney, perplexity, save_kneser_ney, unigram_add_one,
+    load_kneser_ney, perplexity, save_kneser_ney,
 )
 from lyricist.data.vocab import Vocab, encode_to_array, save_ids
 
@@ -105,7 +105,7 @@ def test_modified_discounts_follow_chen_and_goodman():
 
 
 def test_unigram_add_one_value_and_perplexity_of_uniform_is_vocab_size():
-    model = unigram_add_one(TOY, TOY_V)  # counts a 3, b 2, c 1, <unk> 0; N = 6
+    model = AddOneUnigram().fit(TOY, TOY_V)  # counts a 3, b 2, c 1, <unk> 0; N = 6
     assert model.prob((), A) == pytest.approx(4 / 10)
     assert model.distribution() == pytest.approx([0.1, 0.4, 0.3, 0.2])
     uniform = AddOneUnigram().fit([], vocab_size=7)
@@ -113,7 +113,7 @@ def test_unigram_add_one_value_and_perplexity_of_uniform_is_vocab_size():
 
 
 def test_perplexity_skips_the_first_token_unless_given_context():
-    model = unigram_add_one(TOY, TOY_V)
+    model = AddOneUnigram().fit(TOY, TOY_V)
     nll = -math.log(0.3) - math.log(0.2)  # b then c; the first a has no history
     assert perplexity(model, [A, B, C]) == pytest.approx(math.exp(nll / 2))
     nll_with_context = nll - math.log(0.4)  # with context the first a is predicted too
@@ -126,7 +126,7 @@ def test_order_one_kneser_ney_is_close_to_add_one_unigram():
     ids, vocab_size = encoded(TEXT)
     held_out = ids[::-1]
     kn1 = perplexity(KneserNey(1).fit(ids, vocab_size), held_out)
-    add_one = perplexity(unigram_add_one(ids, vocab_size), held_out)
+    add_one = perplexity(AddOneUnigram().fit(ids, vocab_size), held_out)
     assert kn1 == pytest.approx(add_one, rel=0.15)
     # both beat guessing uniformly, and neither looks at context
     assert kn1 < vocab_size and add_one < vocab_size

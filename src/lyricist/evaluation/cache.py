@@ -1,15 +1,12 @@
 """Neural cache (Grave et al., 2017): a pointer to the recent positions whose hidden states look
-like the current one, which copies what followed them. Lyrics repeat their choruses; the cache
-predicts the repeat from the text already read, the way the adaptive n-gram counts it.
+like the current one, which copies what followed them: lyrics repeat their choruses.
 
     p(w | h_t) = (1 - λ) p_model(w | h_t) + λ p_cache(w | h_t)
     p_cache(w | h_t) = Σ_{i in window, x_{i+1} = w} exp(θ h_t·h_i) / Σ_{i in window} exp(θ h_t·h_i)
 
-The window holds the last `size` positions i < t of the split read as one stream (h_i: the last
-layer's output that predicted x_{i+1}, what the head reads). θ (flatness) and λ are chosen on
-val, then test is scored with them. The first position has an empty cache: p = p_model there.
-Like dynamic evaluation it reads each token before predicting the next, never ahead, and it
-is scored on the positions the adaptive n-gram is (1 .. len - 1), so the two mix per token.
+The window: the last `size` positions i < t of the split read as one stream (h_i: the last
+layer's output that predicted x_{i+1}); empty at the first position, where p = p_model. θ and
+λ are chosen on val. Scored on the adaptive n-gram's positions (1 .. len - 1), to mix per token.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs
+from lyricist.evaluation.dynamic import adaptive_ngram_scores
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, mixture_log_probs, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import CacheResult
 from lyricist.evaluation.ngram import KneserNey
@@ -45,6 +42,7 @@ def stream_states(model: RecurrentLM, ids: torch.Tensor, chunk: int = 256) -> tu
             log_probs.append(F.log_softmax(logits.double(), dim=-1).gather(1, y[0, :, None])[:, 0])  # (T,)
             hidden.append(h[0].double())
     return torch.cat(log_probs).numpy(), torch.cat(hidden), ids[1:]
+
 
 def cache_log_probs(hidden: torch.Tensor, targets: torch.Tensor, theta: float, size: int,
                     rows: int = 512) -> np.ndarray:
@@ -82,27 +80,22 @@ def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> 
 def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int, ngram: KneserNey,
                    thetas: Sequence[float], lambdas: Sequence[float] = LAMBDAS, weights: Sequence[float] = WEIGHT_GRID,
                    adaptive: dict[str, np.ndarray] | None = None) -> CacheResult:
-    """The cached network on "val" and (optionally) "test", θ and λ chosen on val (θ from
-    `thetas`, λ from `lambdas`), alone and mixed with the adaptive `ngram` (each token counted
-    once read; the mixture weight chosen on val). `adaptive`: its log p at positions 1 .. len - 1
-    of each split, when the caller has them (computed here if None)."""
+    """The cached network on "val" and (optionally) "test", θ of `thetas` and λ of `lambdas`
+    chosen on val, alone and mixed with the adaptive `ngram` (`adaptive`: its
+    `adaptive_ngram_scores`, when the caller has them)."""
     check_splits(splits)
     if size < 1:
         raise ValueError(f"evaluate.cache_size must be an integer >= 1 (positions), got {size}: e.g. 2000")
     read = {split: stream_states(model, ids) for split, ids in splits.items()}
     log_p_val, hidden_val, targets_val = read["val"]
-    best = None  # (val perplexity, θ, λ)
+    tried = []  # (val perplexity, θ, λ)
     for theta in thetas:
         cached = cache_log_probs(hidden_val, targets_val, theta, size)
-        for lam in lambdas:
-            ppl = perplexity_of(with_cache(log_p_val, cached, lam))
-            if best is None or ppl < best[0]:
-                best = (ppl, theta, lam)
-    _, theta, lam = best
-    scored = {split: (None, with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam))
-              for split, (log_p, hidden, targets) in read.items()}  # (positions: unused, log p)
+        tried += [(perplexity_of(with_cache(log_p_val, cached, lam)), theta, lam) for lam in lambdas]
+    _, theta, lam = min(tried, key=lambda t: t[0])  # ties: the first
+    scored = {split: with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam)
+              for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
-        adaptive = {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, len(ids)))
-                    for split, ids in splits.items()}
-    weight, cache, kn, mixed = score_and_mix(splits, scored, adaptive, weights)
+        adaptive = adaptive_ngram_scores(ngram, splits)
+    weight, cache, kn, mixed = score_and_mix(scored, adaptive, weights)
     return CacheResult(size, theta, lam, weight, cache, kn, mixed)

@@ -1,38 +1,25 @@
-"""Dynamic evaluation: models that keep learning from the text they are scoring.
+"""Dynamic evaluation (Krause et al., 2018): a model that keeps learning from the text it scores.
 
-Someone hearing a song has heard its chorus once by the time it comes back; a model scored
-with frozen weights has not. Dynamic evaluation (Krause et al., 2018, simplest form) reads a
-split once, in order, as one stream: it scores a segment of ``num_steps`` tokens, then takes
-one SGD step on that segment's loss, so later segments are predicted by a model that has
-learned from the earlier ones. A token is always scored before the model learns from it, so
-this is still an honest held-out perplexity -- of a reader who never looks ahead.
+A split is read once, in order, as one stream: each segment of `num_steps` tokens is scored,
+then the model takes one step on that segment's loss, so a chorus heard once is expected when
+it comes back. A token is always scored before the model learns from it: an honest held-out
+perplexity, of a reader who never looks ahead. The n-gram counterpart is the adaptive
+Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`); both
+are scored on the same positions and interpolated, the rate and the weight chosen on val.
 
-The n-gram counterpart, for a fair comparison: the Kneser-Ney model counts each token right
-after predicting it (``KneserNey.observe``), an "adaptive" n-gram. Both are scored on the same
-positions and then interpolated like the static models (lyricist.evaluation.interpolation); the learning
-rate and the mixture weight are chosen on val alone.
-
-    stream:   t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
-    segment i: score log p(t_{35i+1} .. t_{35i+35}), then one SGD step on their mean loss;
+    stream:    t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
+    segment i: score log p(t_{35i+1} .. t_{35i+35}), then one step on their mean loss;
                the state goes on to segment i + 1 (detached, as in training)
 
-Two update rules: plain SGD, and Krause et al.'s own (``RMSDecayUpdate``): the step divided by
-the root-mean-square of each weight's gradient on the training text (weights the training moved
-little move little), and a decay pulling every weight back towards its trained value (so what a
-song taught is forgotten in the next one instead of piling up).
-
-Cost: one stream and a step every 10 tokens make this the evaluate stage's longest part (a
-2 x 512 LSTM on 2 threads: ~1.7 ms per token with SGD, ~2.2 with Krause's rule, where static
-scoring at batch 8 takes ~0.1). So each rate reads only the first `tune_tokens` of val, the
-chosen rate's reader goes on through the rest of val instead of starting over (``StreamReader``),
-rate 0 reads without a graph, and the adaptive n-gram is scored once for both rules
-(``adaptive_ngram_scores``); docs/experiments.md#evaluate-at-1m-characters-issue-16.
+The step is plain SGD or Krause et al.'s own (`RMSDecayUpdate`). The cost, and why each rate
+reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-characters-issue-16.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -49,19 +36,16 @@ from lyricist.models.stream import read_streams
 
 
 class RMSDecayUpdate:
-    """Krause et al. (2018)'s dynamic-evaluation step, for every weight θ with trained value θ0:
+    """Krause et al. (2018)'s step, for every weight θ with trained value θ0:
 
         θ <- θ - lr * grad / (rms + eps) + decay * (rms / norm) * (θ0 - θ)
 
-    `rms`: the root-mean-square of θ's gradient over training text (``gradient_rms``); `norm`:
-    the sum over the parameter tensors of their mean rms, as in the authors' released code
-    (dynamiceval). The decay factor decay * rms / norm is capped at 1 so that the pull back
-    never overshoots θ0."""
+    `rms`: θ's gradient root-mean-square on train (`gradient_rms`): weights training moved little
+    move little. `norm`: the sum of the tensors' mean rms, as in the authors' code (dynamiceval).
+    The decay forgets what a song taught by the next; its factor capped at 1 (no overshoot)."""
 
     def __init__(self, params, rms: list[torch.Tensor], lr: float, decay: float, eps: float):
         self.params = list(params)
-        if len(self.params) != len(rms):
-            raise ValueError(f"one rms tensor per parameter: {len(self.params)} parameters, {len(rms)} tensors")
         self.trained = [p.detach().clone() for p in self.params]
         norm = sum(float(r.mean()) for r in rms)
         self.lr = lr
@@ -72,7 +56,7 @@ class RMSDecayUpdate:
         # system and faults them in again (the step cost 3 x as much inside the reading loop).
         self.buffers = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
@@ -110,14 +94,15 @@ def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, ba
 
 
 class StreamReader:
-    """A copy of `model` reading one stream in segments of `num_steps` tokens, each scored and
-    then learnt from (rate `lr`; 0: never). `read` goes on from where the last call stopped
+    """A copy of `model` (dropout off; the caller's weights never move) reading one stream in
+    segments of `num_steps` tokens, each scored and then learnt from at rate `lr` (0: never),
+    by SGD or, with `rms`, `RMSDecayUpdate`. `read` goes on from where the last call stopped
     (weights, update rule and state), so reading a text in two parts gives what reading it at
     once gives, bit for bit: the tuning part of val is not read twice."""
 
     def __init__(self, model: RecurrentLM, num_steps: int, lr: float, rms: list[torch.Tensor] | None = None,
                  decay: float = 0.0, eps: float = 1e-3):
-        self.model = copy.deepcopy(model).eval()  # eval: no dropout; the copy's weights move, not the caller's
+        self.model = copy.deepcopy(model).eval()
         self.num_steps, self.lr, self.state = num_steps, lr, None
         self.optimizer = None
         if lr > 0:
@@ -132,12 +117,11 @@ class StreamReader:
         total = (len(ids) - 1) // self.num_steps * self.num_steps
         # No update, no gradient: the graph would only be built to be thrown away.
         with torch.set_grad_enabled(self.optimizer is not None):
-            # One stream; the state carried (and detached: truncated backprop, as in training) across calls.
             for i, (logits, y, self.state) in enumerate(read_streams(self.model, ids, 1, self.num_steps, self.state)):
                 token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
                 log_probs.append(token_log_probs.detach().double())
                 if self.optimizer is not None:
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.optimizer.zero_grad()
                     (-token_log_probs.mean()).backward()
                     self.optimizer.step()
                 if progress is not None:
@@ -148,11 +132,7 @@ class StreamReader:
 def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int, lr: float,
                             rms: list[torch.Tensor] | None = None, decay: float = 0.0,
                             eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, log p) of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids`,
-    each scored before an update (rate `lr`) on its segment; `lr = 0` is static evaluation
-    of one stream. The update is plain SGD, or with `rms` (``gradient_rms`` of `model`)
-    ``RMSDecayUpdate`` with `decay` and `eps`. `model` itself is left untouched (a copy
-    learns), and dropout is off."""
+    """(positions, log p) of one `StreamReader` read of `ids`; `lr = 0` is static evaluation of one stream."""
     check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     log_probs = StreamReader(model, num_steps, lr, rms, decay, eps).read(ids)
     return np.arange(1, len(log_probs) + 1), log_probs  # segment i, column j predicts i*T + j + 1
@@ -179,11 +159,10 @@ def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positio
     return np.array(log_probs, dtype=np.float64)
 
 
-def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num_steps: int,
+def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num_steps: int = 1,
                           progress: Tick | None = None) -> dict[str, np.ndarray]:
-    """Per split, the adaptive n-gram's log p at the positions dynamic evaluation scores there
-    (1 .. num_steps * ((len - 1) // num_steps), whatever the update rule): computed once, they
-    serve every rule (``evaluate_dynamic``'s `adaptive`)."""
+    """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
+    (with `num_steps` 1: every position), scored once for every row that mixes with it."""
     return {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, (len(ids) - 1) // num_steps * num_steps + 1),
                                                   progress, f"adaptive kn{ngram.order} on {split}")
             for split, ids in splits.items()}
@@ -195,18 +174,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
                      rms: list[torch.Tensor] | None = None, decay: float = 0.0,
                      eps: float = 1e-3, adaptive: dict[str, np.ndarray] | None = None,
                      progress: Tick | None = None) -> DynamicResult:
-    """Dynamic neural and adaptive n-gram perplexities, alone and interpolated, on "val" and
-    (optionally) "test": the learning rate and the mixture weight are chosen on val, and test
-    starts again from the trained weights and counts. Plain SGD updates, or Krause et al.'s
-    with `rms`, `decay` and `eps` (``dynamic_token_log_probs``). `adaptive`: the n-gram's
-    ``adaptive_ngram_scores`` with this `num_steps`, when the caller has them (computed here if
-    None). `progress` hears each read's label and the tokens scored so far.
-
-    The rate is the best of 0 ("no update": a rate that does not help is never chosen) and
-    `learning_rates`, judged on the first `tune_tokens` tokens of val (None: all of it), so the
-    cost of choosing stays bounded however long val is: each rate reads that part once, and the
-    chosen rate's reader goes on from there through the rest of val (the same numbers as
-    reading val afresh, without reading its start twice)."""
+    """Dynamic neural and adaptive n-gram perplexities, alone and mixed, on "val" and (optionally)
+    "test", each read from the trained weights and counts (`StreamReader`'s update; `adaptive`:
+    `adaptive_ngram_scores` if the caller has them). The rate is the best of 0 (never chosen
+    unless one helps) and `learning_rates` on the first `tune_tokens` of val (None: all), each
+    rate reading that part once, the chosen one going on through the rest; the weight on val."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
@@ -217,16 +189,12 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
     tuning = splits["val"] if tune_tokens is None else splits["val"][: tune_tokens + 1]  # +1: the last target
 
-    def reader(lr: float) -> StreamReader:
-        return StreamReader(model, num_steps, lr, rms, decay, eps)
-
-    rates = [0.0, *(lr for lr in learning_rates if lr != 0.0)]
+    reader = partial(StreamReader, model, num_steps, rms=rms, decay=decay, eps=eps)  # reader(lr): a fresh one
     best = None  # (perplexity on the tuning tokens, rate, its reader, its log p there)
-    for lr in rates:
+    for lr in [0.0, *(lr for lr in learning_rates if lr != 0.0)]:
         tuned = reader(lr)
         log_p = tuned.read(tuning, progress, f"rate {lr:g}, tuning on val")
-        # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first, so no
-        # update unless one helps.
+        # A rate that diverges scores inf (perplexity_of): it loses. Ties: the first (no update).
         if best is None or perplexity_of(log_p) < best[0]:
             best = (perplexity_of(log_p), lr, tuned, log_p)
     _, lr, tuned, tuned_log_p = best
@@ -234,12 +202,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     for split, ids in splits.items():
         if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
             rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
-            log_p = np.concatenate([tuned_log_p, rest])
+            neural[split] = np.concatenate([tuned_log_p, rest])
         else:
-            log_p = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
-        neural[split] = (np.arange(1, len(log_p) + 1), log_p)
+            neural[split] = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
-    weight, dynamic, kn, mixed = score_and_mix(
-        splits, neural, {split: adaptive[split] for split in splits}, weights)
+    counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}
+    weight, dynamic, kn, mixed = score_and_mix(neural, counted, weights)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)

@@ -1,8 +1,7 @@
 """The one evaluator of a checkpoint, or of the ensemble of several (the evaluate stage's and
 `lyricist.seeds`'): the model, the splits and the Kneser-Ney model loaded once (`Evaluation`),
-then the rows of ROWS in order (static, interpolation, dynamic, Krause, lyrics, cache), each a
-field of EvaluationResult naming its numbers: the stage's summary, seeds' table,
-reports/metrics.json (metrics.py) and the MLflow run (`mlflow_metrics`) read those names."""
+then the rows of ROWS in order, each a field of EvaluationResult naming its numbers for the
+stage's summary, seeds' table, reports/metrics.json and the MLflow run."""
 
 from __future__ import annotations
 
@@ -13,12 +12,10 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.cache import evaluate_cache
-from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, evaluate_dynamic, gradient_rms
+from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
 from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
@@ -36,11 +33,10 @@ def evaluation_settings(s: Settings) -> dict:
 
 @dataclass
 class Evaluation:
-    """What the rows read. `baseline`: the n-gram rows (interpolation, and with `evaluate` the
-    dynamic, Krause and cache rows) with the baseline stage's Kneser-Ney model from `ngram_path`
-    (refused unless fit with these settings and vocabulary), else one fit here on train as the
-    baseline stage fits it. `report` gets one line per row, with its time, and inside a long row
-    a line every 30 s (progress.py)."""
+    """What the rows read. `baseline`: the n-gram rows (with `evaluate`, the dynamic, Krause and
+    cache rows too) with the baseline stage's Kneser-Ney model from `ngram_path`, else one fit
+    here as that stage fits it. `report` gets one line per row, with its time, and inside a long
+    row a line every 30 s."""
 
     checkpoint: str | Path | Sequence[str | Path]
     data_dir: Path
@@ -66,10 +62,10 @@ class Evaluation:
         self.train_ids = load_ids(data / "train.npy")  # the n-gram's fit, the Krause statistics, the copy rate
         self.clock, self.progress = time.perf_counter(), Progress(self.report)
         self.ngram = None
-        if (b := self.baseline) is not None:
-            kn = (len(self.vocab), b.max_order, b.discount_mode, b.fixed_discount)
-            self.ngram = (load_kneser_ney(self.ngram_path, *kn) if self.ngram_path is not None
-                          else best_kneser_ney(self.train_ids, self.splits["val"], *kn)[0])
+        if self.baseline is not None:
+            kn = self.baseline.model_dump()  # max_order and the discounts
+            self.ngram = (load_kneser_ney(self.ngram_path, len(self.vocab), **kn) if self.ngram_path is not None
+                          else best_kneser_ney(self.train_ids, self.splits["val"], len(self.vocab), **kn)[0])
             self.done(f"kn{self.ngram.order} {'loaded' if self.ngram_path is not None else 'fit on train'}")
 
     def done(self, part: str) -> None:
@@ -77,12 +73,9 @@ class Evaluation:
         self.clock = time.perf_counter()
 
     @cached_property
-    def adaptive(self) -> dict[str, np.ndarray]:
-        """The adaptive n-gram's log p of tokens 1 .. len - 1 of each split, scored once for the
-        rows mixing with it (dynamic evaluation scores whole segments: a prefix of them)."""
-        scores = {split: adaptive_ngram_token_log_probs(self.ngram, ids, np.arange(1, len(ids)), self.progress,
-                                                        f"adaptive kn{self.ngram.order} on {split}")
-                  for split, ids in self.splits.items()}
+    def adaptive(self) -> dict:
+        """The adaptive n-gram's log p of tokens 1 .. len - 1, scored once for every row mixing with it."""
+        scores = adaptive_ngram_scores(self.ngram, self.splits, progress=self.progress)
         self.done(f"adaptive kn{self.ngram.order}")
         return scores
 
@@ -97,8 +90,7 @@ def static(e: Evaluation) -> Perplexities:
 def interpolation(e: Evaluation):
     if e.ngram is None:
         return None
-    result = interpolate_with_ngram(e.model, None, e.splits, len(e.vocab), e.batch_size, e.num_steps,
-                                   ngram=e.ngram, neural=e.scores)
+    result = interpolate_with_ngram(e.model, e.splits, e.ngram, e.batch_size, e.num_steps, neural=e.scores)
     e.done(f"kn{e.ngram.order} and the interpolation")
     return result
 
@@ -111,9 +103,8 @@ def dynamic(e: Evaluation, krause: bool = False):
     T = s.dynamic_num_steps
     rule = dict(rms=gradient_rms(e.model, e.train_ids, T, e.batch_size, s.krause_stat_tokens),
                 decay=s.krause_decay, eps=s.krause_eps) if krause else {}
-    adaptive = {split: log_p[: (len(e.splits[split]) - 1) // T * T] for split, log_p in e.adaptive.items()}
     result = evaluate_dynamic(e.model, e.ngram, e.splits, T, lrs, tune_tokens=s.dynamic_tune_tokens,
-                              adaptive=adaptive, progress=e.progress, **rule)
+                              adaptive=e.adaptive, progress=e.progress, **rule)
     e.done(f"{'Krause dynamic' if krause else 'dynamic'} evaluation (rate {result.lr:g} of 0 and {list(lrs)})")
     return result
 

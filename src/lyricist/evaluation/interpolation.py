@@ -1,15 +1,7 @@
-"""Neural + n-gram interpolation: p(x) = w * p_neural(x | history) + (1 - w) * p_kn(x | context).
-
-Both models are scored per token, on the same positions of a split:
-
-- the neural model reads the split as `batch_size` consecutive streams with the state carried
-  (exactly as the static perplexity does), so it predicts every token of each stream but the
-  stream's first, and the tail that does not fill a batch is left out;
-- the Kneser-Ney model predicts the token at each of those positions from the characters that
-  precede it in the split itself (the original text, across stream borders), as
-  `ngram.perplexity` does.
-
-The weight w is chosen on val alone (a grid over [0, 1]), then reported on test with that w.
+"""Neural + n-gram interpolation: p(x) = w * p_neural(x | history) + (1 - w) * p_kn(x | context),
+both scored per token on the same positions of a split: those the network predicts reading it
+as `batch_size` streams (as the static perplexity does), the n-gram seeing the tokens before
+each position in the split itself (across stream borders). w is chosen on val, a grid over [0, 1].
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ import torch.nn.functional as F
 
 from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.metrics import InterpolationResult, Perplexities
-from lyricist.evaluation.ngram import KneserNey, best_kneser_ney, ngram_token_log_probs
+from lyricist.evaluation.ngram import KneserNey, ngram_token_log_probs
 from lyricist.evaluation.ppl import perplexity as ppl
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.models.stream import read_streams
@@ -34,19 +26,16 @@ WEIGHT_GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0 (exact dec
 @torch.no_grad()
 def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: int,
                            num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, log p) of every token the neural model predicts when it reads `ids` as
-    `batch_size` consecutive streams, state carried; sorted by position in `ids`.
-
-    Stream b holds ids[b * L : (b + 1) * L] (L = len(ids) // batch_size); the label at column j
-    of batch i is the token at position b * L + i * num_steps + j + 1.
-    """
+    """(positions, log p) of every token the network predicts reading `ids` as `batch_size`
+    consecutive streams, state carried (the tail that fills no batch left out); sorted by
+    position. Stream b holds ids[b * L : (b + 1) * L] (L = len(ids) // batch_size): the label at
+    column j of batch i is the token at b * L + i * num_steps + j + 1."""
     check_enough_tokens(len(ids), batch_size, num_steps, "evaluated split", sampling="consecutive")
     stream_starts = torch.arange(batch_size) * (len(ids) // batch_size)  # (B,)
     columns = torch.arange(num_steps) + 1  # (T,)
     positions, log_probs = [], []
     with eval_mode(model):
         for i, (logits, y, _) in enumerate(read_streams(model, ids, batch_size, num_steps)):  # (B, T, V), (B, T)
-            # Per token: perplexity() is exp of their mean.
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B*T,)
             log_probs.append(-nll.double().cpu())
             positions.append((stream_starts[:, None] + i * num_steps + columns[None, :]).reshape(-1))  # (B*T,)
@@ -56,14 +45,12 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
 
 
 def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
-    """exp(mean cross-entropy) over a whole split read as `batch_size` consecutive streams,
-    the state carried from batch to batch (so every prediction sees its full history)."""
+    """The static perplexity of a split read as `batch_size` consecutive streams."""
     return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
 
 
 def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> np.ndarray:
-    """log(w * p_neural + (1 - w) * p_ngram) per token, in log space: w = 1 gives `neural`
-    and w = 0 gives `ngram` exactly."""
+    """log(w * p_neural + (1 - w) * p_ngram) per token: w = 1 gives `neural`, w = 0 `ngram`, exactly."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the mixture weight must lie in [0, 1], got {weight}.")
     log_w = math.log(weight) if weight > 0 else -math.inf  # -inf: that side drops out exactly
@@ -72,15 +59,14 @@ def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> n
 
 
 def perplexity_of(log_probs: np.ndarray) -> float:
-    """exp(mean negative log-likelihood) of per-token log-probabilities (inf past float range,
-    e.g. for a diverged model)."""
+    """exp(mean negative log-likelihood) of per-token log-probabilities (inf for a diverged model)."""
     if len(log_probs) == 0:
         raise ValueError("no tokens to score.")
     return ppl(-float(np.mean(log_probs)))
 
 
 def check_splits(splits: dict) -> None:
-    """The weights are chosen on "val"; "test" (optional) is scored with them."""
+    """What is chosen is chosen on "val"; "test" (optional) is scored with it."""
     if "val" not in splits:
         raise ValueError("the mixture weight is chosen on val: pass a 'val' split.")
     if not set(splits) <= {"val", "test"}:
@@ -96,37 +82,30 @@ def choose_weight(neural: np.ndarray, ngram: np.ndarray,
     return best_w, best_ppl
 
 
-def score_and_mix(splits: dict[str, torch.Tensor], neural: dict[str, tuple[np.ndarray, np.ndarray]],
-                  ngram: dict[str, np.ndarray], weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
-    """With the network's (positions, log p) per split and the n-gram's log p at the same
-    positions, choose the mixture weight on val, and return it with the neural, the n-gram and
-    the mixture's perplexities."""
-    for split in splits:
-        if len(ngram[split]) != len(neural[split][1]):
-            raise ValueError(f"{split}: the n-gram scored {len(ngram[split])} positions, the network "
-                             f"{len(neural[split][1])}; score both on the same positions.")
-    scored = {split: (neural[split][1], ngram[split]) for split in splits}
-    weight, _ = choose_weight(*scored["val"], weights=weights)
-    ppl = {split: [perplexity_of(lp) for lp in (neural, kn, mixture_log_probs(neural, kn, weight))]
-           for split, (neural, kn) in scored.items()}  # split -> [neural, n-gram, mixture]
+def score_and_mix(neural: dict[str, np.ndarray], ngram: dict[str, np.ndarray],
+                  weights: Sequence[float]) -> tuple[float, Perplexities, Perplexities, Perplexities]:
+    """From the network's and the n-gram's log p at the same positions of each split: the
+    mixture weight chosen on val, and the network's, the n-gram's and the mixture's perplexities."""
+    pairs = {split: (log_p, ngram[split]) for split, log_p in neural.items()}
+    for split, (log_p, kn) in pairs.items():
+        if len(kn) != len(log_p):
+            raise ValueError(f"{split}: the n-gram scored {len(kn)} positions, the network {len(log_p)}; "
+                             "score both on the same positions.")
+    weight, _ = choose_weight(*pairs["val"], weights=weights)
+    ppl = {split: [perplexity_of(lp) for lp in (log_p, kn, mixture_log_probs(log_p, kn, weight))]
+           for split, (log_p, kn) in pairs.items()}  # split -> [network, n-gram, mixture]
     return weight, *(Perplexities.of_splits({split: p[i] for split, p in ppl.items()}) for i in range(3))
 
 
-def interpolate_with_ngram(model: RecurrentLM, train_ids: torch.Tensor, splits: dict[str, torch.Tensor],
-                           vocab_size: int, batch_size: int, num_steps: int, max_order: int = 5,
-                           discount_mode: str = "modified", fixed_discount: float = 0.75,
-                           weights: Sequence[float] = WEIGHT_GRID, ngram: KneserNey | None = None,
+def interpolate_with_ngram(model: RecurrentLM, splits: dict[str, torch.Tensor], ngram: KneserNey, batch_size: int,
+                           num_steps: int, weights: Sequence[float] = WEIGHT_GRID,
                            neural: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> InterpolationResult:
-    """Interpolate the neural model with the best-order Kneser-Ney model (order chosen on val,
-    fit on train, as the `baseline` stage does; or `ngram`, then the fitting arguments are
-    unused) and choose the weight on "val"; "test" (optional) is scored with that weight.
-    `neural`: the network's `neural_token_log_probs` per split, when the caller has them already."""
+    """The network mixed with `ngram` (the baseline's val-best Kneser-Ney model), the weight
+    chosen on "val"; "test" (optional) scored with it. `neural`: the network's
+    `neural_token_log_probs` per split, when the caller has them already."""
     check_splits(splits)
-    if ngram is None:
-        ngram, _ = best_kneser_ney(train_ids, splits["val"], vocab_size, max_order, discount_mode,
-                                   fixed_discount)
     if neural is None:
         neural = {split: neural_token_log_probs(model, ids, batch_size, num_steps) for split, ids in splits.items()}
-    ngram_scores = {split: ngram_token_log_probs(ngram, ids, neural[split][0]) for split, ids in splits.items()}
-    weight, _, kn, mixed = score_and_mix(splits, neural, ngram_scores, weights)
+    ngram_log_p = {split: ngram_token_log_probs(ngram, ids, neural[split][0]) for split, ids in splits.items()}
+    weight, _, kn, mixed = score_and_mix({split: neural[split][1] for split in splits}, ngram_log_p, weights)
     return InterpolationResult(order=ngram.order, weight=weight, ngram=kn, interpolated=mixed)

@@ -1,17 +1,7 @@
-"""Generated lyrics measured as lyrics: plain functions on strings.
-
-- copy rate: the share of a text's character n-grams (n = 8; whitespace-only ones left out)
-  found verbatim in a reference text (the train split): how much the model recites rather
-  than writes;
-- repeated lines: the share of lines equal to an earlier line of the same text;
-- distinct-1/2 (Li et al. 2016): distinct characters (character bigrams) over all of them;
-- line length: mean and spread (population std) of the lines' lengths in characters.
-
-Lines are the text split at line breaks, stripped, empty ones left out. Every number is over a
-list of texts: n-grams, lines and lengths pooled over them, distinct-n the mean over the texts
-(a ratio that falls with length, so texts of one length compare). `human_pieces` cuts the human
-test text into pieces of the samples' length, so its numbers are the anchor to compare with.
-"""
+"""Generated lyrics measured as lyrics: plain functions on strings, each over a list of texts
+(n-grams, lines and lengths pooled; distinct-n the mean over the texts, a ratio that falls with
+length, so texts of one length compare). Lines: the text split at line breaks, stripped, empty
+ones left out. `human_pieces` cuts the human test text to the samples' length: the anchor."""
 
 from __future__ import annotations
 
@@ -52,12 +42,12 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 class NgramSet:
-    """The distinct n-character grams of a reference text (the train split), for `copy_rate`:
-    their 64-bit hashes, sorted, 8 bytes a gram (a set of str takes ~100, ~850 MiB for the 3 M
-    distinct 8-grams of a 9 M-character text). Two different grams sharing a hash is a chance of
-    about one in 10^12 at that size, and would count one as copied."""
+    """The distinct n-character grams of a reference text (the train split) as sorted 64-bit
+    hashes: 8 bytes a gram, where a set of str takes ~100 (~850 MiB for the 3 M distinct 8-grams
+    of a 9 M-character text). Two grams sharing a hash, a chance of about one in 10^12 at that
+    size, would count one as copied."""
 
-    def __init__(self, text: str, n: int):
+    def __init__(self, text: str, n: int = COPY_N):
         self.n, self.hashes = n, np.zeros(0, dtype=np.uint64)  # (M,)
         for start in range(0, max(len(text) - n + 1, 0), _HASH_CHUNK):
             # Merged chunk by chunk: the peak stays ~3 x the result, not the text's every window.
@@ -79,14 +69,12 @@ class NgramSet:
         return len(gram) == self.n and bool(self.contains([gram])[0])
 
 
-def ngram_set(text: str, n: int = COPY_N) -> NgramSet:
-    """The reference's n-grams, built once and shared by every copy_rate call."""
-    return NgramSet(text, n)
+ngram_set = NgramSet  # the reference's n-grams, built once and shared by every copy_rate call
 
 
 def copy_rate(texts: Iterable[str], reference: NgramSet, n: int = COPY_N) -> float:
-    """The share of the texts' n-grams (pooled) that occur in `reference` (an ngram_set of the
-    same n); 0 when the texts are all shorter than n. N-grams of whitespace only are left out:
+    """The share of the texts' n-grams found in `reference` (0 when every text is shorter than
+    n): how much the model recites rather than writes. Whitespace-only n-grams are left out:
     a run of spaces is in the train text too, but copies no lyric."""
     if reference.n != n:
         raise ValueError(f"the reference holds {reference.n}-grams, but copy_rate was asked for n={n}.")
@@ -95,12 +83,11 @@ def copy_rate(texts: Iterable[str], reference: NgramSet, n: int = COPY_N) -> flo
 
 
 def lines_of(text: str) -> list[str]:
-    """The text's non-empty lines, stripped."""
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
 def repeated_lines(texts: Iterable[str]) -> float:
-    """The share of lines (pooled) that equal an earlier line of the same text."""
+    """The share of lines that equal an earlier line of the same text."""
     total = repeats = 0
     for text in texts:
         seen: set[str] = set()
@@ -112,18 +99,14 @@ def repeated_lines(texts: Iterable[str]) -> float:
 
 
 def distinct(texts: Sequence[str], n: int) -> float:
-    """Distinct-n: per text, distinct character n-grams over all of them; the mean over texts."""
+    """Distinct-n (Li et al. 2016): per text, distinct character n-grams over all of them."""
     ratios = [len(set(grams)) / len(grams) for text in texts if (grams := char_ngrams(text, n))]
     return statistics.fmean(ratios) if ratios else 0.0
 
 
-def line_lengths(texts: Iterable[str]) -> list[int]:
-    return [len(line) for text in texts for line in lines_of(text)]
-
-
 def lyric_metrics(texts: Sequence[str], reference: NgramSet, n: int = COPY_N) -> LyricMetrics:
-    """All the numbers above for a list of texts (the samples, or human_pieces)."""
-    lengths = line_lengths(texts)
+    """All the numbers above for a list of texts; line lengths: mean and population std."""
+    lengths = [len(line) for text in texts for line in lines_of(text)]
     return LyricMetrics(
         copy_rate=copy_rate(texts, reference, n), repeated_lines=repeated_lines(texts),
         distinct_1=distinct(texts, 1), distinct_2=distinct(texts, 2),
@@ -133,7 +116,7 @@ def lyric_metrics(texts: Sequence[str], reference: NgramSet, n: int = COPY_N) ->
 
 def human_pieces(text: str, length: int) -> list[str]:
     """`text` cut into consecutive pieces of `length` characters (a shorter rest left out, unless
-    it is the only piece), as long as a sample so the numbers compare."""
+    it is the only piece)."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     pieces = [text[i:i + length] for i in range(0, len(text) - length + 1, length)]

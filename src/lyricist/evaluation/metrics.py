@@ -1,9 +1,6 @@
-"""The evaluate stage's numbers as small records.
-
-Their flat names ("ngram_val_ppl", ...) exist in one place only, `as_flat_dict`: they are the
-keys of reports/metrics.json, hence the columns of `dvc metrics show` and `dvc exp show`, so they
-and their order stay as they are. Everything else reads the fields.
-"""
+"""The evaluate stage's numbers as small records. Their flat names ("ngram_val_ppl", ...) live
+in `as_flat_dict` only: the keys of reports/metrics.json, hence the columns of `dvc metrics
+show` and `dvc exp show`, so they and their order stay as they are."""
 
 from __future__ import annotations
 
@@ -24,8 +21,7 @@ class Perplexities:
 
 
 def _by_split(models: dict[str, Perplexities]) -> dict[str, float]:
-    """{"<prefix><split>_ppl": ..}, split by split (val first) and within one split in the order
-    of `models` ({key prefix: perplexities}), as reports/metrics.json lists them."""
+    """{"<prefix><split>_ppl": ..} for {prefix: perplexities}: val's first, then test's."""
     return {f"{prefix}{split}_ppl": getattr(ppl, split) for split in ("val", "test")
             for prefix, ppl in models.items() if getattr(ppl, split) is not None}
 
@@ -48,15 +44,14 @@ class InterpolationResult:
 class DynamicResult:
     """Dynamic evaluation against the adaptive Kneser-Ney model, alone and mixed."""
 
-    lr: float  # of the SGD step after each segment, chosen on val
+    lr: float  # of the step after each segment, chosen on val
     weight: float  # of the dynamic network in the mixture, chosen on val
     dynamic: Perplexities
     ngram_adaptive: Perplexities
     interpolated: Perplexities
 
     def as_flat_dict(self, prefix: str = "dynamic_", with_ngram: bool = True) -> dict:
-        """Keys starting with `prefix`; `with_ngram`: also the adaptive n-gram's perplexities
-        (the same for every update rule of the network, so stated once)."""
+        """`with_ngram`: the adaptive n-gram's too (the same for every update rule: stated once)."""
         return {f"{prefix}lr": self.lr, f"{prefix}interpolation_weight": self.weight,
                 **_by_split({prefix: self.dynamic, **({"ngram_adaptive_": self.ngram_adaptive} if with_ngram else {}),
                              f"{prefix}interpolated_": self.interpolated})}
@@ -64,7 +59,7 @@ class DynamicResult:
 
 @dataclass(frozen=True)
 class CacheResult:
-    """The network with a neural cache (lyricist.evaluation.cache), alone and mixed with the adaptive n-gram."""
+    """The network with a neural cache, alone and mixed with the adaptive n-gram."""
 
     size: int  # positions the cache holds
     theta: float  # flatness, chosen on val
@@ -82,7 +77,7 @@ class CacheResult:
 
 @dataclass(frozen=True)
 class LyricMetrics:
-    """Texts measured as lyrics (lyricist.evaluation.lyrics): shares in [0, 1], lengths in characters."""
+    """Texts measured as lyrics (lyrics.py): shares in [0, 1], lengths in characters."""
 
     copy_rate: float  # share of character 8-grams found verbatim in the train text
     repeated_lines: float  # share of lines equal to an earlier line of the same text
@@ -97,8 +92,8 @@ class LyricMetrics:
 
 @dataclass(frozen=True)
 class LyricsResult:
-    """The default decoding's samples (all prefixes together) measured as lyrics, beside the
-    human test text cut into pieces of the samples' length (None without a test split)."""
+    """The default decoding's samples (all prefixes together) beside the human test text cut
+    into pieces of the samples' length (None without a test split)."""
 
     samples: LyricMetrics
     human: LyricMetrics | None = None
@@ -110,7 +105,7 @@ class LyricsResult:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Everything the evaluate stage measures of one checkpoint."""
+    """Everything the evaluate stage measures of one checkpoint: its rows (evaluate.py)."""
 
     neural: Perplexities
     epoch: int | None  # of the checkpoint
@@ -118,7 +113,7 @@ class EvaluationResult:
     dynamic: DynamicResult | None = None  # plain SGD updates
     krause: DynamicResult | None = None  # Krause et al.'s RMS-normalised updates with decay
     lyrics: LyricsResult | None = None
-    cache: CacheResult | None = None  # the neural cache (one model's hidden states: no ensemble)
+    cache: CacheResult | None = None  # one model's hidden states: no ensemble
 
     def as_flat_dict(self) -> dict:
         """The keys and values of reports/metrics.json, in its order."""

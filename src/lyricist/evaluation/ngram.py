@@ -1,8 +1,6 @@
-"""Count-based baselines over token ids: add-one unigram and interpolated Kneser-Ney n-grams.
-
-They give the held-out perplexity a neural model has to beat, on the same splits and vocabulary:
-`<unk>` is just token id 0 here, as it is for the neural model (built on train only, it never
-occurs in train, so its probability comes from smoothing alone).
+"""Count-based baselines over token ids, the held-out perplexity a network has to beat on the
+same splits and vocabulary: add-one unigram and interpolated Kneser-Ney n-grams (`<unk>` is id
+0, never in train: its probability comes from smoothing alone).
 
 Kneser-Ney is the interpolated, modified form of Chen & Goodman (1998): for an n-gram model,
 
@@ -22,27 +20,19 @@ import json
 import math
 import time
 import zipfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from lyricist.data.corpus import atomic_write_bytes
 from lyricist.evaluation.ppl import perplexity as ppl
 
-DISCOUNT_MODES = ("modified", "single", "fixed")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
 KNESER_NEY_FORMAT = 1  # of the file the baseline stage saves and the evaluate stage loads
-
-
-class LanguageModel(Protocol):
-    order: int  # it looks at most order - 1 tokens back
-
-    def prob(self, context: Sequence[int], token: int) -> float: ...
-    def distribution(self, context: Sequence[int]) -> np.ndarray: ...
 
 
 def _as_id_list(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -71,28 +61,15 @@ class AddOneUnigram:
         return self.probs.copy()  # (V,)
 
 
-def unigram_add_one(ids: Sequence[int], vocab_size: int) -> AddOneUnigram:
-    return AddOneUnigram().fit(ids, vocab_size)
-
-
 def estimate_discounts(counts: Sequence[int], mode: str = "modified",
                        fixed_discount: float = 0.75) -> tuple[float, float, float]:
-    """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts.
-
-    "modified" is Chen & Goodman's estimate from the count-of-counts n1..n4:
-    Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r. "single" is Ney's one discount Y
-    for every count; "fixed" is `fixed_discount` for every count.
-
-    Where the counts cannot give an estimate in (0, r] (a count-of-counts is zero, as on tiny
-    corpora) the order gets FALLBACK_DISCOUNTS, like KenLM's --discount_fallback. A discount of 0
-    would leave no mass for the lower orders, and a token unseen after a context probability 0.
-    """
+    """(D1, D2, D3+) for n-grams seen once, twice, three or more times, from their counts:
+    "modified", Chen & Goodman's Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r from the
+    count-of-counts n1..n4; "single", Ney's one Y; "fixed", `fixed_discount`. Where the counts give
+    no estimate in (0, r] (tiny corpora), FALLBACK_DISCOUNTS, like KenLM's --discount_fallback: a
+    discount of 0 would leave no mass for the lower orders."""
     if mode == "fixed":
-        if not 0.0 < fixed_discount <= 1.0:
-            raise ValueError(f"fixed_discount must be in (0, 1], got {fixed_discount}.")
         return (fixed_discount,) * 3
-    if mode not in DISCOUNT_MODES:
-        raise ValueError(f"unknown discount mode {mode!r}; use one of {DISCOUNT_MODES}.")
     count_of_counts = Counter(c for c in counts if c <= 4)
     n1, n2, n3, n4 = (count_of_counts[r] for r in (1, 2, 3, 4))
     if mode == "single":
@@ -108,14 +85,13 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
 
 @dataclass
 class _Level:
-    """The counts of one order k: k-grams, and per context (the first k-1 tokens) what follows."""
+    """The counts of one order k: k-grams, and per context (the first k-1 tokens) their totals."""
 
     counts: dict[tuple[int, ...], int]
     discounts: tuple[float, float, float]
     # context -> (c(h.), sum of the discounts of its followers); gamma(h) is their ratio.
     # A context with no entry was never seen at this order.
     contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
-    followers: dict[tuple[int, ...], list[int]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def from_counts(cls, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> _Level:
@@ -128,7 +104,6 @@ class _Level:
             context = gram[:-1]
             totals[context] += count
             masses[context] += level.discount(count)
-            level.followers[context].append(gram[-1])
         level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
         return level
 
@@ -141,8 +116,6 @@ class _Level:
         self.counts[gram] = old + 1
         context = gram[:-1]
         total, mass = self.contexts.get(context, (0, 0.0))
-        if old == 0:
-            self.followers[context].append(gram[-1])
         self.contexts[context] = (total + 1, mass + self.discount(old + 1) - (self.discount(old) if old else 0.0))
 
 
@@ -150,10 +123,6 @@ class KneserNey:
     """Interpolated Kneser-Ney n-gram model of `order` (1 = unigram) over token ids."""
 
     def __init__(self, order: int = 3, discount_mode: str = "modified", fixed_discount: float = 0.75) -> None:
-        if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}.")
-        if discount_mode not in DISCOUNT_MODES:
-            raise ValueError(f"unknown discount mode {discount_mode!r}; use one of {DISCOUNT_MODES}.")
         self.order, self.discount_mode, self.fixed_discount = order, discount_mode, fixed_discount
 
     def fit(self, ids: Sequence[int], vocab_size: int) -> KneserNey:
@@ -177,10 +146,9 @@ class KneserNey:
         return self
 
     def observe(self, ids: Sequence[int], context: Sequence[int] = ()) -> KneserNey:
-        """Add the n-grams of `ids`, read after `context`, to the counts, as if they had been
-        in the training text (the discounts stay as estimated there): the adaptive n-gram of
-        `lyricist.evaluation.dynamic`. Fitting on A and then observing B after A gives the model
-        fit on A + B (for fixed discounts, exactly)."""
+        """Count the n-grams of `ids`, read after `context`, as if they had been in the training text
+        (the discounts stay): fitting on A, then observing B after A, fits A + B (exactly, for fixed
+        discounts). The adaptive n-gram of dynamic evaluation."""
         context = _as_id_list(context, self.vocab_size)[-(self.order - 1):] if self.order > 1 else []
         stream = context + _as_id_list(ids, self.vocab_size)
         for i in range(len(context), len(stream)):
@@ -215,23 +183,14 @@ class KneserNey:
 
     def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
         """P(w | context) for every token id w, shape (vocab_size,)."""
-        p = np.full(self.vocab_size, 1.0 / self.vocab_size)  # (V,)
-        for level, h, total, mass in self._seen_contexts(context):
-            tokens = level.followers[h]
-            counts = np.array([level.counts[h + (w,)] for w in tokens], dtype=np.float64)
-            discounts = np.array(level.discounts)[np.minimum(counts, 3).astype(int) - 1]
-            p = mass / total * p
-            p[tokens] += (counts - discounts) / total
-        return p
+        return np.array([self.prob(context, w) for w in range(self.vocab_size)])  # (V,)
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
-    """Write a fitted Kneser-Ney model to `path` atomically, as a .npz of plain arrays (loaded
-    without pickle): its settings as JSON (with `max_order`, the orders it was chosen among),
-    and per order k its k-grams in fitting order with their counts and discounts, and the k-gram
-    types seen (what `observe` needs). The rest is recomputed from these on loading, as `fit`
-    computes it, so a freshly fit model loads bit for bit (one that has `observe`d since may
-    differ in the last bits of its back-off masses, which `observe` sums in another order)."""
+    """Write a fitted model to `path` atomically, a .npz of plain arrays (no pickle): its settings
+    (with `max_order`, the orders it was chosen among), per order its k-grams in fitting order with
+    their counts and discounts, and the k-gram types `observe` needs. Loading recomputes the rest
+    as `fit` does: a freshly fit model loads bit for bit."""
     meta = {"format": KNESER_NEY_FORMAT, "order": model.order, "discount_mode": model.discount_mode,
             "fixed_discount": model.fixed_discount, "vocab_size": model.vocab_size, "max_order": max_order}
     arrays = {"meta": np.array(json.dumps(meta))}
@@ -280,14 +239,10 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
     return model
 
 
-def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] = ()) -> float:
-    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it.
-
-    With no `context` the text starts afresh, like the neural model's evaluation: the first
-    token has no history and is not predicted, the next ones see a history shorter than
-    order - 1. `context` (e.g. the end of the split before) gives the first tokens a history
-    and then every token of `ids` is predicted.
-    """
+def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Sequence[int] = ()) -> float:
+    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with
+    no `context` the first token is not predicted (as in the network's evaluation), with one
+    (e.g. the end of the split before) every token is."""
     context = np.asarray(context, dtype=np.int64).ravel().tolist()
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     stream = context + ids
@@ -298,7 +253,7 @@ def perplexity(model: LanguageModel, ids: Sequence[int], context: Sequence[int] 
     return ppl(nll / (len(stream) - first))
 
 
-def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
     """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     history = model.order - 1
@@ -306,48 +261,37 @@ def ngram_token_log_probs(model: LanguageModel, ids: Sequence[int], positions: S
                      for p in np.asarray(positions).tolist()], dtype=np.float64)
 
 
-def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int,
-                    max_order: int = 5, discount_mode: str = "modified",
-                    fixed_discount: float = 0.75) -> tuple[KneserNey, float]:
-    """The Kneser-Ney order of 1..max_order with the lowest val perplexity (the order is chosen
-    on val alone), fit on train; returns (model, its val perplexity)."""
+def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
+                    **discounts) -> tuple[KneserNey, float]:
+    """The Kneser-Ney order of 1..max_order (`discounts`: KneserNey's) with the lowest val
+    perplexity, fit on train; returns (model, its val perplexity)."""
     if len(val_ids) < 2:
         raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
-    metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, discount_mode,
-                                        fixed_discount)
+    metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
     return model, metrics[f"kn{model.order}"]["val_ppl"]
 
 
-def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int,
-                       max_order: int = 5, discount_mode: str = "modified", fixed_discount: float = 0.75,
-                       report: Callable[[str], None] = lambda line: None) -> tuple[dict, KneserNey | None]:
-    """Perplexity of the add-one unigram and of Kneser-Ney orders 1..max_order on each split,
-    and the Kneser-Ney model best on val (the one `best_kneser_ney` picks; None without val).
-
-    The metrics are {"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best":
-    {"name": .., "val_ppl": .., "test_ppl": ..}}; "best" is chosen on val alone (absent without
-    val). A split with fewer than 2 tokens is left out (nothing to predict), as an empty test
-    split may be. `report` gets one line per model, with its fit and scoring times (a big
-    corpus takes minutes). Only the best order so far is kept: one model in memory, not max_order.
-    """
+def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int, max_order: int,
+                       report: Callable[[str], None] = lambda line: None, **discounts) -> tuple[dict, KneserNey | None]:
+    """({"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best": {"name": .., ...}},
+    the Kneser-Ney model best on val): the add-one unigram and Kneser-Ney orders 1..max_order
+    (`discounts`: KneserNey's) on each split of >= 2 tokens; "best" and the model chosen on val
+    (absent, None without val; one model kept in memory). `report` hears each model's times."""
     scored = {split: part for split, part in splits.items() if len(part) >= 2}
     metrics: dict = {}
-    best_order: KneserNey | None = None
+    best: KneserNey | None = None
     for order in range(max_order + 1):  # 0: the add-one unigram
         clock = time.perf_counter()
-        model = unigram_add_one(train_ids, vocab_size) if order == 0 else KneserNey(
-            order, discount_mode, fixed_discount).fit(train_ids, vocab_size)
+        model = (KneserNey(order, **discounts) if order else AddOneUnigram()).fit(train_ids, vocab_size)
         fitted = time.perf_counter()
-        name = "unigram" if order == 0 else f"kn{order}"
+        name = f"kn{order}" if order else "unigram"
         metrics[name] = {f"{split}_ppl": perplexity(model, part) for split, part in scored.items()}
         report(f"  {name}: fit {fitted - clock:.1f} s, scored {', '.join(scored) or 'nothing'} "
                f"{time.perf_counter() - fitted:.1f} s")
-        if order and "val_ppl" in metrics[name] and (
-                best_order is None or metrics[name]["val_ppl"] < metrics[f"kn{best_order.order}"]["val_ppl"]):
-            best_order = model  # ties: the lower order stays
-    candidates = [name for name in metrics if "val_ppl" in metrics[name]]
-    if not candidates:
-        return metrics, None
-    best = min(candidates, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
-    metrics["best"] = {"name": best, **metrics[best]}
-    return metrics, best_order
+        val = metrics[name].get("val_ppl")
+        if order and val is not None and (best is None or val < metrics[f"kn{best.order}"]["val_ppl"]):
+            best = model  # ties: the lower order stays
+    if "val" in scored:
+        name = min(metrics, key=lambda name: metrics[name]["val_ppl"])  # ties: the first
+        metrics["best"] = {"name": name, **metrics[name]}
+    return metrics, best

@@ -1,10 +1,6 @@
-"""Perplexity from a mean loss that cannot overflow.
-
-`math.exp(loss)` raises OverflowError above float64's range (a loss above ~709.78 nats a
-token, which a diverged model or a huge model.init_scale reaches); here that is inf, and a
-caller treats a perplexity that is not finite as a divergence (`training.module` stops the
-run with TrainingDiverged, one line), never as a traceback.
-"""
+"""Perplexity from a mean loss that cannot overflow: `math.exp(loss)` raises OverflowError above
+~709.78 nats a token (a diverged model, a huge model.init_scale); here that is inf, which a caller
+treats as a divergence (`training.module`'s TrainingDiverged, one line), never a traceback."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Progress lines for the long loops of a stage: one line at most every `every` seconds.
-
-A stage's log is read after the fact as often as live (`dvc repro` keeps it), so a line per
-interval ("    rate 0.3, tuning on val: 12,000 / 20,000 tokens in 31 s, ~21 s left") says more there than a redrawn
-bar. A loop that ends sooner than the interval prints nothing, and its part's total is the
-line its caller reports at the end (lyricist.evaluation.evaluate).
-"""
+"""Progress lines for the long loops of a stage, one at most every `every` seconds: a stage's log
+is read after the fact as often as live (`dvc repro` keeps it), where a line per interval says
+more than a redrawn bar. A loop that ends sooner prints nothing: its caller reports its total."""
 
 from __future__ import annotations
 
@@ -16,15 +12,15 @@ Tick = Callable[[str, int, int], None]
 
 
 class Progress:
-    """A `Tick` that passes a line to `report` when `every` seconds have gone since its last line
-    (or its start): the label, how far, the seconds since that label's first tick and an
-    estimate of the seconds left at that pace."""
+    """A `Tick` passing `report` "    <label>: 12,000 / 20,000 tokens in 31 s, ~21 s left" when
+    `every` seconds have gone since its last line (or its start); each label's time counts from
+    its first tick."""
 
-    def __init__(self, report: Callable[[str], None], every: float = 30.0, unit: str = "tokens",
+    def __init__(self, report: Callable[[str], None], every: float = 30.0,
                  clock: Callable[[], float] = time.perf_counter):
         if every <= 0:
             raise ValueError(f"the progress interval must be positive seconds, got {every}.")
-        self.report, self.every, self.unit, self.clock = report, every, unit, clock
+        self.report, self.every, self.clock = report, every, clock
         self.last = clock()
         self.label, self.label_start = None, self.last
 
@@ -36,4 +32,4 @@ class Progress:
             self.last = now
             spent = now - self.label_start
             left = f", ~{spent * (total - done) / done:.0f} s left" if 0 < done < total else ""
-            self.report(f"    {label}: {done:,} / {total:,} {self.unit} in {spent:.0f} s{left}")
+            self.report(f"    {label}: {done:,} / {total:,} tokens in {spent:.0f} s{left}")
