@@ -92,8 +92,7 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
 
 
 def vocab_difference(mine: Vocab, other: Vocab) -> str | None:
-    """None when the two vocabularies are the same, else how they differ, for a message: their
-    kind and size, and the first id that means another token."""
+    """None for the same vocabularies, else how they differ (kind, size, the first id meaning another token)."""
     if mine == other:
         return None
     first = next((i for i, (a, b) in enumerate(zip(mine.itos, other.itos)) if a != b), None)

@@ -189,13 +189,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         if best is None or perplexity_of(log_p) < best[0]:
             best = (perplexity_of(log_p), lr, tuned, log_p)
     _, lr, tuned, tuned_log_p = best
-    neural = {}
-    for split, ids in splits.items():
-        if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
-            rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
-            neural[split] = np.concatenate([tuned_log_p, rest])
-        else:
-            neural[split] = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
+    # The tuning reader stopped before token len(tuned_log_p) of val: it goes on from there.
+    rest = tuned.read(splits["val"][len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
+    neural = {"val": np.concatenate([tuned_log_p, rest])}
+    if "test" in splits:
+        neural["test"] = reader(lr).read(splits["test"], progress, f"rate {lr:g} on test")
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
     counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}

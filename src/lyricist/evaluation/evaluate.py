@@ -84,7 +84,7 @@ def static(e: Evaluation) -> Perplexities:
     # Scored once: the static perplexity and the interpolation read the same per-token numbers.
     e.scores = {split: neural_token_log_probs(e.model, ids, e.batch_size, e.num_steps) for split, ids in e.splits.items()}
     e.done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in e.splits.items())})")
-    return Perplexities.of_splits({split: perplexity_of(log_p) for split, (_, log_p) in e.scores.items()})
+    return Perplexities(**{split: perplexity_of(log_p) for split, (_, log_p) in e.scores.items()})
 
 
 def interpolation(e: Evaluation):

@@ -237,9 +237,8 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
 
 
 def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Sequence[int] = ()) -> float:
-    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with
-    no `context` the first token is not predicted (as in the network's evaluation), with one
-    (e.g. the end of the split before) every token is."""
+    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with no
+    `context` the first token is not predicted (as in the network's evaluation), with one every token is."""
     context, ids = (np.asarray(part, dtype=np.int64).ravel() for part in (context, ids))
     log_probs = ngram_token_log_probs(model, np.concatenate([context, ids]),
                                       range(len(context) or 1, len(context) + len(ids)))
@@ -258,8 +257,7 @@ def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], 
 
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
                     **discounts) -> tuple[KneserNey, float]:
-    """The Kneser-Ney order of 1..max_order (`discounts`: KneserNey's) with the lowest val
-    perplexity, fit on train; returns (model, its val perplexity)."""
+    """(the Kneser-Ney model of order 1..max_order fit on train with the lowest val perplexity, that perplexity)."""
     if len(val_ids) < 2:
         raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
     metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
