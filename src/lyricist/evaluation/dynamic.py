@@ -78,14 +78,12 @@ def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, ba
                         sampling="consecutive")
     reader = copy.deepcopy(model).eval()
     squares = [torch.zeros_like(p) for p in reader.parameters()]
-    batches = 0
-    for logits, y, _ in read_streams(reader, ids, batch_size, num_steps):  # (B, T, V), (B, T)
+    for batches, (logits, y, _) in enumerate(read_streams(reader, ids, batch_size, num_steps), 1):  # (B, T, V), (B, T)
         reader.zero_grad(set_to_none=True)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()  # (B*T, V)
         for square, p in zip(squares, reader.parameters()):
             if p.grad is not None:
                 square += p.grad.detach() ** 2
-        batches += 1
     return [torch.sqrt(square / batches) for square in squares]
 
 
