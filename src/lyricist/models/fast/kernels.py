@@ -1,19 +1,12 @@
-"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp``, where a C++ compiler is.
+"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp`` (why: see the .cpp file), where
+a C++ compiler is; the products are matmul.py's packed ones.
 
-Why: see the .cpp file -- one pass over (B, H) per step instead of ~8 torch calls, whose
-dispatch costs more than their arithmetic at this project's sizes, and no Python between
-steps. The matrix products are the same packed ones as in matmul.py (MKL's or oneDNN's).
-
-Built once per machine (``make install`` does it; ~45 s) by ``torch.utils.cpp_extension`` and
-cached under a name made of what the binary depends on: the source, the flags, the compiler,
-torch, Python and the CPU (the flags say ``-march=native``). Never of where the code lies or
-which shell started Python: a copy of the code (the MLflow model's ``code/``, a DVC temporary
-workspace) finds the same binary, and a cached binary is imported directly, without ninja.
-Each build runs in a folder of its own and moves its result into place atomically, so there is
-no shared lock: a process killed mid-build leaves nothing another one waits on.
-
-When the build fails (a warning says why) or ``LYRICIST_CPP_KERNELS=0`` is set, ``step_kernels()``
-is None and fused.py runs the same math as torch ops; the tests hold the two paths equal.
+Built once per machine (``make install``; ~45 s) and cached under a name made of what the binary
+depends on (source, flags, compiler, torch, Python, CPU), never of where the code lies: every copy of
+the code (the MLflow model's ``code/``, a DVC temporary workspace) imports the same binary, without
+ninja. Each build runs in a folder of its own and moves its result into place atomically: no lock
+that a killed build could leave behind. When the build fails (a warning says why) or
+``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None and fused.py runs the same math as torch ops.
 """
 
 from __future__ import annotations
@@ -31,8 +24,7 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType
-
-from lyricist.models.fast.switch import Switch
+from typing import Iterator
 
 SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
 # -ffast-math vectorises the gate math; -fno-finite-math-only keeps NaN and inf meaningful (the
@@ -41,6 +33,23 @@ SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
 # the step runs ~1.5x slower (measured: 124 vs 64 ms for a 35 x 32 x 256 chunk, forward + backward).
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-D__FAST_MATH__", "-fopenmp-simd"]
 BUILD_LOG = "builds.log"  # one line per build, for the tests and for a curious user
+
+
+class Switch:
+    """An on/off setting that a ``with`` block can change for its duration (the compiled steps here,
+    matmul.py's private products): the benchmark and the tests compare both sides."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    @contextlib.contextmanager
+    def set(self, on: bool) -> Iterator[None]:
+        previous, self.on = self.on, on
+        try:
+            yield
+        finally:
+            self.on = previous
+
 
 _module: ModuleType | None = None
 _tried = False
@@ -104,8 +113,8 @@ def _build(name: str, target: Path) -> ModuleType:
 
 
 def step_kernels() -> ModuleType | None:
-    """The compiled module (``lstm_forward``, ``lstm_backward``, ``gru_forward``, ``gru_backward``), imported from the
-    cache or built on the first call; None when switched off or when it cannot be built."""
+    """The compiled module (``lstm_forward``, ``lstm_backward``, ``gru_forward``, ``gru_backward``) from
+    the cache or built at the first call; None when switched off or when it cannot be built."""
     global _module, _tried
     if not switch.on:
         return None
@@ -121,7 +130,5 @@ def step_kernels() -> ModuleType | None:
     return _module
 
 
-def cpp_kernels(enabled: bool) -> contextlib.AbstractContextManager:
-    """Use the compiled step (``True``, if it builds) or the torch-ops path (``False``) inside
-    the block; for the tests and the benchmark."""
-    return switch.set(enabled)
+# cpp_kernels(False): the torch-ops path inside the block (the tests and the benchmark compare both).
+cpp_kernels = switch.set
