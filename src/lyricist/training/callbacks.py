@@ -29,14 +29,10 @@ from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), generate lyrics for the prefixes with the decoding
-    options of `generate.*` and log them to MLflow as `samples/epoch_XXX.txt`, with their
-    lyric metrics (lyricist.evaluation.lyrics) as `samples/copy_rate`, `samples/repeated_lines`,
-    ... at the step of the epoch's other metrics (0-based), so the UI shows how the lyrics
-    improve. Each prefix samples with its own seed (seed + its position). `train_text` is the
-    train split as text, what the copy rate looks up (its n-grams are built once, at the first
-    sample).
-    Plain values only (no client, no lambda), so it survives DDP's process spawning."""
+    """Every N epochs (and at the last), lyrics generated for the prefixes (`generate.*`, each prefix
+    its own seed) logged to MLflow as `samples/epoch_XXX.txt`, and their lyric metrics as `samples/...`
+    at the epoch's step, so the UI shows how the lyrics improve. `train_text`: the train split, what
+    the copy rate looks up. Plain values only (no client, no lambda): it survives DDP's spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
                  tracking_uri: str, run_id: str, train_text: str = ""):
@@ -64,12 +60,9 @@ class SamplesCallback(pl.Callback):
 
 
 class EpochCSVLogger(Logger):
-    """One CSV row per epoch, appended and flushed at once, for `dvc plots`.
-
-    Unlike Lightning's CSVLogger (which buffers rows and deletes an existing file when it
-    starts), a killed run keeps every finished epoch and a resumed run continues the file:
-    `keep_epochs_below=k` keeps the rows of epochs < k and drops any later ones.
-    """
+    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (which
+    buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
+    one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
 
     COLUMNS = EPOCH_METRICS  # declared beside the code that computes them
 
@@ -114,10 +107,9 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint written to a temporary file beside its final name, flushed to disk, then
-    renamed over it: a full disk or a kill leaves the previous checkpoint whole. (Lightning's own
-    writes the file in /tmp and moves it: across filesystems a move is a copy, and a full disk
-    left best.ckpt truncated.)"""
+    """Each checkpoint written to a temporary file beside its final name, flushed, then renamed over
+    it: a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
+    moved, i.e. copied across filesystems, left best.ckpt truncated on a full disk)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
