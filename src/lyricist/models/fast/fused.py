@@ -76,10 +76,7 @@ class RNNSequence(Function):
         weight = pack(weight_hh, batch_size, uses=num_steps)
         for t in range(num_steps):
             pre = add_linear_(hs[t + 1], hs[t], weight)  # (B, H)
-            if relu:
-                pre.relu_()
-            else:
-                pre.tanh_()
+            pre.relu_() if relu else pre.tanh_()
         ctx.relu = relu
         ctx.save_for_backward(weight_hh, hs)
         # The final state is cloned so that it does not alias the outputs (and the saved buffer).

@@ -54,6 +54,7 @@ class Switch:
 _module: ModuleType | None = None
 _tried = False
 switch = Switch(os.environ.get("LYRICIST_CPP_KERNELS", "1") != "0")
+cpp_kernels = switch.set  # cpp_kernels(False): the torch-ops path inside the block (tests, benchmark)
 
 
 def cache_dir() -> Path:
@@ -128,7 +129,3 @@ def step_kernels() -> ModuleType | None:
             warnings.warn(f"lyricist: the C++ LSTM step could not be built, using torch ops instead "
                           f"(slower, same results): {str(error).strip()[-500:]}", RuntimeWarning, stacklevel=2)
     return _module
-
-
-# cpp_kernels(False): the torch-ops path inside the block (the tests and the benchmark compare both).
-cpp_kernels = switch.set

@@ -30,6 +30,7 @@ from lyricist.models.fast.kernels import Switch
 _ONEDNN = private_op("mkldnn", "_linear_pointwise")
 _MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
+private = _switch.set  # private(False): torch's own products inside the block (the benchmark's b*)
 _backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
 _forced = False  # set by ``use``: the loop backend too, not measured per shape
 
@@ -61,10 +62,6 @@ class Packed(NamedTuple):
     packed: Tensor
     rows: int
     mkl: bool
-
-
-# private(False): torch's own products inside the block (the benchmark shows what the backends are worth).
-private = _switch.set
 
 
 # Measured here, one thread: on a single row (generation) oneDNN's call overhead loses to
