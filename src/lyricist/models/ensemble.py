@@ -7,6 +7,7 @@ state is the members' states one after the other in one flat tuple.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -34,11 +35,8 @@ class Ensemble(nn.Module):
         """The flat state -> one state per member."""
         if state is None:
             return [None] * len(self.members)
-        parts, start = [], 0
-        for member in self.members:
-            parts.append(tuple(state[start:start + member.num_states]))
-            start += member.num_states
-        return parts
+        flat = iter(state)
+        return [tuple(itertools.islice(flat, member.num_states)) for member in self.members]
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the mixture's log-probabilities (B, T, V) and the members' final states."""

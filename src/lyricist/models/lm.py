@@ -112,9 +112,8 @@ class RecurrentLM(nn.Module):
         first: RecurrentCell = self.cells[0]
         if self.embedding is not None:
             return first.project_input(self.embedding_dropout(self._hook(active, "rows", self.embedding(ids), ids)))
-        # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
-        # (an embedding lookup with W_ih^T as the table) gives the same numbers without
-        # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
+        # one_hot(ids) @ W_ih^T picks row `id` of W_ih^T: gathering those rows gives the same numbers
+        # without a (T, B, V) tensor of zeros and a V-wide matmul.
         picked = F.embedding(ids, first.weight_ih.t())  # weight_ih.t(): (V, G*H) -> (..., G*H)
         return self._hook(active, "rows", picked, ids) + first.bias_ih
 

@@ -64,8 +64,6 @@ class EpochCSVLogger(Logger):
     buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
     one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
 
-    COLUMNS = EPOCH_METRICS  # declared beside the code that computes them
-
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()
         self.path = Path(path)
@@ -79,7 +77,7 @@ class EpochCSVLogger(Logger):
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < keep_epochs_below]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=EPOCH_METRICS)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -97,7 +95,7 @@ class EpochCSVLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore").writerow(dict(metrics))
+            csv.DictWriter(f, fieldnames=EPOCH_METRICS, extrasaction="ignore").writerow(dict(metrics))
 
 
 def read_epoch_history(path: str | Path) -> list[dict[str, float]]:

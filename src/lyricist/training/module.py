@@ -53,8 +53,6 @@ class LitLanguageModel(pl.LightningModule):
         self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
-        self._train_state: State | None = None
-        self._val_state: State | None = None
         self.epoch_metrics: dict[str, float] = {}
 
     @property
@@ -83,7 +81,6 @@ class LitLanguageModel(pl.LightningModule):
         scheduler = self.lr_schedulers()
         scheduler.step(val_ppl) if schedule.monitor else scheduler.step()
 
-    # -- training --------------------------------------------------------------------
     def on_train_start(self):
         if self.settings.weight_averaging == "nt" and self.settings.averaging_patience == 0 and self.averaged is None:
             self._start_averaging()  # from the first step (a resumed run has its average already)
@@ -113,9 +110,8 @@ class LitLanguageModel(pl.LightningModule):
         optimizer.zero_grad()
         # "sum": the summed loss's gradient, as the MXNet seed's `loss.backward()` on a vector of losses.
         self.manual_backward(objective * targets.numel() if self.settings.loss_reduction == "sum" else objective)
-        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm
-        # when it exceeds theta (torch's clip_grad_norm_ is that, tests/test_training.py shows
-        # it); theta = inf measures the norm without clipping (clip_theta: null).
+        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm above theta
+        # (torch's clip_grad_norm_, tests/test_training.py); theta = inf measures without clipping.
         theta = math.inf if self.settings.clip_theta is None else self.settings.clip_theta
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
         self._step(optimizer, ids.size(1))
@@ -154,7 +150,6 @@ class LitLanguageModel(pl.LightningModule):
         raise TrainingDiverged(f"training loss {loss:.4g} {what} at epoch {self.current_epoch}, batch {batch_idx} "
                                f"(global step {self.global_step}). {DIVERGED_FIX}")
 
-    # -- validation: the whole val stream, state carried ------------------------------
     def on_validation_epoch_start(self):
         self._val_state = None
         self._val_sums = {"loss": 0.0, "tokens": 0}
@@ -181,8 +176,7 @@ class LitLanguageModel(pl.LightningModule):
             raise TrainingDiverged(f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. {DIVERGED_FIX}")
         val_ppl = perplexity(val_loss)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})
-        # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
-        # row per epoch from on_train_epoch_end instead.
+        # For ModelCheckpoint / EarlyStopping; the loggers get their row from on_train_epoch_end.
         self.log("val/ppl", val_ppl, prog_bar=True, logger=False)
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
@@ -215,7 +209,6 @@ class LitLanguageModel(pl.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
 
-    # -- checkpoints carry what is needed to rebuild the model -------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         model_config = {**self.model.config.model_dump(), "vocab_size": self.model.vocab_size}
         checkpoint["lyricist"] = {"model_config": model_config, "vocab": self.vocab.to_dict(),
@@ -224,9 +217,8 @@ class LitLanguageModel(pl.LightningModule):
         if self.settings.weight_averaging is not None:
             checkpoint["lyricist_resume"]["trigger"] = dict(self._trigger)
         if self.averaged is not None:
-            # The file's model.* weights are the ones to use (evaluate, generate and the MLflow
-            # model load those): the average. The trained weights, which a resumed run continues
-            # from, go beside them; averaged.n_averaged stays in the state_dict.
+            # The file's model.* weights, those evaluate, generate and the MLflow model load, are the average;
+            # the trained ones, which a resumed run continues, go beside them (n_averaged stays in the state_dict).
             weights = checkpoint["state_dict"]
             checkpoint["lyricist_resume"]["iterate"] = _pop_prefix(weights, "model.")
             weights.update({"model." + k: v for k, v in _pop_prefix(weights, AVERAGED_PREFIX).items()})
@@ -236,8 +228,7 @@ class LitLanguageModel(pl.LightningModule):
         self.first_loss = resume.get("first_loss")
         self._trigger = dict(resume.get("trigger", self._trigger))
         if "iterate" in resume:
-            # Runs before Lightning loads the state_dict: put each set of weights back under its
-            # own name, and build the average's module to receive its own.
+            # Before Lightning loads the state_dict: each set of weights back under its own name.
             weights = checkpoint["state_dict"]
             average = _pop_prefix(weights, "model.")
             weights.update({"model." + k: v for k, v in resume["iterate"].items()})

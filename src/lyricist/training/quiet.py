@@ -22,10 +22,8 @@ def silence_known_noise() -> None:
     # Lightning 2.6's own utilities/_pytree.py still builds torch's LeafSpec, deprecated in the pinned torch
     # (2.13): a line about Lightning's code, gone when Lightning updates it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Lightning warns about every IterableDataset with a length, in case several worker processes
-    # each yield all of it. lyricist's batch streams (training/datamodule.py) are read in the main
-    # process (the DataLoader's default num_workers=0), where the length is exact; it gives the
-    # progress bar its total.
+    # Lightning warns about every IterableDataset with a length, in case several workers each yield all of
+    # it: lyricist's batch streams are read in the main process (num_workers=0), where it is exact.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 

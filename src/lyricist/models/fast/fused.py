@@ -31,10 +31,8 @@ from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack, parts
 def _first_grad(grad_outputs: Tensor | None, grad_h_last: Tensor | None, like: Tensor) -> Tensor:
     """dL/dh_t (T, B, H, like the outputs) as known before the backward loop: the outputs' gradient plus
     the final state's at the last step (None: none came). Owned and contiguous: the loop adds into it."""
-    if grad_outputs is None:
-        grad_h = torch.zeros_like(like, memory_format=torch.contiguous_format)
-    else:
-        grad_h = grad_outputs.clone(memory_format=torch.contiguous_format)  # (T, B, H)
+    grad_h = (torch.zeros_like(like, memory_format=torch.contiguous_format) if grad_outputs is None
+              else grad_outputs.clone(memory_format=torch.contiguous_format))  # (T, B, H)
     if grad_h_last is not None:
         grad_h[-1] += grad_h_last
     return grad_h
@@ -87,8 +85,7 @@ class RNNSequence(Function):
     def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
         weight_hh, hs = ctx.saved_tensors
         outputs = hs[1:]  # (T, B, H)
-        # The activation's derivative from its output, for all steps at once:
-        # tanh' = 1 - h^2, relu' = [h > 0].
+        # The activation's derivative from its output, for all steps at once: tanh' = 1 - h^2, relu' = [h > 0].
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1.0 - outputs.square()  # (T, B, H)
         weight_t = pack(weight_hh.t(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
         grad = _first_grad(grad_outputs, grad_h_last, outputs)  # dL/dh_t, turned into dL/dpre_t in place
