@@ -51,18 +51,18 @@ class SamplesCallback(pl.Callback):
         if self._reference is None:
             self._reference = ngram_set(self.train_text)
         metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
-        client = MlflowClient(self.tracking_uri)
-        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(texts) + "\n",
-                                           f"samples/epoch_{epoch:03d}.txt"))
-        with_retry(lambda: client.log_batch(self.run_id, [Metric(name, value, int(time.time() * 1000),
-                                                                 trainer.current_epoch)
-                                                          for name, value in metrics.items()]))
+        now, client = int(time.time() * 1000), MlflowClient(self.tracking_uri)
+        rows = [Metric(name, value, now, trainer.current_epoch) for name, value in metrics.items()]
+        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(texts) + "\n", f"samples/epoch_{epoch:03d}.txt"))
+        with_retry(lambda: client.log_batch(self.run_id, rows))
 
 
 class EpochCSVLogger(Logger):
     """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (which
     buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
     one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
+
+    name, version = "epoch_csv", ""  # Logger's abstract properties, constant here
 
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()
@@ -80,14 +80,6 @@ class EpochCSVLogger(Logger):
             writer = csv.DictWriter(f, fieldnames=EPOCH_METRICS)
             writer.writeheader()
             writer.writerows(rows)
-
-    @property
-    def name(self) -> str:
-        return "epoch_csv"
-
-    @property
-    def version(self) -> str:
-        return ""
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         pass  # the config goes to MLflow; this file holds the curves only

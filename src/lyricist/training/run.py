@@ -1,9 +1,6 @@
-"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too).
-
-Everything that can fail does so before the first batch and before any output: the data, the
-model, a checkpoint to resume, the tracking store, the Trainer's settings; then the run
-directory is claimed (lyricist.rundir) and the model fits.
-"""
+"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). Everything that
+can fail (the data, the model, a checkpoint to resume, the tracking store, the Trainer's settings) does so
+before any output; then the run directory is claimed (lyricist.rundir) and the model fits."""
 
 from __future__ import annotations
 

@@ -1,14 +1,10 @@
 """Which library runs matmul.py's products on this machine (``Backend``): measured, not read off the
 CPU's vendor (the winner depends on the CPU, the torch build and the threads, and a private op can
-vanish in any torch release); the measurements and their history: docs/speed.md.
-
-Every candidate is checked against torch's own product (missing, raising or wrong: dropped, with a
-warning naming it), then timed on products of the project's sizes; a private op is chosen only when
-at least 5 % faster. The result is written once to ``<kernels.cache_dir()>/<kernels.extension_name()>
-.products-<threads>t.json`` (keyed like the compiled step, plus the threads), and each loop shape is
-measured again at its first use (``loop_for``) into the same file. A measurement taken under load
-(above one thread per core) is taken again, whole, at the first start on a quiet machine. Delete the
-file to measure again; ``LYRICIST_PRODUCTS=public`` uses torch's products only.
+vanish in any torch release). Every candidate is checked against torch's own product (a failing one
+is dropped with a warning), then timed; a private op is chosen only when at least 5 % faster. The
+result goes once to ``cache_file()``, each loop shape measured again at its first use (``loop_for``);
+one measured under load is measured again on a quiet machine. How and why: docs/speed.md (the
+products' backend, measured once per machine). ``LYRICIST_PRODUCTS=public``: torch's products only.
 """
 
 from __future__ import annotations

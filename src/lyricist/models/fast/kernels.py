@@ -1,12 +1,9 @@
-"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp`` (why: see the .cpp file), where
-a C++ compiler is; the products are matmul.py's packed ones.
-
-Built once per machine (``make install``; ~45 s) and cached under a name made of what the binary
-depends on (source, flags, compiler, torch, Python, CPU), never of where the code lies: every copy of
-the code (the MLflow model's ``code/``, a DVC temporary workspace) imports the same binary, without
-ninja. Each build runs in a folder of its own and moves its result into place atomically: no lock
-that a killed build could leave behind. When the build fails (a warning says why) or
-``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None and fused.py runs the same math as torch ops.
+"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp`` (why: see the .cpp file) where a
+C++ compiler is, built once per machine (``make install``) and cached under a name made of what the
+binary depends on, never of where the code lies, so every copy of the code imports the same binary;
+each build in a folder of its own, moved into place atomically (docs/speed.md: the compiled LSTM step).
+Without a build (a warning says why) or with ``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None
+and fused.py runs the same math as torch ops.
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""``x @ W^T (+ b)`` on the library measured fastest on this machine (choice.py), torch's own where
-it is as fast; what was measured where: docs/speed.md. Two kinds of product, each its backend:
-
-- dense, the one-off products (the head, the input projections, their input gradients):
-  ``F.linear`` or oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``);
-- loop, a time loop's T products by one weight: torch's mm/addmm, or the weight packed once
-  (``pack``) by MKL (``torch.ops.mkl._mkl_linear``) or by oneDNN.
-
-Weight gradients, whose first operand is a transpose, stay on ``mm``, which reads it in place. A
-missing private op is never chosen, and every product is plain torch when the private ops are off
-(``private(False)``), mkldnn is disabled, or the call is not float32 on CPU or has few rows (the
-float64 tests). The results are equal up to float32 rounding (another summation order).
+"""``x @ W^T (+ b)`` on the library measured fastest on this machine (choice.py; docs/speed.md), torch's
+own where it is as fast. Dense, the one-off products (the head, the input projections, their input
+gradients): ``F.linear`` or oneDNN (``torch.ops.mkldnn._linear_pointwise``); loop, a time loop's T
+products by one weight: torch's mm/addmm, or the weight packed once (``pack``) by MKL
+(``torch.ops.mkl._mkl_linear``) or oneDNN. Weight gradients stay on ``mm``, which reads the transpose
+in place. Every product is plain torch when the private ops are missing or off (``private(False)``),
+mkldnn is disabled, or the call is not float32 on CPU or has few rows (the float64 tests); the
+results are equal up to float32 rounding.
 """
 
 from __future__ import annotations
