@@ -27,8 +27,7 @@ from lyricist.settings import ModelSettings
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """`model` in eval mode (dropout off) inside the block, and back in the mode it was in after,
-    even when the block raises: a caller training the model must not find dropout switched off."""
+    """`model` in eval mode (dropout off) inside the block, back in its own mode after, even on an error."""
     was_training = model.training
     model.eval()
     try:
@@ -52,10 +51,8 @@ class RecurrentLM(nn.Module):
         cell_kwargs = dict(init=init, init_scale=scale)
         if config.forget_bias is not None:
             cell_kwargs["forget_bias"] = config.forget_bias
-        self.cells = nn.ModuleList(
-            make_cell(config.cell, input_size if layer == 0 else self.hidden_size, self.hidden_size, **cell_kwargs)
-            for layer in range(self.num_layers)
-        )
+        self.cells = nn.ModuleList(make_cell(config.cell, input_size if layer == 0 else self.hidden_size,
+                                             self.hidden_size, **cell_kwargs) for layer in range(self.num_layers))
         # Time is dim 0 of the embedding and of a layer's outputs (T, B, .), dim 1 of the
         # head's input (B, T, H); nn.Dropout ignores it.
         def make_dropout(rate: float | None, time_dim: int) -> nn.Module:

@@ -18,9 +18,8 @@ def read_streams(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_ste
                  state: State | None = None, lengths: list[int] | None = None,
                  head: bool = True) -> Iterator[tuple[Tensor, Tensor, State]]:
     """(logits (B, T, V), targets (B, T), state) for each segment of `ids` read as `batch_size` streams,
-    `num_steps` tokens at a time (or `lengths`, consecutive_batches's). The state carries over, detached
-    before each segment (a caller may step an optimizer between them); `state` continues an earlier
-    read. `head=False`: the last layer's outputs (B, T, H) in place of the logits."""
+    `num_steps` tokens at a time (or `lengths`), the state carried over, detached before each segment
+    (`state`: an earlier read's). `head=False`: the last layer's outputs (B, T, H) in place of the logits."""
     for x, y in consecutive_batches(ids, batch_size, num_steps, lengths=lengths):  # (B, T) each
         if state is not None:
             state = tuple(s.detach() for s in state)

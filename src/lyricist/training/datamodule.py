@@ -74,8 +74,7 @@ class LyricsDataModule(pl.LightningDataModule):
         if self.sampling == "consecutive":
             lengths = (variable_lengths(len(self.train_ids), self.batch_size, self.num_steps,
                                         self._epoch_generator()) if self.variable_length else None)
-            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows,
-                                       lengths=lengths)
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows, lengths=lengths)
         # Each process keeps its own rows of each batch of the shared shuffle.
         batches = random_batches(self.train_ids, self.batch_size, self.num_steps, self._epoch_generator())
         return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
@@ -94,10 +93,9 @@ class LyricsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rows = self.rows_of_this_process(self.eval_batch_size)
-        stream = _BatchStream(
-            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
-            num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
-        )
+        length = num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive")
+        stream = _BatchStream(lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
+                              length)
         return DataLoader(stream, batch_size=None)
 
 

@@ -23,8 +23,7 @@ from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
 from lyricist.settings import DataSettings, OptimSettings, TrainSettings
 
-# The per-epoch metrics, in the order of metrics.csv's columns: on_train_epoch_end computes them and
-# every logger (the CSV that DVC plots, MLflow) receives them. A new metric: compute it there, name it here.
+# metrics.csv's columns, in order, which every logger gets from on_train_epoch_end: a new one is computed there.
 EPOCH_METRICS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "train/lr")
 AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
 DIVERGED_FIX = ("Lower the learning rate (optim.lr) or model.init_scale, clip harder (train.clip_theta), or check "
@@ -181,17 +180,14 @@ class LitLanguageModel(pl.LightningModule):
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
         if self.settings.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            self._maybe_start_averaging(val_ppl)
-
-    def _maybe_start_averaging(self, val_ppl: float) -> None:
-        """NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a
-        row without a better val/ppl (the same on every DDP process, so all start together)."""
-        if val_ppl < self._trigger["best"]:
-            self._trigger.update(best=val_ppl, bad_epochs=0)
-        else:
-            self._trigger["bad_epochs"] += 1
-        if self._trigger["bad_epochs"] >= self.settings.averaging_patience:
-            self._start_averaging()
+            # NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a row
+            # without a better val/ppl (the same on every DDP process, so all start together).
+            if val_ppl < self._trigger["best"]:
+                self._trigger.update(best=val_ppl, bad_epochs=0)
+            else:
+                self._trigger["bad_epochs"] += 1
+            if self._trigger["bad_epochs"] >= self.settings.averaging_patience:
+                self._start_averaging()
 
     def on_train_epoch_end(self):
         # After the epoch's validation (Lightning 2.x): train and val numbers go out together, one row.

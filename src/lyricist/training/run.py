@@ -140,8 +140,7 @@ def _open_run(s: Settings, tracking_uri: str, root: Path, resume_run_id: str | N
         tags={"git_commit": store.git_commit(root),
               "data_md5": store.raw_data_md5(s.data.raw_path, root),
               "corpus": s.data.name, "model": s.model.cell,
-              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-    )
+              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     store.with_retry(lambda: mlf.run_id)  # creates the run
     if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
         mlf.log_hyperparams(store.flatten(s.model_dump(by_alias=True)))

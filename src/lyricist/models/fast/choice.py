@@ -128,8 +128,7 @@ def _pick(scores: dict[str, float]) -> str:
 
 
 def load_per_cpu() -> float:
-    """Runnable threads per core over the last minute: above 1, other processes took the cores
-    away while a measurement ran, and its times say little."""
+    """Runnable threads per core over the last minute: above 1, a measurement's times say little."""
     try:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except OSError:  # no load average on this system: taken as quiet
@@ -184,9 +183,8 @@ _by_shape: dict[str, str] = {}  # "rows x in x out" -> loop backend, this proces
 
 
 def loop_for(rows: int, outputs: int, inputs: int) -> str:
-    """The loop backend for T products of (rows, inputs) by a weight (outputs, inputs), measured on this
-    shape at its first use (milliseconds) and kept in the file: one choice for all shapes was not the
-    best for each (on the Xeon, 1 thread: torch's addmm_ at 1 x 256, MKL's packed product at 2 x 512)."""
+    """The loop backend for T products of (rows, inputs) by a weight (outputs, inputs), measured on this shape
+    at its first use (milliseconds) and kept in the file: one choice for all shapes was not the best for each."""
     if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
         return "torch"
     key = f"{rows}x{inputs}x{outputs}"

@@ -140,9 +140,8 @@ class LSTMSequence(Function):
 
 
 def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
-    """LSTMSequence's forward loop in torch ops, all in place: gates (T, B, 4H) from the input
-    half of the pre-activations to the activated gates; hs, cs (T + 1, B, H) from their first
-    row (the initial state) on; tanh_cs (T, B, H)."""
+    """LSTMSequence's forward loop in torch ops, in place: gates (T, B, 4H) from the pre-activations' input
+    half to the activated gates; hs, cs (T + 1, B, H) from their first row (the initial state); tanh_cs."""
     hidden = hs.shape[-1]
     for t in range(gates.shape[0]):
         g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)

@@ -49,7 +49,6 @@ class LinearCrossEntropy(Function):
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-    """``F.cross_entropy(F.linear(hidden, weight, bias), targets)`` (mean over rows), fused.
-    hidden (..., H) and targets (...) are flattened to N rows."""
+    """``F.cross_entropy(F.linear(hidden, weight, bias), targets)``, fused; hidden (..., H), targets (...)."""
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     return LinearCrossEntropy.apply(hidden_2d, weight, bias, targets.reshape(-1))

@@ -102,8 +102,7 @@ def _build(name: str, target: Path) -> ModuleType:
     with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as folder:
         source = Path(folder) / SOURCE.name
         shutil.copyfile(SOURCE, source)
-        module = load(name=name, sources=[str(source)], build_directory=folder, extra_cflags=FLAGS,
-                      verbose=False)
+        module = load(name=name, sources=[str(source)], build_directory=folder, extra_cflags=FLAGS, verbose=False)
         os.replace(Path(folder) / f"{name}.so", target)  # atomic: readers see all of it or none
     with open(target.parent / BUILD_LOG, "a") as log:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} pid {os.getpid()}\n")

@@ -87,10 +87,9 @@ def _rows(x: Tensor) -> int:
 
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
-    """``weight`` (O, I) packed for ``uses`` products of ``rows``-row inputs by the loop backend measured
-    fastest for this shape (choice.loop_for; ``use``'s if set), when allowed and the loop is long enough;
-    else the weight itself. Packing once saves reordering it at every step (~15% of a (32, H) step).
-    For ``linear_nograd``, ``add_linear_`` and the compiled steps (``parts``)."""
+    """``weight`` (O, I) packed for ``uses`` products of ``rows``-row inputs (by choice.loop_for's backend, or
+    ``use``'s), when allowed and the loop is long enough, else itself: packing once saves reordering it at
+    every step (~15% of a (32, H) step). For ``linear_nograd``, ``add_linear_``, the compiled steps."""
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
     loop = backend().loop if _forced else choice.loop_for(rows, *weight.shape)
@@ -122,8 +121,7 @@ def linear_nograd(x: Tensor, weight: Tensor | Packed, bias: Tensor | None = None
 
 
 def add_linear_(out: Tensor, x: Tensor, weight: Tensor | Packed) -> Tensor:
-    """out (N, O) += x (N, I) @ weight (O, I)^T, in place: ``addmm_`` (MKL's gemm adds into out
-    directly), or a packed weight's product added."""
+    """out (N, O) += x (N, I) @ weight (O, I)^T in place: ``addmm_``, or a packed weight's product added."""
     if isinstance(weight, Packed):
         return out.add_(linear_nograd(x, weight))
     return out.addmm_(x, weight.t())

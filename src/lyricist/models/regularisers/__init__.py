@@ -1,9 +1,8 @@
-"""The regularisers, one file each (as awd-lstm-lm's locked_dropout.py and weight_drop.py), and the
-hooks through which RecurrentLM applies them in train mode, at fixed points of each (B, T) chunk. A new
+"""The regularisers, one file each (as awd-lstm-lm's locked_dropout.py and weight_drop.py; locked_dropout
+serves lm.py's three dropouts), and the hooks through which RecurrentLM applies them in train mode. A new
 one is its file here (a ``Regulariser``), its field in settings.py (ModelSettings) and its value in
 conf/model/. They are found by their modules' names and draw in that order; one that is off is not
 built and draws nothing, so a new one leaves the numbers of a run without it as they were.
-(locked_dropout.py serves lm.py's three dropouts.)
 """
 
 import importlib
