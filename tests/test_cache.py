@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from conftest import LYRICS, ROOT, with_data
 from conftest import make_lm
+from oracles import dynamic_token_log_probs
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.cache import cache_log_probs, evaluate_cache, stream_states, with_cache
-from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs, dynamic_token_log_probs
+from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs
 from lyricist.evaluation.interpolation import perplexity_of
 from lyricist.evaluation.ngram import KneserNey
 from lyricist.models import RecurrentLM

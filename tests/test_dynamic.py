@@ -9,12 +9,12 @@ import torch
 
 from conftest import LYRICS
 from conftest import make_lm
+from oracles import dynamic_token_log_probs, neural_perplexity as static_perplexity
 from lyricist.evaluation.dynamic import (RMSDecayUpdate, StreamReader, adaptive_ngram_scores,
-                                        adaptive_ngram_token_log_probs, dynamic_token_log_probs, evaluate_dynamic,
+                                        adaptive_ngram_token_log_probs, evaluate_dynamic,
                                         gradient_rms)
 from lyricist.evaluation.progress import Progress
 from lyricist.data.batching import consecutive_batches
-from lyricist.evaluation.interpolation import perplexity as static_perplexity
 from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
 from lyricist.evaluation.ngram import KneserNey

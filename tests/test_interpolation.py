@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from conftest import LYRICS, compose_config, with_data
 from conftest import make_lm
+from oracles import neural_perplexity
 from lyricist.data.batching import consecutive_batches
-from lyricist.evaluation.interpolation import perplexity as neural_perplexity
 from lyricist.evaluation.interpolation import (
     WEIGHT_GRID, choose_weight, interpolate_with_ngram, mixture_log_probs, neural_token_log_probs,
     ngram_token_log_probs,

@@ -27,23 +27,23 @@ def test_the_reference_holds_exactly_the_texts_ngrams_in_8_bytes_each(chunk, mon
     monkeypatch.setattr(lyrics, "_HASH_CHUNK", chunk)
     rng = random.Random(0)
     text = "".join(rng.choice("ab 分开\n\ufffd") for _ in range(3000))
-    reference, exact = lyrics.ngram_set(text, n=5), set(lyrics.char_ngrams(text, 5))
+    reference, exact = lyrics.NgramSet(text, n=5), set(lyrics.char_ngrams(text, 5))
     assert len(reference) == len(exact) and reference.hashes.nbytes == 8 * len(exact)
     probes = sorted(exact) + ["".join(rng.choice("ab 分开xy") for _ in range(5)) for _ in range(500)]
     assert reference.contains(probes).tolist() == [g in exact for g in probes]
     assert "abab" not in reference and all(g in reference for g in sorted(exact)[:20])
-    assert lyrics.ngram_set("abc", n=5).contains(["aaaaa"]).tolist() == [False]  # nothing to hold
+    assert lyrics.NgramSet("abc", n=5).contains(["aaaaa"]).tolist() == [False]  # nothing to hold
     with pytest.raises(ValueError, match="reference holds 5-grams, but copy_rate was asked for n=3"):
         lyrics.copy_rate(["abcdef"], reference, n=3)
 
 
 def test_copy_rate_counts_the_ngrams_found_in_the_reference():
-    reference = lyrics.ngram_set("abcdefghij", n=3)  # abc bcd ... hij
+    reference = lyrics.NgramSet("abcdefghij", n=3)  # abc bcd ... hij
     assert lyrics.copy_rate(["abcx"], reference, n=3) == 0.5  # abc yes, bcx no
     assert lyrics.copy_rate(["abcx", "hij", "zz"], reference, n=3) == 2 / 3  # pooled; "zz" has none
     assert lyrics.copy_rate(["ab"], reference, n=3) == 0.0
-    assert lyrics.copy_rate(["abc    "], lyrics.ngram_set("abc    x", n=3), n=3) == 1.0  # 3 of 3: "   " x2 left out
-    assert lyrics.copy_rate(["一二三四五六七八九"], lyrics.ngram_set("零一二三四五六七八")) == 1 / 2  # n = 8
+    assert lyrics.copy_rate(["abc    "], lyrics.NgramSet("abc    x", n=3), n=3) == 1.0  # 3 of 3: "   " x2 left out
+    assert lyrics.copy_rate(["一二三四五六七八九"], lyrics.NgramSet("零一二三四五六七八")) == 1 / 2  # n = 8
 
 
 def test_repeated_lines_distinct_and_line_lengths():
@@ -52,7 +52,7 @@ def test_repeated_lines_distinct_and_line_lengths():
     assert lyrics.repeated_lines(texts) == 2 / 6
     assert lyrics.distinct(["aaab"], 1) == 2 / 4 and lyrics.distinct(["aaab"], 2) == 2 / 3
     assert lyrics.distinct(["aaab", "abcd"], 1) == (2 / 4 + 4 / 4) / 2  # the mean over texts
-    m = lyrics.lyric_metrics(texts, lyrics.ngram_set("我不能再想我不能再想"))
+    m = lyrics.lyric_metrics(texts, lyrics.NgramSet("我不能再想我不能再想"))
     assert m.line_length_mean == pytest.approx(14 / 6)
     assert m.line_length_std == pytest.approx(math.sqrt(sum((x - 14 / 6) ** 2 for x in [3, 2, 3, 3, 2, 1]) / 6))
     assert m.copy_rate == 0.0 and m.repeated_lines == 2 / 6  # no text holds 8 characters in a row
@@ -150,7 +150,7 @@ def test_the_samples_page_puts_greedy_beside_the_default_and_measures_both():
     assert ("(`generate.*`: sample, temperature 0.8, top-p 0.9, repetition penalty 1.2 over 20 tokens, "
             "seed 0 (+1 per prefix))") in page
     defaults = [gen(model, vocab, p, 30, **{**decoding, "seed": i}) for i, p in enumerate(["分开", "战争中部队"])]
-    reference = lyrics.ngram_set(LYRICS * 3)
+    reference = lyrics.NgramSet(LYRICS * 3)
     assert result.samples == lyrics.lyric_metrics(defaults, reference)
     length = round(sum(map(len, defaults)) / 2)
     assert result.human == lyrics.lyric_metrics(lyrics.human_pieces(LYRICS, length), reference)

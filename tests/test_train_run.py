@@ -18,7 +18,7 @@ from conftest import TINY, compose_config, gen, metric_rows, plateau_cfg, train,
 from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
-from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
+from lyricist.evaluation.lyrics import NgramSet, lyric_metrics
 from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
@@ -56,7 +56,7 @@ def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_da
     texts = [gen(last.model, last.vocab, p, 10, allow_unknown=True, seed=tiny_cfg.generate.seed + i, **decoding)
              for i, p in enumerate(tiny_cfg.data.prefixes)]  # each prefix its own seed
     assert open(text, encoding="utf-8").read() == "\n\n".join(texts) + "\n" and texts[0].startswith("分开")
-    reference = ngram_set(last.vocab.decode(load_ids(tiny_data / "train.npy"), unk="\ufffd"))
+    reference = NgramSet(last.vocab.decode(load_ids(tiny_data / "train.npy"), unk="\ufffd"))
     for name, value in lyric_metrics(texts, reference).as_flat_dict("samples/").items():
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [0, 1] and history[-1].value == pytest.approx(value), name

@@ -120,15 +120,6 @@ class StreamReader:
         return torch.cat(log_probs).cpu().numpy() if log_probs else np.zeros(0)
 
 
-def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: int, lr: float,
-                            rms: list[torch.Tensor] | None = None, decay: float = 0.0,
-                            eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, log p) of one `StreamReader` read of `ids`; `lr = 0` is static evaluation of one stream."""
-    check_enough_tokens(len(ids), 1, num_steps, "evaluated split", sampling="consecutive")
-    log_probs = StreamReader(model, num_steps, lr, rms, decay, eps).read(ids)
-    return np.arange(1, len(log_probs) + 1), log_probs  # segment i, column j predicts i*T + j + 1
-
-
 def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray,
                                    progress: Tick | None = None, label: str = "") -> np.ndarray:
     """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that

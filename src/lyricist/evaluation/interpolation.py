@@ -44,11 +44,6 @@ def neural_token_log_probs(model: RecurrentLM, ids: torch.Tensor, batch_size: in
     return positions_np[order], torch.cat(log_probs).numpy()[order]
 
 
-def perplexity(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int) -> float:
-    """The static perplexity of a split read as `batch_size` consecutive streams."""
-    return perplexity_of(neural_token_log_probs(model, ids, batch_size, num_steps)[1])
-
-
 def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> np.ndarray:
     """log(w * p_neural + (1 - w) * p_ngram) per token: w = 1 gives `neural`, w = 0 `ngram`, exactly."""
     if not 0.0 <= weight <= 1.0:

@@ -69,9 +69,6 @@ class NgramSet:
         return len(gram) == self.n and bool(self.contains([gram])[0])
 
 
-ngram_set = NgramSet  # the reference's n-grams, built once and shared by every copy_rate call
-
-
 def copy_rate(texts: Iterable[str], reference: NgramSet, n: int = COPY_N) -> float:
     """The share of the texts' n-grams found in `reference` (0 when every text is shorter than
     n): how much the model recites rather than writes. Whitespace-only n-grams are left out:

@@ -57,9 +57,6 @@ class AddOneUnigram:
     def prob(self, context: Sequence[int], token: int) -> float:
         return float(self.probs[token])
 
-    def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
-        return self.probs.copy()  # (V,)
-
 
 def estimate_discounts(counts: Sequence[int], mode: str = "modified",
                        fixed_discount: float = 0.75) -> tuple[float, float, float]:
@@ -179,9 +176,6 @@ class KneserNey:
             count = level.counts.get(h + (token,), 0)
             p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
         return p
-
-    def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
-        return np.array([self.prob(context, w) for w in range(self.vocab_size)])  # (V,)
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:

@@ -9,7 +9,7 @@ import statistics
 import torch
 
 from lyricist.data.vocab import Vocab
-from lyricist.evaluation.lyrics import COPY_N, human_pieces, lyric_metrics, ngram_set
+from lyricist.evaluation.lyrics import COPY_N, NgramSet, human_pieces, lyric_metrics
 from lyricist.evaluation.metrics import LyricMetrics, LyricsResult
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
@@ -56,7 +56,7 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decodin
                   train_ids: torch.Tensor, test_ids: torch.Tensor | None) -> tuple[LyricsResult, str]:
     """The default decoding's lyric metrics (all prefixes together) and the human test text's, and a
     markdown page: per prefix the greedy and the default sample side by side, with their metrics."""
-    reference = ngram_set(vocab.decode(train_ids, unk="\ufffd"))  # one character per <unk>
+    reference = NgramSet(vocab.decode(train_ids, unk="\ufffd"))  # one character per <unk>
     num_chars = decoding.num_chars
     greedy = [generate(model, vocab, p, Decoding(num_chars=num_chars), allow_unknown=True) for p in prefixes]
     default = [generate(model, vocab, p, decoding, index=i, allow_unknown=True) for i, p in enumerate(prefixes)]

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lyricist.errors import NoSpace
-from lyricist.evaluation.lyrics import NgramSet, lyric_metrics, ngram_set
+from lyricist.evaluation.lyrics import NgramSet, lyric_metrics
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
 from lyricist.training.module import EPOCH_METRICS
@@ -49,7 +49,7 @@ class SamplesCallback(pl.Callback):
         texts = [generate(pl_module.eval_model, pl_module.vocab, prefix, self.decoding, index=i, allow_unknown=True)
                  for i, prefix in enumerate(self.prefixes)]
         if self._reference is None:
-            self._reference = ngram_set(self.train_text)
+            self._reference = NgramSet(self.train_text)
         metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
         now, client = int(time.time() * 1000), MlflowClient(self.tracking_uri)
         rows = [Metric(name, value, now, trainer.current_epoch) for name, value in metrics.items()]
