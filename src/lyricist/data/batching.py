@@ -114,11 +114,7 @@ def min_tokens(batch_size: int, num_steps: int, sampling: str | None = None) -> 
     """Fewest tokens that give one batch: B*T + 1 for random, B*(T + 1) for consecutive
     (every stream needs its own extra label token); None means enough for both."""
     needed = {"random": batch_size * num_steps + 1, "consecutive": batch_size * (num_steps + 1)}
-    if sampling is None:
-        return max(needed.values())
-    if sampling not in needed:
-        raise ValueError(f"unknown sampling {sampling!r}; use one of {SAMPLING_MODES}.")
-    return needed[sampling]
+    return max(needed.values()) if sampling is None else needed[sampling]
 
 
 def check_enough_tokens(n_tokens: int, batch_size: int, num_steps: int, what: str = "train split",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from lyricist.data.corpus import atomic_write_bytes
 from lyricist.errors import NoSpace
 from lyricist.evaluation.lyrics import NgramSet, lyric_metrics
 from lyricist.decoding import generate
@@ -97,24 +97,17 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint written to a temporary file beside its final name, flushed, then renamed over
-    it: a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
+    """Each checkpoint written atomically (`atomic_write_bytes`: a temporary file beside it, renamed over
+    it): a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
     moved, i.e. copied across filesystems, left best.ckpt truncated on a full disk)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         data = io.BytesIO()
         torch.save(checkpoint, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "wb") as f:
-                f.write(data.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
+            atomic_write_bytes(path, data.getbuffer())
         except OSError as err:
-            temporary.unlink(missing_ok=True)
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             need, free = data.getbuffer().nbytes, shutil.disk_usage(path.parent).free
