@@ -78,9 +78,8 @@ def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> 
 
 
 def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int, ngram: KneserNey,
-                   thetas: Sequence[float], lambdas: Sequence[float] = LAMBDAS, weights: Sequence[float] = WEIGHT_GRID,
-                   adaptive: dict[str, np.ndarray] | None = None) -> CacheResult:
-    """The cached network on "val" and (optionally) "test", θ of `thetas` and λ of `lambdas` chosen on
+                   thetas: Sequence[float], adaptive: dict[str, np.ndarray] | None = None) -> CacheResult:
+    """The cached network on "val" and (optionally) "test", θ of `thetas` and λ of LAMBDAS chosen on
     val, alone and mixed with the adaptive `ngram` (`adaptive`: its scores, if the caller has them)."""
     check_splits(splits)
     if size < 1:
@@ -90,11 +89,11 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
     tried = []  # (val perplexity, θ, λ)
     for theta in thetas:
         cached = cache_log_probs(hidden_val, targets_val, theta, size)
-        tried += [(perplexity_of(with_cache(log_p_val, cached, lam)), theta, lam) for lam in lambdas]
+        tried += [(perplexity_of(with_cache(log_p_val, cached, lam)), theta, lam) for lam in LAMBDAS]
     _, theta, lam = min(tried, key=lambda t: t[0])  # ties: the first
     scored = {split: with_cache(log_p, cache_log_probs(hidden, targets, theta, size), lam)
               for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits)
-    weight, cache, kn, mixed = score_and_mix(scored, adaptive, weights)
+    weight, cache, kn, mixed = score_and_mix(scored, adaptive, WEIGHT_GRID)
     return CacheResult(size, theta, lam, weight, cache, kn, mixed)

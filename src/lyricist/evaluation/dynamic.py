@@ -150,11 +150,9 @@ def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num
 
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],
-                     num_steps: int, learning_rates: Sequence[float],
-                     weights: Sequence[float] = WEIGHT_GRID, tune_tokens: int | None = None,
-                     rms: list[torch.Tensor] | None = None, decay: float = 0.0,
-                     eps: float = 1e-3, adaptive: dict[str, np.ndarray] | None = None,
-                     progress: Tick | None = None) -> DynamicResult:
+                     num_steps: int, learning_rates: Sequence[float], tune_tokens: int | None = None,
+                     rms: list[torch.Tensor] | None = None, decay: float = 0.0, eps: float = 1e-3,
+                     adaptive: dict[str, np.ndarray] | None = None, progress: Tick | None = None) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and mixed, on "val" and (optionally)
     "test" (`adaptive`: `adaptive_ngram_scores`, if the caller has them). The rate is the best of 0
     and `learning_rates` on the first `tune_tokens` of val (None: all), the chosen reader going on
@@ -186,5 +184,5 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
     counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}
-    weight, dynamic, kn, mixed = score_and_mix(neural, counted, weights)
+    weight, dynamic, kn, mixed = score_and_mix(neural, counted, WEIGHT_GRID)
     return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)
