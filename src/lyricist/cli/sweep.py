@@ -47,16 +47,11 @@ class MlflowSweepCallback(Callback):
         if not config.logger.enabled:
             return
         root = project_root(config.paths.root)
-        uri = store.resolve_tracking_uri(config.logger.tracking_uri, root)
-        # Created here, once, before parallel jobs race to create tables and experiment.
-        experiment_id = store.ensure_experiment(uri, config.logger.experiment_name)
-        self.client = MlflowClient(uri)
         overrides = " ".join(config.hydra.overrides.task)
-        run = store.with_retry(lambda: self.client.create_run(
-            experiment_id, run_name=f"sweep {overrides}"[:250],
-            tags={"sweep": "parent", "git_commit": store.git_commit(root)}))
-        self.parent_run_id = run.info.run_id
-        store.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
+        # Created here, once, before parallel jobs race to create tables and experiment.
+        self.client, self.parent_run_id = store.open_parent_run(
+            store.resolve_tracking_uri(config.logger.tracking_uri, root), config.logger.experiment_name,
+            f"sweep {overrides}", {"sweep": "parent"}, root, {"sweep.overrides": overrides})
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 import sqlalchemy
 import yaml
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -128,6 +129,18 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
                             "sqlite:///<absolute path>/mlflow.db (a SQLite file, created if absent) or an "
                             "http(s):// server in logger.tracking_uri or $MLFLOW_TRACKING_URI, or train without "
                             "tracking (logger=none)") from err
+
+
+def open_parent_run(tracking_uri: str, experiment: str, name: str, tags: dict[str, str], root: Path,
+                    params: Mapping[str, Any] | None = None) -> tuple[MlflowClient, str]:
+    """A parent run (of a sweep, a study, seeds) with the store and experiment made if need be,
+    tagged with `tags` and the commit, `params` logged: its client and id."""
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    client = MlflowClient(tracking_uri)
+    run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name[:250],
+                                                  tags={**tags, "git_commit": git_commit(root)})).info.run_id
+    with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()]))
+    return client, run_id
 
 
 def failure_reason(err: BaseException) -> str:
