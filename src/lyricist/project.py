@@ -1,8 +1,5 @@
-"""Where the project is: the folder holding conf/config.yaml, found from the working directory.
-
-Never from this package's own location: a package installed elsewhere (or editable from
-another clone) must read the config, the data and the MLflow store of the project the user
-is in. Every path below the root comes from the `paths:` block of conf/config.yaml.
+"""Where the project is: the folder holding conf/config.yaml, from the working directory up, never
+from this package's location (an install elsewhere must read the project the user is in).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A mistake is one line (errors.report), the same from every entry point."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,4 @@ def read(params: str | Path, name: str) -> Any:
                             prefix=name)
 
 
-def run(main: Callable[[], Any]) -> int:
-    """An entry point's `main()`: 0 when it returns, 2 with one line on a user error."""
-    return errors.run_cli(main)
+run = errors.run_cli  # an entry point's main(): 0 when it returns, 2 with one line on a user error

@@ -1,15 +1,10 @@
-"""One MLflow parent run per Hydra sweep, the jobs nested under it.
+"""One MLflow parent run per Hydra sweep, the jobs nested under it (`hydra.callbacks.mlflow_sweep`).
 
-`hydra.callbacks.mlflow_sweep` (conf/config.yaml) runs this in the sweep's main process:
-before the jobs start it creates the store, the experiment and the parent run, and writes
-the parent's id into the sweep directory, where each job (in whatever process the launcher
-gives it: joblib, submitit) reads it and tags its own run `mlflow.parentRunId`. After the
-last job it logs the sweep's overrides and the best child's val perplexity on the parent, and
-puts the alias `best` on the best child's registered version (logger.registered_model_name).
-
-A job that fails marks the parent FAILED at once, in the job's own process (Hydra's basic
-sweeper raises the job's error after the batch and never calls on_multirun_end), with the
-reason as the tags `error` and `failed_job.<num>`; the job's own run is marked by train().
+Before the jobs start, the sweep's main process creates the parent run and writes its id into the
+sweep directory, where each job (in whatever process the launcher gives it) reads it. After the last
+job it logs the best child's val perplexity and puts the alias `best` on its registered version. A
+failed job marks the parent FAILED at once, in its own process, with the tags `error` and
+`failed_job.<num>` (Hydra's basic sweeper raises the job's error and never calls on_multirun_end).
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
-"""The Model Registry: every trained model a version, the best one on the data the alias `champion`.
-
-    lyricist-generate --model models:/lyricist@champion --prefix 分开
-    mlflow models serve -m models:/lyricist@champion -p 5001 --env-manager local
-
-A training run with a logged model registers it under logger.registered_model_name, the version
-tagged with its best val perplexity (`val_ppl`) and its data: the raw corpus's hash (`data_md5`)
-and the hash of the encoded splits and vocabulary it read (`encoded_md5`), as the run.
-The alias moves to the new version only when there is no champion yet, or the new val perplexity
-beats the champion's on the same data (both hashes): perplexities on other data do not compare, so
-a model trained on another corpus, or on data encoded otherwise, never displaces it (a champion
-registered before `encoded_md5` counts as other data; set the alias by hand for that:
-MlflowClient().set_registered_model_alias). A run that is not trained registers nothing, so a
-second `dvc repro` with nothing changed adds no version.
+"""The Model Registry: every trained model a version, tagged with its val perplexity and data; the
+alias `champion` moves to it only when there is none yet or it beats the champion on the same data
+(docs/mlflow.md).
 """
 
 from __future__ import annotations
