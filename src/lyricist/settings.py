@@ -539,14 +539,13 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
     key = ".".join(filter(None, [prefix, *loc]))
     if first["type"] == "value_error":  # a cross-field rule: its message names the keys
         return first["msg"].removeprefix("Value error, ")
+    parent = _model_at(root, loc[:-1])
     if first["type"] == "extra_forbidden":
-        parent = _model_at(root, loc[:-1])
         near = difflib.get_close_matches(loc[-1], list(_fields(parent)), n=1) if parent else []
         hint = f": did you mean {'.'.join(filter(None, [prefix, *loc[:-1], near[0]]))}?" if near else ""
         return f"{key} is not a setting{hint} (docs/configuration.md lists them all)"
     if first["type"] == "missing":
         return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
-    parent = _model_at(root, loc[:-1])
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
     return f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else "")
 

@@ -33,7 +33,10 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
     version = store.with_retry(lambda: client.create_model_version(
         name, model_uri, run_id=run_id, model_id=model_id,
         tags={"val_ppl": repr(float(val_ppl)), **data})).version
-    champion = _champion(client, name)
+    try:
+        champion = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:  # no alias yet
+        champion = None
     differ = [tag for tag in DATA_TAGS if champion and champion.tags.get(tag) != data[tag]]
     if champion is None:
         moved, why = True, _no_champion(client, name, version)
@@ -47,13 +50,6 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
         store.with_retry(lambda: client.set_registered_model_alias(name, ALIAS, version))
     report(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
     return int(version)
-
-
-def _champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException:  # no alias yet
-        return None
 
 
 def _no_champion(client: MlflowClient, name: str, version: str) -> str:
