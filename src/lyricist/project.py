@@ -12,8 +12,7 @@ MARKER = Path("conf") / "config.yaml"
 
 
 def project_root(configured: str | Path | None = None) -> Path:
-    """`configured` (the config's paths.root) if set, else $LYRICIST_ROOT, else the nearest
-    folder at or above the working directory that holds conf/config.yaml."""
+    """paths.root if set, else $LYRICIST_ROOT, else the nearest folder up that holds conf/config.yaml."""
     chosen = configured or os.environ.get(ROOT_VARIABLE)
     if chosen:
         root = Path(chosen).expanduser().resolve()

@@ -581,8 +581,7 @@ def _fields(model: type[BaseModel]) -> dict[str, Any]:
 
 # -- the configuration reference ----------------------------------------------------------------
 def reference(defaults: dict) -> str:
-    """docs/configuration.md: every key with its type and bounds, its value in the default
-    composition (params.yaml) and its description."""
+    """docs/configuration.md: every key's type and bounds, default value (`defaults`) and description."""
     lines = ["# Configuration reference", "",
              "Written by `python -m lyricist.cli.settings > docs/configuration.md` from `src/lyricist/settings.py`",
              "(types, bounds, descriptions) and the default composition of `conf/` (values);",

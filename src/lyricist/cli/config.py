@@ -48,8 +48,7 @@ def compose(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> DictCo
 
 
 def settings_of(cfg: DictConfig | dict | str | Path) -> Settings:
-    """The checked settings of a composition (a DictConfig, a dict, or the path of params.yaml);
-    ValueError with one line naming the key, the value and what is allowed."""
+    """The checked settings of a DictConfig, a dict, or params.yaml's path (ValueError: one line)."""
     if isinstance(cfg, (str, Path)):
         cfg = OmegaConf.load(cfg)
     if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job

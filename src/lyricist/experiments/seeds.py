@@ -24,8 +24,7 @@ ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.l
 
 
 def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:
-    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage scores
-    it; `static`: no dynamic evaluation."""
+    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage's."""
     options = evaluation_settings(s)
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})

@@ -44,8 +44,7 @@ def encoded_md5(encoded_dir: Path) -> str:
 
 
 def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encoded_dir: Path) -> None:
-    """The corpus as the run's training dataset (its digest the run's data_md5 tag); the hash of
-    the files read as the run's encoded_md5 tag."""
+    """The corpus as the run's training dataset (digest: its data_md5 tag), and its encoded_md5 tag."""
     client = MlflowClient(tracking_uri)
     store.with_retry(lambda: client.set_tag(run_id, ENCODED_TAG, encoded_md5(encoded_dir)))
     digest = store.with_retry(lambda: client.get_run(run_id)).data.tags.get("data_md5", "unknown")

@@ -20,8 +20,7 @@ DATA_TAGS = ("data_md5", ENCODED_TAG)  # a version's data: what DVC hashed, what
 
 def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str,
              val_ppl: float, report: Callable[[str], None] = print) -> int:
-    """Register the run's logged model as a new version of `name`, moving the alias by the rule
-    above; the version number."""
+    """The number of the run's model's new version of `name`, the alias moved by the rule above."""
     client = MlflowClient(tracking_uri)
     run_tags = store.with_retry(lambda: client.get_run(run_id)).data.tags
     data = {tag: run_tags.get(tag, "unknown") for tag in DATA_TAGS}

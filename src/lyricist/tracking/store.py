@@ -72,8 +72,7 @@ def connect_args(url: str) -> dict:
 
 
 def check_reachable(tracking_uri: str) -> None:
-    """A tracking server or database answers, asked once, quickly (MLflow's own HTTP client retries
-    for minutes)."""
+    """A tracking server or database answers, asked once, quickly (MLflow's client retries for minutes)."""
     if tracking_uri.split(":")[0].split("+")[0] in ("postgresql", "mysql", "mssql"):  # MLflow's databases
         try:
             engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args(tracking_uri),
@@ -125,8 +124,7 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
 def open_parent_run(tracking_uri: str, experiment: str, name: str, tags: dict[str, str], root: Path,
                     params: Mapping[str, Any] | None = None) -> tuple[MlflowClient, str]:
-    """A parent run (of a sweep, a study, seeds) with the store and experiment made if need be,
-    tagged with `tags` and the commit, `params` logged: its client and id."""
+    """A new parent run (a sweep's, a study's, the seeds'), store and experiment made if need be."""
     experiment_id = ensure_experiment(tracking_uri, experiment)
     client = MlflowClient(tracking_uri)
     run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name[:250],
