@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py: its FLOP count by hand, and one tiny run end to end (no timings asserted)."""
+"""benchmarks/throughput.py: its FLOP count by hand, and one tiny run end to end (no timings asserted);
+every benchmark script parses its arguments before it runs."""
 
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import throughput  # noqa: E402
+import pytest
 
 
 def test_product_flops_counts_the_products_by_hand():
@@ -88,3 +90,14 @@ def test_size_names_an_issue_size_and_a_flag_overrides_it():
          "--hidden-size", "6", "--embedding-size", "4", "--num-steps", "3", "--gen-chars", "3", "--no-rss"],
         capture_output=True, text=True, check=True, timeout=300)
     assert "vocab 50 (--vocab-size), batch 20, steps 3, 2 layer(s) x hidden 6, embedding 4" in result.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_answers_help_and_a_bad_argument_without_running(script):
+    path = str(ROOT / "benchmarks" / script)
+    helped = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage:"), helped.stderr[-1000:]
+    bad = subprocess.run([sys.executable, path, "--no-such-option"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and f"{script}: error: " in bad.stderr  # argparse's usage error
+    assert "Traceback" not in bad.stderr

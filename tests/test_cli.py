@@ -1,5 +1,7 @@
-"""The commands a user types: the Hydra app (single run and multirun) and the generator."""
+"""The commands a user types: the Hydra app (single run and multirun) and the generator, whose
+mistakes (another vocabulary, a bad number, a folder for a file) are one line naming the fix."""
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -7,14 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import gen
-from conftest import LYRICS, TINY, project_env, with_data
-from conftest import make_lm
+from conftest import LYRICS, TINY, encoded_of, gen, make_lm, project_env, stage, train, untrained_checkpoint, with_data
 from lyricist.cli import generate as generate_cli
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM
-from conftest import train
 
 
 def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -120,3 +119,87 @@ def test_generate_leaves_a_training_model_training_when_it_fails(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         gen(model, vocab, "分开", 5)
     assert modes == [False] * 3 and model.training  # no dropout while writing, training again after
+
+
+def test_generate_and_the_ensemble_refuse_another_vocabulary(tmp_path, capsys):
+    ckpt = untrained_checkpoint(tmp_path / "a.ckpt", "abcdefgh" * 20)
+    other = untrained_checkpoint(tmp_path / "b.ckpt", "abcdefg" * 20)
+    data = encoded_of(tmp_path / "encoded", "abcdefgx" * 20)
+    assert generate_cli.main(["--checkpoint", str(ckpt), "--prefix", "ab", "--num-chars", "5",
+                              "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {ckpt} was trained with another vocabulary than {data / 'vocab.json'}")
+    assert len(err.splitlines()) == 2  # the line and the traceback hint
+    assert generate_cli.main(["--checkpoint", str(ckpt), "--prefix", "ab", "--num-chars", "5"]) == 0  # no data: as before
+    with pytest.raises(ValueError, match=r"b.ckpt was trained with another vocabulary than .*a.ckpt \(8 char tokens "
+                                         r"against 9 char tokens\): an ensemble"):
+        load_checkpoint([ckpt, other])
+
+
+def test_generate_cli_bounds_num_chars_and_reports_progress_on_a_long_sample(tmp_path, capsys):
+    ckpt = untrained_checkpoint(tmp_path / "a.ckpt", "abcdefgh" * 20)
+    assert generate_cli.main(["--checkpoint", str(ckpt), "--prefix", "ab", "--num-chars", "10000000"]) == 2
+    assert capsys.readouterr().err.startswith("error: num_chars=10000000 is not allowed: use a value <= 1000000")
+    clock = iter(range(0, 1000, 4))  # 4 s a token, as a slow machine would take
+    lines = generate_cli.ProgressLines("prefix 1", every=10, clock=lambda: next(clock))
+    for done in range(1, 11):
+        lines(done, 10)
+    assert capsys.readouterr().err.splitlines() == [
+        "generate: prefix 1: 3 / 10 tokens in 12 s, ~28 s left", "generate: prefix 1: 6 / 10 tokens in 24 s, ~16 s left",
+        "generate: prefix 1: 9 / 10 tokens in 36 s, ~4 s left"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_generate_cli_refuses_a_temperature_that_is_not_finite(value, tmp_path, capsys):
+    from lyricist.cli import generate as generate_cli
+
+    argv = ["--checkpoint", str(tmp_path / "none.ckpt"), "--prefix", "分开", "--temperature", value]
+    assert generate_cli.main(argv) == 2  # before the checkpoint is even looked for
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: temperature={value} is not allowed: use a ") and "Traceback" not in err
+
+
+def test_the_unclear_messages_name_the_problem_and_the_fix(tmp_path, monkeypatch, capsys):
+    """Each old line was unclear or false (issue 33); each new one names the problem and the fix."""
+    from lyricist.cli import generate
+    from lyricist.data.corpus import CorpusError, read_raw_text
+    from lyricist.errors import run_cli
+    def refused(argv: list[str]) -> str:
+        assert generate.main(argv) == 2
+        return capsys.readouterr().err
+
+    # A folder as --checkpoint (was "does not exist").
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/best.ckpt").write_bytes(b"")
+    assert f"checkpoint {tmp_path / 'run'} is a folder (best.ckpt in it): give the .ckpt file itself, e.g. " \
+           f"{tmp_path / 'run/best.ckpt'}" in refused(["--checkpoint", str(tmp_path / "run"), "--prefix", "分开"])
+    # --num-chars 1e7 (was "invalid <lambda> value"): read as the number it is, then bounded.
+    assert "num_chars=10000000 is not allowed: use a value <= 1000000" in refused(
+        ["--checkpoint", "x.ckpt", "--prefix", "分开", "--num-chars", "1e7"])
+    with pytest.raises(SystemExit):
+        generate.main(["--checkpoint", "x.ckpt", "--prefix", "分开", "--num-chars", "1.5"])
+    assert "argument --num-chars/--num-tokens: '1.5' is not a whole number, e.g. 200" in capsys.readouterr().err
+    # A stage script's missing input (was a bare "[Errno 2] No such file or directory").
+    missing = tmp_path / "interim.txt"
+    assert run_cli(lambda: stage("preprocess").main(["--input", str(missing), "--out-dir", str(tmp_path / "p")])) == 2
+    assert capsys.readouterr().err.startswith(f"error: {missing} does not exist: check the path (a DVC stage's "
+                                              "input is written by the stages before it: `dvc repro <stage>`")
+    # A cp1252 or gzip file of one's own (was told to `dvc pull --force` a .dvc file that does not exist).
+    cp1252, gz = tmp_path / "mine.txt", tmp_path / "mine.txt.gz"
+    cp1252.write_bytes("café\n".encode("cp1252"))
+    gz.write_bytes(gzip.compress("分开\n".encode()))
+    with pytest.raises(CorpusError) as err:
+        read_raw_text(cp1252)
+    assert "iconv -f <its encoding, e.g. CP1252 or GB18030> -t UTF-8" in str(err.value)
+    assert "dvc pull" not in str(err.value)
+    (tmp_path / "mine.txt.dvc").write_text("outs: []\n")  # a DVC-tracked file may be re-fetched
+    with pytest.raises(CorpusError, match=r"or re-fetch it with `dvc pull --force .*mine.txt.dvc`"):
+        read_raw_text(cp1252)
+    with pytest.raises(CorpusError, match=r"mine.txt.gz is gzip-compressed, not text: `gunzip` it"):
+        read_raw_text(gz)
+    # --model against no store (an empty mlflow.db was created).
+    store = tmp_path / "none" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    assert f"no MLflow store at {store} to load models:/lyricist@champion from: train one first" in refused(
+        ["--model", "models:/lyricist@champion", "--prefix", "分开"])
+    assert not store.exists()

@@ -7,7 +7,6 @@ data is refused by a config that asks for characters.
 """
 
 import copy
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_config, with_data
+from conftest import TINY, compose_config, stage, with_data
 from lyricist.cli import generate as generate_cli
 from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.settings import Decoding
@@ -27,14 +26,6 @@ from lyricist.data.vocab import Vocab, load_ids
 
 ENGLISH = ("the time traveller smiled at us and the time machine stood in the corner\r\n"
            "we sat and looked at the little machine on the table\r\n")
-
-
-def stage(name: str):
-    """pipelines/ is not a package: load a stage script from its path."""
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / "pipelines" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prepare(work: Path, overrides: list[str]):

@@ -2,7 +2,6 @@
 `python -m lyricist.train` and from the DVC stage scripts reading params.yaml, and nothing is
 created: no run directory, no outputs/, no MLflow store or run."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_config, project_env
+from conftest import ROOT, TINY, compose_config, project_env, stage
 from lyricist.cli import train as train_cli
 from lyricist.cli.config import run, settings_of
 
@@ -42,13 +41,6 @@ def _override(key: str, value) -> str:
     return f"{'+' if key == 'optim.betaz' else ''}{key}={text}"
 
 
-def _stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / "pipelines" / f"{name}.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    return stage
-
-
 def _nothing_created(tmp_path) -> bool:
     return sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -66,8 +58,8 @@ def test_the_same_mistake_is_the_same_line_from_train_and_the_stage_scripts(mist
     OmegaConf.save(params, tmp_path / "params.yaml")
     for name, argv in [("train", ["--out-dir", str(tmp_path / "run")]),
                        ("check", ["--out", str(tmp_path / "run" / "settings_checked.json")])]:
-        stage = _stage(name)
-        assert run(lambda: stage.main([*argv, "--params", str(tmp_path / "params.yaml")])) == 2
+        script = stage(name)
+        assert run(lambda: script.main([*argv, "--params", str(tmp_path / "params.yaml")])) == 2
         assert capsys.readouterr().err.splitlines()[0] == f"error: {line}", name
 
     # `python -m lyricist.train` in this process (its start-up costs seconds; one case below runs it for real).

@@ -1,5 +1,6 @@
 """The evaluate stage's outputs: reports/metrics.json keeps its keys (the `dvc metrics` and
-`dvc exp show` columns), its summary reads the result's fields, and its files are written atomically."""
+`dvc exp show` columns), its summary reads the result's fields, and its files are written atomically; a checkpoint of
+another vocabulary is refused."""
 
 import importlib.util
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import compose_config, encoded_of, params_file, stage, untrained_checkpoint
 from lyricist.evaluation.metrics import (DynamicResult, EvaluationResult, InterpolationResult, LyricMetrics,
                                         LyricsResult, Perplexities)
 
@@ -193,3 +194,15 @@ def test_the_results_go_into_the_run_that_trained_the_checkpoint(tiny_cfg, tiny_
     evaluate_stage(tmp_path, cfg, checkpoint)
     assert f"results not logged to MLflow run {run.info.run_id} in sqlite:///" in capsys.readouterr().out
     assert not (tmp_path / "elsewhere.db").exists()
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_vocabulary_naming_both(tmp_path):
+    ckpt = untrained_checkpoint(tmp_path / "a.ckpt", "abcdefgh" * 20)
+    data = encoded_of(tmp_path / "encoded", "abcdefgx" * 20)  # one letter differs: same size, other ids
+    metrics = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=r"checkpoint .*a.ckpt was trained with another vocabulary than "
+                                         r".*encoded/vocab.json \(9 char tokens against 9 char tokens; id 8 is 'h' "
+                                         r"in the first, 'x' in the second\)"):
+        stage("evaluate").main(["--checkpoint", str(ckpt), "--data-dir", str(data), "--metrics", str(metrics),
+                                "--samples", str(tmp_path / "samples.md"), "--params", str(params_file(tmp_path))])
+    assert not metrics.exists()

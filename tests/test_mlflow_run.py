@@ -1,20 +1,20 @@
 """What one training run holds in MLflow besides its curves: the corpus as a dataset input, the
-machine's system metrics, an experiment that opens on its runs; and a quiet output."""
+machine's system metrics, an experiment that opens on its runs; and a quiet output. A store that
+cannot be used is one line before training; a locked SQLite store is retried."""
 
 import json
 import logging
+import time
 import warnings
 
-import time
-
 import numpy as np
+import pytest
 import pytorch_lightning as pl
-
 from mlflow.tracking import MlflowClient
 
-from conftest import with_data
-from conftest import train
+from conftest import train, with_data
 from lyricist.tracking.store import EXPERIMENT_TAGS
+from lyricist.tracking import store
 
 
 class _SlowEpochs(pl.Callback):
@@ -66,3 +66,36 @@ def test_system_metrics_can_be_turned_off(tiny_cfg, tiny_data, tmp_path, monkeyp
     [run] = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
     assert not [k for k in run.data.metrics if k.startswith("system/")]
     assert client.search_registered_models() == []
+
+
+@pytest.mark.parametrize("uri", ["bogus://x", "sqlite:///{tmp}/notes.txt", "{tmp}/mlruns"])
+def test_an_unusable_tracking_uri_is_one_line_with_the_fix(uri, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    uri = uri.format(tmp=tmp_path)
+    with pytest.raises(store.TrackingError, match=r"cannot use the MLflow tracking store .*sqlite:///<absolute "
+                                                  r"path>/mlflow.db.*logger=none") as err:
+        store.ensure_experiment(uri, "lyricist")
+    assert "\n" not in str(err.value)
+
+
+def test_unreachable_tracking_server_fails_before_training(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.logger.tracking_uri = "http://127.0.0.1:9"  # nothing listens on the discard port
+    started = time.time()
+    with pytest.raises(RuntimeError, match="cannot reach the MLflow tracking server"):
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    assert time.time() - started < 30
+    assert not (tmp_path / "run").exists(), "nothing may be written before tracking works"
+
+
+def test_locked_sqlite_is_retried_and_other_errors_are_not():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert store.with_retry(flaky, delay=0.01) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        store.with_retry(lambda: (_ for _ in ()).throw(ValueError("other")), delay=0.01)

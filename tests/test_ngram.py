@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import params_file, stage, write_encoded
 from lyricist.evaluation.ngram import (
     FALLBACK_DISCOUNTS, AddOneUnigram, KneserNey, best_kneser_ney, estimate_discounts, evaluate_baselines,
     load_kneser_ney, perplexity, save_kneser_ney,
 )
-from lyricist.data.vocab import Vocab, encode_to_array, save_ids
+from lyricist.data.vocab import Vocab, VocabError, encode_to_array, save_ids
 
 # "abacab" over the vocabulary <unk> a b c: small enough to check by hand.
 A, B, C = 1, 2, 3
@@ -249,3 +250,15 @@ def test_the_baselines_report_one_line_per_model_with_its_times():
     # Only the val-best order is kept, and it is the one with the lowest val perplexity (ties: the lower).
     orders = [int(name[2:]) for name in metrics if name.startswith("kn")]
     assert best.order == min(orders, key=lambda k: (metrics[f"kn{k}"]["val_ppl"], k))
+
+
+def test_baseline_refuses_an_empty_val_split_and_keeps_the_old_report(tmp_path):
+    encoded = write_encoded(tmp_path / "encoded", "abc", val_fraction=0.05, test_fraction=0.05)
+    report = tmp_path / "reports" / "baseline.json"
+    report.parent.mkdir()
+    report.write_text('{"kn5": {"val_ppl": 175.4}}\n')
+    with pytest.raises(VocabError, match=r"the val split in .* holds 0 token\(s\), too few \(>= 2\)"):
+        stage("baseline").main(["--data-dir", str(encoded), "--metrics", str(report),
+                                "--model", str(tmp_path / "kn.npz"), "--params", str(params_file(tmp_path))])
+    assert json.loads(report.read_text()) == {"kn5": {"val_ppl": 175.4}}
+    assert not (tmp_path / "kn.npz").exists()

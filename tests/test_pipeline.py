@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,52 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
+from conftest import PIPELINE_TINY, compose_params, run
 from lyricist.data.vocab import Vocab, load_ids
 
 pytestmark = pytest.mark.slow
-STORE = ROOT.parent / "shared" / "dvc-store"
-
-# 6,000 characters of Jay Chou leave 12 % of val and 28 % of test unseen in train: allowed on purpose.
-TINY = ["data.max_chars=6000", "data.max_unk_rate=null", "data.batch_size=8", "data.num_steps=10",
-        "model.hidden_size=16", "model.embedding_size=16", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-        "train.eval_batch_size=2", "train.samples_every_n_epochs=1", "generate.num_chars=20"]
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def compose_params(project: Path, overrides: list[str]) -> None:
-    from dvc.utils.hydra import compose_and_dump  # what DVC's Hydra mode runs on `dvc exp run`
-
-    compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", ".", overrides)
-
-
-@pytest.fixture
-def project(tmp_path) -> Path:
-    """A git repository holding the project's source files (not what a run produced),
-    the DVC remote made absolute."""
-    if not STORE.is_dir():
-        pytest.skip(f"the DVC remote {STORE} is not there")
-    dest = tmp_path / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    produced = ("dvc.lock", "models/", "reports/", "data/interim", "data/processed", "data/encoded")
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(produced):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    compose_params(dest, TINY + [f"logger.tracking_uri={uri}"])
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
-    run(["dvc", "remote", "modify", "--local", "store", "url", str(STORE)], dest)
-    return dest
 
 
 def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project, tmp_path):
@@ -97,7 +54,7 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     assert (tmp_path / "plots" / "index.html").is_file()
 
     # A model parameter re-runs train and evaluate only.
-    compose_params(project, TINY + ["model.hidden_size=12", "model.embedding_size=12",
+    compose_params(project, PIPELINE_TINY + ["model.hidden_size=12", "model.embedding_size=12",
                                     f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     status = run(["dvc", "status"], project)
     assert "train:" in status and "evaluate:" not in status.split("train:")[0]
@@ -133,7 +90,7 @@ def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
     run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["dvc", "exp", "run", "-S", "model=rnn"]
-    for override in TINY + [f"logger.tracking_uri={uri}"]:
+    for override in PIPELINE_TINY + [f"logger.tracking_uri={uri}"]:
         args += ["-S", override]
     run(args, project)
     params = (project / "params.yaml").read_text(encoding="utf-8")
@@ -141,7 +98,7 @@ def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
 
     # A queued grid, run by DVC's queue worker.
     queued = ["dvc", "exp", "run", "--queue"]
-    for override in TINY + [f"logger.tracking_uri={uri}", "train.seed=1,2"]:
+    for override in PIPELINE_TINY + [f"logger.tracking_uri={uri}", "train.seed=1,2"]:
         queued += ["-S", override]
     run(queued, project)
     run(["dvc", "queue", "start"], project)
@@ -214,3 +171,42 @@ def test_a_user_corpus_through_data_custom(project, tmp_path):
     assert refused.returncode != 0 and "data.tokenizer: prepared 'word', asked 'char'" in refused.stderr
     run(train_cmd + ["data.tokenizer=word"], project)
     assert (tmp_path / "run/checkpoints/best.ckpt").is_file()
+
+
+# -- dvc repro: a refused setting loses nothing ------------------------------------------------
+@pytest.mark.slow
+def test_dvc_repro_refuses_a_bad_train_setting_before_removing_the_last_runs_outputs(project, tmp_path):
+    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)
+    uri = f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run(["dvc", "repro", "train"], project)
+    assert "Running stage 'check'" in out and "Running stage 'train'" in out
+    kept = {name: (project / "models" / name).read_bytes() for name in ("metrics.csv", "checkpoints/best.ckpt",
+                                                                         "checkpoints/last.ckpt")}
+    compose_params(project, [*PIPELINE_TINY, uri, "data.batch_size=-3"])
+    failed = subprocess.run(["dvc", "repro", "train"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert failed.returncode != 0
+    assert "error: data.batch_size=-3 is not allowed" in failed.stdout + failed.stderr
+    assert "Running stage 'train'" not in failed.stdout
+    assert {name: (project / "models" / name).read_bytes() for name in kept} == kept  # the last run's, untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a character device"])
+def test_dvc_exp_run_refuses_a_raw_path_it_would_hang_on(project, kind):
+    """DVC hashes unzip's dependencies before running it: a FIFO blocks it, /dev/zero never ends
+    (main hung). The check stage runs first and refuses them from `stat`. A hard timeout: a hang
+    fails the test instead of hanging the suite."""
+    raw = project / "data/raw/hostile.txt"
+    os.mkfifo(raw) if "FIFO" in kind else raw.symlink_to("/dev/zero")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    try:
+        proc = subprocess.run(["dvc", "exp", "run", "-S", "data.raw_path=data/raw/hostile.txt"], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dvc exp run hung on the raw path")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"data/raw/hostile.txt{' (a symlink to /dev/zero)' * ('FIFO' not in kind)} " \
+                                    f"is {kind}, not a regular file" in out
+    assert "Running stage 'unzip'" not in out
+    assert "(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml`" in out

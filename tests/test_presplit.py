@@ -1,6 +1,7 @@
 """A pre-split corpus (conf/data/presplit.yaml, `data.split_files`): its train, valid and test
 files, in a folder or a zip, reach data/processed as given (cleaned, never re-split), the
-vocabulary comes from train alone and the corpus' own <unk> is the unknown token."""
+vocabulary comes from train alone and the corpus' own <unk> is the unknown token. One file
+named for two splits (two spellings, a symlink, a copy) is refused."""
 
 import os
 import random
@@ -12,11 +13,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import PIPELINE_TINY, compose_config, compose_params, params_file, run, stage
 from lyricist.data.vocab import UNK_TOKEN, Vocab, load_ids
 from lyricist.tracking.store import raw_data_md5
-from test_custom_corpus import stage
-from test_pipeline import TINY as PIPELINE_TINY, compose_params, project, run  # noqa: F401 (a fixture)
+from lyricist import settings
+from lyricist.data.corpus import CorpusError, read_split_texts
 
 PTB_NAMES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
 
@@ -216,3 +217,62 @@ def test_a_presplit_word_corpus_runs_end_to_end_through_dvc_repro(project, tmp_p
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], project)
     (project / "data/raw/ptb/ptb.test.txt").write_text(texts["test"] + " the cat \n", encoding="utf-8")
     assert "unzip:" in run(["dvc", "status"], project)  # a change in any split file re-runs the data stages
+
+
+# -- splits identified by what they are ---------------------------------------------------------
+SPLIT_TEXTS = {"train": "分开 不分开\n" * 30, "val": "我不能再想\n" * 5, "test": "爱情来的太快\n" * 5}
+
+
+def _folder(folder, texts=SPLIT_TEXTS):
+    folder.mkdir()
+    for split, text in texts.items():
+        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("val", ["./train.txt", "train.txt/", ".//train.txt", "a/./train.txt"])
+def test_one_file_named_two_ways_is_refused_by_its_path(val):
+    train = "a/train.txt" if val.startswith("a/") else "train.txt"
+    with pytest.raises(ValueError, match="names one file for two splits"):
+        settings.section(settings.SplitFiles, {"train": train, "val": val, "test": "test.txt"}, "data.split_files")
+
+
+def test_a_symlink_to_train_is_refused_as_the_same_file(tmp_path):
+    folder = _folder(tmp_path / "ptb")
+    (folder / "val.txt").unlink()
+    (folder / "val.txt").symlink_to(folder / "train.txt")
+    names = {split: f"{split}.txt" for split in SPLIT_TEXTS}
+    with pytest.raises(CorpusError, match=r"data.split_files.train='train.txt' and data.split_files.val='val.txt' "
+                                          r"are one file \(.*train.txt\)"):
+        read_split_texts(folder, names)
+
+
+def test_two_splits_with_the_same_content_are_refused_and_unzip_writes_nothing(tmp_path):
+    folder = _folder(tmp_path / "ptb", {**SPLIT_TEXTS, "test": SPLIT_TEXTS["train"]})  # a copy of train
+    names = {split: f"{split}.txt" for split in SPLIT_TEXTS}
+    out = tmp_path / "interim"
+    params = params_file(tmp_path, ["data=presplit", "data.split_files.train=train.txt",
+                                    "data.split_files.val=val.txt", "data.split_files.test=test.txt"])
+    with pytest.raises(CorpusError, match=r"the train and test files \(.*train.txt and .*test.txt\) hold the same "
+                                          r"text \(sha256 [0-9a-f]{12}\.\.\.\).*Name three different files"):
+        stage("unzip").main(["--raw", str(folder), "--out", str(out), "--params", str(params)])
+    assert not out.exists()
+    archive = tmp_path / "ptb.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for split in SPLIT_TEXTS:
+            z.writestr(f"ptb/{split}.txt", (folder / f"{split}.txt").read_text(encoding="utf-8"))
+    with pytest.raises(CorpusError, match=r"the train and test files \(.*ptb.zip:ptb/train.txt and "
+                                          r".*ptb.zip:ptb/test.txt\) hold the same text"):
+        read_split_texts(archive, names)
+
+
+def test_zip_member_names_are_matched_in_any_spelling(tmp_path):
+    archive = tmp_path / "ptb.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for split, text in SPLIT_TEXTS.items():
+            z.writestr(f"ptb/{split}.txt", text)
+    texts = read_split_texts(archive, {"train": "./train.txt", "val": "ptb//val.txt", "test": "test.txt/"})
+    assert texts == SPLIT_TEXTS
+    with pytest.raises(CorpusError, match=r"data.split_files.train='train.txt' and data.split_files.val="
+                                          r"'ptb/./train.txt' are one file \(ptb/train.txt\)"):
+        read_split_texts(archive, {"train": "train.txt", "val": "ptb/./train.txt", "test": "test.txt"})

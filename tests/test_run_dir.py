@@ -1,17 +1,22 @@
 """A run directory that protects itself (#17): a fresh run never replaces the run already in
 its directory unless told to, two processes never write to one directory, and a refusal
-changes nothing there (not even Hydra's `.hydra/`)."""
+changes nothing there (not even Hydra's `.hydra/`). A run resumed in it (after SIGKILL, with its
+lr schedule) ends as the run never stopped; a checkpoint it cannot resume from is one line."""
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from conftest import TINY, compose_config, project_env, with_data
+from conftest import (LYRICS, TINY, compose_config, metric_rows, plateau_cfg, project_env, train, with_data,
+                      write_encoded)
 from lyricist import rundir
-from conftest import train
 
 
 def _snapshot(folder):
@@ -138,3 +143,98 @@ def test_resuming_a_checkpoint_of_another_model_or_optimizer_is_refused_by_name(
     with pytest.raises(ValueError, match=message):
         train(other, output_dir=tmp_path / "run")
     assert _snapshot(tmp_path / "run") == before
+
+
+def test_a_metrics_csv_with_its_header_alone_is_no_run(tmp_path):
+    (tmp_path / "metrics.csv").write_text("epoch,train/loss,train/ppl,val/loss,val/ppl\n")
+    assert rundir.existing_run(tmp_path) == []
+    rundir.check_run_dir(tmp_path, resume=False, overwrite=False)  # not refused
+    (tmp_path / "metrics.csv").write_text("epoch,train/loss\n0,3.2\n")
+    assert rundir.existing_run(tmp_path) == ["metrics.csv"]
+
+
+def test_resume_refuses_a_truncated_checkpoint_and_more_epochs_than_max_epochs(tiny_cfg, tiny_data, tmp_path):
+    cfg = with_data(tiny_cfg, tiny_data)
+    cfg.logger.enabled = False
+    train(cfg, tmp_path / "run")  # 2 epochs
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg.train.resume, cfg.trainer.max_epochs = "auto", 1
+    with pytest.raises(ValueError, match=r"train.resume='.*last.ckpt' has finished 2 epochs, more than "
+                                         r"trainer.max_epochs=1: to train on, raise it above 2"):
+        train(cfg, tmp_path / "run")
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])  # a copy cut short
+    cfg.trainer.max_epochs = 3
+    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt is corrupt or not a torch file"):
+        train(cfg, tmp_path / "run")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time a process has spent (user + system, /proc/<pid>/stat): its own progress,
+    however busy the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from field 3, the state
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def bigger_data(tmp_path):
+    """Enough batches that an epoch takes a few seconds, so a kill lands mid-epoch."""
+    return write_encoded(tmp_path / "encoded", LYRICS * 60, val_fraction=0.1, test_fraction=0.0)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = TINY + ["trainer.max_epochs=3", "train.early_stopping_patience=null",
+                   f"paths.encoded={bigger_data}", f"logger.tracking_uri={uri}",
+                   "train.resume=auto", "data.sampling=random"]  # random: the shuffle must resume too
+    command = lambda run_dir: [sys.executable, "-m", "lyricist.train", *args, f"hydra.run.dir={run_dir}"]
+
+    reference = subprocess.run(command(tmp_path / "reference"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    victim = subprocess.Popen(command(tmp_path / "victim"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    metrics_csv = tmp_path / "victim" / "metrics.csv"
+    # Events, not time (a busy machine stretches time, and a wall-clock sleep with it): epoch 0's
+    # row, then 0.3 s of the victim's own CPU time into the next epoch.
+    row_seen_at = None
+    while row_seen_at is None or _cpu_seconds(victim.pid) < row_seen_at + 0.3:
+        assert victim.poll() is None, "the run finished before it could be killed: make epochs longer"
+        if row_seen_at is None and metrics_csv.is_file() and len(metric_rows(metrics_csv)) >= 1:
+            row_seen_at = _cpu_seconds(victim.pid)
+        time.sleep(0.05)  # how often to look, not how long to wait
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_rows = len(metric_rows(metrics_csv))
+    assert 1 <= killed_rows < 3
+
+    resumed = subprocess.run(command(tmp_path / "victim"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_rows(metrics_csv) == metric_rows(tmp_path / "reference" / "metrics.csv")  # bitwise, CPU
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lyricist").experiment_id])
+    assert len(runs) == 2, "the resumed run must continue its MLflow run, not open a third"
+    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "val/ppl"),
+                                          key=lambda m: m.step)] for r in runs]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+
+
+@pytest.mark.slow
+def test_lr_schedule_resumes_to_identical_metrics(tiny_cfg, plateau_data, tmp_path):
+    """The plateau scheduler's state (best val ppl so far, bad epochs) travels in the checkpoint."""
+    cfg = plateau_cfg(tiny_cfg, epochs=4)
+    cfg.logger.enabled = False
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "reference")
+    reference = metric_rows(tmp_path / "reference" / "metrics.csv")
+    lrs = [float(r["train/lr"]) for r in reference]
+    # A scheduler started afresh at epoch 2 would take epoch 2's val ppl for an improvement
+    # and keep the lr: only a restored one lowers it here.
+    assert lrs[3] < lrs[2], f"no plateau across the resume point ({lrs}): the test proves nothing"
+
+    cfg.trainer.max_epochs = 2
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "resumed")
+    cfg.trainer.max_epochs, cfg.train.resume = 4, "auto"
+    train(with_data(cfg, plateau_data), output_dir=tmp_path / "resumed")
+    assert metric_rows(tmp_path / "resumed" / "metrics.csv") == reference  # bitwise, CPU

@@ -1,4 +1,5 @@
-"""`python -m lyricist.seeds`: N seeds trained and scored, mean ± std, the ensemble, MLflow."""
+"""`python -m lyricist.seeds`: N seeds trained and scored, mean ± std, the ensemble, MLflow; its
+summary written after every seed."""
 
 import json
 import math
@@ -11,8 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import gen
-from conftest import ROOT, TINY, project_env
+from conftest import ROOT, TINY, gen, project_env
 from test_entry_errors import MISTAKES, _override
 from lyricist import seeds
 from lyricist.cli.config import run
@@ -96,3 +96,33 @@ def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tmp
     assert run(lambda: seeds.main(argv)) == 2
     assert capsys.readouterr().err.splitlines()[0] == f"error: {line}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_seeds_writes_its_summary_after_every_seed_so_a_stopped_run_keeps_them(tiny_data, tmp_path, monkeypatch):
+    import json
+
+    from lyricist import seeds
+    from lyricist.experiments import seeds as seeds_run
+    from lyricist.training.run import train as train_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+    trained = []
+
+    def stopped_at_the_second_seed(s, output_dir, **kwargs):  # fault injection: Ctrl-C during seed 2
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(output_dir)
+        return train_settings(s, output_dir, **kwargs)
+
+    monkeypatch.setattr(seeds_run, "train", stopped_at_the_second_seed)
+    out = tmp_path / "seeds"
+    with pytest.raises(KeyboardInterrupt):
+        seeds.main(["--seeds", "3", "--static", "--out", str(out), *TINY, "logger=none", f"paths.encoded={tiny_data}",
+                    "baseline.max_order=2", "train.seed=7"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [7] and summary["seeds"] == 3
+    assert "(1 of 3 seeds so far)" in (out / "summary.md").read_text()
+    with pytest.raises(SystemExit):  # argparse's refusal, before any work
+        seeds.main(["--seeds", "1000", "--out", str(tmp_path / "many")])
+    assert not (tmp_path / "many").exists()

@@ -1,4 +1,5 @@
-"""The trained model as an MLflow pyfunc model: predict, serve, register the best of a sweep."""
+"""The trained model as an MLflow pyfunc model: predict, serve (refusing what it does not understand),
+its pinned requirements, register the best of a sweep; the champion moves only on the same data."""
 
 import os
 import subprocess
@@ -8,17 +9,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-
-from conftest import gen
-from conftest import make_lm
-from lyricist.settings import Decoding
 import requests
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, serving, with_data, project_env
+from conftest import ROOT, TINY, free_port, gen, make_lm, project_env, serving, train, with_data, write_encoded
+from lyricist.settings import Decoding
 from lyricist.models.fast import kernels
 from lyricist.tracking.serving import RequestError, request_options
-from conftest import train
 
 
 @pytest.fixture
@@ -205,3 +202,90 @@ def test_a_request_running_past_its_time_limit_is_stopped_with_429():
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"time limit of 1e-09 s .*logger.serve_max_seconds") as err:
         served.predict(None, pd.DataFrame({"prefix": ["分开"], "num_chars": [100]}))
     assert err.value.get_http_status_code() == 429
+
+
+def test_torch_is_pinned_once_and_the_served_model_carries_the_pins():
+    """pyproject.toml pins the stack; the Makefile and the MLflow model take it from there."""
+    import re
+
+    from lyricist.tracking.serving import pinned_requirements
+
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    [torch_pin] = re.findall(r'"(torch==[\d.]+)"', pyproject)
+    assert "torch==" not in (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert not [p for p in (ROOT / "src").rglob("*.py") if "torch==" in p.read_text(encoding="utf-8")]
+    requirements = pinned_requirements()
+    assert requirements[0] == torch_pin and all("==" in r for r in requirements)
+    assert {r.split("==")[0] for r in requirements} == {"torch", "numpy", "pandas", "pytorch-lightning"}
+
+
+# Ten characters over and over: a model learns it in an epoch (val ppl near 1, below any lyric's).
+EASY = "分开不分开我不能再想\n" * 120
+
+
+@pytest.mark.slow
+def test_a_model_of_other_data_never_takes_the_champion(tiny_cfg, tiny_data, tmp_path, capsys):
+    """As the hostile run: data.raw_path left at its default, paths.encoded another text. The
+    champion's identity is the data read, so the better number on other data does not move it."""
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "lyrics")
+    client = MlflowClient(tiny_cfg.logger.tracking_uri)
+    first = client.get_model_version_by_alias("lyricist", "champion")
+    other = write_encoded(tmp_path / "other", EASY, val_fraction=0.2, test_fraction=0.1)
+    capsys.readouterr()
+    train(with_data(tiny_cfg, other), output_dir=tmp_path / "other-run")
+    second = client.get_model_version("lyricist", "2")
+    assert float(second.tags["val_ppl"]) < float(first.tags["val_ppl"])  # better, on other data
+    assert second.tags["data_md5"] == first.tags["data_md5"]  # the same raw_path: DVC's hash alone cannot tell
+    assert client.get_model_version_by_alias("lyricist", "champion").version == first.version
+    assert "champion stays (version 1 was trained on other data (encoded_md5))" in capsys.readouterr().out
+
+    # The champion's version deleted while an older one remains: the next version takes the free
+    # alias, and the line says so rather than "(the first)".
+    client.delete_model_version("lyricist", "1")
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "again")
+    line = capsys.readouterr().out
+    assert "registered lyricist version 3: champion is now this version (no version held it" in line
+    assert "earlier versions 2 remain" in line and "(the first)" not in line
+
+
+def _refusal(model, records: list[dict]) -> str:
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        model.predict(pd.DataFrame(records))
+    assert err.value.get_http_status_code() == 400
+    return err.value.message
+
+
+@pytest.mark.slow
+def test_the_served_model_refuses_what_it_does_not_understand(tiny_cfg, tiny_data, tmp_path, capsys):
+    """Through the pyfunc model as the scoring server calls it (MLflow's schema enforcement first)."""
+    from lyricist.cli import generate
+
+    tiny_cfg.logger.serve_max_num_chars = 20
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    mlflow.set_tracking_uri(tiny_cfg.logger.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/lyricist@champion")
+    ckpt = str(tmp_path / "run/checkpoints/best.ckpt")
+
+    # A misspelt or unknown field: refused by name with the known ones (MLflow drops such a column).
+    message = _refusal(model, [{"prefix": "分开", "temprature": 0.01, "colour": "red"}])
+    assert message.startswith("unknown request fields colour, temprature (did you mean temperature?): a row takes "
+                              "prefix, num_chars, strategy, temperature")
+    assert message.endswith(", seed, allow_unknown") and "\n" not in message
+
+    # Characters the vocabulary lacks: one rule, one message, the CLI's and the server's.
+    served = _refusal(model, [{"prefix": "分开"}, {"prefix": "分开λ"}])
+    assert served.startswith("row 1: prefix '分开λ' has characters not in the vocabulary: 'λ'; remove them")
+    capsys.readouterr()
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开λ"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {served.removeprefix('row 1: ')}\n")
+    allowed = model.predict(pd.DataFrame([{"prefix": "分开λ", "num_chars": 3, "allow_unknown": True}]))
+    assert allowed["lyrics"][0].startswith("分开λ")
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开λ", "--allow-unknown", "--num-chars", "3"]) == 0
+
+    # The two caps on num_chars, told in the same words.
+    served = _refusal(model, [{"prefix": "分开", "num_chars": 21}])
+    assert generate.main(["--checkpoint", ckpt, "--prefix", "分开", "--num-chars", "1000001"]) == 2
+    cli = capsys.readouterr().err
+    assert served.startswith("row 0: num_chars=21 is not allowed: use at most 20 (tokens predicted after the prefix;")
+    assert "lyricist-generate's is 1000000" in served
+    assert "num_chars=1000001 is not allowed: use a value <= 1000000 (tokens predicted after the prefix)" in cli

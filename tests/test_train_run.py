@@ -1,15 +1,20 @@
-"""A real (tiny) training run: Lightning Trainer, MLflow SQLite store, checkpoints, generation."""
+"""A real (tiny) training run: Lightning Trainer, MLflow SQLite store, checkpoints (whole, even on
+a full disk, carrying the decoding), generation; the same seed gives the same run; bad settings
+refused before it starts."""
 
 import csv
 import math
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import gen
-from conftest import plateau_cfg, with_data
+from conftest import TINY, compose_config, gen, metric_rows, plateau_cfg, train, with_data
 from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
@@ -17,7 +22,6 @@ from lyricist.evaluation.lyrics import lyric_metrics, ngram_set
 from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
-from conftest import train
 
 
 def test_tiny_run_logs_metrics_samples_and_artifacts_to_mlflow(tiny_cfg, tiny_data, tmp_path):
@@ -160,3 +164,83 @@ def test_a_bad_value_is_refused_by_its_key_before_anything_is_written(tiny_cfg, 
     with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.* is not allowed: use .* \(.+\)$"):
         train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_trained_model_keeps_its_decoding_for_the_cli_and_the_served_model(tiny_cfg, tiny_data, tmp_path):
+    """conf's `generate:` travels in the checkpoint: what lyricist-generate and the served model
+    default to for that model (lyricist.checkpoint.LoadedModel.decoding)."""
+    from lyricist.checkpoint import load_checkpoint
+    from lyricist.settings import Decoding
+    from conftest import train
+
+    tiny_cfg.logger.enabled = False
+    tiny_cfg.generate.temperature = 0.7
+    train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")
+    decoding = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt").decoding
+    assert decoding == Decoding(**OmegaConf.to_container(tiny_cfg.generate)) and decoding.temperature == 0.7
+
+
+def test_same_config_and_seed_give_identical_val_perplexity(tiny_cfg, tiny_data, tmp_path):
+    tiny_cfg.logger.enabled = False
+    first = train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "a")
+    second = train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "b")
+    assert first["val/ppl"] == second["val/ppl"]
+    assert metric_rows(tmp_path / "a" / "metrics.csv") == metric_rows(tmp_path / "b" / "metrics.csv")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden_size=0", "hidden_size"),
+    ("model.num_layers=0", "num_layers"),
+    ("model.dropout=1.5", "dropout"),
+    ("model.cell=transformer", "transformer"),
+    ("train.clip_theta=0", "clip_theta"),
+    ("data.sampling=shuffled", "sampling"),
+    ("data.batch_size=100000", "batch_size"),
+])
+def test_bad_config_is_refused_before_training(override, message, tiny_data, tmp_path):
+    cfg = compose_config(TINY + ["logger=none", override])
+    with pytest.raises(Exception, match=message):
+        train(with_data(cfg, tiny_data), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a real filesystem that fills (root only: elsewhere the test is skipped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): run as root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+class FillTheDisk(pl.Callback):
+    """At the start of epoch `epoch`, fills the disk but for 16 KiB (a checkpoint here is ~48 KiB)."""
+
+    def __init__(self, disk: Path, epoch: int) -> None:
+        self.disk, self.epoch = disk, epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with open(self.disk / "filler", "wb") as f:
+                f.write(b"\0" * (shutil.disk_usage(self.disk).free - 16 * 1024))
+
+
+@pytest.mark.parametrize("full_at", [0, 1])
+def test_a_full_disk_leaves_no_partial_checkpoint_and_keeps_the_last_good_one(small_disk, tiny_data, full_at):
+    """Full before the first checkpoint: none is left (main left a truncated best.ckpt, written in
+    /tmp and copied over). Full before the second: the first stays whole, as the only one (a write
+    beside it needs room for both)."""
+    run = small_disk / "run"
+    cfg = with_data(compose_config(TINY + ["logger=none"]), tiny_data)
+    with pytest.raises(OSError) as err:  # errors.NoSpace: one line from the CLI
+        train(cfg, output_dir=run, callbacks=[FillTheDisk(small_disk, full_at)])
+    message = str(err.value)
+    assert message.startswith(f"no space left in {run / 'checkpoints'} to write ") and "\n" not in message
+    assert "MiB are free (the previous" in message and "train.resume=auto" in message
+    left = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert left == ([] if full_at == 0 else ["best.ckpt", "last.ckpt"])  # no partial file
+    for name in left:  # epoch 0's, whole
+        assert load_checkpoint(run / "checkpoints" / name).meta["epoch"] == 0

@@ -1,6 +1,11 @@
-"""The training loop's seed behaviour: carried + detached state, reset state, clipping."""
+"""The training loop's seed behaviour: carried + detached state, reset state, clipping; memory
+that does not grow epoch over epoch."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -133,3 +138,39 @@ def test_plateau_schedule_state_is_in_the_checkpoint(tmp_path):
     [scheduler] = torch.load(path, weights_only=True)["lr_schedulers"]
     assert scheduler["factor"] == 0.25 and scheduler["patience"] == 2
     assert scheduler["best"] == pytest.approx(lit.epoch_metrics["val/ppl"])  # stepped on val ppl
+
+
+MEMORY_PROBE = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_lit, make_lm
+import json, resource, torch, pytorch_lightning as pl
+from lyricist.models import RecurrentLM
+from lyricist.training.datamodule import LyricsDataModule
+from lyricist.training.module import LitLanguageModel
+from lyricist.data.vocab import Vocab
+
+class PeakRss(pl.Callback):
+    peaks_mb = []
+    def on_train_epoch_end(self, trainer, module):
+        self.peaks_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+
+vocab = Vocab.build("".join(chr(0x4E00 + i) for i in range(300)))
+ids = torch.randint(0, len(vocab), (32 * 35 * 12 + 32,), generator=torch.Generator().manual_seed(0))
+lit = make_lit(make_lm(len(vocab), cell="lstm", hidden_size=128, embedding_size=64), vocab, lr=1e-3,
+               optimizer="torch.optim.Adam")
+trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, callbacks=[PeakRss()],
+                     enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(lit, datamodule=LyricsDataModule(ids, ids[:2000], 32, 35, "consecutive", 8))
+print(json.dumps(PeakRss.peaks_mb))
+"""
+
+
+@pytest.mark.slow
+def test_training_memory_does_not_grow_epoch_over_epoch():
+    # A fresh process, so that peak RSS measures this training and nothing run before it.
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peaks = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"peak RSS per epoch (MiB): {[round(p, 1) for p in peaks]}")
+    growth = peaks[-1] - peaks[2]
+    assert growth < 5, f"peak RSS grew {growth:.1f} MiB from epoch 3 to epoch 10: something keeps history"

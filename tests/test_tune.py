@@ -1,6 +1,7 @@
 """`python -m lyricist.tune`: one study in Optuna storage shared by workers, pruning, a killed
 worker's trial run again, MLflow parent and child runs, and the best trial written as a preset."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,14 +12,13 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState, create_trial
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
-from conftest import CONF_DIR, LYRICS, ROOT, TINY, project_env, write_encoded
+from conftest import CONF_DIR, LYRICS, ROOT, TINY, project_env, train, write_encoded
 from test_entry_errors import MISTAKES, _override
 from lyricist.cli import config, tune
 from lyricist.experiments import search
-from conftest import train
 from lyricist.training.callbacks import read_epoch_history
 
 SPACE = "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}, model.dropout: {low: 0.0, high: 0.5}}"
@@ -258,3 +258,31 @@ def test_the_hour_search_holds_the_default_recipe_and_drops_the_keys_it_does_not
 def test_a_space_with_every_key_dropped_is_refused():
     with pytest.raises(ValueError, match="tune.space has no key left to search"):
         config.load(["tune.space=null", "tune.space={optim.lr: null}"], groups=["+tune=default"])
+
+
+@pytest.mark.slow
+def test_a_new_study_never_writes_into_an_earlier_studys_trial_folders(tiny_data, tmp_path, monkeypatch):
+    """Two fresh storages, one study name, the default output folder: each study its own folder
+    (main: the second study's trial 0 met the first's trial_0000 and failed, hinting train.* keys)."""
+    from lyricist.cli import tune
+
+    root = tmp_path / "project"  # paths.root: the default folder is <root>/outputs/tune/<study>/
+    root.mkdir()
+    (root / "conf").symlink_to(ROOT / "conf")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
+
+    def search(storage: str) -> int:
+        return tune.main([*TINY, f"paths.encoded={tiny_data}", f"paths.root={root}", "logger=none",
+                          f"tune.storage=sqlite:///{tmp_path / storage}", "tune.preset=null", "tune.space=null",
+                          "tune.space={optim.lr: {low: 0.001, high: 0.03, log: true}}", "tune.timeout=null",
+                          "tune.n_trials=1"])
+
+    assert search("first.db") == 0
+    [first] = (root / "outputs/tune/jaychou").rglob("trial_0000")
+    kept = (first / "checkpoints/best.ckpt").read_bytes()
+    assert search("second.db") == 0
+    trials = sorted((root / "outputs/tune/jaychou").rglob("trial_0000"))
+    assert len(trials) == 2 and first in trials and (first / "checkpoints/best.ckpt").read_bytes() == kept
+    for folder in (t.parent for t in trials):  # each study's report beside its trials
+        assert json.loads((folder / "summary.json").read_text())["trials"] == 1

@@ -1,3 +1,6 @@
+"""Vocabularies and id files (lyricist.data.vocab) and the vocab stage, which refuses degenerate
+data (<unk> alone, one repeated character, val mostly unseen) unless allowed."""
+
 import json
 from pathlib import Path
 
@@ -5,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import LYRICS, compose_config, params_file, stage
 from lyricist.cli.config import settings_of
 from lyricist.data.vocab import Vocab, VocabError, encode_to_array, id_dtype, load_ids, save_ids
 
@@ -229,3 +232,62 @@ def test_a_split_of_ids_decodes_as_the_list_of_them_would(tmp_path):
         vocab.decode(np.array([1, len(vocab)]), unk="\ufffd")
     with pytest.raises(IndexError, match="id -1 is outside"):
         vocab.decode(torch.tensor([-1, 2]), unk="\ufffd")
+
+
+# -- degenerate data refused by the vocab stage unless allowed -----------------------------------
+def _vocab_stage(tmp_path, texts, overrides=()):
+    processed = tmp_path / "processed"
+    processed.mkdir(exist_ok=True)
+    for split, text in texts.items():
+        (processed / f"{split}.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "encoded"
+    stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out),
+                         "--params", str(params_file(tmp_path, overrides))])
+    return out
+
+
+def test_a_corpus_of_one_repeated_character_is_refused_unless_allowed(tmp_path):
+    from lyricist.data.vocab import VocabError
+
+    texts = {"train": "a" * 900, "val": "a" * 100, "test": "a" * 100}
+    with pytest.raises(VocabError, match=r"train's vocabulary holds 1 token\(s\) besides <unk> \('a'\), fewer than "
+                                         r"data.min_vocab_size=5.*allow it on purpose with data.min_vocab_size=1"):
+        _vocab_stage(tmp_path, texts)
+    assert not (tmp_path / "encoded").exists()
+    assert Vocab.load(_vocab_stage(tmp_path, texts, ["data.min_vocab_size=1"]) / "vocab.json").itos == ["<unk>", "a"]
+
+
+def test_a_corpus_own_unk_words_are_not_counted_as_unseen(tmp_path):
+    line = " the cat sat on <unk> mat \n"  # PTB's shape: its rare words are "<unk>" already (1 in 7 tokens)
+    out = _vocab_stage(tmp_path, {"train": line * 20, "val": line * 3, "test": line * 3},
+                       ["data.tokenizer=word", "data.min_vocab_size=1"])
+    assert (np.load(out / "val.npy") == 0).mean() == pytest.approx(1 / 7)  # above 0.05, and not refused
+
+
+def _split_files(folder, train, val, test):
+    folder.mkdir(parents=True)
+    for name, text in (("train", train), ("val", val), ("test", test)):
+        (folder / f"{name}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_vocab_stage_refuses_a_vocabulary_of_unk_alone(tmp_path):
+    processed = _split_files(tmp_path / "processed", LYRICS * 3, LYRICS, LYRICS)
+    out = tmp_path / "encoded"
+    with pytest.raises(VocabError, match=r"the vocabulary would be <unk> alone: no token of train occurs "
+                                         r"data.min_freq=100000000 times \(the most frequent, ' ', occurs \d+\)"):
+        stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out),
+                             "--params", str(params_file(tmp_path, ["data.min_freq=100000000"]))])
+    assert not out.exists()
+
+
+def test_vocab_stage_refuses_a_val_split_mostly_unk_unless_allowed(tmp_path):
+    processed = _split_files(tmp_path / "processed", LYRICS * 3, "xyzwvu" * 10 + "分开", LYRICS)
+    out = tmp_path / "encoded"
+    with pytest.raises(VocabError, match=r"96.8% of the val split is <unk> \(above data.max_unk_rate=0.05\).*"
+                                         r"allow it on purpose with data.max_unk_rate=null"):
+        stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out), "--params", str(params_file(tmp_path))])
+    assert not out.exists()  # an error before any output (#25; it was a warning)
+    stage("vocab").main(["--in-dir", str(processed), "--out-dir", str(out),
+                         "--params", str(params_file(tmp_path, ["data.max_unk_rate=null"]))])
+    assert (np.load(out / "val.npy") == 0).sum() == 60  # allowed on purpose: the data is written
