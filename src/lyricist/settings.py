@@ -1,8 +1,8 @@
-"""Every setting of lyricist, declared once: its type, bounds and a one-line description (conf/
-holds the values). The entry layer checks a whole composition with `load(values)` before anything
-is read or written; the library takes the typed sections. A bad value is one line naming its key,
-the value and what is allowed. Pydantic v2, not Hydra structured configs: dataclasses in Hydra's
-ConfigStore cannot express ranges.
+"""Every setting of lyricist, declared once: its type, bounds and a one-line description; conf/ holds
+the values. The entry layer checks a whole composition with `load(values)` before anything is read
+or written; the library takes the typed sections. A bad value is one line naming its key, the value
+and what is allowed. Pydantic v2, not Hydra structured configs: the bounds, rules and messages are
+ours, and dataclasses in Hydra's ConfigStore cannot express ranges.
 """
 
 from __future__ import annotations
