@@ -177,9 +177,8 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
-                     registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS,
-                     max_seconds: float = MAX_SECONDS):
-    """Log the checkpoint(s: their ensemble) as the run's `model`, optionally registered; its ModelInfo."""
+                     max_num_chars: int = MAX_NUM_CHARS, max_seconds: float = MAX_SECONDS):
+    """Log the checkpoint(s: their ensemble) as the run's `model` (registry.register registers it); its ModelInfo."""
     from lyricist.tracking.model_files import write_model_files
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -190,18 +189,18 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts=write_model_files(checkpoint_path, Path(files)),
-            code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
-            input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
+            code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
             model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
 
 
-def load_logged_model(model_uri: str, tracking_uri: str | None = None):
-    """The LoadedModel of a logged lyricist model (`models:/lyricist@champion`, `runs:/<id>/model`)."""
+def load_logged_model(model_uri: str):
+    """The LoadedModel of a logged lyricist model (`models:/lyricist@champion`, `runs:/<id>/model`) in
+    $MLFLOW_TRACKING_URI's store, else the project's mlflow.db."""
     from lyricist.tracking import store
 
-    uri = store.resolve_tracking_uri(tracking_uri)
+    uri = store.resolve_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
         raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "
                                 "first (`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it")
