@@ -54,6 +54,28 @@ def project_env() -> dict:
     return dict(os.environ, LYRICIST_ROOT=str(ROOT))
 
 
+def train_cli_in_process(args, cwd, monkeypatch, capsys, env=None):
+    """`python -m lyricist.train <args>` in `cwd`, run in this process (lyricist.cli.train.main, what
+    the module runs): for a test of its message, not of an interpreter's start-up. As
+    subprocess.run's result: returncode, stdout, stderr."""
+    from types import SimpleNamespace
+
+    from lyricist.cli import train as train_cli
+
+    monkeypatch.setattr(sys, "argv", ["lyricist.train", *args])
+    monkeypatch.chdir(cwd)
+    for name, value in {"LYRICIST_ROOT": str(ROOT), **(env or {})}.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    try:
+        train_cli.main()
+        returncode = 0
+    except SystemExit as exit:
+        returncode = exit.code if isinstance(exit.code, int) else 1
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=returncode, stdout=out, stderr=err)
+
+
 def compose_config(overrides=()):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
