@@ -77,9 +77,8 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
             return load_checkpoint(paths[0], map_location)
         loaded = [load_checkpoint(p, map_location) for p in paths]
         for p, other in zip(paths[1:], loaded[1:]):
-            if (differ := vocab_difference(other.vocab, loaded[0].vocab)) is not None:
-                raise ValueError(f"{p} was trained with another vocabulary than {paths[0]} ({differ}): an "
-                                 "ensemble averages predictions over one vocabulary; train its models on the same data")
+            refuse_other_vocab(other.vocab, loaded[0].vocab, f"{p} was trained with another vocabulary than {paths[0]}",
+                               "an ensemble averages predictions over one vocabulary; train its models on the same data")
         return LoadedModel(model=Ensemble([m.model for m in loaded]).eval(), vocab=loaded[0].vocab,
                            meta={"epoch": None, "members": [m.meta for m in loaded]})
     checkpoint = _read(Path(path), map_location)
@@ -91,26 +90,23 @@ def load_checkpoint(path: str | Path | Sequence[str | Path],
     return LoadedModel(model=model.eval().to(map_location), vocab=vocab, meta={**extra, "epoch": checkpoint.get("epoch")})
 
 
-def vocab_difference(mine: Vocab, other: Vocab) -> str | None:
-    """None when the two vocabularies are the same, else how they differ, for a message: their
-    kind and size, and the first id that means another token."""
+def refuse_other_vocab(mine: Vocab, other: Vocab, what: str, why: str) -> None:
+    """Unless `mine` is `other`: ValueError "<what> (their kinds, sizes and first differing id): <why>"."""
     if mine == other:
-        return None
+        return
     first = next((i for i, (a, b) in enumerate(zip(mine.itos, other.itos)) if a != b), None)
     where = (f"; id {first} is {mine.itos[first]!r} in the first, {other.itos[first]!r} in the second"
              if first is not None else "")
-    return f"{len(mine):,} {mine.tokenizer} tokens against {len(other):,} {other.tokenizer} tokens{where}"
+    raise ValueError(f"{what} ({len(mine):,} {mine.tokenizer} tokens against {len(other):,} {other.tokenizer} "
+                     f"tokens{where}): {why}")
 
 
 def check_same_vocab(loaded: LoadedModel, checkpoint, data_dir: str | Path) -> None:
     """Refuse a model whose vocabulary is not `data_dir`'s vocab.json (when there is one): its ids
     would mean other tokens there, and every perplexity and sample would be meaningless."""
     path = Path(data_dir) / "vocab.json"
-    if not path.is_file():
-        return
-    differ = vocab_difference(loaded.vocab, Vocab.load(path))
-    if differ is not None:
+    if path.is_file():
         names = checkpoint if isinstance(checkpoint, (str, Path)) else ", ".join(map(str, checkpoint))
-        raise ValueError(f"checkpoint {names} was trained with another vocabulary than {path} ({differ}): "
-                         "its ids mean other tokens in this data. Use the data it was trained on (its "
-                         "data/encoded/<corpus>/), or train on this data first")
+        refuse_other_vocab(loaded.vocab, Vocab.load(path), f"checkpoint {names} was trained with another vocabulary "
+                           f"than {path}", "its ids mean other tokens in this data. Use the data it was trained on "
+                           "(its data/encoded/<corpus>/), or train on this data first")

@@ -50,8 +50,7 @@ def penalize_recent(logits: torch.Tensor, recent: Sequence[int], penalty: float,
 
 
 def banned_by_ngrams(history: Sequence[int], n: int) -> set[int]:
-    """The tokens that would end an n-gram already in `history` (its last n-1 tokens followed
-    by a token that followed them before)."""
+    """The tokens that would end an n-gram already in `history` (that followed its last n-1 tokens before)."""
     tail = tuple(history[len(history) - n + 1:])  # () for n = 1: every token seen ends a 1-gram
     return {history[i + n - 1] for i in range(len(history) - n + 1)  # no n-gram in a shorter history
             if tuple(history[i:i + n - 1]) == tail}
@@ -66,17 +65,16 @@ def nucleus_cut(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.index_fill(0, drop, float("-inf"))
 
 
-def next_token(logits: torch.Tensor, strategy: str, temperature: float, top_k: int | None,
-               top_p: float | None, generator: torch.Generator | None) -> int:
+def next_token(logits: torch.Tensor, d: Decoding, generator: torch.Generator | None) -> int:
     """The id chosen from one step's logits (V,), repetition controls already applied."""
-    if strategy == "greedy":
+    if d.strategy == "greedy":
         return int(logits.argmax())
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.numel():
-        cutoff = torch.topk(logits, top_k).values[-1]
+    logits = logits / d.temperature
+    if d.top_k is not None and d.top_k < logits.numel():
+        cutoff = torch.topk(logits, d.top_k).values[-1]
         logits = logits.masked_fill(logits < cutoff, float("-inf"))
-    if top_p is not None and top_p < 1:
-        logits = nucleus_cut(logits, top_p)
+    if d.top_p is not None and d.top_p < 1:
+        logits = nucleus_cut(logits, d.top_p)
     probs = torch.softmax(logits, dim=-1).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -112,7 +110,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned
                     last = last.index_fill(0, torch.tensor(sorted(banned), dtype=torch.long,
                                                            device=device), float("-inf"))
-            next_id = next_token(last, d.strategy, d.temperature, d.top_k, d.top_p, generator)
+            next_id = next_token(last, d, generator)
             out.append(next_id)
             history.append(next_id)
             logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)

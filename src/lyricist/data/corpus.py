@@ -1,6 +1,5 @@
 """Read, clean and split a raw corpus (a .zip holding one text file, or a text file), or read a
-pre-split one (`data.split_files` in a folder or a .zip). Plain strings only: no tokens, no torch.
-"""
+pre-split one (`data.split_files` in a folder or a .zip). Plain strings only: no tokens, no torch."""
 
 from __future__ import annotations
 

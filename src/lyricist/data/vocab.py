@@ -84,13 +84,6 @@ class Vocab:
             return NotImplemented
         return self.itos == other.itos and self.tokenizer == other.tokenizer
 
-    __hash__ = None  # mutable lists inside; equal vocabularies need not share a hash
-
-    def __repr__(self) -> str:
-        if self.tokenizer == "char":
-            return f"Vocab(size={len(self)}, first tokens={''.join(self.itos[1:21])!r})"
-        return f"Vocab(size={len(self)}, tokenizer='word', first tokens={self.itos[1:11]!r})"
-
     def tokenize(self, text: str) -> list[str]:
         """`text` cut into this vocabulary's kind of tokens (characters, or words and "\\n")."""
         return tokenize(text, self.tokenizer)
@@ -119,9 +112,8 @@ class Vocab:
         return index
 
     def _decode_chars(self, ids: np.ndarray, unk: str) -> str:
-        """`decode` of a whole split of character ids at numpy speed (the train split, decoded
-        for the copy rate): each id's code point looked up at once, 4 bytes a token meanwhile
-        where a list of tokens takes 16."""
+        """`decode` of a whole split of character ids (the train split, for the copy rate) at numpy
+        speed: 4 bytes a token meanwhile, where a list of tokens takes 16."""
         if ids.size:
             self._checked(ids.min() if ids.min() < 0 else ids.max())
         code_points = np.array([ord(unk), *map(ord, self.itos[1:])], dtype="<u4")  # (V,) id 0 is <unk>
@@ -250,9 +242,8 @@ def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab
 
 
 def load_ids(path: str | Path) -> torch.Tensor:
-    """Token ids saved by `save_ids` as a 1-D tensor of the file's integer type, memory-mapped: pages
-    are read when a batch touches them, and shared between processes. Batching converts each batch
-    to int64 (what embeddings and one-hot expect), never the whole split."""
+    """Token ids saved by `save_ids` as a 1-D tensor of the file's integer type, memory-mapped (read
+    when a batch touches them, shared between processes); batching makes each batch int64."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"token-id file {path} does not exist; build it with `dvc repro vocab` "

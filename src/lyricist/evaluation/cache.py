@@ -80,9 +80,8 @@ def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> 
 def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int, ngram: KneserNey,
                    thetas: Sequence[float], lambdas: Sequence[float] = LAMBDAS, weights: Sequence[float] = WEIGHT_GRID,
                    adaptive: dict[str, np.ndarray] | None = None) -> CacheResult:
-    """The cached network on "val" and (optionally) "test", θ of `thetas` and λ of `lambdas`
-    chosen on val, alone and mixed with the adaptive `ngram` (`adaptive`: its
-    `adaptive_ngram_scores`, when the caller has them)."""
+    """The cached network on "val" and (optionally) "test", θ of `thetas` and λ of `lambdas` chosen on
+    val, alone and mixed with the adaptive `ngram` (`adaptive`: its scores, if the caller has them)."""
     check_splits(splits)
     if size < 1:
         raise ValueError(f"evaluate.cache_size must be an integer >= 1 (positions), got {size}: e.g. 2000")

@@ -6,10 +6,7 @@ it comes back. A token is always scored before the model learns from it: an hone
 perplexity, of a reader who never looks ahead. The n-gram counterpart is the adaptive
 Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`); both
 are scored on the same positions and interpolated, the rate and the weight chosen on val.
-
-    stream:    t0 t1 ... t34 | t35 ... t69 | ...      (batch 1: the split in reading order)
-    segment i: score log p(t_{35i+1} .. t_{35i+35}), then one step on their mean loss;
-               the state goes on to segment i + 1 (detached, as in training)
+The state goes on from segment to segment (detached, as in training).
 
 The step is plain SGD or Krause et al.'s own (`RMSDecayUpdate`). The cost, and why each rate
 reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-characters-issue-16.
@@ -74,31 +71,26 @@ class RMSDecayUpdate:
 
 def gradient_rms(model: RecurrentLM, train_ids: torch.Tensor, num_steps: int, batch_size: int,
                  max_tokens: int | None = None) -> list[torch.Tensor]:
-    """Root-mean-square over batches of the mean-loss gradient of each parameter of `model`,
-    on the first `max_tokens` (None: all) of `train_ids` read as `batch_size` streams of
-    `num_steps`-token segments, dropout off; the statistics Krause et al. normalise by."""
+    """Per parameter, the root-mean-square over batches of its mean-loss gradient on the first
+    `max_tokens` (None: all) of `train_ids`, dropout off: the statistics Krause et al. normalise by."""
     ids = train_ids if max_tokens is None else train_ids[: max_tokens + 1]
     check_enough_tokens(len(ids), batch_size, num_steps, "training text for the gradient statistics",
                         sampling="consecutive")
     reader = copy.deepcopy(model).eval()
     squares = [torch.zeros_like(p) for p in reader.parameters()]
-    batches = 0
-    for logits, y, _ in read_streams(reader, ids, batch_size, num_steps):  # (B, T, V), (B, T)
+    for batches, (logits, y, _) in enumerate(read_streams(reader, ids, batch_size, num_steps), 1):  # (B, T, V), (B, T)
         reader.zero_grad(set_to_none=True)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()  # (B*T, V)
         for square, p in zip(squares, reader.parameters()):
             if p.grad is not None:
                 square += p.grad.detach() ** 2
-        batches += 1
     return [torch.sqrt(square / batches) for square in squares]
 
 
 class StreamReader:
-    """A copy of `model` (dropout off; the caller's weights never move) reading one stream in
-    segments of `num_steps` tokens, each scored and then learnt from at rate `lr` (0: never),
-    by SGD or, with `rms`, `RMSDecayUpdate`. `read` goes on from where the last call stopped
-    (weights, update rule and state), so reading a text in two parts gives what reading it at
-    once gives, bit for bit: the tuning part of val is not read twice."""
+    """A copy of `model` (dropout off) reading one stream in segments of `num_steps` tokens, each
+    scored, then learnt from at rate `lr` (0: never) by SGD or, with `rms`, `RMSDecayUpdate`.
+    `read` goes on where the last call stopped: reading a text in two parts is reading it at once."""
 
     def __init__(self, model: RecurrentLM, num_steps: int, lr: float, rms: list[torch.Tensor] | None = None,
                  decay: float = 0.0, eps: float = 1e-3):
@@ -110,9 +102,8 @@ class StreamReader:
                               else RMSDecayUpdate(self.model.parameters(), rms, lr, decay, eps))
 
     def read(self, ids: torch.Tensor, progress: Tick | None = None, label: str = "") -> np.ndarray:
-        """log p of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids`, the stream's
-        next tokens: ids[0] is the one the last call stopped before (its last target). `progress`
-        hears `label` and the tokens scored so far after every segment."""
+        """log p of tokens 1 .. num_steps * ((len(ids) - 1) // num_steps) of `ids` (ids[0]: the last
+        call's last target); `progress` hears `label` and the tokens scored after every segment."""
         log_probs = []
         total = (len(ids) - 1) // self.num_steps * self.num_steps
         # No update, no gradient: the graph would only be built to be thrown away.
@@ -141,8 +132,7 @@ def dynamic_token_log_probs(model: RecurrentLM, ids: torch.Tensor, num_steps: in
 def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray,
                                    progress: Tick | None = None, label: str = "") -> np.ndarray:
     """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that
-    counts every token of `ids` once it has been read: predict, then observe. `progress` hears
-    `label` and the tokens read so far, every 1,000 tokens."""
+    counts every token once read (predict, then observe); `progress` hears every 1,000 tokens."""
     reader = copy.deepcopy(ngram)
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     history = ngram.order - 1
@@ -175,10 +165,9 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
                      eps: float = 1e-3, adaptive: dict[str, np.ndarray] | None = None,
                      progress: Tick | None = None) -> DynamicResult:
     """Dynamic neural and adaptive n-gram perplexities, alone and mixed, on "val" and (optionally)
-    "test", each read from the trained weights and counts (`StreamReader`'s update; `adaptive`:
-    `adaptive_ngram_scores` if the caller has them). The rate is the best of 0 (never chosen
-    unless one helps) and `learning_rates` on the first `tune_tokens` of val (None: all), each
-    rate reading that part once, the chosen one going on through the rest; the weight on val."""
+    "test" (`adaptive`: `adaptive_ngram_scores`, if the caller has them). The rate is the best of 0
+    and `learning_rates` on the first `tune_tokens` of val (None: all), the chosen reader going on
+    through the rest of val; the weight chosen on val."""
     check_splits(splits)
     if not learning_rates or min(learning_rates) < 0:
         raise ValueError(f"learning_rates must be a non-empty list of rates >= 0, got {list(learning_rates)}.")
@@ -198,13 +187,11 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
         if best is None or perplexity_of(log_p) < best[0]:
             best = (perplexity_of(log_p), lr, tuned, log_p)
     _, lr, tuned, tuned_log_p = best
-    neural = {}
-    for split, ids in splits.items():
-        if split == "val":  # the tuning reader stopped before token len(tuned_log_p): it goes on from there
-            rest = tuned.read(ids[len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
-            neural[split] = np.concatenate([tuned_log_p, rest])
-        else:
-            neural[split] = reader(lr).read(ids, progress, f"rate {lr:g} on {split}")
+    # The tuning reader stopped before token len(tuned_log_p) of val: it goes on from there.
+    rest = tuned.read(splits["val"][len(tuned_log_p):], progress, f"rate {lr:g}, the rest of val")
+    neural = {"val": np.concatenate([tuned_log_p, rest])}
+    if "test" in splits:
+        neural["test"] = reader(lr).read(splits["test"], progress, f"rate {lr:g} on test")
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
     counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}

@@ -74,17 +74,15 @@ class Evaluation:
 
     @cached_property
     def adaptive(self) -> dict:
-        """The adaptive n-gram's log p of tokens 1 .. len - 1, scored once for every row mixing with it."""
         scores = adaptive_ngram_scores(self.ngram, self.splits, progress=self.progress)
         self.done(f"adaptive kn{self.ngram.order}")
         return scores
 
 
 def static(e: Evaluation) -> Perplexities:
-    # Scored once: the static perplexity and the interpolation read the same per-token numbers.
     e.scores = {split: neural_token_log_probs(e.model, ids, e.batch_size, e.num_steps) for split, ids in e.splits.items()}
     e.done(f"static perplexity ({', '.join(f'{s} {len(ids):,} tokens' for s, ids in e.splits.items())})")
-    return Perplexities.of_splits({split: perplexity_of(log_p) for split, (_, log_p) in e.scores.items()})
+    return Perplexities(**{split: perplexity_of(log_p) for split, (_, log_p) in e.scores.items()})
 
 
 def interpolation(e: Evaluation):

@@ -75,8 +75,7 @@ def check_splits(splits: dict) -> None:
 
 def choose_weight(neural: np.ndarray, ngram: np.ndarray,
                   weights: Sequence[float] = WEIGHT_GRID) -> tuple[float, float]:
-    """The weight of `weights` whose mixture has the lowest perplexity on these (val) tokens,
-    and that perplexity; ties go to the first."""
+    """The weight of `weights` with the lowest mixture perplexity on these tokens, and that perplexity."""
     scored = [(perplexity_of(mixture_log_probs(neural, ngram, w)), w) for w in weights]
     best_ppl, best_w = min(scored, key=lambda pair: pair[0])
     return best_w, best_ppl
@@ -94,15 +93,14 @@ def score_and_mix(neural: dict[str, np.ndarray], ngram: dict[str, np.ndarray],
     weight, _ = choose_weight(*pairs["val"], weights=weights)
     ppl = {split: [perplexity_of(lp) for lp in (log_p, kn, mixture_log_probs(log_p, kn, weight))]
            for split, (log_p, kn) in pairs.items()}  # split -> [network, n-gram, mixture]
-    return weight, *(Perplexities.of_splits({split: p[i] for split, p in ppl.items()}) for i in range(3))
+    return weight, *(Perplexities(**{split: p[i] for split, p in ppl.items()}) for i in range(3))
 
 
 def interpolate_with_ngram(model: RecurrentLM, splits: dict[str, torch.Tensor], ngram: KneserNey, batch_size: int,
                            num_steps: int, weights: Sequence[float] = WEIGHT_GRID,
                            neural: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> InterpolationResult:
-    """The network mixed with `ngram` (the baseline's val-best Kneser-Ney model), the weight
-    chosen on "val"; "test" (optional) scored with it. `neural`: the network's
-    `neural_token_log_probs` per split, when the caller has them already."""
+    """The network mixed with `ngram` (the baseline's val-best Kneser-Ney model), the weight chosen on
+    "val" (`neural`: the network's `neural_token_log_probs` per split, if the caller has them)."""
     check_splits(splits)
     if neural is None:
         neural = {split: neural_token_log_probs(model, ids, batch_size, num_steps) for split, ids in splits.items()}

@@ -115,8 +115,7 @@ def lyric_metrics(texts: Sequence[str], reference: NgramSet, n: int = COPY_N) ->
 
 
 def human_pieces(text: str, length: int) -> list[str]:
-    """`text` cut into consecutive pieces of `length` characters (a shorter rest left out, unless
-    it is the only piece)."""
+    """`text` cut into consecutive pieces of `length` characters (a shorter rest only as the only piece)."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     pieces = [text[i:i + length] for i in range(0, len(text) - length + 1, length)]

@@ -15,10 +15,6 @@ class Perplexities:
     val: float
     test: float | None = None
 
-    @classmethod
-    def of_splits(cls, by_split: dict[str, float]) -> Perplexities:
-        return cls(val=by_split["val"], test=by_split.get("test"))
-
 
 def _by_split(models: dict[str, Perplexities]) -> dict[str, float]:
     """{"<prefix><split>_ppl": ..} for {prefix: perplexities}: val's first, then test's."""

@@ -165,8 +165,7 @@ class KneserNey:
 
     def _seen_contexts(self, context: Sequence[int]):
         """(level, context at that level, its total, its discount mass) from the unigram up to the
-        longest the last order - 1 tokens of `context` allow; a shorter history (the start of a
-        split) stops at the order it fills, and an unseen context is skipped (it adds nothing)."""
+        longest the last order - 1 tokens of `context` allow; an unseen context is skipped."""
         context = tuple(int(t) for t in context)
         history = context[max(0, len(context) - self.order + 1):]
         for k in range(1, len(history) + 2):
@@ -182,15 +181,13 @@ class KneserNey:
         return p
 
     def distribution(self, context: Sequence[int] = ()) -> np.ndarray:
-        """P(w | context) for every token id w, shape (vocab_size,)."""
         return np.array([self.prob(context, w) for w in range(self.vocab_size)])  # (V,)
 
 
 def save_kneser_ney(model: KneserNey, path: str | Path, max_order: int) -> None:
     """Write a fitted model to `path` atomically, a .npz of plain arrays (no pickle): its settings
-    (with `max_order`, the orders it was chosen among), per order its k-grams in fitting order with
-    their counts and discounts, and the k-gram types `observe` needs. Loading recomputes the rest
-    as `fit` does: a freshly fit model loads bit for bit."""
+    (`max_order`: the orders it was chosen among), per order its k-grams in fitting order, counts and
+    discounts, and the types `observe` needs; loading recomputes the rest as `fit`: bit for bit."""
     meta = {"format": KNESER_NEY_FORMAT, "order": model.order, "discount_mode": model.discount_mode,
             "fixed_discount": model.fixed_discount, "vocab_size": model.vocab_size, "max_order": max_order}
     arrays = {"meta": np.array(json.dumps(meta))}
@@ -240,17 +237,14 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
 
 
 def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Sequence[int] = ()) -> float:
-    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with
-    no `context` the first token is not predicted (as in the network's evaluation), with one
-    (e.g. the end of the split before) every token is."""
-    context = np.asarray(context, dtype=np.int64).ravel().tolist()
-    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    stream = context + ids
-    first = len(context) if context else 1
-    if len(stream) - first < 1:
+    """exp(mean negative log-likelihood) of `ids`, each token predicted from what precedes it: with no
+    `context` the first token is not predicted (as in the network's evaluation), with one every token is."""
+    context, ids = (np.asarray(part, dtype=np.int64).ravel() for part in (context, ids))
+    log_probs = ngram_token_log_probs(model, np.concatenate([context, ids]),
+                                      range(len(context) or 1, len(context) + len(ids)))
+    if not len(log_probs):
         raise ValueError(f"nothing to predict: {len(ids)} token(s) and {len(context)} of context.")
-    nll = -sum(ngram_token_log_probs(model, stream, range(first, len(stream))).tolist())
-    return ppl(nll / (len(stream) - first))
+    return ppl(-sum(log_probs.tolist()) / len(log_probs))
 
 
 def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
@@ -263,8 +257,7 @@ def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], 
 
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
                     **discounts) -> tuple[KneserNey, float]:
-    """The Kneser-Ney order of 1..max_order (`discounts`: KneserNey's) with the lowest val
-    perplexity, fit on train; returns (model, its val perplexity)."""
+    """(the Kneser-Ney model of order 1..max_order fit on train with the lowest val perplexity, that perplexity)."""
     if len(val_ids) < 2:
         raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
     metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
@@ -274,9 +267,8 @@ def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size
 def evaluate_baselines(train_ids: Sequence[int], splits: dict[str, Sequence[int]], vocab_size: int, max_order: int,
                        report: Callable[[str], None] = lambda line: None, **discounts) -> tuple[dict, KneserNey | None]:
     """({"unigram": {"val_ppl": .., "test_ppl": ..}, "kn1": {..}, ..., "best": {"name": .., ...}},
-    the Kneser-Ney model best on val): the add-one unigram and Kneser-Ney orders 1..max_order
-    (`discounts`: KneserNey's) on each split of >= 2 tokens; "best" and the model chosen on val
-    (absent, None without val; one model kept in memory). `report` hears each model's times."""
+    the Kneser-Ney model best on val (None and no "best" without val)): the add-one unigram and
+    Kneser-Ney orders 1..max_order on each split of >= 2 tokens. `report` hears each model's times."""
     scored = {split: part for split, part in splits.items() if len(part) >= 2}
     metrics: dict = {}
     best: KneserNey | None = None

@@ -1,6 +1,5 @@
-"""Perplexity from a mean loss that cannot overflow: `math.exp(loss)` raises OverflowError above
-~709.78 nats a token (a diverged model, a huge model.init_scale); here that is inf, which a caller
-treats as a divergence (`training.module`'s TrainingDiverged, one line), never a traceback."""
+"""Perplexity from a mean loss that cannot overflow: where `math.exp(loss)` raises OverflowError (a diverged
+model, a huge model.init_scale) it is inf, which a caller treats as a divergence (one line), never a traceback."""
 
 from __future__ import annotations
 

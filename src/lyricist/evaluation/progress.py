@@ -12,9 +12,8 @@ Tick = Callable[[str, int, int], None]
 
 
 class Progress:
-    """A `Tick` passing `report` "    <label>: 12,000 / 20,000 tokens in 31 s, ~21 s left" when
-    `every` seconds have gone since its last line (or its start); each label's time counts from
-    its first tick."""
+    """A `Tick` passing `report` "    <label>: 12,000 / 20,000 tokens in 31 s, ~21 s left" when `every`
+    seconds have gone since its last line (or its start); a label's time counts from its first tick."""
 
     def __init__(self, report: Callable[[str], None], every: float = 30.0,
                  clock: Callable[[], float] = time.perf_counter):

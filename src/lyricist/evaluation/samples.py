@@ -54,9 +54,8 @@ def _side_by_side(texts: dict[str, str]) -> list[str]:
 
 def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decoding: Decoding,
                   train_ids: torch.Tensor, test_ids: torch.Tensor | None) -> tuple[LyricsResult, str]:
-    """The default decoding's lyric metrics (all prefixes together) and the human test text's,
-    and a markdown page: per prefix the greedy and the default sample side by side with their
-    metrics."""
+    """The default decoding's lyric metrics (all prefixes together) and the human test text's, and a
+    markdown page: per prefix the greedy and the default sample side by side, with their metrics."""
     reference = ngram_set(vocab.decode(train_ids, unk="\ufffd"))  # one character per <unk>
     num_chars = decoding.num_chars
     greedy = [generate(model, vocab, p, Decoding(num_chars=num_chars), allow_unknown=True) for p in prefixes]

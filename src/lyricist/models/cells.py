@@ -1,23 +1,13 @@
-"""Recurrent cells written from tensor ops.
+"""Recurrent cells written from tensor ops, their parameters under torch.nn's names, layouts and
+gate order (``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh (G*H,)``), so
+that the tests can copy weights to and from the torch.nn cells, their oracles.
 
-Every cell stores its parameters under torch.nn's names and layouts
-(``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``,
-``bias_hh (G*H,)``, gates stacked in torch's order) so weights can be copied
-to and from the built-in torch modules one-to-one; the tests use those
-modules as oracles.
-
-A time step is split in two halves: ``project_input(x)``, the input half, which does not depend
-on the state, so a language model runs it once on the whole (T, B, I) sequence (one big matmul
-instead of T small ones), and ``step(x_proj_t, state)``, the recurrent half; ``forward`` glues
-them together for one step. A whole chunk of T steps has two equal paths: ``sequence``, fast (an
-autograd Function per kind with a hand-written backward, fused.py), and ``sequence_reference``,
-a Python loop over ``step`` differentiated by autograd. The tests hold the fast path to it.
-
-The state is always a tuple of ``(B, H)`` tensors: ``(h,)`` for RNN and GRU,
-``(h, c)`` for LSTM. The first entry is always the output ``h``.
-
-``step``, ``forward``, ``sequence`` and ``sequence_reference`` take an optional ``weight_hh``
-(G*H, H) used instead of the parameter: a regulariser's copy (regularisers/weight_drop.py).
+A step is split in two: ``project_input(x)``, which does not depend on the state (a language model
+runs it once on the whole (T, B, I) chunk), and ``step(x_proj_t, state)``. A chunk of T steps has
+two equal paths: ``sequence`` (fast/fused.py's hand-written backward) and ``sequence_reference`` (a
+loop over ``step``, autograd's backward); the tests hold one to the other. The state is a tuple of
+(B, H) tensors, ``h`` first: ``(h,)`` or the LSTM's ``(h, c)``. An optional ``weight_hh`` (G*H, H)
+replaces the parameter: a regulariser's copy (regularisers/weight_drop.py).
 """
 
 from __future__ import annotations
@@ -48,8 +38,7 @@ class RecurrentCell(nn.Module):
         if input_size <= 0 or hidden_size <= 0:
             raise ValueError(f"input_size and hidden_size must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size, self.hidden_size = input_size, hidden_size
         gates_size = self.num_gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gates_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(gates_size, hidden_size))
@@ -97,9 +86,8 @@ class RecurrentCell(nn.Module):
 
     def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
                  overwrite: bool = False) -> tuple[Tensor, State]:
-        """All T steps from the pre-projected inputs (T, B, G*H): the outputs h (T, B, H) and
-        the final state. Same numbers as ``sequence_reference``, computed by fused.py.
-        ``overwrite``: x_proj is the caller's to lose; the LSTM and the GRU write their gates over it."""
+        """All T steps of x_proj (T, B, G*H): the outputs h (T, B, H) and the final state.
+        ``overwrite``: x_proj is the caller's to lose (the LSTM and the GRU write their gates over it)."""
         raise NotImplementedError
 
     def sequence_reference(self, x_proj: Tensor, state: State,
@@ -148,35 +136,24 @@ class RNNCell(RecurrentCell):
 
 
 class LSTMCell(RecurrentCell):
-    """LSTM cell with torch's gate order i, f, g, o stacked along the first weight dim.
-
-    ``forget_bias``: the forget gate's starting bias (b_ih + b_hh of the f block), e.g. 1.0
-    so that the cell remembers by default early in training (Jozefowicz et al., 2015);
-    None leaves it to the ``init`` scheme.
-    """
+    """LSTM cell with torch's gate order i, f, g, o. ``forget_bias``: the f block's starting bias
+    (b_ih + b_hh), e.g. 1.0 to remember by default early on (Jozefowicz et al., 2015); None: ``init``'s."""
 
     num_gates = 4
     num_states = 2
-    forget_bias: float | None = None  # class default: the base constructor calls reset_parameters first
 
     def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01,
                  forget_bias: float | None = None):
+        self.forget_bias = None if forget_bias is None else float(forget_bias)  # read by reset_parameters
         super().__init__(input_size, hidden_size, init, init_scale)
-        self.forget_bias = None if forget_bias is None else float(forget_bias)
-        self._init_forget_bias()
-
-    def reset_parameters(self, init: str = "normal", scale: float = 0.01) -> None:
-        super().reset_parameters(init, scale)
-        self._init_forget_bias()
 
     @torch.no_grad()
-    def _init_forget_bias(self) -> None:
-        if self.forget_bias is None:
-            return
-        forget = slice(self.hidden_size, 2 * self.hidden_size)  # the f block of (i, f, g, o)
-        # The gate sees b_ih + b_hh: all of it goes into b_ih so the sum is exactly forget_bias.
-        self.bias_ih[forget] = self.forget_bias
-        self.bias_hh[forget] = 0.0
+    def reset_parameters(self, init: str = "normal", scale: float = 0.01) -> None:
+        super().reset_parameters(init, scale)
+        if self.forget_bias is not None:
+            forget = slice(self.hidden_size, 2 * self.hidden_size)  # the f block of (i, f, g, o)
+            self.bias_ih[forget] = self.forget_bias  # all in b_ih: the sum is exactly forget_bias
+            self.bias_hh[forget] = 0.0
 
     def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         h, c = state
@@ -196,12 +173,8 @@ class LSTMCell(RecurrentCell):
 
 
 class GRUCell(RecurrentCell):
-    """GRU cell with torch's gate order r, z, n.
-
-    The reset gate multiplies the *projected* previous state (``W_hn h + b_hn``),
-    not ``h`` itself, as torch does -- that is why the input and recurrent
-    projections are kept apart until after the reset gate is applied.
-    """
+    """GRU cell with torch's gate order r, z, n. The reset gate multiplies the *projected* previous
+    state (``W_hn h + b_hn``), as torch does: the two projections stay apart until then."""
 
     num_gates = 3
 

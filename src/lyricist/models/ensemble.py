@@ -1,18 +1,13 @@
-"""An ensemble of trained language models: the average of their next-token probabilities.
-
-    p(x_t | x_<t) = 1/K * sum_k p_k(x_t | x_<t)
-
-Averaging probabilities (not logits) is the mixture that perplexity rewards: the log of a mean
-is at least the mean of the logs, so the ensemble is never worse than its members' average.
-It answers like one RecurrentLM -- ``forward(ids, state) -> (logits, state)``, the "logits"
-being the mixture's log-probabilities (softmax of them gives the mixture back) -- so
-perplexity, dynamic evaluation and generation take it unchanged. Its state is the members'
-states one after the other in one flat tuple, so code that detaches a state tensor by tensor
-works on it too.
+"""An ensemble of trained language models: the average of their next-token probabilities (not logits:
+the log of a mean is at least the mean of the logs, so it is never worse than its members' average).
+It answers like one RecurrentLM, ``forward(ids, state) -> (logits, state)``, the "logits" being the
+mixture's log-probabilities, so perplexity, dynamic evaluation and generation take it unchanged; its
+state is the members' states one after the other in one flat tuple.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -40,11 +35,8 @@ class Ensemble(nn.Module):
         """The flat state -> one state per member."""
         if state is None:
             return [None] * len(self.members)
-        parts, start = [], 0
-        for member in self.members:
-            parts.append(tuple(state[start:start + member.num_states]))
-            start += member.num_states
-        return parts
+        flat = iter(state)
+        return [tuple(itertools.islice(flat, member.num_states)) for member in self.members]
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the mixture's log-probabilities (B, T, V) and the members' final states."""

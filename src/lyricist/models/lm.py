@@ -1,20 +1,11 @@
 """Character-level recurrent language model built from the hand-written cells.
 
-Shapes: B batch, T time steps, V vocabulary, E embedding, H hidden, L layers,
-G gates per cell. Ids come in batch-first (B, T) and logits go out (B, T, V),
-because that is what the batch iterators yield and what the loss wants;
-inside, everything is time-major (T, B, ...) because the recurrence walks
-over T.
-
-The state follows torch.nn's layout: a tuple of ``num_states`` tensors, each
-(L, B, H) -- ``(h,)`` for rnn/gru, ``(h, c)`` for lstm.
-
-Two equal paths: ``forward`` (fast: the input projection of all steps in one product, the
-recurrence of each layer in one fused autograd Function, the head over all steps in one product)
-and ``forward_reference`` (literal, as the seeds). The tests hold one to the other.
-
-The regularisers beyond dropout (models/regularisers/) work through hooks at fixed points of
-both paths, in train mode only.
+Shapes: B batch, T time steps, V vocabulary, E embedding, H hidden, L layers, G gates per cell. Ids
+come in batch-first (B, T) and logits go out (B, T, V), as the batches and the loss have them;
+inside, everything is time-major (T, B, ...), as the recurrence walks T. The state is torch.nn's:
+``num_states`` tensors (L, B, H). Two equal paths, held to each other by the tests: ``forward``
+(every step's input projection in one product, each layer's recurrence in one fused Function, the
+head over all steps in one product) and ``forward_reference`` (literal, as the seeds).
 """
 
 from __future__ import annotations
@@ -36,8 +27,7 @@ from lyricist.settings import ModelSettings
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """`model` in eval mode (dropout off) inside the block, and back in the mode it was in after,
-    even when the block raises: a caller training the model must not find dropout switched off."""
+    """`model` in eval mode (dropout off) inside the block, back in its own mode after, even on an error."""
     was_training = model.training
     model.eval()
     try:
@@ -48,54 +38,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 class RecurrentLM(nn.Module):
     """Embedding (or one-hot, as the seeds) -> ``num_layers`` stacked cells -> linear head, with
-    dropout (nn.Dropout or LockedDropout: no-ops in eval mode) on the embedding output, between
-    layers and before the head, and the other regularisers' hooks (``self.regularisers``). What
-    each setting means: settings.ModelSettings; the cells' init: ``RecurrentCell.reset_parameters``."""
+    dropout (nn.Dropout or LockedDropout) on the embedding output, between layers and before the
+    head, and the other regularisers' hooks. Each setting: settings.ModelSettings."""
 
     def __init__(self, config: ModelSettings, vocab_size: int):
         super().__init__()
-        assert vocab_size >= 1, vocab_size  # the settings were checked by lyricist.settings
         self.config = config  # stored in checkpoints (model_dump), what RecurrentLM(config, V) rebuilds from
-        cell, hidden_size, num_layers = config.cell, config.hidden_size, config.num_layers
-        embedding_size, init, init_scale = config.embedding_size, config.init, config.init_scale
-        dropout = config.dropout
-        embedding_dropout = dropout if config.embedding_dropout is None else config.embedding_dropout
-        output_dropout = dropout if config.output_dropout is None else config.output_dropout
-        self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
-
-        self.embedding = None if embedding_size is None else nn.Embedding(vocab_size, embedding_size)
-        input_size = vocab_size if embedding_size is None else embedding_size
-        cell_kwargs = dict(init=init, init_scale=init_scale)
+        self.vocab_size, self.hidden_size, self.num_layers = vocab_size, config.hidden_size, config.num_layers
+        init, scale, dropout = config.init, config.init_scale, config.dropout
+        self.embedding = None if config.embedding_size is None else nn.Embedding(vocab_size, config.embedding_size)
+        input_size = config.embedding_size or vocab_size  # one-hot input: V wide
+        cell_kwargs = dict(init=init, init_scale=scale)
         if config.forget_bias is not None:
             cell_kwargs["forget_bias"] = config.forget_bias
-        self.cells = nn.ModuleList(
-            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, **cell_kwargs)
-            for layer in range(num_layers)
-        )
+        self.cells = nn.ModuleList(make_cell(config.cell, input_size if layer == 0 else self.hidden_size,
+                                             self.hidden_size, **cell_kwargs) for layer in range(self.num_layers))
         # Time is dim 0 of the embedding and of a layer's outputs (T, B, .), dim 1 of the
         # head's input (B, T, H); nn.Dropout ignores it.
-        def make_dropout(rate: float, time_dim: int) -> nn.Module:
+        def make_dropout(rate: float | None, time_dim: int) -> nn.Module:
+            rate = dropout if rate is None else rate
             return LockedDropout(rate, time_dim) if config.locked_dropout else nn.Dropout(rate)
 
-        self.embedding_dropout = make_dropout(embedding_dropout, time_dim=0)
+        self.embedding_dropout = make_dropout(config.embedding_dropout, time_dim=0)
         self.dropout = make_dropout(dropout, time_dim=0)  # between layers
-        self.output_dropout = make_dropout(output_dropout, time_dim=1)
-        self.head = nn.Linear(hidden_size, vocab_size)
+        self.output_dropout = make_dropout(config.output_dropout, time_dim=1)
+        self.head = nn.Linear(self.hidden_size, vocab_size)
         # The seeds draw the output layer like the recurrent weights (N(0, 0.01^2), zero bias),
         # so the head follows `init`; "torch" keeps nn.Linear's own default.
         with torch.no_grad():
             if init == "normal":
-                self.head.weight.normal_(0.0, init_scale)
+                self.head.weight.normal_(0.0, scale)
                 self.head.bias.zero_()
             elif init == "uniform":
-                self.head.weight.uniform_(-init_scale, init_scale)
-                self.head.bias.uniform_(-init_scale, init_scale)
+                self.head.weight.uniform_(-scale, scale)
+                self.head.bias.uniform_(-scale, scale)
                 if self.embedding is not None:
                     # word_language_model's scheme; otherwise the embedding keeps nn.Embedding's N(0, 1).
-                    self.embedding.weight.uniform_(-init_scale, init_scale)
+                    self.embedding.weight.uniform_(-scale, scale)
         if config.tie_weights:
-            # One Parameter under both names: it is drawn as the head is (small, like the
-            # seeds' output layer), trained by both uses, and stored under both keys.
+            # One Parameter under both names: drawn as the head is, trained by both uses, stored under both keys.
             self.embedding.weight = self.head.weight
         self.regularisers = regularisers.build(config)  # no weights of their own: no state_dict keys
 
@@ -109,9 +90,8 @@ class RecurrentLM(nn.Module):
                                                 dtype=dtype) for _ in range(self.num_states))
 
     def draw(self) -> tuple[list[Regulariser], list[Tensor]]:
-        """The regularisers at work in this forward call (none in eval mode), this chunk's masks
-        drawn, and each layer's W_hh for the chunk: the parameter or the regularisers' copy of it.
-        Both paths call it before drawing anything else: under one seed a test can too."""
+        """The regularisers at work (none in eval mode), their masks drawn for this chunk, and each
+        layer's W_hh for it (the parameter or their copy). Both paths draw this first, so a test can too."""
         active = self.regularisers if self.training else []
         for regulariser in active:
             regulariser.draw(self)
@@ -129,9 +109,8 @@ class RecurrentLM(nn.Module):
         first: RecurrentCell = self.cells[0]
         if self.embedding is not None:
             return first.project_input(self.embedding_dropout(self._hook(active, "rows", self.embedding(ids), ids)))
-        # one_hot(ids) @ W_ih^T just picks row `id` of W_ih^T, so gathering those rows
-        # (an embedding lookup with W_ih^T as the table) gives the same numbers without
-        # building a (T, B, V) tensor of zeros or spending a V-wide matmul on it.
+        # one_hot(ids) @ W_ih^T picks row `id` of W_ih^T: gathering those rows gives the same numbers
+        # without a (T, B, V) tensor of zeros and a V-wide matmul.
         picked = F.embedding(ids, first.weight_ih.t())  # weight_ih.t(): (V, G*H) -> (..., G*H)
         return self._hook(active, "rows", picked, ids) + first.bias_ih
 
@@ -141,14 +120,12 @@ class RecurrentLM(nn.Module):
         return linear(hidden, self.head.weight, self.head.bias), state  # self.head(hidden), on oneDNN where faster
 
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Mean cross-entropy of predicting targets (B, T) from ids (B, T), and the final state:
-        ``F.cross_entropy(forward(ids, state)[0], targets)`` with the head and the loss fused (head.py)."""
+        """``F.cross_entropy(forward(ids, state)[0], targets)``, head and loss fused, and the final state."""
         loss, _, state = self.objective(ids, targets, state)
         return loss, state
 
     def objective(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, Tensor, State]:
-        """(``loss``, what training differentiates, the final state): the loss plus the regularisers'
-        penalties (AR/TAR) in train mode, the loss itself where there are none."""
+        """(``loss``, what training differentiates: the loss plus the penalties in train mode, the final state)."""
         raw, state = self.raw_features(ids, state)  # (B, T, H)
         hidden = self.output_dropout(raw)  # (B, T, H)
         loss = objective = linear_cross_entropy(hidden, self.head.weight, self.head.bias, targets)
@@ -158,14 +135,12 @@ class RecurrentLM(nn.Module):
         return loss, objective, state
 
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """ids (B, T) -> the last layer's outputs after output dropout (B, T, H), what the head
-        reads, and the final state."""
+        """ids (B, T) -> what the head reads (B, T, H): the last layer's outputs after output dropout."""
         raw, state = self.raw_features(ids, state)  # (B, T, H)
         return self.output_dropout(raw), state
 
     def raw_features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """`features` before the output dropout: the last layer's outputs themselves (B, T, H),
-        which temporal activation regularisation (regularisers/ar_tar.py) penalises."""
+        """`features` before the output dropout (B, T, H), what TAR penalises (regularisers/ar_tar.py)."""
         state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
         active, weights_hh = self.draw()
         layer_input_proj = self._project_first_layer(ids.t(), active)  # (T, B, G*H)
@@ -184,9 +159,8 @@ class RecurrentLM(nn.Module):
         return layer_output.transpose(0, 1), self._stack_layers(final_states)  # (B, T, H)
 
     def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Same result as ``forward``, computed literally as the seeds do: for every step,
-        an explicit one-hot (or embedding) through ``cell.forward`` layer after layer, then
-        the head. Slow; it exists to check ``forward`` against."""
+        """``forward`` computed literally, as the seeds do: each step's one-hot (or embedding) through
+        ``cell.forward`` layer after layer, then the head. Slow: the tests check ``forward`` against it."""
         if self.training and self.config.locked_dropout:
             # Step by step there is no sequence to share a mask over.
             raise ValueError("forward_reference cannot apply locked dropout step by step: "

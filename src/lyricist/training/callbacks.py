@@ -29,14 +29,10 @@ from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), generate lyrics for the prefixes with the decoding
-    options of `generate.*` and log them to MLflow as `samples/epoch_XXX.txt`, with their
-    lyric metrics (lyricist.evaluation.lyrics) as `samples/copy_rate`, `samples/repeated_lines`,
-    ... at the step of the epoch's other metrics (0-based), so the UI shows how the lyrics
-    improve. Each prefix samples with its own seed (seed + its position). `train_text` is the
-    train split as text, what the copy rate looks up (its n-grams are built once, at the first
-    sample).
-    Plain values only (no client, no lambda), so it survives DDP's process spawning."""
+    """Every N epochs (and at the last), lyrics generated for the prefixes (`generate.*`, each prefix
+    its own seed) logged to MLflow as `samples/epoch_XXX.txt`, and their lyric metrics as `samples/...`
+    at the epoch's step, so the UI shows how the lyrics improve. `train_text`: the train split, what
+    the copy rate looks up. Plain values only (no client, no lambda): it survives DDP's spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
                  tracking_uri: str, run_id: str, train_text: str = ""):
@@ -55,23 +51,18 @@ class SamplesCallback(pl.Callback):
         if self._reference is None:
             self._reference = ngram_set(self.train_text)
         metrics = lyric_metrics(texts, self._reference).as_flat_dict("samples/")
-        client = MlflowClient(self.tracking_uri)
-        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(texts) + "\n",
-                                           f"samples/epoch_{epoch:03d}.txt"))
-        with_retry(lambda: client.log_batch(self.run_id, [Metric(name, value, int(time.time() * 1000),
-                                                                 trainer.current_epoch)
-                                                          for name, value in metrics.items()]))
+        now, client = int(time.time() * 1000), MlflowClient(self.tracking_uri)
+        rows = [Metric(name, value, now, trainer.current_epoch) for name, value in metrics.items()]
+        with_retry(lambda: client.log_text(self.run_id, "\n\n".join(texts) + "\n", f"samples/epoch_{epoch:03d}.txt"))
+        with_retry(lambda: client.log_batch(self.run_id, rows))
 
 
 class EpochCSVLogger(Logger):
-    """One CSV row per epoch, appended and flushed at once, for `dvc plots`.
+    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (which
+    buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
+    one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
 
-    Unlike Lightning's CSVLogger (which buffers rows and deletes an existing file when it
-    starts), a killed run keeps every finished epoch and a resumed run continues the file:
-    `keep_epochs_below=k` keeps the rows of epochs < k and drops any later ones.
-    """
-
-    COLUMNS = EPOCH_METRICS  # declared beside the code that computes them
+    name, version = "epoch_csv", ""  # Logger's abstract properties, constant here
 
     def __init__(self, path: str | Path, keep_epochs_below: int | None = None):
         super().__init__()
@@ -86,17 +77,9 @@ class EpochCSVLogger(Logger):
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < keep_epochs_below]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=EPOCH_METRICS)
             writer.writeheader()
             writer.writerows(rows)
-
-    @property
-    def name(self) -> str:
-        return "epoch_csv"
-
-    @property
-    def version(self) -> str:
-        return ""
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         pass  # the config goes to MLflow; this file holds the curves only
@@ -104,7 +87,7 @@ class EpochCSVLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore").writerow(dict(metrics))
+            csv.DictWriter(f, fieldnames=EPOCH_METRICS, extrasaction="ignore").writerow(dict(metrics))
 
 
 def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
@@ -114,10 +97,9 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint written to a temporary file beside its final name, flushed to disk, then
-    renamed over it: a full disk or a kill leaves the previous checkpoint whole. (Lightning's own
-    writes the file in /tmp and moves it: across filesystems a move is a copy, and a full disk
-    left best.ckpt truncated.)"""
+    """Each checkpoint written to a temporary file beside its final name, flushed, then renamed over
+    it: a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
+    moved, i.e. copied across filesystems, left best.ckpt truncated on a full disk)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)

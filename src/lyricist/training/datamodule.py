@@ -1,9 +1,5 @@
-"""The DataModule: batches already-encoded token ids; `load_encoded` reads them (what the vocab
-stage wrote), refused with the fix when missing, made otherwise or too short.
-
-How the batches are cut (random vs consecutive, the data-layout diagram) is in
-`lyricist.data.batching`; here they become a DataLoader per epoch, split over DDP processes.
-"""
+"""The DataModule: lyricist.data.batching's batches of encoded ids as a DataLoader per epoch, split over
+DDP processes; `load_encoded` reads the ids the vocab stage wrote."""
 
 from __future__ import annotations
 
@@ -14,35 +10,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lyricist.data.batching import (SAMPLING_MODES, check_enough_tokens, consecutive_batches, num_batches,
-                                    random_batches, variable_lengths)
+from lyricist.data.batching import (check_enough_tokens, consecutive_batches, num_batches, random_batches,
+                                    variable_lengths)
 from lyricist.data.prepared import check_record
 from lyricist.data.vocab import Vocab, load_ids
 from lyricist.settings import DataSettings
 
 
-class _BatchStream(IterableDataset):
-    """Re-iterable view over one of the batching generators (one pass = one epoch).
-
-    The DataLoader gets ready-made (X, Y) batches (`batch_size=None`) and must not
-    reshuffle them: with consecutive sampling batch i+1 continues batch i row by row.
-    """
-
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-                 length: int):
-        self.make_iterator, self.length = make_iterator, length
-
-    def __iter__(self):
-        return self.make_iterator()
-
-    def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
-        return self.length
-
-
 class _UnsizedBatchStream(IterableDataset):
-    """A `_BatchStream` whose epochs differ in length (variable BPTT). Lightning reads a
-    dataset's length once, at setup, and would end every epoch at that count; without one it
-    reads each epoch to its end and validates after the last batch."""
+    """Re-iterable view over one of the batching generators (one pass = one epoch), of ready-made (X, Y)
+    batches that the DataLoader must not reshuffle (`batch_size=None`): consecutive batch i+1 continues
+    batch i row by row. Without a length (variable BPTT, epochs differ) Lightning reads each epoch to its
+    end; with one, read once at setup, it would end every epoch at that count."""
 
     def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
         self.make_iterator = make_iterator
@@ -51,27 +30,29 @@ class _UnsizedBatchStream(IterableDataset):
         return self.make_iterator()
 
 
+class _BatchStream(_UnsizedBatchStream):
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], length: int):
+        super().__init__(make_iterator)
+        self.length = length
+
+    def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
+        return self.length
+
+
 class LyricsDataModule(pl.LightningDataModule):
     def __init__(self, train_ids: torch.Tensor, val_ids: torch.Tensor, batch_size: int, num_steps: int,
                  sampling: str = "consecutive", eval_batch_size: int = 8, seed: int = 0,
                  variable_length: bool = False):
-        super().__init__()
-        # Checked by lyricist.settings: random windows are cut before the shuffle, all of one
-        # length; varying it would buy nothing there (every window starts from a zero state).
-        assert sampling in SAMPLING_MODES and not (variable_length and sampling != "consecutive")
+        super().__init__()  # sampling and variable_length: checked by lyricist.settings
         self.train_ids, self.val_ids = train_ids, val_ids
         self.batch_size, self.num_steps, self.sampling = batch_size, num_steps, sampling
         self.eval_batch_size, self.seed, self.variable_length = eval_batch_size, seed, variable_length
         self.epochs_drawn = 0  # random shuffles (or variable lengths) drawn so far; saved in checkpoints
 
     def rows_of_this_process(self, batch_size: int) -> slice | None:
-        """Under multi-process training (DDP), this process's share of every batch's rows.
-
-        Rank r takes rows r, r+W, r+2W, ... of the batch a single process would see, so the
-        processes together see every stream exactly once per epoch, and with consecutive
-        sampling a stream always stays with the same process (its carried state stays
-        correct). Never a shuffled DistributedSampler: it would break the row continuity.
-        """
+        """Under DDP, this process's rows of every batch: rank r takes rows r, r+W, r+2W, ..., so the
+        processes see every stream once per epoch and a consecutive stream stays with its process (and
+        its carried state). Never a shuffled DistributedSampler: it would break the row continuity."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if world == 1:
             return None
@@ -81,10 +62,9 @@ class LyricsDataModule(pl.LightningDataModule):
         return slice(self.trainer.global_rank, None, world)
 
     def _epoch_generator(self) -> torch.Generator:
-        """A new generator every epoch, reproducible from (seed, epoch). The counter travels in
-        the checkpoint (state_dict below), so a resumed run draws the same shuffles and lengths;
-        the trainer's current_epoch is not yet advanced when Lightning builds the iterator.
-        Every process draws the same numbers."""
+        """A new generator every epoch, the same on every process, reproducible from (seed, epoch): the
+        counter travels in the checkpoint (state_dict), as the trainer's current_epoch is not yet
+        advanced when Lightning builds the iterator."""
         generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
         self.epochs_drawn += 1
         return generator
@@ -94,8 +74,7 @@ class LyricsDataModule(pl.LightningDataModule):
         if self.sampling == "consecutive":
             lengths = (variable_lengths(len(self.train_ids), self.batch_size, self.num_steps,
                                         self._epoch_generator()) if self.variable_length else None)
-            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows,
-                                       lengths=lengths)
+            return consecutive_batches(self.train_ids, self.batch_size, self.num_steps, rows=rows, lengths=lengths)
         # Each process keeps its own rows of each batch of the shared shuffle.
         batches = random_batches(self.train_ids, self.batch_size, self.num_steps, self._epoch_generator())
         return batches if rows is None else ((x[rows], y[rows]) for x, y in batches)  # (B/W, T)
@@ -114,10 +93,9 @@ class LyricsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rows = self.rows_of_this_process(self.eval_batch_size)
-        stream = _BatchStream(
-            lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
-            num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive"),
-        )
+        length = num_batches(len(self.val_ids), self.eval_batch_size, self.num_steps, "consecutive")
+        stream = _BatchStream(lambda: consecutive_batches(self.val_ids, self.eval_batch_size, self.num_steps, rows=rows),
+                              length)
         return DataLoader(stream, batch_size=None)
 
 

@@ -1,19 +1,10 @@
-"""The LightningModule: trains a plain `RecurrentLM` the way the seeds do.
-
-The recurrent model itself (`lyricist.models.RecurrentLM`) knows nothing of Lightning;
-this module adds what the seeds' training loop does around it:
-
-- random sampling: a fresh zero state for every batch;
-- consecutive sampling: the state is carried from batch i to batch i+1 (row r continues
-  row r) and *detached* before each batch, so backpropagation stops at the batch border
-  (truncated BPTT; Lightning 2.x has no `truncated_bptt_steps`, so we do it here);
-- gradient clipping by the global L2 norm over all parameters (manual optimization,
-  because Lightning refuses `gradient_clip_val` there and clips differently anyway);
-- perplexity = exp(mean cross-entropy per token), train per epoch and val over the
-  whole val stream with the state carried;
-- AWD-LSTM's training side (Merity et al., 2018), each off by default: weight averaging started
-  by a non-monotonic trigger (NT-ASGD's averaging, for any optimizer), and the lr scaled by the
-  length of a variable-length batch (AR/TAR are the model's: `RecurrentLM.objective`).
+"""The LightningModule: trains a plain `RecurrentLM` (which knows nothing of Lightning) the way the
+seeds' loop does: a zero state for every random batch, or the state carried from consecutive batch i
+to i+1 and detached before each (truncated BPTT: Lightning 2.x has none); clipping by the global L2
+norm (manual optimization: Lightning refuses `gradient_clip_val` there); perplexity of the train
+epoch and of the whole val stream, state carried. And AWD-LSTM's training side (Merity et al., 2018),
+each off by default: NT-ASGD's weight averaging (for any optimizer) and the lr scaled by the length
+of a variable-length batch.
 """
 
 from __future__ import annotations
@@ -32,10 +23,11 @@ from lyricist.models import RecurrentLM
 from lyricist.models.cells import State
 from lyricist.settings import DataSettings, OptimSettings, TrainSettings
 
-# The per-epoch metrics, in the order of metrics.csv's columns: on_train_epoch_end computes them and
-# every logger (the CSV that DVC plots, MLflow) receives them. A new metric: compute it there, name it here.
+# metrics.csv's columns, in order, which every logger gets from on_train_epoch_end: a new one is computed there.
 EPOCH_METRICS = ("epoch", "train/loss", "train/ppl", "val/loss", "val/ppl", "tokens_per_sec", "grad_norm", "train/lr")
 AVERAGED_PREFIX = "averaged.module."  # LitLanguageModel.averaged.module is the averaged RecurrentLM
+DIVERGED_FIX = ("Lower the learning rate (optim.lr) or model.init_scale, clip harder (train.clip_theta), or check "
+                "the data. The last good checkpoint is kept.")
 
 
 class TrainingDiverged(errors.UserError, RuntimeError):
@@ -53,32 +45,18 @@ class LitLanguageModel(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # we clip by global norm and carry state ourselves
         self.model, self.vocab = model, vocab
-        self.optim, self.settings = optim, train
-        self.clip_theta, self.sampling, self.seed = train.clip_theta, data.sampling, train.seed
-        # "sum": the gradient of the summed (not averaged) loss over the B*T predictions, as
-        # the MXNet seed's `loss.backward()` on a vector of losses gives; with clipping this
-        # makes its lr 0.2 take steps of length lr*theta. Reported losses stay means.
-        self.loss_reduction = train.loss_reduction
-        # "nt": NT-ASGD's trigger (AWD-LSTM) for any optimizer: once val/ppl has not improved for
-        # averaging_patience epochs, average the weights after every step (swa_utils'
-        # AveragedModel); validation and the checkpoints' weights are the average from then on.
-        self.weight_averaging, self.averaging_patience = train.weight_averaging, train.averaging_patience
+        self.optim, self.settings, self.data = optim, train, data
+        # weight_averaging "nt": once val/ppl has not improved for averaging_patience epochs, the weights
+        # are averaged after every step (swa_utils' AveragedModel); validation and checkpoints use the average.
         self.averaged: AveragedModel | None = None  # created when averaging starts
         self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
-        # Variable BPTT (data.variable_length): a batch of T_i steps trains with lr * T_i / num_steps,
-        # so that short batches do not weigh as much as long ones (AWD-LSTM).
-        self.variable_length, self.num_steps = data.variable_length, data.num_steps
-        self.divergence_factor = train.divergence_factor
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
-        self._train_state: State | None = None
-        self._val_state: State | None = None
         self.epoch_metrics: dict[str, float] = {}
 
     @property
     def eval_model(self) -> RecurrentLM:
-        """The weights validation, the samples and the checkpoints use: the average once
-        weight averaging has started, else the trained weights themselves."""
+        """What validation, the samples and the checkpoints use: the average once averaging has started."""
         return self.model if self.averaged is None else self.averaged.module
 
     def _start_averaging(self) -> None:
@@ -102,9 +80,8 @@ class LitLanguageModel(pl.LightningModule):
         scheduler = self.lr_schedulers()
         scheduler.step(val_ppl) if schedule.monitor else scheduler.step()
 
-    # -- training --------------------------------------------------------------------
     def on_train_start(self):
-        if self.weight_averaging == "nt" and self.averaging_patience == 0 and self.averaged is None:
+        if self.settings.weight_averaging == "nt" and self.settings.averaging_patience == 0 and self.averaged is None:
             self._start_averaging()  # from the first step (a resumed run has its average already)
 
     def on_train_epoch_start(self):
@@ -116,13 +93,11 @@ class LitLanguageModel(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if batch_idx == 0:
-            # Dropout draws from torch's global RNG. Reseeding it from (seed, epoch) at the
-            # first batch (after Lightning has built the epoch's iterator, which also draws
-            # from it) makes a run resumed from a checkpoint draw the same masks as an
-            # uninterrupted one.
-            torch.manual_seed(self.seed + 1000 * self.current_epoch)
+            # Dropout draws from torch's global RNG: reseeded from (seed, epoch) at the first batch (after
+            # Lightning built the epoch's iterator, which draws too), a resumed run draws an uninterrupted one's masks.
+            torch.manual_seed(self.settings.seed + 1000 * self.current_epoch)
         ids, targets = batch
-        if self.sampling == "random" or self._train_state is None:
+        if self.data.sampling == "random" or self._train_state is None:
             state = self.model.begin_state(ids.size(0), device=ids.device)
         else:
             state = detach_state(self._train_state)  # keep the values, drop the history
@@ -132,11 +107,11 @@ class LitLanguageModel(pl.LightningModule):
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(objective * targets.numel() if self.loss_reduction == "sum" else objective)
-        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm
-        # when it exceeds theta (torch's clip_grad_norm_ is that, tests/test_training.py shows
-        # it); theta = inf measures the norm without clipping (clip_theta: null).
-        theta = math.inf if self.clip_theta is None else self.clip_theta
+        # "sum": the summed loss's gradient, as the MXNet seed's `loss.backward()` on a vector of losses.
+        self.manual_backward(objective * targets.numel() if self.settings.loss_reduction == "sum" else objective)
+        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm above theta
+        # (torch's clip_grad_norm_, tests/test_training.py); theta = inf measures without clipping.
+        theta = math.inf if self.settings.clip_theta is None else self.settings.clip_theta
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
         self._step(optimizer, ids.size(1))
         self._step_schedule("step")
@@ -150,9 +125,9 @@ class LitLanguageModel(pl.LightningModule):
         return loss
 
     def _step(self, optimizer, num_steps: int) -> None:
-        """optimizer.step(), with the lr scaled by num_steps / data.num_steps for a variable-length
-        batch (and put back after), then the weights averaged in once averaging has started."""
-        scale = num_steps / self.num_steps if self.variable_length else 1.0
+        """optimizer.step(), with the lr scaled by num_steps / data.num_steps for a variable-length batch
+        (short batches weigh less; put back after), then the weights averaged in once averaging has started."""
+        scale = num_steps / self.data.num_steps if self.data.variable_length else 1.0
         lrs = [group["lr"] for group in optimizer.param_groups]
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr * scale
@@ -165,20 +140,15 @@ class LitLanguageModel(pl.LightningModule):
     def _check_divergence(self, loss: float, batch_idx: int) -> None:
         if self.first_loss is None:
             self.first_loss = loss
-        exploded = (self.divergence_factor is not None
-                    and loss > self.divergence_factor * self.first_loss)
+        factor = self.settings.divergence_factor
+        exploded = factor is not None and loss > factor * self.first_loss
         bad = why_not_finite(loss)  # NaN, inf, or past exp()'s range: with or without the factor
         if bad is None and not exploded:
             return
-        what = (f"exploded to more than {self.divergence_factor:g}x its first value {self.first_loss:.3f}"
-                if exploded else bad)
-        raise TrainingDiverged(
-            f"training loss {loss:.4g} {what} at epoch {self.current_epoch}, batch {batch_idx} "
-            f"(global step {self.global_step}). Lower the learning rate (optim.lr) or model.init_scale, clip "
-            "harder (train.clip_theta), or check the data. The last good checkpoint is kept."
-        )
+        what = f"exploded to more than {factor:g}x its first value {self.first_loss:.3f}" if exploded else bad
+        raise TrainingDiverged(f"training loss {loss:.4g} {what} at epoch {self.current_epoch}, batch {batch_idx} "
+                               f"(global step {self.global_step}). {DIVERGED_FIX}")
 
-    # -- validation: the whole val stream, state carried ------------------------------
     def on_validation_epoch_start(self):
         self._val_state = None
         self._val_sums = {"loss": 0.0, "tokens": 0}
@@ -202,36 +172,27 @@ class LitLanguageModel(pl.LightningModule):
         val_loss = loss_sum / max(tokens, 1)
         bad = why_not_finite(val_loss)
         if bad is not None:  # before the epoch's checkpoint: the last good one stays
-            raise TrainingDiverged(
-                f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. Lower the learning rate "
-                "(optim.lr) or model.init_scale, clip harder (train.clip_theta), or check the data. The last "
-                "good checkpoint is kept.")
+            raise TrainingDiverged(f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. {DIVERGED_FIX}")
         val_ppl = perplexity(val_loss)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})
-        # In callback_metrics for ModelCheckpoint / EarlyStopping; the loggers get one
-        # row per epoch from on_train_epoch_end instead.
+        # For ModelCheckpoint / EarlyStopping; the loggers get their row from on_train_epoch_end.
         self.log("val/ppl", val_ppl, prog_bar=True, logger=False)
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
-        if self.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            self._maybe_start_averaging(val_ppl)
-
-    def _maybe_start_averaging(self, val_ppl: float) -> None:
-        """NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a
-        row without a better val/ppl (the same on every DDP process, so all start together)."""
-        if val_ppl < self._trigger["best"]:
-            self._trigger.update(best=val_ppl, bad_epochs=0)
-        else:
-            self._trigger["bad_epochs"] += 1
-        if self._trigger["bad_epochs"] >= self.averaging_patience:
-            self._start_averaging()
+        if self.settings.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
+            # NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a row
+            # without a better val/ppl (the same on every DDP process, so all start together).
+            if val_ppl < self._trigger["best"]:
+                self._trigger.update(best=val_ppl, bad_epochs=0)
+            else:
+                self._trigger["bad_epochs"] += 1
+            if self._trigger["bad_epochs"] >= self.settings.averaging_patience:
+                self._start_averaging()
 
     def on_train_epoch_end(self):
-        # Lightning 2.x runs the end-of-epoch validation before this hook, so the
-        # epoch's train and val numbers are logged together, one row per epoch.
+        # After the epoch's validation (Lightning 2.x): train and val numbers go out together, one row.
         s = self._sums
-        # Gradients are all-reduced, so every process sees the same grad norm; loss and
-        # tokens are per process and summed.
+        # Gradients are all-reduced (every process has the same norm); loss and tokens are summed.
         loss_sum, tokens = self._sum_over_processes(s["loss"], s["tokens"])
         train_loss = loss_sum / max(tokens, 1)
         elapsed = time.perf_counter() - self._epoch_start
@@ -244,18 +205,16 @@ class LitLanguageModel(pl.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(dict(self.epoch_metrics), step=self.current_epoch)
 
-    # -- checkpoints carry what is needed to rebuild the model -------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         model_config = {**self.model.config.model_dump(), "vocab_size": self.model.vocab_size}
         checkpoint["lyricist"] = {"model_config": model_config, "vocab": self.vocab.to_dict(),
                                   **self.extra_checkpoint}
         checkpoint["lyricist_resume"] = {"first_loss": self.first_loss}
-        if self.weight_averaging is not None:
+        if self.settings.weight_averaging is not None:
             checkpoint["lyricist_resume"]["trigger"] = dict(self._trigger)
         if self.averaged is not None:
-            # The file's model.* weights are the ones to use (evaluate, generate and the MLflow
-            # model load those): the average. The trained weights, which a resumed run continues
-            # from, go beside them; averaged.n_averaged stays in the state_dict.
+            # The file's model.* weights, those evaluate, generate and the MLflow model load, are the average;
+            # the trained ones, which a resumed run continues, go beside them (n_averaged stays in the state_dict).
             weights = checkpoint["state_dict"]
             checkpoint["lyricist_resume"]["iterate"] = _pop_prefix(weights, "model.")
             weights.update({"model." + k: v for k, v in _pop_prefix(weights, AVERAGED_PREFIX).items()})
@@ -265,12 +224,11 @@ class LitLanguageModel(pl.LightningModule):
         self.first_loss = resume.get("first_loss")
         self._trigger = dict(resume.get("trigger", self._trigger))
         if "iterate" in resume:
-            # Runs before Lightning loads the state_dict: put each set of weights back under its
-            # own name, and build the average's module to receive its own.
+            # Before Lightning loads the state_dict: each set of weights back under its own name.
             weights = checkpoint["state_dict"]
             average = _pop_prefix(weights, "model.")
             weights.update({"model." + k: v for k, v in resume["iterate"].items()})
-            if self.weight_averaging is None:  # resumed with averaging switched off: drop it
+            if self.settings.weight_averaging is None:  # resumed with averaging switched off: drop it
                 weights.pop("averaged.n_averaged", None)
                 return
             if self.averaged is None:

@@ -11,23 +11,19 @@ from collections.abc import Iterator
 RANK_ZERO = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # Lightning's info lines
 
 
-class _NoLitLoggerTip(logging.Filter):
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
     # Lightning 2.6 advertises its hosted logger (litlogger) on every Trainer without it: this
     # project logs to MLflow, and the only fix Lightning offers is installing that package.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "try installing [litlogger]" not in record.getMessage()
+    return "try installing [litlogger]" not in record.getMessage()
 
 
 def silence_known_noise() -> None:
-    if not any(isinstance(f, _NoLitLoggerTip) for f in RANK_ZERO.filters):
-        RANK_ZERO.addFilter(_NoLitLoggerTip())
+    RANK_ZERO.addFilter(_no_litlogger_tip)  # added once however often called: logging keeps no duplicate
     # Lightning 2.6's own utilities/_pytree.py still builds torch's LeafSpec, deprecated in the pinned torch
     # (2.13): a line about Lightning's code, gone when Lightning updates it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Lightning warns about every IterableDataset with a length, in case several worker processes
-    # each yield all of it. lyricist's batch streams (training/datamodule.py) are read in the main
-    # process (the DataLoader's default num_workers=0), where the length is exact; it gives the
-    # progress bar its total.
+    # Lightning warns about every IterableDataset with a length, in case several workers each yield all of
+    # it: lyricist's batch streams are read in the main process (num_workers=0), where it is exact.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 

@@ -1,9 +1,6 @@
-"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too).
-
-Everything that can fail does so before the first batch and before any output: the data, the
-model, a checkpoint to resume, the tracking store, the Trainer's settings; then the run
-directory is claimed (lyricist.rundir) and the model fits.
-"""
+"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). Everything that
+can fail (the data, the model, a checkpoint to resume, the tracking store, the Trainer's settings) does so
+before any output; then the run directory is claimed (lyricist.rundir) and the model fits."""
 
 from __future__ import annotations
 
@@ -32,11 +29,8 @@ from lyricist.training.resume import check_epochs_left, check_resumable, resolve
 
 def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
           callbacks: list[pl.Callback] | None = None) -> dict:
-    """Train the model of `s`; write checkpoints/ and metrics.csv under `output_dir`.
-    `callbacks`: Lightning callbacks added to the run's own (a search's pruning callback).
-
-    Returns the final metrics, among them `val/ppl` (the best epoch's), what a search minimises.
-    """
+    """Train the model of `s` into `output_dir` (checkpoints/, metrics.csv), `callbacks` added to the run's
+    own (a search's pruning); the final metrics, `val/ppl` the best epoch's (what a search minimises)."""
     quiet.silence_known_noise()
     output_dir = Path(output_dir)
     rundir.check_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)  # reads only
@@ -115,9 +109,8 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
 
 def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: str | None,
                train_text: str = "") -> list[pl.Callback]:
-    """The run's callbacks: the best and the last checkpoint, early stopping (when its patience is
-    set; 0 is a patience: stop at the first epoch without a better val/ppl), the progress bar,
-    and the per-epoch samples in MLflow (their copy rate looks up `train_text`)."""
+    """The best and the last checkpoint, early stopping (when its patience is set, 0 included), the
+    progress bar, and the per-epoch samples in MLflow (their copy rate looks up `train_text`)."""
     checkpoints = str(output_dir / "checkpoints")
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(checkpoints, "best", monitor="val/ppl", mode="min", enable_version_counter=False),
@@ -147,8 +140,7 @@ def _open_run(s: Settings, tracking_uri: str, root: Path, resume_run_id: str | N
         tags={"git_commit": store.git_commit(root),
               "data_md5": store.raw_data_md5(s.data.raw_path, root),
               "corpus": s.data.name, "model": s.model.cell,
-              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-    )
+              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     store.with_retry(lambda: mlf.run_id)  # creates the run
     if resume_run_id is None:  # a resumed run has its params already (MLflow refuses changes)
         mlf.log_hyperparams(store.flatten(s.model_dump(by_alias=True)))

@@ -1,27 +1,10 @@
-"""Which library runs the products on this machine: measured once, cached beside the compiled step.
-
-Two choices (``Backend``; matmul.py says which products each runs and what was measured):
-dense (torch's F.linear or oneDNN's inner product) and loop (torch's mm/addmm, or the weight
-packed once by MKL or by oneDNN). Measured, not read off the CPU's vendor: the winner depends on
-the CPU, the torch build and the thread count, and a private op can vanish in any torch release.
-
-Every candidate is first checked against torch's own product (a missing op, an error or a wrong
-result drops it, with a warning that names it), then timed on products of the project's sizes,
-call by call alternated with the others, the fastest call of each. A private op is chosen only when its summed time,
-relative to torch's, is at least 5 % lower: public wherever it is about as fast.
-
-The result, with the measured times, is written once to
-``<kernels.cache_dir()>/<kernels.extension_name()>.products-<threads>t.json``: the same key as
-the compiled step (source, flags, compiler, torch, Python, CPU) plus the thread count, so another
-torch or CPU measures again and every copy of the code reads the same file. Delete it to measure
-again. ``LYRICIST_PRODUCTS=public`` skips all of this and uses torch's products only.
-The loop backend is then measured again on each product shape at its first use (``loop_for``)
-and kept in the same file: the machine-wide choice stands for the shapes not yet seen.
-
-A measurement taken while other processes held the cores (load average above one thread per
-core) is kept with that load and measured again, whole, at the first start on a quiet machine:
-under a load of 7-15 on 2 cores this machine once chose oneDNN for the dense products, which a
-quiet measurement put 3-6 % behind torch's own (three measurements, summed over its shapes).
+"""Which library runs matmul.py's products on this machine (``Backend``): measured, not read off the
+CPU's vendor (the winner depends on the CPU, the torch build and the threads, and a private op can
+vanish in any torch release). Every candidate is checked against torch's own product (a failing one
+is dropped with a warning), then timed; a private op is chosen only when at least 5 % faster. The
+result goes once to ``cache_file()``, each loop shape measured again at its first use (``loop_for``);
+one measured under load is measured again on a quiet machine. How and why: docs/speed.md (the
+products' backend, measured once per machine). ``LYRICIST_PRODUCTS=public``: torch's products only.
 """
 
 from __future__ import annotations
@@ -108,10 +91,8 @@ def _working(candidates: dict[str, Callable], x: Tensor, expected: Tensor) -> di
 
 
 def _relative_times(shapes, make, repeats: int) -> dict[str, float]:
-    """name -> sum over shapes of (its fastest time / torch's): len(shapes) for torch itself.
-    The fastest of many alternated calls, not the median: on a shared machine other processes
-    only ever add time, so the minimum is the least disturbed estimate of the product's own.
-    A candidate that fails at any shape is left out."""
+    """name -> sum over shapes of (its fastest time / torch's), for those working at every shape. The
+    fastest of alternated calls, not the median: other processes only ever add time."""
     generator = torch.Generator().manual_seed(0)
     scores: dict[str, float] = {}
     alive: set[str] | None = None
@@ -147,8 +128,7 @@ def _pick(scores: dict[str, float]) -> str:
 
 
 def load_per_cpu() -> float:
-    """Runnable threads per core over the last minute: above 1, other processes took the cores
-    away while a measurement ran, and its times say little."""
+    """Runnable threads per core over the last minute: above 1, a measurement's times say little."""
     try:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except OSError:  # no load average on this system: taken as quiet
@@ -176,8 +156,8 @@ def _write(path: Path, result: dict) -> None:
 
 
 def _read(path: Path) -> dict | None:
-    """The cached measurement, or None (to measure again, whole): no file, an unreadable one, or
-    one measured on a busy machine (or in a file from before the load was kept) that is quiet now."""
+    """The cached measurement, or None (measure again): no file, an unreadable one, or one measured
+    on a busy machine (or without its load) that is quiet now."""
     try:
         found = json.loads(path.read_text())
         Backend(found["dense"], found["loop"])
@@ -188,8 +168,7 @@ def _read(path: Path) -> dict | None:
 
 
 def choose() -> Backend:
-    """The cached choice, or a new measurement written to the cache; torch's products when
-    LYRICIST_PRODUCTS=public."""
+    """The cached choice, or a new measurement written to the cache."""
     if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
         return PUBLIC
     path = cache_file()
@@ -204,11 +183,8 @@ _by_shape: dict[str, str] = {}  # "rows x in x out" -> loop backend, this proces
 
 
 def loop_for(rows: int, outputs: int, inputs: int) -> str:
-    """The loop backend for T products of (rows, inputs) by a weight (outputs, inputs): the
-    machine-wide choice measured again on this one shape at its first use (~25 calls of each
-    candidate: milliseconds), kept in the same file. One choice for every shape was not the best
-    for each: on the Xeon, 1 thread, torch's addmm_ beat MKL's packed product on the 1 x 256
-    LSTM's steps while MKL's won at 2 x 512."""
+    """The loop backend for T products of (rows, inputs) by a weight (outputs, inputs), measured on this shape
+    at its first use (milliseconds) and kept in the file: one choice for all shapes was not the best for each."""
     if os.environ.get("LYRICIST_PRODUCTS", "auto") == "public":
         return "torch"
     key = f"{rows}x{inputs}x{outputs}"

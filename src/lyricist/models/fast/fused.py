@@ -1,31 +1,16 @@
-"""Whole-chunk recurrences as ``torch.autograd.Function``s with hand-written backward passes.
-
-Why: through autograd, each time step records ~10 small ops; going backward they are
-replayed one by one and the recurrent weight gradient is summed from T small matmuls.
-Here the forward loop runs outside autograd and writes into preallocated (T, B, ...)
-buffers; the backward loop does only what is truly sequential (the gradient flowing to
-the previous state, one matrix product per step), and everything else -- the activation
-derivatives and the weight and bias gradients -- is done once over all T*B rows.
-
-One interface for every kind (B batch, T steps, H hidden, G gates)::
+"""Whole-chunk recurrences as ``torch.autograd.Function``s with hand-written backward passes: the
+forward loop runs outside autograd into preallocated (T, B, ...) buffers, and the backward loop does
+only what is sequential (one product a step); the activation derivatives and the weight and bias
+gradients are done once over all T*B rows. The math is cells.py's ``step``, which the tests hold these
+to, as to torch.nn and ``gradcheck``. ``x_proj`` (T, B, G*H) is every step's input half (``bias_ih``
+included), the weights in torch.nn's layout and gate order, the states (B, H), ``outputs`` (T, B, H)::
 
     outputs, *final_state = RNNSequence.apply(x_proj, weight_hh, bias_hh, h0, relu)
     outputs, *final_state, gates = XSequence.apply(x_proj, weight_hh, bias_hh, *state, overwrite)  # LSTM, GRU
 
-``x_proj`` (T, B, G*H) is the input half of the gates for every step, ``bias_ih``
-included; ``weight_hh`` (G*H, H) and ``bias_hh`` (G*H,) are in torch.nn's layout and gate
-order; the state tensors are (B, H); ``outputs`` (T, B, H) is h at every step.
-
-``overwrite=True`` lets the LSTM and the GRU write their activated gates over ``x_proj`` (the
-caller's own temporary: lm.py's projections), declared to autograd (``mark_dirty``: a tensor
-something else saved makes backward fail loudly, never wrong) and returned last, not
-differentiable. Why: at 2 x 512, B 64 x T 64 the fresh (T, B, 4H) buffer is 33.5 MB a layer, whose
-pages cost ~10 ms to fault in, and the step's gate math then writes back where it reads.
-
-The math is the same as ``step`` in cells.py, which is the readable version; the tests
-check these against it, against torch.nn and with ``torch.autograd.gradcheck``. Products
-go through matmul.py (oneDNN when it is faster): ``linear_nograd(x, W)`` is x W^T and
-``add_linear_(out, x, W)`` is out += x W^T.
+``overwrite=True``: the LSTM and the GRU write their activated gates over ``x_proj`` (the caller's
+temporary; ``mark_dirty``: misuse fails loudly, never wrong), returned last, not differentiable: at
+2 x 512, B 64 x T 64 a fresh (T, B, 4H) buffer is 33.5 MB a layer, ~10 ms of page faults.
 """
 
 from __future__ import annotations
@@ -40,26 +25,19 @@ from lyricist.models.fast.matmul import add_linear_, linear_nograd, pack, parts
 
 
 def _first_grad(grad_outputs: Tensor | None, grad_h_last: Tensor | None, like: Tensor) -> Tensor:
-    """dL/dh_t for every t as far as it is known before the backward loop: what came in
-    through ``outputs``, plus the final state's gradient at the last step (None: no gradient
-    came, as for a carried state, which is detached). Contiguous and owned, because the loop
-    adds the recurrent part into it in place. ``like``: the outputs (T, B, H)."""
-    if grad_outputs is None:
-        grad_h = torch.zeros_like(like, memory_format=torch.contiguous_format)
-    else:
-        grad_h = grad_outputs.clone(memory_format=torch.contiguous_format)  # (T, B, H)
+    """dL/dh_t (T, B, H, like the outputs) as known before the backward loop: the outputs' gradient plus
+    the final state's at the last step (None: none came). Owned and contiguous: the loop adds into it."""
+    grad_h = (torch.zeros_like(like, memory_format=torch.contiguous_format) if grad_outputs is None
+              else grad_outputs.clone(memory_format=torch.contiguous_format))  # (T, B, H)
     if grad_h_last is not None:
         grad_h[-1] += grad_h_last
     return grad_h
 
 
 def _gates_buffer(ctx, x_proj: Tensor, overwrite: bool) -> Tensor:
-    """Where the activated gates go (T, B, G*H): over x_proj when the caller gives it up and it
-    is a contiguous tensor of its own (not a view: autograd would then rebuild its base's
-    gradient around ours; not a leaf that wants a gradient), else a new buffer. Either is
-    returned last, not differentiable; the other outputs' gradients then come as None where
-    none reached them (not as zeros: that would be a (T, B, G*H) buffer of zeros for the
-    gates' output at every backward)."""
+    """Where the activated gates go (T, B, G*H): over x_proj when the caller gives it up and it is a
+    contiguous tensor of its own (not a view, whose base's gradient autograd would rebuild; not a leaf
+    wanting a gradient), else a new buffer. Gradients that none reached come as None, not as zeros."""
     ctx.set_materialize_grads(False)
     own = x_proj._base is None and x_proj.is_contiguous() and not (x_proj.is_leaf and x_proj.requires_grad)
     if overwrite and own:
@@ -92,10 +70,7 @@ class RNNSequence(Function):
         weight = pack(weight_hh, batch_size, uses=num_steps)
         for t in range(num_steps):
             pre = add_linear_(hs[t + 1], hs[t], weight)  # (B, H)
-            if relu:
-                pre.relu_()
-            else:
-                pre.tanh_()
+            pre.relu_() if relu else pre.tanh_()
         ctx.relu = relu
         ctx.save_for_backward(weight_hh, hs)
         # The final state is cloned so that it does not alias the outputs (and the saved buffer).
@@ -106,8 +81,7 @@ class RNNSequence(Function):
     def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor):
         weight_hh, hs = ctx.saved_tensors
         outputs = hs[1:]  # (T, B, H)
-        # The activation's derivative from its output, for all steps at once:
-        # tanh' = 1 - h^2, relu' = [h > 0].
+        # The activation's derivative from its output, for all steps at once: tanh' = 1 - h^2, relu' = [h > 0].
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1.0 - outputs.square()  # (T, B, H)
         weight_t = pack(weight_hh.t(), hs.shape[1], uses=hs.shape[0] - 1)  # (H, H): dpre W = dpre (W^T)^T
         grad = _first_grad(grad_outputs, grad_h_last, outputs)  # dL/dh_t, turned into dL/dpre_t in place
@@ -166,9 +140,8 @@ class LSTMSequence(Function):
 
 
 def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
-    """LSTMSequence's forward loop in torch ops, all in place: gates (T, B, 4H) from the input
-    half of the pre-activations to the activated gates; hs, cs (T + 1, B, H) from their first
-    row (the initial state) on; tanh_cs (T, B, H)."""
+    """LSTMSequence's forward loop in torch ops, in place: gates (T, B, 4H) from the pre-activations' input
+    half to the activated gates; hs, cs (T + 1, B, H) from their first row (the initial state); tanh_cs."""
     hidden = hs.shape[-1]
     for t in range(gates.shape[0]):
         g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)

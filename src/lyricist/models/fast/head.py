@@ -1,12 +1,7 @@
-"""The output layer and the cross-entropy in one ``torch.autograd.Function``.
-
-Why: ``F.cross_entropy(F.linear(h, W, b), y)`` on (N, V) logits makes autograd keep the
-log-softmax, build a zero (N, V) gradient for the picked entries, and run the softmax
-backward as its own pass. The gradient of the mean loss with respect to the logits is
-simply ``(softmax - one_hot(y)) / N``, so here the forward turns the logits into the
-softmax in place and the backward subtracts 1 at the targets in that same buffer: three
-fewer (N, V) passes and two fewer (N, V) buffers.
-"""
+"""The output layer and the cross-entropy in one ``torch.autograd.Function``: the gradient of the mean
+loss by the logits is ``(softmax - one_hot(y)) / N``, so the forward turns the logits into the softmax
+in place and the backward subtracts 1 at the targets in that buffer: three fewer (N, V) passes and two
+fewer (N, V) buffers than autograd's log-softmax, zero gradient and softmax backward."""
 
 from __future__ import annotations
 
@@ -24,10 +19,8 @@ class LinearCrossEntropy(Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor):
         logits = linear_nograd(hidden, weight, bias)  # (N, V)
-        # One fused pass for the log-softmax and one exp in place: two passes over (N, V), where
-        # logsumexp (with its own temporary) and then subtracting and exponentiating took four.
-        # Into the logits' own buffer (read by rows before each row is written; no one reads the
-        # logits again): a new (N, V) buffer is memory the kernel maps and zero-fills page by page.
+        # Two passes over (N, V) (logsumexp, subtract, exp took four), into the logits' own buffer (read
+        # by rows before each row is written): a new one is memory the kernel zero-fills page by page.
         log_probs = torch.log_softmax(logits, dim=1, out=logits)  # (N, V)
         loss = -log_probs.gather(1, targets.unsqueeze(1)).mean()  # (N, 1) picked
         probs = log_probs.exp_()  # softmax, in the log-softmax's own buffer
@@ -42,11 +35,9 @@ class LinearCrossEntropy(Function):
         # before returning, does not fail the saved tensor's version check on a second backward.
         probs = saved_probs.data
         rows = torch.arange(targets.numel(), device=targets.device)
-        # d loss / d logits = (softmax - one_hot(y)) * grad_loss / N, formed in the saved softmax's
-        # own buffer: a new (N, V) buffer costs an allocation the kernel zero-fills page by page and
-        # a pass over it (~8 % of a step at V 2,493). The scale goes on the three smaller results,
-        # and the softmax is restored at the end, so a graph kept with retain_graph can run
-        # backward again.
+        # d loss / d logits = (softmax - one_hot(y)) * grad_loss / N, in the saved softmax's buffer (a
+        # new one cost ~8 % of a step at V 2,493); the scale goes on the three smaller results, and the
+        # softmax is restored at the end, so that a graph kept with retain_graph can run backward again.
         picked = probs[rows, targets]  # (N,) copied out
         probs[rows, targets] = picked - 1
         scale = grad_loss / rows.numel()
@@ -58,7 +49,6 @@ class LinearCrossEntropy(Function):
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-    """``F.cross_entropy(F.linear(hidden, weight, bias), targets)`` (mean over rows), fused.
-    hidden (..., H) and targets (...) are flattened to N rows."""
+    """``F.cross_entropy(F.linear(hidden, weight, bias), targets)``, fused; hidden (..., H), targets (...)."""
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     return LinearCrossEntropy.apply(hidden_2d, weight, bias, targets.reshape(-1))

@@ -1,19 +1,9 @@
-"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp``, where a C++ compiler is.
-
-Why: see the .cpp file -- one pass over (B, H) per step instead of ~8 torch calls, whose
-dispatch costs more than their arithmetic at this project's sizes, and no Python between
-steps. The matrix products are the same packed ones as in matmul.py (MKL's or oneDNN's).
-
-Built once per machine (``make install`` does it; ~45 s) by ``torch.utils.cpp_extension`` and
-cached under a name made of what the binary depends on: the source, the flags, the compiler,
-torch, Python and the CPU (the flags say ``-march=native``). Never of where the code lies or
-which shell started Python: a copy of the code (the MLflow model's ``code/``, a DVC temporary
-workspace) finds the same binary, and a cached binary is imported directly, without ninja.
-Each build runs in a folder of its own and moves its result into place atomically, so there is
-no shared lock: a process killed mid-build leaves nothing another one waits on.
-
-When the build fails (a warning says why) or ``LYRICIST_CPP_KERNELS=0`` is set, ``step_kernels()``
-is None and fused.py runs the same math as torch ops; the tests hold the two paths equal.
+"""The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp`` (why: see the .cpp file) where a
+C++ compiler is, built once per machine (``make install``) and cached under a name made of what the
+binary depends on, never of where the code lies, so every copy of the code imports the same binary;
+each build in a folder of its own, moved into place atomically (docs/speed.md: the compiled LSTM step).
+Without a build (a warning says why) or with ``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None
+and fused.py runs the same math as torch ops.
 """
 
 from __future__ import annotations
@@ -31,8 +21,7 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType
-
-from lyricist.models.fast.switch import Switch
+from typing import Iterator
 
 SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
 # -ffast-math vectorises the gate math; -fno-finite-math-only keeps NaN and inf meaningful (the
@@ -42,9 +31,27 @@ SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-D__FAST_MATH__", "-fopenmp-simd"]
 BUILD_LOG = "builds.log"  # one line per build, for the tests and for a curious user
 
+
+class Switch:
+    """An on/off setting that a ``with`` block can change for its duration (the compiled steps here,
+    matmul.py's private products): the benchmark and the tests compare both sides."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    @contextlib.contextmanager
+    def set(self, on: bool) -> Iterator[None]:
+        previous, self.on = self.on, on
+        try:
+            yield
+        finally:
+            self.on = previous
+
+
 _module: ModuleType | None = None
 _tried = False
 switch = Switch(os.environ.get("LYRICIST_CPP_KERNELS", "1") != "0")
+cpp_kernels = switch.set  # cpp_kernels(False): the torch-ops path inside the block (tests, benchmark)
 
 
 def cache_dir() -> Path:
@@ -95,8 +102,7 @@ def _build(name: str, target: Path) -> ModuleType:
     with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as folder:
         source = Path(folder) / SOURCE.name
         shutil.copyfile(SOURCE, source)
-        module = load(name=name, sources=[str(source)], build_directory=folder, extra_cflags=FLAGS,
-                      verbose=False)
+        module = load(name=name, sources=[str(source)], build_directory=folder, extra_cflags=FLAGS, verbose=False)
         os.replace(Path(folder) / f"{name}.so", target)  # atomic: readers see all of it or none
     with open(target.parent / BUILD_LOG, "a") as log:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} pid {os.getpid()}\n")
@@ -104,8 +110,8 @@ def _build(name: str, target: Path) -> ModuleType:
 
 
 def step_kernels() -> ModuleType | None:
-    """The compiled module (``lstm_forward``, ``lstm_backward``, ``gru_forward``, ``gru_backward``), imported from the
-    cache or built on the first call; None when switched off or when it cannot be built."""
+    """The compiled module (``lstm_forward``, ``lstm_backward``, ``gru_forward``, ``gru_backward``) from
+    the cache or built at the first call; None when switched off or when it cannot be built."""
     global _module, _tried
     if not switch.on:
         return None
@@ -119,9 +125,3 @@ def step_kernels() -> ModuleType | None:
             warnings.warn(f"lyricist: the C++ LSTM step could not be built, using torch ops instead "
                           f"(slower, same results): {str(error).strip()[-500:]}", RuntimeWarning, stacklevel=2)
     return _module
-
-
-def cpp_kernels(enabled: bool) -> contextlib.AbstractContextManager:
-    """Use the compiled step (``True``, if it builds) or the torch-ops path (``False``) inside
-    the block; for the tests and the benchmark."""
-    return switch.set(enabled)

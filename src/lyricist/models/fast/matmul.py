@@ -1,24 +1,11 @@
-"""``x @ W^T (+ b)`` on the library that is fastest on this machine, torch's own where it is as fast.
-
-Two kinds of product, each with its own backend (``Backend``), chosen by a one-time measurement
-(choice.py), not by the CPU's vendor:
-
-- dense: the one-off products of a step (the head, every layer's input projection, their input
-  gradients): ``F.linear`` (torch: MKL), or oneDNN's inner product,
-  ``torch.ops.mkldnn._linear_pointwise``. On the AMD EPYC this project was first benchmarked on,
-  MKL ran its AVX2 kernels and oneDNN was ~1.7x faster on the head; on a 2-core Xeon oneDNN
-  wins with 2 threads (it adds the bias on the way, F.linear copies it first) and F.linear with 1.
-- loop: a time loop multiplies by the same weight T times, so the weight can be packed once
-  (``pack``): by MKL (``torch.ops.mkl._mkl_linear``; on a 2-core Xeon, 2 threads, a
-  (64, 512) x (512, 1536) step took 457 us against oneDNN's packed 552 and plain ``addmm_``'s
-  617), by oneDNN, or not at all (torch's mm/addmm, which can add into a buffer in place).
-
-Weight gradients, whose first operand is a transpose, always stay on ``mm``, which reads it in
-place (oneDNN copies it). The private ops are looked up once (choice.private_op); a missing one is
-never chosen, and every product falls back to plain torch when the fast path is switched off
-(``private(False)``, the benchmark's b*), when mkldnn is disabled, or when the call is not
-float32 on CPU or has few rows -- the float64 tests take the fallback. The results are the same
-up to float32 rounding (a different summation order).
+"""``x @ W^T (+ b)`` on the library measured fastest on this machine (choice.py; docs/speed.md), torch's
+own where it is as fast. Dense, the one-off products (the head, the input projections, their input
+gradients): ``F.linear`` or oneDNN (``torch.ops.mkldnn._linear_pointwise``); loop, a time loop's T
+products by one weight: torch's mm/addmm, or the weight packed once (``pack``) by MKL
+(``torch.ops.mkl._mkl_linear``) or oneDNN. Weight gradients stay on ``mm``, which reads the transpose
+in place. Every product is plain torch when the private ops are missing or off (``private(False)``),
+mkldnn is disabled, or the call is not float32 on CPU or has few rows (the float64 tests); the
+results are equal up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -34,11 +21,12 @@ from torch.autograd.function import once_differentiable
 
 from lyricist.models.fast import choice
 from lyricist.models.fast.choice import Backend, private_op
-from lyricist.models.fast.switch import Switch
+from lyricist.models.fast.kernels import Switch
 
 _ONEDNN = private_op("mkldnn", "_linear_pointwise")
 _MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
+private = _switch.set  # private(False): torch's own products inside the block (the benchmark's b*)
 _backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
 _forced = False  # set by ``use``: the loop backend too, not measured per shape
 
@@ -62,28 +50,14 @@ def use(chosen: Backend) -> Iterator[None]:
         _backend, _forced = previous, was_forced
 
 
-def _loop_backend(rows: int, weight: Tensor) -> str:
-    """The loop backend for this product's shape (choice.loop_for), unless ``use`` set one."""
-    if _forced:
-        return backend().loop
-    return choice.loop_for(rows, *weight.shape)
-
-
 class Packed(NamedTuple):
-    """A weight (O, I) prepared for many products with ``rows``-row inputs: ``packed`` holds its
-    numbers in MKL's (``mkl``) or oneDNN's blocked layout; ``weight`` is the weight itself,
-    which MKL's op also takes (for inputs of another row count)."""
+    """A weight (O, I) packed for ``rows``-row inputs in MKL's (``mkl``) or oneDNN's layout, and the
+    weight itself, which MKL's op also takes."""
 
     weight: Tensor
     packed: Tensor
     rows: int
     mkl: bool
-
-
-def private(enabled: bool) -> contextlib.AbstractContextManager:
-    """Allow the private ops (``True``: as chosen) or always use torch's own products (``False``)
-    inside the block; the benchmark uses it to show what the backends are worth."""
-    return _switch.set(enabled)
 
 
 # Measured here, one thread: on a single row (generation) oneDNN's call overhead loses to
@@ -113,14 +87,12 @@ def _rows(x: Tensor) -> int:
 
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
-    """``weight`` (O, I) packed for ``uses`` products with ``rows``-row inputs (by MKL or oneDNN,
-    as measured fastest on this machine for this shape), when the private ops are on and the loop is long
-    enough; otherwise the weight unchanged (torch's mm/addmm). A time loop multiplies by the
-    same weight T times; packing it once saves reordering it at every step (~15% of a (32, H)
-    step). Only for ``linear_nograd``, ``add_linear_`` and the compiled steps (``parts``)."""
+    """``weight`` (O, I) packed for ``uses`` products of ``rows``-row inputs (by choice.loop_for's backend, or
+    ``use``'s), when allowed and the loop is long enough, else itself: packing once saves reordering it at
+    every step (~15% of a (32, H) step). For ``linear_nograd``, ``add_linear_``, the compiled steps."""
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
-    loop = _loop_backend(rows, weight)
+    loop = backend().loop if _forced else choice.loop_for(rows, *weight.shape)
     if loop == "mkl" and _MKL_PACKED is not None:
         weight = weight.contiguous()  # the packing ops read (O, I) row by row
         return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
@@ -149,18 +121,16 @@ def linear_nograd(x: Tensor, weight: Tensor | Packed, bias: Tensor | None = None
 
 
 def add_linear_(out: Tensor, x: Tensor, weight: Tensor | Packed) -> Tensor:
-    """out (N, O) += x (N, I) @ weight (O, I)^T, in place: ``addmm_`` (MKL's gemm adds into out
-    directly), or a packed weight's product added."""
+    """out (N, O) += x (N, I) @ weight (O, I)^T in place: ``addmm_``, or a packed weight's product added."""
     if isinstance(weight, Packed):
         return out.add_(linear_nograd(x, weight))
     return out.addmm_(x, weight.t())
 
 
 def _own(y: Tensor) -> Tensor:
-    """y's numbers in a tensor that is not a view (the same storage, nothing copied). A product
-    of a (T, B, I) input comes back as a (T, B, O) view of its (T*B, O) result; the recurrent
-    layers may write their gates over it (fused.py's ``overwrite``), which autograd refuses on
-    a view made inside a Function and, on another view, pays for with a copy of its base."""
+    """y's numbers in a tensor that is not a view (same storage, nothing copied): a (T, B, I) input's
+    product is a view of its (T*B, O) result, and fused.py's ``overwrite`` writes over it, which
+    autograd refuses on a view made inside a Function (on another view, it copies the base)."""
     return y if y._base is None else y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.shape, y.stride())
 
 

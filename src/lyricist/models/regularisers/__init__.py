@@ -1,11 +1,8 @@
-"""The regularisers, one file each (as awd-lstm-lm keeps locked_dropout.py and weight_drop.py),
-and the hooks through which RecurrentLM applies them, in train mode only, at fixed points of each
-forward call (one (B, T) chunk): ``draw`` first, before anything else draws; ``rows`` on the vectors
-read from the input table; ``weight_hh`` on each layer's recurrent weight; ``penalty`` added to
-what training differentiates. A new regulariser is its file here (a ``Regulariser``), its field in
-settings.py (ModelSettings) and its value in conf/model/. They are found by their modules' names
-and draw in that order; one that is off is not built and draws nothing, so a new one leaves the
-numbers of a run without it as they were. (locked_dropout.py serves lm.py's three dropouts.)
+"""The regularisers, one file each (as awd-lstm-lm's locked_dropout.py and weight_drop.py; locked_dropout
+serves lm.py's three dropouts), and the hooks through which RecurrentLM applies them in train mode. A new
+one is its file here (a ``Regulariser``), its field in settings.py (ModelSettings) and its value in
+conf/model/. They are found by their modules' names and draw in that order; one that is off is not
+built and draws nothing, so a new one leaves the numbers of a run without it as they were.
 """
 
 import importlib
@@ -18,11 +15,10 @@ from lyricist.settings import ModelSettings
 
 
 class Regulariser:
-    """The hooks, each a no-op here: a regulariser overrides those it needs. ``rows``: x (..., D),
-    the rows of the input table read for ids (...), the embedding's or with one-hot input the first
-    layer's W_ih^T (its row ``id`` is what the one-hot vector picks). ``weight_hh``: the W_hh
-    (G*H, H) that a layer multiplies by at every step. ``penalty``: of raw, the last layer's outputs
-    (B, T, H), and dropped, the same after output dropout; added to the objective, not the loss."""
+    """The hooks, no-ops here: a regulariser overrides those it needs. ``draw``: first, before anything
+    else draws. ``rows``: x (..., D), the rows of the input table read for ids (...): the embedding's,
+    or with one-hot input the first layer's W_ih^T. ``weight_hh``: a layer's W_hh (G*H, H).
+    ``penalty``: of the last layer's outputs (B, T, H) raw and dropped, added to the objective."""
 
     settings: tuple[str, ...] = ()  # the ModelSettings fields that switch it on (any nonzero)
 
@@ -43,10 +39,9 @@ class Regulariser:
 
 
 def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
-    """A mask of ``shape`` with ``like``'s dtype and device: 0 with probability ``p``, else
-    1 / (1 - p) (inverted scaling, as ``nn.Dropout``, so the expected value is unchanged).
-    Drawn as uniform >= p rather than ``bernoulli_``, which is ~2x slower on CPU: a (4H, H)
-    DropConnect mask is 262,144 draws per layer and batch at H = 256."""
+    """A mask of ``shape`` on ``like``'s dtype and device: 0 with probability ``p``, else 1 / (1 - p), as
+    ``nn.Dropout``. Drawn as uniform >= p: ``bernoulli_`` is ~2x slower on CPU, where a (4H, H) mask at
+    H = 256 is 262,144 draws."""
     return like.new_empty(shape).uniform_().ge_(p).div_(1.0 - p)
 
 

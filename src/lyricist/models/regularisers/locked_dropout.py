@@ -1,15 +1,13 @@
 """Locked (variational) dropout: one mask per sequence, the same units dropped at every step.
-``nn.Dropout`` draws a fresh mask at every step, so over a sequence every unit gets through most
-of the time and the noise averages out; a dropped unit that stays dropped for the whole chunk
-(Gal & Ghahramani, 2016; AWD-LSTM) regularises a small corpus harder. RecurrentLM uses it at its
-three dropout places when ``model.locked_dropout`` is set."""
+``nn.Dropout``'s fresh mask at every step lets every unit through most of the time, and the noise
+averages out; a unit dropped for the whole chunk (Gal & Ghahramani, 2016; AWD-LSTM) regularises a
+small corpus harder. RecurrentLM uses it at its three dropout places when ``model.locked_dropout``."""
 
 from torch import Tensor, nn
 
 
 class LockedDropout(nn.Module):
-    """Dropout with rate ``p`` whose mask is shared along dimension ``time_dim``; identity in
-    eval mode, kept units scaled by 1 / (1 - p) in train mode, as ``nn.Dropout``."""
+    """``nn.Dropout`` with rate ``p`` whose mask is shared along dimension ``time_dim``."""
 
     def __init__(self, p: float = 0.5, time_dim: int = 0):
         super().__init__()
