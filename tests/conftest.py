@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,28 @@ def project_env() -> dict:
     """The environment for a `python -m lyricist.train` run outside the project's folder (in a
     tmp_path): $LYRICIST_ROOT says where the project is (its conf/ and default MLflow store)."""
     return dict(os.environ, LYRICIST_ROOT=str(ROOT))
+
+
+def train_cli_in_process(args, cwd, monkeypatch, capsys, env=None):
+    """`python -m lyricist.train <args>` in `cwd`, run in this process (lyricist.cli.train.main, what
+    the module runs): for a test of its message, not of an interpreter's start-up. As
+    subprocess.run's result: returncode, stdout, stderr."""
+    from types import SimpleNamespace
+
+    from lyricist.cli import train as train_cli
+
+    monkeypatch.setattr(sys, "argv", ["lyricist.train", *args])
+    monkeypatch.chdir(cwd)
+    for name, value in {"LYRICIST_ROOT": str(ROOT), **(env or {})}.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    try:
+        train_cli.main()
+        returncode = 0
+    except SystemExit as exit:
+        returncode = exit.code if isinstance(exit.code, int) else 1
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=returncode, stdout=out, stderr=err)
 
 
 def compose_config(overrides=()):
@@ -228,13 +251,13 @@ def compose_params(project: Path, overrides: list[str]) -> None:
     compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", ".", overrides)
 
 
-@pytest.fixture
-def project(tmp_path) -> Path:
-    """A git repository holding the project's source files (not what a run produced),
-    the DVC remote made absolute."""
+def copy_project(folder: Path) -> Path:
+    """folder/project: a git repository holding the project's source files (not what a run
+    produced), the DVC remote made absolute, params.yaml PIPELINE_TINY with its MLflow store
+    folder/mlflow.db."""
     if not STORE.is_dir():
         pytest.skip(f"the DVC remote {STORE} is not there")
-    dest = tmp_path / "project"
+    dest = folder / "project"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     produced = ("dvc.lock", "models/", "reports/", "data/interim", "data/processed", "data/encoded")
@@ -242,10 +265,46 @@ def project(tmp_path) -> Path:
         if (ROOT / name).is_file() and not name.startswith(produced):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     compose_params(dest, PIPELINE_TINY + [f"logger.tracking_uri={uri}"])
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
     run(["dvc", "remote", "modify", "--local", "store", "url", str(STORE)], dest)
     return dest
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A fresh copy of the project (copy_project), its MLflow store tmp_path/mlflow.db."""
+    return copy_project(tmp_path)
+
+
+@dataclass
+class Reproduced:
+    project: Path  # the copy after `dvc pull` of both raw corpora and one whole `dvc repro`
+    store: str  # its MLflow store's URI, holding that repro's run
+    output: str  # what that `dvc repro` printed
+
+
+@pytest.fixture(scope="session")
+def _reproduced_once(tmp_path_factory):
+    """One `dvc pull` + `dvc repro` of a copy of the project for the whole session, and a
+    snapshot of it (the project and its MLflow store) to restore before each test."""
+    folder = tmp_path_factory.mktemp("reproduced")
+    project = copy_project(folder)
+    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc", "data/raw/timemachine.txt.dvc"], project)
+    output = run(["dvc", "repro"], project)
+    snapshot = tmp_path_factory.mktemp("reproduced-snapshot") / "copy"
+    shutil.copytree(folder, snapshot, symlinks=True)
+    return folder, snapshot, output
+
+
+@pytest.fixture
+def reproduced(_reproduced_once) -> Reproduced:
+    """The project as one `dvc repro` left it, restored in place (its absolute paths, the MLflow
+    store's and DVC's, stay true) for each test that changes it: several tests, one repro."""
+    folder, snapshot, output = _reproduced_once
+    shutil.rmtree(folder)
+    shutil.copytree(snapshot, folder, symlinks=True)
+    return Reproduced(folder / "project", f"sqlite:///{folder / 'mlflow.db'}", output)

@@ -10,18 +10,22 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import TINY, compose_config, make_lit, make_lm, project_env, train, with_data
+from conftest import TINY, compose_config, make_lit, make_lm, project_env, train, train_cli_in_process, with_data
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.ppl import MAX_LOSS, perplexity
 from lyricist.training.datamodule import LyricsDataModule
 from lyricist.training.module import TrainingDiverged
 
 
-def _app(overrides, tiny_data, run_dir, cwd):
-    """`python -m lyricist.train` with the tiny config, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "lyricist.train", *TINY, "logger=none", "trainer.max_epochs=1",
-                           f"paths.encoded={tiny_data}", f"hydra.run.dir={run_dir}", *overrides],
-                          capture_output=True, text=True, cwd=cwd, env=project_env(), timeout=300)
+def _app(overrides, tiny_data, run_dir, cwd, in_process=None):
+    """`python -m lyricist.train` with the tiny config, as a user runs it; in_process=(monkeypatch,
+    capsys): its main in this process (no interpreter start-up)."""
+    args = [*TINY, "logger=none", "trainer.max_epochs=1", f"paths.encoded={tiny_data}", f"hydra.run.dir={run_dir}",
+            *overrides]
+    if in_process:
+        return train_cli_in_process(args, cwd, *in_process)
+    return subprocess.run([sys.executable, "-m", "lyricist.train", *args], capture_output=True, text=True, cwd=cwd,
+                          env=project_env(), timeout=300)
 
 
 def test_perplexity_of_any_loss_is_a_number_never_an_overflow():
@@ -32,9 +36,9 @@ def test_perplexity_of_any_loss_is_a_number_never_an_overflow():
 
 
 def test_a_huge_init_scale_without_the_guard_is_a_divergence_in_one_line_and_the_folder_stays_usable(
-        tiny_data, tmp_path):
+        tiny_data, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    refused = _app(["model.init_scale=1e30"], tiny_data, run_dir, tmp_path)  # bounded by the schema now
+    refused = _app(["model.init_scale=1e30"], tiny_data, run_dir, tmp_path, (monkeypatch, capsys))  # bounded by the schema now
     assert refused.returncode == 2 and "error: model.init_scale=1e+30 is not allowed: use a value <= 10" in refused.stderr
     assert not run_dir.exists()
     proc = _app(["optim.lr=1e12", "train.divergence_factor=null"], tiny_data, run_dir, tmp_path)
@@ -44,7 +48,7 @@ def test_a_huge_init_scale_without_the_guard_is_a_divergence_in_one_line_and_the
     assert "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
     # No epoch finished: metrics.csv holds its header alone, which is no run to protect.
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1
-    again = _app([], tiny_data, run_dir, tmp_path)
+    again = _app([], tiny_data, run_dir, tmp_path, (monkeypatch, capsys))
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 2
 

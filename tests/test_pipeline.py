@@ -19,12 +19,12 @@ from lyricist.data.vocab import Vocab, load_ids
 pytestmark = pytest.mark.slow
 
 
-def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project, tmp_path):
-    # The remote holds the raw corpora only (pipeline outputs live in the local cache).
-    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc", "data/raw/timemachine.txt.dvc"], project)
+def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(reproduced, tmp_path):
+    # The remote holds the raw corpora only (pipeline outputs live in the local cache): the
+    # session's one `dvc pull` of both and `dvc repro` (conftest.reproduced), checked here.
+    project, out = reproduced.project, reproduced.output
     assert (project / "data/raw/jaychou_lyrics.txt.zip").stat().st_size == 52607
 
-    out = run(["dvc", "repro"], project)
     for stage in ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
     for path in ["data/interim/jaychou.txt", "data/processed/jaychou/train.txt",
@@ -37,7 +37,7 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["val_ppl"] > 1 and metrics["test_ppl"] > 1
     assert "## 战争中部队" in (project / "reports/samples.md").read_text(encoding="utf-8")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(reproduced.store)
     [run_info] = client.search_runs(client.get_experiment_by_name("lyricist").experiment_id)
     assert run_info.data.tags["data_md5"] == "8a12a520f603e35039e7df0c2b41c839"
     # The evaluate stage's numbers in the run that trained the checkpoint; its model registered.
@@ -55,7 +55,7 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
 
     # A model parameter re-runs train and evaluate only.
     compose_params(project, PIPELINE_TINY + ["model.hidden_size=12", "model.embedding_size=12",
-                                    f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+                                             f"logger.tracking_uri={reproduced.store}"])
     status = run(["dvc", "status"], project)
     assert "train:" in status and "evaluate:" not in status.split("train:")[0]
     for stage in ("unzip", "preprocess", "vocab", "baseline"):
@@ -86,9 +86,9 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(project,
     assert "Running stage 'train'" not in out and "Running stage 'preprocess'" not in out
 
 
-def test_dvc_exp_run_composes_params_from_conf(project, tmp_path):
-    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_dvc_exp_run_composes_params_from_conf(reproduced, tmp_path):
+    # After a repro (conftest.reproduced): the experiments re-run train and evaluate, not the data stages.
+    project, uri = reproduced.project, reproduced.store
     args = ["dvc", "exp", "run", "-S", "model=rnn"]
     for override in PIPELINE_TINY + [f"logger.tracking_uri={uri}"]:
         args += ["-S", override]
@@ -175,10 +175,10 @@ def test_a_user_corpus_through_data_custom(project, tmp_path):
 
 # -- dvc repro: a refused setting loses nothing ------------------------------------------------
 @pytest.mark.slow
-def test_dvc_repro_refuses_a_bad_train_setting_before_removing_the_last_runs_outputs(project, tmp_path):
-    run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc"], project)
-    uri = f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    out = run(["dvc", "repro", "train"], project)
+def test_dvc_repro_refuses_a_bad_train_setting_before_removing_the_last_runs_outputs(reproduced):
+    # The last run: the session's `dvc repro` (conftest.reproduced), which ran check and train.
+    project, out = reproduced.project, reproduced.output
+    uri = f"logger.tracking_uri={reproduced.store}"
     assert "Running stage 'check'" in out and "Running stage 'train'" in out
     kept = {name: (project / "models" / name).read_bytes() for name in ("metrics.csv", "checkpoints/best.ckpt",
                                                                          "checkpoints/last.ckpt")}

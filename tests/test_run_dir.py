@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import (LYRICS, TINY, compose_config, metric_rows, plateau_cfg, project_env, train, with_data,
-                      write_encoded)
+from conftest import (LYRICS, TINY, compose_config, metric_rows, plateau_cfg, project_env, train,
+                      train_cli_in_process, with_data, write_encoded)
 from lyricist import rundir
 
 
@@ -37,10 +37,14 @@ def earlier_run(tmp_path):
     return run
 
 
-def _train_cli(*overrides, env=None, cwd, multirun=False):
-    args = [sys.executable, "-m", "lyricist.train", *(["-m"] if multirun else []), *TINY, "logger=none",
-            *overrides]
-    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env or project_env())
+def _train_cli(*overrides, env=None, cwd, multirun=False, in_process=None):
+    """`python -m lyricist.train`; in_process=(monkeypatch, capsys): its main in this process, where
+    the test is its message (no interpreter start-up); `env` then holds the variables to add."""
+    args = [*(["-m"] if multirun else []), *TINY, "logger=none", *overrides]
+    if in_process:
+        return train_cli_in_process(args, cwd, *in_process, env=env)
+    return subprocess.run([sys.executable, "-m", "lyricist.train", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env or project_env())
 
 
 def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_hydra_writes(earlier_run, tiny_data):
@@ -68,33 +72,33 @@ def test_a_second_process_on_a_directory_in_use_is_refused(tmp_path, tiny_data):
     rundir.release_run_dir(run)
 
 
-def test_a_bad_value_prints_one_line_and_creates_no_run_directory(tmp_path, tiny_data):
+def test_a_bad_value_prints_one_line_and_creates_no_run_directory(tmp_path, tiny_data, monkeypatch, capsys):
     run = tmp_path / "run"
     proc = _train_cli(f"hydra.run.dir={run}", f"paths.encoded={tiny_data}", "model.hidden_size=abc",
-                      cwd=tmp_path)
+                      cwd=tmp_path, in_process=(monkeypatch, capsys))
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == ("error: model.hidden_size='abc' is not allowed: use a valid integer "
                                            "(hidden units per layer)")
     assert "Traceback" not in proc.stderr and not run.exists()
     # The full trace on demand, as Hydra gives it.
     full = _train_cli(f"hydra.run.dir={run}", f"paths.encoded={tiny_data}", "model.hidden_size=abc",
-                      cwd=tmp_path, env=dict(project_env(), HYDRA_FULL_ERROR="1"))
+                      cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, in_process=(monkeypatch, capsys))
     assert full.returncode == 2 and "Traceback" in full.stderr and "lyricist/settings.py" in full.stderr
 
 
-def test_a_data_error_inside_training_is_one_line_too(tmp_path):
+def test_a_data_error_inside_training_is_one_line_too(tmp_path, monkeypatch, capsys):
     proc = _train_cli(f"hydra.run.dir={tmp_path / 'run'}", f"paths.encoded={tmp_path / 'nowhere'}",
-                      cwd=tmp_path)
+                      cwd=tmp_path, in_process=(monkeypatch, capsys))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "encoded data missing" in proc.stderr and "dvc pull data/raw/*.dvc && dvc repro vocab" in proc.stderr
 
 
-def test_a_sweep_into_a_sweep_directory_holding_runs_is_refused(earlier_run, tiny_data):
+def test_a_sweep_into_a_sweep_directory_holding_runs_is_refused(earlier_run, tiny_data, monkeypatch, capsys):
     sweep = earlier_run.parent
     earlier_run.rename(sweep / "0")  # job 0 of an earlier sweep into the same hydra.sweep.dir
     before = _snapshot(sweep)
     proc = _train_cli(f"hydra.sweep.dir={sweep}", f"paths.encoded={tiny_data}", "model=rnn,gru",
-                      cwd=sweep, multirun=True)
+                      cwd=sweep, multirun=True, in_process=(monkeypatch, capsys))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{sweep / '0'} already holds a run" in proc.stderr
     assert _snapshot(sweep) == before
