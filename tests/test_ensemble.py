@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_lm
-from lyricist.evaluation.interpolation import perplexity
+from oracles import neural_perplexity as perplexity
 from lyricist.models import RecurrentLM
 from lyricist.models.ensemble import Ensemble
 
