@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
+"""Shared fixtures and helpers: a tiny config composed by Hydra from conf/, tiny encoded data, the
+stage scripts and `python -m lyricist.train` run in this process, and the project copied for DVC
+(fresh, or as one session's `dvc repro` left it)."""
 
 import csv
 import importlib.util
