@@ -1,10 +1,6 @@
-"""User errors: bad input or settings that the message itself tells how to fix.
-
-The entry points (the training app, the DVC stage scripts, the generate CLI) print such an
-error as one line, `error: <message>`, and exit with status 2; the full traceback is shown
-when $LYRICIST_FULL_ERROR=1 or $HYDRA_FULL_ERROR=1 (Hydra's own switch) is set. Any other
-exception is a bug and keeps its traceback. Under `dvc exp run` in the workspace a line more says
-that params.yaml keeps the experiment's values (DVC leaves them there when a stage fails).
+"""User errors: bad input or settings that the message itself tells how to fix, printed by an entry
+point as one line, `error: <message>`, with exit status 2 (docs/reliability.md); the traceback with
+$LYRICIST_FULL_ERROR=1 or $HYDRA_FULL_ERROR=1. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -61,10 +57,10 @@ def _said(err: BaseException) -> str:
     return f"{err.filename}: {err.strerror.lower()}: check the path"
 
 
-def run_cli(main: Callable[[], Any], user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
-    """Run an entry point's `main()`: 0 when it returns, 2 with one line on a user error."""
+def run_cli(main: Callable[[], Any]) -> int:
+    """Run an entry point's `main()`: 0 when it returns (or its int), 2 with one line on a user error."""
     try:
         result = main()
-    except user_errors as err:
+    except USER_ERRORS as err:
         return report(err)
     return result if isinstance(result, int) else 0

@@ -1,8 +1,5 @@
-"""Where the project is: the folder holding conf/config.yaml, found from the working directory.
-
-Never from this package's own location: a package installed elsewhere (or editable from
-another clone) must read the config, the data and the MLflow store of the project the user
-is in. Every path below the root comes from the `paths:` block of conf/config.yaml.
+"""Where the project is: the folder holding conf/config.yaml, from the working directory up, never
+from this package's location (an install elsewhere must read the project the user is in).
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ MARKER = Path("conf") / "config.yaml"
 
 
 def project_root(configured: str | Path | None = None) -> Path:
-    """`configured` (the config's paths.root) if set, else $LYRICIST_ROOT, else the nearest
-    folder at or above the working directory that holds conf/config.yaml."""
+    """paths.root if set, else $LYRICIST_ROOT, else the nearest folder up that holds conf/config.yaml."""
     chosen = configured or os.environ.get(ROOT_VARIABLE)
     if chosen:
         root = Path(chosen).expanduser().resolve()

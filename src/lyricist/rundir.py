@@ -1,10 +1,6 @@
-"""A run directory that protects itself: one writer at a time, and no run silently replaced.
-
-A run directory holds a run once it has `checkpoints/` (non-empty) or a `metrics.csv` with a row
-(a run stopped before its first epoch ended leaves the header alone: nothing to keep). A new run
-into it is refused unless it resumes (`train.resume`) or says `train.overwrite=true`; a second
-process on the same directory is refused by an exclusive lock (`fcntl.flock` on
-`<dir>/.lyricist.lock`), which the kernel releases when the holder exits, however it exits.
+"""A run directory that protects itself (docs/reliability.md): a fresh run into one that holds a run
+(`checkpoints/` non-empty, or a `metrics.csv` with a row) is refused unless it resumes or overwrites,
+and one process at a time holds it by `fcntl.flock` on `<dir>/.lyricist.lock` (released however it exits).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""Every setting of lyricist, declared once: its type, bounds and a one-line description.
-
-conf/ holds the values (Hydra composes them; params.yaml is the default composition, which DVC
-reads); this module holds what a value may be. The entry layer (lyricist.cli) checks a whole
-composition with `load(values)` before anything is read or written, and the library takes the
-typed settings (`RecurrentLM(settings.model, vocab_size)`, `LitLanguageModel(model, vocab,
-settings.optim, ...)`, `generate(..., settings.generate)`). A bad value is one line naming its
-key, the value and what is allowed. `python -m lyricist.cli.settings` writes the reference,
-docs/configuration.md.
-
-Pydantic v2 rather than Hydra structured configs: the bounds (ge/gt/le), the cross-field rules and
-the messages are the library's own, and dataclasses in Hydra's ConfigStore cannot express ranges.
+"""Every setting of lyricist, declared once: its type, bounds and a one-line description; conf/ holds
+the values. The entry layer checks a whole composition with `load(values)` before anything is read
+or written; the library takes the typed sections. A bad value is one line naming its key, the value
+and what is allowed. Pydantic v2, not Hydra structured configs: the bounds, rules and messages are
+ours, and dataclasses in Hydra's ConfigStore cannot express ranges.
 """
 
 from __future__ import annotations
@@ -472,8 +465,7 @@ class Settings(Section):
 
 
 def load(values: dict) -> Settings:
-    """The checked settings of a composition (lyricist.cli composes it); ValueError with one line
-    naming the key, the value and what is allowed."""
+    """The checked settings of a composition (lyricist.cli composes it); ValueError: one line."""
     return section(Settings, values)
 
 
@@ -517,7 +509,7 @@ def _field(key: str, name: str) -> Any:
     tune.space.*); a key that is no setting is refused as `name`, naming the nearest."""
     model, parts = Settings, key.split(".")
     for i, part in enumerate(parts):
-        fields = {info.alias or field: info for field, info in model.model_fields.items()}
+        fields = _fields(model)
         info = fields.get(part)
         if info and i == len(parts) - 1:
             return info
@@ -547,14 +539,13 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
     key = ".".join(filter(None, [prefix, *loc]))
     if first["type"] == "value_error":  # a cross-field rule: its message names the keys
         return first["msg"].removeprefix("Value error, ")
+    parent = _model_at(root, loc[:-1])
     if first["type"] == "extra_forbidden":
-        parent = _model_at(root, loc[:-1])
-        near = difflib.get_close_matches(loc[-1], _keys(parent), n=1) if parent else []
+        near = difflib.get_close_matches(loc[-1], list(_fields(parent)), n=1) if parent else []
         hint = f": did you mean {'.'.join(filter(None, [prefix, *loc[:-1], near[0]]))}?" if near else ""
         return f"{key} is not a setting{hint} (docs/configuration.md lists them all)"
     if first["type"] == "missing":
         return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
-    parent = _model_at(root, loc[:-1])
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
     return f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else "")
 
@@ -578,19 +569,19 @@ def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
     """The settings class at a location below `root` (None where the location leaves the schema)."""
     model: type[BaseModel] | None = root
     for part in loc:
-        fields = {info.alias or name: info for name, info in model.model_fields.items()} if model else {}
+        fields = _fields(model) if model else {}
         model = _inner(fields[part].annotation) if part in fields else None
     return model
 
 
-def _keys(model: type[BaseModel]) -> list[str]:
-    return [info.alias or name for name, info in model.model_fields.items()]
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """A settings class's fields by the names conf/ gives them (`_target_`, not `target`)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
 
 
 # -- the configuration reference ----------------------------------------------------------------
 def reference(defaults: dict) -> str:
-    """docs/configuration.md: every key with its type and bounds, its value in the default
-    composition (params.yaml) and its description."""
+    """docs/configuration.md: every key's type and bounds, default value (`defaults`) and description."""
     lines = ["# Configuration reference", "",
              "Written by `python -m lyricist.cli.settings > docs/configuration.md` from `src/lyricist/settings.py`",
              "(types, bounds, descriptions) and the default composition of `conf/` (values);",
@@ -607,8 +598,8 @@ def reference(defaults: dict) -> str:
 def _rows(prefix: str, model: type[BaseModel], values: dict) -> list[str]:
     """The table's rows of a section, a nested class's arguments (optim.scheduler) row by row."""
     rows = []
-    for field, info in model.model_fields.items():
-        key, value = info.alias or field, values.get(info.alias or field, info.default)
+    for key, info in _fields(model).items():
+        value = values.get(key, info.default)
         nested = isinstance(_inner(info.annotation), type) and issubclass(_inner(info.annotation), Built)
         cells = [f"`{prefix}.{key}`", _type_name(info.annotation, info.metadata),
                  "below" if nested else f"`{_yaml(value)}`", info.description or ""]
@@ -630,7 +621,7 @@ def _type_name(annotation: Any, metadata: list = ()) -> str:
     if origin is list:
         return f"list of {_type_name(args[0])}" + _bounds(metadata)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "{" + ", ".join(_keys(annotation)) + "}"
+        return "{" + ", ".join(_fields(annotation)) + "}"
     return getattr(annotation, "__name__", str(annotation)) + _bounds(metadata)
 
 

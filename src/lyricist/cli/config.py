@@ -5,7 +5,7 @@ A mistake is one line (errors.report), the same from every entry point."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,7 @@ def compose(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> DictCo
 
 
 def settings_of(cfg: DictConfig | dict | str | Path) -> Settings:
-    """The checked settings of a composition (a DictConfig, a dict, or the path of params.yaml);
-    ValueError with one line naming the key, the value and what is allowed."""
+    """The checked settings of a DictConfig, a dict, or params.yaml's path (ValueError: one line)."""
     if isinstance(cfg, (str, Path)):
         cfg = OmegaConf.load(cfg)
     if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job
@@ -72,6 +71,4 @@ def read(params: str | Path, name: str) -> Any:
                             prefix=name)
 
 
-def run(main: Callable[[], Any]) -> int:
-    """An entry point's `main()`: 0 when it returns, 2 with one line on a user error."""
-    return errors.run_cli(main)
+run = errors.run_cli  # an entry point's main(): 0 when it returns, 2 with one line on a user error

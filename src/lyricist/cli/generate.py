@@ -17,6 +17,7 @@ from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.decoding import generate
 from lyricist.settings import Decoding
 
+
 class ProgressLines:
     """A `tick` for generate(): a line on stderr every `every` seconds with how far it is and an
     estimate of the time left at the pace so far (nothing for a sample done sooner)."""

@@ -1,15 +1,10 @@
-"""One MLflow parent run per Hydra sweep, the jobs nested under it.
+"""One MLflow parent run per Hydra sweep, the jobs nested under it (`hydra.callbacks.mlflow_sweep`).
 
-`hydra.callbacks.mlflow_sweep` (conf/config.yaml) runs this in the sweep's main process:
-before the jobs start it creates the store, the experiment and the parent run, and writes
-the parent's id into the sweep directory, where each job (in whatever process the launcher
-gives it: joblib, submitit) reads it and tags its own run `mlflow.parentRunId`. After the
-last job it logs the sweep's overrides and the best child's val perplexity on the parent, and
-puts the alias `best` on the best child's registered version (logger.registered_model_name).
-
-A job that fails marks the parent FAILED at once, in the job's own process (Hydra's basic
-sweeper raises the job's error after the batch and never calls on_multirun_end), with the
-reason as the tags `error` and `failed_job.<num>`; the job's own run is marked by train().
+Before the jobs start, the sweep's main process creates the parent run and writes its id into the
+sweep directory, where each job (in whatever process the launcher gives it) reads it. After the last
+job it logs the best child's val perplexity and puts the alias `best` on its registered version. A
+failed job marks the parent FAILED at once, in its own process, with the tags `error` and
+`failed_job.<num>` (Hydra's basic sweeper raises the job's error and never calls on_multirun_end).
 """
 
 from __future__ import annotations
@@ -47,16 +42,11 @@ class MlflowSweepCallback(Callback):
         if not config.logger.enabled:
             return
         root = project_root(config.paths.root)
-        uri = store.resolve_tracking_uri(config.logger.tracking_uri, root)
-        # Created here, once, before parallel jobs race to create tables and experiment.
-        experiment_id = store.ensure_experiment(uri, config.logger.experiment_name)
-        self.client = MlflowClient(uri)
         overrides = " ".join(config.hydra.overrides.task)
-        run = store.with_retry(lambda: self.client.create_run(
-            experiment_id, run_name=f"sweep {overrides}"[:250],
-            tags={"sweep": "parent", "git_commit": store.git_commit(root)}))
-        self.parent_run_id = run.info.run_id
-        store.with_retry(lambda: self.client.log_param(self.parent_run_id, "sweep.overrides", overrides[:6000]))
+        # Created here, once, before parallel jobs race to create tables and experiment.
+        self.client, self.parent_run_id = store.open_parent_run(
+            store.resolve_tracking_uri(config.logger.tracking_uri, root), config.logger.experiment_name,
+            f"sweep {overrides}", {"sweep": "parent"}, root, {"sweep.overrides": overrides})
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)

@@ -29,12 +29,9 @@ from lyricist.training.run import train
 
 
 class RunDirGuard(Callback):
-    """`hydra.callbacks.run_dir_guard` (conf/config.yaml): refuses bad settings and a run
-    directory that holds another run or is in use, before Hydra writes `.hydra/` into it.
-
-    Hydra swallows an exception raised in a callback (a warning, then the run goes on), so a
-    refusal here exits the process (SystemExit), with one line as errors.report prints it.
-    """
+    """`hydra.callbacks.run_dir_guard` (conf/config.yaml): refuses bad settings and a run directory that
+    holds another run or is in use, before Hydra writes `.hydra/` into it. Hydra swallows an exception
+    raised in a callback (a warning, then the run goes on): a refusal exits (SystemExit), in one line."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if rundir.is_ddp_child():

@@ -16,7 +16,7 @@ import optuna
 import pytorch_lightning as pl
 import sqlalchemy
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from pytorch_lightning.loggers import MLFlowLogger
@@ -234,16 +234,12 @@ def _wait_for(study: optuna.Study, key: str) -> None:
 def _create_parent_run(t: TuneSettings, base: Settings, root: Path, tracking_uri: str) -> str:
     """The study's parent run, made by the worker that created the study: the only one to touch a
     new SQLite store before it exists (workers racing to create MLflow's tables break them)."""
-    experiment_id = store.ensure_experiment(tracking_uri, base.logger.experiment_name)
-    client = MlflowClient(tracking_uri)
-    run_id = store.with_retry(lambda: client.create_run(
-        experiment_id, run_name=f"tune {t.study_name}",
-        tags={"tune": "parent", "optuna.study": t.study_name, "git_commit": store.git_commit(root)})).info.run_id
     sampler = {"sampler": "TPE", "seed": t.seed, "n_startup_trials": t.n_startup_trials, "multivariate": True,
                "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout,
                "enqueue_recipe": t.enqueue_recipe}
     params = {**{f"tune.{k}": v for k, v in sampler.items()}, **{f"space.{k}": json.dumps(v) for k, v in rules(t).items()}}
-    store.with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]))
+    client, run_id = store.open_parent_run(tracking_uri, base.logger.experiment_name, f"tune {t.study_name}",
+                                           {"tune": "parent", "optuna.study": t.study_name}, root, params)
     store.with_retry(lambda: client.log_text(run_id, yaml.safe_dump(rules(t), sort_keys=False), "search_space.yaml"))
     return run_id
 

@@ -11,8 +11,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.corpus import write_text
 from lyricist.evaluation.evaluate import ROWS as EVALUATION_ROWS, evaluate_checkpoint, evaluation_settings
@@ -26,8 +24,7 @@ ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.l
 
 
 def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:
-    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage scores
-    it; `static`: no dynamic evaluation."""
+    """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage's."""
     options = evaluation_settings(s)
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
@@ -83,11 +80,8 @@ def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bo
     seeds, root, parent = [s.train.seed + k for k in range(n)], project_root(s.paths.root), None
     uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
     if uri:
-        client = MlflowClient(uri)
-        experiment_id = store.ensure_experiment(uri, s.logger.experiment_name)
-        parent = store.with_retry(lambda: client.create_run(
-            experiment_id, run_name=f"seeds {seeds[0]}..{seeds[-1]} {' '.join(command)}"[:250],
-            tags={"seeds": "parent", "git_commit": store.git_commit(root)})).info.run_id
+        client, parent = store.open_parent_run(uri, s.logger.experiment_name, f"seeds {seeds[0]}..{seeds[-1]} "
+                                               f"{' '.join(command)}", {"seeds": "parent"}, root)
     try:
         runs = []
         for seed in seeds:

@@ -1,7 +1,5 @@
-"""MLflow: where runs go and how the store is used (store), the model as a pyfunc from code
-(serving, model_files, pyfunc_model), the registry and its `champion` alias (registry), the
-corpus and system metrics of a run (inputs), the evaluate stage's results (results), and runs ->
-plots and tables (compare)."""
+"""MLflow: the store, the logged model, the registry, what a run records, the evaluate stage's
+results, runs compared (README's Layout)."""
 
 import os
 

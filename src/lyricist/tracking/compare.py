@@ -31,10 +31,6 @@ from lyricist.tracking import store
 TABLE_PARAMS = ("model.cell", "data.sampling", "model.hidden_size")
 
 
-class CompareError(Exception):
-    """A user-facing problem: printed on stderr, exit status 2."""
-
-
 @dataclass
 class RunSummary:
     run: Run
@@ -157,10 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def gather(args: argparse.Namespace, uri: str) -> list[RunSummary]:
     """The runs the command line asks for, from an existing store (MLflow would create an empty
-    database at a mistyped path, and wait minutes for a server that is down); every problem
-    becomes a CompareError."""
+    database at a mistyped path, and wait minutes for a server that is down), or TrackingError."""
     if uri.startswith("sqlite:///") and not (db := Path(uri[len("sqlite:///"):])).is_file():
-        raise CompareError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or pass "
+        raise store.TrackingError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or pass "
                            "--tracking-uri")
     store.check_reachable(uri)  # a server: asked once, quickly
     try:
@@ -168,19 +163,19 @@ def gather(args: argparse.Namespace, uri: str) -> list[RunSummary]:
         experiment = client.get_experiment_by_name(args.experiment)
         if experiment is None:
             names = sorted(e.name for e in client.search_experiments())
-            raise CompareError(f"no experiment named {args.experiment!r}; existing experiments: "
+            raise store.TrackingError(f"no experiment named {args.experiment!r}; existing experiments: "
                                + (", ".join(repr(n) for n in names) or "none"))
         summaries = collect_runs(client, experiment.experiment_id, args)
     except MlflowException as err:  # a bad filter string or URI
-        raise CompareError(f"MLflow failed on {uri!r}: {err.message}") from err
+        raise store.TrackingError(f"MLflow failed on {uri!r}: {err.message}") from err
     except SQLAlchemyError as err:  # not a database, a database server that is down
         reason = getattr(err, "orig", None) or err  # the driver's message, without the SQL
-        raise CompareError(f"cannot read the tracking store {uri!r}: {reason}") from err
+        raise store.TrackingError(f"cannot read the tracking store {uri!r}: {reason}") from err
     if not summaries:
         asked = " and ".join(filter(None, [
             args.filter_string and f"--filter {args.filter_string!r}",
             args.parent_run_id and f"--parent-run-id {args.parent_run_id}"])) or "no filter"
-        raise CompareError(f"no runs with a {args.metric!r} history in experiment "
+        raise store.TrackingError(f"no runs with a {args.metric!r} history in experiment "
                            f"{args.experiment!r} ({asked}) at {uri}")
     return summaries
 
@@ -190,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = store.resolve_tracking_uri(args.tracking_uri)
     try:
         summaries = gather(args, uri)
-    except (CompareError, store.TrackingError) as err:
+    except store.TrackingError as err:
         print(f"lyricist.tracking.compare: error: {err}", file=sys.stderr)
         return 2
     png, md = Path(args.out_png), Path(args.out_md)

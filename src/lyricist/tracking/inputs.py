@@ -1,15 +1,6 @@
-"""What a training run records besides its curves: the corpus it read, and the machine it ran on.
-
-- The corpus as the run's dataset input (context "training"): its name (data.name), digest (the
-  hash DVC recorded for the raw corpus, the run's `data_md5` tag), source (the raw corpus's path)
-  and, as its profile, the split sizes in tokens and the vocabulary: the UI's Datasets column
-  tells runs on different data apart. The tag `encoded_md5` is the hash of what the run read
-  (vocab.json, train.npy, val.npy): the registry's identity of the data (data.raw_path may not be
-  what paths.encoded was made from).
-- MLflow's system metrics sampler (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
-  disk, network; GPU utilisation and memory where an NVIDIA GPU and nvidia-ml-py are there) every
-  10 s while the model trains ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it); off with
-  logger.system_metrics=false.
+"""What a training run records besides its curves (docs/mlflow.md): the corpus as its dataset input,
+the md5 of the files it read (`encoded_md5`: the registry's identity of the data, as data.raw_path
+may not be what paths.encoded was made from), and MLflow's system metrics while it trains.
 """
 
 from __future__ import annotations
@@ -18,13 +9,12 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -34,21 +24,6 @@ from lyricist.tracking import store
 SPLITS = ("train", "val", "test")
 READ = ("vocab.json", "train.npy", "val.npy")  # what a training run reads of paths.encoded
 ENCODED_TAG = "encoded_md5"
-
-
-class Corpus(MetaDataset):
-    """A dataset known by its name, digest and source (MLflow does not read it), with a profile."""
-
-    def __init__(self, source: str, name: str, digest: str, profile: Mapping[str, int | str]) -> None:
-        super().__init__(LocalArtifactDatasetSource(source), name=name, digest=digest)
-        self._profile = dict(profile)
-
-    @property
-    def profile(self) -> dict[str, int | str]:
-        return self._profile
-
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
 def corpus_profile(encoded_dir: Path) -> dict[str, int | str]:
@@ -69,13 +44,15 @@ def encoded_md5(encoded_dir: Path) -> str:
 
 
 def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encoded_dir: Path) -> None:
-    """The corpus as the run's training dataset (its digest the run's data_md5 tag); the hash of
-    the files read as the run's encoded_md5 tag."""
+    """The corpus as the run's training dataset (digest: its data_md5 tag), and its encoded_md5 tag."""
     client = MlflowClient(tracking_uri)
     store.with_retry(lambda: client.set_tag(run_id, ENCODED_TAG, encoded_md5(encoded_dir)))
     digest = store.with_retry(lambda: client.get_run(run_id)).data.tags.get("data_md5", "unknown")
-    corpus = Corpus(str(raw_path.resolve()), name, digest, corpus_profile(encoded_dir))
-    entry = DatasetInput(corpus._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+    # Known by its name, digest and source (MLflow does not read it), with a profile.
+    source = LocalArtifactDatasetSource(str(raw_path.resolve()))
+    corpus = Dataset(name, digest, source._get_source_type(), source.to_json(),
+                     profile=json.dumps(corpus_profile(encoded_dir)))
+    entry = DatasetInput(corpus, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
     # Logged once (MLflow dedups a resumed run's). Parallel sweep jobs insert the same dataset row at
     # once: the loser's retry finds the row made.
     store.with_retry(lambda: client.log_inputs(run_id, datasets=[entry]), retry_on=("locked", "unique constraint failed"))

@@ -1,13 +1,6 @@
-"""The served model's files: plain data that loads without pickle.
-
-    weights[_i].npz          the network's state_dict (numpy arrays, read with allow_pickle=False)
-    model_arguments[_i].json RecurrentLM's constructor arguments
-    vocab.json               the vocabulary (lyricist.data.vocab's JSON form)
-    decoding.json            the run's `generate.*` (lyricist.settings.Decoding): the requests' defaults
-
-`_i` numbers the members of an ensemble (several checkpoints; one vocabulary, checked). They are
-the pyfunc model's artifacts (lyricist.tracking.serving); the checkpoint itself is a pickle-based
-torch file with the optimizer and loop state, which serving does not need.
+"""The served model's files, plain data that loads without pickle (docs/mlflow.md): weights[_i].npz
+(the state_dict, read with allow_pickle=False), model_arguments[_i].json, vocab.json and decoding.json
+(the run's `generate.*`: the requests' defaults); `_i` numbers an ensemble's members.
 """
 
 from __future__ import annotations

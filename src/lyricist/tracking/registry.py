@@ -1,17 +1,6 @@
-"""The Model Registry: every trained model a version, the best one on the data the alias `champion`.
-
-    lyricist-generate --model models:/lyricist@champion --prefix 分开
-    mlflow models serve -m models:/lyricist@champion -p 5001 --env-manager local
-
-A training run with a logged model registers it under logger.registered_model_name, the version
-tagged with its best val perplexity (`val_ppl`) and its data: the raw corpus's hash (`data_md5`)
-and the hash of the encoded splits and vocabulary it read (`encoded_md5`), as the run.
-The alias moves to the new version only when there is no champion yet, or the new val perplexity
-beats the champion's on the same data (both hashes): perplexities on other data do not compare, so
-a model trained on another corpus, or on data encoded otherwise, never displaces it (a champion
-registered before `encoded_md5` counts as other data; set the alias by hand for that:
-MlflowClient().set_registered_model_alias). A run that is not trained registers nothing, so a
-second `dvc repro` with nothing changed adds no version.
+"""The Model Registry: every trained model a version, tagged with its val perplexity and data; the
+alias `champion` moves to it only when there is none yet or it beats the champion on the same data
+(docs/mlflow.md).
 """
 
 from __future__ import annotations
@@ -31,8 +20,7 @@ DATA_TAGS = ("data_md5", ENCODED_TAG)  # a version's data: what DVC hashed, what
 
 def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str,
              val_ppl: float, report: Callable[[str], None] = print) -> int:
-    """Register the run's logged model as a new version of `name`, moving the alias by the rule
-    above; the version number."""
+    """The number of the run's model's new version of `name`, the alias moved by the rule above."""
     client = MlflowClient(tracking_uri)
     run_tags = store.with_retry(lambda: client.get_run(run_id)).data.tags
     data = {tag: run_tags.get(tag, "unknown") for tag in DATA_TAGS}
@@ -44,7 +32,10 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
     version = store.with_retry(lambda: client.create_model_version(
         name, model_uri, run_id=run_id, model_id=model_id,
         tags={"val_ppl": repr(float(val_ppl)), **data})).version
-    champion = _champion(client, name)
+    try:
+        champion = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:  # no alias yet
+        champion = None
     differ = [tag for tag in DATA_TAGS if champion and champion.tags.get(tag) != data[tag]]
     if champion is None:
         moved, why = True, _no_champion(client, name, version)
@@ -58,13 +49,6 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
         store.with_retry(lambda: client.set_registered_model_alias(name, ALIAS, version))
     report(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
     return int(version)
-
-
-def _champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException:  # no alias yet
-        return None
 
 
 def _no_champion(client: MlflowClient, name: str, version: str) -> str:

@@ -1,12 +1,6 @@
-"""The evaluate stage's results, logged into the MLflow run that trained the checkpoint.
-
-The run id travels in the checkpoint ("lyricist" -> mlflow_run_id). Every number of
-reports/metrics.json goes to that run under the name its evaluation row gives it (`test/ppl`,
-`kn/test_ppl`, `mixed/test_ppl`, `ratio/network_to_kn_val`, ...: lyricist.evaluation.evaluate),
-at the checkpoint's epoch as step, and to the run's logged model (model_id), so
-`mlflow.search_logged_models` ranks models by them; the reports go in as artifacts under
-`evaluation/`. Evaluating the same checkpoint again logs the same names at the same step: the
-run shows the newest values, no second run appears.
+"""The evaluate stage's results, logged into the MLflow run that trained the checkpoint (its
+`mlflow_run_id`), at the checkpoint's epoch as step and on the run's logged model (docs/mlflow.md):
+evaluating the same checkpoint again overwrites them, no second run appears.
 """
 
 from __future__ import annotations

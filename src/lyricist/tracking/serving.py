@@ -1,19 +1,9 @@
-"""The trained language model as an MLflow pyfunc model.
+"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code
+(pyfunc_model.py) with plain files (model_files), so it loads without this checkout and without
+unpickling anything; each request row's fields are checked as lyricist-generate's, a bad one refused
+by name (400).
 
-    mlflow models predict -m runs:/<run id>/model -i prefixes.json -t json --env-manager local
-    mlflow models serve   -m runs:/<run id>/model -p 5001 --env-manager local
-
-turn a table of prefixes (with optional num_chars, strategy, temperature, top_k, top_p,
-repetition_penalty, repetition_window, no_repeat_ngram, seed, allow_unknown)
-into generated lyrics. A prefix is cut into tokens as the model's vocabulary records
-(characters, or words for data.tokenizer=word), and num_chars counts those tokens. A field the
-model does not know is refused (400) by name, as are tokens the vocabulary lacks unless the row
-says allow_unknown: true (lyricist-generate's rule, decoding.encode_prefix).
-
-The model is logged "from code" (lyricist/tracking/pyfunc_model.py), with the weights, model
-arguments and vocabulary as plain files (lyricist.tracking.model_files) and lyricist's own code:
-it loads without this checkout and without unpickling anything
-(MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false).
+    mlflow models serve -m runs:/<run id>/model -p 5001 --env-manager local
 """
 
 from __future__ import annotations
@@ -103,13 +93,10 @@ _INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed
 
 def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding,
                     unknown: list[str] = ()) -> list[tuple[str, Decoding]]:
-    """Each row's prefix and decoding, checked (lyricist.settings.Decoding): a field left out takes
-    `base`'s value (the model's run's `generate.*`); a bad one is refused naming the row and field,
-    an unknown one (a column of `table` or `unknown`, those MLflow dropped) naming the known ones.
-
-    In a table, a value that some rows leave out reads as NaN in those rows, so NaN there means
-    "not given"; a column that is NaN in every row was sent as NaN (or null) and is refused.
-    """
+    """Each row's prefix and decoding, checked: a field left out takes `base`'s value (the run's
+    `generate.*`); a bad one is refused naming the row and field, an unknown one (`unknown`: those
+    MLflow dropped) naming the known ones. NaN is a field some rows leave out; a column NaN in every
+    row was sent as NaN (or null) and is refused."""
     if unknown := sorted({*unknown, *(c for c in table.columns if c not in FIELDS)}):
         near = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, FIELDS, n=1))
                 else name for name in unknown]
@@ -190,11 +177,8 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
-                     registered_model_name: str | None = None, max_num_chars: int = MAX_NUM_CHARS,
-                     max_seconds: float = MAX_SECONDS):
-    """Log the checkpoint as the run's `model` (pyfunc, from code), refusing requests for more than
-    `max_num_chars` tokens a row; optionally register it. Several checkpoints: the model is their
-    ensemble (the mean of their probabilities, lyricist.models.ensemble). Returns MLflow's ModelInfo."""
+                     max_num_chars: int = MAX_NUM_CHARS, max_seconds: float = MAX_SECONDS):
+    """Log the checkpoint(s: their ensemble) as the run's `model` (registry.register registers it); its ModelInfo."""
     from lyricist.tracking.model_files import write_model_files
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -205,20 +189,18 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts=write_model_files(checkpoint_path, Path(files)),
-            code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE,
-            input_example=INPUT_EXAMPLE, registered_model_name=registered_model_name,
+            code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
             model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
 
 
-def load_logged_model(model_uri: str, tracking_uri: str | None = None):
-    """The network and vocabulary (lyricist.checkpoint.LoadedModel) of a logged lyricist model,
-    `models:/lyricist@champion` or `runs:/<run id>/model`, from the store of `tracking_uri`,
-    else $MLFLOW_TRACKING_URI, else the project's mlflow.db."""
+def load_logged_model(model_uri: str):
+    """The LoadedModel of a logged lyricist model (`models:/lyricist@champion`, `runs:/<id>/model`) in
+    $MLFLOW_TRACKING_URI's store, else the project's mlflow.db."""
     from lyricist.tracking import store
 
-    uri = store.resolve_tracking_uri(tracking_uri)
+    uri = store.resolve_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
         raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "
                                 "first (`dvc repro`), or point $MLFLOW_TRACKING_URI at the store that holds it")

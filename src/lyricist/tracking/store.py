@@ -1,7 +1,5 @@
-"""MLflow: where runs go, how the store is set up and retried, and what a run is tagged with.
-
-No torch or Lightning here, so commands that only read the store (compare) start fast;
-the Lightning pieces that write to it live in `lyricist.training.callbacks`.
+"""MLflow: where runs go, how the store is set up and retried, and what a run is tagged with. No
+torch or Lightning here, so commands that only read the store (compare) start fast.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from typing import Any, TypeVar
 import requests
 import sqlalchemy
 import yaml
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -27,9 +26,8 @@ T = TypeVar("T")
 STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
-# The experiment's kind: model training, not a GenAI app. MLflow's UI opens such an experiment on
-# its runs table; 3.17's UI, though, follows its GenAI / Model training switch (remembered by the
-# browser, GenAI at first) over this tag, hence the link with ?workflowType= (experiment_url).
+# Model training, not a GenAI app; MLflow 3.17's UI follows its own switch over this tag, hence
+# the link with ?workflowType= (experiment_url; docs/mlflow.md).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
@@ -48,13 +46,6 @@ def resolve_tracking_uri(configured: str | None = None, root: Path | None = None
     absolute path, so it works from any working directory (MLflow >= 3.13 refuses ./mlruns)."""
     return (configured or os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}")
-
-
-def artifact_location_for(tracking_uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside it in mlartifacts/ (absolute, so the UI finds them)."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None  # a server decides for itself
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
@@ -81,8 +72,7 @@ def connect_args(url: str) -> dict:
 
 
 def check_reachable(tracking_uri: str) -> None:
-    """A tracking server or database answers, asked once, quickly (MLflow's own HTTP client retries
-    for minutes)."""
+    """A tracking server or database answers, asked once, quickly (MLflow's client retries for minutes)."""
     if tracking_uri.split(":")[0].split("+")[0] in ("postgresql", "mysql", "mssql"):  # MLflow's databases
         try:
             engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args(tracking_uri),
@@ -110,9 +100,11 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         client = MlflowClient(tracking_uri=tracking_uri)  # an unknown scheme or a file store fails here
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
+            # A SQLite store's artifacts beside it in mlartifacts/ (absolute: the UI finds them); a server's: its own.
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            artifacts = (db.parent / "mlartifacts").resolve().as_uri() if tracking_uri.startswith("sqlite:///") else None
             try:
-                return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri),
-                                                tags=EXPERIMENT_TAGS)
+                return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
             except MlflowException:  # created meanwhile by a parallel job
                 experiment = client.get_experiment_by_name(name)
         for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag, or by hand
@@ -128,6 +120,17 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
                             "sqlite:///<absolute path>/mlflow.db (a SQLite file, created if absent) or an "
                             "http(s):// server in logger.tracking_uri or $MLFLOW_TRACKING_URI, or train without "
                             "tracking (logger=none)") from err
+
+
+def open_parent_run(tracking_uri: str, experiment: str, name: str, tags: dict[str, str], root: Path,
+                    params: Mapping[str, Any] | None = None) -> tuple[MlflowClient, str]:
+    """A new parent run (a sweep's, a study's, the seeds'), store and experiment made if need be."""
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    client = MlflowClient(tracking_uri)
+    run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name[:250],
+                                                  tags={**tags, "git_commit": git_commit(root)})).info.run_id
+    with_retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()]))
+    return client, run_id
 
 
 def failure_reason(err: BaseException) -> str:
@@ -148,14 +151,8 @@ def mark_failed(tracking_uri: str, run_id: str, err: BaseException) -> None:
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'model': {'hidden_size': 256}} -> {'model.hidden_size': 256}, for MLflow params."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+    return {name: leaf for key, value in config.items() for name, leaf in
+            (flatten(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value}).items()}
 
 
 def git_commit(root: Path) -> str:
