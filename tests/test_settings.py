@@ -35,6 +35,8 @@ def test_every_group_option_of_conf_passes_the_schema():
 
 @pytest.mark.parametrize("overrides, message", [
     (["+model.hiden_size=8"], "model.hiden_size is not a setting: did you mean model.hidden_size? "),
+    # a setting that moved section (AR/TAR went from train to model in issue 31) is found by name
+    (["+train.ar_alpha=1"], "train.ar_alpha is not a setting: did you mean model.ar_alpha? "),
     (["model.hidden_size=abc"], "model.hidden_size='abc' is not allowed: use a valid integer (hidden units per layer)"),
     (["data.batch_size=-3"], "data.batch_size=-3 is not allowed: use a value >= 1 (sequences per training batch)"),
     (["model.hidden_size=100000"], "model.hidden_size=100000 is not allowed: use a value <= 4096"),
@@ -108,6 +110,10 @@ def test_with_overrides_sets_dotted_keys_and_checks_them_again():
     assert settings.value_at(changed, "model.embedding_size") == 64
     with pytest.raises(ValueError, match="^model.hiden_size is not a setting: did you mean model.hidden_size"):
         settings.with_overrides(s, {"model.hiden_size": 64})
+    with pytest.raises(ValueError, match="^train.tar_beta is not a setting: did you mean model.tar_beta"):
+        settings.with_overrides(s, {"train.tar_beta": 1.0})
+    with pytest.raises(ValueError, match=r"^train.zzz is not a setting \(docs"):  # nothing near: no guess
+        settings.with_overrides(s, {"train.zzz": 1.0})
     with pytest.raises(ValueError, match="^model.hidden_size=0 is not allowed: use a value >= 1"):
         settings.with_overrides(s, {"model.hidden_size": 0})
 

@@ -518,9 +518,7 @@ def _field(key: str, name: str) -> Any:
             continue
         if info and typing.get_origin(info.annotation) is dict or not info and model.model_config.get("extra") == "allow":
             return None
-        near = difflib.get_close_matches(part, list(fields), n=1)
-        hint = f": did you mean {'.'.join([*parts[:i], near[0]])}?" if near else ""
-        raise ValueError(f"{name} is not a setting{hint} (docs/configuration.md lists them all)")
+        raise ValueError(f"{name} is not a setting{_did_you_mean(parts[:i], part, fields)} (docs/configuration.md lists them all)")
 
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
@@ -541,8 +539,7 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
         return first["msg"].removeprefix("Value error, ")
     parent = _model_at(root, loc[:-1])
     if first["type"] == "extra_forbidden":
-        near = difflib.get_close_matches(loc[-1], list(_fields(parent)), n=1) if parent else []
-        hint = f": did you mean {'.'.join(filter(None, [prefix, *loc[:-1], near[0]]))}?" if near else ""
+        hint = _did_you_mean([p for p in [prefix, *loc[:-1]] if p], loc[-1], _fields(parent) if parent else {})
         return f"{key} is not a setting{hint} (docs/configuration.md lists them all)"
     if first["type"] == "missing":
         return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
@@ -557,6 +554,17 @@ def _allowed(first: dict) -> str:
                         ("less than", "<")):
         allowed = allowed.replace(f"use {words}", f"use a value {sign}")
     return allowed
+
+
+def _did_you_mean(where: list[str], name: str, fields: dict) -> str:
+    """The nearest setting to `name` among `fields` (at `where`), else the section holding a setting
+    of that very name (a setting that moved: train.ar_alpha is model.ar_alpha)."""
+    near = difflib.get_close_matches(name, list(fields), n=1)
+    if near:
+        return f": did you mean {'.'.join([*where, near[0]])}?"
+    moved = [f"{section}.{name}" for section, info in _fields(Settings).items()
+             if _inner(info.annotation) and name in _fields(_inner(info.annotation))]
+    return f": did you mean {moved[0]}?" if moved else ""
 
 
 def _inner(annotation: Any) -> type[BaseModel] | None:
