@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny config composed by Hydra from conf/, and tiny encoded data."""
+"""Shared fixtures and helpers: a tiny config composed by Hydra from conf/, tiny encoded data, the
+stage scripts and `python -m lyricist.train` run in this process, and the project copied for DVC
+(fresh, or as one session's `dvc repro` left it)."""
 
 import csv
 import importlib.util
@@ -8,10 +10,12 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -308,3 +312,14 @@ def reproduced(_reproduced_once) -> Reproduced:
     shutil.rmtree(folder)
     shutil.copytree(snapshot, folder, symlinks=True)
     return Reproduced(folder / "project", f"sqlite:///{folder / 'mlflow.db'}", output)
+
+
+class SlowEpochs(pl.Callback):
+    """Each epoch held `seconds`: MLflow's system-metrics sampler (every second under
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=1) gets its samples however fast the machine runs a tiny run."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, module):
+        time.sleep(self.seconds)

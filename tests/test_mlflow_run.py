@@ -9,20 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from conftest import train, with_data
+from conftest import SlowEpochs, train, with_data
 from lyricist.tracking.store import EXPERIMENT_TAGS
 from lyricist.tracking import store
-
-
-class _SlowEpochs(pl.Callback):
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_epoch_end(self, trainer, module):
-        time.sleep(self.seconds)
 
 
 def test_a_run_holds_its_corpus_and_system_metrics_and_prints_no_noise(tiny_cfg, tiny_data, tmp_path,
@@ -32,7 +23,7 @@ def test_a_run_holds_its_corpus_and_system_metrics_and_prints_no_noise(tiny_cfg,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # Each epoch held 1.5 s: the sampler (every second here) gets its samples however fast the machine.
-        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run", callbacks=[_SlowEpochs(1.5)])
+        train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run", callbacks=[SlowEpochs(1.5)])
     printed = "".join(capfd.readouterr()) + caplog.text
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist")

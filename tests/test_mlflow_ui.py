@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import evaluate_stage, free_port, serving, with_data
+from conftest import SlowEpochs, evaluate_stage, free_port, serving, with_data
 from conftest import train
 from lyricist.tracking.store import experiment_url
 
@@ -36,7 +36,7 @@ def test_run_page_shows_name_metric_and_samples(tiny_cfg, tiny_data, tmp_path, u
     # The store must exist before the server starts: train first, then browse.
     cfg = with_data(tiny_cfg, tiny_data)
     cfg.evaluate.dynamic_lrs, cfg.evaluate.krause_lrs, cfg.baseline.max_order = [], [], 3
-    train(cfg, output_dir=tmp_path / "run")
+    train(cfg, output_dir=tmp_path / "run", callbacks=[SlowEpochs(1.5)])  # the system-metrics page has samples
     evaluate_stage(tmp_path, cfg, tmp_path / "run" / "checkpoints" / "best.ckpt")  # test/ppl into the run
     client = MlflowClient(tiny_cfg.logger.tracking_uri)
     experiment = client.get_experiment_by_name("lyricist")
