@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from conftest import make_lm
-from oracles import forward_reference
 from lyricist.models import RecurrentLM
 from lyricist.models.regularisers.locked_dropout import LockedDropout
 
@@ -56,6 +55,6 @@ def test_language_model_uses_locked_dropout_when_asked():
     torch.testing.assert_close(model(ids)[0], model(ids)[0], atol=0, rtol=0)
     assert isinstance(RecurrentLM(model.config, model.vocab_size).dropout, LockedDropout)
     # The literal reference path has no sequence to share a mask over in train mode.
-    torch.testing.assert_close(forward_reference(model, ids)[0], model(ids)[0])
+    torch.testing.assert_close(model.forward_reference(ids)[0], model(ids)[0])
     with pytest.raises(ValueError, match="model.eval"):
-        forward_reference(model.train(), ids)
+        model.train().forward_reference(ids)

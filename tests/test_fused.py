@@ -11,7 +11,6 @@ from lyricist.models.fast import kernels, matmul
 from lyricist.models.cells import make_cell
 from lyricist.models.fast.fused import GRUSequence, LSTMSequence, RNNSequence
 from lyricist.models.fast.head import LinearCrossEntropy, linear_cross_entropy
-from oracles import sequence_reference
 
 NUM_STEPS, BATCH_SIZE, HIDDEN_SIZE, INPUT_SIZE = 4, 3, 5, 6
 
@@ -185,7 +184,7 @@ def test_sequence_equals_step_loop(kind, dtype, tol, batch_size, num_steps, over
         return [outputs, *final], grads
 
     values, grads = run(functools.partial(cell.sequence, overwrite=overwrite))
-    ref_values, ref_grads = run(functools.partial(sequence_reference, cell))
+    ref_values, ref_grads = run(cell.sequence_reference)
     for a, b in zip(values + grads, ref_values + ref_grads, strict=True):
         assert a.dtype == dtype
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
@@ -388,7 +387,7 @@ def test_a_given_weight_hh_is_used_at_every_step_and_gets_the_gradient(kind, com
     with kernels.cpp_kernels(compiled):
         expected, expected_final = other.sequence(x_proj, state)
         (expected.sum() + expected_final[0].sum()).backward()
-        for sequence in (cell.sequence, functools.partial(sequence_reference, cell)):
+        for sequence in (cell.sequence, cell.sequence_reference):
             given = other.weight_hh.detach().clone().requires_grad_()
             outputs, final = sequence(x_proj, state, weight_hh=given)
             (outputs.sum() + final[0].sum()).backward()

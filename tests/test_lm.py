@@ -1,6 +1,5 @@
 """RecurrentLM: shapes, torch.nn.RNN/LSTM/GRU oracles, the reference path, config and dropout."""
 
-import functools
 import itertools
 
 import pytest
@@ -9,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import make_lm
-from oracles import forward_reference
 from lyricist.models import RecurrentLM
 
 VOCAB_SIZE, HIDDEN_SIZE, EMBEDDING_SIZE = 11, 8, 6
@@ -184,7 +182,7 @@ def test_forward_equals_reference(cell, embedding_size, num_layers, given_state)
         return logits, state, grads, state_grads
 
     logits, state, grads, state_grads = run(model.forward)
-    ref_logits, ref_state, ref_grads, ref_state_grads = run(functools.partial(forward_reference, model))
+    ref_logits, ref_state, ref_grads, ref_state_grads = run(model.forward_reference)
     torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
     for a, b in zip(state, ref_state, strict=True):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)

@@ -3,7 +3,6 @@ dropout (``embedding_row_dropout``). Each is held to a twin model without dropou
 carry the batch's mask, to the readable path, and to today's model when off."""
 
 import copy
-import functools
 import itertools
 import math
 from types import SimpleNamespace
@@ -13,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_lm
-from oracles import forward_reference
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
 from lyricist.models import RecurrentLM, regularisers
@@ -99,7 +97,7 @@ def test_fast_path_equals_reference_under_the_same_masks(cell, embedding_size, n
     ids = random_ids()
     with cpp_kernels(compiled):
         logits, state, grads = run(model, model.forward, 7, ids)
-    ref_logits, ref_state, ref_grads = run(model, functools.partial(forward_reference, model), 7, ids)
+    ref_logits, ref_state, ref_grads = run(model, model.forward_reference, 7, ids)
     torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
     for a, b in zip(state, ref_state, strict=True):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)
@@ -194,7 +192,7 @@ def test_eval_mode_is_exactly_the_model_without_them(cell, embedding_size, num_l
     plain.load_state_dict(model.state_dict())
     ids = random_ids()
     rng = torch.get_rng_state()
-    for forward, plain_forward in [(model, plain), (functools.partial(forward_reference, model), functools.partial(forward_reference, plain))]:
+    for forward, plain_forward in [(model, plain), (model.forward_reference, plain.forward_reference)]:
         logits, state = forward(ids)
         plain_logits, plain_state = plain_forward(ids)
         torch.testing.assert_close(logits, plain_logits, atol=0, rtol=0)

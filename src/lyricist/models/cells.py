@@ -3,9 +3,9 @@ gate order (``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_
 that the tests can copy weights to and from the torch.nn cells, their oracles.
 
 A step is split in two: ``project_input(x)``, which does not depend on the state (a language model
-runs it once on the whole (T, B, I) chunk), and ``step(x_proj_t, state)``. A chunk of T steps runs
-in ``sequence`` (fast/fused.py's hand-written backward), which the tests hold to a plain loop over
-``step`` (tests/oracles.py ``sequence_reference``, autograd's backward). The state is a tuple of
+runs it once on the whole (T, B, I) chunk), and ``step(x_proj_t, state)``. A chunk of T steps has
+two equal paths: ``sequence`` (fast/fused.py's hand-written backward) and ``sequence_reference`` (a
+loop over ``step``, autograd's backward); the tests hold one to the other. The state is a tuple of
 (B, H) tensors, ``h`` first: ``(h,)`` or the LSTM's ``(h, c)``. An optional ``weight_hh`` (G*H, H)
 replaces the parameter: a regulariser's copy (regularisers/weight_drop.py).
 """
@@ -89,6 +89,15 @@ class RecurrentCell(nn.Module):
         """All T steps of x_proj (T, B, G*H): the outputs h (T, B, H) and the final state.
         ``overwrite``: x_proj is the caller's to lose (the LSTM and the GRU write their gates over it)."""
         raise NotImplementedError
+
+    def sequence_reference(self, x_proj: Tensor, state: State,
+                           weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
+        """``sequence`` as a plain loop over ``step``; autograd does the backward."""
+        outputs = []
+        for x_proj_t in x_proj:  # (B, G*H)
+            state = self.step(x_proj_t, state, weight_hh)
+            outputs.append(state[0])
+        return torch.stack(outputs), state  # (T, B, H)
 
     def forward(self, x: Tensor, state: State | None = None, weight_hh: Tensor | None = None) -> State:
         """One time step from the raw input (B, I); ``state=None`` means zeros."""

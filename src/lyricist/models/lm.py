@@ -3,9 +3,9 @@
 Shapes: B batch, T time steps, V vocabulary, E embedding, H hidden, L layers, G gates per cell. Ids
 come in batch-first (B, T) and logits go out (B, T, V), as the batches and the loss have them;
 inside, everything is time-major (T, B, ...), as the recurrence walks T. The state is torch.nn's:
-``num_states`` tensors (L, B, H). ``forward``: every step's input projection in one product, each
-layer's recurrence in one fused Function, the head over all steps in one product; the tests hold it
-to the literal path, step by step as the seeds (tests/oracles.py ``forward_reference``).
+``num_states`` tensors (L, B, H). Two equal paths, held to each other by the tests: ``forward``
+(every step's input projection in one product, each layer's recurrence in one fused Function, the
+head over all steps in one product) and ``forward_reference`` (literal, as the seeds).
 """
 
 from __future__ import annotations
@@ -157,6 +157,31 @@ class RecurrentLM(nn.Module):
 
         # Back to batch-first so the logits come out contiguous (B, T, V).
         return layer_output.transpose(0, 1), self._stack_layers(final_states)  # (B, T, H)
+
+    def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``forward`` computed literally, as the seeds do: each step's one-hot (or embedding) through
+        ``cell.forward`` layer after layer, then the head. Slow: the tests check ``forward`` against it."""
+        if self.training and self.config.locked_dropout:
+            # Step by step there is no sequence to share a mask over.
+            raise ValueError("forward_reference cannot apply locked dropout step by step: "
+                             "call model.eval() first or build the model with locked_dropout=False")
+        state = self.begin_state(ids.size(0), device=ids.device) if state is None else state
+        active, weights_hh = self.draw()  # once for the chunk, as in `features`
+        layer_states = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]  # L x (each (B, H))
+        logits = []
+        for t in range(ids.size(1)):
+            if self.embedding is None:
+                x = self._hook(active, "rows", F.one_hot(ids[:, t], self.vocab_size).to(self.head.weight.dtype),
+                               ids[:, t])  # (B, V)
+            else:
+                x = self.embedding_dropout(self._hook(active, "rows", self.embedding(ids[:, t]), ids[:, t]))  # (B, E)
+            for layer, cell in enumerate(self.cells):
+                if layer > 0:
+                    x = self.dropout(x)
+                layer_states[layer] = cell(x, layer_states[layer], weights_hh[layer])
+                x = layer_states[layer][0]  # (B, H)
+            logits.append(self.head(self.output_dropout(x)))  # (B, V)
+        return torch.stack(logits, dim=1), self._stack_layers(layer_states)  # (B, T, V)
 
     def _stack_layers(self, per_layer: list[State]) -> State:
         """L tuples of (B, H) -> ``num_states`` tensors of (L, B, H)."""
