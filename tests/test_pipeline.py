@@ -89,8 +89,11 @@ def test_dvc_pull_repro_then_nothing_to_do_then_only_train_and_evaluate(reproduc
 def test_dvc_exp_run_composes_params_from_conf(reproduced, tmp_path):
     # After a repro (conftest.reproduced): the experiments re-run train and evaluate, not the data stages.
     project, uri = reproduced.project, reproduced.store
+    # What this test reads is DVC's: no logged model and no dynamic-evaluation grids in these three runs.
+    quick = PIPELINE_TINY + [f"logger.tracking_uri={uri}", "logger.log_model=false", "evaluate.dynamic_lrs=[]",
+                             "evaluate.krause_lrs=[]"]
     args = ["dvc", "exp", "run", "-S", "model=rnn"]
-    for override in PIPELINE_TINY + [f"logger.tracking_uri={uri}"]:
+    for override in quick:
         args += ["-S", override]
     run(args, project)
     params = (project / "params.yaml").read_text(encoding="utf-8")
@@ -98,7 +101,7 @@ def test_dvc_exp_run_composes_params_from_conf(reproduced, tmp_path):
 
     # A queued grid, run by DVC's queue worker.
     queued = ["dvc", "exp", "run", "--queue"]
-    for override in PIPELINE_TINY + [f"logger.tracking_uri={uri}", "train.seed=1,2"]:
+    for override in quick + ["train.seed=1,2"]:
         queued += ["-S", override]
     run(queued, project)
     run(["dvc", "queue", "start"], project)
