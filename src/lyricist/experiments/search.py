@@ -347,6 +347,9 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     if tracking_uri:  # before the study exists: a study without its parent run would wait for it
         store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
+    # Optuna fails a dead worker's trial only when a trial starts; a worker joining a study whose
+    # budget is spent starts none, so it fails them here (else one stays RUNNING for ever).
+    optuna.storages.fail_stale_trials(study)
     out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))
     if t.n_trials is None or done < t.n_trials:
