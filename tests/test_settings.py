@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, project_env
 from lyricist import settings
-from lyricist.cli.config import settings_of
+from lyricist.cli.config import check_overrides, settings_of
 from lyricist.models import RecurrentLM
 
 
@@ -129,10 +129,10 @@ def test_a_typo_on_the_command_line_is_one_line_before_hydra_composes(tmp_path):
 
 
 def test_overrides_below_free_form_nodes_and_group_choices_pass_the_key_check():
-    settings.check_override_keys(["model=gru", "optim/scheduler=step", "trainer.max_time=00:00:01:00",
-                                  "optim.scheduler.gamma=0.1", "+trainer.max_time=1", "hydra.run.dir=x", "-m"])
+    check_overrides(["model=gru", "optim/scheduler=step", "trainer.max_time=00:00:01:00",
+                     "optim.scheduler.gamma=0.1", "+trainer.max_time=1", "hydra.run.dir=x", "-m"], ROOT / "conf")
     with pytest.raises(ValueError, match="data.batchsize is not a setting: did you mean data.batch_size"):
-        settings.check_override_keys(["data.batchsize=3"])
+        check_overrides(["data.batchsize=3"], ROOT / "conf")
 
 
 ZAREMBA_SMALL = ["data=presplit", "model.num_layers=2", "model.hidden_size=200", "model.embedding_size=200",

@@ -1,8 +1,8 @@
 """Every setting of lyricist, declared once: its type, bounds and a one-line description; conf/ holds
-the values. The entry layer checks a whole composition with `load(values)` before anything is read
-or written; the library takes the typed sections. A bad value is one line naming its key, the value
-and what is allowed. Pydantic v2, not Hydra structured configs: the bounds, rules and messages are
-ours, and dataclasses in Hydra's ConfigStore cannot express ranges.
+the values. The entry layer checks a whole composition with `section(Settings, values)` before
+anything is read or written; the library takes the typed sections. A bad value is one line naming
+its key, the value and what is allowed. Pydantic v2, not Hydra structured configs: the bounds, rules
+and messages are ours, and dataclasses in Hydra's ConfigStore cannot express ranges.
 """
 
 from __future__ import annotations
@@ -398,9 +398,9 @@ class TuneSettings(Section):
 
 def _rule(key: str, rule: SpaceRule) -> SpaceRule:
     name = f"tune.space.{key}"
-    info = _field(key, name)
+    info = field_of(key, name)
     if rule.tied:
-        _field(rule.tied, f"{name}.tied={rule.tied}")
+        field_of(rule.tied, f"{name}.tied={rule.tied}")
     if rule.choices is not None:
         if not rule.choices or rule.low is not None or rule.high is not None:
             raise ValueError(f"{name}.choices={rule.choices}: give at least one value, and no low/high beside them")
@@ -464,11 +464,6 @@ class Settings(Section):
         return self
 
 
-def load(values: dict) -> Settings:
-    """The checked settings of a composition (lyricist.cli composes it); ValueError: one line."""
-    return section(Settings, values)
-
-
 def with_overrides(s: Settings, values: dict[str, Any]) -> Settings:
     """`s` with {dotted key: value} set (a search's trial, its tune.fixed), checked again whole."""
     return section(Settings, nest(values, s.model_dump(by_alias=True)))
@@ -494,19 +489,9 @@ def value_at(s: Settings, key: str) -> Any:
                             s.model_dump(by_alias=True))
 
 
-def check_override_keys(overrides: list[str]) -> None:
-    """Refuse `key=value` command-line overrides whose key is no setting, in one line naming the
-    nearest (Hydra's own message spans five lines and suggests appending the typo with +)."""
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if "=" not in override or key.startswith(("+", "~", "-", "hydra")) or "." not in key or "/" in key:
-            continue  # an addition, a deletion, a flag, Hydra's own, or a group choice (model=gru)
-        _field(key, key)
-
-
-def _field(key: str, name: str) -> Any:
+def field_of(key: str, name: str | None = None) -> Any:
     """The declared field of a dotted key, None below a free-form node (trainer.*, optim.scheduler.*,
-    tune.space.*); a key that is no setting is refused as `name`, naming the nearest."""
+    tune.space.*); a key that is no setting is refused as `name` (default: the key), naming the nearest."""
     model, parts = Settings, key.split(".")
     for i, part in enumerate(parts):
         fields = _fields(model)
@@ -515,10 +500,10 @@ def _field(key: str, name: str) -> Any:
             return info
         if info and _inner(info.annotation):
             model = _inner(info.annotation)
-            continue
-        if info and typing.get_origin(info.annotation) is dict or not info and model.model_config.get("extra") == "allow":
+        elif info and typing.get_origin(info.annotation) is dict or not info and model.model_config.get("extra") == "allow":
             return None
-        raise ValueError(f"{name} is not a setting{_did_you_mean(parts[:i], part, fields)} (docs/configuration.md lists them all)")
+        else:
+            raise ValueError(_not_a_setting(name or key, parts[:i], part, fields))
 
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
@@ -539,8 +524,7 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
         return first["msg"].removeprefix("Value error, ")
     parent = _model_at(root, loc[:-1])
     if first["type"] == "extra_forbidden":
-        hint = _did_you_mean([p for p in [prefix, *loc[:-1]] if p], loc[-1], _fields(parent) if parent else {})
-        return f"{key} is not a setting{hint} (docs/configuration.md lists them all)"
+        return _not_a_setting(key, [p for p in [prefix, *loc[:-1]] if p], loc[-1], _fields(parent) if parent else {})
     if first["type"] == "missing":
         return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
@@ -556,15 +540,14 @@ def _allowed(first: dict) -> str:
     return allowed
 
 
-def _did_you_mean(where: list[str], name: str, fields: dict) -> str:
-    """The nearest setting to `name` among `fields` (at `where`), else the section holding a setting
-    of that very name (a setting that moved: train.ar_alpha is model.ar_alpha)."""
+def _not_a_setting(key: str, where: list[str], name: str, fields: dict) -> str:
+    """`key` refused, naming the nearest setting to `name` among `fields` (at `where`), else the
+    section holding a setting of that very name (a setting that moved: train.ar_alpha is model.ar_alpha)."""
     near = difflib.get_close_matches(name, list(fields), n=1)
-    if near:
-        return f": did you mean {'.'.join([*where, near[0]])}?"
     moved = [f"{section}.{name}" for section, info in _fields(Settings).items()
              if _inner(info.annotation) and name in _fields(_inner(info.annotation))]
-    return f": did you mean {moved[0]}?" if moved else ""
+    guess = ".".join([*where, near[0]]) if near else moved[0] if moved else None
+    return f"{key} is not a setting" + (f": did you mean {guess}?" if guess else "") + " (docs/configuration.md lists them all)"
 
 
 def _inner(annotation: Any) -> type[BaseModel] | None:

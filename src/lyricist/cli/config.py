@@ -23,17 +23,19 @@ _NAMES = re.compile(r"^[\w.-]+(,[\w.-]+)*$")  # a group choice, or a sweep's lis
 def check_overrides(overrides: Sequence[str], conf_dir: Path) -> None:
     """Refuse an override naming no setting (did you mean ...) or no file of its conf group, in one
     line (Hydra's own messages span several lines and suggest appending the typo with +)."""
-    settings.check_override_keys(list(overrides))
     for override in overrides:
-        key, _, value = override.partition("=")
+        key, is_set, value = override.partition("=")
         group = key.lstrip("+")
-        if not _ or "." in group or group.startswith("hydra") or not (conf_dir / group).is_dir() or not _NAMES.match(value):
-            continue  # a setting, Hydra's own group (its plugins add options), or a sweep's expression
-        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in options and choice != "null":
-                raise ValueError(f"{group}={choice} is not an option of conf/{group}/: use one of "
-                                 f"{', '.join(options)}")
+        if not is_set or key.startswith(("~", "-")) or group.startswith("hydra"):
+            continue  # a flag, a deletion, or Hydra's own (its plugins add group options)
+        if "." in key and "/" not in key and not key.startswith("+"):  # +key=value adds a key
+            settings.field_of(key)
+        elif (conf_dir / group).is_dir() and _NAMES.match(value):  # not a sweep's expression
+            options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            for choice in value.split(","):
+                if choice not in options and choice != "null":
+                    raise ValueError(f"{group}={choice} is not an option of conf/{group}/: use one of "
+                                     f"{', '.join(options)}")
 
 
 def compose(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> DictConfig:
@@ -54,7 +56,7 @@ def settings_of(cfg: DictConfig | dict | str | Path) -> Settings:
     if isinstance(cfg, DictConfig):  # resolved section by section: hydra's own node needs a running job
         cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                for k in cfg if k != "hydra"}
-    return settings.load(cfg)
+    return settings.section(Settings, cfg)
 
 
 def load(overrides: Sequence[str] = (), groups: Sequence[str] = ()) -> Settings:
