@@ -27,12 +27,8 @@ def is_ddp_child() -> bool:
 
 def existing_run(run_dir: Path) -> list[str]:
     """The files of an earlier run in `run_dir` (empty when there is none)."""
-    found = []
-    for name in RUN_FILES:
-        path = run_dir / name
-        if (path.is_file() and _has_rows(path)) or (path.is_dir() and any(path.iterdir())):
-            found.append(name)
-    return found
+    paths = {name: run_dir / name for name in RUN_FILES}
+    return [name for name, path in paths.items() if (path.is_file() and _has_rows(path)) or (path.is_dir() and any(path.iterdir()))]
 
 
 def _has_rows(path: Path) -> bool:

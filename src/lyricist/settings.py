@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import typing
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -617,19 +618,12 @@ def _type_name(annotation: Any, metadata: list = ()) -> str:
 
 
 def _bounds(metadata) -> str:
-    found = []
-    for m in metadata:
-        for item in [m, *getattr(m, "metadata", [])]:  # a FieldInfo holds its bounds in .metadata
-            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="),
-                               ("max_length", "length <=")):
-                if getattr(item, attr, None) is not None and f"{sign} {getattr(item, attr)}" not in found:
-                    found.append(f"{sign} {getattr(item, attr)}")
+    items = [item for m in metadata for item in [m, *getattr(m, "metadata", [])]]  # a FieldInfo holds its bounds in .metadata
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "length >=", "max_length": "length <="}
+    found = dict.fromkeys(f"{sign} {getattr(item, attr)}" for item in items for attr, sign in signs.items()
+                          if getattr(item, attr, None) is not None)
     return " " + ", ".join(found) if found else ""
 
 
 def _yaml(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)  # null, true, false
