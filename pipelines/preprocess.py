@@ -18,11 +18,10 @@ def main(argv=None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     p = read(args.params, "data")  # checked before any work (the split files' form too)
-    split_files = p.split_files.model_dump() if p.split_files is not None else None
     presplit = Path(args.input).is_dir()
-    if presplit != (split_files is not None):
+    if presplit != (p.split_files is not None):
         raise CorpusError(f"{args.input} is {'a folder' if presplit else 'a file'}, but data.split_files is "
-                          f"{'null' if split_files is None else 'set'}: it was made with other settings. "
+                          f"{'null' if p.split_files is None else 'set'}: it was made with other settings. "
                           "Re-run the unzip stage first (`dvc repro preprocess` runs both).")
     clean = dict(newline=p.newline, lowercase=p.lowercase, max_chars=p.max_chars)
     if presplit:

@@ -41,8 +41,7 @@ def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
     """Refuse a fresh run into a directory that already holds one (reads only, writes nothing)."""
     if is_ddp_child():  # rank 0 checked it, and may have started metrics.csv since
         return
-    run_dir = Path(run_dir)
-    found = existing_run(run_dir)
+    found = existing_run(Path(run_dir))
     if found and not resume and not overwrite:
         raise RunDirError(
             f"{run_dir} already holds a run ({', '.join(found)}); a new run would overwrite it. "

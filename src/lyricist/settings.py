@@ -58,7 +58,7 @@ class SplitFiles(Section):
     @model_validator(mode="after")
     def _three_files(self) -> SplitFiles:
         example = "data.split_files='{train: ptb.train.txt, val: ptb.valid.txt, test: ptb.test.txt}'"
-        names = {"train": self.train, "val": self.val, "test": self.test}
+        names = self.model_dump()  # {train, val, test}
         for split, name in names.items():
             if not name.strip() or PurePath(name).is_absolute() or ".." in PurePath(name).parts:
                 raise ValueError(f"data.split_files.{split}={name!r} is not allowed: use a relative path inside the "
@@ -592,7 +592,7 @@ def _rows(prefix: str, model: type[BaseModel], values: dict) -> list[str]:
     rows = []
     for key, info in _fields(model).items():
         value = values.get(key, info.default)
-        nested = isinstance(_inner(info.annotation), type) and issubclass(_inner(info.annotation), Built)
+        nested = issubclass(_inner(info.annotation) or Section, Built)
         cells = [f"`{prefix}.{key}`", _type_name(info.annotation, info.metadata),
                  "below" if nested else f"`{_yaml(value)}`", info.description or ""]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")

@@ -34,9 +34,8 @@ def parent_run_id_for_current_job() -> str | None:
 
 
 class MlflowSweepCallback(Callback):
-    def __init__(self) -> None:
-        self.client: MlflowClient | None = None
-        self.parent_run_id: str | None = None
+    client: MlflowClient | None = None  # the parent run's, in the sweep's main process only
+    parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.logger.enabled:
