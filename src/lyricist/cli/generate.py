@@ -92,7 +92,3 @@ def _generate(args: argparse.Namespace) -> None:
     for i, prefix in enumerate(args.prefix):
         print(generate(loaded.model, loaded.vocab, prefix, decoding, index=i, allow_unknown=args.allow_unknown,
                        tick=ProgressLines(f"prefix {i + 1}")))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

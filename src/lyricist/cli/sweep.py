@@ -53,11 +53,10 @@ class MlflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or not config.logger.enabled:
             return
-        path = Path(config.hydra.sweep.dir) / PARENT_FILE
-        if config.hydra.mode != RunMode.MULTIRUN or not path.is_file():
+        parent = parent_run_id_for_current_job()  # HydraConfig is still the job's
+        if not parent:
             return
-        uri = store.resolve_tracking_uri(config.logger.tracking_uri, project_root(config.paths.root))
-        client, parent = MlflowClient(uri), path.read_text().strip()
+        client = MlflowClient(store.resolve_tracking_uri(config.logger.tracking_uri, project_root(config.paths.root)))
         reason = store.failure_reason(job_return._return_value)  # .return_value would raise it
         job = f"{config.hydra.job.num} ({' '.join(config.hydra.overrides.task)})"
         store.with_retry(lambda: client.set_tag(parent, f"failed_job.{config.hydra.job.num}", reason))

@@ -96,7 +96,3 @@ def main() -> None:
     except errors.USER_ERRORS as err:
         sys.exit(errors.report(err))
     hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
-
-
-if __name__ == "__main__":
-    main()
