@@ -508,28 +508,24 @@ def field_of(key: str, name: str | None = None) -> Any:
 
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
-    """`values` checked as `model` (a whole composition, or one section alone: a request's
-    decoding fields), errors named from `prefix` (e.g. "generate")."""
+    """`values` checked as `model` (a whole composition, or one section alone: a request's decoding
+    fields); its first error as one line named from `prefix` (e.g. "data"): `key=value is not
+    allowed: what is allowed (what it is)`."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise ValueError(describe(err, model, prefix)) from None
-
-
-def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
-    """The first error of `err` as one line: `key=value is not allowed: what is allowed (what it is)`."""
-    first = err.errors(include_url=False)[0]
+        first = err.errors(include_url=False)[0]
     loc = [str(part) for part in first["loc"]]
     key = ".".join(filter(None, [prefix, *loc]))
     if first["type"] == "value_error":  # a cross-field rule: its message names the keys
-        return first["msg"].removeprefix("Value error, ")
-    parent = _model_at(root, loc[:-1])
+        raise ValueError(first["msg"].removeprefix("Value error, "))
+    parent = _model_at(model, loc[:-1])
     if first["type"] == "extra_forbidden":
-        return _not_a_setting(key, [p for p in [prefix, *loc[:-1]] if p], loc[-1], _fields(parent) if parent else {})
+        raise ValueError(_not_a_setting(key, [p for p in [prefix, *loc[:-1]] if p], loc[-1], _fields(parent) if parent else {}))
     if first["type"] == "missing":
-        return f"{key} is missing: add it to the config (docs/configuration.md lists every key)"
+        raise ValueError(f"{key} is missing: add it to the config (docs/configuration.md lists every key)")
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
-    return f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else "")
+    raise ValueError(f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else ""))
 
 
 def _allowed(first: dict) -> str:
