@@ -11,9 +11,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-FULL_ERROR_VARIABLES = ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR")
-EXIT_STATUS = 2  # argparse's status for a usage error
-
 
 class UserError(Exception):
     """Not bad input, yet the user's to fix, and the message says how: a run stopped by the
@@ -32,7 +29,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, N
 
 
 def full_error() -> bool:
-    return any(os.environ.get(name, "") not in ("", "0") for name in FULL_ERROR_VARIABLES)
+    return any(os.environ.get(name, "") not in ("", "0") for name in ("LYRICIST_FULL_ERROR", "HYDRA_FULL_ERROR"))
 
 
 def report(err: BaseException) -> int:
@@ -44,7 +41,7 @@ def report(err: BaseException) -> int:
     if os.environ.get("DVC_EXP_NAME") and "/.dvc/tmp/" not in os.environ.get("DVC_ROOT", "/.dvc/tmp/"):
         print("(dvc exp run: params.yaml keeps this experiment's values; `git checkout params.yaml` restores "
               "the committed ones)", file=sys.stderr)
-    return EXIT_STATUS
+    return 2  # argparse's status for a usage error
 
 
 def _said(err: BaseException) -> str:

@@ -87,12 +87,8 @@ def _hydra_job(cfg: DictConfig) -> float:
 
 def main() -> None:
     argv = sys.argv[1:]
-    try:
-        conf_dir = project_root() / "conf"
-        if {"-m", "--multirun"} & set(argv):  # a sweep's lists compose job by job
-            check_overrides(argv, conf_dir)
-        else:  # composed once here, so that a mistake Hydra finds is one line too
-            compose([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))])
-    except errors.USER_ERRORS as err:
-        sys.exit(errors.report(err))
-    hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")(_hydra_job)()
+    if {"-m", "--multirun"} & set(argv):  # a sweep's lists compose job by job
+        _refuse_or_continue(lambda: check_overrides(argv, project_root() / "conf"))
+    else:  # composed once here, so that a mistake Hydra finds is one line too
+        _refuse_or_continue(lambda: compose([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]))
+    hydra.main(version_base="1.3", config_path=str(project_root() / "conf"), config_name="config")(_hydra_job)()
