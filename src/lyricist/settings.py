@@ -155,7 +155,7 @@ class Built(Section):
     typed and bounded (what torch leaves unchecked), the others pass through; every one must be an
     argument of the class (an unknown one is refused, naming the nearest)."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="allow")  # merged with Section's
 
     def arguments(self) -> dict[str, Any]:
         """The class's keyword arguments: the set ones (a declared argument left null is the class's default)."""

@@ -9,10 +9,9 @@ from lyricist import settings
 from lyricist.cli import config
 
 
-def main() -> int:
+def main() -> None:
     cfg = config.compose(groups=["+tune=default"])
     sys.stdout.write(settings.reference(OmegaConf.to_container(cfg, resolve=True)))
-    return 0
 
 
 if __name__ == "__main__":
