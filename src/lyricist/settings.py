@@ -422,7 +422,7 @@ def _rule(key: str, rule: SpaceRule) -> SpaceRule:
             first = err.errors(include_url=False)[0]
             if first["type"] == "value_error":  # the field's own rule: its message names the key
                 raise ValueError(f"{name}.{what}: {first['msg'].removeprefix('Value error, ')}") from None
-            raise ValueError(f"{name}.{what}={value!r} is not allowed: {_allowed(first)} ({info.description})") from None
+            raise ValueError(_not_allowed(f"{name}.{what}", value, first, info)) from None
 
     if rule.choices is not None:
         return rule.model_copy(update={"choices": [check("choices", c) for c in rule.choices]})
@@ -509,8 +509,7 @@ def field_of(key: str, name: str | None = None) -> Any:
 
 def section(model: type[Section], values: Any, prefix: str = "") -> Any:
     """`values` checked as `model` (a whole composition, or one section alone: a request's decoding
-    fields); its first error as one line named from `prefix` (e.g. "data"): `key=value is not
-    allowed: what is allowed (what it is)`."""
+    fields); its first error as one line, the keys named from `prefix` (e.g. "data")."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
@@ -525,16 +524,16 @@ def section(model: type[Section], values: Any, prefix: str = "") -> Any:
     if first["type"] == "missing":
         raise ValueError(f"{key} is missing: add it to the config (docs/configuration.md lists every key)")
     info = parent.model_fields.get(loc[-1]) if parent and loc else None
-    raise ValueError(f"{key}={first.get('input')!r} is not allowed: {_allowed(first)}" + (f" ({info.description})" if info else ""))
+    raise ValueError(_not_allowed(key, first.get("input"), first, info))
 
 
-def _allowed(first: dict) -> str:
-    """What pydantic's error says is allowed, in the messages' words (`use a value >= 1`)."""
+def _not_allowed(key: str, value: Any, first: dict, info: Any) -> str:
+    """`key=value is not allowed: what is allowed (what it is)`, pydantic's error in our words (`use a value >= 1`)."""
     allowed = first["msg"].replace("Input should be", "use")
     for words, sign in (("greater than or equal to", ">="), ("less than or equal to", "<="), ("greater than", ">"),
                         ("less than", "<")):
         allowed = allowed.replace(f"use {words}", f"use a value {sign}")
-    return allowed
+    return f"{key}={value!r} is not allowed: {allowed}" + (f" ({info.description})" if info else "")
 
 
 def _not_a_setting(key: str, where: list[str], name: str, fields: dict) -> str:
