@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from lyricist.cli.config import read, run
-
 from lyricist.data.corpus import write_text
 from lyricist.data.vocab import Vocab, VocabError, load_ids
 from lyricist.evaluation.ngram import evaluate_baselines, save_kneser_ney

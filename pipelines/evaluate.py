@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from lyricist.data.corpus import write_text
 from lyricist.cli.config import run, settings_of
+from lyricist.data.corpus import write_text
 from lyricist.evaluation.evaluate import evaluate_checkpoint, evaluation_settings, mlflow_metrics, summary
 from lyricist.tracking.results import log_evaluation
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from lyricist.cli.config import read, run
-
 from lyricist.data.corpus import (SPLITS, CorpusError, check_split_texts, check_splits,
                                   clean_text, count_control_chars, split_text, write_text)
 

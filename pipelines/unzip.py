@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lyricist.data.corpus import MAX_COMPRESSION_RATIO, MAX_RAW_BYTES, read_raw_text, read_split_texts, write_text
 from lyricist.cli.config import read, run
+from lyricist.data.corpus import MAX_COMPRESSION_RATIO, MAX_RAW_BYTES, read_raw_text, read_split_texts, write_text
 
 
 def main(argv=None) -> None:
@@ -21,13 +21,12 @@ def main(argv=None) -> None:
     data = read(args.params, "data") if Path(args.params).is_file() else None  # checked before any work
     limits = dict(max_bytes=data.max_raw_bytes if data else MAX_RAW_BYTES,
                   max_ratio=data.max_compression_ratio if data else MAX_COMPRESSION_RATIO)
-    split_files = data.split_files.model_dump() if data and data.split_files else None
-    if split_files is None:
+    if not (data and data.split_files):
         text = read_raw_text(args.raw, **limits)
         write_text(args.out, text)
         print(f"unzip: {args.raw} -> {args.out} ({len(text):,} characters)")
         return
-    texts = read_split_texts(args.raw, split_files, **limits)  # all three read and checked before any output
+    texts = read_split_texts(args.raw, data.split_files.model_dump(), **limits)  # all three read and checked before any output
     for split, text in texts.items():
         write_text(Path(args.out) / f"{split}.txt", text)
     sizes = ", ".join(f"{split} {len(text):,}" for split, text in texts.items())

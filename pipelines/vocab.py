@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from lyricist.cli.config import read, run
-
 from lyricist.data.corpus import SPLITS
 from lyricist.data.prepared import write_record
 from lyricist.data.vocab import Vocab, VocabError, check_useful, encode_to_array, save_ids, unk_rate
