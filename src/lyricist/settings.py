@@ -477,8 +477,7 @@ def nest(values: dict[str, Any], data: dict | None = None) -> dict:
         *parents, last = key.split(".")
         node = data
         for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
+            node[part] = node[part] if isinstance(node.get(part), dict) else {}  # a leaf in the way is replaced
             node = node[part]
         node[last] = value
     return data
