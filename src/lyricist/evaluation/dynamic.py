@@ -15,7 +15,6 @@ reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-ch
 from __future__ import annotations
 
 import copy
-import math
 from functools import partial
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import DynamicResult
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, adaptive_ngram_scores
 from lyricist.evaluation.progress import Tick
 from lyricist.models import RecurrentLM
 from lyricist.models.stream import read_streams
@@ -118,35 +117,6 @@ class StreamReader:
                 if progress is not None:
                     progress(label, (i + 1) * self.num_steps, total)
         return torch.cat(log_probs).cpu().numpy() if log_probs else np.zeros(0)
-
-
-def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray,
-                                   progress: Tick | None = None, label: str = "") -> np.ndarray:
-    """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that
-    counts every token once read (predict, then observe); `progress` hears every 1,000 tokens."""
-    reader = copy.deepcopy(ngram)
-    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    history = ngram.order - 1
-    wanted = set(np.asarray(positions).tolist())
-    end = int(max(wanted)) + 1 if wanted else 0
-    log_probs = []
-    for p, token in enumerate(ids[:end]):
-        context = ids[max(0, p - history):p]
-        if p in wanted:
-            log_probs.append(math.log(reader.prob(context, token)))
-        reader.observe([token], context=context)
-        if progress is not None and p % 1000 == 999:
-            progress(label, p + 1, end)
-    return np.array(log_probs, dtype=np.float64)
-
-
-def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num_steps: int = 1,
-                          progress: Tick | None = None) -> dict[str, np.ndarray]:
-    """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
-    (with `num_steps` 1: every position), scored once for every row that mixes with it."""
-    return {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, (len(ids) - 1) // num_steps * num_steps + 1),
-                                                  progress, f"adaptive kn{ngram.order} on {split}")
-            for split, ids in splits.items()}
 
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],

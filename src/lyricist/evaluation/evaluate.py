@@ -15,10 +15,10 @@ from typing import Any
 from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.cache import evaluate_cache
-from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
+from lyricist.evaluation.dynamic import evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
-from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
+from lyricist.evaluation.ngram import adaptive_ngram_scores, best_kneser_ney, load_kneser_ney
 from lyricist.evaluation.progress import Progress
 from lyricist.evaluation.samples import sample_lyrics
 from lyricist.models import RecurrentLM

@@ -15,13 +15,13 @@ exactly r (r >= 3: at least 3) times, and a context never seen leaves P_k = P_{k
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +30,7 @@ import numpy as np
 
 from lyricist.data.corpus import atomic_write_bytes
 from lyricist.evaluation.ppl import perplexity as ppl
+from lyricist.evaluation.progress import Tick
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
 KNESER_NEY_FORMAT = 1  # of the file the baseline stage saves and the evaluate stage loads
@@ -80,29 +81,20 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
     return discounts
 
 
-@dataclass
 class _Level:
-    """The counts of one order k: k-grams, and per context (the first k-1 tokens) their totals."""
+    """The counts of one order k: k-grams, and per context (the first k-1 tokens) c(h.) and the sum
+    of the discounts of its followers (gamma(h) is their ratio; a context with no entry was never
+    seen at this order), summed in the counts' order: a level rebuilt from saved counts holds bit
+    for bit the same floats."""
 
-    counts: dict[tuple[int, ...], int]
-    discounts: tuple[float, float, float]
-    # context -> (c(h.), sum of the discounts of its followers); gamma(h) is their ratio.
-    # A context with no entry was never seen at this order.
-    contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
-
-    @classmethod
-    def from_counts(cls, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> _Level:
-        """The level of these counts, its contexts' totals and masses summed in the counts' order
-        (so a level rebuilt from saved counts holds bit for bit the same floats)."""
-        level = cls(counts, discounts)
+    def __init__(self, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> None:
+        self.counts, self.discounts = counts, discounts
         totals: Counter = Counter()
         masses: Counter = Counter()
         for gram, count in counts.items():
-            context = gram[:-1]
-            totals[context] += count
-            masses[context] += level.discount(count)
-        level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
-        return level
+            totals[gram[:-1]] += count
+            masses[gram[:-1]] += self.discount(count)
+        self.contexts = {h: (total, masses[h]) for h, total in totals.items()}
 
     def discount(self, count: int) -> float:
         return self.discounts[min(count, 3) - 1]
@@ -137,7 +129,7 @@ class KneserNey:
                 # context says little, so it should favour tokens seen after many contexts.
                 counts = dict(Counter(gram[1:] for gram in raw[k + 1]))
             discounts = estimate_discounts(counts.values(), self.discount_mode, self.fixed_discount)
-            self.levels.append(_Level.from_counts(counts, discounts))
+            self.levels.append(_Level(counts, discounts))
         # The k-gram types seen (k >= 2): `observe` needs them to tell when a continuation count grows.
         self._seen = {k: set(raw[k]) for k in range(2, self.order + 1)}
         return self
@@ -223,7 +215,7 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
     for k in range(1, model.order + 1):
         grams = map(tuple, arrays[f"grams_{k}"].tolist())  # python ints, as fit's keys
         counts = dict(zip(grams, arrays[f"counts_{k}"].tolist()))
-        model.levels.append(_Level.from_counts(counts, tuple(arrays[f"discounts_{k}"].tolist())))
+        model.levels.append(_Level(counts, tuple(arrays[f"discounts_{k}"].tolist())))
     model._seen = {k: set(map(tuple, arrays[f"seen_{k}"].tolist())) for k in range(2, model.order)}
     if model.order >= 2:
         model._seen[model.order] = set(model.levels[-1].counts)
@@ -241,12 +233,34 @@ def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Se
     return ppl(-sum(log_probs.tolist()) / len(log_probs))
 
 
-def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
-    """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
+def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int],
+                          adaptive: bool = False, progress: Tick | None = None, label: str = "") -> np.ndarray:
+    """log p of the token at each of `positions` (ascending) of `ids`, given the order - 1 tokens
+    before it there. `adaptive`: by a copy of `model` that counts every token once read (predict,
+    then observe), the adaptive n-gram of dynamic evaluation; `progress` hears every 1,000 tokens."""
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    history = model.order - 1
-    return np.array([math.log(model.prob(ids[max(0, p - history):p], ids[p]))
-                     for p in np.asarray(positions).tolist()], dtype=np.float64)
+    positions = np.asarray(positions).tolist()
+    reader, history, wanted = copy.deepcopy(model) if adaptive else model, model.order - 1, set(positions)
+    end = positions[-1] + 1 if positions else 0
+    log_probs = []
+    for p in range(end) if adaptive else positions:  # the adaptive reader counts every token it reads
+        context = ids[max(0, p - history):p]
+        if p in wanted:
+            log_probs.append(math.log(reader.prob(context, ids[p])))
+        if adaptive:
+            reader.observe([ids[p]], context=context)
+        if progress is not None and p % 1000 == 999:
+            progress(label, p + 1, end)
+    return np.array(log_probs, dtype=np.float64)
+
+
+def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, Sequence[int]], num_steps: int = 1,
+                          progress: Tick | None = None) -> dict[str, np.ndarray]:
+    """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
+    (with `num_steps` 1: every position), scored once for every row that mixes with it."""
+    return {split: ngram_token_log_probs(ngram, ids, range(1, (len(ids) - 1) // num_steps * num_steps + 1), True,
+                                         progress, f"adaptive kn{ngram.order} on {split}")
+            for split, ids in splits.items()}
 
 
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
