@@ -52,10 +52,6 @@ class RMSDecayUpdate:
         # system and faults them in again (the step cost 3 x as much inside the reading loop).
         self.buffers = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
     @torch.no_grad()
     def step(self) -> None:
         for p, p0, denominator, decay, (pull, move) in zip(self.params, self.trained, self.denominators,
@@ -111,7 +107,7 @@ class StreamReader:
                 token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
                 log_probs.append(token_log_probs.detach().double())
                 if self.optimizer is not None:
-                    self.optimizer.zero_grad()
+                    self.model.zero_grad(set_to_none=True)
                     (-token_log_probs.mean()).backward()
                     self.optimizer.step()
                 if progress is not None:

@@ -199,9 +199,8 @@ def mlflow_metrics(flat: dict[str, float]) -> dict[str, float]:
     names = {prefix: name for row in ROWS for prefix, name in row.mlflow.items()}
     named = {}
     for key, value in flat.items():
-        if value is None:  # an ensemble's epoch
-            continue
         prefix = max((p for p in names if key.startswith(p)), key=len)
-        named[names[prefix] + key[len(prefix):]] = float(value)
+        if value is not None:  # None: an ensemble's epoch
+            named[names[prefix] + key[len(prefix):]] = float(value)
     named.update({name: flat[a] / flat[b] for name, a, b in RATIOS if flat.get(a) is not None and flat.get(b)})
     return named

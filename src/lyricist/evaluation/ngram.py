@@ -121,13 +121,10 @@ class KneserNey:
         raw = {k: Counter(zip(*(islice(ids, i, None) for i in range(k)))) for k in range(1, self.order + 1)}
         self.levels: list[_Level] = []  # levels[k - 1] holds order k
         for k in range(1, self.order + 1):
-            if k == self.order:
-                counts = dict(raw[k])
-            else:
-                # Continuation count of a k-gram: how many distinct tokens precede it, i.e. how
-                # many (k+1)-gram types it ends. A lower order is only consulted when the longer
-                # context says little, so it should favour tokens seen after many contexts.
-                counts = dict(Counter(gram[1:] for gram in raw[k + 1]))
+            # Below the top order, the continuation count of a k-gram: how many distinct tokens
+            # precede it, i.e. how many (k+1)-gram types it ends. A lower order is only consulted
+            # when the longer context says little, so it should favour tokens seen after many contexts.
+            counts = dict(raw[k] if k == self.order else Counter(gram[1:] for gram in raw[k + 1]))
             discounts = estimate_discounts(counts.values(), self.discount_mode, self.fixed_discount)
             self.levels.append(_Level(counts, discounts))
         # The k-gram types seen (k >= 2): `observe` needs them to tell when a continuation count grows.
@@ -152,21 +149,16 @@ class KneserNey:
                     self.levels[k - 2].add(gram[1:])
         return self
 
-    def _seen_contexts(self, context: Sequence[int]):
-        """(level, context at that level, its total, its discount mass) from the unigram up to the
-        longest the last order - 1 tokens of `context` allow; an unseen context is skipped."""
+    def prob(self, context: Sequence[int], token: int) -> float:
         context = tuple(int(t) for t in context)
         history = context[max(0, len(context) - self.order + 1):]
-        for k in range(1, len(history) + 2):
+        p = 1.0 / self.vocab_size
+        for k in range(1, len(history) + 2):  # from the unigram up; a context unseen at order k leaves p
             level, h = self.levels[k - 1], history[len(history) - k + 1:]
             if h in level.contexts:
-                yield level, h, *level.contexts[h]
-
-    def prob(self, context: Sequence[int], token: int) -> float:
-        p = 1.0 / self.vocab_size
-        for level, h, total, mass in self._seen_contexts(context):
-            count = level.counts.get(h + (token,), 0)
-            p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
+                total, mass = level.contexts[h]
+                count = level.counts.get(h + (token,), 0)
+                p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
         return p
 
 
@@ -266,8 +258,6 @@ def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, Sequence[int]], nu
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
                     **discounts) -> tuple[KneserNey, float]:
     """(the Kneser-Ney model of order 1..max_order fit on train with the lowest val perplexity, that perplexity)."""
-    if len(val_ids) < 2:
-        raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
     metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
     return model, metrics[f"kn{model.order}"]["val_ppl"]
 
