@@ -1,12 +1,10 @@
 """Dynamic evaluation (Krause et al., 2018): a model that keeps learning from the text it scores.
 
-A split is read once, in order, as one stream: each segment of `num_steps` tokens is scored,
-then the model takes one step on that segment's loss, so a chorus heard once is expected when
-it comes back. A token is always scored before the model learns from it: an honest held-out
-perplexity, of a reader who never looks ahead. The n-gram counterpart is the adaptive
-Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`); both
-are scored on the same positions and interpolated, the rate and the weight chosen on val.
-The state goes on from segment to segment (detached, as in training).
+A split is read once, in order, as one stream (the state carried): each segment of `num_steps`
+tokens is scored, then the model takes one step on that segment's loss, so a chorus heard once
+is expected when it comes back. A token is always scored before the model learns from it: an
+honest held-out perplexity, of a reader who never looks ahead. The n-gram counterpart is the
+adaptive Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`).
 
 The step is plain SGD or Krause et al.'s own (`RMSDecayUpdate`). The cost, and why each rate
 reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-characters-issue-16.

@@ -1,7 +1,6 @@
 """The one evaluator of a checkpoint, or of the ensemble of several (the evaluate stage's and
 `lyricist.seeds`'): the model, the splits and the Kneser-Ney model loaded once (`Evaluation`),
-then the rows of ROWS in order, each a field of EvaluationResult naming its numbers for the
-stage's summary, seeds' table, reports/metrics.json and the MLflow run."""
+then the rows of ROWS in order, each naming its numbers (`Row`)."""
 
 from __future__ import annotations
 
