@@ -42,8 +42,6 @@ def penalize_recent(logits: torch.Tensor, recent: Sequence[int], penalty: float,
     ids = torch.tensor(sorted(set(recent)), dtype=torch.long, device=logits.device)
     if exempt is not None:
         ids = ids[~exempt[ids]]
-    if penalty == 1 or not len(ids):
-        return logits
     chosen = logits[ids]
     # Dividing a negative logit would raise it: multiply those (as CTRL and HF do).
     return logits.index_copy(0, ids, torch.where(chosen > 0, chosen / penalty, chosen * penalty))
