@@ -76,9 +76,7 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
         return FALLBACK_DISCOUNTS
     y = n1 / (n1 + 2 * n2)
     discounts = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
-    if not all(0.0 < d <= r for r, d in enumerate(discounts, start=1)):
-        return FALLBACK_DISCOUNTS
-    return discounts
+    return discounts if all(0.0 < d <= r for r, d in enumerate(discounts, start=1)) else FALLBACK_DISCOUNTS
 
 
 class _Level:
