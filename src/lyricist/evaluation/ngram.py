@@ -230,7 +230,8 @@ def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], 
     then observe), the adaptive n-gram of dynamic evaluation; `progress` hears every 1,000 tokens."""
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
     positions = np.asarray(positions).tolist()
-    reader, history, wanted = copy.deepcopy(model) if adaptive else model, model.order - 1, set(positions)
+    reader = copy.deepcopy(model) if adaptive else model  # the caller's model keeps its counts
+    history, wanted = model.order - 1, set(positions)
     end = positions[-1] + 1 if positions else 0
     log_probs = []
     for p in range(end) if adaptive else positions:  # the adaptive reader counts every token it reads
@@ -248,8 +249,8 @@ def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, Sequence[int]], nu
                           progress: Tick | None = None) -> dict[str, np.ndarray]:
     """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
     (with `num_steps` 1: every position), scored once for every row that mixes with it."""
-    return {split: ngram_token_log_probs(ngram, ids, range(1, (len(ids) - 1) // num_steps * num_steps + 1), True,
-                                         progress, f"adaptive kn{ngram.order} on {split}")
+    return {split: ngram_token_log_probs(ngram, ids, range(1, (len(ids) - 1) // num_steps * num_steps + 1),
+                                         adaptive=True, progress=progress, label=f"adaptive kn{ngram.order} on {split}")
             for split, ids in splits.items()}
 
 
