@@ -33,14 +33,14 @@ BUILD_LOG = "builds.log"  # one line per build, for the tests and for a curious 
 
 
 class Switch:
-    """An on/off setting that a ``with`` block can change for its duration (the compiled steps here,
-    matmul.py's private products): the benchmark and the tests compare both sides."""
+    """A setting that a ``with`` block can change for its duration (the compiled steps on or off here,
+    matmul.py's private products and its backend): the benchmark and the tests compare both sides."""
 
-    def __init__(self, on: bool):
+    def __init__(self, on):
         self.on = on
 
     @contextlib.contextmanager
-    def set(self, on: bool) -> Iterator[None]:
+    def set(self, on) -> Iterator[None]:
         previous, self.on = self.on, on
         try:
             yield

@@ -10,8 +10,8 @@ results are equal up to float32 rounding.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple
+import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +27,14 @@ _ONEDNN = private_op("mkldnn", "_linear_pointwise")
 _MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
 private = _switch.set  # private(False): torch's own products inside the block (the benchmark's b*)
-_backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
-_forced = False  # set by ``use``: the loop backend too, not measured per shape
+_forced = Switch(None)  # the Backend ``use`` set, its loop backend too (not measured per shape); None: measured
+use = _forced.set  # use(backend): the products inside the block on it (the tests compare every backend)
+_measured = functools.cache(choice.choose)  # this machine's choice, read or measured once per process
 
 
 def backend() -> Backend:
-    """This machine's choice: measured once and cached (choice.py)."""
-    global _backend
-    if _backend is None:
-        _backend = choice.choose()
-    return _backend
-
-
-@contextlib.contextmanager
-def use(chosen: Backend) -> Iterator[None]:
-    """Run the products inside the block on ``chosen`` (the tests compare every backend)."""
-    global _backend, _forced
-    previous, _backend, was_forced, _forced = _backend, chosen, _forced, True
-    try:
-        yield
-    finally:
-        _backend, _forced = previous, was_forced
+    """The Backend ``use`` set, else this machine's (choice.py)."""
+    return _forced.on or _measured()
 
 
 class Packed(NamedTuple):
@@ -92,7 +79,7 @@ def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
     every step (~15% of a (32, H) step). For ``linear_nograd``, ``add_linear_``, the compiled steps."""
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
-    loop = backend().loop if _forced else choice.loop_for(rows, *weight.shape)
+    loop = _forced.on.loop if _forced.on else choice.loop_for(rows, *weight.shape)
     if loop == "mkl" and _MKL_PACKED is not None:
         weight = weight.contiguous()  # the packing ops read (O, I) row by row
         return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
