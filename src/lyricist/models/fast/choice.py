@@ -1,10 +1,7 @@
 """Which library runs matmul.py's products on this machine (``Backend``): measured, not read off the
 CPU's vendor (the winner depends on the CPU, the torch build and the threads, and a private op can
-vanish in any torch release). Every candidate is checked against torch's own product (a failing one
-is dropped with a warning), then timed; a private op is chosen only when at least 5 % faster. The
-result goes once to ``cache_file()``, each loop shape measured again at its first use (``loop_for``);
-one measured under load is measured again on a quiet machine. How and why: docs/speed.md (the
-products' backend, measured once per machine). ``LYRICIST_PRODUCTS=public``: torch's products only.
+vanish in any torch release); kept in ``cache_file()``, each loop shape measured at its first use.
+How and why: docs/speed.md (the products' backend). ``LYRICIST_PRODUCTS=public``: torch's products only.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """``x @ W^T (+ b)`` on the library measured fastest on this machine (choice.py; docs/speed.md), torch's
-own where it is as fast. Dense, the one-off products (the head, the input projections, their input
-gradients): ``F.linear`` or oneDNN (``torch.ops.mkldnn._linear_pointwise``); loop, a time loop's T
-products by one weight: torch's mm/addmm, or the weight packed once (``pack``) by MKL
-(``torch.ops.mkl._mkl_linear``) or oneDNN. Weight gradients stay on ``mm``, which reads the transpose
-in place. Every product is plain torch when the private ops are missing or off (``private(False)``),
-mkldnn is disabled, or the call is not float32 on CPU or has few rows (the float64 tests); the
-results are equal up to float32 rounding.
+own where it is as fast: the one-off (dense) products by ``F.linear`` or oneDNN, a time loop's T
+products by one weight by torch's mm or the weight packed once (``pack``) for MKL or oneDNN. Plain
+torch where the private ops are missing or off, or the call is not float32 on CPU or has few rows.
 """
 
 from __future__ import annotations
