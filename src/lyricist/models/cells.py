@@ -64,10 +64,9 @@ class RecurrentCell(nn.Module):
         else:
             raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
 
-    def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
+    def begin_state(self, batch_size: int) -> State:
         """All-zero state: ``num_states`` tensors of shape (B, H)."""
-        return tuple(self.weight_hh.new_zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-                     for _ in range(self.num_states))
+        return tuple(self.weight_hh.new_zeros(batch_size, self.hidden_size) for _ in range(self.num_states))
 
     def project_input(self, x: Tensor) -> Tensor:
         """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""
@@ -102,10 +101,8 @@ class RecurrentCell(nn.Module):
             outputs.append(state[0])
         return torch.stack(outputs), state  # (T, B, H)
 
-    def forward(self, x: Tensor, state: State | None = None, weight_hh: Tensor | None = None) -> State:
-        """One time step from the raw input (B, I); ``state=None`` means zeros."""
-        if state is None:
-            state = self.begin_state(x.shape[0], x.device, x.dtype)
+    def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
+        """One time step from the raw input (B, I)."""
         return self.step(self.project_input(x), state, weight_hh)
 
     def extra_repr(self) -> str:
