@@ -1,16 +1,15 @@
-"""Whole-chunk recurrences as ``torch.autograd.Function``s with hand-written backward passes: the
-forward loop runs outside autograd into preallocated (T, B, ...) buffers, and the backward loop does
-only what is sequential (one product a step); the activation derivatives and the weight and bias
-gradients are done once over all T*B rows. The math is cells.py's ``step``, which the tests hold these
-to, as to torch.nn and ``gradcheck``. ``x_proj`` (T, B, G*H) is every step's input half (``bias_ih``
-included), the weights in torch.nn's layout and gate order, the states (B, H), ``outputs`` (T, B, H)::
+"""Whole-chunk recurrences as ``torch.autograd.Function``s: the forward loop outside autograd into
+preallocated (T, B, ...) buffers, a hand-written backward doing step by step only what is sequential
+(docs/speed.md, two paths); cells.py's ``step`` math, held to it, torch.nn and ``gradcheck`` by the
+tests. ``x_proj`` (T, B, G*H) is every step's input half (``bias_ih`` included), the weights in
+torch.nn's layout and gate order, the states (B, H), ``outputs`` (T, B, H)::
 
     outputs, *final_state = RNNSequence.apply(x_proj, weight_hh, bias_hh, h0, relu)
     outputs, *final_state, gates = XSequence.apply(x_proj, weight_hh, bias_hh, *state, overwrite)  # LSTM, GRU
 
 ``overwrite=True``: the LSTM and the GRU write their activated gates over ``x_proj`` (the caller's
-temporary; ``mark_dirty``: misuse fails loudly, never wrong), returned last, not differentiable: at
-2 x 512, B 64 x T 64 a fresh (T, B, 4H) buffer is 33.5 MB a layer, ~10 ms of page faults.
+temporary; ``mark_dirty``: misuse fails loudly, never wrong), returned last, not differentiable: a
+fresh buffer costs its page faults (docs/speed.md: in place of fresh buffers).
 """
 
 from __future__ import annotations

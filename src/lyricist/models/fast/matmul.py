@@ -60,13 +60,10 @@ def _onednn_usable() -> bool:
     return _ONEDNN is not None and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
 
 
-def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
-    """Whether a dense product of these tensors runs on oneDNN (chosen here, and usable now)."""
-    return _fast_candidate(tensors, rows) and backend().dense == "onednn" and _onednn_usable()
-
-
-def _rows(x: Tensor) -> int:
-    return x.numel() // max(x.shape[-1], 1)
+def uses_onednn(x: Tensor, *tensors: Tensor, rows: int | None = None) -> bool:
+    """Whether a dense product of x (rows, I) and these tensors runs on oneDNN (chosen here, and usable now)."""
+    rows = x.numel() // max(x.shape[-1], 1) if rows is None else rows  # (..., I): the leading dims' product
+    return _fast_candidate((x, *tensors), rows) and backend().dense == "onednn" and _onednn_usable()
 
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
@@ -98,7 +95,7 @@ def linear_nograd(x: Tensor, weight: Tensor | Packed, bias: Tensor | None = None
         if weight.mkl:
             return _MKL_PACKED(x, weight.packed, weight.weight, bias, weight.rows)
         return _ONEDNN(x, weight.packed, bias, "none", [], "")
-    if uses_onednn(x, weight, rows=_rows(x)):
+    if uses_onednn(x, weight):
         return _ONEDNN(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -146,6 +143,6 @@ class _Linear(Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can; the
     result of a (..., I) input with more than one leading dimension is never a view (``_own``)."""
-    if x.dim() > 2 or uses_onednn(x, weight, rows=_rows(x)):
+    if x.dim() > 2 or uses_onednn(x, weight):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
