@@ -104,16 +104,15 @@ def _relative_times(shapes, make, repeats: int) -> dict[str, float]:
         x, candidates, expected = make(rows, inputs, outputs, generator)
         candidates = _working(candidates, x, expected)
         alive = set(candidates) if alive is None else alive & set(candidates)
-        times: dict[str, list[float]] = {name: [] for name in candidates}
+        fastest = dict.fromkeys(candidates, math.inf)
         for repeat in range(repeats + 2):
             for name, product in candidates.items():  # alternated: a slow patch hits every candidate
                 start = time.perf_counter()
                 product(x)
                 if repeat >= 2:  # two untimed calls first
-                    times[name].append(time.perf_counter() - start)
-        base = min(times["torch"])
-        for name, values in times.items():
-            scores[name] = scores.get(name, 0.0) + min(values) / base
+                    fastest[name] = min(fastest[name], time.perf_counter() - start)
+        for name, seconds in fastest.items():
+            scores[name] = scores.get(name, 0.0) + seconds / fastest["torch"]
     return {name: round(score, 3) for name, score in scores.items() if name in alive}
 
 
