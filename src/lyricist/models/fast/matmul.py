@@ -61,8 +61,8 @@ def _onednn_usable() -> bool:
 
 
 def uses_onednn(x: Tensor, *tensors: Tensor, rows: int | None = None) -> bool:
-    """Whether a dense product of x (rows, I) and these tensors runs on oneDNN (chosen here, and usable now)."""
-    rows = x.numel() // max(x.shape[-1], 1) if rows is None else rows  # (..., I): the leading dims' product
+    """Whether a dense product of x (..., I) and these tensors runs on oneDNN (chosen here, and usable now)."""
+    rows = x.numel() // max(x.shape[-1], 1) if rows is None else rows  # the leading dimensions' product
     return _fast_candidate((x, *tensors), rows) and backend().dense == "onednn" and _onednn_usable()
 
 
