@@ -166,8 +166,7 @@ SPLITS = ("train", "val", "test")
 
 
 def normal_name(name: str) -> str:
-    """A relative path or zip member name in one spelling: "./a", "a/", "a//b" and "a/./b" are
-    "a", "a", "a/b" and "a/b" (zip members always use "/")."""
+    """A relative path or zip member name in one spelling ("/"): "./a" and "a/" are "a", "a//b" and "a/./b" "a/b"."""
     return posixpath.normpath(name.replace(os.sep, "/"))
 
 

@@ -1,9 +1,6 @@
-"""Vocabulary: tokens <-> integer ids (id 0 is "<unk>"), and the id files on disk.
-
-A "char" token is one Unicode code point (a Chinese character, never its UTF-8 bytes); a "word"
-token is a run of non-whitespace, or "\n" alone. The vocabulary records its tokenizer (vocab.json,
-checkpoints), so generation encodes a prefix and decodes output as the training data was encoded.
-"""
+"""Vocabulary: tokens <-> integer ids (id 0 is "<unk>"), and the id files on disk. A "char" token is one
+Unicode code point (a Chinese character, never its UTF-8 bytes); a "word" token a run of non-whitespace, or
+"\n" alone. The vocabulary records its tokenizer (vocab.json, checkpoints): generation encodes alike."""
 
 from __future__ import annotations
 
@@ -222,11 +219,9 @@ def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
     return np.asarray(vocab.encode(text), dtype=id_dtype(len(vocab)))  # (N,)
 
 
-def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab_size: int | None = None) -> None:
+def save_ids(path: str | Path, ids: np.ndarray | list[int], vocab_size: int | None = None) -> None:
     """Save 1-D non-negative token ids as a `.npy` file, atomically, in the smallest integer type holding
     ids below `vocab_size` (the vocabulary's, so every split gets one type; None: the largest id + 1)."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
     array = np.asarray(ids)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"ids must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}.")

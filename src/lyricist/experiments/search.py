@@ -37,8 +37,7 @@ NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.over
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceRule], base: Settings) -> dict:
-    """The trial's values, key by key in the order of `space` (a `tied` key follows its key); an
-    integer setting's range drawn as integers (the schema made its bounds ints), others as floats."""
+    """The trial's values, key by key in the order of `space` (a `tied` key takes its key's value)."""
     values: dict = {}
     for key, rule in space.items():
         if rule.tied and values.get("model.tie_weights", base.model.tie_weights):
@@ -53,8 +52,7 @@ def suggest(trial: optuna.Trial, space: dict[str, SpaceRule], base: Settings) ->
 
 
 def recipe_values(space: dict[str, SpaceRule], base: Settings) -> dict:
-    """The recipe's own value of every key of `space` that the space can hold (a value off its
-    range or choices, and a tied key, is left to the sampler): the trial a search starts from."""
+    """The trial a search starts from: the recipe's values that the space holds (the rest, tied keys too, drawn)."""
     values = {key: value_at(base, key) for key, rule in space.items() if not rule.tied}
     return {key: value for key, value in values.items()
             if (value in space[key].choices if space[key].choices is not None else
@@ -119,9 +117,8 @@ def make_storage(t: TuneSettings, root: Path, tracking_uri: str | None) -> optun
 
 
 class PruningCallback(pl.Callback):
-    """Reports each epoch's val/ppl to the trial and stops a hopeless one: the epoch ends as usual
-    (its metrics.csv row, checkpoints, MLflow run) and `pruned` says why the objective prunes it.
-    At the start, ties the trial and its MLflow child run to each other."""
+    """Ties the trial and its MLflow child run; reports each epoch's val/ppl and stops a hopeless trial
+    (`pruned`) or one past the worker's timeout (`cut`) after its epoch (metrics.csv row, checkpoints)."""
 
     def __init__(self, trial: optuna.Trial, deadline: float = math.inf) -> None:
         self.trial, self.deadline, self.pruned, self.cut = trial, deadline, None, None
@@ -223,8 +220,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
 
 
 def _wait_for(study: optuna.Study, key: str) -> None:
-    """Until the study's user attributes hold `key`, which the worker that created the study sets;
-    a minute at most (that worker died in between)."""
+    """Until the study holds the user attribute `key` that its creator sets, a minute at most (it died)."""
     for _ in range(120):
         if key in study.user_attrs:
             return
@@ -336,8 +332,7 @@ def _log_plots(client: MlflowClient, parent: str, study: optuna.Study, with_impo
 
 
 def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
-    """Run the search of `s.tune` until its budget is spent; the trials' table and the folder of its
-    files. `overrides`: the command line, whose choices the preset records."""
+    """Run `s.tune`'s search until its budget is spent: its table and folder (`overrides`: for the preset)."""
     t, root = s.tune, project_root(s.paths.root)
     base = with_overrides(s, t.fixed).model_copy(update={"tune": None})  # what every trial trains before its values
     tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None

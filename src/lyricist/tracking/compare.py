@@ -86,8 +86,7 @@ def collect_runs(client: MlflowClient, experiment_id: str, args: argparse.Namesp
 
 
 def plot_curves(summaries: list[RunSummary], path: Path, metric: str, with_train: bool, title: str) -> None:
-    """One solid line per run (the ranked metric), its train counterpart dashed in the same
-    colour when `with_train`. Log y: perplexities fall by orders of magnitude."""
+    """A line per run, its train curve dashed in its colour; log y: perplexities fall by orders of magnitude."""
     # A bare Figure draws with the Agg canvas: no display, no pyplot global state.
     fig = Figure(figsize=(11, 6), layout="constrained")
     ax = fig.add_subplot()
@@ -152,11 +151,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def gather(args: argparse.Namespace, uri: str) -> list[RunSummary]:
-    """The runs the command line asks for, from an existing store (MLflow would create an empty
-    database at a mistyped path, and wait minutes for a server that is down), or TrackingError."""
+    """The runs asked for, from a store that exists (MLflow would create one at a mistyped path) and answers."""
     if uri.startswith("sqlite:///") and not (db := Path(uri[len("sqlite:///"):])).is_file():
-        raise store.TrackingError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or pass "
-                           "--tracking-uri")
+        raise store.TrackingError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or "
+                                  "pass --tracking-uri")
     store.check_reachable(uri)  # a server: asked once, quickly
     try:
         client = MlflowClient(tracking_uri=uri)

@@ -1,7 +1,6 @@
 """What a training run records besides its curves (docs/mlflow.md): the corpus as its dataset input,
 the md5 of the files it read (`encoded_md5`: the registry's identity of the data, as data.raw_path
-may not be what paths.encoded was made from), and MLflow's system metrics while it trains.
-"""
+may not be what paths.encoded was made from), and MLflow's system metrics while it trains."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The served model's files, plain data that loads without pickle (docs/mlflow.md): weights[_i].npz
 (the state_dict, read with allow_pickle=False), model_arguments[_i].json, vocab.json and decoding.json
-(the run's `generate.*`: the requests' defaults); `_i` numbers an ensemble's members.
-"""
+(the run's `generate.*`: the requests' defaults); `_i` numbers an ensemble's members."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The Model Registry: every trained model a version, tagged with its val perplexity and data; the
 alias `champion` moves to it only when there is none yet or it beats the champion on the same data
-(docs/mlflow.md).
-"""
+(docs/mlflow.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The evaluate stage's results, logged into the MLflow run that trained the checkpoint (its
 `mlflow_run_id`), at the checkpoint's epoch as step and on the run's logged model (docs/mlflow.md):
-evaluating the same checkpoint again overwrites them, no second run appears.
-"""
+evaluating the same checkpoint again overwrites them, no second run appears."""
 
 from __future__ import annotations
 
@@ -18,9 +17,8 @@ ARTIFACT_DIR = "evaluation"
 
 def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], step: int, files: Sequence[str | Path],
                    logger: LoggerSettings, root: str | None, report: Callable[[str], None] = print) -> str | None:
-    """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run; the run id,
-    or None when there is nothing to log into (tracking off, an ensemble, a checkpoint without a
-    run, a store that does not hold it). The reports are written before: they never depend on this."""
+    """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run: its id, or None
+    for no run to log into (tracking off, an ensemble, no run, a store without it; the reports never depend on it)."""
     from lyricist.checkpoint import read_checkpoint_meta
 
     if not logger.enabled:

@@ -1,7 +1,5 @@
-"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code
-(pyfunc_model.py) with plain files (model_files), so it loads without this checkout and without
-unpickling anything; each request row's fields are checked as lyricist-generate's, a bad one refused
-by name (400).
+"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code with plain
+files (model_files), so nothing is unpickled; each request row checked as lyricist-generate's (400).
 
     mlflow models serve -m runs:/<run id>/model -p 5001 --env-manager local
 """
@@ -93,10 +91,9 @@ _INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed
 
 def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding,
                     unknown: list[str] = ()) -> list[tuple[str, Decoding]]:
-    """Each row's prefix and decoding, checked: a field left out takes `base`'s value (the run's
-    `generate.*`); a bad one is refused naming the row and field, an unknown one (`unknown`: those
-    MLflow dropped) naming the known ones. NaN is a field some rows leave out; a column NaN in every
-    row was sent as NaN (or null) and is refused."""
+    """Each row's prefix and decoding, a field left out taking `base`'s (the run's `generate.*`); a bad one
+    refused by row and field, an unknown one (`unknown`: those MLflow dropped) naming the known ones.
+    NaN is a field some rows leave out; a column NaN in every row was sent as null and is refused."""
     if unknown := sorted({*unknown, *(c for c in table.columns if c not in FIELDS)}):
         near = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, FIELDS, n=1))
                 else name for name in unknown]
@@ -153,15 +150,13 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
                 encode_prefix(self.loaded.vocab, prefix, allowed[number])
             except ValueError as err:
                 raise RequestError(number, str(err)) from None
-        # The worker generates to the end even when the client has gone: the request is bounded.
-        limit = self.max_seconds
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + self.max_seconds
         try:
             return pd.DataFrame({"lyrics": [generate(self.loaded.model, self.loaded.vocab, prefix, decoding,
                                                      allow_unknown=allow, deadline=deadline)
                                             for (prefix, decoding), allow in zip(rows, allowed)]})
         except TimeoutError as err:
-            raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
+            raise MlflowException(f"the request ran past its time limit of {self.max_seconds:g} s ({err}; "
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
 
@@ -196,8 +191,7 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
 
 
 def load_logged_model(model_uri: str):
-    """The LoadedModel of a logged lyricist model (`models:/lyricist@champion`, `runs:/<id>/model`) in
-    $MLFLOW_TRACKING_URI's store, else the project's mlflow.db."""
+    """The LoadedModel of `models:/lyricist@champion`, `runs:/<id>/model`, ... from resolve_tracking_uri()'s store."""
     from lyricist.tracking import store
 
     uri = store.resolve_tracking_uri()

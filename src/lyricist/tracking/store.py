@@ -1,6 +1,5 @@
 """MLflow: where runs go, how the store is set up and retried, and what a run is tagged with. No
-torch or Lightning here, so commands that only read the store (compare) start fast.
-"""
+torch or Lightning here, so commands that only read the store (compare) start fast."""
 
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ def resolve_tracking_uri(configured: str | None = None, root: Path | None = None
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
                retry_on: tuple[str, ...] = ("locked",)) -> T:
-    """Retry `fn` while SQLite says the database is locked (parallel sweep jobs), or another
-    message of `retry_on` (lower case) appears."""
+    """`fn`, retried with backoff while its error holds a word of `retry_on` (SQLite's "locked": parallel jobs)."""
     for attempt in range(attempts - 1):
         try:
             return fn()
@@ -139,8 +137,7 @@ def failure_reason(err: BaseException) -> str:
 
 
 def mark_failed(tracking_uri: str, run_id: str, err: BaseException) -> None:
-    """Terminate `run_id` as FAILED with the reason as a tag, so a crashed run is not left
-    RUNNING. Best effort: the original error matters more than a second one from the store."""
+    """`run_id` FAILED (not left RUNNING) with the reason as a tag; best effort: the original error matters more."""
     client = MlflowClient(tracking_uri)
     try:
         with_retry(lambda: client.set_tag(run_id, ERROR_TAG, failure_reason(err)))
@@ -164,9 +161,8 @@ def git_commit(root: Path) -> str:
 
 
 def raw_data_md5(raw_path: str, root: Path) -> str:
-    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer). For a
-    pre-split corpus raw_path is the folder (DVC's "<md5>.dir", over every file in it) or the
-    zip holding its three files, so the tag covers them as it covers a single file."""
+    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer); a pre-split
+    corpus' folder has DVC's "<md5>.dir" over every file in it, so the tag covers them all."""
     raw_path = str(raw_path).rstrip("/")  # data/raw/ptb/ is data/raw/ptb, its pointer data/raw/ptb.dvc
     for file in (root / "dvc.lock", root / f"{raw_path}.dvc"):
         if not file.is_file():

@@ -29,10 +29,9 @@ from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), lyrics generated for the prefixes (`generate.*`, each prefix
-    its own seed) logged to MLflow as `samples/epoch_XXX.txt`, and their lyric metrics as `samples/...`
-    at the epoch's step, so the UI shows how the lyrics improve. `train_text`: the train split, what
-    the copy rate looks up. Plain values only (no client, no lambda): it survives DDP's spawning."""
+    """Every N epochs (and at the last), lyrics for the prefixes (`generate.*`, a seed each) logged to MLflow
+    as `samples/epoch_XXX.txt` and their lyric metrics (copy rate: against `train_text`) at the epoch's step.
+    Plain values only (no client, no lambda): it survives DDP's spawning."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
                  tracking_uri: str, run_id: str, train_text: str = ""):
@@ -97,9 +96,8 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint written atomically (`atomic_write_bytes`: a temporary file beside it, renamed over
-    it): a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
-    moved, i.e. copied across filesystems, left best.ckpt truncated on a full disk)."""
+    """Each checkpoint written atomically (`atomic_write_bytes`): a full disk or a kill leaves the previous one
+    whole (Lightning's own, written in /tmp and copied across filesystems, left best.ckpt truncated)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)

@@ -62,9 +62,8 @@ class LyricsDataModule(pl.LightningDataModule):
         return slice(self.trainer.global_rank, None, world)
 
     def _epoch_generator(self) -> torch.Generator:
-        """A new generator every epoch, the same on every process, reproducible from (seed, epoch): the
-        counter travels in the checkpoint (state_dict), as the trainer's current_epoch is not yet
-        advanced when Lightning builds the iterator."""
+        """A new generator each epoch, the same on every process, from seed + epochs drawn: a counter in the
+        checkpoint, as the trainer's current_epoch is not yet advanced when Lightning builds the iterator."""
         generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
         self.epochs_drawn += 1
         return generator
@@ -103,8 +102,7 @@ def load_encoded(data_dir: Path, data: DataSettings, eval_batch_size: int) -> tu
     """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
     missing, prepared with other `data.*` settings, or too short for one batch."""
     files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
+    if missing := [str(f) for f in files if not f.is_file()]:
         raise FileNotFoundError(
             f"encoded data missing: {', '.join(missing)}. Prepare it first: "
             "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "

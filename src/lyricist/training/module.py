@@ -1,11 +1,7 @@
-"""The LightningModule: trains a plain `RecurrentLM` (which knows nothing of Lightning) the way the
-seeds' loop does: a zero state for every random batch, or the state carried from consecutive batch i
-to i+1 and detached before each (truncated BPTT: Lightning 2.x has none); clipping by the global L2
-norm (manual optimization: Lightning refuses `gradient_clip_val` there); perplexity of the train
-epoch and of the whole val stream, state carried. And AWD-LSTM's training side (Merity et al., 2018),
-each off by default: NT-ASGD's weight averaging (for any optimizer) and the lr scaled by the length
-of a variable-length batch.
-"""
+"""The LightningModule: trains a plain `RecurrentLM` as the seeds' loop does (a zero state per random batch, or
+the state carried over consecutive batches, detached: truncated BPTT, which Lightning 2.x lacks; clipping by the
+global L2 norm: manual optimization, where Lightning refuses `gradient_clip_val`), and AWD-LSTM's training side
+(Merity et al., 2018), off by default: NT-ASGD's weight averaging and the lr scaled by a variable batch length."""
 
 from __future__ import annotations
 
@@ -163,15 +159,13 @@ class LitLanguageModel(pl.LightningModule):
 
     def _sum_over_processes(self, *values: float) -> list[float]:
         """Sum per-process numbers over all DDP processes (a no-op for one process)."""
-        total = self.trainer.strategy.reduce(
-            torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum")
-        return total.tolist()
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
 
     def on_validation_epoch_end(self):
         loss_sum, tokens = self._sum_over_processes(self._val_sums["loss"], self._val_sums["tokens"])
         val_loss = loss_sum / max(tokens, 1)
-        bad = why_not_finite(val_loss)
-        if bad is not None:  # before the epoch's checkpoint: the last good one stays
+        if (bad := why_not_finite(val_loss)) is not None:  # before the epoch's checkpoint: the last good one stays
             raise TrainingDiverged(f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. {DIVERGED_FIX}")
         val_ppl = perplexity(val_loss)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})

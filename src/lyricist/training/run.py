@@ -129,8 +129,7 @@ def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: 
 
 def _open_run(s: Settings, tracking_uri: str, root: Path, resume_run_id: str | None,
              parent_run_id: str | None) -> MLFlowLogger:
-    """The run's MLflow logger, its store and experiment created first (with retries);
-    resuming continues the checkpoint's run instead of opening a new one."""
+    """The run's MLflow logger, its store and experiment made first; a resumed run continues the checkpoint's."""
     store.ensure_experiment(tracking_uri, s.logger.experiment_name)
     mlf = MLFlowLogger(
         experiment_name=s.logger.experiment_name, tracking_uri=tracking_uri,
