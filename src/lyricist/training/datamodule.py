@@ -17,25 +17,21 @@ from lyricist.data.vocab import Vocab, load_ids
 from lyricist.settings import DataSettings
 
 
-class _UnsizedBatchStream(IterableDataset):
+class _BatchStream(IterableDataset):
     """Re-iterable view over one of the batching generators (one pass = one epoch), of ready-made (X, Y)
     batches that the DataLoader must not reshuffle (`batch_size=None`): consecutive batch i+1 continues
-    batch i row by row. Without a length (variable BPTT, epochs differ) Lightning reads each epoch to its
-    end; with one, read once at setup, it would end every epoch at that count."""
+    batch i row by row."""
 
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
-        self.make_iterator = make_iterator
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                 length: int | None = None):
+        self.make_iterator, self.length = make_iterator, length
 
     def __iter__(self):
         return self.make_iterator()
 
-
-class _BatchStream(_UnsizedBatchStream):
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], length: int):
-        super().__init__(make_iterator)
-        self.length = length
-
     def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
+        if self.length is None:  # variable BPTT: epochs differ, Lightning (sized_len: None) reads each to its end
+            raise TypeError("a variable-length stream has no length")
         return self.length
 
 
@@ -85,9 +81,8 @@ class LyricsDataModule(pl.LightningDataModule):
         self.epochs_drawn = state_dict["epochs_drawn"]
 
     def train_dataloader(self) -> DataLoader:
-        if self.variable_length:
-            return DataLoader(_UnsizedBatchStream(self._train_batches), batch_size=None)
-        length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
+        length = (None if self.variable_length else
+                  num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling))
         return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -24,9 +24,9 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
     return str(resume)
 
 
-def check_resumable(path: str, module: LitLanguageModel) -> None:
-    """Refuse a checkpoint of another model size or optimizer before training, naming what
-    differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
+def check_resumable(path: str, module: LitLanguageModel, max_epochs: int) -> None:
+    """Refuse a checkpoint of another model size or optimizer, or past trainer.max_epochs, before training,
+    naming what differs (Lightning would fail with a raw `size mismatch` or `KeyError: 'momentum'`)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     # The weight average (train.weight_averaging) exists only once averaging has started.
     found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("averaged.")}
@@ -46,12 +46,8 @@ def check_resumable(path: str, module: LitLanguageModel) -> None:
         raise ValueError(f"train.resume={path!r} was trained with another optimizer (its settings "
                          f"{sorted(saved[0])}; optim={type(probe).__name__} has {sorted(made)}). Resume "
                          "with the run's own optim= setting, or start afresh in another directory")
-
-
-def check_epochs_left(path: str, epoch: int | None, max_epochs: int) -> None:
-    """Refuse to resume a checkpoint that has finished more epochs than trainer.max_epochs."""
-    finished = None if epoch is None else epoch + 1  # the checkpoint's epoch is 0-based, saved at its end
-    if finished is not None and max_epochs != -1 and max_epochs < finished:
+    finished = checkpoint.get("epoch", -1) + 1  # its epoch is 0-based, saved at its end
+    if max_epochs != -1 and max_epochs < finished:
         raise ValueError(f"train.resume={path!r} has finished {finished} epochs, more than trainer.max_epochs="
                          f"{max_epochs}: to train on, raise it above {finished}, e.g. trainer.max_epochs="
                          f"{finished + max(max_epochs, 1)}, or start afresh with train.overwrite=true")

@@ -24,7 +24,7 @@ from lyricist.training import quiet
 from lyricist.training.callbacks import AtomicCheckpointIO, EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule, load_encoded
 from lyricist.training.module import LitLanguageModel
-from lyricist.training.resume import check_epochs_left, check_resumable, resolve_resume
+from lyricist.training.resume import check_resumable, resolve_resume
 
 
 def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
@@ -45,8 +45,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     resume_path = resolve_resume(s.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     if resume_path:
-        check_resumable(resume_path, module)
-        check_epochs_left(resume_path, resume_meta.get("epoch"), s.trainer.max_epochs)
+        check_resumable(resume_path, module, s.trainer.max_epochs)
     # Tracking before any output: an unreachable server fails here, not after training. Rank 0's
     # run only: a second machine's first process is no DDP child to Lightning until its Trainer starts.
     tracking = s.logger.enabled and not rundir.is_ddp_child()
