@@ -17,15 +17,13 @@ from pathlib import Path
 UTF8_BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 NEWLINE_MODES = ("keep", "space")
-# The defaults of data.max_raw_bytes and data.max_compression_ratio: a corpus is text of a few MB;
-# more is a mistake (a symlink to a disk image, a zip bomb) that would otherwise fill memory before
-# anything fails. Text deflates 3-5x; 100x is a bomb's mark.
+# data.max_raw_bytes' and data.max_compression_ratio's defaults: a corpus is a few MB of text; more is a mistake
+# (a symlink to a disk image, a zip bomb) that would fill memory before anything fails. Text deflates 3-5x.
 MAX_RAW_BYTES = 200_000_000
 MAX_COMPRESSION_RATIO = 100.0
 # Python's zipfile reads these; Deflate64 (9, Windows Explorer's choice for big files) it cannot.
 ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-# Control characters (Unicode's Cc: C0, DEL, C1) but \t, \n and \r: stripped by clean_text, as
-# they carry no meaning in lyrics and would each become a token (NUL is refused on reading).
+# Unicode's Cc (C0, DEL, C1) but \t \n \r: no meaning in lyrics, each would be a token (NUL: refused on reading).
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -272,8 +270,7 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
         raise ValueError(f"unknown newline mode {newline!r}; use one of {NEWLINE_MODES}.")
     if max_chars is not None and max_chars < 0:
         raise ValueError(f"max_chars must be >= 0 or None (no limit), got {max_chars}.")
-    # Windows line ends become one "\n" first, so "\r\n" does not turn into two tokens;
-    # a lone "\r" (old Mac line end or stray byte) carries no meaning for lyrics and is dropped.
+    # "\r\n" becomes one "\n", not two tokens; a lone "\r" (an old Mac line end, a stray byte) is dropped.
     text = CONTROL_CHARS.sub("", text).replace("\r\n", "\n").replace("\r", "")
     if newline == "space":
         text = text.replace("\n", " ")

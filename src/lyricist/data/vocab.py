@@ -66,8 +66,7 @@ class Vocab:
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).
         kept = [token for token in order if counts[token] >= min_freq and token != UNK_TOKEN]
-        # `counts` keeps every token, including those left out, so a report can say what
-        # min_freq and max_vocab_size dropped. (kept[:None] is all of them: no cap.)
+        # `counts` keeps the tokens left out too: a report says what min_freq and max_vocab_size dropped.
         return cls([UNK_TOKEN, *kept[:max_vocab_size]], {token: counts[token] for token in order}, tokenizer)
 
     def __len__(self) -> int:
@@ -199,8 +198,7 @@ def unk_rate(ids: np.ndarray, text: str, tokenizer: str) -> float:
     return float(((ids == 0).sum() - own) / ids.size) if ids.size else 0.0  # id 0 is <unk>
 
 
-# The id file's integer type: the smallest that holds every id of the vocabulary. A character
-# corpus (~65 to a few thousand ids) then takes 1-2 bytes a token on disk and in memory, not 8.
+# The id file's type: the smallest holding every id (a character corpus: 1-2 bytes a token, not 8).
 ID_DTYPES = (np.uint8, np.uint16, np.int32)
 # Types `load_ids` hands to torch as they are (an int64 file included); any other is converted once.
 _TORCH_ID_DTYPES = (*ID_DTYPES, np.int64)

@@ -137,8 +137,7 @@ class PruningCallback(pl.Callback):
         if self.trial.should_prune():
             self.pruned = f"epoch {epoch}: val/ppl {ppl:.3f}"
         elif time.monotonic() > self.deadline:  # Optuna's timeout only stops new trials from starting
-            # Not pruned: its best epoch so far is a fair (pessimistic) value for its recipe, and a
-            # search whose last trial is its best must not lose it.
+            # Not pruned: its best epoch is a fair (pessimistic) value, which a search ending on its best keeps.
             self.cut = f"epoch {epoch}: the worker's tune.timeout has passed"
         trainer.should_stop = trainer.should_stop or self.pruned is not None or self.cut is not None
 
@@ -183,8 +182,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
     """Create the study, or load it when another worker (or an earlier run) created it, refused when
     it was made for another space or other data. Creating is the lock: exactly one worker succeeds
     and makes the MLflow parent run; the others wait for it."""
-    # What the study is of: its space, and the encoded data its trials read (refused here, as trial 0
-    # would refuse it, when missing or prepared with other settings).
+    # What the study is of: its space and the data its trials read (refused here, as trial 0 would, if unfit).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)
     ours = {"search_space": rules(t), "data_md5": inputs.encoded_md5(encoded)}
@@ -196,8 +194,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
         study = optuna.create_study(direction="minimize", **kwargs)
         for key, value in ours.items():
             study.set_user_attr(key, value)
-        # Last, for the other workers wait for it: a new study (a fresh storage) never writes into
-        # the folders of an earlier one of the same name.
+        # Last, as the other workers wait for it: a new study never writes into an earlier namesake's folders.
         study.set_user_attr(FOLDER_ATTR, time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2))
         if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
             study.enqueue_trial(recipe_values(t.space, base), user_attrs={"recipe": "conf's own values"})
@@ -342,8 +339,7 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     if tracking_uri:  # before the study exists: a study without its parent run would wait for it
         store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
-    # Optuna fails a dead worker's trial only when a trial starts; a worker joining a study whose
-    # budget is spent starts none, so it fails them here (else one stays RUNNING for ever).
+    # Optuna fails a dead worker's trial only as a trial starts: a worker joining a spent budget starts none.
     optuna.storages.fail_stale_trials(study)
     out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))

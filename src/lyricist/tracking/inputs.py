@@ -52,8 +52,7 @@ def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encode
     corpus = Dataset(name, digest, source._get_source_type(), source.to_json(),
                      profile=json.dumps(corpus_profile(encoded_dir)))
     entry = DatasetInput(corpus, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
-    # Logged once (MLflow dedups a resumed run's). Parallel sweep jobs insert the same dataset row at
-    # once: the loser's retry finds the row made.
+    # Logged once (MLflow dedups a resumed run's); parallel jobs clash on the dataset row: the loser's retry finds it.
     store.with_retry(lambda: client.log_inputs(run_id, datasets=[entry]), retry_on=("locked", "unique constraint failed"))
 
 

@@ -51,8 +51,7 @@ def _log(uri: str, run_id: str, metrics: dict[str, float], step: int, files: Seq
 
     client = MlflowClient(uri)
     run = store.with_retry(lambda: client.get_run(run_id))  # refused here when the store lacks it
-    # The run's logged model (lyricist.tracking.serving): its metrics are what search_logged_models
-    # ranks by. The corpus input (lyricist.tracking.inputs): the metrics say which data they are on.
+    # The run's logged model (search_logged_models ranks by its metrics) and corpus input (the metrics' data).
     model_id = next((m.model_id for m in run.outputs.model_outputs), None) if run.outputs else None
     dataset = next((d.dataset for d in run.inputs.dataset_inputs), None) if run.inputs else None
     now = int(time.time() * 1000)

@@ -177,8 +177,7 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     from lyricist.tracking.model_files import write_model_files
 
     mlflow.set_tracking_uri(tracking_uri)
-    # Its INFO line "Validating input example against model signature" is about our own fixed
-    # INPUT_EXAMPLE, once a run; a failed check still warns.
+    # Its INFO "Validating input example against model signature" is about our fixed INPUT_EXAMPLE.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as files, mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(

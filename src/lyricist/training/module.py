@@ -42,9 +42,8 @@ class LitLanguageModel(pl.LightningModule):
         self.automatic_optimization = False  # we clip by global norm and carry state ourselves
         self.model, self.vocab = model, vocab
         self.optim, self.settings, self.data = optim, train, data
-        # weight_averaging "nt": once val/ppl has not improved for averaging_patience epochs, the weights
-        # are averaged after every step (swa_utils' AveragedModel); validation and checkpoints use the average.
-        self.averaged: AveragedModel | None = None  # created when averaging starts
+        # NT-ASGD (weight_averaging "nt"): once it starts, validation and checkpoints use the average.
+        self.averaged: AveragedModel | None = None
         self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
@@ -105,8 +104,7 @@ class LitLanguageModel(pl.LightningModule):
         optimizer.zero_grad()
         # "sum": the summed loss's gradient, as the MXNet seed's `loss.backward()` on a vector of losses.
         self.manual_backward(objective * targets.numel() if self.settings.loss_reduction == "sum" else objective)
-        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm above theta
-        # (torch's clip_grad_norm_, tests/test_training.py); theta = inf measures without clipping.
+        # The seeds' grad_clipping: one L2 norm over *all* gradients (clip_grad_norm_); theta = inf only measures.
         theta = math.inf if self.settings.clip_theta is None else self.settings.clip_theta
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
         self._step(optimizer, ids.size(1))
@@ -174,8 +172,7 @@ class LitLanguageModel(pl.LightningModule):
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
         if self.settings.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            # NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a row
-            # without a better val/ppl (the same on every DDP process, so all start together).
+            # NT-ASGD's non-monotonic trigger: averaging_patience epochs without a better val/ppl (alike on every process).
             if val_ppl < self._trigger["best"]:
                 self._trigger.update(best=val_ppl, bad_epochs=0)
             else:

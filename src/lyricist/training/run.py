@@ -55,8 +55,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
         inputs.log_corpus(tracking_uri, run_id, s.data.name, root / s.data.raw_path, root / s.paths.encoded)
-    # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
-    # now, before train.overwrite removes anything: a probe that writes nothing.
+    # Trainer settings that cannot work here (accelerator=gpu without one) fail before train.overwrite deletes.
     try:
         with quiet.quiet_probe():
             s.trainer.build(logger=False, callbacks=[], enable_checkpointing=False)
@@ -64,8 +63,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
         raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={s.trainer.accelerator}, "
                          f"devices={s.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
                          "(the default, trainer=default)") from err
-    # The first write into output_dir: the lock (a second process is refused here), then, with
-    # train.overwrite, the earlier run's files removed.
+    # The first write into output_dir: the lock (a second process is refused), then train.overwrite's removal.
     locked = rundir.claim_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)
     try:
         csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
@@ -79,8 +77,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
         if not trainer.is_global_zero:  # DDP: rank 0 reports
             return {}
-        # From the per-epoch file, which holds every epoch even when this process did not train
-        # them (ddp_spawn trains in child processes; a resumed run continues earlier epochs).
+        # From metrics.csv, which holds every epoch, those this process did not train too (ddp_spawn, a resume).
         history = read_epoch_history(output_dir / "metrics.csv")
         metrics = dict(history[-1]) if history else {}
         metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
@@ -113,8 +110,7 @@ def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: 
     checkpoints = str(output_dir / "checkpoints")
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(checkpoints, "best", monitor="val/ppl", mode="min", enable_version_counter=False),
-        # last.ckpt after every epoch, what train.resume continues from (ModelCheckpoint's
-        # save_last writes it only at epochs that improve).
+        # last.ckpt after every epoch, what train.resume continues from (save_last writes only improving ones).
         ModelCheckpoint(checkpoints, "last", monitor=None, save_top_k=1, enable_version_counter=False)]
     if s.train.early_stopping_patience is not None:
         callbacks.append(EarlyStopping("val/ppl", patience=s.train.early_stopping_patience))
