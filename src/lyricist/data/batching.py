@@ -41,8 +41,7 @@ def _check(ids: Tensor, batch_size: int, num_steps: int) -> None:
 
 
 def _batch(block: Tensor) -> Tensor:
-    """A (B, T) block of the ids (often uint8 or uint16, memory-mapped) as a new contiguous int64
-    tensor: what embeddings, one-hot and cross-entropy expect, never a view into the id file."""
+    """A (B, T) block of the ids (often uint8, memory-mapped) as a new contiguous int64 tensor, no view of the file."""
     return block.to(torch.int64, memory_format=torch.contiguous_format, copy=True)  # (B, T)
 
 
@@ -111,8 +110,7 @@ def num_batches(n_tokens: int, batch_size: int, num_steps: int, sampling: str) -
 
 
 def min_tokens(batch_size: int, num_steps: int, sampling: str | None = None) -> int:
-    """Fewest tokens that give one batch: B*T + 1 for random, B*(T + 1) for consecutive
-    (every stream needs its own extra label token); None means enough for both."""
+    """Fewest tokens for one batch: B*T + 1 random, B*(T + 1) consecutive (a label token a stream); None: both."""
     needed = {"random": batch_size * num_steps + 1, "consecutive": batch_size * (num_steps + 1)}
     return max(needed.values()) if sampling is None else needed[sampling]
 

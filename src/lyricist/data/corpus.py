@@ -182,8 +182,7 @@ def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None
 
 def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
                      max_ratio: float = MAX_COMPRESSION_RATIO) -> dict[str, str]:
-    """{"train", "val", "test"} -> the text of the file `split_files` names for it inside the folder
-    or .zip at `raw_path`, each read and checked as read_raw_text reads a single file."""
+    """Each split's text, from the file `split_files` names in the folder or .zip `raw_path`, read as read_raw_text's."""
     path = Path(raw_path)
     if not path.exists():
         raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "
@@ -263,9 +262,8 @@ def count_control_chars(text: str) -> int:
 
 def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
                max_chars: int | None = None) -> str:
-    """Strip control characters, normalise line ends, then `newline` ("keep": "\\n" stays a token;
-    "space": lines run on, as the seeds), lowercase, and keep the first `max_chars` of the cleaned
-    text (last, like the MXNet seed's `corpus_chars[0:20000]`)."""
+    """Strip control characters, normalise line ends, `newline` ("keep": "\\n" a token; "space": as the seeds),
+    lowercase, and keep the first `max_chars` of the result (last, as the MXNet seed's `corpus_chars[0:20000]`)."""
     if newline not in NEWLINE_MODES:
         raise ValueError(f"unknown newline mode {newline!r}; use one of {NEWLINE_MODES}.")
     if max_chars is not None and max_chars < 0:
@@ -291,8 +289,7 @@ def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str
 
 
 def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
-    """Refuse an empty split instead of writing it: train always, val and test when their
-    fraction (`fractions`, by split name) asks for some text."""
+    """Refuse an empty split before it is written: train always, val and test when their `fractions` ask for text."""
     total = sum(len(part) for part in splits.values())
     if total == 0:
         raise CorpusError("the cleaned corpus is empty (0 characters): nothing to split. Check data.max_chars "
@@ -306,8 +303,7 @@ def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a truncated
-    one: a temporary file in the same folder (one file system: the rename is atomic) replaces it."""
+    """Write `data` to `path` as a temporary file beside it, renamed over it: readers see the old or the new whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

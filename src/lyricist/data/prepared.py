@@ -25,8 +25,7 @@ def write_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
 
 
 def check_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
-    """Refuse encoded data made with other `data.*` settings than `data`, naming each and the fix.
-    Data without a record (made by hand, e.g. in tests) is taken as it is."""
+    """Refuse encoded data made with other `data.*` settings than `data` (without a record: taken as it is)."""
     path = Path(encoded_dir) / RECORD
     if not path.is_file():
         return

@@ -108,8 +108,7 @@ class Vocab:
         return index
 
     def _decode_chars(self, ids: np.ndarray, unk: str) -> str:
-        """`decode` of a whole split of character ids (the train split, for the copy rate) at numpy
-        speed: 4 bytes a token meanwhile, where a list of tokens takes 16."""
+        """`decode` of a whole split of character ids at numpy speed (4 bytes a token, where a list takes 16)."""
         if ids.size:
             self._checked(ids.min() if ids.min() < 0 else ids.max())
         code_points = np.array([ord(unk), *map(ord, self.itos[1:])], dtype="<u4")  # (V,) id 0 is <unk>

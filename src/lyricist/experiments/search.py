@@ -179,9 +179,8 @@ def objective_for(t: TuneSettings, base: Settings, out_dir: Path, parent_run_id:
 
 
 def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | None) -> tuple[optuna.Study, str | None]:
-    """Create the study, or load it when another worker (or an earlier run) created it, refused when
-    it was made for another space or other data. Creating is the lock: exactly one worker succeeds
-    and makes the MLflow parent run; the others wait for it."""
+    """Create the study, or load another worker's (refused when of another space or data). Creating is the
+    lock: exactly one worker succeeds and makes the MLflow parent run; the others wait for it."""
     # What the study is of: its space and the data its trials read (refused here, as trial 0 would, if unfit).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)

@@ -75,8 +75,7 @@ def write_summary(out: Path, command: Sequence[str], n: int, runs: list[dict], e
 
 def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bool = False,
               log_ensemble: bool = False, command: Sequence[str] = ()) -> str:
-    """Train and score seeds train.seed, +1, ... +n-1 into `out`; the table. `command`: the
-    overrides that made `s`, recorded in the summary and the parent run's name."""
+    """Train and score seeds train.seed ... +n-1 into `out`: the table (`command`: the overrides, as recorded)."""
     seeds, root, parent = [s.train.seed + k for k in range(n)], project_root(s.paths.root), None
     uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
     if uri:

@@ -67,8 +67,7 @@ def train_counterpart(metric: str) -> str | None:
 
 
 def collect_runs(client: MlflowClient, experiment_id: str, args: argparse.Namespace) -> list[RunSummary]:
-    """The `--max-runs` runs with the lowest `--metric`, best first. Runs that never logged it
-    (a sweep's parent run, a run that failed before its first epoch) are left out."""
+    """The `--max-runs` runs of lowest `--metric`, best first; those that never logged it (a sweep's parent) left out."""
     clauses = [args.filter_string.strip()] if args.filter_string.strip() else []
     if args.parent_run_id:  # MLflow's filter grammar has AND only (no parentheses): clauses just join
         clauses.append(f"tags.`mlflow.parentRunId` = '{args.parent_run_id}'")

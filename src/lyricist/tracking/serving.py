@@ -60,9 +60,8 @@ UNKNOWN = "lyricist_unknown_fields"  # set on MLflow's prediction context by Unk
 
 
 class UnknownFields(logging.Filter):
-    """MLflow drops the request columns its signature lacks before predict() sees them and says so
-    only in a warning (mlflow.models.utils, 3.17 pinned): this keeps their names on the request's
-    prediction context instead, for predict() to refuse them by name."""
+    """MLflow drops the request columns its signature lacks, saying so only in a warning (mlflow.models.utils,
+    3.17 pinned): this keeps their names on the request's prediction context, for predict() to refuse."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         found = re.search(r"not defined in the model signature: `(\[.*\])`", record.getMessage())

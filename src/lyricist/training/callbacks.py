@@ -57,9 +57,8 @@ class SamplesCallback(pl.Callback):
 
 
 class EpochCSVLogger(Logger):
-    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (which
-    buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
-    one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
+    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (it buffers, deletes
+    the file), a killed run keeps its epochs, a resumed one continues (`keep_epochs_below=k`: epochs < k kept)."""
 
     name, version = "epoch_csv", ""  # Logger's abstract properties, constant here
 

@@ -18,9 +18,8 @@ from lyricist.settings import DataSettings
 
 
 class _BatchStream(IterableDataset):
-    """Re-iterable view over one of the batching generators (one pass = one epoch), of ready-made (X, Y)
-    batches that the DataLoader must not reshuffle (`batch_size=None`): consecutive batch i+1 continues
-    batch i row by row."""
+    """A batching generator, re-iterable (a pass an epoch), of ready (X, Y) batches that the DataLoader must not
+    reshuffle (`batch_size=None`): consecutive batch i+1 continues batch i row by row."""
 
     def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
                  length: int | None = None):
@@ -94,8 +93,7 @@ class LyricsDataModule(pl.LightningDataModule):
 
 
 def load_encoded(data_dir: Path, data: DataSettings, eval_batch_size: int) -> tuple[Vocab, dict]:
-    """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
-    missing, prepared with other `data.*` settings, or too short for one batch."""
+    """The vocab stage's vocabulary and train/val ids, refused with the fix when missing, stale, or too short."""
     files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
     if missing := [str(f) for f in files if not f.is_file()]:
         raise FileNotFoundError(

@@ -27,8 +27,7 @@ def silence_known_noise() -> None:
 
 @contextlib.contextmanager
 def quiet_probe() -> Iterator[None]:
-    """A Trainer built only to check the settings prints nothing: its "GPU available: ..." lines
-    would come twice, once for it and once for the Trainer that trains."""
+    """A Trainer built only to check the settings prints nothing (its "GPU available" lines would come twice)."""
     level = RANK_ZERO.level
     RANK_ZERO.setLevel(logging.WARNING)
     try:

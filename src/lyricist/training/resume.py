@@ -11,8 +11,7 @@ from lyricist.training.module import LitLanguageModel
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
-    """`null`: start afresh; `auto`: continue from output_dir's last.ckpt if there is one;
-    a path: continue from that checkpoint (it must exist)."""
+    """`null`: start afresh; `auto`: output_dir's last.ckpt if there is one; a path: that checkpoint (it must exist)."""
     if not resume:
         return None
     if resume == "auto":

@@ -105,8 +105,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
 
 def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: str | None,
                train_text: str = "") -> list[pl.Callback]:
-    """The best and the last checkpoint, early stopping (when its patience is set, 0 included), the
-    progress bar, and the per-epoch samples in MLflow (their copy rate looks up `train_text`)."""
+    """The best and last checkpoints, early stopping (patience set, 0 too), the progress bar, the MLflow samples."""
     checkpoints = str(output_dir / "checkpoints")
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(checkpoints, "best", monitor="val/ppl", mode="min", enable_version_counter=False),
