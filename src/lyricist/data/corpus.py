@@ -63,8 +63,7 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
 
 
 def _decode(data: bytes, source: str, path: Path) -> str:
-    """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
-    holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
+    """`data` as UTF-8 text (a BOM dropped), refused when gzip, UTF-16, not UTF-8, binary or empty (`path`: to re-fetch)."""
     refetch = f"re-fetch it with `dvc pull --force {path}.dvc`" if Path(f"{path}.dvc").is_file() else ""
     if data.startswith(b"\x1f\x8b"):
         raise CorpusError(f"{source} is gzip-compressed, not text: `gunzip` it (or put the text in a .zip) and "
@@ -169,8 +168,7 @@ def normal_name(name: str) -> str:
 
 
 def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None:
-    """Refuse two splits with the same content (by hash): however the files are named, val or
-    test would then be train's text and every held-out figure would measure training data."""
+    """Refuse two splits of one content (by hash): every held-out figure would measure training text."""
     seen: dict[str, str] = {}
     for split, text in texts.items():
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()

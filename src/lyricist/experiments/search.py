@@ -261,8 +261,7 @@ def importances(study: optuna.Study) -> dict:
 
 
 def write_preset(s: Settings, overrides: Sequence[str], study: optuna.Study, best_values: dict, root: Path) -> Path:
-    """conf/experiment/<preset>.yaml: the command line's group choices and values, then the best
-    trial's values: `python -m lyricist.train experiment=<preset>` trains the recipe."""
+    """conf/experiment/<preset>.yaml, the command line's groups and values, then the best trial's: a recipe to train."""
     t, best = s.tune, study.best_trial
     pairs = [(k.lstrip("+"), v) for k, eq, v in (o.partition("=") for o in overrides) if eq]
     groups = [{f"override /{k}": v} for k, v in pairs

@@ -1,7 +1,6 @@
-"""One recipe over several seeds, each trained into <out>/seed<k>/ (its MLflow run nested under one
-parent run) and scored as the evaluate stage scores it, reported as mean ± sample standard deviation
-(a single run's perplexity is uncertain by its seed noise) and over the Kneser-Ney model's; `ensemble`
-scores the seeds' best checkpoints once more as one model averaging their probabilities."""
+"""One recipe over several seeds, each trained into <out>/seed<k>/ (its MLflow run under one parent run) and
+scored as the evaluate stage scores it: mean ± sample standard deviation (a run's perplexity is uncertain by its
+seed noise), over the Kneser-Ney model's; `ensemble` scores the seeds' best checkpoints as one averaging model."""
 
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from lyricist import errors
 from lyricist.project import project_root
 
 T = TypeVar("T")
-STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
 # Model training, not a GenAI app; MLflow 3.17's UI follows its own switch over this tag, hence
@@ -44,7 +43,7 @@ def resolve_tracking_uri(configured: str | None = None, root: Path | None = None
     """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store: an
     absolute path, so it works from any working directory (MLflow >= 3.13 refuses ./mlruns)."""
     return (configured or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}")
+            or f"sqlite:///{(root or project_root()).resolve() / 'mlflow.db'}")
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,

@@ -45,9 +45,8 @@ class LyricsDataModule(pl.LightningDataModule):
         self.epochs_drawn = 0  # random shuffles (or variable lengths) drawn so far; saved in checkpoints
 
     def rows_of_this_process(self, batch_size: int) -> slice | None:
-        """Under DDP, this process's rows of every batch: rank r takes rows r, r+W, r+2W, ..., so the
-        processes see every stream once per epoch and a consecutive stream stays with its process (and
-        its carried state). Never a shuffled DistributedSampler: it would break the row continuity."""
+        """Under DDP, this process's rows of every batch: rank r takes rows r, r+W, ..., so a consecutive stream stays
+        with its process (and state); never a shuffled DistributedSampler, which would break the row continuity."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if world == 1:
             return None

@@ -30,9 +30,8 @@ def check_resumable(path: str, module: LitLanguageModel, max_epochs: int) -> Non
     # The weight average (train.weight_averaging) exists only once averaging has started.
     found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("averaged.")}
     wanted = {k: tuple(v.shape) for k, v in module.state_dict().items() if not k.startswith("averaged.")}
-    differ = [f"{k}: checkpoint {found.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
-              for k in sorted(found.keys() | wanted.keys()) if found.get(k) != wanted.get(k)]
-    if differ:
+    if differ := [f"{k}: checkpoint {found.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
+                  for k in sorted(found.keys() | wanted.keys()) if found.get(k) != wanted.get(k)]:
         raise ValueError(f"train.resume={path!r} holds another model than the config builds ("
                          f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}). Resume with the "
                          "run's own model settings (its .hydra/overrides.yaml), or start afresh in another "
