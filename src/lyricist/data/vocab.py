@@ -199,8 +199,6 @@ def unk_rate(ids: np.ndarray, text: str, tokenizer: str) -> float:
 
 # The id file's type: the smallest holding every id (a character corpus: 1-2 bytes a token, not 8).
 ID_DTYPES = (np.uint8, np.uint16, np.int32)
-# Types `load_ids` hands to torch as they are (an int64 file included); any other is converted once.
-_TORCH_ID_DTYPES = (*ID_DTYPES, np.int64)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -249,6 +247,6 @@ def load_ids(path: str | Path) -> torch.Tensor:
         raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
                          f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
                          "with `dvc repro vocab`.")
-    if array.dtype.type not in _TORCH_ID_DTYPES or not array.dtype.isnative:
+    if array.dtype.type not in (*ID_DTYPES, np.int64) or not array.dtype.isnative:  # else torch takes it as it is
         return torch.from_numpy(array.astype(np.int64))  # (N,) a rare type: one copy
     return torch.from_numpy(array)  # (N,)

@@ -1,6 +1,5 @@
-"""Hyper-parameter search with Optuna (docs/search.md): `tune(settings)` trains the recipe with sampled
-values, trial by trial, in a study that any number of workers share. MLflow: the study is one parent
-run, each trial a child run. The best trial is written as a conf/experiment preset."""
+"""Hyper-parameter search with Optuna (docs/search.md): `tune(settings)` trains sampled recipes in a study any
+number of workers share (in MLflow a parent run, a child run a trial); the best becomes a conf/experiment preset."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The Model Registry: every trained model a version, tagged with its val perplexity and data; the
-alias `champion` moves to it only when there is none yet or it beats the champion on the same data
-(docs/mlflow.md)."""
+"""The Model Registry (docs/mlflow.md): every trained model a version tagged with its val perplexity and data; the
+alias `champion` moves to it only when there is none yet or it beats the champion on the same data."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The evaluate stage's results, logged into the MLflow run that trained the checkpoint (its
-`mlflow_run_id`), at the checkpoint's epoch as step and on the run's logged model (docs/mlflow.md):
-evaluating the same checkpoint again overwrites them, no second run appears."""
+"""The evaluate stage's results, logged into the checkpoint's MLflow run at its epoch, on the run's logged model
+(docs/mlflow.md): evaluating the same checkpoint again overwrites them, no second run appears."""
 
 from __future__ import annotations
 

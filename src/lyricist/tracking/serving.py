@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.context import get_prediction_context
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, DataType, Schema
 
 import lyricist
 from lyricist import settings
@@ -56,6 +56,7 @@ class RequestError(MlflowException):
 
 
 FIELDS = SIGNATURE.inputs.input_names()
+_INTEGERS = {column.name for column in SIGNATURE.inputs.inputs if column.type == DataType.long}
 UNKNOWN = "lyricist_unknown_fields"  # set on MLflow's prediction context by UnknownFields
 
 
@@ -83,9 +84,6 @@ def _plain(key: str, value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and key in _INTEGERS:
         return int(value)
     return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
-
-
-_INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed")
 
 
 def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding,

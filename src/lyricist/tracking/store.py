@@ -23,7 +23,6 @@ from lyricist.project import project_root
 
 T = TypeVar("T")
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
-MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
 # Model training, not a GenAI app; MLflow 3.17's UI follows its own switch over this tag, hence
 # the link with ?workflowType= (experiment_url; docs/mlflow.md).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -132,7 +131,7 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, tags: dict[st
 
 def failure_reason(err: BaseException) -> str:
     """What a FAILED run's `error` tag says: the exception's type and message, cut to fit."""
-    return f"{type(err).__name__}: {err}"[:MAX_TAG_CHARS]
+    return f"{type(err).__name__}: {err}"[:5000]  # MLflow's limit on a tag value is 8000
 
 
 def mark_failed(tracking_uri: str, run_id: str, err: BaseException) -> None:

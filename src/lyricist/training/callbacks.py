@@ -1,5 +1,4 @@
-"""Lightning pieces that record a run: lyrics samples to MLflow, one CSV row per epoch, checkpoints
-written whole or not at all."""
+"""Lightning pieces that record a run: lyrics samples to MLflow, a CSV row per epoch, checkpoints whole or not at all."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The DataModule: lyricist.data.batching's batches of encoded ids as a DataLoader per epoch, split over
-DDP processes; `load_encoded` reads the ids the vocab stage wrote."""
+"""The DataModule (data.batching's batches, a DataLoader per epoch, over DDP processes) and `load_encoded`."""
 
 from __future__ import annotations
 

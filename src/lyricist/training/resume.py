@@ -1,5 +1,4 @@
-"""Continuing a run (train.resume): which checkpoint, and refusals before training of one that
-cannot continue with these settings (Lightning would fail inside fit, with a traceback)."""
+"""Continuing a run (train.resume): which checkpoint, and, before training, refusals of one that cannot continue."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). Everything that
-can fail (the data, the model, a checkpoint to resume, the tracking store, the Trainer's settings) does so
-before any output; then the run directory is claimed (lyricist.rundir) and the model fits."""
+"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). All that can fail (data,
+model, checkpoint to resume, tracking store, Trainer settings) fails before any output, the run directory claimed."""
 
 from __future__ import annotations
 
