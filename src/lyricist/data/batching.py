@@ -63,9 +63,8 @@ def random_batches(ids: Tensor, batch_size: int, num_steps: int,
 
 def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slice | None = None,
                         lengths: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """The seed's `data_iter_consecutive`: (N // batch_size - 1) // num_steps pairs (X, Y), each (B, T)
-    int64. `rows` keeps only some streams (e.g. `slice(rank, None, world_size)` for one of several
-    processes); `lengths` (from `variable_lengths`) replaces the fixed T: batch i is (B, lengths[i])."""
+    """The seed's `data_iter_consecutive`: (N // B - 1) // T pairs (X, Y), each (B, T) int64; `rows` keeps some
+    streams (a DDP process's), `lengths` (from `variable_lengths`) replace T: batch i is (B, lengths[i])."""
     _check(ids, batch_size, num_steps)
     batch_len = ids.numel() // batch_size
     streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, batch_len)
@@ -86,9 +85,8 @@ def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slic
 
 def variable_lengths(n_tokens: int, batch_size: int, num_steps: int,
                      generator: torch.Generator | None = None) -> list[int]:
-    """AWD-LSTM's variable BPTT lengths for one epoch of `consecutive_batches(..., lengths=)`, drawn
-    until they cover all N // batch_size - 1 input columns, the last cut to what is left. A seeded
-    `generator` draws the same lengths again (a resumed run must); None uses torch's global one."""
+    """AWD-LSTM's variable BPTT lengths for an epoch of `consecutive_batches(..., lengths=)`, covering its N // B - 1
+    input columns (the last cut to fit); a seeded `generator` draws them again (a resume must), None: torch's."""
     columns = max(0, n_tokens // batch_size - 1)  # -1: the last label needs one more column
     shortest = min(MIN_LENGTH, num_steps)
     lengths: list[int] = []

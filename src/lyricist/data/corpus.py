@@ -63,7 +63,7 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
 
 
 def _decode(data: bytes, source: str, path: Path) -> str:
-    """`data` as UTF-8 text (a BOM dropped), refused when gzip, UTF-16, not UTF-8, binary or empty (`path`: to re-fetch)."""
+    """`data` as UTF-8 text (BOM dropped), refused if gzip, UTF-16, not UTF-8, binary or empty; `path`: to re-fetch."""
     refetch = f"re-fetch it with `dvc pull --force {path}.dvc`" if Path(f"{path}.dvc").is_file() else ""
     if data.startswith(b"\x1f\x8b"):
         raise CorpusError(f"{source} is gzip-compressed, not text: `gunzip` it (or put the text in a .zip) and "
@@ -180,7 +180,7 @@ def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None
 
 def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
                      max_ratio: float = MAX_COMPRESSION_RATIO) -> dict[str, str]:
-    """Each split's text, from the file `split_files` names in the folder or .zip `raw_path`, read as read_raw_text's."""
+    """Each split's text, from the file `split_files` names in the folder or .zip `raw_path`, read as read_raw_text."""
     path = Path(raw_path)
     if not path.exists():
         raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "

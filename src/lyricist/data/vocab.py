@@ -59,9 +59,8 @@ class Vocab:
     @classmethod
     def build(cls, text: str, min_freq: int = 1, tokenizer: str = "char",
               max_vocab_size: int | None = None) -> Vocab:
-        """<unk>, then the tokens of `text` seen at least `min_freq` times, at most the `max_vocab_size`
-        most frequent (None: no cap). Most frequent first, ties by code point: the same text always
-        gives the same ids (the MXNet seed's `list(set(...))` does not) and the cap cuts ties alike."""
+        """<unk>, then the tokens of `text` seen `min_freq` times, at most `max_vocab_size` (None: all), most frequent
+        first, ties by code point: the same text gives the same ids (the seed's `list(set(...))` does not)."""
         counts = Counter(tokenize(text, tokenizer))
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).

@@ -67,7 +67,7 @@ def train_counterpart(metric: str) -> str | None:
 
 
 def collect_runs(client: MlflowClient, experiment_id: str, args: argparse.Namespace) -> list[RunSummary]:
-    """The `--max-runs` runs of lowest `--metric`, best first; those that never logged it (a sweep's parent) left out."""
+    """The `--max-runs` runs of lowest `--metric`, best first; those without it (a sweep's parent) left out."""
     clauses = [args.filter_string.strip()] if args.filter_string.strip() else []
     if args.parent_run_id:  # MLflow's filter grammar has AND only (no parentheses): clauses just join
         clauses.append(f"tags.`mlflow.parentRunId` = '{args.parent_run_id}'")
@@ -101,10 +101,9 @@ def plot_curves(summaries: list[RunSummary], path: Path, metric: str, with_train
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # thins itself on wide ranges
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (MLflow step)")
     train = train_counterpart(metric)
-    ax.set_ylabel(metric + (f"  (dashed: {train})" if with_train and train else ""))
-    ax.set_title(title)
+    ax.set(xlabel="epoch (MLflow step)", ylabel=metric + (f"  (dashed: {train})" if with_train and train else ""),
+           title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="run (best)")
     # Drawn in memory, then written atomically: a killed run leaves the old image, not half of one.

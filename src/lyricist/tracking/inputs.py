@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from lyricist import rundir
+from lyricist.data.corpus import SPLITS
 from lyricist.tracking import store
 
-SPLITS = ("train", "val", "test")
 READ = ("vocab.json", "train.npy", "val.npy")  # what a training run reads of paths.encoded
 ENCODED_TAG = "encoded_md5"
 

@@ -1,4 +1,4 @@
-"""Lightning pieces that record a run: lyrics samples to MLflow, a CSV row per epoch, checkpoints whole or not at all."""
+"""Lightning pieces that record a run: lyrics samples to MLflow, a CSV row per epoch, checkpoints written whole."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), lyrics for the prefixes (`generate.*`, a seed each) logged to MLflow
-    as `samples/epoch_XXX.txt` and their lyric metrics (copy rate: against `train_text`) at the epoch's step.
-    Plain values only (no client, no lambda): it survives DDP's spawning."""
+    """Every N epochs (and at the last), lyrics for the prefixes (`generate.*`, a seed each) to MLflow as
+    samples/epoch_XXX.txt, their metrics (copy rate: against `train_text`) at its step; plain values: DDP spawns it."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
                  tracking_uri: str, run_id: str, train_text: str = ""):

@@ -163,7 +163,7 @@ class LitLanguageModel(pl.LightningModule):
     def on_validation_epoch_end(self):
         loss_sum, tokens = self._sum_over_processes(self._val_sums["loss"], self._val_sums["tokens"])
         val_loss = loss_sum / max(tokens, 1)
-        if (bad := why_not_finite(val_loss)) is not None:  # before the epoch's checkpoint: the last good one stays
+        if (bad := why_not_finite(val_loss)) is not None:  # before the epoch's checkpoint: the last good stays
             raise TrainingDiverged(f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. {DIVERGED_FIX}")
         val_ppl = perplexity(val_loss)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})
@@ -172,7 +172,7 @@ class LitLanguageModel(pl.LightningModule):
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
         if self.settings.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            # NT-ASGD's non-monotonic trigger: averaging_patience epochs without a better val/ppl (alike on every process).
+            # NT-ASGD's non-monotonic trigger: averaging_patience epochs without a better val/ppl (alike everywhere)
             if val_ppl < self._trigger["best"]:
                 self._trigger.update(best=val_ppl, bad_epochs=0)
             else:
