@@ -7,6 +7,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.project import project_root
 from lyricist.settings import LoggerSettings
 from lyricist.tracking import store
@@ -18,8 +22,6 @@ def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], ste
                    logger: LoggerSettings, root: str | None, report: Callable[[str], None] = print) -> str | None:
     """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run: its id, or None
     for no run to log into (tracking off, an ensemble, no run, a store without it; the reports never depend on it)."""
-    from lyricist.checkpoint import read_checkpoint_meta
-
     if not logger.enabled:
         return None  # logger=none
     if len(checkpoints) != 1:
@@ -45,9 +47,6 @@ def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], ste
 
 
 def _log(uri: str, run_id: str, metrics: dict[str, float], step: int, files: Sequence[str | Path]) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     run = store.with_retry(lambda: client.get_run(run_id))  # refused here when the store lacks it
     # The run's logged model (search_logged_models ranks by its metrics) and corpus input (the metrics' data).

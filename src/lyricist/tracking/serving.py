@@ -29,6 +29,7 @@ import lyricist
 from lyricist import settings
 from lyricist.decoding import encode_prefix, generate
 from lyricist.settings import Decoding
+from lyricist.tracking.model_files import read_model_files, write_model_files
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
@@ -125,8 +126,6 @@ INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_char
 
 class LyricsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from lyricist.tracking.model_files import read_model_files
-
         self.loaded = read_model_files(context.artifacts)
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
@@ -171,8 +170,6 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
                      max_num_chars: int = MAX_NUM_CHARS, max_seconds: float = MAX_SECONDS):
     """Log the checkpoint(s: their ensemble) as the run's `model` (registry.register registers it); its ModelInfo."""
-    from lyricist.tracking.model_files import write_model_files
-
     mlflow.set_tracking_uri(tracking_uri)
     # Its INFO "Validating input example against model signature" is about our fixed INPUT_EXAMPLE.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
