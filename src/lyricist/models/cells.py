@@ -32,6 +32,7 @@ class RecurrentCell(nn.Module):
 
     num_gates: int = 1  # G: how many H-sized blocks are stacked in the weights
     num_states: int = 1  # 1 => (h,), 2 => (h, c)
+    fused: type  # the chunk's Function in fast/fused.py: outputs, the final state, the gates
 
     def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01):
         super().__init__()
@@ -63,10 +64,9 @@ class RecurrentCell(nn.Module):
         else:
             raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
 
-    def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
+    def begin_state(self, batch_size: int) -> State:
         """All-zero state: ``num_states`` tensors of shape (B, H)."""
-        return tuple(self.weight_hh.new_zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-                     for _ in range(self.num_states))
+        return tuple(self.weight_hh.new_zeros(batch_size, self.hidden_size) for _ in range(self.num_states))
 
     def project_input(self, x: Tensor) -> Tensor:
         """Input half of the gates, for any leading shape: (..., I) -> (..., G*H)."""
@@ -86,9 +86,11 @@ class RecurrentCell(nn.Module):
 
     def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
                  overwrite: bool = False) -> tuple[Tensor, State]:
-        """All T steps of x_proj (T, B, G*H): the outputs h (T, B, H) and the final state.
+        """All T steps of x_proj (T, B, G*H): the outputs h (T, B, H) and the final state, by ``fused``.
         ``overwrite``: x_proj is the caller's to lose (the LSTM and the GRU write their gates over it)."""
-        raise NotImplementedError
+        outputs, *final, _gates = self.fused.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, *state,
+                                                   overwrite)
+        return outputs, tuple(final)
 
     def sequence_reference(self, x_proj: Tensor, state: State,
                            weight_hh: Tensor | None = None) -> tuple[Tensor, State]:
@@ -99,10 +101,8 @@ class RecurrentCell(nn.Module):
             outputs.append(state[0])
         return torch.stack(outputs), state  # (T, B, H)
 
-    def forward(self, x: Tensor, state: State | None = None, weight_hh: Tensor | None = None) -> State:
-        """One time step from the raw input (B, I); ``state=None`` means zeros."""
-        if state is None:
-            state = self.begin_state(x.shape[0], x.device, x.dtype)
+    def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
+        """One time step from the raw input (B, I)."""
         return self.step(self.project_input(x), state, weight_hh)
 
     def extra_repr(self) -> str:
@@ -141,6 +141,7 @@ class LSTMCell(RecurrentCell):
 
     num_gates = 4
     num_states = 2
+    fused = LSTMSequence
 
     def __init__(self, input_size: int, hidden_size: int, init: str = "normal", init_scale: float = 0.01,
                  forget_bias: float | None = None):
@@ -163,11 +164,6 @@ class LSTMCell(RecurrentCell):
         h = torch.sigmoid(output_gate) * torch.tanh(c)
         return (h, c)
 
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
-                 overwrite: bool = False) -> tuple[Tensor, State]:
-        outputs, h, c, _ = LSTMSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, *state, overwrite)
-        return outputs, (h, c)
-
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.forget_bias is None else f", forget_bias={self.forget_bias}")
 
@@ -177,6 +173,7 @@ class GRUCell(RecurrentCell):
     state (``W_hn h + b_hn``), as torch does: the two projections stay apart until then."""
 
     num_gates = 3
+    fused = GRUSequence
 
     def step(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
@@ -188,11 +185,6 @@ class GRUCell(RecurrentCell):
         # update_gate near 1 keeps the old state: that is how the GRU carries memory across steps.
         h = (1.0 - update_gate) * candidate + update_gate * h
         return (h,)
-
-    def sequence(self, x_proj: Tensor, state: State, weight_hh: Tensor | None = None,
-                 overwrite: bool = False) -> tuple[Tensor, State]:
-        outputs, h, _ = GRUSequence.apply(x_proj, self.recurrent_weight(weight_hh), self.bias_hh, state[0], overwrite)
-        return outputs, (h,)
 
 
 CELLS = {

@@ -31,17 +31,12 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.vocab_size = members[0].vocab_size
 
-    def _split(self, state: State | None) -> list[State | None]:
-        """The flat state -> one state per member."""
-        if state is None:
-            return [None] * len(self.members)
-        flat = iter(state)
-        return [tuple(itertools.islice(flat, member.num_states)) for member in self.members]
-
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the mixture's log-probabilities (B, T, V) and the members' final states."""
+        flat = iter(state or ())  # the members' states one after the other
         log_probs, final = [], []
-        for member, member_state in zip(self.members, self._split(state)):
+        for member in self.members:
+            member_state = None if state is None else tuple(itertools.islice(flat, member.num_states))
             logits, member_state = member(ids, member_state)  # (B, T, V)
             log_probs.append(F.log_softmax(logits, dim=-1))
             final.extend(member_state)

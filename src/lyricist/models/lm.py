@@ -53,6 +53,7 @@ class RecurrentLM(nn.Module):
             cell_kwargs["forget_bias"] = config.forget_bias
         self.cells = nn.ModuleList(make_cell(config.cell, input_size if layer == 0 else self.hidden_size,
                                              self.hidden_size, **cell_kwargs) for layer in range(self.num_layers))
+        self.num_states = self.cells[0].num_states  # 1: (h,), 2: the LSTM's (h, c)
         # Time is dim 0 of the embedding and of a layer's outputs (T, B, .), dim 1 of the
         # head's input (B, T, H); nn.Dropout ignores it.
         def make_dropout(rate: float | None, time_dim: int) -> nn.Module:
@@ -79,10 +80,6 @@ class RecurrentLM(nn.Module):
             # One Parameter under both names: drawn as the head is, trained by both uses, stored under both keys.
             self.embedding.weight = self.head.weight
         self.regularisers = regularisers.build(config)  # no weights of their own: no state_dict keys
-
-    @property
-    def num_states(self) -> int:
-        return self.cells[0].num_states
 
     def begin_state(self, batch_size: int, device=None, dtype=None) -> State:
         """All-zero state: ``num_states`` tensors of shape (L, B, H)."""

@@ -1,10 +1,7 @@
 """Which library runs matmul.py's products on this machine (``Backend``): measured, not read off the
 CPU's vendor (the winner depends on the CPU, the torch build and the threads, and a private op can
-vanish in any torch release). Every candidate is checked against torch's own product (a failing one
-is dropped with a warning), then timed; a private op is chosen only when at least 5 % faster. The
-result goes once to ``cache_file()``, each loop shape measured again at its first use (``loop_for``);
-one measured under load is measured again on a quiet machine. How and why: docs/speed.md (the
-products' backend, measured once per machine). ``LYRICIST_PRODUCTS=public``: torch's products only.
+vanish in any torch release); kept in ``cache_file()``, each loop shape measured at its first use.
+How and why: docs/speed.md (the products' backend). ``LYRICIST_PRODUCTS=public``: torch's products only.
 """
 
 from __future__ import annotations
@@ -50,9 +47,11 @@ def cache_file() -> Path:
     return kernels.cache_dir() / f"{kernels.extension_name()}.products-{torch.get_num_threads()}t.json"
 
 
-def _loop_candidates(rows: int, weight: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
-    """name -> x (rows, I) |-> x weight^T, each as the compiled step calls it (packing done here)."""
-    out = weight.new_empty(rows, weight.shape[0])
+def _loop_candidates(rows: int, inputs: int, outputs: int, generator) -> tuple[Tensor, dict[str, Callable], Tensor]:
+    """x (rows, I), name -> x |-> x W^T as the compiled step calls it (packing done here), torch's x W^T."""
+    x = torch.randn(rows, inputs, generator=generator)
+    weight = torch.randn(outputs, inputs, generator=generator)  # (O, I)
+    out = weight.new_empty(rows, outputs)
     candidates = {"torch": lambda x: torch.mm(x, weight.t(), out=out)}
     mkl_linear, mkl_reorder = private_op("mkl", "_mkl_linear"), private_op("mkl", "_mkl_reorder_linear_weight")
     if mkl_linear is not None and mkl_reorder is not None and torch.backends.mkl.is_available():
@@ -62,18 +61,22 @@ def _loop_candidates(rows: int, weight: Tensor) -> dict[str, Callable[[Tensor], 
     if onednn is not None and onednn_reorder is not None and torch.backends.mkldnn.is_available():
         packed_dnn = onednn_reorder(weight, rows)
         candidates["onednn"] = lambda x: onednn(x, packed_dnn, None, "none", [], "")
-    return candidates
+    return x, candidates, x @ weight.t()
 
 
-def _dense_candidates(transposed: bool, weight: Tensor, bias: Tensor | None) -> dict[str, Callable[[Tensor], Tensor]]:
-    """As the model calls them: forward with a bias (F.linear copies it into the output first,
-    oneDNN adds it on the way), the input gradient by a transposed view of the weight, no bias."""
-    w = weight.t() if transposed else weight
+def _dense_candidates(rows: int, inputs: int, outputs: int, generator) -> tuple[Tensor, dict[str, Callable], Tensor]:
+    """As the model calls them: forward with a bias (F.linear copies it into the output first, oneDNN
+    adds it on the way); the input gradient (inputs > outputs) by a transposed view of the weight, no bias."""
+    x = torch.randn(rows, inputs, generator=generator)
+    transposed = inputs > outputs
+    weight = torch.randn(*((inputs, outputs) if transposed else (outputs, inputs)), generator=generator)
+    bias = None if transposed else torch.randn(outputs, generator=generator)
+    w = weight.t() if transposed else weight  # (O, I), a view of (I, O) for the input gradient
     candidates = {"torch": lambda x: F.linear(x, w, bias)}
     onednn = private_op("mkldnn", "_linear_pointwise")
     if onednn is not None and torch.backends.mkldnn.is_available():
         candidates["onednn"] = lambda x: onednn(x, w, bias, "none", [], "")
-    return candidates
+    return x, candidates, x @ weight if transposed else torch.addmm(bias, x, weight.t())
 
 
 def _working(candidates: dict[str, Callable], x: Tensor, expected: Tensor) -> dict[str, Callable]:
@@ -90,6 +93,7 @@ def _working(candidates: dict[str, Callable], x: Tensor, expected: Tensor) -> di
     return kept
 
 
+@torch.no_grad()
 def _relative_times(shapes, make, repeats: int) -> dict[str, float]:
     """name -> sum over shapes of (its fastest time / torch's), for those working at every shape. The
     fastest of alternated calls, not the median: other processes only ever add time."""
@@ -97,28 +101,18 @@ def _relative_times(shapes, make, repeats: int) -> dict[str, float]:
     scores: dict[str, float] = {}
     alive: set[str] | None = None
     for rows, inputs, outputs in shapes:
-        x = torch.randn(rows, inputs, generator=generator)
-        if make is _loop_candidates:
-            weight = torch.randn(outputs, inputs, generator=generator)  # (O, I)
-            candidates, expected = make(rows, weight), x @ weight.t()
-        else:  # the input gradient's weight is a transposed view: (I, O) seen as (O, I)
-            transposed = inputs > outputs
-            weight = torch.randn(*((inputs, outputs) if transposed else (outputs, inputs)), generator=generator)
-            bias = None if transposed else torch.randn(outputs, generator=generator)
-            candidates = make(transposed, weight, bias)
-            expected = x @ weight if transposed else torch.addmm(bias, x, weight.t())
+        x, candidates, expected = make(rows, inputs, outputs, generator)
         candidates = _working(candidates, x, expected)
         alive = set(candidates) if alive is None else alive & set(candidates)
-        times: dict[str, list[float]] = {name: [] for name in candidates}
+        fastest = dict.fromkeys(candidates, math.inf)
         for repeat in range(repeats + 2):
             for name, product in candidates.items():  # alternated: a slow patch hits every candidate
                 start = time.perf_counter()
                 product(x)
                 if repeat >= 2:  # two untimed calls first
-                    times[name].append(time.perf_counter() - start)
-        base = min(times["torch"])
-        for name, values in times.items():
-            scores[name] = scores.get(name, 0.0) + min(values) / base
+                    fastest[name] = min(fastest[name], time.perf_counter() - start)
+        for name, seconds in fastest.items():
+            scores[name] = scores.get(name, 0.0) + seconds / fastest["torch"]
     return {name: round(score, 3) for name, score in scores.items() if name in alive}
 
 
@@ -137,9 +131,8 @@ def load_per_cpu() -> float:
 
 def measure() -> dict:
     """Time every working candidate (a second or two); the choice and the numbers."""
-    with torch.no_grad():
-        loop = _relative_times(LOOP_SHAPES, _loop_candidates, REPEATS["loop"])
-        dense = _relative_times(DENSE_SHAPES, _dense_candidates, REPEATS["dense"])
+    loop = _relative_times(LOOP_SHAPES, _loop_candidates, REPEATS["loop"])
+    dense = _relative_times(DENSE_SHAPES, _dense_candidates, REPEATS["dense"])
     return {"dense": _pick(dense), "loop": _pick(loop), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_per_cpu": round(load_per_cpu(), 2), "relative_time": {"dense": dense, "loop": loop},
             "note": "each: summed fastest time relative to torch's over the shapes measured; lower is faster"}
@@ -192,8 +185,7 @@ def loop_for(rows: int, outputs: int, inputs: int) -> str:
         path = cache_file()
         found = _read(path) or {**measure(), "loop_by_shape": {}}
         if key not in found.get("loop_by_shape", {}):
-            with torch.no_grad():
-                scores = _relative_times([(rows, inputs, outputs)], _loop_candidates, REPEATS["loop"])
+            scores = _relative_times([(rows, inputs, outputs)], _loop_candidates, REPEATS["loop"])
             found = _read(path) or found  # another process may have written meanwhile: keep its shapes
             found.setdefault("loop_by_shape", {})[key] = _pick(scores)
             _write(path, found)

@@ -1,16 +1,15 @@
-"""Whole-chunk recurrences as ``torch.autograd.Function``s with hand-written backward passes: the
-forward loop runs outside autograd into preallocated (T, B, ...) buffers, and the backward loop does
-only what is sequential (one product a step); the activation derivatives and the weight and bias
-gradients are done once over all T*B rows. The math is cells.py's ``step``, which the tests hold these
-to, as to torch.nn and ``gradcheck``. ``x_proj`` (T, B, G*H) is every step's input half (``bias_ih``
-included), the weights in torch.nn's layout and gate order, the states (B, H), ``outputs`` (T, B, H)::
+"""Whole-chunk recurrences as ``torch.autograd.Function``s: the forward loop outside autograd into
+preallocated (T, B, ...) buffers, a hand-written backward doing step by step only what is sequential
+(docs/speed.md, two paths); cells.py's ``step`` math, held to it, torch.nn and ``gradcheck`` by the
+tests. ``x_proj`` (T, B, G*H) is every step's input half (``bias_ih`` included), the weights in
+torch.nn's layout and gate order, the states (B, H), ``outputs`` (T, B, H)::
 
     outputs, *final_state = RNNSequence.apply(x_proj, weight_hh, bias_hh, h0, relu)
     outputs, *final_state, gates = XSequence.apply(x_proj, weight_hh, bias_hh, *state, overwrite)  # LSTM, GRU
 
 ``overwrite=True``: the LSTM and the GRU write their activated gates over ``x_proj`` (the caller's
-temporary; ``mark_dirty``: misuse fails loudly, never wrong), returned last, not differentiable: at
-2 x 512, B 64 x T 64 a fresh (T, B, 4H) buffer is 33.5 MB a layer, ~10 ms of page faults.
+temporary; ``mark_dirty``: misuse fails loudly, never wrong), returned last, not differentiable: a
+fresh buffer costs its page faults (docs/speed.md: in place of fresh buffers).
 """
 
 from __future__ import annotations
@@ -109,12 +108,19 @@ class LSTMSequence(Function):
         hs[0], cs[0] = h0, c0
         weight = pack(weight_hh, batch_size, uses=num_steps)
         kernels = step_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_forward_loop, in C++ (csrc/steps.cpp); b_hh added in its step
+        if kernels is not None:  # the loop below in C++ (csrc/steps.cpp), b_hh added in its step
             # x_proj and gates may be one buffer: each entry is read before it is written.
             kernels.lstm_forward(x_proj.contiguous(), bias_hh.contiguous(), *parts(weight), gates, hs, cs, tanh_cs)
         else:
             torch.add(x_proj, bias_hh, out=gates)  # the pre-activations' input half, the loop adds the rest
-            _lstm_forward_loop(gates, weight, hs, cs, tanh_cs)
+            for t in range(num_steps):
+                g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
+                g[:, : 2 * hidden].sigmoid_()  # i, f
+                g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
+                g[:, 3 * hidden :].sigmoid_()  # o
+                i, f, cand, o = g.chunk(4, dim=1)  # 4 x (B, H)
+                torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cand)  # c_t = f c_{t-1} + i g
+                torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # h_t = o tanh(c_t)
         ctx.save_for_backward(weight_hh, gates, hs, cs, tanh_cs)
         return hs[1:], hs[-1].clone(), cs[-1].clone(), gates
 
@@ -122,61 +128,39 @@ class LSTMSequence(Function):
     @once_differentiable
     def backward(ctx, grad_outputs: Tensor | None, grad_h_last: Tensor | None, grad_c_last: Tensor | None, _gates):
         weight_hh, gates, hs, cs, tanh_cs = ctx.saved_tensors
-        batch_size = gates.shape[1]
+        num_steps, batch_size, _ = gates.shape
         grad_h = _first_grad(grad_outputs, grad_h_last, hs[1:])  # (T, B, H)
         grad_c = (torch.zeros_like(cs[0]) if grad_c_last is None  # dL/dc (B, H), carried back in time
                   else grad_c_last.clone(memory_format=torch.contiguous_format))
         grad_gates = torch.empty_like(gates)  # (T, B, 4H)
-        weight_t = pack(weight_hh.t(), batch_size, uses=gates.shape[0])  # (H, 4H): dgates W = dgates (W^T)^T
+        weight_t = pack(weight_hh.t(), batch_size, uses=num_steps)  # (H, 4H): dgates W = dgates (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _lstm_backward_loop, in C++ (csrc/steps.cpp)
+        if kernels is not None:  # the loop below, in C++ (csrc/steps.cpp)
             kernels.lstm_backward(grad_h, grad_c, gates, cs, tanh_cs, grad_gates, *parts(weight_t))
         else:
-            _lstm_backward_loop(gates, cs, tanh_cs, grad_h, grad_c, grad_gates, weight_t)
+            i, f, cand, o = gates.chunk(4, dim=2)  # 4 x (T, B, H)
+            # Everything that does not depend on the incoming gradient, for all steps at once:
+            #   dc_t += dh_t * o (1 - tanh(c_t)^2)
+            #   dpre_i = dc_t * g sig'(i),  dpre_f = dc_t * c_{t-1} sig'(f),  dpre_g = dc_t * i (1 - g^2),
+            #   dpre_o = dh_t * tanh(c_t) sig'(o)                         (sig'(x) = s (1 - s) from s)
+            c_from_h = o * (1.0 - tanh_cs.square())  # (T, B, H)
+            coef = (gates - gates.square()).view(num_steps, batch_size, 4, -1)  # sig' of every gate: (T, B, 4, H)
+            coef[:, :, 0].mul_(cand)
+            coef[:, :, 1].mul_(cs[:-1])
+            torch.mul(i, 1.0 - cand.square(), out=coef[:, :, 2])
+            coef[:, :, 3].mul_(tanh_cs)
+            for t in range(num_steps - 1, -1, -1):
+                grad_c.addcmul_(grad_h[t], c_from_h[t])
+                blocks = grad_gates[t].view(batch_size, 4, -1)  # (B, 4H) seen as (B, 4, H)
+                torch.mul(grad_c.unsqueeze(1), coef[t, :, :3], out=blocks[:, :3])  # i, f, g: from dc
+                torch.mul(grad_h[t], coef[t, :, 3], out=blocks[:, 3])  # o: from dh
+                grad_c.mul_(f[t])  # c_t = f_t c_{t-1} + ...  =>  dc_{t-1} = dc_t f_t
+                if t > 0:
+                    add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
         # A carried state is detached, so training never needs dL/dh_0: no product for it then.
         grad_h0 = linear_nograd(grad_gates[0], weight_t) if ctx.needs_input_grad[3] else None
         grad_weight, grad_bias = _weight_grads(grad_gates, hs)
         return grad_gates, grad_weight, grad_bias, grad_h0, grad_c if ctx.needs_input_grad[4] else None, None
-
-
-def _lstm_forward_loop(gates: Tensor, weight: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> None:
-    """LSTMSequence's forward loop in torch ops, in place: gates (T, B, 4H) from the pre-activations' input
-    half to the activated gates; hs, cs (T + 1, B, H) from their first row (the initial state); tanh_cs."""
-    hidden = hs.shape[-1]
-    for t in range(gates.shape[0]):
-        g = add_linear_(gates[t], hs[t], weight)  # (B, 4H)
-        g[:, : 2 * hidden].sigmoid_()  # i, f
-        g[:, 2 * hidden : 3 * hidden].tanh_()  # g (the candidate)
-        g[:, 3 * hidden :].sigmoid_()  # o
-        i, f, cand, o = g.chunk(4, dim=1)  # 4 x (B, H)
-        torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cand)  # c_t = f c_{t-1} + i g
-        torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # h_t = o tanh(c_t)
-
-
-def _lstm_backward_loop(gates: Tensor, cs: Tensor, tanh_cs: Tensor, grad_h: Tensor, grad_c: Tensor,
-                        grad_gates: Tensor, weight_t: Tensor) -> None:
-    """LSTMSequence's backward loop in torch ops: fills grad_gates (T, B, 4H), adds the recurrent
-    part into grad_h (T, B, H) and carries grad_c (B, H) back to dL/dc_0, all in place."""
-    num_steps, batch_size, _ = gates.shape
-    i, f, cand, o = gates.chunk(4, dim=2)  # 4 x (T, B, H)
-    # Everything that does not depend on the incoming gradient, for all steps at once:
-    #   dc_t += dh_t * o (1 - tanh(c_t)^2)
-    #   dpre_i = dc_t * g sig'(i),  dpre_f = dc_t * c_{t-1} sig'(f),  dpre_g = dc_t * i (1 - g^2),
-    #   dpre_o = dh_t * tanh(c_t) sig'(o)                         (sig'(x) = s (1 - s) from s)
-    c_from_h = o * (1.0 - tanh_cs.square())  # (T, B, H)
-    coef = (gates - gates.square()).view(num_steps, batch_size, 4, -1)  # sig' of every gate: (T, B, 4, H)
-    coef[:, :, 0].mul_(cand)
-    coef[:, :, 1].mul_(cs[:-1])
-    torch.mul(i, 1.0 - cand.square(), out=coef[:, :, 2])
-    coef[:, :, 3].mul_(tanh_cs)
-    for t in range(num_steps - 1, -1, -1):
-        grad_c.addcmul_(grad_h[t], c_from_h[t])
-        blocks = grad_gates[t].view(batch_size, 4, -1)  # (B, 4H) seen as (B, 4, H)
-        torch.mul(grad_c.unsqueeze(1), coef[t, :, :3], out=blocks[:, :3])  # i, f, g: from dc
-        torch.mul(grad_h[t], coef[t, :, 3], out=blocks[:, 3])  # o: from dh
-        grad_c.mul_(f[t])  # c_t = f_t c_{t-1} + ...  =>  dc_{t-1} = dc_t f_t
-        if t > 0:
-            add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
 
 
 class GRUSequence(Function):
@@ -186,17 +170,24 @@ class GRUSequence(Function):
     @staticmethod
     def forward(ctx, x_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, h0: Tensor, overwrite: bool = False):
         num_steps, batch_size, gates_size = x_proj.shape
+        hidden = gates_size // 3
         gates = _gates_buffer(ctx, x_proj, overwrite)  # the activated r, z, n of every step: (T, B, 3H)
         x_proj = x_proj.contiguous()  # (T, B, 3H): the compiled loop walks it by pointer (maybe gates' own buffer)
-        hs = x_proj.new_empty(num_steps + 1, batch_size, gates_size // 3)  # hs[0] = h0, hs[t + 1] = h_t
+        hs = x_proj.new_empty(num_steps + 1, batch_size, hidden)  # hs[0] = h0, hs[t + 1] = h_t
         hn = torch.empty_like(hs[1:])  # W_hn h_{t-1} + b_hn, the recurrent half that r scales: (T, B, H)
         hs[0] = h0
         weight = pack(weight_hh, batch_size, uses=num_steps)
         kernels = step_kernels() if x_proj.device.type == "cpu" else None
-        if kernels is not None:  # _gru_forward_loop, in C++ (csrc/steps.cpp)
+        if kernels is not None:  # the loop below, in C++ (csrc/steps.cpp)
             kernels.gru_forward(x_proj, *parts(weight), bias_hh.contiguous(), hs, gates, hn)
         else:
-            _gru_forward_loop(x_proj, weight, bias_hh, hs, gates, hn)
+            for t in range(num_steps):
+                h_proj = linear_nograd(hs[t], weight, bias_hh)  # (B, 3H)
+                rz, new = gates[t, :, : 2 * hidden], gates[t, :, 2 * hidden :]  # (B, 2H), (B, H)
+                torch.add(x_proj[t, :, : 2 * hidden], h_proj[:, : 2 * hidden], out=rz).sigmoid_()
+                hn[t] = h_proj[:, 2 * hidden :]
+                torch.addcmul(x_proj[t, :, 2 * hidden :], rz[:, :hidden], hn[t], out=new).tanh_()
+                torch.lerp(new, hs[t], rz[:, hidden:], out=hs[t + 1])  # n + z (h - n): z near 1 keeps the old state
         ctx.save_for_backward(weight_hh, hs, gates, hn)
         return hs[1:], hs[-1].clone(), gates
 
@@ -205,55 +196,35 @@ class GRUSequence(Function):
     def backward(ctx, grad_outputs: Tensor | None, grad_h_last: Tensor | None, _gates):
         weight_hh, hs, gates, hn = ctx.saved_tensors
         num_steps, batch_size, _ = gates.shape
+        hidden = hn.shape[-1]
         grad_h = _first_grad(grad_outputs, grad_h_last, hs[1:])  # (T, B, H)
         grad_x_proj = torch.empty_like(gates)  # dL/dx_proj: (T, B, 3H)
         grad_h_proj = torch.empty_like(gates)  # dL/d(W_hh h + b_hh): (T, B, 3H)
         grad_h0 = torch.zeros_like(grad_h[0])  # (B, H): dh_0 z_0 here, the product below
         weight_t = pack(weight_hh.t(), batch_size, uses=num_steps)  # (H, 3H): dh_proj W = dh_proj (W^T)^T
         kernels = step_kernels() if gates.device.type == "cpu" else None
-        if kernels is not None:  # _gru_backward_loop, in C++ (csrc/steps.cpp)
+        if kernels is not None:  # the loop below, in C++ (csrc/steps.cpp)
             kernels.gru_backward(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, *parts(weight_t), grad_h0)
         else:
-            _gru_backward_loop(grad_h, gates, hn, hs, grad_x_proj, grad_h_proj, weight_t, grad_h0)
+            r, z, new = gates.chunk(3, dim=2)  # 3 x (T, B, H)
+            # For all steps at once:
+            #   dpre_n = dh (1 - z)(1 - n^2)      dpre_r = dpre_n (W_hn h + b_hn) sig'(r)
+            #   dpre_z = dh (h_{t-1} - n) sig'(z)  d(W_hn h + b_hn) = dpre_n r        dh_{t-1} gets dh z directly
+            n_coef = (1.0 - z) * (1.0 - new.square())  # (T, B, H)
+            r_coef = hn * r * (1.0 - r)
+            z_coef = (hs[:-1] - new) * z * (1.0 - z)
+            for t in range(num_steps - 1, -1, -1):
+                grad_r, grad_z, grad_x_new = grad_x_proj[t].chunk(3, dim=1)  # 3 x (B, H)
+                torch.mul(grad_h[t], n_coef[t], out=grad_x_new)
+                torch.mul(grad_x_new, r_coef[t], out=grad_r)
+                torch.mul(grad_h[t], z_coef[t], out=grad_z)
+                grad_h_proj[t, :, : 2 * hidden] = grad_x_proj[t, :, : 2 * hidden]
+                torch.mul(grad_x_new, r[t], out=grad_h_proj[t, :, 2 * hidden :])
+                previous = grad_h[t - 1] if t > 0 else grad_h0
+                previous.addcmul_(grad_h[t], z[t])
+                if t > 0:
+                    add_linear_(previous, grad_h_proj[t], weight_t)
         if ctx.needs_input_grad[3]:  # never in training: the carried state is detached
             add_linear_(grad_h0, grad_h_proj[0], weight_t)
         grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
         return grad_x_proj, grad_weight, grad_bias, grad_h0 if ctx.needs_input_grad[3] else None, None
-
-
-def _gru_forward_loop(x_proj: Tensor, weight: Tensor, bias_hh: Tensor, hs: Tensor, gates: Tensor, hn: Tensor) -> None:
-    """GRUSequence's forward loop in torch ops: hs (T + 1, B, H) from its first row on, the
-    activated gates r, z, n (T, B, 3H) and hn = W_hn h_{t-1} + b_hn (T, B, H), all in place."""
-    hidden = hs.shape[-1]
-    for t in range(x_proj.shape[0]):
-        h_proj = linear_nograd(hs[t], weight, bias_hh)  # (B, 3H)
-        rz, new = gates[t, :, : 2 * hidden], gates[t, :, 2 * hidden :]  # (B, 2H), (B, H)
-        torch.add(x_proj[t, :, : 2 * hidden], h_proj[:, : 2 * hidden], out=rz).sigmoid_()
-        hn[t] = h_proj[:, 2 * hidden :]
-        torch.addcmul(x_proj[t, :, 2 * hidden :], rz[:, :hidden], hn[t], out=new).tanh_()
-        torch.lerp(new, hs[t], rz[:, hidden:], out=hs[t + 1])  # n + z (h - n): z near 1 keeps the old state
-
-
-def _gru_backward_loop(grad_h: Tensor, gates: Tensor, hn: Tensor, hs: Tensor, grad_x_proj: Tensor,
-                       grad_h_proj: Tensor, weight_t: Tensor, grad_h0: Tensor) -> None:
-    """GRUSequence's backward loop in torch ops: fills grad_x_proj and grad_h_proj (T, B, 3H), adds
-    the recurrent part into grad_h (T, B, H) and dh_0 z_0 into grad_h0 (B, H), all in place."""
-    num_steps, _, hidden = hn.shape
-    r, z, new = gates.chunk(3, dim=2)  # 3 x (T, B, H)
-    # For all steps at once:
-    #   dpre_n = dh (1 - z)(1 - n^2)      dpre_r = dpre_n (W_hn h + b_hn) sig'(r)
-    #   dpre_z = dh (h_{t-1} - n) sig'(z)  d(W_hn h + b_hn) = dpre_n r        dh_{t-1} gets dh z directly
-    n_coef = (1.0 - z) * (1.0 - new.square())  # (T, B, H)
-    r_coef = hn * r * (1.0 - r)
-    z_coef = (hs[:-1] - new) * z * (1.0 - z)
-    for t in range(num_steps - 1, -1, -1):
-        grad_r, grad_z, grad_x_new = grad_x_proj[t].chunk(3, dim=1)  # 3 x (B, H)
-        torch.mul(grad_h[t], n_coef[t], out=grad_x_new)
-        torch.mul(grad_x_new, r_coef[t], out=grad_r)
-        torch.mul(grad_h[t], z_coef[t], out=grad_z)
-        grad_h_proj[t, :, : 2 * hidden] = grad_x_proj[t, :, : 2 * hidden]
-        torch.mul(grad_x_new, r[t], out=grad_h_proj[t, :, 2 * hidden :])
-        previous = grad_h[t - 1] if t > 0 else grad_h0
-        previous.addcmul_(grad_h[t], z[t])
-        if t > 0:
-            add_linear_(previous, grad_h_proj[t], weight_t)

@@ -1,10 +1,7 @@
 """The LSTM's and the GRU's time loops compiled from ``csrc/steps.cpp`` (why: see the .cpp file) where a
-C++ compiler is, built once per machine (``make install``) and cached under a name made of what the
-binary depends on, never of where the code lies, so every copy of the code imports the same binary;
-each build in a folder of its own, moved into place atomically (docs/speed.md: the compiled LSTM step).
-Without a build (a warning says why) or with ``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None
-and fused.py runs the same math as torch ops.
-"""
+C++ compiler is: built once per machine (``make install``) and found by every copy of the code
+(docs/speed.md: the compiled LSTM step). Without a build (a warning says why) or with
+``LYRICIST_CPP_KERNELS=0``, ``step_kernels()`` is None and fused.py runs the same math as torch ops."""
 
 from __future__ import annotations
 
@@ -24,23 +21,21 @@ from types import ModuleType
 from typing import Iterator
 
 SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
-# -ffast-math vectorises the gate math; -fno-finite-math-only keeps NaN and inf meaningful (the
-# divergence guard needs a NaN to reach the loss), and -D__FAST_MATH__ still lets glibc declare
-# its vector exp/tanh (libmvec: NaN in, NaN out), which it hides behind that macro; without them
-# the step runs ~1.5x slower (measured: 124 vs 64 ms for a 35 x 32 x 256 chunk, forward + backward).
+# -ffast-math vectorises the gate math, -fno-finite-math-only keeps NaN meaningful (the divergence guard),
+# -D__FAST_MATH__ lets glibc declare its vector exp/tanh (why, and the timings: docs/speed.md, Flags).
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-D__FAST_MATH__", "-fopenmp-simd"]
 BUILD_LOG = "builds.log"  # one line per build, for the tests and for a curious user
 
 
 class Switch:
-    """An on/off setting that a ``with`` block can change for its duration (the compiled steps here,
-    matmul.py's private products): the benchmark and the tests compare both sides."""
+    """A setting that a ``with`` block can change for its duration (the compiled steps on or off here,
+    matmul.py's private products and its backend): the benchmark and the tests compare both sides."""
 
-    def __init__(self, on: bool):
+    def __init__(self, on):
         self.on = on
 
     @contextlib.contextmanager
-    def set(self, on: bool) -> Iterator[None]:
+    def set(self, on) -> Iterator[None]:
         previous, self.on = self.on, on
         try:
             yield

@@ -1,17 +1,13 @@
 """``x @ W^T (+ b)`` on the library measured fastest on this machine (choice.py; docs/speed.md), torch's
-own where it is as fast. Dense, the one-off products (the head, the input projections, their input
-gradients): ``F.linear`` or oneDNN (``torch.ops.mkldnn._linear_pointwise``); loop, a time loop's T
-products by one weight: torch's mm/addmm, or the weight packed once (``pack``) by MKL
-(``torch.ops.mkl._mkl_linear``) or oneDNN. Weight gradients stay on ``mm``, which reads the transpose
-in place. Every product is plain torch when the private ops are missing or off (``private(False)``),
-mkldnn is disabled, or the call is not float32 on CPU or has few rows (the float64 tests); the
-results are equal up to float32 rounding.
+own where it is as fast: the one-off (dense) products by ``F.linear`` or oneDNN, a time loop's T
+products by one weight by torch's mm or the weight packed once (``pack``) for MKL or oneDNN. Plain
+torch where the private ops are missing or off, or the call is not float32 on CPU or has few rows.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple
+import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +23,14 @@ _ONEDNN = private_op("mkldnn", "_linear_pointwise")
 _MKL_PACKED = private_op("mkl", "_mkl_linear")
 _switch = Switch(True)
 private = _switch.set  # private(False): torch's own products inside the block (the benchmark's b*)
-_backend: Backend | None = None  # chosen on first use (choice.py), or set by ``use``
-_forced = False  # set by ``use``: the loop backend too, not measured per shape
+_forced = Switch(None)  # the Backend ``use`` set, its loop backend too (not measured per shape); None: measured
+use = _forced.set  # use(backend): the products inside the block on it (the tests compare every backend)
+_measured = functools.cache(choice.choose)  # this machine's choice, read or measured once per process
 
 
 def backend() -> Backend:
-    """This machine's choice: measured once and cached (choice.py)."""
-    global _backend
-    if _backend is None:
-        _backend = choice.choose()
-    return _backend
-
-
-@contextlib.contextmanager
-def use(chosen: Backend) -> Iterator[None]:
-    """Run the products inside the block on ``chosen`` (the tests compare every backend)."""
-    global _backend, _forced
-    previous, _backend, was_forced, _forced = _backend, chosen, _forced, True
-    try:
-        yield
-    finally:
-        _backend, _forced = previous, was_forced
+    """The Backend ``use`` set, else this machine's (choice.py)."""
+    return _forced.on or _measured()
 
 
 class Packed(NamedTuple):
@@ -77,13 +60,10 @@ def _onednn_usable() -> bool:
     return _ONEDNN is not None and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
 
 
-def uses_onednn(*tensors: Tensor, rows: int = MIN_ROWS) -> bool:
-    """Whether a dense product of these tensors runs on oneDNN (chosen here, and usable now)."""
-    return _fast_candidate(tensors, rows) and backend().dense == "onednn" and _onednn_usable()
-
-
-def _rows(x: Tensor) -> int:
-    return x.numel() // max(x.shape[-1], 1)
+def uses_onednn(x: Tensor, *tensors: Tensor, rows: int | None = None) -> bool:
+    """Whether a dense product of x (..., I) and these tensors runs on oneDNN (chosen here, and usable now)."""
+    rows = x.numel() // max(x.shape[-1], 1) if rows is None else rows  # the leading dimensions' product
+    return _fast_candidate((x, *tensors), rows) and backend().dense == "onednn" and _onednn_usable()
 
 
 def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
@@ -92,7 +72,7 @@ def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
     every step (~15% of a (32, H) step). For ``linear_nograd``, ``add_linear_``, the compiled steps."""
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
-    loop = backend().loop if _forced else choice.loop_for(rows, *weight.shape)
+    loop = _forced.on.loop if _forced.on else choice.loop_for(rows, *weight.shape)
     if loop == "mkl" and _MKL_PACKED is not None:
         weight = weight.contiguous()  # the packing ops read (O, I) row by row
         return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
@@ -115,7 +95,7 @@ def linear_nograd(x: Tensor, weight: Tensor | Packed, bias: Tensor | None = None
         if weight.mkl:
             return _MKL_PACKED(x, weight.packed, weight.weight, bias, weight.rows)
         return _ONEDNN(x, weight.packed, bias, "none", [], "")
-    if uses_onednn(x, weight, rows=_rows(x)):
+    if uses_onednn(x, weight):
         return _ONEDNN(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -163,6 +143,6 @@ class _Linear(Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can; the
     result of a (..., I) input with more than one leading dimension is never a view (``_own``)."""
-    if x.dim() > 2 or uses_onednn(x, weight, rows=_rows(x)):
+    if x.dim() > 2 or uses_onednn(x, weight):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
