@@ -276,8 +276,7 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
 
 
 def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Cut `text` by position into {"train", "val", "test"}: contiguous pieces keep the held-out
-    text an unseen continuation. Val and test are rounded to whole characters; train takes the rest."""
+    """Cut `text` by position (held out: unseen continuations): val, test rounded to characters, train the rest."""
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 with a sum "
                          "below 1, to leave text for training.")

@@ -78,8 +78,7 @@ def _missing(value: Any) -> bool:
 
 
 def _plain(key: str, value: Any) -> Any:
-    """A request field as lyricist.settings.Decoding takes it: the signature's "off" values
-    (top_k 0, no_repeat_ngram 0, top_p 1) are null there; a long column with a gap reads as floats."""
+    """A request field as Decoding takes it: the signature's "off" values null, a long column's floats (a gap) ints."""
     if key in ("top_k", "no_repeat_ngram") and value == 0 or key == "top_p" and value == 1:
         return None
     if isinstance(value, float) and value.is_integer() and key in _INTEGERS:
