@@ -15,9 +15,8 @@ from conftest import make_lm
 from oracles import dynamic_token_log_probs
 from lyricist.data.vocab import Vocab
 from lyricist.evaluation.cache import cache_log_probs, evaluate_cache, stream_states, with_cache
-from lyricist.evaluation.dynamic import adaptive_ngram_token_log_probs
 from lyricist.evaluation.interpolation import perplexity_of
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, ngram_token_log_probs
 from lyricist.models import RecurrentLM
 from conftest import train
 
@@ -72,7 +71,7 @@ def test_the_cache_learns_the_chorus_and_mixes_with_the_adaptive_ngram(toy):
     static = {s: perplexity_of(stream_states(model, ids)[0]) for s, ids in (("val", val), ("test", test))}
     # The chorus comes back four times: copying it beats the untrained network.
     assert result.lam > 0 and result.cache.val < 0.8 * static["val"] and result.cache.test < 0.8 * static["test"]
-    adaptive = perplexity_of(adaptive_ngram_token_log_probs(ngram, val, np.arange(1, len(val))))
+    adaptive = perplexity_of(ngram_token_log_probs(ngram, val, np.arange(1, len(val)), adaptive=True))
     assert result.ngram_adaptive.val == pytest.approx(adaptive)
     # λ and the mixture weight chosen on val include "off": never worse there than either side.
     assert result.interpolated.val <= min(result.cache.val, adaptive) * (1 + 1e-9)

@@ -10,14 +10,12 @@ import torch
 from conftest import LYRICS
 from conftest import make_lm
 from oracles import dynamic_token_log_probs, neural_perplexity as static_perplexity
-from lyricist.evaluation.dynamic import (RMSDecayUpdate, StreamReader, adaptive_ngram_scores,
-                                        adaptive_ngram_token_log_probs, evaluate_dynamic,
-                                        gradient_rms)
+from lyricist.evaluation.dynamic import RMSDecayUpdate, StreamReader, evaluate_dynamic, gradient_rms
 from lyricist.evaluation.progress import Progress
 from lyricist.data.batching import consecutive_batches
 from lyricist.evaluation.interpolation import WEIGHT_GRID, mixture_log_probs, perplexity_of
 from lyricist.models import RecurrentLM
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, adaptive_ngram_scores, ngram_token_log_probs
 from lyricist.data.vocab import Vocab
 
 NUM_STEPS = 5
@@ -76,7 +74,7 @@ def test_adaptive_ngram_counts_each_token_after_predicting_it(toy):
     vocab, train_ids, val, _, _ = toy
     ngram = KneserNey(3).fit(train_ids, len(vocab))
     positions = np.arange(1, 31)
-    scores = adaptive_ngram_token_log_probs(ngram, val, positions)
+    scores = ngram_token_log_probs(ngram, val, positions, adaptive=True)
     tokens = val.tolist()
     for i, p in enumerate(positions.tolist()):
         # By hand: fit on train, observe everything before p, then predict p.
@@ -101,7 +99,7 @@ def test_rate_and_weight_are_chosen_on_val_and_test_starts_afresh(toy):
     # test is read by a fresh copy of the trained model with val's rate, not one that read val
     positions, neural = dynamic_token_log_probs(model, test, NUM_STEPS, metrics.lr)
     assert metrics.dynamic.test == pytest.approx(perplexity_of(neural), rel=1e-9)
-    adaptive = adaptive_ngram_token_log_probs(ngram, test, positions)
+    adaptive = ngram_token_log_probs(ngram, test, positions, adaptive=True)
     assert metrics.ngram_adaptive.test == pytest.approx(perplexity_of(adaptive), rel=1e-12)
     assert metrics.weight in WEIGHT_GRID
     assert metrics.interpolated.test == pytest.approx(
@@ -184,7 +182,7 @@ def test_the_adaptive_ngram_scored_once_serves_every_rule(toy):
     adaptive = adaptive_ngram_scores(ngram, splits, NUM_STEPS)
     for split, ids in splits.items():
         positions = dynamic_token_log_probs(model, ids, NUM_STEPS, 0.0)[0]
-        assert np.array_equal(adaptive[split], adaptive_ngram_token_log_probs(ngram, ids, positions))
+        assert np.array_equal(adaptive[split], ngram_token_log_probs(ngram, ids, positions, adaptive=True))
     assert (evaluate_dynamic(model, ngram, splits, NUM_STEPS, [0.3], adaptive=adaptive)
             == evaluate_dynamic(model, ngram, splits, NUM_STEPS, [0.3]))
     with pytest.raises(ValueError, match="same positions"):

@@ -42,8 +42,6 @@ def penalize_recent(logits: torch.Tensor, recent: Sequence[int], penalty: float,
     ids = torch.tensor(sorted(set(recent)), dtype=torch.long, device=logits.device)
     if exempt is not None:
         ids = ids[~exempt[ids]]
-    if penalty == 1 or not len(ids):
-        return logits
     chosen = logits[ids]
     # Dividing a negative logit would raise it: multiply those (as CTRL and HF do).
     return logits.index_copy(0, ids, torch.where(chosen > 0, chosen / penalty, chosen * penalty))
@@ -95,25 +93,22 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
 
     device = next(model.parameters()).device
     exempt = torch.tensor([token.isspace() for token in vocab.itos], device=device)  # (V,)
-    history, out = list(ids), []
+    history = list(ids)
     with eval_mode(model):
         # The whole prefix in one call: the same state as feeding it one step at a time.
         logits, state = model(torch.tensor([ids], device=device), None)  # (1, P, V)
-        for _ in range(d.num_chars):
+        for done in range(d.num_chars):
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"generation ran past its time limit after {len(out)} of {d.num_chars} tokens")
+                raise TimeoutError(f"generation ran past its time limit after {done} of {d.num_chars} tokens")
             last = logits[0, -1].float()  # (V,)
-            if d.repetition_penalty != 1:
-                last = penalize_recent(last, history[-d.repetition_window:], d.repetition_penalty, exempt)
+            last = penalize_recent(last, history[-d.repetition_window:], d.repetition_penalty, exempt)
             if d.no_repeat_ngram is not None:
                 banned = banned_by_ngrams(history, d.no_repeat_ngram)
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned
                     last = last.index_fill(0, torch.tensor(sorted(banned), dtype=torch.long,
                                                            device=device), float("-inf"))
-            next_id = next_token(last, d, generator)
-            out.append(next_id)
-            history.append(next_id)
-            logits, state = model(torch.tensor([[next_id]], device=device), state)  # (1, 1, V)
+            history.append(next_token(last, d, generator))
+            logits, state = model(torch.tensor([history[-1:]], device=device), state)  # (1, 1, V)
             if tick is not None:
-                tick(len(out), d.num_chars)
-    return vocab.decode_after(prefix, out)
+                tick(done + 1, d.num_chars)
+    return vocab.decode_after(prefix, history[len(ids):])

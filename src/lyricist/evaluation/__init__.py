@@ -1,2 +1,1 @@
-"""Held-out numbers of a checkpoint, all run by one evaluator (evaluate.py) from its list of rows;
-the results travel as small dataclasses (metrics.py)."""
+"""Held-out numbers of a checkpoint, all run by one evaluator (evaluate.py) from its list of rows."""

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lyricist.evaluation.dynamic import adaptive_ngram_scores
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, mixture_log_probs, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import CacheResult
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, adaptive_ngram_scores
 from lyricist.models import RecurrentLM, eval_mode
 from lyricist.models.stream import read_streams
 

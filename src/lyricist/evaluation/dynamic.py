@@ -1,12 +1,10 @@
 """Dynamic evaluation (Krause et al., 2018): a model that keeps learning from the text it scores.
 
-A split is read once, in order, as one stream: each segment of `num_steps` tokens is scored,
-then the model takes one step on that segment's loss, so a chorus heard once is expected when
-it comes back. A token is always scored before the model learns from it: an honest held-out
-perplexity, of a reader who never looks ahead. The n-gram counterpart is the adaptive
-Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`); both
-are scored on the same positions and interpolated, the rate and the weight chosen on val.
-The state goes on from segment to segment (detached, as in training).
+A split is read once, in order, as one stream (the state carried): each segment of `num_steps`
+tokens is scored, then the model takes one step on that segment's loss, so a chorus heard once
+is expected when it comes back. A token is always scored before the model learns from it: an
+honest held-out perplexity, of a reader who never looks ahead. The n-gram counterpart is the
+adaptive Kneser-Ney model, which counts each token right after predicting it (`KneserNey.observe`).
 
 The step is plain SGD or Krause et al.'s own (`RMSDecayUpdate`). The cost, and why each rate
 reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-characters-issue-16.
@@ -15,7 +13,6 @@ reads only the first `tune_tokens` of val: docs/experiments.md#evaluate-at-1m-ch
 from __future__ import annotations
 
 import copy
-import math
 from functools import partial
 from typing import Sequence
 
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from lyricist.data.batching import check_enough_tokens
 from lyricist.evaluation.interpolation import WEIGHT_GRID, check_splits, perplexity_of, score_and_mix
 from lyricist.evaluation.metrics import DynamicResult
-from lyricist.evaluation.ngram import KneserNey
+from lyricist.evaluation.ngram import KneserNey, adaptive_ngram_scores
 from lyricist.evaluation.progress import Tick
 from lyricist.models import RecurrentLM
 from lyricist.models.stream import read_streams
@@ -52,10 +49,6 @@ class RMSDecayUpdate:
         # allocated anew at each step, and the allocator hands such large blocks back to the
         # system and faults them in again (the step cost 3 x as much inside the reading loop).
         self.buffers = [(torch.empty_like(p), torch.empty_like(p)) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
@@ -112,41 +105,12 @@ class StreamReader:
                 token_log_probs = F.log_softmax(logits[0], dim=-1).gather(1, y[0, :, None])[:, 0]  # (T,)
                 log_probs.append(token_log_probs.detach().double())
                 if self.optimizer is not None:
-                    self.optimizer.zero_grad()
+                    self.model.zero_grad(set_to_none=True)
                     (-token_log_probs.mean()).backward()
                     self.optimizer.step()
                 if progress is not None:
                     progress(label, (i + 1) * self.num_steps, total)
         return torch.cat(log_probs).cpu().numpy() if log_probs else np.zeros(0)
-
-
-def adaptive_ngram_token_log_probs(ngram: KneserNey, ids: Sequence[int], positions: np.ndarray,
-                                   progress: Tick | None = None, label: str = "") -> np.ndarray:
-    """log p of the token at each of `positions` (ascending) of `ids` by a copy of `ngram` that
-    counts every token once read (predict, then observe); `progress` hears every 1,000 tokens."""
-    reader = copy.deepcopy(ngram)
-    ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    history = ngram.order - 1
-    wanted = set(np.asarray(positions).tolist())
-    end = int(max(wanted)) + 1 if wanted else 0
-    log_probs = []
-    for p, token in enumerate(ids[:end]):
-        context = ids[max(0, p - history):p]
-        if p in wanted:
-            log_probs.append(math.log(reader.prob(context, token)))
-        reader.observe([token], context=context)
-        if progress is not None and p % 1000 == 999:
-            progress(label, p + 1, end)
-    return np.array(log_probs, dtype=np.float64)
-
-
-def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, torch.Tensor], num_steps: int = 1,
-                          progress: Tick | None = None) -> dict[str, np.ndarray]:
-    """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
-    (with `num_steps` 1: every position), scored once for every row that mixes with it."""
-    return {split: adaptive_ngram_token_log_probs(ngram, ids, np.arange(1, (len(ids) - 1) // num_steps * num_steps + 1),
-                                                  progress, f"adaptive kn{ngram.order} on {split}")
-            for split, ids in splits.items()}
 
 
 def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, torch.Tensor],

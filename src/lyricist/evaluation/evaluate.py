@@ -1,7 +1,6 @@
 """The one evaluator of a checkpoint, or of the ensemble of several (the evaluate stage's and
 `lyricist.seeds`'): the model, the splits and the Kneser-Ney model loaded once (`Evaluation`),
-then the rows of ROWS in order, each a field of EvaluationResult naming its numbers for the
-stage's summary, seeds' table, reports/metrics.json and the MLflow run."""
+then the rows of ROWS in order, each naming its numbers (`Row`)."""
 
 from __future__ import annotations
 
@@ -15,10 +14,10 @@ from typing import Any
 from lyricist.checkpoint import check_same_vocab, load_checkpoint
 from lyricist.data.vocab import load_ids
 from lyricist.evaluation.cache import evaluate_cache
-from lyricist.evaluation.dynamic import adaptive_ngram_scores, evaluate_dynamic, gradient_rms
+from lyricist.evaluation.dynamic import evaluate_dynamic, gradient_rms
 from lyricist.evaluation.interpolation import interpolate_with_ngram, neural_token_log_probs, perplexity_of
 from lyricist.evaluation.metrics import EvaluationResult, Perplexities
-from lyricist.evaluation.ngram import best_kneser_ney, load_kneser_ney
+from lyricist.evaluation.ngram import adaptive_ngram_scores, best_kneser_ney, load_kneser_ney
 from lyricist.evaluation.progress import Progress
 from lyricist.evaluation.samples import sample_lyrics
 from lyricist.models import RecurrentLM
@@ -199,9 +198,8 @@ def mlflow_metrics(flat: dict[str, float]) -> dict[str, float]:
     names = {prefix: name for row in ROWS for prefix, name in row.mlflow.items()}
     named = {}
     for key, value in flat.items():
-        if value is None:  # an ensemble's epoch
-            continue
         prefix = max((p for p in names if key.startswith(p)), key=len)
-        named[names[prefix] + key[len(prefix):]] = float(value)
+        if value is not None:  # None: an ensemble's epoch
+            named[names[prefix] + key[len(prefix):]] = float(value)
     named.update({name: flat[a] / flat[b] for name, a, b in RATIOS if flat.get(a) is not None and flat.get(b)})
     return named

@@ -55,8 +55,6 @@ def mixture_log_probs(neural: np.ndarray, ngram: np.ndarray, weight: float) -> n
 
 def perplexity_of(log_probs: np.ndarray) -> float:
     """exp(mean negative log-likelihood) of per-token log-probabilities (inf for a diverged model)."""
-    if len(log_probs) == 0:
-        raise ValueError("no tokens to score.")
     return ppl(-float(np.mean(log_probs)))
 
 

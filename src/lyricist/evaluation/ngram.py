@@ -15,13 +15,13 @@ exactly r (r >= 3: at least 3) times, and a context never seen leaves P_k = P_{k
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +30,7 @@ import numpy as np
 
 from lyricist.data.corpus import atomic_write_bytes
 from lyricist.evaluation.ppl import perplexity as ppl
+from lyricist.evaluation.progress import Tick
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's defaults for --discount_fallback
 KNESER_NEY_FORMAT = 1  # of the file the baseline stage saves and the evaluate stage loads
@@ -75,34 +76,23 @@ def estimate_discounts(counts: Sequence[int], mode: str = "modified",
         return FALLBACK_DISCOUNTS
     y = n1 / (n1 + 2 * n2)
     discounts = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
-    if not all(0.0 < d <= r for r, d in enumerate(discounts, start=1)):
-        return FALLBACK_DISCOUNTS
-    return discounts
+    return discounts if all(0.0 < d <= r for r, d in enumerate(discounts, start=1)) else FALLBACK_DISCOUNTS
 
 
-@dataclass
 class _Level:
-    """The counts of one order k: k-grams, and per context (the first k-1 tokens) their totals."""
+    """The counts of one order k: k-grams, and per context (the first k-1 tokens) c(h.) and the sum
+    of the discounts of its followers (gamma(h) is their ratio; a context with no entry was never
+    seen at this order), summed in the counts' order: a level rebuilt from saved counts holds bit
+    for bit the same floats."""
 
-    counts: dict[tuple[int, ...], int]
-    discounts: tuple[float, float, float]
-    # context -> (c(h.), sum of the discounts of its followers); gamma(h) is their ratio.
-    # A context with no entry was never seen at this order.
-    contexts: dict[tuple[int, ...], tuple[int, float]] = field(default_factory=dict)
-
-    @classmethod
-    def from_counts(cls, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> _Level:
-        """The level of these counts, its contexts' totals and masses summed in the counts' order
-        (so a level rebuilt from saved counts holds bit for bit the same floats)."""
-        level = cls(counts, discounts)
+    def __init__(self, counts: dict[tuple[int, ...], int], discounts: tuple[float, float, float]) -> None:
+        self.counts, self.discounts = counts, discounts
         totals: Counter = Counter()
         masses: Counter = Counter()
         for gram, count in counts.items():
-            context = gram[:-1]
-            totals[context] += count
-            masses[context] += level.discount(count)
-        level.contexts = {h: (total, masses[h]) for h, total in totals.items()}
-        return level
+            totals[gram[:-1]] += count
+            masses[gram[:-1]] += self.discount(count)
+        self.contexts = {h: (total, masses[h]) for h, total in totals.items()}
 
     def discount(self, count: int) -> float:
         return self.discounts[min(count, 3) - 1]
@@ -129,15 +119,12 @@ class KneserNey:
         raw = {k: Counter(zip(*(islice(ids, i, None) for i in range(k)))) for k in range(1, self.order + 1)}
         self.levels: list[_Level] = []  # levels[k - 1] holds order k
         for k in range(1, self.order + 1):
-            if k == self.order:
-                counts = dict(raw[k])
-            else:
-                # Continuation count of a k-gram: how many distinct tokens precede it, i.e. how
-                # many (k+1)-gram types it ends. A lower order is only consulted when the longer
-                # context says little, so it should favour tokens seen after many contexts.
-                counts = dict(Counter(gram[1:] for gram in raw[k + 1]))
+            # Below the top order, the continuation count of a k-gram: how many distinct tokens
+            # precede it, i.e. how many (k+1)-gram types it ends. A lower order is only consulted
+            # when the longer context says little, so it should favour tokens seen after many contexts.
+            counts = dict(raw[k] if k == self.order else Counter(gram[1:] for gram in raw[k + 1]))
             discounts = estimate_discounts(counts.values(), self.discount_mode, self.fixed_discount)
-            self.levels.append(_Level.from_counts(counts, discounts))
+            self.levels.append(_Level(counts, discounts))
         # The k-gram types seen (k >= 2): `observe` needs them to tell when a continuation count grows.
         self._seen = {k: set(raw[k]) for k in range(2, self.order + 1)}
         return self
@@ -160,21 +147,16 @@ class KneserNey:
                     self.levels[k - 2].add(gram[1:])
         return self
 
-    def _seen_contexts(self, context: Sequence[int]):
-        """(level, context at that level, its total, its discount mass) from the unigram up to the
-        longest the last order - 1 tokens of `context` allow; an unseen context is skipped."""
+    def prob(self, context: Sequence[int], token: int) -> float:
         context = tuple(int(t) for t in context)
         history = context[max(0, len(context) - self.order + 1):]
-        for k in range(1, len(history) + 2):
+        p = 1.0 / self.vocab_size
+        for k in range(1, len(history) + 2):  # from the unigram up; a context unseen at order k leaves p
             level, h = self.levels[k - 1], history[len(history) - k + 1:]
             if h in level.contexts:
-                yield level, h, *level.contexts[h]
-
-    def prob(self, context: Sequence[int], token: int) -> float:
-        p = 1.0 / self.vocab_size
-        for level, h, total, mass in self._seen_contexts(context):
-            count = level.counts.get(h + (token,), 0)
-            p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
+                total, mass = level.contexts[h]
+                count = level.counts.get(h + (token,), 0)
+                p = mass / total * p + ((count - level.discount(count)) / total if count else 0.0)
         return p
 
 
@@ -223,7 +205,7 @@ def load_kneser_ney(path: str | Path, vocab_size: int, max_order: int, discount_
     for k in range(1, model.order + 1):
         grams = map(tuple, arrays[f"grams_{k}"].tolist())  # python ints, as fit's keys
         counts = dict(zip(grams, arrays[f"counts_{k}"].tolist()))
-        model.levels.append(_Level.from_counts(counts, tuple(arrays[f"discounts_{k}"].tolist())))
+        model.levels.append(_Level(counts, tuple(arrays[f"discounts_{k}"].tolist())))
     model._seen = {k: set(map(tuple, arrays[f"seen_{k}"].tolist())) for k in range(2, model.order)}
     if model.order >= 2:
         model._seen[model.order] = set(model.levels[-1].counts)
@@ -241,19 +223,40 @@ def perplexity(model: KneserNey | AddOneUnigram, ids: Sequence[int], context: Se
     return ppl(-sum(log_probs.tolist()) / len(log_probs))
 
 
-def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int]) -> np.ndarray:
-    """log p of the token at each position of `ids`, given the order - 1 tokens before it there."""
+def ngram_token_log_probs(model: KneserNey | AddOneUnigram, ids: Sequence[int], positions: Sequence[int],
+                          adaptive: bool = False, progress: Tick | None = None, label: str = "") -> np.ndarray:
+    """log p of the token at each of `positions` (ascending) of `ids`, given the order - 1 tokens
+    before it there. `adaptive`: by a copy of `model` that counts every token once read (predict,
+    then observe), the adaptive n-gram of dynamic evaluation; `progress` hears every 1,000 tokens."""
     ids = np.asarray(ids, dtype=np.int64).ravel().tolist()
-    history = model.order - 1
-    return np.array([math.log(model.prob(ids[max(0, p - history):p], ids[p]))
-                     for p in np.asarray(positions).tolist()], dtype=np.float64)
+    positions = np.asarray(positions).tolist()
+    reader = copy.deepcopy(model) if adaptive else model  # the caller's model keeps its counts
+    history, wanted = model.order - 1, set(positions)
+    end = positions[-1] + 1 if positions else 0
+    log_probs = []
+    for p in range(end) if adaptive else positions:  # the adaptive reader counts every token it reads
+        context = ids[max(0, p - history):p]
+        if p in wanted:
+            log_probs.append(math.log(reader.prob(context, ids[p])))
+        if adaptive:
+            reader.observe([ids[p]], context=context)
+        if progress is not None and p % 1000 == 999:
+            progress(label, p + 1, end)
+    return np.array(log_probs, dtype=np.float64)
+
+
+def adaptive_ngram_scores(ngram: KneserNey, splits: dict[str, Sequence[int]], num_steps: int = 1,
+                          progress: Tick | None = None) -> dict[str, np.ndarray]:
+    """Per split, the adaptive n-gram's log p at positions 1 .. num_steps * ((len - 1) // num_steps)
+    (with `num_steps` 1: every position), scored once for every row that mixes with it."""
+    return {split: ngram_token_log_probs(ngram, ids, range(1, (len(ids) - 1) // num_steps * num_steps + 1),
+                                         adaptive=True, progress=progress, label=f"adaptive kn{ngram.order} on {split}")
+            for split, ids in splits.items()}
 
 
 def best_kneser_ney(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int, max_order: int,
                     **discounts) -> tuple[KneserNey, float]:
     """(the Kneser-Ney model of order 1..max_order fit on train with the lowest val perplexity, that perplexity)."""
-    if len(val_ids) < 2:
-        raise ValueError(f"choosing the n-gram order needs a val split of >= 2 tokens, got {len(val_ids)}.")
     metrics, model = evaluate_baselines(train_ids, {"val": val_ids}, vocab_size, max_order, **discounts)
     return model, metrics[f"kn{model.order}"]["val_ppl"]
 

@@ -20,8 +20,7 @@ class Progress:
         if every <= 0:
             raise ValueError(f"the progress interval must be positive seconds, got {every}.")
         self.report, self.every, self.clock = report, every, clock
-        self.last = clock()
-        self.label, self.label_start = None, self.last
+        self.last, self.label = clock(), None  # a label's start: its first tick
 
     def __call__(self, label: str, done: int, total: int) -> None:
         now = self.clock()

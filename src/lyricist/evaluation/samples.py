@@ -60,16 +60,12 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decodin
     num_chars = decoding.num_chars
     greedy = [generate(model, vocab, p, Decoding(num_chars=num_chars), allow_unknown=True) for p in prefixes]
     default = [generate(model, vocab, p, decoding, index=i, allow_unknown=True) for i, p in enumerate(prefixes)]
-    samples = lyric_metrics(default, reference)
-    human = None
+    name, unit = "default decoding", "characters" if vocab.tokenizer == "char" else "words"
+    overall = {"greedy": lyric_metrics(greedy, reference), name: lyric_metrics(default, reference)}
     if test_ids is not None and len(test_ids):
         # Pieces as long as the samples, so that line counts and distinct-n compare.
         length = round(statistics.fmean(len(text) for text in default)) if default else num_chars
-        human = lyric_metrics(human_pieces(vocab.decode(test_ids, unk="\ufffd"), length), reference)
-    name, unit = "default decoding", "characters" if vocab.tokenizer == "char" else "words"
-    overall = {"greedy": lyric_metrics(greedy, reference), name: samples}
-    if human:
-        overall["human test text"] = human
+        overall["human test text"] = lyric_metrics(human_pieces(vocab.decode(test_ids, unk="\ufffd"), length), reference)
     lines = [f"# Samples ({num_chars} {unit} after the prefix)", "",
              f"Each prefix's greedy decoding (the seeds' argmax) beside the default decoding (`generate.*`: "
              f"{describe(decoding)}). All prefixes together, and the human test text cut into pieces as "
@@ -78,4 +74,4 @@ def sample_lyrics(model: RecurrentLM, vocab: Vocab, prefixes: list[str], decodin
     for prefix, g, d in zip(prefixes, greedy, default):
         lines += [f"## {prefix}", "", *_side_by_side({"greedy": g, name: d}), "",
                   *_table({"greedy": lyric_metrics([g], reference), name: lyric_metrics([d], reference)}), ""]
-    return LyricsResult(samples, human), "\n".join(lines)
+    return LyricsResult(overall[name], overall.get("human test text")), "\n".join(lines)
