@@ -100,8 +100,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
         for done in range(d.num_chars):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"generation ran past its time limit after {done} of {d.num_chars} tokens")
-            last = logits[0, -1].float()  # (V,)
-            last = penalize_recent(last, history[-d.repetition_window:], d.repetition_penalty, exempt)
+            last = penalize_recent(logits[0, -1].float(), history[-d.repetition_window:], d.repetition_penalty, exempt)
             if d.no_repeat_ngram is not None:
                 banned = banned_by_ngrams(history, d.no_repeat_ngram)
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned

@@ -92,5 +92,4 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
               for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits)
-    weight, cache, kn, mixed = score_and_mix(scored, adaptive, WEIGHT_GRID)
-    return CacheResult(size, theta, lam, weight, cache, kn, mixed)
+    return CacheResult(size, theta, lam, *score_and_mix(scored, adaptive, WEIGHT_GRID))
