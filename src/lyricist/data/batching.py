@@ -41,8 +41,7 @@ def _check(ids: Tensor, batch_size: int, num_steps: int) -> None:
 
 
 def _batch(block: Tensor) -> Tensor:
-    """A (B, T) block of the ids (often uint8 or uint16, memory-mapped) as a new contiguous int64
-    tensor: what embeddings, one-hot and cross-entropy expect, never a view into the id file."""
+    """A (B, T) block of the ids (often uint8, memory-mapped) as a new contiguous int64 tensor, no view of the file."""
     return block.to(torch.int64, memory_format=torch.contiguous_format, copy=True)  # (B, T)
 
 
@@ -64,9 +63,8 @@ def random_batches(ids: Tensor, batch_size: int, num_steps: int,
 
 def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slice | None = None,
                         lengths: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """The seed's `data_iter_consecutive`: (N // batch_size - 1) // num_steps pairs (X, Y), each (B, T)
-    int64. `rows` keeps only some streams (e.g. `slice(rank, None, world_size)` for one of several
-    processes); `lengths` (from `variable_lengths`) replaces the fixed T: batch i is (B, lengths[i])."""
+    """The seed's `data_iter_consecutive`: (N // B - 1) // T pairs (X, Y), each (B, T) int64; `rows` keeps some
+    streams (a DDP process's), `lengths` (from `variable_lengths`) replace T: batch i is (B, lengths[i])."""
     _check(ids, batch_size, num_steps)
     batch_len = ids.numel() // batch_size
     streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, batch_len)
@@ -87,9 +85,8 @@ def consecutive_batches(ids: Tensor, batch_size: int, num_steps: int, rows: slic
 
 def variable_lengths(n_tokens: int, batch_size: int, num_steps: int,
                      generator: torch.Generator | None = None) -> list[int]:
-    """AWD-LSTM's variable BPTT lengths for one epoch of `consecutive_batches(..., lengths=)`, drawn
-    until they cover all N // batch_size - 1 input columns, the last cut to what is left. A seeded
-    `generator` draws the same lengths again (a resumed run must); None uses torch's global one."""
+    """AWD-LSTM's variable BPTT lengths for an epoch of `consecutive_batches(..., lengths=)`, covering its N // B - 1
+    input columns (the last cut to fit); a seeded `generator` draws them again (a resume must), None: torch's."""
     columns = max(0, n_tokens // batch_size - 1)  # -1: the last label needs one more column
     shortest = min(MIN_LENGTH, num_steps)
     lengths: list[int] = []
@@ -111,8 +108,7 @@ def num_batches(n_tokens: int, batch_size: int, num_steps: int, sampling: str) -
 
 
 def min_tokens(batch_size: int, num_steps: int, sampling: str | None = None) -> int:
-    """Fewest tokens that give one batch: B*T + 1 for random, B*(T + 1) for consecutive
-    (every stream needs its own extra label token); None means enough for both."""
+    """Fewest tokens for one batch: B*T + 1 random, B*(T + 1) consecutive (a label token a stream); None: both."""
     needed = {"random": batch_size * num_steps + 1, "consecutive": batch_size * (num_steps + 1)}
     return max(needed.values()) if sampling is None else needed[sampling]
 

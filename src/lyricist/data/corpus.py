@@ -17,15 +17,13 @@ from pathlib import Path
 UTF8_BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 NEWLINE_MODES = ("keep", "space")
-# The defaults of data.max_raw_bytes and data.max_compression_ratio: a corpus is text of a few MB;
-# more is a mistake (a symlink to a disk image, a zip bomb) that would otherwise fill memory before
-# anything fails. Text deflates 3-5x; 100x is a bomb's mark.
+# data.max_raw_bytes' and data.max_compression_ratio's defaults: a corpus is a few MB of text; more is a mistake
+# (a symlink to a disk image, a zip bomb) that would fill memory before anything fails. Text deflates 3-5x.
 MAX_RAW_BYTES = 200_000_000
 MAX_COMPRESSION_RATIO = 100.0
 # Python's zipfile reads these; Deflate64 (9, Windows Explorer's choice for big files) it cannot.
 ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-# Control characters (Unicode's Cc: C0, DEL, C1) but \t, \n and \r: stripped by clean_text, as
-# they carry no meaning in lyrics and would each become a token (NUL is refused on reading).
+# Unicode's Cc (C0, DEL, C1) but \t \n \r: no meaning in lyrics, each would be a token (NUL: refused on reading).
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -65,8 +63,7 @@ def read_raw_text(path: str | Path, max_bytes: int = MAX_RAW_BYTES,
 
 
 def _decode(data: bytes, source: str, path: Path) -> str:
-    """`data` as text: UTF-8, a leading byte-order mark dropped; refused when UTF-16, not UTF-8,
-    holding NUL (binary) or empty. `source` names it in messages, `path` is the file to re-fetch."""
+    """`data` as UTF-8 text (BOM dropped), refused if gzip, UTF-16, not UTF-8, binary or empty; `path`: to re-fetch."""
     refetch = f"re-fetch it with `dvc pull --force {path}.dvc`" if Path(f"{path}.dvc").is_file() else ""
     if data.startswith(b"\x1f\x8b"):
         raise CorpusError(f"{source} is gzip-compressed, not text: `gunzip` it (or put the text in a .zip) and "
@@ -166,14 +163,12 @@ SPLITS = ("train", "val", "test")
 
 
 def normal_name(name: str) -> str:
-    """A relative path or zip member name in one spelling: "./a", "a/", "a//b" and "a/./b" are
-    "a", "a", "a/b" and "a/b" (zip members always use "/")."""
+    """A relative path or zip member name in one spelling ("/"): "./a" and "a/" are "a", "a//b" and "a/./b" "a/b"."""
     return posixpath.normpath(name.replace(os.sep, "/"))
 
 
 def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None:
-    """Refuse two splits with the same content (by hash): however the files are named, val or
-    test would then be train's text and every held-out figure would measure training data."""
+    """Refuse two splits of one content (by hash): every held-out figure would measure training text."""
     seen: dict[str, str] = {}
     for split, text in texts.items():
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -185,8 +180,7 @@ def check_distinct_texts(texts: dict[str, str], sources: dict[str, str]) -> None
 
 def read_split_texts(raw_path: str | Path, split_files: dict[str, str], max_bytes: int = MAX_RAW_BYTES,
                      max_ratio: float = MAX_COMPRESSION_RATIO) -> dict[str, str]:
-    """{"train", "val", "test"} -> the text of the file `split_files` names for it inside the folder
-    or .zip at `raw_path`, each read and checked as read_raw_text reads a single file."""
+    """Each split's text, from the file `split_files` names in the folder or .zip `raw_path`, read as read_raw_text."""
     path = Path(raw_path)
     if not path.exists():
         raise FileNotFoundError(f"pre-split corpus {path} does not exist: put the folder (or .zip) holding "
@@ -266,15 +260,13 @@ def count_control_chars(text: str) -> int:
 
 def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
                max_chars: int | None = None) -> str:
-    """Strip control characters, normalise line ends, then `newline` ("keep": "\\n" stays a token;
-    "space": lines run on, as the seeds), lowercase, and keep the first `max_chars` of the cleaned
-    text (last, like the MXNet seed's `corpus_chars[0:20000]`)."""
+    """Strip control characters, normalise line ends, `newline` ("keep": "\\n" a token; "space": as the seeds),
+    lowercase, and keep the first `max_chars` of the result (last, as the MXNet seed's `corpus_chars[0:20000]`)."""
     if newline not in NEWLINE_MODES:
         raise ValueError(f"unknown newline mode {newline!r}; use one of {NEWLINE_MODES}.")
     if max_chars is not None and max_chars < 0:
         raise ValueError(f"max_chars must be >= 0 or None (no limit), got {max_chars}.")
-    # Windows line ends become one "\n" first, so "\r\n" does not turn into two tokens;
-    # a lone "\r" (old Mac line end or stray byte) carries no meaning for lyrics and is dropped.
+    # "\r\n" becomes one "\n", not two tokens; a lone "\r" (an old Mac line end, a stray byte) is dropped.
     text = CONTROL_CHARS.sub("", text).replace("\r\n", "\n").replace("\r", "")
     if newline == "space":
         text = text.replace("\n", " ")
@@ -284,8 +276,7 @@ def clean_text(text: str, newline: str = "keep", lowercase: bool = False,
 
 
 def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Cut `text` by position into {"train", "val", "test"}: contiguous pieces keep the held-out
-    text an unseen continuation. Val and test are rounded to whole characters; train takes the rest."""
+    """Cut `text` by position (held out: unseen continuations): val, test rounded to characters, train the rest."""
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 with a sum "
                          "below 1, to leave text for training.")
@@ -295,8 +286,7 @@ def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str
 
 
 def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
-    """Refuse an empty split instead of writing it: train always, val and test when their
-    fraction (`fractions`, by split name) asks for some text."""
+    """Refuse an empty split before it is written: train always, val and test when their `fractions` ask for text."""
     total = sum(len(part) for part in splits.values())
     if total == 0:
         raise CorpusError("the cleaned corpus is empty (0 characters): nothing to split. Check data.max_chars "
@@ -310,8 +300,7 @@ def check_splits(splits: dict[str, str], fractions: dict[str, float]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a truncated
-    one: a temporary file in the same folder (one file system: the rename is atomic) replaces it."""
+    """Write `data` to `path` as a temporary file beside it, renamed over it: readers see the old or the new whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

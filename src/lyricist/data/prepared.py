@@ -25,15 +25,13 @@ def write_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
 
 
 def check_record(encoded_dir: str | Path, data: Mapping[str, Any]) -> None:
-    """Refuse encoded data made with other `data.*` settings than `data`, naming each and the fix.
-    Data without a record (made by hand, e.g. in tests) is taken as it is."""
+    """Refuse encoded data made with other `data.*` settings than `data` (without a record: taken as it is)."""
     path = Path(encoded_dir) / RECORD
     if not path.is_file():
         return
     prepared = {**OPTION_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
-    differ = [f"data.{key}: prepared {value!r}, asked {data.get(key)!r}"
-              for key, value in prepared.items() if data.get(key) != value]
-    if differ:
+    if differ := [f"data.{key}: prepared {value!r}, asked {data.get(key)!r}"
+                  for key, value in prepared.items() if data.get(key) != value]:
         raise ValueError(
             f"{encoded_dir} was prepared with other settings ({', '.join(differ)}). Prepare the "
             "data for this config through DVC: `dvc exp run -S <the same overrides>` (or "

@@ -1,9 +1,6 @@
-"""Vocabulary: tokens <-> integer ids (id 0 is "<unk>"), and the id files on disk.
-
-A "char" token is one Unicode code point (a Chinese character, never its UTF-8 bytes); a "word"
-token is a run of non-whitespace, or "\n" alone. The vocabulary records its tokenizer (vocab.json,
-checkpoints), so generation encodes a prefix and decodes output as the training data was encoded.
-"""
+"""Vocabulary: tokens <-> integer ids (id 0 is "<unk>"), and the id files on disk. A "char" token is one
+Unicode code point (a Chinese character, never its UTF-8 bytes); a "word" token a run of non-whitespace, or
+"\n" alone. The vocabulary records its tokenizer (vocab.json, checkpoints): generation encodes alike."""
 
 from __future__ import annotations
 
@@ -62,15 +59,13 @@ class Vocab:
     @classmethod
     def build(cls, text: str, min_freq: int = 1, tokenizer: str = "char",
               max_vocab_size: int | None = None) -> Vocab:
-        """<unk>, then the tokens of `text` seen at least `min_freq` times, at most the `max_vocab_size`
-        most frequent (None: no cap). Most frequent first, ties by code point: the same text always
-        gives the same ids (the MXNet seed's `list(set(...))` does not) and the cap cuts ties alike."""
+        """<unk>, then the tokens of `text` seen `min_freq` times, at most `max_vocab_size` (None: all), most frequent
+        first, ties by code point: the same text gives the same ids (the seed's `list(set(...))` does not)."""
         counts = Counter(tokenize(text, tokenizer))
         order = sorted(counts, key=lambda token: (-counts[token], token))
         # A literal "<unk>" word in the text is the unknown token itself (id 0).
         kept = [token for token in order if counts[token] >= min_freq and token != UNK_TOKEN]
-        # `counts` keeps every token, including those left out, so a report can say what
-        # min_freq and max_vocab_size dropped. (kept[:None] is all of them: no cap.)
+        # `counts` keeps the tokens left out too: a report says what min_freq and max_vocab_size dropped.
         return cls([UNK_TOKEN, *kept[:max_vocab_size]], {token: counts[token] for token in order}, tokenizer)
 
     def __len__(self) -> int:
@@ -112,8 +107,7 @@ class Vocab:
         return index
 
     def _decode_chars(self, ids: np.ndarray, unk: str) -> str:
-        """`decode` of a whole split of character ids (the train split, for the copy rate) at numpy
-        speed: 4 bytes a token meanwhile, where a list of tokens takes 16."""
+        """`decode` of a whole split of character ids at numpy speed (4 bytes a token, where a list takes 16)."""
         if ids.size:
             self._checked(ids.min() if ids.min() < 0 else ids.max())
         code_points = np.array([ord(unk), *map(ord, self.itos[1:])], dtype="<u4")  # (V,) id 0 is <unk>
@@ -202,11 +196,8 @@ def unk_rate(ids: np.ndarray, text: str, tokenizer: str) -> float:
     return float(((ids == 0).sum() - own) / ids.size) if ids.size else 0.0  # id 0 is <unk>
 
 
-# The id file's integer type: the smallest that holds every id of the vocabulary. A character
-# corpus (~65 to a few thousand ids) then takes 1-2 bytes a token on disk and in memory, not 8.
+# The id file's type: the smallest holding every id (a character corpus: 1-2 bytes a token, not 8).
 ID_DTYPES = (np.uint8, np.uint16, np.int32)
-# Types `load_ids` hands to torch as they are (an int64 file included); any other is converted once.
-_TORCH_ID_DTYPES = (*ID_DTYPES, np.int64)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -222,11 +213,9 @@ def encode_to_array(vocab: Vocab, text: str) -> np.ndarray:
     return np.asarray(vocab.encode(text), dtype=id_dtype(len(vocab)))  # (N,)
 
 
-def save_ids(path: str | Path, ids: np.ndarray | torch.Tensor | list[int], vocab_size: int | None = None) -> None:
+def save_ids(path: str | Path, ids: np.ndarray | list[int], vocab_size: int | None = None) -> None:
     """Save 1-D non-negative token ids as a `.npy` file, atomically, in the smallest integer type holding
     ids below `vocab_size` (the vocabulary's, so every split gets one type; None: the largest id + 1)."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
     array = np.asarray(ids)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"ids must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}.")
@@ -257,6 +246,6 @@ def load_ids(path: str | Path) -> torch.Tensor:
         raise VocabError(f"token-id file {path} should hold a 1-D integer array, got shape "
                          f"{getattr(array, 'shape', '?')} dtype {getattr(array, 'dtype', '?')}. Rebuild it "
                          "with `dvc repro vocab`.")
-    if array.dtype.type not in _TORCH_ID_DTYPES or not array.dtype.isnative:
+    if array.dtype.type not in (*ID_DTYPES, np.int64) or not array.dtype.isnative:  # else torch takes it as it is
         return torch.from_numpy(array.astype(np.int64))  # (N,) a rare type: one copy
     return torch.from_numpy(array)  # (N,)

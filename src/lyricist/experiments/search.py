@@ -1,6 +1,5 @@
-"""Hyper-parameter search with Optuna (docs/search.md): `tune(settings)` trains the recipe with sampled
-values, trial by trial, in a study that any number of workers share. MLflow: the study is one parent
-run, each trial a child run. The best trial is written as a conf/experiment preset."""
+"""Hyper-parameter search with Optuna (docs/search.md): `tune(settings)` trains sampled recipes in a study any
+number of workers share (in MLflow a parent run, a child run a trial); the best becomes a conf/experiment preset."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ NOT_IN_PRESET = ("logger", "paths", "tune", "hydra", "train.resume", "train.over
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SpaceRule], base: Settings) -> dict:
-    """The trial's values, key by key in the order of `space` (a `tied` key follows its key); an
-    integer setting's range drawn as integers (the schema made its bounds ints), others as floats."""
+    """The trial's values, key by key in the order of `space` (a `tied` key takes its key's value)."""
     values: dict = {}
     for key, rule in space.items():
         if rule.tied and values.get("model.tie_weights", base.model.tie_weights):
@@ -53,8 +51,7 @@ def suggest(trial: optuna.Trial, space: dict[str, SpaceRule], base: Settings) ->
 
 
 def recipe_values(space: dict[str, SpaceRule], base: Settings) -> dict:
-    """The recipe's own value of every key of `space` that the space can hold (a value off its
-    range or choices, and a tied key, is left to the sampler): the trial a search starts from."""
+    """The trial a search starts from: the recipe's values that the space holds (the rest, tied keys too, drawn)."""
     values = {key: value_at(base, key) for key, rule in space.items() if not rule.tied}
     return {key: value for key, value in values.items()
             if (value in space[key].choices if space[key].choices is not None else
@@ -119,9 +116,8 @@ def make_storage(t: TuneSettings, root: Path, tracking_uri: str | None) -> optun
 
 
 class PruningCallback(pl.Callback):
-    """Reports each epoch's val/ppl to the trial and stops a hopeless one: the epoch ends as usual
-    (its metrics.csv row, checkpoints, MLflow run) and `pruned` says why the objective prunes it.
-    At the start, ties the trial and its MLflow child run to each other."""
+    """Ties the trial and its MLflow child run; reports each epoch's val/ppl and stops a hopeless trial
+    (`pruned`) or one past the worker's timeout (`cut`) after its epoch (metrics.csv row, checkpoints)."""
 
     def __init__(self, trial: optuna.Trial, deadline: float = math.inf) -> None:
         self.trial, self.deadline, self.pruned, self.cut = trial, deadline, None, None
@@ -140,8 +136,7 @@ class PruningCallback(pl.Callback):
         if self.trial.should_prune():
             self.pruned = f"epoch {epoch}: val/ppl {ppl:.3f}"
         elif time.monotonic() > self.deadline:  # Optuna's timeout only stops new trials from starting
-            # Not pruned: its best epoch so far is a fair (pessimistic) value for its recipe, and a
-            # search whose last trial is its best must not lose it.
+            # Not pruned: its best epoch is a fair (pessimistic) value, which a search ending on its best keeps.
             self.cut = f"epoch {epoch}: the worker's tune.timeout has passed"
         trainer.should_stop = trainer.should_stop or self.pruned is not None or self.cut is not None
 
@@ -183,11 +178,9 @@ def objective_for(t: TuneSettings, base: Settings, out_dir: Path, parent_run_id:
 
 
 def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | None) -> tuple[optuna.Study, str | None]:
-    """Create the study, or load it when another worker (or an earlier run) created it, refused when
-    it was made for another space or other data. Creating is the lock: exactly one worker succeeds
-    and makes the MLflow parent run; the others wait for it."""
-    # What the study is of: its space, and the encoded data its trials read (refused here, as trial 0
-    # would refuse it, when missing or prepared with other settings).
+    """Create the study, or load another worker's (refused when of another space or data). Creating is the
+    lock: exactly one worker succeeds and makes the MLflow parent run; the others wait for it."""
+    # What the study is of: its space and the data its trials read (refused here, as trial 0 would, if unfit).
     encoded = root / base.paths.encoded
     load_encoded(encoded, base.data, base.train.eval_batch_size)
     ours = {"search_space": rules(t), "data_md5": inputs.encoded_md5(encoded)}
@@ -199,8 +192,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
         study = optuna.create_study(direction="minimize", **kwargs)
         for key, value in ours.items():
             study.set_user_attr(key, value)
-        # Last, for the other workers wait for it: a new study (a fresh storage) never writes into
-        # the folders of an earlier one of the same name.
+        # Last, as the other workers wait for it: a new study never writes into an earlier namesake's folders.
         study.set_user_attr(FOLDER_ATTR, time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2))
         if t.enqueue_recipe:  # only the creator: the recipe is run once, by whichever worker is free first
             study.enqueue_trial(recipe_values(t.space, base), user_attrs={"recipe": "conf's own values"})
@@ -223,8 +215,7 @@ def open_study(t: TuneSettings, base: Settings, root: Path, tracking_uri: str | 
 
 
 def _wait_for(study: optuna.Study, key: str) -> None:
-    """Until the study's user attributes hold `key`, which the worker that created the study sets;
-    a minute at most (that worker died in between)."""
+    """Until the study holds the user attribute `key` that its creator sets, a minute at most (it died)."""
     for _ in range(120):
         if key in study.user_attrs:
             return
@@ -269,8 +260,7 @@ def importances(study: optuna.Study) -> dict:
 
 
 def write_preset(s: Settings, overrides: Sequence[str], study: optuna.Study, best_values: dict, root: Path) -> Path:
-    """conf/experiment/<preset>.yaml: the command line's group choices and values, then the best
-    trial's values: `python -m lyricist.train experiment=<preset>` trains the recipe."""
+    """conf/experiment/<preset>.yaml, the command line's groups and values, then the best trial's: a recipe to train."""
     t, best = s.tune, study.best_trial
     pairs = [(k.lstrip("+"), v) for k, eq, v in (o.partition("=") for o in overrides) if eq]
     groups = [{f"override /{k}": v} for k, v in pairs
@@ -336,8 +326,7 @@ def _log_plots(client: MlflowClient, parent: str, study: optuna.Study, with_impo
 
 
 def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
-    """Run the search of `s.tune` until its budget is spent; the trials' table and the folder of its
-    files. `overrides`: the command line, whose choices the preset records."""
+    """Run `s.tune`'s search until its budget is spent: its table and folder (`overrides`: for the preset)."""
     t, root = s.tune, project_root(s.paths.root)
     base = with_overrides(s, t.fixed).model_copy(update={"tune": None})  # what every trial trains before its values
     tracking_uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
@@ -347,8 +336,7 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     if tracking_uri:  # before the study exists: a study without its parent run would wait for it
         store.check_reachable(tracking_uri)
     study, parent = open_study(t, base, root, tracking_uri)
-    # Optuna fails a dead worker's trial only when a trial starts; a worker joining a study whose
-    # budget is spent starts none, so it fails them here (else one stays RUNNING for ever).
+    # Optuna fails a dead worker's trial only as a trial starts: a worker joining a spent budget starts none.
     optuna.storages.fail_stale_trials(study)
     out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))

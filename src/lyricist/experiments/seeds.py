@@ -1,7 +1,6 @@
-"""One recipe over several seeds, each trained into <out>/seed<k>/ (its MLflow run nested under one
-parent run) and scored as the evaluate stage scores it, reported as mean ± sample standard deviation
-(a single run's perplexity is uncertain by its seed noise) and over the Kneser-Ney model's; `ensemble`
-scores the seeds' best checkpoints once more as one model averaging their probabilities."""
+"""One recipe over several seeds, each trained into <out>/seed<k>/ (its MLflow run under one parent run) and
+scored as the evaluate stage scores it: mean ± sample standard deviation (a run's perplexity is uncertain by its
+seed noise), over the Kneser-Ney model's; `ensemble` scores the seeds' best checkpoints as one averaging model."""
 
 from __future__ import annotations
 
@@ -75,8 +74,7 @@ def write_summary(out: Path, command: Sequence[str], n: int, runs: list[dict], e
 
 def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bool = False,
               log_ensemble: bool = False, command: Sequence[str] = ()) -> str:
-    """Train and score seeds train.seed, +1, ... +n-1 into `out`; the table. `command`: the
-    overrides that made `s`, recorded in the summary and the parent run's name."""
+    """Train and score seeds train.seed ... +n-1 into `out`: the table (`command`: the overrides, as recorded)."""
     seeds, root, parent = [s.train.seed + k for k in range(n)], project_root(s.paths.root), None
     uri = store.resolve_tracking_uri(s.logger.tracking_uri, root) if s.logger.enabled else None
     if uri:

@@ -67,8 +67,7 @@ def train_counterpart(metric: str) -> str | None:
 
 
 def collect_runs(client: MlflowClient, experiment_id: str, args: argparse.Namespace) -> list[RunSummary]:
-    """The `--max-runs` runs with the lowest `--metric`, best first. Runs that never logged it
-    (a sweep's parent run, a run that failed before its first epoch) are left out."""
+    """The `--max-runs` runs of lowest `--metric`, best first; those without it (a sweep's parent) left out."""
     clauses = [args.filter_string.strip()] if args.filter_string.strip() else []
     if args.parent_run_id:  # MLflow's filter grammar has AND only (no parentheses): clauses just join
         clauses.append(f"tags.`mlflow.parentRunId` = '{args.parent_run_id}'")
@@ -86,8 +85,7 @@ def collect_runs(client: MlflowClient, experiment_id: str, args: argparse.Namesp
 
 
 def plot_curves(summaries: list[RunSummary], path: Path, metric: str, with_train: bool, title: str) -> None:
-    """One solid line per run (the ranked metric), its train counterpart dashed in the same
-    colour when `with_train`. Log y: perplexities fall by orders of magnitude."""
+    """A line per run, its train curve dashed in its colour; log y: perplexities fall by orders of magnitude."""
     # A bare Figure draws with the Agg canvas: no display, no pyplot global state.
     fig = Figure(figsize=(11, 6), layout="constrained")
     ax = fig.add_subplot()
@@ -103,10 +101,9 @@ def plot_curves(summaries: list[RunSummary], path: Path, metric: str, with_train
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # thins itself on wide ranges
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (MLflow step)")
     train = train_counterpart(metric)
-    ax.set_ylabel(metric + (f"  (dashed: {train})" if with_train and train else ""))
-    ax.set_title(title)
+    ax.set(xlabel="epoch (MLflow step)", ylabel=metric + (f"  (dashed: {train})" if with_train and train else ""),
+           title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="run (best)")
     # Drawn in memory, then written atomically: a killed run leaves the old image, not half of one.
@@ -152,11 +149,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def gather(args: argparse.Namespace, uri: str) -> list[RunSummary]:
-    """The runs the command line asks for, from an existing store (MLflow would create an empty
-    database at a mistyped path, and wait minutes for a server that is down), or TrackingError."""
+    """The runs asked for, from a store that exists (MLflow would create one at a mistyped path) and answers."""
     if uri.startswith("sqlite:///") and not (db := Path(uri[len("sqlite:///"):])).is_file():
-        raise store.TrackingError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or pass "
-                           "--tracking-uri")
+        raise store.TrackingError(f"no MLflow tracking store at {db} (from {uri!r}); train something first or "
+                                  "pass --tracking-uri")
     store.check_reachable(uri)  # a server: asked once, quickly
     try:
         client = MlflowClient(tracking_uri=uri)

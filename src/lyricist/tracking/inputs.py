@@ -1,7 +1,6 @@
 """What a training run records besides its curves (docs/mlflow.md): the corpus as its dataset input,
 the md5 of the files it read (`encoded_md5`: the registry's identity of the data, as data.raw_path
-may not be what paths.encoded was made from), and MLflow's system metrics while it trains.
-"""
+may not be what paths.encoded was made from), and MLflow's system metrics while it trains."""
 
 from __future__ import annotations
 
@@ -19,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from lyricist import rundir
+from lyricist.data.corpus import SPLITS
 from lyricist.tracking import store
 
-SPLITS = ("train", "val", "test")
 READ = ("vocab.json", "train.npy", "val.npy")  # what a training run reads of paths.encoded
 ENCODED_TAG = "encoded_md5"
 
@@ -53,8 +52,7 @@ def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encode
     corpus = Dataset(name, digest, source._get_source_type(), source.to_json(),
                      profile=json.dumps(corpus_profile(encoded_dir)))
     entry = DatasetInput(corpus, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
-    # Logged once (MLflow dedups a resumed run's). Parallel sweep jobs insert the same dataset row at
-    # once: the loser's retry finds the row made.
+    # Logged once (MLflow dedups a resumed run's); parallel jobs clash on the dataset row: the loser's retry finds it.
     store.with_retry(lambda: client.log_inputs(run_id, datasets=[entry]), retry_on=("locked", "unique constraint failed"))
 
 

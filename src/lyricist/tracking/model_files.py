@@ -1,7 +1,6 @@
 """The served model's files, plain data that loads without pickle (docs/mlflow.md): weights[_i].npz
 (the state_dict, read with allow_pickle=False), model_arguments[_i].json, vocab.json and decoding.json
-(the run's `generate.*`: the requests' defaults); `_i` numbers an ensemble's members.
-"""
+(the run's `generate.*`: the requests' defaults); `_i` numbers an ensemble's members."""
 
 from __future__ import annotations
 
@@ -24,10 +23,9 @@ def write_model_files(checkpoints: str | Path | Sequence[str | Path], out_dir: P
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     loaded = load_checkpoint(paths)  # refuses an ensemble over different vocabularies
     members = list(loaded.model.members) if isinstance(loaded.model, Ensemble) else [loaded.model]
-    files = {VOCAB: out_dir / "vocab.json"}
+    files = {VOCAB: out_dir / "vocab.json", DECODING: out_dir / "decoding.json"}
     files[VOCAB].write_text(json.dumps(loaded.vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
-    files[DECODING] = out_dir / "decoding.json"  # an ensemble's: the plain default (its members may differ)
-    files[DECODING].write_text(json.dumps(loaded.meta.get("decoding", {})), encoding="utf-8")
+    files[DECODING].write_text(json.dumps(loaded.meta.get("decoding", {})), encoding="utf-8")  # an ensemble's: default
     for i, (path, model) in enumerate(zip(paths, members)):
         suffix = "" if len(paths) == 1 else f"_{i}"
         files[WEIGHTS + suffix] = out_dir / f"{WEIGHTS}{suffix}.npz"

@@ -1,6 +1,5 @@
-"""The logged pyfunc model's code (MLflow's "models from code"): MLflow copies this file into the
-model and runs it at load time, instead of unpickling a Python object. The class and the files it
-reads are lyricist.tracking.serving's and lyricist.tracking.model_files'."""
+"""The logged pyfunc model's code (MLflow's "models from code"): MLflow copies this file into the model and
+runs it at load time, instead of unpickling an object; the class is serving's, its files model_files'."""
 
 from mlflow.models import set_model
 

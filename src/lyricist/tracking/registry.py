@@ -1,7 +1,5 @@
-"""The Model Registry: every trained model a version, tagged with its val perplexity and data; the
-alias `champion` moves to it only when there is none yet or it beats the champion on the same data
-(docs/mlflow.md).
-"""
+"""The Model Registry (docs/mlflow.md): every trained model a version tagged with its val perplexity and data; the
+alias `champion` moves to it only when there is none yet or it beats the champion on the same data."""
 
 from __future__ import annotations
 
@@ -60,8 +58,7 @@ def _no_champion(client: MlflowClient, name: str, version: str) -> str:
 
 
 def _val_ppl(client: MlflowClient, version) -> float:
-    """The version's val perplexity: its tag, else its run's best/val_ppl (a version registered
-    by hand); -inf for neither, so a champion set by hand without a score stays."""
+    """The version's val ppl: its tag, else its run's best/val_ppl; -inf for neither (a hand-set champion stays)."""
     if "val_ppl" in version.tags:
         return float(version.tags["val_ppl"])
     metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}

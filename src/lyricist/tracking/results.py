@@ -1,7 +1,5 @@
-"""The evaluate stage's results, logged into the MLflow run that trained the checkpoint (its
-`mlflow_run_id`), at the checkpoint's epoch as step and on the run's logged model (docs/mlflow.md):
-evaluating the same checkpoint again overwrites them, no second run appears.
-"""
+"""The evaluate stage's results, logged into the checkpoint's MLflow run at its epoch, on the run's logged model
+(docs/mlflow.md): evaluating the same checkpoint again overwrites them, no second run appears."""
 
 from __future__ import annotations
 
@@ -9,6 +7,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from lyricist.checkpoint import read_checkpoint_meta
 from lyricist.project import project_root
 from lyricist.settings import LoggerSettings
 from lyricist.tracking import store
@@ -18,11 +20,8 @@ ARTIFACT_DIR = "evaluation"
 
 def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], step: int, files: Sequence[str | Path],
                    logger: LoggerSettings, root: str | None, report: Callable[[str], None] = print) -> str | None:
-    """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run; the run id,
-    or None when there is nothing to log into (tracking off, an ensemble, a checkpoint without a
-    run, a store that does not hold it). The reports are written before: they never depend on this."""
-    from lyricist.checkpoint import read_checkpoint_meta
-
+    """Log `metrics` ({MLflow name: value}) at `step` and `files` into the checkpoint's MLflow run: its id, or None
+    for no run to log into (tracking off, an ensemble, no run, a store without it; the reports never depend on it)."""
     if not logger.enabled:
         return None  # logger=none
     if len(checkpoints) != 1:
@@ -48,13 +47,9 @@ def log_evaluation(checkpoints: Sequence[str], metrics: Mapping[str, float], ste
 
 
 def _log(uri: str, run_id: str, metrics: dict[str, float], step: int, files: Sequence[str | Path]) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     run = store.with_retry(lambda: client.get_run(run_id))  # refused here when the store lacks it
-    # The run's logged model (lyricist.tracking.serving): its metrics are what search_logged_models
-    # ranks by. The corpus input (lyricist.tracking.inputs): the metrics say which data they are on.
+    # The run's logged model (search_logged_models ranks by its metrics) and corpus input (the metrics' data).
     model_id = next((m.model_id for m in run.outputs.model_outputs), None) if run.outputs else None
     dataset = next((d.dataset for d in run.inputs.dataset_inputs), None) if run.inputs else None
     now = int(time.time() * 1000)

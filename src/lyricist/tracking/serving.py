@@ -1,7 +1,5 @@
-"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code
-(pyfunc_model.py) with plain files (model_files), so it loads without this checkout and without
-unpickling anything; each request row's fields are checked as lyricist-generate's, a bad one refused
-by name (400).
+"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code with plain
+files (model_files), so nothing is unpickled; each request row checked as lyricist-generate's (400).
 
     mlflow models serve -m runs:/<run id>/model -p 5001 --env-manager local
 """
@@ -25,12 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.context import get_prediction_context
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, DataType, Schema
 
 import lyricist
 from lyricist import settings
 from lyricist.decoding import encode_prefix, generate
 from lyricist.settings import Decoding
+from lyricist.tracking.model_files import read_model_files, write_model_files
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
@@ -58,13 +57,13 @@ class RequestError(MlflowException):
 
 
 FIELDS = SIGNATURE.inputs.input_names()
+_INTEGERS = {column.name for column in SIGNATURE.inputs.inputs if column.type == DataType.long}
 UNKNOWN = "lyricist_unknown_fields"  # set on MLflow's prediction context by UnknownFields
 
 
 class UnknownFields(logging.Filter):
-    """MLflow drops the request columns its signature lacks before predict() sees them and says so
-    only in a warning (mlflow.models.utils, 3.17 pinned): this keeps their names on the request's
-    prediction context instead, for predict() to refuse them by name."""
+    """MLflow drops the request columns its signature lacks, saying so only in a warning (mlflow.models.utils,
+    3.17 pinned): this keeps their names on the request's prediction context, for predict() to refuse."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         found = re.search(r"not defined in the model signature: `(\[.*\])`", record.getMessage())
@@ -79,8 +78,7 @@ def _missing(value: Any) -> bool:
 
 
 def _plain(key: str, value: Any) -> Any:
-    """A request field as lyricist.settings.Decoding takes it: the signature's "off" values
-    (top_k 0, no_repeat_ngram 0, top_p 1) are null there; a long column with a gap reads as floats."""
+    """A request field as Decoding takes it: the signature's "off" values null, a long column's floats (a gap) ints."""
     if key in ("top_k", "no_repeat_ngram") and value == 0 or key == "top_p" and value == 1:
         return None
     if isinstance(value, float) and value.is_integer() and key in _INTEGERS:
@@ -88,15 +86,11 @@ def _plain(key: str, value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
 
 
-_INTEGERS = ("num_chars", "top_k", "repetition_window", "no_repeat_ngram", "seed")
-
-
 def request_options(table: pd.DataFrame, max_num_chars: int, base: Decoding,
                     unknown: list[str] = ()) -> list[tuple[str, Decoding]]:
-    """Each row's prefix and decoding, checked: a field left out takes `base`'s value (the run's
-    `generate.*`); a bad one is refused naming the row and field, an unknown one (`unknown`: those
-    MLflow dropped) naming the known ones. NaN is a field some rows leave out; a column NaN in every
-    row was sent as NaN (or null) and is refused."""
+    """Each row's prefix and decoding, a field left out taking `base`'s (the run's `generate.*`); a bad one
+    refused by row and field, an unknown one (`unknown`: those MLflow dropped) naming the known ones.
+    NaN is a field some rows leave out; a column NaN in every row was sent as null and is refused."""
     if unknown := sorted({*unknown, *(c for c in table.columns if c not in FIELDS)}):
         near = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, FIELDS, n=1))
                 else name for name in unknown]
@@ -131,8 +125,6 @@ INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_char
 
 class LyricsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from lyricist.tracking.model_files import read_model_files
-
         self.loaded = read_model_files(context.artifacts)
         config = getattr(context, "model_config", None) or {}
         self.max_num_chars = int(config.get("max_num_chars", MAX_NUM_CHARS))
@@ -153,15 +145,13 @@ class LyricsModel(mlflow.pyfunc.PythonModel):
                 encode_prefix(self.loaded.vocab, prefix, allowed[number])
             except ValueError as err:
                 raise RequestError(number, str(err)) from None
-        # The worker generates to the end even when the client has gone: the request is bounded.
-        limit = self.max_seconds
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + self.max_seconds
         try:
             return pd.DataFrame({"lyrics": [generate(self.loaded.model, self.loaded.vocab, prefix, decoding,
                                                      allow_unknown=allow, deadline=deadline)
                                             for (prefix, decoding), allow in zip(rows, allowed)]})
         except TimeoutError as err:
-            raise MlflowException(f"the request ran past its time limit of {limit:g} s ({err}; "
+            raise MlflowException(f"the request ran past its time limit of {self.max_seconds:g} s ({err}; "
                                   "logger.serve_max_seconds): ask for fewer rows or fewer num_chars",
                                   error_code=REQUEST_LIMIT_EXCEEDED) from err
 
@@ -179,11 +169,8 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
                      max_num_chars: int = MAX_NUM_CHARS, max_seconds: float = MAX_SECONDS):
     """Log the checkpoint(s: their ensemble) as the run's `model` (registry.register registers it); its ModelInfo."""
-    from lyricist.tracking.model_files import write_model_files
-
     mlflow.set_tracking_uri(tracking_uri)
-    # Its INFO line "Validating input example against model signature" is about our own fixed
-    # INPUT_EXAMPLE, once a run; a failed check still warns.
+    # Its INFO "Validating input example against model signature" is about our fixed INPUT_EXAMPLE.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as files, mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
@@ -196,8 +183,7 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
 
 
 def load_logged_model(model_uri: str):
-    """The LoadedModel of a logged lyricist model (`models:/lyricist@champion`, `runs:/<id>/model`) in
-    $MLFLOW_TRACKING_URI's store, else the project's mlflow.db."""
+    """The LoadedModel of `models:/lyricist@champion`, `runs:/<id>/model`, ... from resolve_tracking_uri()'s store."""
     from lyricist.tracking import store
 
     uri = store.resolve_tracking_uri()

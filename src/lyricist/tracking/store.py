@@ -1,6 +1,5 @@
 """MLflow: where runs go, how the store is set up and retried, and what a run is tagged with. No
-torch or Lightning here, so commands that only read the store (compare) start fast.
-"""
+torch or Lightning here, so commands that only read the store (compare) start fast."""
 
 from __future__ import annotations
 
@@ -23,9 +22,7 @@ from lyricist import errors
 from lyricist.project import project_root
 
 T = TypeVar("T")
-STORE_FILE = "mlflow.db"  # the project's default store, in its root
 ERROR_TAG = "error"  # a FAILED run's reason: the exception's type and message
-MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000
 # Model training, not a GenAI app; MLflow 3.17's UI follows its own switch over this tag, hence
 # the link with ?workflowType= (experiment_url; docs/mlflow.md).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -45,13 +42,12 @@ def resolve_tracking_uri(configured: str | None = None, root: Path | None = None
     """The config's URI if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store: an
     absolute path, so it works from any working directory (MLflow >= 3.13 refuses ./mlruns)."""
     return (configured or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(root or project_root()).resolve() / STORE_FILE}")
+            or f"sqlite:///{(root or project_root()).resolve() / 'mlflow.db'}")
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5,
                retry_on: tuple[str, ...] = ("locked",)) -> T:
-    """Retry `fn` while SQLite says the database is locked (parallel sweep jobs), or another
-    message of `retry_on` (lower case) appears."""
+    """`fn`, retried with backoff while its error holds a word of `retry_on` (SQLite's "locked": parallel jobs)."""
     for attempt in range(attempts - 1):
         try:
             return fn()
@@ -135,12 +131,11 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, tags: dict[st
 
 def failure_reason(err: BaseException) -> str:
     """What a FAILED run's `error` tag says: the exception's type and message, cut to fit."""
-    return f"{type(err).__name__}: {err}"[:MAX_TAG_CHARS]
+    return f"{type(err).__name__}: {err}"[:5000]  # MLflow's limit on a tag value is 8000
 
 
 def mark_failed(tracking_uri: str, run_id: str, err: BaseException) -> None:
-    """Terminate `run_id` as FAILED with the reason as a tag, so a crashed run is not left
-    RUNNING. Best effort: the original error matters more than a second one from the store."""
+    """`run_id` FAILED (not left RUNNING) with the reason as a tag; best effort: the original error matters more."""
     client = MlflowClient(tracking_uri)
     try:
         with_retry(lambda: client.set_tag(run_id, ERROR_TAG, failure_reason(err)))
@@ -164,9 +159,8 @@ def git_commit(root: Path) -> str:
 
 
 def raw_data_md5(raw_path: str, root: Path) -> str:
-    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer). For a
-    pre-split corpus raw_path is the folder (DVC's "<md5>.dir", over every file in it) or the
-    zip holding its three files, so the tag covers them as it covers a single file."""
+    """The md5 DVC recorded for the raw corpus (from dvc.lock, else the .dvc pointer); a pre-split
+    corpus' folder has DVC's "<md5>.dir" over every file in it, so the tag covers them all."""
     raw_path = str(raw_path).rstrip("/")  # data/raw/ptb/ is data/raw/ptb, its pointer data/raw/ptb.dvc
     for file in (root / "dvc.lock", root / f"{raw_path}.dvc"):
         if not file.is_file():

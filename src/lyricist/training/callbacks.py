@@ -1,5 +1,4 @@
-"""Lightning pieces that record a run: lyrics samples to MLflow, one CSV row per epoch, checkpoints
-written whole or not at all."""
+"""Lightning pieces that record a run: lyrics samples to MLflow, a CSV row per epoch, checkpoints written whole."""
 
 from __future__ import annotations
 
@@ -29,10 +28,8 @@ from lyricist.tracking.store import with_retry
 
 
 class SamplesCallback(pl.Callback):
-    """Every N epochs (and at the last), lyrics generated for the prefixes (`generate.*`, each prefix
-    its own seed) logged to MLflow as `samples/epoch_XXX.txt`, and their lyric metrics as `samples/...`
-    at the epoch's step, so the UI shows how the lyrics improve. `train_text`: the train split, what
-    the copy rate looks up. Plain values only (no client, no lambda): it survives DDP's spawning."""
+    """Every N epochs (and at the last), lyrics for the prefixes (`generate.*`, a seed each) to MLflow as
+    samples/epoch_XXX.txt, their metrics (copy rate: against `train_text`) at its step; plain values: DDP spawns it."""
 
     def __init__(self, prefixes: Sequence[str], every_n_epochs: int, decoding: Decoding,
                  tracking_uri: str, run_id: str, train_text: str = ""):
@@ -58,9 +55,8 @@ class SamplesCallback(pl.Callback):
 
 
 class EpochCSVLogger(Logger):
-    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (which
-    buffers rows and deletes an existing file), a killed run keeps every finished epoch, and a resumed
-    one continues the file (`keep_epochs_below=k`: the rows of epochs < k kept, later ones dropped)."""
+    """One CSV row per epoch, appended at once, for `dvc plots`: unlike Lightning's CSVLogger (it buffers, deletes
+    the file), a killed run keeps its epochs, a resumed one continues (`keep_epochs_below=k`: epochs < k kept)."""
 
     name, version = "epoch_csv", ""  # Logger's abstract properties, constant here
 
@@ -97,9 +93,8 @@ def read_epoch_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint written atomically (`atomic_write_bytes`: a temporary file beside it, renamed over
-    it): a full disk or a kill leaves the previous one whole (Lightning's own, written in /tmp and
-    moved, i.e. copied across filesystems, left best.ckpt truncated on a full disk)."""
+    """Each checkpoint written atomically (`atomic_write_bytes`): a full disk or a kill leaves the previous one
+    whole (Lightning's own, written in /tmp and copied across filesystems, left best.ckpt truncated)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)

@@ -1,5 +1,4 @@
-"""The DataModule: lyricist.data.batching's batches of encoded ids as a DataLoader per epoch, split over
-DDP processes; `load_encoded` reads the ids the vocab stage wrote."""
+"""The DataModule (data.batching's batches, a DataLoader per epoch, over DDP processes) and `load_encoded`."""
 
 from __future__ import annotations
 
@@ -17,25 +16,20 @@ from lyricist.data.vocab import Vocab, load_ids
 from lyricist.settings import DataSettings
 
 
-class _UnsizedBatchStream(IterableDataset):
-    """Re-iterable view over one of the batching generators (one pass = one epoch), of ready-made (X, Y)
-    batches that the DataLoader must not reshuffle (`batch_size=None`): consecutive batch i+1 continues
-    batch i row by row. Without a length (variable BPTT, epochs differ) Lightning reads each epoch to its
-    end; with one, read once at setup, it would end every epoch at that count."""
+class _BatchStream(IterableDataset):
+    """A batching generator, re-iterable (a pass an epoch), of ready (X, Y) batches that the DataLoader must not
+    reshuffle (`batch_size=None`): consecutive batch i+1 continues batch i row by row."""
 
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
-        self.make_iterator = make_iterator
+    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                 length: int | None = None):
+        self.make_iterator, self.length = make_iterator, length
 
     def __iter__(self):
         return self.make_iterator()
 
-
-class _BatchStream(_UnsizedBatchStream):
-    def __init__(self, make_iterator: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], length: int):
-        super().__init__(make_iterator)
-        self.length = length
-
     def __len__(self) -> int:  # lets the progress bar show "12/50" instead of "12/?"
+        if self.length is None:  # variable BPTT: epochs differ, Lightning (sized_len: None) reads each to its end
+            raise TypeError("a variable-length stream has no length")
         return self.length
 
 
@@ -50,9 +44,8 @@ class LyricsDataModule(pl.LightningDataModule):
         self.epochs_drawn = 0  # random shuffles (or variable lengths) drawn so far; saved in checkpoints
 
     def rows_of_this_process(self, batch_size: int) -> slice | None:
-        """Under DDP, this process's rows of every batch: rank r takes rows r, r+W, r+2W, ..., so the
-        processes see every stream once per epoch and a consecutive stream stays with its process (and
-        its carried state). Never a shuffled DistributedSampler: it would break the row continuity."""
+        """Under DDP, this process's rows of every batch: rank r takes rows r, r+W, ..., so a consecutive stream stays
+        with its process (and state); never a shuffled DistributedSampler, which would break the row continuity."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if world == 1:
             return None
@@ -62,9 +55,8 @@ class LyricsDataModule(pl.LightningDataModule):
         return slice(self.trainer.global_rank, None, world)
 
     def _epoch_generator(self) -> torch.Generator:
-        """A new generator every epoch, the same on every process, reproducible from (seed, epoch): the
-        counter travels in the checkpoint (state_dict), as the trainer's current_epoch is not yet
-        advanced when Lightning builds the iterator."""
+        """A new generator each epoch, the same on every process, from seed + epochs drawn: a counter in the
+        checkpoint, as the trainer's current_epoch is not yet advanced when Lightning builds the iterator."""
         generator = torch.Generator().manual_seed(self.seed + self.epochs_drawn)
         self.epochs_drawn += 1
         return generator
@@ -86,9 +78,8 @@ class LyricsDataModule(pl.LightningDataModule):
         self.epochs_drawn = state_dict["epochs_drawn"]
 
     def train_dataloader(self) -> DataLoader:
-        if self.variable_length:
-            return DataLoader(_UnsizedBatchStream(self._train_batches), batch_size=None)
-        length = num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling)
+        length = (None if self.variable_length else
+                  num_batches(len(self.train_ids), self.batch_size, self.num_steps, self.sampling))
         return DataLoader(_BatchStream(self._train_batches, length), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
@@ -100,11 +91,9 @@ class LyricsDataModule(pl.LightningDataModule):
 
 
 def load_encoded(data_dir: Path, data: DataSettings, eval_batch_size: int) -> tuple[Vocab, dict]:
-    """The vocabulary and the train/val ids the `vocab` stage wrote, refused with the fix when
-    missing, prepared with other `data.*` settings, or too short for one batch."""
+    """The vocab stage's vocabulary and train/val ids, refused with the fix when missing, stale, or too short."""
     files = [data_dir / name for name in ("vocab.json", "train.npy", "val.npy")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
+    if missing := [str(f) for f in files if not f.is_file()]:
         raise FileNotFoundError(
             f"encoded data missing: {', '.join(missing)}. Prepare it first: "
             "`dvc pull data/raw/*.dvc && dvc repro vocab` (or `dvc exp run -S data=<corpus>` for "

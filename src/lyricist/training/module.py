@@ -1,11 +1,7 @@
-"""The LightningModule: trains a plain `RecurrentLM` (which knows nothing of Lightning) the way the
-seeds' loop does: a zero state for every random batch, or the state carried from consecutive batch i
-to i+1 and detached before each (truncated BPTT: Lightning 2.x has none); clipping by the global L2
-norm (manual optimization: Lightning refuses `gradient_clip_val` there); perplexity of the train
-epoch and of the whole val stream, state carried. And AWD-LSTM's training side (Merity et al., 2018),
-each off by default: NT-ASGD's weight averaging (for any optimizer) and the lr scaled by the length
-of a variable-length batch.
-"""
+"""The LightningModule: trains a plain `RecurrentLM` as the seeds' loop does (a zero state per random batch, or
+the state carried over consecutive batches, detached: truncated BPTT, which Lightning 2.x lacks; clipping by the
+global L2 norm: manual optimization, where Lightning refuses `gradient_clip_val`), and AWD-LSTM's training side
+(Merity et al., 2018), off by default: NT-ASGD's weight averaging and the lr scaled by a variable batch length."""
 
 from __future__ import annotations
 
@@ -46,9 +42,8 @@ class LitLanguageModel(pl.LightningModule):
         self.automatic_optimization = False  # we clip by global norm and carry state ourselves
         self.model, self.vocab = model, vocab
         self.optim, self.settings, self.data = optim, train, data
-        # weight_averaging "nt": once val/ppl has not improved for averaging_patience epochs, the weights
-        # are averaged after every step (swa_utils' AveragedModel); validation and checkpoints use the average.
-        self.averaged: AveragedModel | None = None  # created when averaging starts
+        # NT-ASGD (weight_averaging "nt"): once it starts, validation and checkpoints use the average.
+        self.averaged: AveragedModel | None = None
         self._trigger = {"best": math.inf, "bad_epochs": 0}  # val/ppl seen by the trigger
         self.first_loss: float | None = None  # char-rnn's rule: stop when loss > 3x the first
         self.extra_checkpoint: dict = {}  # e.g. the MLflow run id, stored in every checkpoint
@@ -109,8 +104,7 @@ class LitLanguageModel(pl.LightningModule):
         optimizer.zero_grad()
         # "sum": the summed loss's gradient, as the MXNet seed's `loss.backward()` on a vector of losses.
         self.manual_backward(objective * targets.numel() if self.settings.loss_reduction == "sum" else objective)
-        # The seeds' grad_clipping: one L2 norm over *all* gradients, all scaled by theta / norm above theta
-        # (torch's clip_grad_norm_, tests/test_training.py); theta = inf measures without clipping.
+        # The seeds' grad_clipping: one L2 norm over *all* gradients (clip_grad_norm_); theta = inf only measures.
         theta = math.inf if self.settings.clip_theta is None else self.settings.clip_theta
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), theta))
         self._step(optimizer, ids.size(1))
@@ -163,15 +157,13 @@ class LitLanguageModel(pl.LightningModule):
 
     def _sum_over_processes(self, *values: float) -> list[float]:
         """Sum per-process numbers over all DDP processes (a no-op for one process)."""
-        total = self.trainer.strategy.reduce(
-            torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum")
-        return total.tolist()
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
 
     def on_validation_epoch_end(self):
         loss_sum, tokens = self._sum_over_processes(self._val_sums["loss"], self._val_sums["tokens"])
         val_loss = loss_sum / max(tokens, 1)
-        bad = why_not_finite(val_loss)
-        if bad is not None:  # before the epoch's checkpoint: the last good one stays
+        if (bad := why_not_finite(val_loss)) is not None:  # before the epoch's checkpoint: the last good stays
             raise TrainingDiverged(f"validation loss {val_loss:.4g} {bad} at epoch {self.current_epoch}. {DIVERGED_FIX}")
         val_ppl = perplexity(val_loss)
         self.epoch_metrics.update({"val/loss": val_loss, "val/ppl": val_ppl})
@@ -180,8 +172,7 @@ class LitLanguageModel(pl.LightningModule):
         # The same summed val loss on every DDP process, so every process steps alike.
         self._step_schedule("epoch", val_ppl)
         if self.settings.weight_averaging == "nt" and self.averaged is None and not self.trainer.sanity_checking:
-            # NT-ASGD's non-monotonic trigger: averaging starts after averaging_patience epochs in a row
-            # without a better val/ppl (the same on every DDP process, so all start together).
+            # NT-ASGD's non-monotonic trigger: averaging_patience epochs without a better val/ppl (alike everywhere)
             if val_ppl < self._trigger["best"]:
                 self._trigger.update(best=val_ppl, bad_epochs=0)
             else:

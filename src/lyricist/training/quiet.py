@@ -12,15 +12,13 @@ RANK_ZERO = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # Lightn
 
 
 def _no_litlogger_tip(record: logging.LogRecord) -> bool:
-    # Lightning 2.6 advertises its hosted logger (litlogger) on every Trainer without it: this
-    # project logs to MLflow, and the only fix Lightning offers is installing that package.
+    # Lightning 2.6 advertises litlogger on every Trainer without it; its only fix is installing that package.
     return "try installing [litlogger]" not in record.getMessage()
 
 
 def silence_known_noise() -> None:
     RANK_ZERO.addFilter(_no_litlogger_tip)  # added once however often called: logging keeps no duplicate
-    # Lightning 2.6's own utilities/_pytree.py still builds torch's LeafSpec, deprecated in the pinned torch
-    # (2.13): a line about Lightning's code, gone when Lightning updates it.
+    # Lightning 2.6's utilities/_pytree.py builds torch 2.13's deprecated LeafSpec: gone when Lightning updates.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Lightning warns about every IterableDataset with a length, in case several workers each yield all of
     # it: lyricist's batch streams are read in the main process (num_workers=0), where it is exact.
@@ -29,8 +27,7 @@ def silence_known_noise() -> None:
 
 @contextlib.contextmanager
 def quiet_probe() -> Iterator[None]:
-    """A Trainer built only to check the settings prints nothing: its "GPU available: ..." lines
-    would come twice, once for it and once for the Trainer that trains."""
+    """A Trainer built only to check the settings prints nothing (its "GPU available" lines would come twice)."""
     level = RANK_ZERO.level
     RANK_ZERO.setLevel(logging.WARNING)
     try:

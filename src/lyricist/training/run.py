@@ -1,6 +1,5 @@
-"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). Everything that
-can fail (the data, the model, a checkpoint to resume, the tracking store, the Trainer's settings) does so
-before any output; then the run directory is claimed (lyricist.rundir) and the model fits."""
+"""Train one model: `train(settings, output_dir)` builds, fits and reports (to MLflow too). All that can fail (data,
+model, checkpoint to resume, tracking store, Trainer settings) fails before any output, the run directory claimed."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from lyricist.training import quiet
 from lyricist.training.callbacks import AtomicCheckpointIO, EpochCSVLogger, SamplesCallback, read_epoch_history
 from lyricist.training.datamodule import LyricsDataModule, load_encoded
 from lyricist.training.module import LitLanguageModel
-from lyricist.training.resume import check_epochs_left, check_resumable, resolve_resume
+from lyricist.training.resume import check_resumable, resolve_resume
 
 
 def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
@@ -45,8 +44,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     resume_path = resolve_resume(s.train.resume, output_dir)
     resume_meta = read_checkpoint_meta(resume_path) if resume_path else {}
     if resume_path:
-        check_resumable(resume_path, module)
-        check_epochs_left(resume_path, resume_meta.get("epoch"), s.trainer.max_epochs)
+        check_resumable(resume_path, module, s.trainer.max_epochs)
     # Tracking before any output: an unreachable server fails here, not after training. Rank 0's
     # run only: a second machine's first process is no DDP child to Lightning until its Trainer starts.
     tracking = s.logger.enabled and not rundir.is_ddp_child()
@@ -56,8 +54,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
     if run_id:
         module.extra_checkpoint["mlflow_run_id"] = run_id
         inputs.log_corpus(tracking_uri, run_id, s.data.name, root / s.data.raw_path, root / s.paths.encoded)
-    # Trainer settings that cannot work here (trainer.accelerator=gpu without one, ...) fail
-    # now, before train.overwrite removes anything: a probe that writes nothing.
+    # Trainer settings that cannot work here (accelerator=gpu without one) fail before train.overwrite deletes.
     try:
         with quiet.quiet_probe():
             s.trainer.build(logger=False, callbacks=[], enable_checkpointing=False)
@@ -65,8 +62,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
         raise ValueError(f"trainer settings refused ({err}): trainer.accelerator={s.trainer.accelerator}, "
                          f"devices={s.trainer.devices}; on a machine without a GPU use trainer.accelerator=cpu "
                          "(the default, trainer=default)") from err
-    # The first write into output_dir: the lock (a second process is refused here), then, with
-    # train.overwrite, the earlier run's files removed.
+    # The first write into output_dir: the lock (a second process is refused), then train.overwrite's removal.
     locked = rundir.claim_run_dir(output_dir, bool(s.train.resume), s.train.overwrite)
     try:
         csv_logger = EpochCSVLogger(output_dir / "metrics.csv",
@@ -80,8 +76,7 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
         if not trainer.is_global_zero:  # DDP: rank 0 reports
             return {}
-        # From the per-epoch file, which holds every epoch even when this process did not train
-        # them (ddp_spawn trains in child processes; a resumed run continues earlier epochs).
+        # From metrics.csv, which holds every epoch, those this process did not train too (ddp_spawn, a resume).
         history = read_epoch_history(output_dir / "metrics.csv")
         metrics = dict(history[-1]) if history else {}
         metrics["val/ppl"] = min((row["val/ppl"] for row in history), default=math.inf)
@@ -109,13 +104,11 @@ def train(s: Settings, output_dir: str | Path, parent_run_id: str | None = None,
 
 def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: str | None,
                train_text: str = "") -> list[pl.Callback]:
-    """The best and the last checkpoint, early stopping (when its patience is set, 0 included), the
-    progress bar, and the per-epoch samples in MLflow (their copy rate looks up `train_text`)."""
+    """The best and last checkpoints, early stopping (patience set, 0 too), the progress bar, the MLflow samples."""
     checkpoints = str(output_dir / "checkpoints")
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(checkpoints, "best", monitor="val/ppl", mode="min", enable_version_counter=False),
-        # last.ckpt after every epoch, what train.resume continues from (ModelCheckpoint's
-        # save_last writes it only at epochs that improve).
+        # last.ckpt after every epoch, what train.resume continues from (save_last writes only improving ones).
         ModelCheckpoint(checkpoints, "last", monitor=None, save_top_k=1, enable_version_counter=False)]
     if s.train.early_stopping_patience is not None:
         callbacks.append(EarlyStopping("val/ppl", patience=s.train.early_stopping_patience))
@@ -129,8 +122,7 @@ def _callbacks(s: Settings, output_dir: Path, tracking_uri: str | None, run_id: 
 
 def _open_run(s: Settings, tracking_uri: str, root: Path, resume_run_id: str | None,
              parent_run_id: str | None) -> MLFlowLogger:
-    """The run's MLflow logger, its store and experiment created first (with retries);
-    resuming continues the checkpoint's run instead of opening a new one."""
+    """The run's MLflow logger, its store and experiment made first; a resumed run continues the checkpoint's."""
     store.ensure_experiment(tracking_uri, s.logger.experiment_name)
     mlf = MLFlowLogger(
         experiment_name=s.logger.experiment_name, tracking_uri=tracking_uri,
