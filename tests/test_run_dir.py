@@ -47,9 +47,11 @@ def _train_cli(*overrides, env=None, cwd, multirun=False, in_process=None):
                           env=env or project_env())
 
 
-def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_hydra_writes(earlier_run, tiny_data):
+def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_hydra_writes(earlier_run, tiny_data, monkeypatch,
+                                                                                   capsys):
     before = _snapshot(earlier_run)
-    proc = _train_cli(f"hydra.run.dir={earlier_run}", f"paths.encoded={tiny_data}", cwd=earlier_run.parent)
+    proc = _train_cli(f"hydra.run.dir={earlier_run}", f"paths.encoded={tiny_data}", cwd=earlier_run.parent,
+                      in_process=(monkeypatch, capsys))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {earlier_run} already holds a run (checkpoints, metrics.csv)")
     assert "train.resume=auto" in proc.stderr and "train.overwrite=true" in proc.stderr
