@@ -105,9 +105,7 @@ def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bo
                     store.with_retry(lambda: client.log_metric(parent, f"seeds/{key}_std", std))
             store.with_retry(lambda: client.log_text(parent, table, "seeds.md"))
             if log_ensemble:
-                serving.log_pyfunc_model(uri, parent, [r["checkpoint"] for r in runs],
-                                         max_num_chars=s.logger.serve_max_num_chars,
-                                         max_seconds=s.logger.serve_max_seconds)
+                serving.log_pyfunc_model(uri, parent, [r["checkpoint"] for r in runs], s.logger)
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
         return table
     except BaseException as err:

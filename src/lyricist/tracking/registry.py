@@ -4,7 +4,6 @@ alias `champion` moves to it only when there is none yet or it beats the champio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -16,8 +15,7 @@ ALIAS = "champion"
 DATA_TAGS = ("data_md5", ENCODED_TAG)  # a version's data: what DVC hashed, what the run read
 
 
-def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str,
-             val_ppl: float, report: Callable[[str], None] = print) -> int:
+def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str, val_ppl: float) -> int:
     """The number of the run's model's new version of `name`, the alias moved by the rule above."""
     client = MlflowClient(tracking_uri)
     run_tags = store.with_retry(lambda: client.get_run(run_id)).data.tags
@@ -45,7 +43,7 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
         why = f"val ppl {val_ppl:.2f} {'<' if moved else '>='} version {champion.version}'s {best:.2f}"
     if moved:
         store.with_retry(lambda: client.set_registered_model_alias(name, ALIAS, version))
-    report(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
+    print(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
     return int(version)
 
 
