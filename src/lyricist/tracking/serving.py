@@ -36,6 +36,7 @@ from lyricist.data.vocab import Vocab
 from lyricist.decoding import encode_prefix, generate
 from lyricist.models.ensemble import Ensemble
 from lyricist.settings import Decoding, LoggerSettings
+from lyricist.tracking import store
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
@@ -228,8 +229,6 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
 
 def load_logged_model(model_uri: str):
     """The LoadedModel of `models:/lyricist@champion`, `runs:/<id>/model`, ... from resolve_tracking_uri()'s store."""
-    from lyricist.tracking import store
-
     uri = store.resolve_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
         raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "
