@@ -1,2 +1,1 @@
-"""Data layer, importing nothing else of lyricist: raw corpus -> clean text and splits (corpus), tokens <-> ids
-(vocab), id arrays -> (X, Y) batches (batching), and the record of how encoded data was prepared (prepared)."""
+"""Data layer, importing nothing else of lyricist: raw corpus -> text, splits, ids, batches (README's Layout)."""

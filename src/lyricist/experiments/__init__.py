@@ -1,2 +1,1 @@
-"""Experiments over many trainings, on typed settings: a hyper-parameter search (search) and one
-recipe over several seeds (seeds). Their commands are lyricist.cli.tune and lyricist.cli.seeds."""
+"""Experiments over many trainings, on typed settings: a search (search), one recipe over seeds (seeds)."""

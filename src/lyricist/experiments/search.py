@@ -225,9 +225,8 @@ def _wait_for(study: optuna.Study, key: str) -> None:
 def _create_parent_run(t: TuneSettings, base: Settings, root: Path, tracking_uri: str) -> str:
     """The study's parent run, made by the worker that created the study: the only one to touch a
     new SQLite store before it exists (workers racing to create MLflow's tables break them)."""
-    sampler = {"sampler": "TPE", "seed": t.seed, "n_startup_trials": t.n_startup_trials, "multivariate": True,
-               "constant_liar": True, "pruner": t.pruner, "n_trials": t.n_trials, "timeout": t.timeout,
-               "enqueue_recipe": t.enqueue_recipe}
+    sampler = {"sampler": "TPE", "multivariate": True, "constant_liar": True,
+               **t.model_dump(include={"seed", "n_startup_trials", "pruner", "n_trials", "timeout", "enqueue_recipe"})}
     params = {**{f"tune.{k}": v for k, v in sampler.items()}, **{f"space.{k}": json.dumps(v) for k, v in rules(t).items()}}
     client, run_id = store.open_parent_run(tracking_uri, base.logger.experiment_name, f"tune {t.study_name}",
                                            {"tune": "parent", "optuna.study": t.study_name}, root, params)

@@ -22,13 +22,13 @@ from lyricist.training.run import train
 ROWS = [(title, prefix) for row in EVALUATION_ROWS for _, title, prefix in row.lines]
 
 
-def evaluate_run(checkpoint: str | Path | list, s: Settings, data_dir: Path, static: bool) -> dict:
+def evaluate_run(checkpoint: str | Path | list, s: Settings, static: bool) -> dict:
     """reports/metrics.json's numbers for `checkpoint` (or an ensemble), as the evaluate stage's."""
     options = evaluation_settings(s)
     if static:
         options["evaluate"] = options["evaluate"].model_copy(update={"dynamic_lrs": [], "krause_lrs": []})
     # The cache reads val and test once (no updates): cheap, so kept with --static too.
-    return evaluate_checkpoint(checkpoint, data_dir, **options)[0].as_flat_dict()
+    return evaluate_checkpoint(checkpoint, project_root(s.paths.root) / s.paths.encoded, **options)[0].as_flat_dict()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -88,14 +88,13 @@ def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bo
             train(seeded, out / f"seed{seed}", parent_run_id=parent)
             seconds = time.perf_counter() - start
             best = out / f"seed{seed}" / "checkpoints" / "best.ckpt"
-            metrics = evaluate_run(best, seeded, root / s.paths.encoded, static)
+            metrics = evaluate_run(best, seeded, static)
             runs.append({"seed": seed, "seconds": seconds, "checkpoint": str(best),
                          "parameters": sum(p.numel() for p in load_checkpoint(best).model.parameters()), **metrics})
             print(f"seeds: seed {seed}: val {metrics['val_ppl']:.2f}, test {metrics.get('test_ppl', float('nan')):.2f} "
                   f"({seconds:.0f} s)", flush=True)
             write_summary(out, command, n, runs, None)  # after every seed: a stopped run keeps the seeds it finished
-        scored = (evaluate_run([r["checkpoint"] for r in runs], seeded, root / s.paths.encoded, static)
-                  if ensemble and len(runs) > 1 else None)
+        scored = evaluate_run([r["checkpoint"] for r in runs], seeded, static) if ensemble and len(runs) > 1 else None
         table = write_summary(out, command, n, runs, scored)
         if parent:
             for key in ("val_ppl", "test_ppl"):
@@ -105,9 +104,7 @@ def run_seeds(s: Settings, out: Path, n: int, ensemble: bool = False, static: bo
                     store.with_retry(lambda: client.log_metric(parent, f"seeds/{key}_std", std))
             store.with_retry(lambda: client.log_text(parent, table, "seeds.md"))
             if log_ensemble:
-                serving.log_pyfunc_model(uri, parent, [r["checkpoint"] for r in runs],
-                                         max_num_chars=s.logger.serve_max_num_chars,
-                                         max_seconds=s.logger.serve_max_seconds)
+                serving.log_pyfunc_model(uri, parent, [r["checkpoint"] for r in runs], s.logger)
             store.with_retry(lambda: client.set_terminated(parent, "FINISHED"))
         return table
     except BaseException as err:

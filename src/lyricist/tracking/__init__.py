@@ -1,5 +1,4 @@
-"""MLflow: the store, the logged model, the registry, what a run records, the evaluate stage's
-results, runs compared (README's Layout)."""
+"""MLflow: the store, what a run records, the logged model, the registry, results, runs compared (README's Layout)."""
 
 import os
 

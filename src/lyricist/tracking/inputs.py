@@ -17,7 +17,6 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from lyricist import rundir
 from lyricist.data.corpus import SPLITS
 from lyricist.tracking import store
 
@@ -58,8 +57,8 @@ def log_corpus(tracking_uri: str, run_id: str, name: str, raw_path: Path, encode
 
 @contextlib.contextmanager
 def system_metrics(tracking_uri: str, run_id: str | None, enabled: bool) -> Iterator[None]:
-    """MLflow's system metrics sampler on the run while the block runs."""
-    if not (enabled and run_id) or rundir.is_ddp_child():  # one sampler a run: DDP's rank 0
+    """MLflow's system metrics sampler on the run (rank 0's: a DDP child has no run_id) while the block runs."""
+    if not (enabled and run_id):
         yield
         return
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

@@ -1,5 +1,5 @@
 """The logged pyfunc model's code (MLflow's "models from code"): MLflow copies this file into the model and
-runs it at load time, instead of unpickling an object; the class is serving's, its files model_files'."""
+runs it at load time, instead of unpickling an object; the class and its files are serving's."""
 
 from mlflow.models import set_model
 

@@ -4,7 +4,6 @@ alias `champion` moves to it only when there is none yet or it beats the champio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -16,8 +15,7 @@ ALIAS = "champion"
 DATA_TAGS = ("data_md5", ENCODED_TAG)  # a version's data: what DVC hashed, what the run read
 
 
-def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str,
-             val_ppl: float, report: Callable[[str], None] = print) -> int:
+def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None, run_id: str, val_ppl: float) -> int:
     """The number of the run's model's new version of `name`, the alias moved by the rule above."""
     client = MlflowClient(tracking_uri)
     run_tags = store.with_retry(lambda: client.get_run(run_id)).data.tags
@@ -35,8 +33,12 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
     except MlflowException:  # no alias yet
         champion = None
     differ = [tag for tag in DATA_TAGS if champion and champion.tags.get(tag) != data[tag]]
-    if champion is None:
-        moved, why = True, _no_champion(client, name, version)
+    if champion is None:  # the first version, or none of the versions left holds the alias
+        others = sorted(int(v.version) for v in store.with_retry(lambda: client.search_model_versions(f"name='{name}'"))
+                        if v.version != version)
+        moved, why = True, ("the first" if not others else "no version held it (its version deleted, or the alias "
+                            f"removed); earlier versions {', '.join(map(str, others))} remain: "
+                            "MlflowClient().set_registered_model_alias picks another")
     elif differ:
         moved, why = False, f"version {champion.version} was trained on other data ({', '.join(differ)})"
     else:
@@ -45,16 +47,8 @@ def register(tracking_uri: str, name: str, model_uri: str, model_id: str | None,
         why = f"val ppl {val_ppl:.2f} {'<' if moved else '>='} version {champion.version}'s {best:.2f}"
     if moved:
         store.with_retry(lambda: client.set_registered_model_alias(name, ALIAS, version))
-    report(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
+    print(f"registered {name} version {version}: {ALIAS} {'is now this version' if moved else 'stays'} ({why})")
     return int(version)
-
-
-def _no_champion(client: MlflowClient, name: str, version: str) -> str:
-    """Why a version takes a free alias: the first, or none of the versions left holds it."""
-    others = sorted(int(v.version) for v in store.with_retry(lambda: client.search_model_versions(f"name='{name}'"))
-                    if v.version != version)
-    return ("the first" if not others else f"no version held it (its version deleted, or the alias removed); earlier "
-            f"versions {', '.join(map(str, others))} remain: MlflowClient().set_registered_model_alias picks another")
 
 
 def _val_ppl(client: MlflowClient, version) -> float:

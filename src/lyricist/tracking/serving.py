@@ -1,5 +1,5 @@
-"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code with plain
-files (model_files), so nothing is unpickled; each request row checked as lyricist-generate's (400).
+"""The trained language model as an MLflow pyfunc model (docs/mlflow.md): logged from code (pyfunc_model.py) with
+plain files, so nothing is unpickled; each request row checked as lyricist-generate's (400).
 
     mlflow models serve -m runs:/<run id>/model -p 5001 --env-manager local
 """
@@ -9,16 +9,20 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.metadata
+import json
 import logging
 import math
 import re
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.context import get_prediction_context
@@ -27,9 +31,12 @@ from mlflow.types import ColSpec, DataType, Schema
 
 import lyricist
 from lyricist import settings
+from lyricist.checkpoint import LoadedModel, _read, load_checkpoint, model_from_config
+from lyricist.data.vocab import Vocab
 from lyricist.decoding import encode_prefix, generate
-from lyricist.settings import Decoding
-from lyricist.tracking.model_files import read_model_files, write_model_files
+from lyricist.models.ensemble import Ensemble
+from lyricist.settings import Decoding, LoggerSettings
+from lyricist.tracking import store
 
 # What the served model needs, pinned as lyricist itself pins it (pyproject.toml, the one place).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "pytorch-lightning")
@@ -123,6 +130,44 @@ INPUT_EXAMPLE = pd.DataFrame({"prefix": ["分开", "战争中部队"], "num_char
                               "top_k": [0, 10], "seed": [0, 1]})
 
 
+# The logged model's files, plain data, no pickle (docs/mlflow.md): weights[_i].npz, model_arguments[_i].json (`_i`:
+# an ensemble's member), vocab.json and decoding.json (the run's `generate.*`: the requests' defaults).
+WEIGHTS, ARGUMENTS, VOCAB, DECODING = "weights", "model_arguments", "vocab", "decoding"
+
+
+def write_model_files(checkpoints: str | Path | Sequence[str | Path], out_dir: Path) -> dict[str, str]:
+    """The files of the checkpoint(s) in `out_dir`, as {artifact name: path}."""
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    loaded = load_checkpoint(paths)  # refuses an ensemble over different vocabularies
+    members = list(loaded.model.members) if isinstance(loaded.model, Ensemble) else [loaded.model]
+    files = {VOCAB: out_dir / "vocab.json", DECODING: out_dir / "decoding.json"}
+    files[VOCAB].write_text(json.dumps(loaded.vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
+    files[DECODING].write_text(json.dumps(loaded.meta.get("decoding", {})), encoding="utf-8")  # an ensemble's: default
+    for i, (path, model) in enumerate(zip(paths, members)):
+        suffix = "" if len(paths) == 1 else f"_{i}"
+        files[WEIGHTS + suffix] = out_dir / f"{WEIGHTS}{suffix}.npz"
+        # numpy has no bfloat16: such weights are stored as float32 (load_state_dict casts back).
+        np.savez(files[WEIGHTS + suffix], **{k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy()
+                                             for k, v in model.state_dict().items()})
+        files[ARGUMENTS + suffix] = out_dir / f"{ARGUMENTS}{suffix}.json"
+        files[ARGUMENTS + suffix].write_text(json.dumps(_read(Path(path), "cpu")["lyricist"]["model_config"]))
+    return {name: str(path) for name, path in files.items()}
+
+
+def read_model_files(files: Mapping[str, str]) -> LoadedModel:
+    """The model (in eval mode; an Ensemble for several weights files) and vocabulary of `files`."""
+    vocab = Vocab.from_dict(json.loads(Path(files[VOCAB]).read_text(encoding="utf-8")))
+    models = []
+    for name in sorted((k for k in files if k.startswith(WEIGHTS)), key=lambda k: int(k[len(WEIGHTS) + 1:] or 0)):
+        model = model_from_config(json.loads(Path(files[ARGUMENTS + name[len(WEIGHTS):]]).read_text()))
+        with np.load(files[name], allow_pickle=False) as arrays:
+            model.load_state_dict({key: torch.from_numpy(arrays[key]) for key in arrays.files})
+        models.append(model.eval())
+    decoding = json.loads(Path(files[DECODING]).read_text()) if DECODING in files else {}  # older models: none
+    return LoadedModel(model=models[0] if len(models) == 1 else Ensemble(models).eval(), vocab=vocab,
+                       meta={"decoding": decoding} if decoding else {})
+
+
 class LyricsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.loaded = read_model_files(context.artifacts)
@@ -167,7 +212,7 @@ def pinned_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[st
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path | list[str | Path],
-                     max_num_chars: int = MAX_NUM_CHARS, max_seconds: float = MAX_SECONDS):
+                     logger: LoggerSettings):
     """Log the checkpoint(s: their ensemble) as the run's `model` (registry.register registers it); its ModelInfo."""
     mlflow.set_tracking_uri(tracking_uri)
     # Its INFO "Validating input example against model signature" is about our fixed INPUT_EXAMPLE.
@@ -177,15 +222,13 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts=write_model_files(checkpoint_path, Path(files)),
             code_paths=[str(Path(lyricist.__file__).parent)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
-            model_config={"max_num_chars": max_num_chars, "max_seconds": max_seconds},
+            model_config={"max_num_chars": logger.serve_max_num_chars, "max_seconds": logger.serve_max_seconds},
             # Listed, not inferred: inference loads the model in a subprocess (slow).
             pip_requirements=pinned_requirements())
 
 
 def load_logged_model(model_uri: str):
     """The LoadedModel of `models:/lyricist@champion`, `runs:/<id>/model`, ... from resolve_tracking_uri()'s store."""
-    from lyricist.tracking import store
-
     uri = store.resolve_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create it
         raise FileNotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]} to load {model_uri} from: train one "

@@ -1,2 +1,1 @@
-"""Lightning around the plain models: the DataModule that batches (datamodule), the
-LightningModule that trains (module), and the recorders of a run (callbacks)."""
+"""Lightning around the plain models: one training run (run), its data, module and recorders (README's Layout)."""

@@ -147,8 +147,7 @@ def _finish_run(mlf: MLFlowLogger, tracking_uri: str, best_path: str, vocab: Voc
     vocab_json = json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1)
     store.with_retry(lambda: client.log_text(run_id, vocab_json, "vocab.json"))
     if logger.log_model:
-        model = serving.log_pyfunc_model(tracking_uri, run_id, best_path, max_num_chars=logger.serve_max_num_chars,
-                                         max_seconds=logger.serve_max_seconds)
+        model = serving.log_pyfunc_model(tracking_uri, run_id, best_path, logger)
         if logger.registered_model_name:  # a new version; the alias `champion` moves only to a better one
             registry.register(tracking_uri, logger.registered_model_name, model.model_uri, model.model_id, run_id,
                               best_val_ppl)
