@@ -159,10 +159,33 @@ def evaluate_stage(tmp_path: Path, cfg, checkpoint: Path) -> dict:
     return json.loads((reports / "metrics.json").read_text())
 
 
+def tiny_config(tmp_path):
+    """TINY, its MLflow store tmp_path/mlflow.db (none there yet)."""
+    return compose_config(TINY + [f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables and nothing else, made once: MLflow builds a new store's
+    tables by running every schema migration (2-6 s on the 2-core machine), which no test here checks."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def empty_store(template: Path, path: Path) -> str:
+    """A copy of the _empty_store at `path` (what MLflow would make there on first use); its URI."""
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
-def tiny_cfg(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return compose_config(TINY + [f"logger.tracking_uri={uri}"])
+def tiny_cfg(tmp_path, _empty_store):
+    """tiny_config with its store made (tests of a store's absence use tiny_config)."""
+    empty_store(_empty_store, tmp_path / "mlflow.db")
+    return tiny_config(tmp_path)
 
 
 def make_lm(vocab_size: int, cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1,
@@ -255,10 +278,10 @@ def compose_params(project: Path, overrides: list[str]) -> None:
     compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", ".", overrides)
 
 
-def copy_project(folder: Path) -> Path:
+def copy_project(folder: Path, store: Path) -> Path:
     """folder/project: a git repository holding the project's source files (not what a run
     produced), the DVC remote made absolute, params.yaml PIPELINE_TINY with its MLflow store
-    folder/mlflow.db."""
+    folder/mlflow.db, a copy of `store` (the _empty_store)."""
     if not STORE.is_dir():
         pytest.skip(f"the DVC remote {STORE} is not there")
     dest = folder / "project"
@@ -269,7 +292,7 @@ def copy_project(folder: Path) -> Path:
         if (ROOT / name).is_file() and not name.startswith(produced):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = empty_store(store, folder / "mlflow.db")
     compose_params(dest, PIPELINE_TINY + [f"logger.tracking_uri={uri}"])
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
@@ -279,9 +302,9 @@ def copy_project(folder: Path) -> Path:
 
 
 @pytest.fixture
-def project(tmp_path) -> Path:
+def project(tmp_path, _empty_store) -> Path:
     """A fresh copy of the project (copy_project), its MLflow store tmp_path/mlflow.db."""
-    return copy_project(tmp_path)
+    return copy_project(tmp_path, _empty_store)
 
 
 @dataclass
@@ -292,11 +315,11 @@ class Reproduced:
 
 
 @pytest.fixture(scope="session")
-def _reproduced_once(tmp_path_factory):
+def _reproduced_once(tmp_path_factory, _empty_store):
     """One `dvc pull` + `dvc repro` of a copy of the project for the whole session, and a
     snapshot of it (the project and its MLflow store) to restore before each test."""
     folder = tmp_path_factory.mktemp("reproduced")
-    project = copy_project(folder)
+    project = copy_project(folder, _empty_store)
     run(["dvc", "pull", "-q", "data/raw/jaychou_lyrics.txt.zip.dvc", "data/raw/timemachine.txt.dvc"], project)
     output = run(["dvc", "repro"], project)
     snapshot = tmp_path_factory.mktemp("reproduced-snapshot") / "copy"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import LYRICS, TINY, encoded_of, gen, make_lm, project_env, stage, train, untrained_checkpoint, with_data
+from conftest import LYRICS, TINY, empty_store, encoded_of, gen, make_lm, project_env, stage, train, untrained_checkpoint, with_data
 from lyricist.cli import generate as generate_cli
 from lyricist.checkpoint import load_checkpoint
 from lyricist.data.vocab import Vocab
@@ -23,9 +23,10 @@ def _hydra(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = TINY + [f"logger.tracking_uri={uri}", "trainer.max_epochs=1",
+def test_hydra_single_run_and_multirun_log_to_one_store(tiny_data, tmp_path, _empty_store):
+    uri = empty_store(_empty_store, tmp_path / "mlflow.db")
+    # What this test reads is the runs' params, status and nesting: no logged model (test_serving's).
+    common = TINY + [f"logger.tracking_uri={uri}", "logger.log_model=false", "trainer.max_epochs=1",
                      f"paths.encoded={tiny_data}", f"hydra.run.dir={tmp_path}/single",
                      f"hydra.sweep.dir={tmp_path}/multi"]
     single = _hydra(["model=rnn", "data.sampling=random", *common], tmp_path)

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_config, stage, with_data
+from conftest import TINY, compose_config, empty_store, stage, with_data
 from lyricist.cli import generate as generate_cli
 from lyricist.evaluation.evaluate import evaluate_checkpoint
 from lyricist.settings import Decoding
@@ -116,10 +116,10 @@ def test_stage_errors_name_the_fix_before_any_output(tmp_path):
         assert not (tmp_path / bad.split("=")[0] / "data/encoded").exists()  # refused before work
 
 
-def test_word_level_run_end_to_end(tmp_path, capsys):
+def test_word_level_run_end_to_end(tmp_path, capsys, _empty_store):
     raw = tmp_path / "mine.txt"
     raw.write_text(ENGLISH * 30, encoding="utf-8")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(_empty_store, tmp_path / "mlflow.db")
     cfg, encoded = prepare(tmp_path, TINY + [
         f"data.raw_path={raw}", "data.tokenizer=word", "data.newline=space", "data.val_fraction=0.1",
         "data.test_fraction=0.1", "data.prefixes=['the time']", "trainer.max_epochs=1",

@@ -194,9 +194,11 @@ def test_a_presplit_word_corpus_runs_end_to_end_through_dvc_repro(project, tmp_p
     write_folder(project / "data/raw/ptb", texts)
     run(["dvc", "add", "data/raw/ptb"], project)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # PIPELINE_TINY's max_chars would cut train short: here the files are used whole.
-    compose_params(project, ["data=presplit", *PIPELINE_TINY, "data.max_chars=null",
-                             f"logger.tracking_uri={uri}"])
+    # PIPELINE_TINY's max_chars would cut train short: here the files are used whole. What this test
+    # reads is the data stages', DVC's and the run's tags: no logged model, no evaluation grids or cache.
+    compose_params(project, ["data=presplit", *PIPELINE_TINY, "data.max_chars=null", f"logger.tracking_uri={uri}",
+                             "logger.log_model=false", "evaluate.dynamic_lrs=[]", "evaluate.krause_lrs=[]",
+                             "evaluate.cache_size=null"])
 
     out = run(["dvc", "repro"], project)
     for name in ("unzip", "preprocess", "vocab", "baseline", "train", "evaluate"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import (LYRICS, TINY, compose_config, metric_rows, plateau_cfg, project_env, train,
+from conftest import (LYRICS, TINY, compose_config, empty_store, metric_rows, plateau_cfg, project_env, train,
                       train_cli_in_process, with_data, write_encoded)
 from lyricist import rundir
 
@@ -47,9 +47,11 @@ def _train_cli(*overrides, env=None, cwd, multirun=False, in_process=None):
                           env=env or project_env())
 
 
-def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_hydra_writes(earlier_run, tiny_data):
+def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_hydra_writes(earlier_run, tiny_data, monkeypatch,
+                                                                                   capsys):
     before = _snapshot(earlier_run)
-    proc = _train_cli(f"hydra.run.dir={earlier_run}", f"paths.encoded={tiny_data}", cwd=earlier_run.parent)
+    proc = _train_cli(f"hydra.run.dir={earlier_run}", f"paths.encoded={tiny_data}", cwd=earlier_run.parent,
+                      in_process=(monkeypatch, capsys))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {earlier_run} already holds a run (checkpoints, metrics.csv)")
     assert "train.resume=auto" in proc.stderr and "train.overwrite=true" in proc.stderr
@@ -187,10 +189,11 @@ def bigger_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger_data, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(bigger_data, tmp_path, _empty_store):
+    uri = empty_store(_empty_store, tmp_path / "mlflow.db")
+    # What this test reads is metrics.csv and the runs' val/ppl: no logged model (test_serving's).
     args = TINY + ["trainer.max_epochs=3", "train.early_stopping_patience=null",
-                   f"paths.encoded={bigger_data}", f"logger.tracking_uri={uri}",
+                   f"paths.encoded={bigger_data}", f"logger.tracking_uri={uri}", "logger.log_model=false",
                    "train.resume=auto", "data.sampling=random"]  # random: the shuffle must resume too
     command = lambda run_dir: [sys.executable, "-m", "lyricist.train", *args, f"hydra.run.dir={run_dir}"]
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, gen, project_env
+from conftest import ROOT, TINY, empty_store, gen, project_env
 from test_entry_errors import MISTAKES, _override
 from lyricist import seeds
 from lyricist.cli.config import run
@@ -21,10 +21,10 @@ from lyricist.decoding import generate
 from lyricist.models.ensemble import Ensemble
 
 
-def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatch):
+def test_seeds_are_trained_scored_and_summarised(tiny_data, tmp_path, monkeypatch, _empty_store):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(_empty_store, tmp_path / "mlflow.db")
     overrides = [*TINY, f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}", "logger.log_model=false",
                  "baseline.max_order=3", "evaluate.dynamic_lrs=[1.0]", "evaluate.krause_lrs=[0.002]",
                  "evaluate.dynamic_tune_tokens=null", "evaluate.krause_stat_tokens=null", "train.seed=7"]

@@ -12,7 +12,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, free_port, gen, make_lm, project_env, serving, train, with_data, write_encoded
+from conftest import ROOT, TINY, empty_store, free_port, gen, make_lm, project_env, serving, train, with_data, write_encoded
 from lyricist.settings import Decoding
 from lyricist.models.fast import kernels
 from lyricist.tracking.serving import RequestError, request_options
@@ -162,8 +162,8 @@ def test_served_model_answers_a_request(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sweep_registers_its_best_model_under_an_alias(tiny_data, tmp_path, _empty_store):
+    uri = empty_store(_empty_store, tmp_path / "mlflow.db")
     proc = subprocess.run(
         [sys.executable, "-m", "lyricist.train", "-m", *TINY, "trainer.max_epochs=1",
          f"paths.encoded={tiny_data}", f"logger.tracking_uri={uri}",

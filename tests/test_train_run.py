@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_config, gen, metric_rows, plateau_cfg, train, with_data
+from conftest import TINY, compose_config, gen, metric_rows, plateau_cfg, tiny_config, train, with_data
 from lyricist.training.callbacks import read_epoch_history
 from lyricist.checkpoint import load_checkpoint, read_checkpoint_meta
 from lyricist.data.vocab import load_ids
@@ -158,8 +158,9 @@ def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_progress(
     ("train.clip_theta", 0), ("optim.weight_decay", -1e-4), ("optim.scheduler.interval", "batch"),
     ("optim.scheduler.monitor", "val/loss"), ("train.early_stopping_patience", 1.5), ("train.seed", "abc"),
 ])
-def test_a_bad_value_is_refused_by_its_key_before_anything_is_written(tiny_cfg, tiny_data, tmp_path, key, value):
+def test_a_bad_value_is_refused_by_its_key_before_anything_is_written(tiny_data, tmp_path, key, value):
     """Values that used to fail after the first epoch, name another key, or train wrong."""
+    tiny_cfg = tiny_config(tmp_path)  # no store yet: the refusal must not make one
     OmegaConf.update(tiny_cfg, key, value)
     with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.* is not allowed: use .* \(.+\)$"):
         train(with_data(tiny_cfg, tiny_data), output_dir=tmp_path / "run")

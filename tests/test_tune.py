@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import CONF_DIR, LYRICS, ROOT, TINY, project_env, train, write_encoded
+from conftest import CONF_DIR, LYRICS, ROOT, TINY, empty_store, project_env, train, write_encoded
 from test_entry_errors import MISTAKES, _override
 from lyricist.cli import config, tune
 from lyricist.experiments import search
@@ -134,7 +134,8 @@ def test_a_killed_study_resumes_from_its_storage_with_no_trial_lost(tiny_data, t
     assert len(children) == len(after) and parent.info.status == "FINISHED"
 
 
-def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatch):
+def test_a_trial_worse_than_the_median_is_pruned(tiny_data, tmp_path, monkeypatch, _empty_store):
+    empty_store(_empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     args = tune_args(tmp_path, tiny_data, "tune.n_trials=3", "tune.pruner=median", "tune.pruner_startup_trials=2",
@@ -209,7 +210,9 @@ def test_every_mistake_lyricist_train_refuses_is_the_same_line_here(mistake, tin
     assert [p.name for p in tmp_path.iterdir()] == ["encoded"]
 
 
-def test_a_study_name_reused_with_another_space_or_other_data_is_refused(tiny_data, tmp_path, monkeypatch, capsys):
+def test_a_study_name_reused_with_another_space_or_other_data_is_refused(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                        _empty_store):
+    empty_store(_empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     assert tune.main(tune_args(tmp_path, tiny_data, "tune.n_trials=1", "tune.pruner=null")) == 0
@@ -231,7 +234,9 @@ def test_a_study_name_reused_with_another_space_or_other_data_is_refused(tiny_da
     assert len(runs_of(tmp_path)[2]) == len(children) == 1  # no run made by the refused searches
 
 
-def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(tiny_data, tmp_path, monkeypatch):
+def test_a_search_starts_from_the_recipe_and_a_trial_cut_by_its_timeout_counts(tiny_data, tmp_path, monkeypatch,
+                                                                              _empty_store):
+    empty_store(_empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LYRICIST_ROOT", str(ROOT))
     # One worker, 1 s: its first trial (30 tiny epochs) is still running when the time is up.
