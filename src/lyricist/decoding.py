@@ -59,8 +59,7 @@ def nucleus_cut(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     until their probabilities sum to >= top_p (the most likely one always kept)."""
     probs, order = torch.softmax(logits, dim=-1).sort(descending=True)
     before = probs.cumsum(-1) - probs  # (V,) the mass of the tokens ranked above each one
-    drop = order[before >= top_p]
-    return logits.index_fill(0, drop, float("-inf"))
+    return logits.index_fill(0, order[before >= top_p], float("-inf"))
 
 
 def next_token(logits: torch.Tensor, d: Decoding, generator: torch.Generator | None) -> int:
@@ -73,8 +72,7 @@ def next_token(logits: torch.Tensor, d: Decoding, generator: torch.Generator | N
         logits = logits.masked_fill(logits < cutoff, float("-inf"))
     if d.top_p is not None and d.top_p < 1:
         logits = nucleus_cut(logits, d.top_p)
-    probs = torch.softmax(logits, dim=-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1).cpu(), 1, generator=generator))
 
 
 @torch.no_grad()
@@ -100,8 +98,7 @@ def generate(model: RecurrentLM, vocab: Vocab, prefix: str, decoding: Decoding =
         for done in range(d.num_chars):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"generation ran past its time limit after {done} of {d.num_chars} tokens")
-            last = logits[0, -1].float()  # (V,)
-            last = penalize_recent(last, history[-d.repetition_window:], d.repetition_penalty, exempt)
+            last = penalize_recent(logits[0, -1].float(), history[-d.repetition_window:], d.repetition_penalty, exempt)
             if d.no_repeat_ngram is not None:
                 banned = banned_by_ngrams(history, d.no_repeat_ngram)
                 if len(banned) < last.numel():  # never ban every token: then nothing is banned

@@ -70,10 +70,8 @@ def pointer_log_probs(scores: torch.Tensor, next_ids: torch.Tensor, targets: tor
 def with_cache(model_log_p: np.ndarray, cache_log_p: np.ndarray, lam: float) -> np.ndarray:
     """log((1 - λ) p_model + λ p_cache) per token; p_model where the cache is empty (nan)."""
     with np.errstate(invalid="ignore"):  # nan (empty cache) is replaced below
-        mixed = mixture_log_probs(cache_log_p, model_log_p, lam) if lam else model_log_p.copy()
-    empty = np.isnan(cache_log_p)
-    mixed[empty] = model_log_p[empty]
-    return mixed
+        mixed = mixture_log_probs(cache_log_p, model_log_p, lam) if lam else model_log_p
+    return np.where(np.isnan(cache_log_p), model_log_p, mixed)
 
 
 def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: int, ngram: KneserNey,
@@ -94,5 +92,4 @@ def evaluate_cache(model: RecurrentLM, splits: dict[str, torch.Tensor], size: in
               for split, (log_p, hidden, targets) in read.items()}
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits)
-    weight, cache, kn, mixed = score_and_mix(scored, adaptive, WEIGHT_GRID)
-    return CacheResult(size, theta, lam, weight, cache, kn, mixed)
+    return CacheResult(size, theta, lam, *score_and_mix(scored, adaptive, WEIGHT_GRID))

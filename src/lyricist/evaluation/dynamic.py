@@ -148,5 +148,4 @@ def evaluate_dynamic(model: RecurrentLM, ngram: KneserNey, splits: dict[str, tor
     if adaptive is None:
         adaptive = adaptive_ngram_scores(ngram, splits, num_steps, progress)
     counted = {split: adaptive[split][:len(log_p)] for split, log_p in neural.items()}
-    weight, dynamic, kn, mixed = score_and_mix(neural, counted, WEIGHT_GRID)
-    return DynamicResult(lr=lr, weight=weight, dynamic=dynamic, ngram_adaptive=kn, interpolated=mixed)
+    return DynamicResult(lr, *score_and_mix(neural, counted, WEIGHT_GRID))

@@ -49,9 +49,7 @@ class RecurrentCell(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, init: str = "normal", scale: float = 0.01) -> None:
-        """``normal``: N(0, scale^2) weights and zero biases (the seeds' scheme);
-        ``uniform``: U(-scale, scale) on everything;
-        ``torch``: U(-1/sqrt(H), 1/sqrt(H)) on everything, as torch.nn does (ignores ``scale``)."""
+        """``init`` as settings.ModelSettings says: zero biases for ``normal``; ``torch`` ignores ``scale``."""
         if init == "normal":
             for weight in (self.weight_ih, self.weight_hh):
                 weight.normal_(0.0, scale)

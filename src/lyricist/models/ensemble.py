@@ -29,7 +29,6 @@ class Ensemble(nn.Module):
             raise ValueError(f"the ensemble's models predict vocabularies of different sizes {sorted(sizes)}: "
                              "train them on the same prepared data")
         self.members = nn.ModuleList(members)
-        self.vocab_size = members[0].vocab_size
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the mixture's log-probabilities (B, T, V) and the members' final states."""

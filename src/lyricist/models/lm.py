@@ -152,8 +152,8 @@ class RecurrentLM(nn.Module):
                                                       overwrite=True)  # (T, B, H)
             final_states.append(layer_state)
 
-        # Back to batch-first so the logits come out contiguous (B, T, V).
-        return layer_output.transpose(0, 1), self._stack_layers(final_states)  # (B, T, H)
+        # Back to batch-first so the logits come out contiguous (B, T, V); L states (h[, c]) -> each (L, B, H).
+        return layer_output.transpose(0, 1), tuple(map(torch.stack, zip(*final_states)))  # (B, T, H)
 
     def forward_reference(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """``forward`` computed literally, as the seeds do: each step's one-hot (or embedding) through
@@ -178,8 +178,4 @@ class RecurrentLM(nn.Module):
                 layer_states[layer] = cell(x, layer_states[layer], weights_hh[layer])
                 x = layer_states[layer][0]  # (B, H)
             logits.append(self.head(self.output_dropout(x)))  # (B, V)
-        return torch.stack(logits, dim=1), self._stack_layers(layer_states)  # (B, T, V)
-
-    def _stack_layers(self, per_layer: list[State]) -> State:
-        """L tuples of (B, H) -> ``num_states`` tensors of (L, B, H)."""
-        return tuple(torch.stack(states) for states in zip(*per_layer))
+        return torch.stack(logits, dim=1), tuple(map(torch.stack, zip(*layer_states)))  # (B, T, V), each (L, B, H)

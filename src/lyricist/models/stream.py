@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch import Tensor
 
 from lyricist.data.batching import consecutive_batches
@@ -14,7 +13,7 @@ from lyricist.models.cells import State
 from lyricist.models.lm import RecurrentLM
 
 
-def read_streams(model: RecurrentLM, ids: torch.Tensor, batch_size: int, num_steps: int,
+def read_streams(model: RecurrentLM, ids: Tensor, batch_size: int, num_steps: int,
                  state: State | None = None, lengths: list[int] | None = None,
                  head: bool = True) -> Iterator[tuple[Tensor, Tensor, State]]:
     """(logits (B, T, V), targets (B, T), state) for each segment of `ids` read as `batch_size` streams,

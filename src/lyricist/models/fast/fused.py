@@ -49,7 +49,7 @@ def _gates_buffer(ctx, x_proj: Tensor, overwrite: bool) -> Tensor:
 
 
 def _weight_grads(grad_gates: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
-    """dW_hh = sum_t dgates_t^T h_{t-1} and db_hh = sum_t dgates_t, each as one op over T*B rows."""
+    """(dW_hh, db_hh) = (sum_t dgates_t^T h_{t-1}, sum_t dgates_t), each as one op over T*B rows."""
     grad_gates_2d = grad_gates.reshape(-1, grad_gates.shape[-1])  # (T*B, G*H)
     h_prev_2d = hs[:-1].reshape(-1, hs.shape[-1])  # (T*B, H)
     grad_weight = grad_gates_2d.t().mm(h_prev_2d)  # (G*H, T*B) (T*B, H) -> (G*H, H); mm reads the transpose in place
@@ -89,8 +89,7 @@ class RNNSequence(Function):
             add_linear_(grad[t - 1], grad[t], weight_t)  # pre_t = ... + h_{t-1} W^T  =>  dh_{t-1} += dpre_t W
         grad[0].mul_(slope[0])
         grad_h0 = linear_nograd(grad[0], weight_t) if ctx.needs_input_grad[3] else None  # none for a detached state
-        grad_weight, grad_bias = _weight_grads(grad, hs)
-        return grad, grad_weight, grad_bias, grad_h0, None
+        return grad, *_weight_grads(grad, hs), grad_h0, None
 
 
 class LSTMSequence(Function):
@@ -159,8 +158,7 @@ class LSTMSequence(Function):
                     add_linear_(grad_h[t - 1], grad_gates[t], weight_t)
         # A carried state is detached, so training never needs dL/dh_0: no product for it then.
         grad_h0 = linear_nograd(grad_gates[0], weight_t) if ctx.needs_input_grad[3] else None
-        grad_weight, grad_bias = _weight_grads(grad_gates, hs)
-        return grad_gates, grad_weight, grad_bias, grad_h0, grad_c if ctx.needs_input_grad[4] else None, None
+        return grad_gates, *_weight_grads(grad_gates, hs), grad_h0, grad_c if ctx.needs_input_grad[4] else None, None
 
 
 class GRUSequence(Function):
@@ -226,5 +224,4 @@ class GRUSequence(Function):
                     add_linear_(previous, grad_h_proj[t], weight_t)
         if ctx.needs_input_grad[3]:  # never in training: the carried state is detached
             add_linear_(grad_h0, grad_h_proj[0], weight_t)
-        grad_weight, grad_bias = _weight_grads(grad_h_proj, hs)
-        return grad_x_proj, grad_weight, grad_bias, grad_h0 if ctx.needs_input_grad[3] else None, None
+        return grad_x_proj, *_weight_grads(grad_h_proj, hs), grad_h0 if ctx.needs_input_grad[3] else None, None

@@ -73,12 +73,11 @@ def pack(weight: Tensor, rows: int, uses: int) -> Tensor | Packed:
     if uses < MIN_USES_TO_PACK or not _fast_candidate((weight,), rows):
         return weight
     loop = _forced.on.loop if _forced.on else choice.loop_for(rows, *weight.shape)
-    if loop == "mkl" and _MKL_PACKED is not None:
+    mkl = loop == "mkl" and _MKL_PACKED is not None
+    if mkl or (loop == "onednn" and _onednn_usable()):
         weight = weight.contiguous()  # the packing ops read (O, I) row by row
-        return Packed(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows, mkl=True)
-    if loop == "onednn" and _onednn_usable():
-        weight = weight.contiguous()
-        return Packed(weight, torch.ops.mkldnn._reorder_linear_weight(weight, rows), rows, mkl=False)
+        reorder = torch.ops.mkl._mkl_reorder_linear_weight if mkl else torch.ops.mkldnn._reorder_linear_weight
+        return Packed(weight, reorder(weight, rows), rows, mkl)
     return weight  # a transposed view stays one: torch's mm reads it in place
 
 
@@ -107,13 +106,6 @@ def add_linear_(out: Tensor, x: Tensor, weight: Tensor | Packed) -> Tensor:
     return out.addmm_(x, weight.t())
 
 
-def _own(y: Tensor) -> Tensor:
-    """y's numbers in a tensor that is not a view (same storage, nothing copied): a (T, B, I) input's
-    product is a view of its (T*B, O) result, and fused.py's ``overwrite`` writes over it, which
-    autograd refuses on a view made inside a Function (on another view, it copies the base)."""
-    return y if y._base is None else y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.shape, y.stride())
-
-
 class _Linear(Function):
     """F.linear with every product of its forward and backward through ``linear_nograd``."""
 
@@ -121,7 +113,11 @@ class _Linear(Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _own(linear_nograd(x, weight, bias))
+        y = linear_nograd(x, weight, bias)
+        # Not a view (same storage, nothing copied): a (T, B, I) input's product is a view of its (T*B, O)
+        # result, and fused.py's ``overwrite`` writes over it, which autograd refuses on a view made inside
+        # a Function (on another view, it copies the base).
+        return y if y._base is None else y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), y.shape, y.stride())
 
     @staticmethod
     @once_differentiable
@@ -142,7 +138,7 @@ class _Linear(Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Drop-in for ``F.linear`` (autograd included) that runs on oneDNN when it can; the
-    result of a (..., I) input with more than one leading dimension is never a view (``_own``)."""
+    result of a (..., I) input with more than one leading dimension is never a view (``_Linear.forward``)."""
     if x.dim() > 2 or uses_onednn(x, weight):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -21,8 +21,7 @@ class LockedDropout(nn.Module):
         shape = list(x.shape)
         shape[self.time_dim] = 1  # e.g. (T, B, D) -> (1, B, D): one mask per sequence, broadcast over T
         # bernoulli_, not dropout_mask's faster draw: locked runs keep the numbers they had.
-        mask = x.new_empty(shape).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
-        return x * mask
+        return x * x.new_empty(shape).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, time_dim={self.time_dim}"
