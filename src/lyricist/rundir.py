@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-LOCK_FILE = ".lyricist.lock"
 RUN_FILES = ("checkpoints", "metrics.csv")  # what a run leaves; `.hydra/` alone is not a run
 _held: dict[Path, int] = {}  # resolved directory -> the locked file descriptor, for this process
 
@@ -57,7 +56,7 @@ def lock_run_dir(run_dir: str | Path) -> bool:
     if run_dir in _held:
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(run_dir / ".lyricist.lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,9 +1,7 @@
 """`python -m lyricist.seeds`: the seeds' command, lyricist.cli.seeds (the library: lyricist.experiments.seeds)."""
 
-import sys
-
 from lyricist.cli.config import run
 from lyricist.cli.seeds import main
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    raise SystemExit(run(main))

@@ -586,9 +586,10 @@ def _rows(prefix: str, model: type[BaseModel], values: dict) -> list[str]:
     rows = []
     for key, info in _fields(model).items():
         value = values.get(key, info.default)
+        shown = json.dumps(value) if value is None or isinstance(value, bool) else value  # null, true, false
         nested = issubclass(_inner(info.annotation) or Section, Built)
         cells = [f"`{prefix}.{key}`", _type_name(info.annotation, info.metadata),
-                 "below" if nested else f"`{_yaml(value)}`", info.description or ""]
+                 "below" if nested else f"`{shown}`", info.description or ""]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         if nested:
             rows += _rows(f"{prefix}.{key}", _inner(info.annotation), value)
@@ -617,7 +618,3 @@ def _bounds(metadata) -> str:
     found = dict.fromkeys(f"{sign} {getattr(item, attr)}" for item in items for attr, sign in signs.items()
                           if getattr(item, attr, None) is not None)
     return " " + ", ".join(found) if found else ""
-
-
-def _yaml(value: Any) -> str:
-    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)  # null, true, false

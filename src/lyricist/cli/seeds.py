@@ -5,9 +5,6 @@ mean ± standard deviation: a single run's perplexity is uncertain by its seed n
     python -m lyricist.seeds --seeds 3 --ensemble model=gru     # Hydra overrides after the options
     python -m lyricist.seeds --seeds 3 --static                 # skip dynamic evaluation (faster)
     python -m lyricist.seeds --seeds 3 --log-ensemble           # the ensemble as a servable MLflow model
-
-The overrides are checked as `python -m lyricist.train` checks them, before any folder or run
-exists; the seeds themselves: lyricist.experiments.seeds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """`python -m lyricist.cli.settings > docs/configuration.md`: the configuration reference, every key
 of lyricist.settings with its value in the default composition of conf/ (tune's too)."""
 
-import sys
-
 from omegaconf import OmegaConf
 
 from lyricist import settings
@@ -11,8 +9,8 @@ from lyricist.cli import config
 
 def main() -> None:
     cfg = config.compose(groups=["+tune=default"])
-    sys.stdout.write(settings.reference(OmegaConf.to_container(cfg, resolve=True)))
+    print(settings.reference(OmegaConf.to_container(cfg, resolve=True)), end="")
 
 
 if __name__ == "__main__":
-    sys.exit(config.run(main))
+    raise SystemExit(config.run(main))

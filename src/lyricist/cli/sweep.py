@@ -51,10 +51,8 @@ class MlflowSweepCallback(Callback):
         (sweep_dir / PARENT_FILE).write_text(self.parent_run_id)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED or not config.logger.enabled:
-            return
         parent = parent_run_id_for_current_job()  # HydraConfig is still the job's
-        if not parent:
+        if job_return.status != JobStatus.FAILED or not config.logger.enabled or not parent:
             return
         client = MlflowClient(store.resolve_tracking_uri(config.logger.tracking_uri, project_root(config.paths.root)))
         reason = store.failure_reason(job_return._return_value)  # .return_value would raise it

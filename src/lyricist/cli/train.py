@@ -2,9 +2,6 @@
 
     python -m lyricist.train model=rnn data.sampling=random
     python -m lyricist.train -m model=rnn,lstm data.sampling=random,consecutive
-
-conf/ of the project the working directory is in (lyricist.project), composed and checked whole
-before Hydra writes `.hydra/` into the run directory; the library's train() takes the Settings.
 """
 
 from __future__ import annotations
