@@ -137,8 +137,8 @@ def test_two_workers_share_a_postgres_study_and_a_server_and_a_killed_one_loses_
     [killed] = running
     os.kill(workers[a].pid, signal.SIGKILL)
     workers[a].wait()
-    # Silent past the grace period, its trial is failed by the next trial to start (b's: b alone
-    # needs longer than that for the budget) and run again by whichever worker is free.
+    # Silent past the grace period, its trial is failed by the next trial to start (b's) or, when b
+    # spent the budget first (a fast machine), by a opening the study again; run again either way.
     time.sleep(grace + 1)
     workers[a] = start(a, argv)  # the same command again on the same machine
     for checkout, proc in workers.items():

@@ -339,11 +339,14 @@ def tune(s: Settings, overrides: Sequence[str] = ()) -> tuple[str, Path]:
     optuna.storages.fail_stale_trials(study)
     out_dir = Path(t.output_dir or root / "outputs" / "tune" / t.study_name / study.user_attrs.get(FOLDER_ATTR, ""))
     done = len(study.get_trials(states=FINISHED))
-    if t.n_trials is None or done < t.n_trials:
+    retries = len(study.get_trials(states=(TrialState.WAITING,)))  # killed workers' trials, enqueued again
+    if t.n_trials is None or done < t.n_trials or retries:
         print(f"tune: study {t.study_name!r} in {store.shown(storage_url(t, root))}: {done} trials finished, "
               f"budget {t.n_trials} trials / {t.timeout} s", flush=True)
-        # The budget is the study's over all workers, not each worker's.
-        callbacks = [optuna.study.MaxTrialsCallback(t.n_trials, states=FINISHED)] if t.n_trials else []
+        # The budget is the study's over all workers, not each worker's; a killed trial enqueued again runs even
+        # when the other workers spent the budget before it was found dead (it is taken before any new trial).
+        callbacks = ([optuna.study.MaxTrialsCallback(max(t.n_trials, done + retries), states=FINISHED)]
+                     if t.n_trials else [])
         deadline = time.monotonic() + (t.timeout or math.inf)
         study.optimize(objective_for(t, base, out_dir, parent, tracking_uri, deadline), timeout=t.timeout,
                        callbacks=callbacks, catch=())
