@@ -39,6 +39,8 @@ def penalize_recent(logits: torch.Tensor, recent: Sequence[int], penalty: float,
                     exempt: torch.Tensor | None = None) -> torch.Tensor:
     """CTRL's repetition penalty on the logits (V,) of the tokens in `recent` (each once),
     those marked in the boolean `exempt` (V,) left alone."""
+    if penalty == 1:  # off (greedy's default): no index built and no copy for every generated token
+        return logits
     ids = torch.tensor(sorted(set(recent)), dtype=torch.long, device=logits.device)
     if exempt is not None:
         ids = ids[~exempt[ids]]
